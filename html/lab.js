@@ -1,0 +1,53 @@
+// Shared by every lesson page: the log, the server panel, and publishing a test event.
+// Everything shown goes in with textContent, never innerHTML: event data is any text, and
+// "<script>" in an event must stay text.
+const lab = {
+  // One line in the page's log. kind: client | empty | count | event | state | error.
+  log(text, kind) {
+    const log = document.getElementById('log');
+    const line = document.createElement('div');
+    line.className = kind || 'client';
+    line.textContent = text;
+    log.append(line);
+    while (log.childElementCount > 500) log.firstElementChild.remove();
+    log.scrollTop = log.scrollHeight;
+  },
+
+  // "[event] data (#id)" for each event; the tests look for these lines.
+  logEvents(events) {
+    for (const e of events) lab.log('[event] ' + e.data + '  (#' + e.id + ')', 'event');
+  },
+
+  // The live server panel: what /stats says the server holds now, and this lesson's costs.
+  statsPanel(lesson) {
+    const show = async () => {
+      try {
+        const s = await (await fetch('/stats')).json();
+        const mine = (s.lessons || {})[lesson] || {};
+        document.getElementById('server').textContent =
+          'events published  ' + s.events_published + '\n' +
+          'connections       ' + s.connections + '   parked ' + s.parked +
+          '   streams ' + s.streams + '   websockets ' + s.websockets + '\n' +
+          'threads           ' + s.threads + '\n' +
+          lesson + ': requests ' + (mine.requests || 0) + ', empty answers ' + (mine.empty || 0) +
+          ', events delivered ' + (mine.events || 0) + ', bytes ' + (mine.bytes || 0);
+      } catch (e) {
+        document.getElementById('server').textContent = 'server unreachable: ' + e;
+      }
+    };
+    show();
+    setInterval(show, 2000);
+  },
+
+  // The "publish" box every page has, so a class can send its own events.
+  publishBox() {
+    const form = document.getElementById('publish');
+    if (!form) return;
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const input = form.querySelector('input');
+      await fetch('/publish', { method: 'POST', headers: { 'Content-Type': 'text/plain' }, body: input.value });
+      input.value = '';
+    });
+  },
+};

@@ -1,0 +1,211 @@
+//! A deliberately tiny HTTP/1.1 client over `std::net::TcpStream`, for the tests and the
+//! benchmarks. It shows what a browser sends and reads, byte for byte, and it lets a test
+//! read a chunked stream frame by frame while the response is still open.
+
+use serde_json::Value;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics with the body when it is not (tests want to see it).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Send one request with `Connection: close` and read the whole answer.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    let stream = open(addr, method, path, headers, body)?;
+    stream.set_read_timeout(Some(Duration::from_secs(150)))?;
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader)?;
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let mut body = Vec::new();
+    if chunked {
+        while let Some(chunk) = read_chunk(&mut reader)? {
+            body.extend(chunk);
+        }
+    } else if let Some(length) = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+    {
+        // Some servers (Chromium's DevTools) keep the connection open despite our `close`.
+        reader.take(length).read_to_end(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    request(addr, "GET", path, &[], b"")
+}
+
+pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &str) -> io::Result<Response> {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", content_type)],
+        body.as_bytes(),
+    )
+}
+
+/// Publish an event through `POST /publish`; returns its id.
+pub fn publish(addr: SocketAddr, data: &str) -> io::Result<u64> {
+    let answer = post(addr, "/publish", "text/plain; charset=utf-8", data)?;
+    answer.json()["id"]
+        .as_u64()
+        .ok_or_else(|| io::Error::other(format!("publish answered {answer:?}")))
+}
+
+/// Connect and send the request head and body; the caller reads the answer.
+pub fn open(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut wire = head.into_bytes();
+    wire.extend_from_slice(body);
+    stream.write_all(&wire)?;
+    Ok(stream)
+}
+
+/// The status line and headers.
+pub fn read_head(reader: &mut impl BufRead) -> io::Result<(u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok((status, headers));
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+}
+
+/// One chunk frame's payload, or `None` at the final zero-length chunk.
+pub fn read_chunk(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let size = usize::from_str_radix(line.trim(), 16)
+        .map_err(|_| io::Error::other(format!("bad chunk size line {line:?}")))?;
+    let mut data = vec![0; size + 2];
+    reader.read_exact(&mut data)?;
+    data.truncate(size);
+    if size == 0 {
+        return Ok(None);
+    }
+    Ok(Some(data))
+}
+
+/// An open streaming response, read one chunk frame at a time.
+pub struct Stream {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+}
+
+impl Stream {
+    /// Open `GET path` and read the head; the body stays on the socket.
+    pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::Result<Stream> {
+        let stream = open(addr, "GET", path, headers, b"")?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut reader = BufReader::new(stream);
+        let (status, headers) = read_head(&mut reader)?;
+        Ok(Stream {
+            status,
+            headers,
+            reader,
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next chunk's text; `None` when the stream ended. Errors after `deadline`.
+    pub fn next_chunk(&mut self, deadline: Instant) -> io::Result<Option<String>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.reader.get_ref().set_read_timeout(Some(left))?;
+        Ok(read_chunk(&mut self.reader)?.map(|c| String::from_utf8_lossy(&c).into_owned()))
+    }
+
+    /// Read chunks until the text read so far satisfies `done`; returns all of it.
+    pub fn read_until(
+        &mut self,
+        deadline: Instant,
+        mut done: impl FnMut(&str) -> bool,
+    ) -> io::Result<String> {
+        let mut text = String::new();
+        while !done(&text) {
+            match self.next_chunk(deadline)? {
+                Some(chunk) => text.push_str(&chunk),
+                None => return Err(io::Error::other(format!("stream ended early: {text:?}"))),
+            }
+        }
+        Ok(text)
+    }
+}

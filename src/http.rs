@@ -1,0 +1,387 @@
+//! The wire mechanics two or more lessons share: writing a response by hand, writing a chunk,
+//! reading a query, validating a callback, escaping for HTML and for scripts.
+//!
+//! Every response is written as text onto the socket (`Request::into_writer`), so the student
+//! sees each header the server sends, and `/stats` can count the exact bytes on the wire.
+//! tiny_http's own `Response` would hide both, and it buffers streamed bodies (DESIGN.md).
+
+use crate::stats::LessonCounters;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use tiny_http::Request;
+
+/// A 4xx/5xx answer: a status, a message for `{"error": ...}`, and optional extra headers.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl HttpError {
+    pub fn new(status: u16, message: impl Into<String>) -> HttpError {
+        HttpError {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::new(400, message)
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> HttpError {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Answer the request with this error as JSON. Nothing else has changed.
+    pub fn reply(self, request: Request, counters: &LessonCounters) -> io::Result<()> {
+        let body = json!({ "error": self.message }).to_string();
+        let headers: Vec<(&str, &str)> =
+            self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        counters.error();
+        write_response(
+            request,
+            self.status,
+            "application/json",
+            &headers,
+            body.as_bytes(),
+            counters,
+        )
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// The status line and headers, as they go on the wire. `Cache-Control: no-store` on every
+/// answer: a cached poll would show old events as new.
+pub fn head(status: u16, content_type: &str, headers: &[(&str, &str)]) -> String {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\n",
+        reason(status)
+    );
+    for (name, value) in headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head
+}
+
+/// A whole response with `Content-Length`: the keep-alive connection stays usable.
+pub fn write_response(
+    request: Request,
+    status: u16,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let mut text = head(status, content_type, headers);
+    text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut wire = text.into_bytes();
+    wire.extend_from_slice(body);
+    let mut writer = request.into_writer();
+    writer.write_all(&wire)?;
+    writer.flush()?;
+    counters.wrote(wire.len());
+    Ok(())
+}
+
+pub fn write_json(request: Request, value: &Value, counters: &LessonCounters) -> io::Result<()> {
+    let body = value.to_string();
+    write_response(
+        request,
+        200,
+        "application/json",
+        &[],
+        body.as_bytes(),
+        counters,
+    )
+}
+
+/// An open response whose body is sent as HTTP/1.1 chunks, one per event, each flushed at once.
+///
+/// This is the hand-written replacement for tiny_http's streamed `Response`, whose 8 KiB chunk
+/// buffer holds small events back until the stream ends (see the buffering lesson).
+pub struct ChunkedStream {
+    writer: Box<dyn Write + Send>,
+    counters: LessonCounters,
+}
+
+impl ChunkedStream {
+    /// Take the socket from tiny_http and send the head. `Connection: close`, because the
+    /// stream ends only when one side gives up.
+    pub fn start(
+        request: Request,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        counters: &LessonCounters,
+    ) -> io::Result<ChunkedStream> {
+        let mut text = head(200, content_type, headers);
+        text.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+        let mut writer = request.into_writer();
+        writer.write_all(text.as_bytes())?;
+        writer.flush()?;
+        counters.wrote(text.len());
+        Ok(ChunkedStream {
+            writer,
+            counters: counters.clone(),
+        })
+    }
+
+    /// One chunk frame: size in hex, CRLF, the bytes, CRLF, then flush so it leaves now.
+    /// The first failed write means the client has gone.
+    pub fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(()); // an empty chunk would end the stream
+        }
+        let frame_head = format!("{:x}\r\n", data.len());
+        self.writer.write_all(frame_head.as_bytes())?;
+        self.writer.write_all(data)?;
+        self.writer.write_all(b"\r\n")?;
+        self.writer.flush()?;
+        self.counters.wrote(frame_head.len() + data.len() + 2);
+        Ok(())
+    }
+
+    /// The zero-length chunk that ends the body.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.writer.write_all(b"0\r\n\r\n")?;
+        self.writer.flush()?;
+        self.counters.wrote(5);
+        Ok(())
+    }
+}
+
+/// A parsed query string (`a=1&b=two`), percent-decoded.
+#[derive(Debug, Default)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(query: &str) -> Query {
+        Query(
+            query
+                .split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (percent_decode(name), percent_decode(value))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `since=N`: events with id > N. Absent means "from now", i.e. `now`.
+    pub fn since(&self, now: u64) -> Result<u64, HttpError> {
+        match self.get("since") {
+            None | Some("") => Ok(now),
+            Some(text) => text.parse().map_err(|_| {
+                HttpError::bad_request(format!(
+                    "since must be a non-negative integer event id, got {text:?}"
+                ))
+            }),
+        }
+    }
+
+    /// A whole number of seconds in `min..=max`, or `default` when absent.
+    pub fn seconds(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, HttpError> {
+        let Some(text) = self.get(name) else {
+            return Ok(default);
+        };
+        match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(HttpError::bad_request(format!(
+                "{name} must be a whole number of seconds from {min} to {max}, got {text:?}"
+            ))),
+        }
+    }
+
+    /// `callback=F` for JSONP: validated, never reflected raw (that would be XSS).
+    pub fn callback(&self) -> Result<&str, HttpError> {
+        let name = self
+            .get("callback")
+            .ok_or_else(|| HttpError::bad_request("callback is required"))?;
+        if is_callback_name(name) {
+            Ok(name)
+        } else {
+            Err(HttpError::bad_request(
+                "callback must be a JavaScript identifier path like handle or lab.onEvents",
+            ))
+        }
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi * 16 + lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|d| d as u8)
+}
+
+/// A dotted path of plain identifiers (`cb`, `jQuery123_456`, `lab.onEvents`), 1 to 128 bytes.
+pub fn is_callback_name(name: &str) -> bool {
+    name.len() <= 128
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        })
+}
+
+/// Text placed in HTML (element content or a quoted attribute).
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JSON placed inside a `<script>`: no `<`, `>` or `&` survives, so `</script>` in an event
+/// cannot close the element, and U+2028/U+2029 (line breaks to old JavaScript) are escaped.
+pub fn json_for_script(value: &Value) -> String {
+    let json = value.to_string();
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Read a request body up to `limit` bytes; a larger one is refused with 413.
+pub fn read_body(request: &mut Request, limit: usize) -> Result<String, HttpError> {
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| HttpError::bad_request(format!("could not read the body: {e}")))?;
+    if body.len() > limit {
+        return Err(too_large(limit));
+    }
+    String::from_utf8(body).map_err(|_| HttpError::bad_request("the body must be UTF-8 text"))
+}
+
+fn too_large(limit: usize) -> HttpError {
+    HttpError::new(413, format!("the body is larger than {limit} bytes"))
+        .with_header("Connection", "close")
+}
+
+/// A header's value, if the request has it.
+pub fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// An expected ending (the client left) rather than a fault worth a warning.
+pub fn is_disconnect(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks() {
+        for good in ["cb", "jQuery1_2", "lab.onEvents", "$", "_x.$y"] {
+            assert!(is_callback_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "alert(1)//",
+            "a..b",
+            "1x",
+            "a.",
+            "x;y",
+            "a b",
+            "a-b",
+            "<x>",
+        ] {
+            assert!(!is_callback_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn script_json_cannot_close_the_element() {
+        let value = json!({"data": "</script><script>alert(1)</script>&\u{2028}"});
+        let out = json_for_script(&value);
+        assert!(!out.contains('<') && !out.contains('>') && !out.contains('&'));
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), value);
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = Query::parse("a=1&b=two+words&c=%3C%2Fx%3E&d=%zz&e");
+        assert_eq!(q.get("b"), Some("two words"));
+        assert_eq!(q.get("c"), Some("</x>"));
+        assert_eq!(q.get("d"), Some("%zz"));
+        assert_eq!(q.get("e"), Some(""));
+        assert!(Query::parse("since=-1").since(0).is_err());
+        assert_eq!(Query::parse("").since(9).unwrap(), 9);
+    }
+}

@@ -1,0 +1,308 @@
+//! The hub: where every event is numbered, remembered and fanned out.
+//!
+//! Every lesson reads from the same hub, so the techniques differ only in how they carry an
+//! event to the browser, never in which events exist.
+//!
+//! 1. `publish` gives the event the next id (from 1) and keeps it in a bounded history ring.
+//! 2. It offers the event to every subscriber's bounded channel with `try_send`: the hub never
+//!    blocks on a slow client, and a full channel simply does not get the event.
+//! 3. A full channel raises the subscriber's `lagged` flag; the `Subscription` then refills
+//!    from the history ring, and only when the ring has moved past its cursor does it report
+//!    `missed`.
+//!
+//! The servlet originals kept one `BlockingQueue` that every poll drained. That queue is kept
+//! here too (`drain_shared_queue`), bounded, so the polling lesson can show how it splits events
+//! between clients.
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// One published event: a monotonic id and any Unicode text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Event {
+    pub id: u64,
+    pub data: String,
+}
+
+impl Event {
+    /// The wire shape every lesson uses: `{"id": 7, "data": "At ..."}`.
+    pub fn to_json(&self) -> Value {
+        json!({ "id": self.id, "data": self.data })
+    }
+}
+
+/// The hub's end of a subscription: the channel, and a flag raised when an event did not fit.
+struct Subscriber {
+    tx: Sender<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// Events after a cursor, and how many the history ring could no longer supply.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub events: Vec<Arc<Event>>,
+    pub missed: u64,
+}
+
+impl Backlog {
+    /// The cursor a client should send next time: the last id it has now seen.
+    pub fn last(&self, cursor: u64) -> u64 {
+        self.events.last().map_or(cursor + self.missed, |e| e.id)
+    }
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    history_size: usize,
+    buffer_size: usize,
+}
+
+struct State {
+    last_id: u64,
+    history: VecDeque<Arc<Event>>,
+    subscribers: BTreeMap<u64, Subscriber>,
+    next_subscriber: u64,
+    /// The servlet's single queue, drained by whichever poll comes first.
+    shared_queue: VecDeque<Arc<Event>>,
+}
+
+impl Hub {
+    /// `history_size` events are kept for cursors; each subscriber buffers `buffer_size`.
+    pub fn new(history_size: usize, buffer_size: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State {
+                last_id: 0,
+                history: VecDeque::with_capacity(history_size),
+                subscribers: BTreeMap::new(),
+                next_subscriber: 1,
+                shared_queue: VecDeque::new(),
+            }),
+            history_size: history_size.max(1),
+            buffer_size: buffer_size.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A handler that panicked while holding the lock leaves the state consistent (every
+        // update below is a single push or remove), so keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Step 1 and 2: number, remember, fan out. Never blocks on a subscriber.
+    pub fn publish(&self, data: impl Into<String>) -> Arc<Event> {
+        let mut state = self.lock();
+        state.last_id += 1;
+        let event = Arc::new(Event {
+            id: state.last_id,
+            data: data.into(),
+        });
+        if state.history.len() == self.history_size {
+            state.history.pop_front();
+        }
+        state.history.push_back(event.clone());
+        if state.shared_queue.len() == self.history_size {
+            state.shared_queue.pop_front();
+        }
+        state.shared_queue.push_back(event.clone());
+
+        let mut delivered = 0;
+        state
+            .subscribers
+            .retain(|_, sub| match sub.tx.try_send(event.clone()) {
+                Ok(()) => {
+                    delivered += 1;
+                    true
+                }
+                // The subscriber is behind: flag it, and it will refill from history.
+                Err(TrySendError::Full(_)) => {
+                    sub.lagged.store(true, Ordering::Release);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
+        log::debug!("event {} → {} subscribers", event.id, delivered);
+        event
+    }
+
+    /// The id of the newest event (0 before the first): "now" for a client with no cursor.
+    pub fn last_id(&self) -> u64 {
+        self.lock().last_id
+    }
+
+    /// Everything after `cursor` that the history ring still holds.
+    pub fn since(&self, cursor: u64) -> Backlog {
+        backlog(&self.lock(), cursor)
+    }
+
+    /// Subscribe and read the backlog under one lock, so no event can fall between the two.
+    pub fn subscribe(self: &Arc<Self>, cursor: u64) -> (Backlog, Subscription) {
+        let (tx, rx) = bounded(self.buffer_size);
+        let mut state = self.lock();
+        let backlog = backlog(&state, cursor);
+        let id = state.next_subscriber;
+        state.next_subscriber += 1;
+        let lagged = Arc::new(AtomicBool::new(false));
+        let subscriber = Subscriber {
+            tx,
+            lagged: lagged.clone(),
+        };
+        state.subscribers.insert(id, subscriber);
+        let cursor = backlog.last(cursor);
+        drop(state);
+        let subscription = Subscription {
+            id,
+            hub: self.clone(),
+            rx,
+            lagged,
+            cursor,
+        };
+        (backlog, subscription)
+    }
+
+    /// How many subscriptions are open (parked long polls, streams, WebSockets).
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    /// The servlet original's behaviour: take whatever is queued, leaving nothing for others.
+    pub fn drain_shared_queue(&self) -> Vec<Arc<Event>> {
+        self.lock().shared_queue.drain(..).collect()
+    }
+}
+
+fn backlog(state: &State, cursor: u64) -> Backlog {
+    let cursor = cursor.min(state.last_id);
+    let oldest_kept = state.history.front().map_or(state.last_id + 1, |e| e.id);
+    // Ids from cursor+1 up to oldest_kept-1 have left the ring.
+    let missed = oldest_kept.saturating_sub(cursor + 1);
+    let events = state
+        .history
+        .iter()
+        .filter(|e| e.id > cursor)
+        .cloned()
+        .collect();
+    Backlog { events, missed }
+}
+
+/// A subscriber's end of the fan-out: a bounded channel plus the cursor of what it has seen.
+/// Dropping it unsubscribes, so a handler that ends for any reason frees its place in the hub.
+pub struct Subscription {
+    id: u64,
+    hub: Arc<Hub>,
+    rx: Receiver<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+    cursor: u64,
+}
+
+impl Subscription {
+    /// Step 3: wait for the next events after our cursor, or `None` at the deadline.
+    pub fn wait_for_events(&mut self, deadline: Instant) -> Option<Backlog> {
+        loop {
+            // BLOCKS: the handler thread sleeps here, holding its request, until `publish`
+            // sends into our channel or the deadline passes.
+            let first = match self.rx.recv_deadline(deadline) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None
+                }
+            };
+            let mut events = vec![first];
+            events.extend(self.rx.try_iter());
+            let batch = if self.lagged.swap(false, Ordering::AcqRel) {
+                // Our channel overflowed while we were slow: the ring still has the rest.
+                self.hub.since(self.cursor)
+            } else {
+                Backlog { events, missed: 0 }
+            };
+            let batch = Backlog {
+                events: batch
+                    .events
+                    .into_iter()
+                    .filter(|e| e.id > self.cursor)
+                    .collect(),
+                missed: batch.missed,
+            };
+            if batch.events.is_empty() && batch.missed == 0 {
+                continue; // already delivered from history after an earlier overflow
+            }
+            self.cursor = batch.last(self.cursor);
+            return Some(batch);
+        }
+    }
+
+    /// The id of the last event this subscription has handed out.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.lock().subscribers.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn ids_start_at_one_and_history_is_bounded() {
+        let hub = Hub::new(3, 8);
+        for i in 0..5 {
+            hub.publish(format!("e{i}"));
+        }
+        let backlog = hub.since(0);
+        let ids: Vec<u64> = backlog.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![3, 4, 5]);
+        assert_eq!(backlog.missed, 2);
+        assert_eq!(backlog.last(0), 5);
+        assert_eq!(hub.since(5).events.len(), 0);
+    }
+
+    #[test]
+    fn a_slow_subscriber_refills_from_history() {
+        let hub = Hub::new(100, 2);
+        let (_, mut sub) = hub.subscribe(0);
+        for i in 0..10 {
+            hub.publish(format!("e{i}"));
+        }
+        let batch = sub.wait_for_events(soon()).unwrap();
+        let ids: Vec<u64> = batch.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+        assert_eq!(batch.missed, 0);
+    }
+
+    #[test]
+    fn a_subscriber_past_the_ring_is_told_what_it_missed() {
+        let hub = Hub::new(4, 2);
+        let (_, mut sub) = hub.subscribe(0);
+        for i in 0..10 {
+            hub.publish(format!("e{i}"));
+        }
+        let batch = sub.wait_for_events(soon()).unwrap();
+        assert_eq!(batch.missed, 6);
+        assert_eq!(batch.events.first().unwrap().id, 7);
+        assert_eq!(sub.cursor(), 10);
+    }
+
+    #[test]
+    fn dropping_a_subscription_unsubscribes() {
+        let hub = Hub::new(4, 2);
+        let (_, sub) = hub.subscribe(0);
+        assert_eq!(hub.subscriber_count(), 1);
+        drop(sub);
+        assert_eq!(hub.subscriber_count(), 0);
+    }
+}

@@ -1,0 +1,93 @@
+//! One file per technique. Each opens with the idea, a wire transcript, its steps and its
+//! costs; read one beside its chapter in LESSONS.md.
+//!
+//! This module holds the list of lessons (for the index page, the examples and the router's
+//! 404/405 answers) and the one answer shape the request/response lessons share.
+
+use crate::hub::Backlog;
+use serde_json::{json, Value};
+
+pub mod jsonp_polling;
+pub mod piggyback;
+pub mod polling;
+
+/// A lesson as the index page and the router see it.
+pub struct Lesson {
+    /// The one name shared by `src/lessons/`, `html/`, `examples/`, `tests/` and LESSONS.md.
+    pub name: &'static str,
+    pub title: &'static str,
+    /// The idea in one line, shown on the index.
+    pub idea: &'static str,
+    /// The page, embedded so the lab runs from any directory.
+    pub page: &'static str,
+    /// (methods, path) this lesson answers.
+    pub endpoints: &'static [(&'static str, &'static str)],
+}
+
+pub const LESSONS: &[Lesson] = &[
+    Lesson {
+        name: "polling",
+        title: "HTTP polling",
+        idea: "Ask every 2 seconds whether anything happened; most answers say no.",
+        page: include_str!("../../html/polling.html"),
+        endpoints: &[("GET", "/events/poll")],
+    },
+    Lesson {
+        name: "jsonp_polling",
+        title: "JSONP polling",
+        idea: "Polling across origins with a script tag, because a plain XHR to another origin is blocked.",
+        page: include_str!("../../html/jsonp_polling.html"),
+        endpoints: &[("GET", "/events/jsonp")],
+    },
+    Lesson {
+        name: "piggyback",
+        title: "Piggyback polling",
+        idea: "Never ask just for events: they ride along on requests the page makes anyway.",
+        page: include_str!("../../html/piggyback.html"),
+        endpoints: &[("POST", "/events/piggyback")],
+    },
+];
+
+/// Paths every run serves, whichever lessons it serves.
+const SHARED_ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/stats"),
+    ("POST", "/publish"),
+    ("GET", "/assets/lab.js"),
+    ("GET", "/assets/lab.css"),
+];
+
+pub const INDEX_HTML: &str = include_str!("../../html/index.html");
+pub const LAB_JS: &str = include_str!("../../html/lab.js");
+pub const LAB_CSS: &str = include_str!("../../html/lab.css");
+
+/// The lesson that owns an endpoint path, if any.
+pub fn owner_of(path: &str) -> Option<&'static str> {
+    LESSONS
+        .iter()
+        .find(|l| l.endpoints.iter().any(|(_, p)| *p == path))
+        .map(|l| l.name)
+}
+
+/// For a 405: the methods a known path does answer (the `Allow` header).
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    if path.starts_with("/lessons/") {
+        return Some("GET");
+    }
+    LESSONS
+        .iter()
+        .flat_map(|l| l.endpoints.iter())
+        .chain(SHARED_ENDPOINTS)
+        .find(|(_, p)| *p == path)
+        .map(|(methods, _)| *methods)
+}
+
+/// `{"events": [...], "last": N}`, plus `"missed": k` when the ring had moved past `cursor`.
+pub fn events_answer(backlog: &Backlog, cursor: u64) -> Value {
+    let events: Vec<Value> = backlog.events.iter().map(|e| e.to_json()).collect();
+    let mut answer = json!({ "events": events, "last": backlog.last(cursor) });
+    if backlog.missed > 0 {
+        answer["missed"] = json!(backlog.missed);
+    }
+    answer
+}

@@ -1,0 +1,201 @@
+//! # Reverse Ajax Lab
+//!
+//! A small, blocking, thread-per-request server that teaches every way a server can push data
+//! to a browser: polling, JSONP, piggyback, long polling, streaming, Server-Sent Events and
+//! WebSocket. Read it as much as you run it: start at [`server`] (how a request reaches a
+//! lesson), then [`hub`] (where events come from), then one file under [`lessons`].
+//!
+//! ```text
+//! generator thread ──► hub (ids, history ring, subscribers) ──► lesson handlers ──► browser
+//!       ▲                       ▲                                   │
+//! POST /publish,           crossbeam channels            one thread per request; long-poll and
+//! WebSocket messages      (one per subscriber)           streaming threads park holding the request
+//! ```
+//!
+//! `cargo run` serves every lesson on <http://127.0.0.1:8080/>; `cargo run --example NAME`
+//! serves one. LESSONS.md is the book that goes with the code.
+
+pub mod client;
+pub mod generator;
+pub mod http;
+pub mod hub;
+pub mod lessons;
+pub mod server;
+pub mod stats;
+
+pub use hub::{Event, Hub, Subscription};
+pub use server::{Lab, RunningLab};
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Everything a run of the lab can be told. `Config::default()` is what `cargo run` uses.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the HTTP server listens (`--addr`, `LAB_ADDR`).
+    pub addr: String,
+    /// Where the WebSocket listener binds; `None`: the HTTP port + 1 (or any port for port 0).
+    pub ws_addr: Option<String>,
+    /// The generator's pause between events in milliseconds; `None` switches it off.
+    pub generator: Option<RangeInclusive<u64>>,
+    /// Events the hub remembers for cursors (`since`, `Last-Event-ID`).
+    pub history: usize,
+    /// Events buffered per subscriber before it must refill from history.
+    pub buffer: usize,
+    /// Largest request body accepted; larger gets 413.
+    pub max_body: usize,
+    /// Long polls and streams held at once; one more gets 503 with `Retry-After`.
+    pub max_parked: usize,
+    /// Long-poll deadline when the client names none, and the largest it may name.
+    pub long_poll_timeout: Duration,
+    pub long_poll_max: Duration,
+    /// Streams write a heartbeat after this much silence (it also finds clients that left).
+    pub heartbeat: Duration,
+    /// Serve one lesson alone (the examples); `None` serves them all.
+    pub only: Option<&'static str>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            addr: "127.0.0.1:8080".into(),
+            ws_addr: None,
+            generator: Some(0..=5000),
+            history: 1024,
+            buffer: 64,
+            max_body: 64 * 1024,
+            max_parked: 6000,
+            long_poll_timeout: Duration::from_secs(30),
+            long_poll_max: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(15),
+            only: None,
+        }
+    }
+}
+
+pub const USAGE: &str = "\
+Reverse Ajax Lab: every way a server can push data to a browser.
+
+Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [options])
+
+  --addr HOST:PORT       where to listen (default 127.0.0.1:8080; env LAB_ADDR)
+  --ws-addr HOST:PORT    WebSocket listener (default: the HTTP port + 1)
+  --generator MIN..MAX   pause between generated events in ms (default 0..5000), or off
+  --history N            events kept for cursors (default 1024)
+  --max-parked N         long polls and streams held at once (default 6000)
+  --heartbeat SECONDS    stream heartbeat interval (default 15)
+  --max-body BYTES       largest request body (default 65536)
+  -h, --help             this text
+
+Logs go to stderr; RUST_LOG=debug shows every request park, wake and leave.";
+
+impl Config {
+    /// `LAB_ADDR` and command-line flags over the defaults. `Err` carries a message for the user.
+    pub fn from_env_and_args(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
+        let mut config = Config::default();
+        if let Ok(addr) = std::env::var("LAB_ADDR") {
+            config.addr = addr;
+        }
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            if flag == "-h" || flag == "--help" {
+                return Err(USAGE.into());
+            }
+            let mut value = || {
+                args.next()
+                    .ok_or_else(|| format!("{flag} needs a value (see --help)"))
+            };
+            match flag.as_str() {
+                "--addr" => config.addr = value()?,
+                "--ws-addr" => config.ws_addr = Some(value()?),
+                "--generator" => config.generator = parse_range(&value()?)?,
+                "--history" => config.history = parse_number(&flag, &value()?)?,
+                "--max-parked" => config.max_parked = parse_number(&flag, &value()?)?,
+                "--max-body" => config.max_body = parse_number(&flag, &value()?)?,
+                "--heartbeat" => {
+                    config.heartbeat = Duration::from_secs(parse_number(&flag, &value()?)? as u64)
+                }
+                other => return Err(format!("unknown option {other:?} (see --help)")),
+            }
+        }
+        Ok(config)
+    }
+
+    /// The address the HTTP server binds, resolved.
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        self.addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| format!("--addr {:?} is not HOST:PORT", self.addr))
+    }
+}
+
+fn parse_number(flag: &str, text: &str) -> Result<usize, String> {
+    text.parse()
+        .map_err(|_| format!("{flag} takes a whole number, got {text:?}"))
+}
+
+fn parse_range(text: &str) -> Result<Option<RangeInclusive<u64>>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let bad = || format!("--generator takes MIN_MS..MAX_MS or off, got {text:?}");
+    let (min, max) = text.split_once("..").ok_or_else(bad)?;
+    let (min, max): (u64, u64) = (
+        min.parse().map_err(|_| bad())?,
+        max.parse().map_err(|_| bad())?,
+    );
+    if min > max {
+        return Err(bad());
+    }
+    Ok(Some(min..=max))
+}
+
+/// What `main` and every example do: read the flags, start, log the URL, serve forever.
+pub fn run(only: Option<&'static str>) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut config = match Config::from_env_and_args(std::env::args().skip(1)) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(if message == USAGE { 0 } else { 2 });
+        }
+    };
+    config.only = only;
+    match RunningLab::start(config) {
+        Ok(lab) => {
+            let page = match only {
+                Some(name) => format!("lessons/{name}"),
+                None => String::new(),
+            };
+            log::info!("Reverse Ajax Lab on {}", lab.url(&format!("/{page}")));
+            lab.join();
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags() {
+        let args = ["--addr", "127.0.0.1:9000", "--generator", "off"].map(String::from);
+        let config = Config::from_env_and_args(args).unwrap();
+        assert_eq!(config.addr, "127.0.0.1:9000");
+        assert!(config.generator.is_none());
+        let args = ["--generator", "10..20"].map(String::from);
+        assert_eq!(
+            Config::from_env_and_args(args).unwrap().generator,
+            Some(10..=20)
+        );
+        assert!(Config::from_env_and_args(["--generator", "9..1"].map(String::from)).is_err());
+        assert!(Config::from_env_and_args(["--nope".to_string()]).is_err());
+    }
+}

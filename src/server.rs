@@ -1,0 +1,284 @@
+//! How a request reaches a lesson: one listener, one accept loop, one thread per request, and
+//! a plain `match` on method and path.
+//!
+//! 1. `RunningLab::start` builds the listener itself (TCP_NODELAY, a large backlog: see
+//!    DESIGN.md's traps) and hands it to tiny_http, which parses requests on its own threads.
+//! 2. The `accept` thread takes each parsed request and spawns a named handler thread for it,
+//!    `req-N`, the servlet container's request thread.
+//! 3. `route` matches method and path and calls the lesson. Quick lessons answer and return;
+//!    long polls and streams *park* on that thread, holding the request.
+//!
+//! Shared pages live here too: the index, lesson pages, `/publish` and `/stats`.
+
+use crate::http::{self, HttpError, Query};
+use crate::hub::Hub;
+use crate::lessons::{self, LESSONS};
+use crate::stats::{self, LessonCounters, Stats};
+use crate::Config;
+use serde_json::{json, Value};
+use socket2::{Domain, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread;
+use tiny_http::{Method, Request};
+
+/// What every handler thread shares: the configuration, the hub and the counters.
+pub struct Lab {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub stats: Stats,
+    /// Where the HTTP server really listens (port 0 resolved).
+    pub addr: SocketAddr,
+    /// `ws://.../events/ws` once the WebSocket listener is up.
+    pub websocket_url: Option<String>,
+}
+
+impl Lab {
+    /// Counters for a lesson, with this request counted.
+    pub fn count(&self, lesson: &'static str) -> LessonCounters {
+        let counters = self.stats.lesson(lesson);
+        counters.request();
+        counters
+    }
+}
+
+/// A started lab: its address and the threads that serve it.
+pub struct RunningLab {
+    pub lab: Arc<Lab>,
+    accept: thread::JoinHandle<()>,
+}
+
+impl RunningLab {
+    /// Step 1: bind, start the generator and the accept thread. Returns once the port is open,
+    /// so a test can connect at once. `Err` is a message that tells the user what to do.
+    pub fn start(config: Config) -> Result<RunningLab, String> {
+        let addr = config.socket_addr()?;
+        let listener = bind(addr).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => format!(
+                "port {} busy: is another lesson running? try --addr 127.0.0.1:9000",
+                addr.port()
+            ),
+            _ => format!("cannot listen on {addr}: {e}"),
+        })?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+
+        let hub = Hub::new(config.history, config.buffer);
+        if let Some(range) = config.generator.clone() {
+            crate::generator::spawn(hub.clone(), range)
+                .map_err(|e| format!("cannot start the generator thread: {e}"))?;
+        }
+        let lab = Arc::new(Lab {
+            websocket_url: None,
+            config,
+            hub,
+            stats: Stats::default(),
+            addr,
+        });
+
+        let accept_lab = lab.clone();
+        let accept = thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || accept_loop(accept_lab, server))
+            .map_err(|e| format!("cannot start the accept thread: {e}"))?;
+        Ok(RunningLab { lab, accept })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.lab.addr
+    }
+
+    /// `http://127.0.0.1:PORT` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.lab.addr, path)
+    }
+
+    /// Serve until the process ends.
+    pub fn join(self) {
+        let _ = self.accept.join();
+    }
+}
+
+/// A listener as tiny_http would make it, but with TCP_NODELAY (accepted sockets inherit it,
+/// so one-event frames leave at once) and a backlog of 4096 instead of std's 128.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Step 2: one named thread per request.
+fn accept_loop(lab: Arc<Lab>, server: tiny_http::Server) {
+    let next_id = AtomicU64::new(1);
+    // BLOCKS: waits until tiny_http has read a whole request head from some connection.
+    for request in server.incoming_requests() {
+        let id = next_id.fetch_add(1, Relaxed);
+        let lab = lab.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("req-{id}"))
+            .spawn(move || {
+                let _connection = lab.stats.connections.enter();
+                log::debug!("req {id} {} {}", request.method(), request.url());
+                match route(&lab, request) {
+                    Ok(()) => log::debug!("req {id} done"),
+                    Err(e) if http::is_disconnect(&e) => log::debug!("req {id} gone: {e}"),
+                    Err(e) => log::warn!("req {id} failed: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            // The request went down with the closure; tiny_http closes its connection.
+            log::error!("no thread for req {id}: {e} (raise ulimit -u, or lower --max-parked)");
+        }
+    }
+}
+
+/// Step 3: the whole routing table. Each arm names the lesson that owns the path.
+fn route(lab: &Lab, request: Request) -> io::Result<()> {
+    let url = request.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let query = Query::parse(query);
+
+    if let Some(owner) = lessons::owner_of(path) {
+        if lab.config.only.is_some_and(|only| only != owner) {
+            let counters = lab.count("other");
+            let message = format!(
+                "this example serves only the {} lesson",
+                lab.config.only.unwrap_or_default()
+            );
+            return HttpError::new(404, message).reply(request, &counters);
+        }
+    }
+
+    match (request.method(), path) {
+        (Method::Get, "/") => index(lab, request),
+        (Method::Get, "/stats") => stats_page(lab, request),
+        (Method::Post, "/publish") => publish(lab, request),
+        (Method::Get, "/assets/lab.js") => {
+            asset(lab, request, "application/javascript", lessons::LAB_JS)
+        }
+        (Method::Get, "/assets/lab.css") => asset(lab, request, "text/css", lessons::LAB_CSS),
+        (Method::Get, p) if p.starts_with("/lessons/") => {
+            lesson_page(lab, request, &p["/lessons/".len()..])
+        }
+        (Method::Get, "/events/poll") => lessons::polling::handle(lab, request, &query),
+        (Method::Get, "/events/jsonp") => lessons::jsonp_polling::handle(lab, request, &query),
+        (Method::Post, "/events/piggyback") => lessons::piggyback::handle(lab, request, &query),
+        (_, path) => {
+            let counters = lab.count("other");
+            match lessons::allowed_methods(path) {
+                Some(allow) => HttpError::new(405, format!("{path} answers {allow} only"))
+                    .with_header("Allow", allow)
+                    .reply(request, &counters),
+                None => {
+                    HttpError::new(404, format!("no such path: {path}")).reply(request, &counters)
+                }
+            }
+        }
+    }
+}
+
+/// `POST /publish`: text/plain is the event's data; `application/json` must be `{"data": "..."}`.
+fn publish(lab: &Lab, mut request: Request) -> io::Result<()> {
+    let counters = lab.count("publish");
+    match read_event_data(lab, &mut request) {
+        Ok(data) => {
+            let event = lab.hub.publish(data);
+            http::write_json(request, &json!({ "id": event.id }), &counters)
+        }
+        Err(error) => error.reply(request, &counters),
+    }
+}
+
+fn read_event_data(lab: &Lab, request: &mut Request) -> Result<String, HttpError> {
+    let body = http::read_body(request, lab.config.max_body)?;
+    let is_json = http::header(request, "Content-Type").is_some_and(|t| t.contains("json"));
+    let data = if is_json {
+        let value: Value = serde_json::from_str(&body)
+            .map_err(|e| HttpError::bad_request(format!("the body claims JSON but is not: {e}")))?;
+        match value.get("data") {
+            Some(Value::String(data)) => data.clone(),
+            _ => {
+                return Err(HttpError::bad_request(
+                    r#"a JSON body must be {"data": "some text"}"#,
+                ))
+            }
+        }
+    } else {
+        body
+    };
+    Ok(data)
+}
+
+/// `GET /stats`: what the server holds now, and what each lesson has cost.
+fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
+    let counters = lab.count("stats");
+    let s = &lab.stats;
+    let value = json!({
+        // Not counting the thread answering this request.
+        "connections": s.connections.get().saturating_sub(1) + s.websockets.get(),
+        "parked": s.parked.get(),
+        "streams": s.streams.get(),
+        "websockets": s.websockets.get(),
+        "subscribers": lab.hub.subscriber_count(),
+        "threads": stats::live_threads(),
+        "fds": stats::open_fds(),
+        "events_published": lab.hub.last_id(),
+        "websocket": lab.websocket_url,
+        "max_parked": lab.config.max_parked,
+        "lessons": s.lessons_json(),
+    });
+    http::write_json(request, &value, &counters)
+}
+
+/// `GET /`: every lesson (or the one an example serves) with its one-line idea.
+fn index(lab: &Lab, request: Request) -> io::Result<()> {
+    let counters = lab.count("index");
+    let mut items = String::new();
+    for lesson in LESSONS
+        .iter()
+        .filter(|l| lab.config.only.is_none_or(|only| only == l.name))
+    {
+        items.push_str(&format!(
+            "<li><a href=\"/lessons/{name}\">{title}</a> <code>{endpoint}</code><br>{idea}</li>\n",
+            name = lesson.name,
+            title = http::escape_html(lesson.title),
+            endpoint = http::escape_html(lesson.endpoints.first().map_or("", |e| e.1)),
+            idea = http::escape_html(lesson.idea),
+        ));
+    }
+    let body = lessons::INDEX_HTML.replace("{{lessons}}", &items);
+    http::write_response(
+        request,
+        200,
+        "text/html; charset=utf-8",
+        &[],
+        body.as_bytes(),
+        &counters,
+    )
+}
+
+fn lesson_page(lab: &Lab, request: Request, name: &str) -> io::Result<()> {
+    let counters = lab.count("page");
+    match LESSONS.iter().find(|l| l.name == name) {
+        Some(lesson) if lab.config.only.is_none_or(|only| only == name) => http::write_response(
+            request,
+            200,
+            "text/html; charset=utf-8",
+            &[],
+            lesson.page.as_bytes(),
+            &counters,
+        ),
+        _ => HttpError::new(404, format!("no lesson named {name:?}")).reply(request, &counters),
+    }
+}
+
+fn asset(lab: &Lab, request: Request, content_type: &str, body: &str) -> io::Result<()> {
+    let counters = lab.count("page");
+    http::write_response(request, 200, content_type, &[], body.as_bytes(), &counters)
+}

@@ -1,0 +1,114 @@
+//! Counters behind `GET /stats`: what the server is holding right now, and what each lesson
+//! has cost so far. Gauges go up through a guard and down when the guard drops, so a handler
+//! that ends in any way (answer, timeout, broken pipe, panic) gives back what it took.
+
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Per-lesson counters: requests, answers with no event, events delivered, bytes written.
+#[derive(Clone, Default)]
+pub struct LessonCounters(Arc<Counts>);
+
+#[derive(Default)]
+pub struct Counts {
+    requests: AtomicU64,
+    empty: AtomicU64,
+    events: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl LessonCounters {
+    pub fn request(&self) {
+        self.0.requests.fetch_add(1, Relaxed);
+    }
+    /// An answer carried `n` events (0 counts as an empty answer).
+    pub fn delivered(&self, n: usize) {
+        if n == 0 {
+            self.0.empty.fetch_add(1, Relaxed);
+        }
+        self.0.events.fetch_add(n as u64, Relaxed);
+    }
+    pub fn wrote(&self, bytes: usize) {
+        self.0.bytes.fetch_add(bytes as u64, Relaxed);
+    }
+    pub fn error(&self) {
+        self.0.errors.fetch_add(1, Relaxed);
+    }
+    fn to_json(&self) -> Value {
+        json!({
+            "requests": self.0.requests.load(Relaxed),
+            "empty": self.0.empty.load(Relaxed),
+            "events": self.0.events.load(Relaxed),
+            "bytes": self.0.bytes.load(Relaxed),
+            "errors": self.0.errors.load(Relaxed),
+        })
+    }
+}
+
+/// A count of things held right now (parked requests, open streams...).
+#[derive(Default)]
+pub struct Gauge(AtomicUsize);
+
+impl Gauge {
+    pub fn enter(&self) -> GaugeGuard<'_> {
+        self.0.fetch_add(1, Relaxed);
+        GaugeGuard(self)
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+}
+
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    /// Handler threads alive, each holding one HTTP request (plus WebSocket connections).
+    pub connections: Gauge,
+    /// Long polls waiting for an event.
+    pub parked: Gauge,
+    /// Streaming responses (iframe, multipart, ndjson, SSE) held open.
+    pub streams: Gauge,
+    pub websockets: Gauge,
+    lessons: Mutex<BTreeMap<&'static str, LessonCounters>>,
+}
+
+impl Stats {
+    /// The counters for one lesson, created on first use.
+    pub fn lesson(&self, name: &'static str) -> LessonCounters {
+        let mut lessons = self.lessons.lock().unwrap_or_else(|p| p.into_inner());
+        lessons.entry(name).or_default().clone()
+    }
+
+    pub fn lessons_json(&self) -> Value {
+        let lessons = self.lessons.lock().unwrap_or_else(|p| p.into_inner());
+        let map: Map<String, Value> = lessons
+            .iter()
+            .map(|(name, c)| (name.to_string(), c.to_json()))
+            .collect();
+        Value::Object(map)
+    }
+}
+
+/// Threads in this process, from `/proc/self/status` (Linux); `None` elsewhere.
+pub fn live_threads() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Open file descriptors (tiny_http holds two per connection); `None` off Linux.
+pub fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}

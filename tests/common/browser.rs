@@ -1,0 +1,193 @@
+//! Headless Chromium, driven over the DevTools protocol with the tungstenite and serde_json
+//! the lab already has. (The `headless_chrome` crate works too, but adds about 118 crates and
+//! minutes to a cold build; this is all we need: open a tab, evaluate JavaScript, read the
+//! answer.)
+
+use reverse_ajax_lab::client;
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub struct Browser {
+    child: Child,
+    profile: PathBuf,
+    devtools: SocketAddr,
+}
+
+/// The Chromium binary: `$CHROMIUM`, or the first of the usual names on PATH.
+fn chromium() -> String {
+    if let Ok(path) = std::env::var("CHROMIUM") {
+        return path;
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if found {
+            return name.into();
+        }
+    }
+    panic!(
+        "Chromium not found. The README's test command (scripts/test) installs it with \
+         apt-get; or set CHROMIUM=/path/to/chromium."
+    );
+}
+
+impl Browser {
+    /// Start headless Chromium with a fresh profile and the DevTools port on a free port.
+    pub fn launch() -> Browser {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "lab-chromium-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+        let child = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--remote-debugging-address=127.0.0.1",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Chromium starts");
+        // Chromium writes the port it chose into the profile.
+        let port_file = profile.join("DevToolsActivePort");
+        let end = Instant::now() + Duration::from_secs(60);
+        let port: u16 = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|text| text.lines().next().and_then(|l| l.trim().parse().ok()))
+            {
+                break port;
+            }
+            assert!(
+                Instant::now() < end,
+                "Chromium did not open its DevTools port"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Browser {
+            child,
+            profile,
+            devtools: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// A new tab showing `url`.
+    pub fn open(&self, url: &str) -> Page {
+        let answer = client::request(self.devtools, "PUT", &format!("/json/new?{url}"), &[], b"")
+            .expect("DevTools answers /json/new");
+        let target = answer.json();
+        let ws_url = target["webSocketDebuggerUrl"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no debugger URL in {target}"));
+        let (socket, _) = tungstenite::connect(ws_url).expect("DevTools WebSocket");
+        let mut page = Page { socket, next_id: 1 };
+        page.wait_for(
+            "the page has loaded",
+            "location.href !== 'about:blank' && document.readyState === 'complete'",
+        );
+        page
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+pub struct Page {
+    socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Page {
+    /// One DevTools command; events that arrive meanwhile are skipped.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let command = json!({ "id": id, "method": method, "params": params });
+        self.socket
+            .send(Message::text(command.to_string()))
+            .expect("send to DevTools");
+        loop {
+            let message = self.socket.read().expect("read from DevTools");
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(text.as_str()).unwrap();
+            if value["id"] == id {
+                if let Some(error) = value.get("error") {
+                    panic!("DevTools {method} failed: {error}");
+                }
+                return value["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluate JavaScript in the page (awaiting a promise) and return its value.
+    pub fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+        );
+        if let Some(exception) = result.get("exceptionDetails") {
+            panic!("page threw evaluating {expression}: {exception}");
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// The text of the page's log.
+    pub fn log_text(&mut self) -> String {
+        let text = self.eval("(document.getElementById('log') || {}).textContent || ''");
+        text.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Wait until the page's log contains `needle`; on timeout, show the log.
+    pub fn wait_for_log(&mut self, needle: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the page never logged {needle:?}; its log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until a JavaScript expression is true.
+    pub fn wait_for(&mut self, what: &str, expression: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while self.eval(expression) != json!(true) {
+            assert!(Instant::now() < end, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The foundation every lesson stands on: publishing, /stats, pages, and bad input.
+
+mod common;
+
+use common::{start_lab, start_lab_with, stats, wait_for_baseline};
+use reverse_ajax_lab::client::{get, post, request};
+
+#[test]
+fn publish_takes_text_or_json_and_numbers_from_one() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let first = post(addr, "/publish", "text/plain", "line one\nline two ✓").unwrap();
+    assert_eq!(first.json()["id"], 1);
+    let second = post(
+        addr,
+        "/publish",
+        "application/json",
+        r#"{"data": "from json"}"#,
+    )
+    .unwrap();
+    assert_eq!(second.json()["id"], 2);
+    let events = get(addr, "/events/poll?since=0").unwrap().json();
+    assert_eq!(events["events"][0]["data"], "line one\nline two ✓");
+    assert_eq!(events["events"][1]["data"], "from json");
+    assert_eq!(stats(addr)["events_published"], 2);
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_the_server_lives_on() {
+    let lab = start_lab_with(|c| c.max_body = 1024);
+    let addr = lab.addr();
+    let cases = [
+        (
+            "POST",
+            "/publish",
+            "application/json",
+            "{not json".to_string(),
+            400,
+        ),
+        (
+            "POST",
+            "/publish",
+            "application/json",
+            r#"{"data": 7}"#.to_string(),
+            400,
+        ),
+        ("POST", "/publish", "text/plain", "x".repeat(2048), 413),
+        ("GET", "/no/such/path", "", String::new(), 404),
+        ("GET", "/lessons/nope", "", String::new(), 404),
+        ("POST", "/events/poll", "text/plain", "x".to_string(), 405),
+        ("GET", "/publish", "", String::new(), 405),
+    ];
+    for (method, path, content_type, body, status) in cases {
+        let headers = [("Content-Type", content_type)];
+        let headers = if content_type.is_empty() {
+            &headers[..0]
+        } else {
+            &headers[..]
+        };
+        let answer = request(addr, method, path, headers, body.as_bytes()).unwrap();
+        assert_eq!(answer.status, status, "{method} {path}");
+        assert!(
+            answer.json()["error"].is_string(),
+            "{method} {path}: {}",
+            answer.body
+        );
+        if status == 405 {
+            assert!(
+                answer.header("Allow").is_some(),
+                "{method} {path} names Allow"
+            );
+        }
+    }
+    // Nothing was published by any of it, and the server still answers.
+    assert_eq!(stats(addr)["events_published"], 0);
+    assert_eq!(
+        post(addr, "/publish", "text/plain", "fine").unwrap().status,
+        200
+    );
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn the_index_links_every_lesson_and_pages_are_served() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let index = get(addr, "/").unwrap();
+    assert!(index
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/html"));
+    for lesson in reverse_ajax_lab::lessons::LESSONS {
+        assert!(index.body.contains(&format!("/lessons/{}", lesson.name)));
+        let page = get(addr, &format!("/lessons/{}", lesson.name)).unwrap();
+        assert_eq!(page.status, 200, "{}", lesson.name);
+        assert!(
+            page.body.contains("id=\"log\""),
+            "{} has a log",
+            lesson.name
+        );
+    }
+    assert_eq!(get(addr, "/assets/lab.js").unwrap().status, 200);
+}
+
+#[test]
+fn an_example_serves_its_lesson_alone() {
+    let lab = start_lab_with(|c| c.only = Some("polling"));
+    let addr = lab.addr();
+    let index = get(addr, "/").unwrap().body;
+    assert!(index.contains("/lessons/polling"));
+    assert!(!index.contains("/lessons/piggyback"));
+    assert_eq!(get(addr, "/events/poll").unwrap().status, 200);
+    assert_eq!(get(addr, "/events/jsonp?callback=f").unwrap().status, 404);
+    assert_eq!(get(addr, "/lessons/jsonp_polling").unwrap().status, 404);
+}
+
+#[test]
+fn stats_show_threads_and_return_to_baseline() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for _ in 0..20 {
+        get(addr, "/events/poll").unwrap();
+    }
+    let s = stats(addr);
+    assert!(s["threads"].as_u64().unwrap() >= 2);
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn a_busy_port_says_what_to_do() {
+    let lab = start_lab();
+    let taken = lab.addr().to_string();
+    let error = reverse_ajax_lab::RunningLab::start(reverse_ajax_lab::Config {
+        addr: taken,
+        generator: None,
+        ..Default::default()
+    })
+    .err()
+    .expect("the second lab cannot bind");
+    assert!(
+        error.contains("busy") && error.contains("--addr"),
+        "{error}"
+    );
+}

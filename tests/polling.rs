@@ -1,0 +1,122 @@
+//! HTTP polling: the claims of `src/lessons/polling.rs`, over real sockets.
+
+mod common;
+
+use common::{browser::Browser, ids, marker, start_lab, stats, wait_for_baseline};
+use reverse_ajax_lab::client::{get, publish};
+
+#[test]
+fn every_poller_gets_every_event_with_a_cursor() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for i in 0..3 {
+        publish(addr, &format!("event {i}")).unwrap();
+    }
+    // Two tabs polling from the same cursor each see all three: nothing is taken away.
+    let first = get(addr, "/events/poll?since=0").unwrap().json();
+    let second = get(addr, "/events/poll?since=0").unwrap().json();
+    assert_eq!(ids(&first), vec![1, 2, 3]);
+    assert_eq!(ids(&second), vec![1, 2, 3]);
+    assert_eq!(first["last"], 3);
+    assert_eq!(first["events"][0]["data"], "event 0");
+    // The next poll from the returned cursor has nothing new.
+    let next = get(addr, "/events/poll?since=3").unwrap().json();
+    assert_eq!(ids(&next), Vec::<u64>::new());
+    assert_eq!(next["last"], 3);
+}
+
+#[test]
+fn without_since_a_poll_starts_at_now() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "old news").unwrap();
+    let answer = get(addr, "/events/poll").unwrap().json();
+    assert_eq!(ids(&answer), Vec::<u64>::new());
+    assert_eq!(answer["last"], 1);
+}
+
+#[test]
+fn servlet_mode_splits_events_between_pollers() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "a").unwrap();
+    publish(addr, "b").unwrap();
+    // Whoever polls first drains the one shared queue...
+    let tab_a = get(addr, "/events/poll?mode=servlet").unwrap().json();
+    let tab_b = get(addr, "/events/poll?mode=servlet").unwrap().json();
+    assert_eq!(ids(&tab_a), vec![1, 2]);
+    assert_eq!(
+        ids(&tab_b),
+        Vec::<u64>::new(),
+        "the second tab never sees 1 and 2"
+    );
+    // ...and the next event goes to whichever asks next.
+    publish(addr, "c").unwrap();
+    let tab_b = get(addr, "/events/poll?mode=servlet").unwrap().json();
+    let tab_a = get(addr, "/events/poll?mode=servlet").unwrap().json();
+    assert_eq!(ids(&tab_b), vec![3]);
+    assert_eq!(ids(&tab_a), Vec::<u64>::new());
+}
+
+#[test]
+fn a_cursor_older_than_the_history_says_what_was_missed() {
+    let lab = start_lab_with_small_history();
+    let addr = lab.addr();
+    for i in 0..10 {
+        publish(addr, &format!("e{i}")).unwrap();
+    }
+    let answer = get(addr, "/events/poll?since=0").unwrap().json();
+    assert_eq!(ids(&answer), vec![7, 8, 9, 10]);
+    assert_eq!(answer["missed"], 6);
+}
+
+fn start_lab_with_small_history() -> reverse_ajax_lab::RunningLab {
+    common::start_lab_with(|c| c.history = 4)
+}
+
+#[test]
+fn empty_answers_are_counted() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "x").unwrap();
+    get(addr, "/events/poll?since=1").unwrap();
+    get(addr, "/events/poll?since=1").unwrap();
+    get(addr, "/events/poll?since=0").unwrap();
+    let polling = &stats(addr)["lessons"]["polling"];
+    assert_eq!(polling["requests"], 3);
+    assert_eq!(polling["empty"], 2);
+    assert_eq!(polling["events"], 1);
+    assert!(polling["bytes"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn bad_input_gets_400_and_changes_nothing() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "kept").unwrap();
+    for path in [
+        "/events/poll?since=abc",
+        "/events/poll?since=-1",
+        "/events/poll?since=1.5",
+        "/events/poll?mode=bogus",
+    ] {
+        let answer = get(addr, path).unwrap();
+        assert_eq!(answer.status, 400, "{path}");
+        assert!(answer.json()["error"].as_str().unwrap().len() > 5, "{path}");
+    }
+    let answer = get(addr, "/events/poll?since=0").unwrap().json();
+    assert_eq!(ids(&answer), vec![1]);
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn page_shows_events_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/polling"));
+    page.wait_for_log("[client] no event");
+    let text = marker("polled");
+    publish(lab.addr(), &text).unwrap();
+    page.wait_for_log(&format!("[event] {text}"));
+    page.wait_for_log("[client] 1 events");
+}
