@@ -39,6 +39,12 @@ const lab = {
     setInterval(show, 2000);
   },
 
+  // This server under its other name: localhost <-> 127.0.0.1 are different origins.
+  otherOrigin() {
+    const host = location.hostname === 'localhost' ? '127.0.0.1' : 'localhost';
+    return location.protocol + '//' + host + (location.port ? ':' + location.port : '');
+  },
+
   // The "publish" box every page has, so a class can send its own events.
   publishBox() {
     const form = document.getElementById('publish');

@@ -115,6 +115,25 @@ pub fn write_json(request: Request, value: &Value, counters: &LessonCounters) ->
     )
 }
 
+/// A JSONP answer: `/**/callback(json);` as `application/javascript` with `nosniff`. The
+/// callback must already be validated (`Query::callback`); the JSON is escaped for a script.
+pub fn write_jsonp(
+    request: Request,
+    callback: &str,
+    value: &Value,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let body = format!("/**/{callback}({});", json_for_script(value));
+    write_response(
+        request,
+        200,
+        "application/javascript; charset=utf-8",
+        &[("X-Content-Type-Options", "nosniff")],
+        body.as_bytes(),
+        counters,
+    )
+}
+
 /// An open response whose body is sent as HTTP/1.1 chunks, one per event, each flushed at once.
 ///
 /// This is the hand-written replacement for tiny_http's streamed `Response`, whose 8 KiB chunk

@@ -169,6 +169,10 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, "/events/poll") => lessons::polling::handle(lab, request, &query),
         (Method::Get, "/events/jsonp") => lessons::jsonp_polling::handle(lab, request, &query),
         (Method::Post, "/events/piggyback") => lessons::piggyback::handle(lab, request, &query),
+        (Method::Get, "/events/long-poll") => lessons::long_polling::handle(lab, request, &query),
+        (Method::Get, "/events/long-poll-script") => {
+            lessons::script_long_polling::handle(lab, request, &query)
+        }
         (_, path) => {
             let counters = lab.count("other");
             match lessons::allowed_methods(path) {

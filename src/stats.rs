@@ -64,6 +64,13 @@ impl Gauge {
 
 pub struct GaugeGuard<'a>(&'a Gauge);
 
+/// A request held open (a parked long poll or a stream): its kind's guard and its place
+/// under the `--max-parked` limit, both given back on drop.
+pub struct Held<'a> {
+    _kind: GaugeGuard<'a>,
+    _held: GaugeGuard<'a>,
+}
+
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         (self.0).0.fetch_sub(1, Relaxed);
@@ -79,6 +86,8 @@ pub struct Stats {
     /// Streaming responses (iframe, multipart, ndjson, SSE) held open.
     pub streams: Gauge,
     pub websockets: Gauge,
+    /// Parked plus streams: what `--max-parked` limits.
+    held: Gauge,
     lessons: Mutex<BTreeMap<&'static str, LessonCounters>>,
 }
 
@@ -87,6 +96,18 @@ impl Stats {
     pub fn lesson(&self, name: &'static str) -> LessonCounters {
         let mut lessons = self.lessons.lock().unwrap_or_else(|p| p.into_inner());
         lessons.entry(name).or_default().clone()
+    }
+
+    /// Take a place for a held request, or `None` when `max` are already held.
+    pub fn try_hold<'a>(&'a self, kind: &'a Gauge, max: usize) -> Option<Held<'a>> {
+        let held = self.held.enter();
+        if self.held.get() > max {
+            return None; // `held` drops and gives the place back
+        }
+        Some(Held {
+            _kind: kind.enter(),
+            _held: held,
+        })
     }
 
     pub fn lessons_json(&self) -> Value {

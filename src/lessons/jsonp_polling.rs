@@ -53,16 +53,10 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let backlog = lab.hub.since(since);
     counters.delivered(backlog.events.len());
     // 3. The script.
-    let body = format!(
-        "/**/{callback}({});",
-        http::json_for_script(&events_answer(&backlog, since))
-    );
-    http::write_response(
+    http::write_jsonp(
         request,
-        200,
-        "application/javascript; charset=utf-8",
-        &[("X-Content-Type-Options", "nosniff")],
-        body.as_bytes(),
+        callback,
+        &events_answer(&backlog, since),
         &counters,
     )
 }

@@ -8,8 +8,10 @@ use crate::hub::Backlog;
 use serde_json::{json, Value};
 
 pub mod jsonp_polling;
+pub mod long_polling;
 pub mod piggyback;
 pub mod polling;
+pub mod script_long_polling;
 
 /// A lesson as the index page and the router see it.
 pub struct Lesson {
@@ -45,6 +47,20 @@ pub const LESSONS: &[Lesson] = &[
         idea: "Never ask just for events: they ride along on requests the page makes anyway.",
         page: include_str!("../../html/piggyback.html"),
         endpoints: &[("POST", "/events/piggyback")],
+    },
+    Lesson {
+        name: "long_polling",
+        title: "XHR long polling (Comet)",
+        idea: "Ask once; the server holds the request until an event arrives or a deadline passes.",
+        page: include_str!("../../html/long_polling.html"),
+        endpoints: &[("GET", "/events/long-poll")],
+    },
+    Lesson {
+        name: "script_long_polling",
+        title: "Script-tag long polling (Comet)",
+        idea: "Long polling across origins: each held answer is a script that asks again.",
+        page: include_str!("../../html/script_long_polling.html"),
+        endpoints: &[("GET", "/events/long-poll-script")],
     },
 ];
 

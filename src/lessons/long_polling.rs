@@ -1,0 +1,161 @@
+//! # XHR long polling (长轮询): ask, and the server holds the request until it has an answer.
+//!
+//! ```text
+//! GET /events/long-poll?since=4&timeout=30 HTTP/1.1
+//!   (time passes: the handler thread req-9 is parked, holding the request)
+//!   (the generator publishes event 5; the hub wakes req-9)
+//! HTTP/1.1 200 OK
+//! Content-Type: application/json
+//!
+//! {"events":[{"id":5,"data":"At ..."}],"last":5}
+//! GET /events/long-poll?since=5&timeout=30 HTTP/1.1      ← the client asks again at once
+//!   (30 s pass with no event)
+//! HTTP/1.1 200 OK
+//!
+//! {"events":[],"last":5}                                  ← the deadline: ask again
+//! ```
+//!
+//! 1. Read the cursor and the deadline (`timeout`, 1–120 s, default 30). A timeout of 0 is
+//!    refused: in the servlet original it meant "never time out", a request that can hang
+//!    forever.
+//! 2. Subscribe and read the backlog under one lock. Events already past the cursor (published
+//!    while the client was between polls) are answered at once: nothing is lost.
+//! 3. Otherwise take a place under `--max-parked` (or answer 503 with `Retry-After`) and
+//!    *park*: the thread sleeps on its subscription channel, holding the request.
+//! 4. Wake on an event or the deadline, and answer with every event after the cursor (or none).
+//!
+//! **The servlet original** (`mode=servlet`) parked requests without a cursor and handed each
+//! event only to the requests parked at that instant: an event published while the client was
+//! between two polls reached nobody. Run the page in that mode with a fast generator and watch
+//! ids go missing.
+//!
+//! **What it costs**: one request per event (or per deadline when nothing happens), and one
+//! parked thread per waiting client (plus tiny_http's connection thread: two threads and two
+//! file descriptors per client here). A held request cannot see its client leave: a client that
+//! vanishes costs its thread until the deadline. Proxies that time out idle requests need the
+//! deadline below their limit.
+//!
+//! **Try it**: `cargo run --example long_polling`, open
+//! <http://127.0.0.1:8080/lessons/long_polling>, or
+//! `curl -s 'http://127.0.0.1:8080/events/long-poll?timeout=60'` and publish from another shell.
+
+use crate::http::{self, HttpError, Query};
+use crate::hub::{Backlog, Subscription};
+use crate::lessons::events_answer;
+use crate::server::Lab;
+use crate::stats::Held;
+use std::io;
+use std::time::{Duration, Instant};
+use tiny_http::Request;
+
+pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+    let counters = lab.count("long_polling");
+    // 1–3. Read the input; answer at once if events are waiting, else park.
+    let (request, backlog, cursor) = match park(lab, request, query) {
+        Parking::Ready(request, backlog, cursor) => (request, backlog, cursor),
+        // 4. BLOCKS until an event or the deadline.
+        Parking::Parked(parked) => parked.wait_for_events(),
+        Parking::Refused(request, error) => return error.reply(request, &counters),
+    };
+    counters.delivered(backlog.events.len());
+    http::write_json(request, &events_answer(&backlog, cursor), &counters)
+}
+
+/// Our `AsyncContext`: a request the server holds while its thread sleeps on a subscription.
+/// Dropping it (answered, timed out, or the thread failing) frees the subscription and the
+/// place under `--max-parked`.
+pub struct ParkedRequest<'lab> {
+    pub request: Request,
+    subscription: Subscription,
+    deadline: Instant,
+    _held: Held<'lab>,
+}
+
+impl ParkedRequest<'_> {
+    /// Step 4. BLOCKS until the hub sends an event into our subscription or the deadline
+    /// passes. Returns the request to answer, the events (none at the deadline), and the cursor
+    /// they follow.
+    pub fn wait_for_events(self) -> (Request, Backlog, u64) {
+        let ParkedRequest {
+            request,
+            mut subscription,
+            deadline,
+            _held,
+        } = self;
+        let cursor = subscription.cursor();
+        let me = thread_name();
+        log::debug!("{me} parked after event {cursor}");
+        match subscription.wait_for_events(deadline) {
+            Some(backlog) => {
+                log::debug!("{me} woken by {} events", backlog.events.len());
+                (request, backlog, cursor)
+            }
+            None => {
+                log::debug!("{me} deadline passed, answering empty");
+                (request, Backlog::default(), cursor)
+            }
+        }
+    }
+}
+
+/// What steps 1–3 decided.
+pub enum Parking<'lab> {
+    /// Events were already waiting: answer with them now, no parking.
+    Ready(Request, Backlog, u64),
+    Parked(ParkedRequest<'lab>),
+    /// Bad input or no place left: answer with the error.
+    Refused(Request, HttpError),
+}
+
+/// Steps 1–3, shared with the script-tag lesson: read cursor and deadline, hand back the
+/// events already waiting, park, or refuse.
+pub fn park<'lab>(lab: &'lab Lab, request: Request, query: &Query) -> Parking<'lab> {
+    // 1. The cursor and the deadline.
+    let since = match query.since(lab.hub.last_id()) {
+        Ok(since) => since,
+        Err(e) => return Parking::Refused(request, e),
+    };
+    let max = lab.config.long_poll_max.as_secs();
+    let default = lab.config.long_poll_timeout.as_secs().clamp(1, max);
+    let timeout = match query.seconds("timeout", default, 1, max) {
+        Ok(timeout) => timeout,
+        Err(e) => return Parking::Refused(request, e),
+    };
+    let lossy = match query.get("mode") {
+        None | Some("cursor") => false,
+        Some("servlet") => true,
+        Some(other) => {
+            let message = format!("mode must be cursor or servlet, got {other:?}");
+            return Parking::Refused(request, HttpError::bad_request(message));
+        }
+    };
+
+    // 2. Subscribe and read the backlog under one lock. The servlet original had no cursor:
+    //    it subscribed at "now", so whatever came between two polls is skipped.
+    let cursor = if lossy { lab.hub.last_id() } else { since };
+    let (backlog, subscription) = lab.hub.subscribe(cursor);
+    if !backlog.events.is_empty() || backlog.missed > 0 {
+        return Parking::Ready(request, backlog, cursor);
+    }
+
+    // 3. A place under the limit, then park.
+    let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
+        let message = format!(
+            "{} requests are parked already (--max-parked); retry shortly",
+            lab.config.max_parked
+        );
+        let error = HttpError::new(503, message).with_header("Retry-After", "2");
+        return Parking::Refused(request, error);
+    };
+    Parking::Parked(ParkedRequest {
+        request,
+        subscription,
+        deadline: Instant::now() + Duration::from_secs(timeout),
+        _held: held,
+    })
+}
+
+/// `req-17`: the handler thread's name, for the log.
+pub fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("?").to_string()
+}

@@ -1,0 +1,61 @@
+//! # Script-tag long polling (script标签长轮询): long polling across origins, one `<script>` per answer.
+//!
+//! The JSONP trick applied to long polling: the page adds a `<script src>` pointing at the
+//! other origin; the server holds that request until an event (or the deadline), then answers
+//! with a script calling the page's callback; the callback adds the next script tag.
+//!
+//! ```text
+//! (page on http://localhost:8080, events on http://127.0.0.1:8080)
+//! GET /events/long-poll-script?callback=lab.onEvents&since=4 HTTP/1.1
+//!   (time passes: req-12 is parked, holding the script request; the page's tag is "loading")
+//!   (event 5 is published)
+//! HTTP/1.1 200 OK
+//! Content-Type: application/javascript; charset=utf-8
+//! X-Content-Type-Options: nosniff
+//!
+//! /**/lab.onEvents({"events":[{"id":5,"data":"At ..."}],"last":5});
+//! ```
+//!
+//! 1. Validate the callback (as JSONP polling does: never reflected raw).
+//! 2. Park exactly as XHR long polling does (`long_polling::park`): cursor, deadline, the
+//!    `--max-parked` limit.
+//! 3. Wake and write the script.
+//!
+//! **What it costs**: as XHR long polling, plus JSONP's weaknesses: no status or error body
+//! reaches the page (a failed tag says only "error"), and the page runs whatever the other
+//! server sends. Some browsers show a spinning "loading" indicator while the tag is pending.
+//!
+//! **Try it**: `cargo run --example script_long_polling`, open
+//! <http://localhost:8080/lessons/script_long_polling>, or
+//! `curl -s 'http://127.0.0.1:8080/events/long-poll-script?callback=show&timeout=60'`.
+
+use crate::http::{self, Query};
+use crate::lessons::events_answer;
+use crate::lessons::long_polling::{park, Parking};
+use crate::server::Lab;
+use std::io;
+use tiny_http::Request;
+
+pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+    let counters = lab.count("script_long_polling");
+    // 1. The callback, validated before anything is held.
+    let callback = match query.callback() {
+        Ok(name) => name.to_string(),
+        Err(e) => return e.reply(request, &counters),
+    };
+    // 2. Events already waiting, or park.
+    let (request, backlog, cursor) = match park(lab, request, query) {
+        Parking::Ready(request, backlog, cursor) => (request, backlog, cursor),
+        // BLOCKS until an event or the deadline.
+        Parking::Parked(parked) => parked.wait_for_events(),
+        Parking::Refused(request, error) => return error.reply(request, &counters),
+    };
+    // 3. Write the script.
+    counters.delivered(backlog.events.len());
+    http::write_jsonp(
+        request,
+        &callback,
+        &events_answer(&backlog, cursor),
+        &counters,
+    )
+}

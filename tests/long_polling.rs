@@ -1,0 +1,159 @@
+//! XHR long polling: parked requests, woken by events, bounded by deadlines and a limit.
+
+mod common;
+
+use common::{
+    browser::Browser, ids, marker, start_lab, start_lab_with, stats, wait_for_baseline, wait_until,
+};
+use reverse_ajax_lab::client::{self, get, publish};
+use std::io::{BufReader, Read};
+use std::net::TcpStream;
+use std::thread;
+
+/// Start a long poll on its own thread; returns the answer's JSON when it comes.
+fn long_poll(addr: std::net::SocketAddr, path: &str) -> thread::JoinHandle<serde_json::Value> {
+    let path = path.to_string();
+    thread::spawn(move || get(addr, &path).unwrap().json())
+}
+
+#[test]
+fn a_parked_client_gets_an_event_published_while_it_waits() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let waiting = long_poll(addr, "/events/long-poll?since=0&timeout=60");
+    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    assert!(!waiting.is_finished(), "held, not answered");
+    publish(addr, "wake up").unwrap();
+    let answer = waiting.join().unwrap();
+    assert_eq!(ids(&answer), vec![1]);
+    assert_eq!(answer["events"][0]["data"], "wake up");
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn an_event_published_between_polls_is_still_delivered() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "first").unwrap();
+    let answer = get(addr, "/events/long-poll?since=0").unwrap().json();
+    assert_eq!(ids(&answer), vec![1], "waiting events are answered at once");
+    // Between two polls: nobody is parked.
+    publish(addr, "between").unwrap();
+    let answer = get(addr, "/events/long-poll?since=1").unwrap().json();
+    assert_eq!(ids(&answer), vec![2]);
+    assert_eq!(answer["events"][0]["data"], "between");
+}
+
+#[test]
+fn the_servlet_mode_loses_events_published_between_polls() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "between").unwrap(); // nobody parked: the original drops it
+    let waiting = long_poll(addr, "/events/long-poll?mode=servlet&timeout=60");
+    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    publish(addr, "later").unwrap();
+    let answer = waiting.join().unwrap();
+    assert_eq!(ids(&answer), vec![2], "event 1 never reaches this client");
+}
+
+#[test]
+fn the_deadline_answers_an_empty_list_with_the_cursor() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "old").unwrap();
+    let answer = get(addr, "/events/long-poll?since=1&timeout=1")
+        .unwrap()
+        .json();
+    assert_eq!(ids(&answer), Vec::<u64>::new());
+    assert_eq!(answer["last"], 1);
+    assert_eq!(stats(addr)["lessons"]["long_polling"]["empty"], 1);
+}
+
+#[test]
+fn two_hundred_parked_clients_all_receive_the_same_event() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let clients: Vec<_> = (0..200)
+        .map(|_| long_poll(addr, "/events/long-poll?since=0&timeout=100"))
+        .collect();
+    wait_until("200 requests are parked", || stats(addr)["parked"] == 200);
+    assert_eq!(stats(addr)["subscribers"], 200);
+    publish(addr, "for everyone").unwrap();
+    for client in clients {
+        let answer = client.join().unwrap();
+        assert_eq!(ids(&answer), vec![1]);
+    }
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn a_client_that_hangs_up_is_released_by_its_deadline() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let socket = client::open(addr, "GET", "/events/long-poll?timeout=3", &[], b"").unwrap();
+    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    drop(socket);
+    // Nothing tells a parked request its client left: it is still held...
+    assert_eq!(stats(addr)["parked"], 1);
+    // ...until its deadline frees the thread and the subscription.
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn beyond_the_limit_a_long_poll_gets_503_with_retry_after() {
+    let lab = start_lab_with(|c| c.max_parked = 2);
+    let addr = lab.addr();
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap())
+        .collect();
+    wait_until("two requests are parked", || stats(addr)["parked"] == 2);
+    let refused = get(addr, "/events/long-poll?timeout=60").unwrap();
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("Retry-After").is_some());
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("max-parked"));
+    // The held ones still get their event.
+    publish(addr, "still served").unwrap();
+    for socket in held {
+        let mut body = String::new();
+        BufReader::new(socket).read_to_string(&mut body).unwrap();
+        assert!(body.contains("still served"), "{body}");
+    }
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn bad_input_gets_400() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for path in [
+        "/events/long-poll?timeout=0",
+        "/events/long-poll?timeout=-5",
+        "/events/long-poll?timeout=99999",
+        "/events/long-poll?timeout=soon",
+        "/events/long-poll?since=x",
+        "/events/long-poll?mode=nope",
+    ] {
+        let answer = get(addr, path).unwrap();
+        assert_eq!(answer.status, 400, "{path}");
+        assert!(answer.json()["error"].is_string());
+    }
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn page_shows_events_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/long_polling"));
+    page.wait_for_log("[client] request #1 waiting...");
+    wait_until("the page's request is parked", || {
+        stats(lab.addr())["parked"] == 1
+    });
+    let text = marker("long");
+    publish(lab.addr(), &text).unwrap();
+    page.wait_for_log(&format!("[event] {text}"));
+    page.wait_for_log("[client] request #2 waiting...");
+}

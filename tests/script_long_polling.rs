@@ -1,0 +1,92 @@
+//! Script-tag long polling: held script requests, validated callbacks, cross-origin pages.
+
+mod common;
+
+use common::{browser::Browser, marker, start_lab, stats, wait_for_baseline, wait_until};
+use reverse_ajax_lab::client::{get, publish};
+use std::thread;
+
+#[test]
+fn a_held_script_calls_the_callback_when_an_event_arrives() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let waiting = thread::spawn(move || {
+        get(
+            addr,
+            "/events/long-poll-script?callback=lab.onEvents&since=0",
+        )
+        .unwrap()
+    });
+    wait_until("the script request is parked", || {
+        stats(addr)["parked"] == 1
+    });
+    publish(addr, "</script><b>x</b>").unwrap();
+    let answer = waiting.join().unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("application/javascript"));
+    assert_eq!(answer.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_eq!(
+        answer.body,
+        r#"/**/lab.onEvents({"events":[{"data":"\u003c/script\u003e\u003cb\u003ex\u003c/b\u003e","id":1}],"last":1});"#
+    );
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn waiting_events_and_the_deadline_are_scripts_too() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "waiting").unwrap();
+    let at_once = get(addr, "/events/long-poll-script?callback=f&since=0").unwrap();
+    assert!(at_once.body.starts_with("/**/f({") && at_once.body.contains("waiting"));
+    let empty = get(
+        addr,
+        "/events/long-poll-script?callback=f&since=1&timeout=1",
+    )
+    .unwrap();
+    assert_eq!(empty.body, r#"/**/f({"events":[],"last":1});"#);
+}
+
+#[test]
+fn the_callback_is_validated_before_anything_is_held() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for callback in ["alert(1)//", "a;b", "", "x.1"] {
+        let answer = get(
+            addr,
+            &format!("/events/long-poll-script?callback={callback}"),
+        )
+        .unwrap();
+        assert_eq!(answer.status, 400, "{callback:?}");
+        assert!(!answer.body.contains("alert(1)"));
+    }
+    assert_eq!(
+        get(addr, "/events/long-poll-script?callback=f&timeout=0")
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(stats(addr)["parked"], 0);
+}
+
+#[test]
+fn page_chains_script_tags_cross_origin_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let url = format!(
+        "http://localhost:{}/lessons/script_long_polling",
+        lab.addr().port()
+    );
+    let mut page = browser.open(&url);
+    page.wait_for_log("[client] script #1 waiting...");
+    wait_until("the page's script is parked", || {
+        stats(lab.addr())["parked"] == 1
+    });
+    let text = marker("script");
+    publish(lab.addr(), &text).unwrap();
+    page.wait_for_log(&format!("[event] {text}"));
+    page.wait_for_log("[client] script #2 waiting...");
+}
