@@ -18,7 +18,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const TECHNIQUES: &str = "long-poll";
+const TECHNIQUES: &str = "long-poll stream sse";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +57,10 @@ fn main() {
                 .stack_size(128 * 1024)
                 .spawn(move || match technique.as_str() {
                     "long-poll" => long_poll_client(addr, start, events, &ready),
+                    "stream" => {
+                        stream_client(addr, "/events/stream?since=0", start, events, &ready)
+                    }
+                    "sse" => stream_client(addr, "/events/sse?since=0", start, events, &ready),
                     _ => unreachable!(),
                 })
                 .expect("a client thread")
@@ -82,6 +86,7 @@ fn main() {
     let stats = client::get(addr, "/stats").unwrap().json();
     let lesson = match technique.as_str() {
         "long-poll" => "long_polling",
+        "stream" => "fetch_streaming",
         other => other,
     };
     let counters = &stats["lessons"][lesson];
@@ -150,6 +155,36 @@ fn long_poll_client(
             seen.push(age(start, event["data"].as_str().unwrap_or("")));
         }
         since = answer["last"].as_u64().unwrap_or(since);
+    }
+    seen
+}
+
+/// Read a stream (NDJSON or SSE) until `events` have arrived. Both carry the data on one line:
+/// NDJSON as `"data":"123"`, SSE as `data: 123`.
+fn stream_client(
+    addr: SocketAddr,
+    path: &str,
+    start: Instant,
+    events: u64,
+    ready: &Barrier,
+) -> Vec<Duration> {
+    let mut stream = client::Stream::open(addr, path, &[]).expect("stream opens");
+    ready.wait();
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(600);
+    while (seen.len() as u64) < events {
+        let Ok(Some(chunk)) = stream.next_chunk(end) else {
+            break;
+        };
+        for line in chunk.lines() {
+            if let Some(data) = line.strip_prefix("data: ") {
+                seen.push(age(start, data));
+            } else if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+                if let Some(data) = json["data"].as_str() {
+                    seen.push(age(start, data));
+                }
+            }
+        }
     }
     seen
 }

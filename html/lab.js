@@ -39,6 +39,37 @@ const lab = {
     setInterval(show, 2000);
   },
 
+  // Read a streaming response as text, chunk by chunk, as the server flushes it. Calls
+  // onText(text) for each piece; resolves when the stream ends, rejects when it breaks.
+  async readStream(url, onText) {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error('HTTP ' + response.status + ': ' + (await response.text()));
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      onText(value);
+    }
+  },
+
+  // Keep a stream open: reconnect after it ends or breaks, with a doubling backoff.
+  // connect() returns the promise of one connection's life.
+  async keepStreaming(connect) {
+    let backoff = 1000;
+    for (;;) {
+      const started = Date.now();
+      try {
+        await connect();
+        lab.log('[client] the stream ended; reconnecting', 'state');
+      } catch (e) {
+        lab.log('[client] the stream broke (' + e.message + '); reconnecting in ' + backoff / 1000 + ' s', 'error');
+      }
+      if (Date.now() - started > 10000) backoff = 1000;
+      await new Promise((resolve) => setTimeout(resolve, backoff));
+      backoff = Math.min(backoff * 2, 30000);
+    }
+  },
+
   // This server under its other name: localhost <-> 127.0.0.1 are different origins.
   otherOrigin() {
     const host = location.hostname === 'localhost' ? '127.0.0.1' : 'localhost';

@@ -209,3 +209,40 @@ impl Stream {
         Ok(text)
     }
 }
+
+/// One keep-alive connection for many requests, as a browser keeps one: no new TCP handshake
+/// (and no socket left in TIME_WAIT) per poll. Answers must carry `Content-Length`.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> io::Result<KeepAlive> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(150)))?;
+        Ok(KeepAlive {
+            addr,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub fn get(&mut self, path: &str) -> io::Result<Response> {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
+        self.reader.get_mut().write_all(head.as_bytes())?;
+        let (status, headers) = read_head(&mut self.reader)?;
+        let length: u64 = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| io::Error::other("a keep-alive answer needs Content-Length"))?;
+        let mut body = Vec::new();
+        (&mut self.reader).take(length).read_to_end(&mut body)?;
+        Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}

@@ -67,13 +67,19 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The status line and headers, as they go on the wire. `Cache-Control: no-store` on every
-/// answer: a cached poll would show old events as new.
+/// The status line and headers, as they go on the wire. `Cache-Control: no-store` unless the
+/// caller names its own: a cached poll would show old events as new.
 pub fn head(status: u16, content_type: &str, headers: &[(&str, &str)]) -> String {
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\n",
         reason(status)
     );
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("Cache-Control"))
+    {
+        head.push_str("Cache-Control: no-store\r\n");
+    }
     for (name, value) in headers {
         head.push_str(name);
         head.push_str(": ");
@@ -170,12 +176,14 @@ impl ChunkedStream {
         if data.is_empty() {
             return Ok(()); // an empty chunk would end the stream
         }
-        let frame_head = format!("{:x}\r\n", data.len());
-        self.writer.write_all(frame_head.as_bytes())?;
-        self.writer.write_all(data)?;
-        self.writer.write_all(b"\r\n")?;
+        // One write per frame: with three small writes, Nagle's algorithm (were it on) and
+        // the peer's delayed ACK could hold the tail of the frame back for up to 200 ms.
+        let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+        frame.extend_from_slice(data);
+        frame.extend_from_slice(b"\r\n");
+        self.writer.write_all(&frame)?;
         self.writer.flush()?;
-        self.counters.wrote(frame_head.len() + data.len() + 2);
+        self.counters.wrote(frame.len());
         Ok(())
     }
 
@@ -222,15 +230,15 @@ impl Query {
         }
     }
 
-    /// A whole number of seconds in `min..=max`, or `default` when absent.
-    pub fn seconds(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, HttpError> {
+    /// A whole number in `min..=max` (seconds, a count...), or `default` when absent.
+    pub fn number(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, HttpError> {
         let Some(text) = self.get(name) else {
             return Ok(default);
         };
         match text.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(HttpError::bad_request(format!(
-                "{name} must be a whole number of seconds from {min} to {max}, got {text:?}"
+                "{name} must be a whole number from {min} to {max}, got {text:?}"
             ))),
         }
     }

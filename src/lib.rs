@@ -22,6 +22,7 @@ pub mod hub;
 pub mod lessons;
 pub mod server;
 pub mod stats;
+pub mod stream;
 
 pub use hub::{Event, Hub, Subscription};
 pub use server::{Lab, RunningLab};

@@ -173,6 +173,13 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, "/events/long-poll-script") => {
             lessons::script_long_polling::handle(lab, request, &query)
         }
+        (Method::Get, "/events/iframe") => lessons::forever_iframe::handle(lab, request, &query),
+        (Method::Get, "/events/multipart") => {
+            lessons::multipart_streaming::handle(lab, request, &query)
+        }
+        (Method::Get, "/events/stream") => lessons::fetch_streaming::handle(lab, request, &query),
+        (Method::Get, "/events/buffered") => lessons::buffering::handle(lab, request, &query),
+        (Method::Get, "/events/sse") => lessons::sse::handle(lab, request, &query),
         (_, path) => {
             let counters = lab.count("other");
             match lessons::allowed_methods(path) {
@@ -235,6 +242,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "events_published": lab.hub.last_id(),
         "websocket": lab.websocket_url,
         "max_parked": lab.config.max_parked,
+        "heartbeat_secs": lab.config.heartbeat.as_secs(),
         "lessons": s.lessons_json(),
     });
     http::write_json(request, &value, &counters)

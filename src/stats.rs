@@ -31,6 +31,10 @@ impl LessonCounters {
         }
         self.0.events.fetch_add(n as u64, Relaxed);
     }
+    /// A stream wrote `n` events (streams have no "empty answers").
+    pub fn streamed(&self, n: usize) {
+        self.0.events.fetch_add(n as u64, Relaxed);
+    }
     pub fn wrote(&self, bytes: usize) {
         self.0.bytes.fetch_add(bytes as u64, Relaxed);
     }

@@ -117,7 +117,7 @@ pub fn park<'lab>(lab: &'lab Lab, request: Request, query: &Query) -> Parking<'l
     };
     let max = lab.config.long_poll_max.as_secs();
     let default = lab.config.long_poll_timeout.as_secs().clamp(1, max);
-    let timeout = match query.seconds("timeout", default, 1, max) {
+    let timeout = match query.number("timeout", default, 1, max) {
         Ok(timeout) => timeout,
         Err(e) => return Parking::Refused(request, e),
     };

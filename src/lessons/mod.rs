@@ -7,11 +7,16 @@
 use crate::hub::Backlog;
 use serde_json::{json, Value};
 
+pub mod buffering;
+pub mod fetch_streaming;
+pub mod forever_iframe;
 pub mod jsonp_polling;
 pub mod long_polling;
+pub mod multipart_streaming;
 pub mod piggyback;
 pub mod polling;
 pub mod script_long_polling;
+pub mod sse;
 
 /// A lesson as the index page and the router see it.
 pub struct Lesson {
@@ -61,6 +66,41 @@ pub const LESSONS: &[Lesson] = &[
         idea: "Long polling across origins: each held answer is a script that asks again.",
         page: include_str!("../../html/script_long_polling.html"),
         endpoints: &[("GET", "/events/long-poll-script")],
+    },
+    Lesson {
+        name: "forever_iframe",
+        title: "Forever iframe (Comet streaming)",
+        idea: "A hidden iframe loads a page that never ends; each event is one more <script> tag.",
+        page: include_str!("../../html/forever_iframe.html"),
+        endpoints: &[("GET", "/events/iframe")],
+    },
+    Lesson {
+        name: "multipart_streaming",
+        title: "Multipart streaming (Comet streaming)",
+        idea: "One multipart/x-mixed-replace response, one part per event, read with fetch().",
+        page: include_str!("../../html/multipart_streaming.html"),
+        endpoints: &[("GET", "/events/multipart")],
+    },
+    Lesson {
+        name: "fetch_streaming",
+        title: "Fetch streaming (NDJSON)",
+        idea: "fetch() reads a response that never ends, one JSON event per line, as it arrives.",
+        page: include_str!("../../html/fetch_streaming.html"),
+        endpoints: &[("GET", "/events/stream")],
+    },
+    Lesson {
+        name: "buffering",
+        title: "The buffering trap",
+        idea: "The same stream through a buffered writer: nothing arrives until the stream ends.",
+        page: include_str!("../../html/buffering.html"),
+        endpoints: &[("GET", "/events/buffered")],
+    },
+    Lesson {
+        name: "sse",
+        title: "Server-Sent Events",
+        idea: "The standard stream: EventSource reconnects by itself and resumes from Last-Event-ID.",
+        page: include_str!("../../html/sse.html"),
+        endpoints: &[("GET", "/events/sse")],
     },
 ];
 

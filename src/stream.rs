@@ -1,0 +1,123 @@
+//! The loop every streaming lesson shares: hold one response open and write each event into
+//! it the moment it is published. The lessons differ only in their `Framing`: what goes on
+//! the wire before the first event, around each event, and as a heartbeat.
+//!
+//! ```text
+//! GET /events/stream?since=4
+//! HTTP/1.1 200 OK
+//! Transfer-Encoding: chunked
+//!
+//! 2c\r\n{"id":5,"data":"At ..."}\n\r\n      ← one chunk per event, flushed at once
+//!   (time passes: the thread is parked on its subscription)
+//! 1\r\n\n\r\n                                 ← a heartbeat after 15 s of silence
+//! ```
+//!
+//! 1. Take a place under `--max-parked` (or 503), subscribe at the cursor.
+//! 2. Take the socket (`Request::into_writer`) and write the head and the prelude.
+//! 3. Write the backlog: events the client missed since its cursor.
+//! 4. Park on the subscription until an event (write it) or the heartbeat interval (write a
+//!    heartbeat). Both writes test the socket: the first one that fails means the client has
+//!    gone, and returning drops the subscription and the place.
+
+use crate::http::{ChunkedStream, HttpError};
+use crate::hub::Event;
+use crate::lessons::long_polling::thread_name;
+use crate::server::Lab;
+use crate::stats::LessonCounters;
+use std::io;
+use std::time::Instant;
+use tiny_http::Request;
+
+/// How one streaming lesson puts events on the wire.
+pub struct Framing {
+    pub content_type: &'static str,
+    pub headers: &'static [(&'static str, &'static str)],
+    /// Written once, before any event (padding, `retry:`, a multipart boundary...).
+    pub prelude: String,
+    /// One event's bytes.
+    pub frame: fn(&Event) -> String,
+    /// "The ring no longer holds `k` of the events you asked for".
+    pub missed: fn(u64) -> String,
+    /// Written after a heartbeat interval with no event.
+    pub heartbeat: &'static str,
+}
+
+/// Serve a stream from `since` until the client leaves (or, with `close_after`, until that
+/// many events have been written: SSE uses it to show the browser reconnecting). Returns `Ok`
+/// when the client has gone (the expected ending), `Err` only for a fault worth a warning.
+pub fn serve(
+    lab: &Lab,
+    request: Request,
+    since: u64,
+    close_after: Option<u64>,
+    framing: &Framing,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    // 1. A place, and a subscription from the cursor.
+    let Some(_held) = lab
+        .stats
+        .try_hold(&lab.stats.streams, lab.config.max_parked)
+    else {
+        let message = format!(
+            "{} requests are held already (--max-parked); retry shortly",
+            lab.config.max_parked
+        );
+        let error = HttpError::new(503, message).with_header("Retry-After", "2");
+        return error.reply(request, counters);
+    };
+    let (backlog, mut subscription) = lab.hub.subscribe(since);
+    let me = thread_name();
+
+    // 2. The head and the prelude.
+    let mut stream =
+        ChunkedStream::start(request, framing.content_type, framing.headers, counters)?;
+    stream.write_chunk(framing.prelude.as_bytes())?;
+    log::debug!("{me} streaming from event {since}");
+
+    // 3. The backlog.
+    if backlog.missed > 0 {
+        stream.write_chunk((framing.missed)(backlog.missed).as_bytes())?;
+    }
+    let mut written_events = backlog.events.len() as u64;
+    write_events(&mut stream, &backlog.events, framing, counters)?;
+
+    // 4. Park, write, repeat.
+    loop {
+        if close_after.is_some_and(|limit| written_events >= limit) {
+            log::debug!("{me} closing after {written_events} events, as asked");
+            return stream.finish();
+        }
+        let wake_at = Instant::now() + lab.config.heartbeat;
+        // BLOCKS: until `Hub::publish` sends into our subscription, or the heartbeat is due.
+        let written = match subscription.wait_for_events(wake_at) {
+            Some(batch) => {
+                written_events += batch.events.len() as u64;
+                if batch.missed > 0 {
+                    stream.write_chunk((framing.missed)(batch.missed).as_bytes())?;
+                }
+                write_events(&mut stream, &batch.events, framing, counters)
+            }
+            None => stream.write_chunk(framing.heartbeat.as_bytes()),
+        };
+        if let Err(e) = written {
+            // The client left: the write failed. Returning frees the thread, the
+            // subscription and the place.
+            log::debug!("{me} gone after event {}: {e}", subscription.cursor());
+            return Ok(());
+        }
+    }
+}
+
+/// One chunk per event, each flushed on its own so no event waits for the next.
+fn write_events(
+    stream: &mut ChunkedStream,
+    events: &[std::sync::Arc<Event>],
+    framing: &Framing,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    for event in events {
+        stream.write_chunk((framing.frame)(event).as_bytes())?;
+        counters.streamed(1);
+    }
+    Ok(())
+}

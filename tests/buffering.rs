@@ -1,0 +1,85 @@
+//! The buffering trap: tiny_http's streamed Response holds small events until the stream ends,
+//! while the hand-framed stream delivers each at once.
+
+mod common;
+
+use common::{browser::Browser, deadline, marker, start_lab, stats, wait_for_baseline, wait_until};
+use reverse_ajax_lab::client::{self, publish, Stream};
+use std::io::{ErrorKind, Read};
+
+#[test]
+fn buffering_holds_events_that_the_hand_framed_stream_already_delivered() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let mut prompt = Stream::open(addr, "/events/stream", &[]).unwrap();
+    let mut buffered = client::open(addr, "GET", "/events/buffered?count=3", &[], b"").unwrap();
+    wait_until("both streams are subscribed", || {
+        stats(addr)["subscribers"] == 2
+    });
+
+    for i in 1..=2 {
+        publish(addr, &format!("e{i}")).unwrap();
+        let chunk = prompt.next_chunk(deadline()).unwrap().unwrap();
+        assert!(chunk.contains(&format!("\"id\":{i}")));
+    }
+    // Two events have reached the prompt client; the buffered one has not sent a single byte,
+    // not even its status line.
+    buffered.set_nonblocking(true).unwrap();
+    let mut probe = [0u8; 1];
+    let peeked = buffered.peek(&mut probe);
+    assert!(
+        matches!(&peeked, Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "the buffered stream sent something early: {peeked:?}"
+    );
+    buffered.set_nonblocking(false).unwrap();
+
+    // The third event ends the buffered body: now everything arrives at once.
+    publish(addr, "e3").unwrap();
+    let mut everything = String::new();
+    buffered.read_to_string(&mut everything).unwrap();
+    assert!(everything.starts_with("HTTP/1.1 200"));
+    for i in 1..=3 {
+        assert!(
+            everything.contains(&format!("\"data\":\"e{i}\"")),
+            "{everything}"
+        );
+    }
+    wait_until("the buffered stream has let go", || {
+        stats(addr)["subscribers"] == 1
+    });
+    drop(prompt);
+}
+
+#[test]
+fn bad_count_gets_400() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for path in [
+        "/events/buffered?count=0",
+        "/events/buffered?count=1000",
+        "/events/buffered?since=q",
+    ] {
+        assert_eq!(client::get(addr, path).unwrap().status, 400, "{path}");
+    }
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn page_shows_the_difference_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/buffering"));
+    wait_until("both page streams are subscribed", || {
+        stats(lab.addr())["subscribers"] == 2
+    });
+    let texts: Vec<String> = (0..5).map(|i| marker(&format!("buf{i}"))).collect();
+    publish(lab.addr(), &texts[0]).unwrap();
+    page.wait_for_log(&format!("[prompt] [event] {}", texts[0]));
+    assert!(!page.log_text().contains("[buffered] [event]"));
+    for text in &texts[1..] {
+        publish(lab.addr(), text).unwrap();
+    }
+    for text in &texts {
+        page.wait_for_log(&format!("[buffered] [event] {text}"));
+    }
+}

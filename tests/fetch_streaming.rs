@@ -1,0 +1,93 @@
+//! Fetch streaming: one NDJSON line per event, each its own chunk, flushed at once.
+
+mod common;
+
+use common::{
+    browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
+    wait_until,
+};
+use reverse_ajax_lab::client::{get, publish, Stream};
+use std::time::Duration;
+
+#[test]
+fn promptness_each_event_is_its_own_chunk_while_the_response_is_open() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/stream", &[]).unwrap();
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("Content-Type"), Some("application/x-ndjson"));
+    assert_eq!(stream.header("Transfer-Encoding"), Some("chunked"));
+    wait_until("the stream is subscribed", || stats(addr)["streams"] == 1);
+    for i in 1..=3 {
+        publish(addr, &format!("line {i}\nwith a newline")).unwrap();
+        // The event arrives before the next one is even published.
+        let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
+        assert_eq!(
+            chunk,
+            format!("{{\"data\":\"line {i}\\nwith a newline\",\"id\":{i}}}\n")
+        );
+    }
+}
+
+#[test]
+fn a_cursor_replays_what_was_missed_first() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for i in 1..=3 {
+        publish(addr, &format!("e{i}")).unwrap();
+    }
+    let mut stream = Stream::open(addr, "/events/stream?since=1", &[]).unwrap();
+    let text = stream
+        .read_until(deadline(), |t| t.lines().count() >= 2)
+        .unwrap();
+    let ids: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, vec![2, 3]);
+    publish(addr, "e4").unwrap();
+    let next = stream.next_chunk(deadline()).unwrap().unwrap();
+    assert!(next.contains("\"id\":4"));
+}
+
+#[test]
+fn heartbeats_find_a_client_that_left_and_free_its_stream() {
+    let lab = start_lab_with(|c| c.heartbeat = Duration::from_millis(200));
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/stream", &[]).unwrap();
+    // With no event, a heartbeat (an empty line) comes after the interval.
+    assert_eq!(stream.next_chunk(deadline()).unwrap().unwrap(), "\n");
+    assert_eq!(stats(addr)["streams"], 1);
+    drop(stream);
+    // The next heartbeats fail to write: the thread and the subscription are freed.
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn beyond_the_limit_a_stream_gets_503() {
+    let lab = start_lab_with(|c| c.max_parked = 1);
+    let addr = lab.addr();
+    let _held = Stream::open(addr, "/events/stream", &[]).unwrap();
+    wait_until("one stream is held", || stats(addr)["streams"] == 1);
+    let refused = get(addr, "/events/stream").unwrap();
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("Retry-After").is_some());
+    assert_eq!(get(addr, "/events/stream?since=zz").unwrap().status, 400);
+}
+
+#[test]
+fn page_reads_the_stream_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/fetch_streaming"));
+    wait_until("the page's stream is open", || {
+        stats(lab.addr())["streams"] == 1
+    });
+    let text = marker("ndjson");
+    publish(lab.addr(), &text).unwrap();
+    page.wait_for_log(&format!("[event] {text}"));
+}

@@ -1,0 +1,59 @@
+//! Multipart streaming: one MIME part per event, closed by the next boundary.
+
+mod common;
+
+use common::{browser::Browser, deadline, marker, start_lab, stats, wait_until};
+use reverse_ajax_lab::client::{publish, Stream};
+
+#[test]
+fn each_event_is_a_whole_part_in_its_own_chunk() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/multipart", &[]).unwrap();
+    assert_eq!(
+        stream.header("Content-Type"),
+        Some("multipart/x-mixed-replace; boundary=lab-event")
+    );
+    assert_eq!(
+        stream.next_chunk(deadline()).unwrap().unwrap(),
+        "--lab-event\r\n"
+    );
+    wait_until("subscribed", || stats(addr)["streams"] == 1);
+    for i in 1..=2 {
+        publish(addr, &format!("part {i}")).unwrap();
+        let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
+        assert_eq!(
+            chunk,
+            format!("Content-Type: application/json\r\n\r\n{{\"data\":\"part {i}\",\"id\":{i}}}\r\n--lab-event\r\n")
+        );
+    }
+}
+
+#[test]
+fn a_cursor_replays_missed_parts_first() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "a").unwrap();
+    publish(addr, "b").unwrap();
+    let mut stream = Stream::open(addr, "/events/multipart?since=1", &[]).unwrap();
+    let text = stream
+        .read_until(deadline(), |t| t.matches("--lab-event").count() >= 2)
+        .unwrap();
+    assert!(
+        text.contains("\"id\":2") && !text.contains("\"id\":1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn page_reads_the_parts_with_fetch_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/multipart_streaming"));
+    wait_until("the page's stream is open", || {
+        stats(lab.addr())["streams"] == 1
+    });
+    let text = marker("multipart");
+    publish(lab.addr(), &text).unwrap();
+    page.wait_for_log(&format!("[event] {text}"));
+}

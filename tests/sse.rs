@@ -1,0 +1,125 @@
+//! Server-Sent Events: framing, resume from Last-Event-ID, and EventSource in Chromium.
+
+mod common;
+
+use common::{
+    browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
+    wait_until,
+};
+use reverse_ajax_lab::client::{get, publish, request, Stream};
+
+fn ids_in(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn framing_headers_retry_ids_and_one_data_line_per_line() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/sse", &[("Accept", "text/event-stream")]).unwrap();
+    assert!(stream
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_eq!(stream.header("Cache-Control"), Some("no-cache"));
+    assert_eq!(stream.header("X-Accel-Buffering"), Some("no"));
+    let prelude = stream.next_chunk(deadline()).unwrap().unwrap();
+    assert!(prelude.starts_with("retry: 2000\n"), "{prelude:?}");
+    wait_until("subscribed", || stats(addr)["streams"] == 1);
+    publish(addr, "first line\nsecond line").unwrap();
+    let block = stream.next_chunk(deadline()).unwrap().unwrap();
+    assert_eq!(block, "id: 1\ndata: first line\ndata: second line\n\n");
+}
+
+#[test]
+fn resume_after_disconnect_delivers_exactly_the_missed_events() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/sse?since=0", &[]).unwrap();
+    publish(addr, "one").unwrap();
+    publish(addr, "two").unwrap();
+    let seen = stream
+        .read_until(deadline(), |t| ids_in(t).len() == 2)
+        .unwrap();
+    assert_eq!(ids_in(&seen), vec![1, 2]);
+    drop(stream);
+    // While the client is away.
+    for data in ["three", "four", "five"] {
+        publish(addr, data).unwrap();
+    }
+    // The browser reconnects to the same URL (since=0) with Last-Event-ID: the header wins.
+    let mut stream = Stream::open(addr, "/events/sse?since=0", &[("Last-Event-ID", "2")]).unwrap();
+    let resumed = stream
+        .read_until(deadline(), |t| ids_in(t).len() == 3)
+        .unwrap();
+    assert_eq!(ids_in(&resumed), vec![3, 4, 5]);
+    assert!(resumed.contains("data: three\n") && resumed.contains("data: five\n"));
+    publish(addr, "six").unwrap();
+    let next = stream
+        .read_until(deadline(), |t| !ids_in(t).is_empty())
+        .unwrap();
+    assert_eq!(ids_in(&next), vec![6], "nothing twice, nothing skipped");
+}
+
+#[test]
+fn resuming_from_too_far_back_says_what_was_missed() {
+    let lab = start_lab_with(|c| c.history = 4);
+    let addr = lab.addr();
+    for i in 0..10 {
+        publish(addr, &format!("e{i}")).unwrap();
+    }
+    let mut stream = Stream::open(addr, "/events/sse", &[("Last-Event-ID", "0")]).unwrap();
+    let text = stream
+        .read_until(deadline(), |t| ids_in(t).len() == 4)
+        .unwrap();
+    assert!(text.contains("event: missed\ndata: 6\n\n"), "{text}");
+    assert_eq!(ids_in(&text), vec![7, 8, 9, 10]);
+}
+
+#[test]
+fn close_after_ends_the_stream_so_the_browser_reconnects() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "a").unwrap();
+    publish(addr, "b").unwrap();
+    let answer = get(addr, "/events/sse?since=0&close_after=2").unwrap();
+    assert_eq!(ids_in(&answer.body), vec![1, 2]);
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn bad_input_gets_400() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let bad_header = request(addr, "GET", "/events/sse", &[("Last-Event-ID", "abc")], b"").unwrap();
+    assert_eq!(bad_header.status, 400);
+    assert_eq!(get(addr, "/events/sse?since=-2").unwrap().status, 400);
+    assert_eq!(get(addr, "/events/sse?close_after=0").unwrap().status, 400);
+    wait_for_baseline(addr);
+}
+
+#[test]
+fn page_resumes_without_a_gap_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/sse"));
+    page.wait_for_log("[client] stream open");
+    // Make the server drop the stream every 3 events.
+    page.eval("document.getElementById('drop').click()");
+    wait_until("the new stream is open", || {
+        stats(lab.addr())["streams"] == 1
+    });
+    page.wait_for_log("[client] stream open");
+    let texts: Vec<String> = (0..5).map(|i| marker(&format!("sse{i}"))).collect();
+    for text in &texts {
+        publish(lab.addr(), text).unwrap();
+    }
+    for text in &texts {
+        page.wait_for_log(&format!("[event] {text}"));
+    }
+    page.wait_for_log("[client] reconnected; the browser sent Last-Event-ID: 3");
+    assert!(!page.log_text().contains("gap!"), "{}", page.log_text());
+}
