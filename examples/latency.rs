@@ -18,7 +18,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const TECHNIQUES: &str = "long-poll stream sse";
+const TECHNIQUES: &str = "long-poll stream sse ws";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,11 +48,13 @@ fn main() {
     let addr = lab.addr();
     let start = Instant::now();
     let ready = Arc::new(Barrier::new(clients + 1));
+    let ws_url = format!("{}?since=0", lab.lab.websocket_url);
 
     let handles: Vec<_> = (0..clients)
         .map(|_| {
             let ready = ready.clone();
             let technique = technique.clone();
+            let ws_url = ws_url.clone();
             thread::Builder::new()
                 .stack_size(128 * 1024)
                 .spawn(move || match technique.as_str() {
@@ -61,6 +63,7 @@ fn main() {
                         stream_client(addr, "/events/stream?since=0", start, events, &ready)
                     }
                     "sse" => stream_client(addr, "/events/sse?since=0", start, events, &ready),
+                    "ws" => websocket_client(&ws_url, start, events, &ready),
                     _ => unreachable!(),
                 })
                 .expect("a client thread")
@@ -87,6 +90,7 @@ fn main() {
     let lesson = match technique.as_str() {
         "long-poll" => "long_polling",
         "stream" => "fetch_streaming",
+        "ws" => "websocket",
         other => other,
     };
     let counters = &stats["lessons"][lesson];
@@ -184,6 +188,27 @@ fn stream_client(
                     seen.push(age(start, data));
                 }
             }
+        }
+    }
+    seen
+}
+
+/// A WebSocket client: one text frame per event.
+fn websocket_client(url: &str, start: Instant, events: u64, ready: &Barrier) -> Vec<Duration> {
+    let (mut socket, _) = tungstenite::connect(url).expect("WebSocket connects");
+    ready.wait();
+    let mut seen = Vec::new();
+    while (seen.len() as u64) < events {
+        match socket.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let json: serde_json::Value =
+                    serde_json::from_str(text.as_str()).unwrap_or_default();
+                if let Some(data) = json["data"].as_str() {
+                    seen.push(age(start, data));
+                }
+            }
+            Ok(_) => continue,
+            Err(_) => break,
         }
     }
     seen

@@ -14,7 +14,7 @@
 //! here too (`drain_shared_queue`), bounded, so the polling lesson can show how it splits events
 //! between clients.
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -190,6 +190,15 @@ fn backlog(state: &State, cursor: u64) -> Backlog {
     Backlog { events, missed }
 }
 
+/// What woke `Subscription::wait_for_events_or`.
+pub enum Wake<T> {
+    Events(Backlog),
+    Other(T),
+    /// Every sender of the other channel is gone.
+    OtherGone,
+    Deadline,
+}
+
 /// A subscriber's end of the fan-out: a bounded channel plus the cursor of what it has seen.
 /// Dropping it unsubscribes, so a handler that ends for any reason frees its place in the hub.
 pub struct Subscription {
@@ -206,34 +215,61 @@ impl Subscription {
         loop {
             // BLOCKS: the handler thread sleeps here, holding its request, until `publish`
             // sends into our channel or the deadline passes.
-            let first = match self.rx.recv_deadline(deadline) {
-                Ok(event) => event,
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    return None
-                }
-            };
-            let mut events = vec![first];
-            events.extend(self.rx.try_iter());
-            let batch = if self.lagged.swap(false, Ordering::AcqRel) {
-                // Our channel overflowed while we were slow: the ring still has the rest.
-                self.hub.since(self.cursor)
-            } else {
-                Backlog { events, missed: 0 }
-            };
-            let batch = Backlog {
-                events: batch
-                    .events
-                    .into_iter()
-                    .filter(|e| e.id > self.cursor)
-                    .collect(),
-                missed: batch.missed,
-            };
-            if batch.events.is_empty() && batch.missed == 0 {
-                continue; // already delivered from history after an earlier overflow
+            let first = self.rx.recv_deadline(deadline).ok()?;
+            if let Some(batch) = self.take_batch(first) {
+                return Some(batch);
             }
-            self.cursor = batch.last(self.cursor);
-            return Some(batch);
         }
+    }
+
+    /// Like `wait_for_events`, but also wakes for a message on `other` (the WebSocket writer
+    /// waits on events and on what its reader thread hands it).
+    pub fn wait_for_events_or<T>(&mut self, other: &Receiver<T>, deadline: Instant) -> Wake<T> {
+        loop {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            // BLOCKS: until an event, a message on `other`, or the deadline.
+            crossbeam_channel::select! {
+                recv(self.rx) -> event => match event {
+                    Ok(first) => {
+                        if let Some(batch) = self.take_batch(first) {
+                            return Wake::Events(batch);
+                        }
+                    }
+                    Err(_) => return Wake::Deadline,
+                },
+                recv(other) -> message => return match message {
+                    Ok(message) => Wake::Other(message),
+                    Err(_) => Wake::OtherGone,
+                },
+                default(timeout) => return Wake::Deadline,
+            }
+        }
+    }
+
+    /// The first event plus whatever else is queued, refilled from history after an overflow;
+    /// `None` if everything was already delivered.
+    fn take_batch(&mut self, first: Arc<Event>) -> Option<Backlog> {
+        let mut events = vec![first];
+        events.extend(self.rx.try_iter());
+        let batch = if self.lagged.swap(false, Ordering::AcqRel) {
+            // Our channel overflowed while we were slow: the ring still has the rest.
+            self.hub.since(self.cursor)
+        } else {
+            Backlog { events, missed: 0 }
+        };
+        let batch = Backlog {
+            events: batch
+                .events
+                .into_iter()
+                .filter(|e| e.id > self.cursor)
+                .collect(),
+            missed: batch.missed,
+        };
+        if batch.events.is_empty() && batch.missed == 0 {
+            return None; // already delivered from history after an earlier overflow
+        }
+        self.cursor = batch.last(self.cursor);
+        Some(batch)
     }
 
     /// The id of the last event this subscription has handed out.

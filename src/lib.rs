@@ -171,7 +171,11 @@ pub fn run(only: Option<&'static str>) {
                 Some(name) => format!("lessons/{name}"),
                 None => String::new(),
             };
-            log::info!("Reverse Ajax Lab on {}", lab.url(&format!("/{page}")));
+            log::info!(
+                "Reverse Ajax Lab on {} (WebSocket lesson on {})",
+                lab.url(&format!("/{page}")),
+                lab.lab.websocket_url
+            );
             lab.join();
         }
         Err(message) => {

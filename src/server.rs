@@ -31,8 +31,8 @@ pub struct Lab {
     pub stats: Stats,
     /// Where the HTTP server really listens (port 0 resolved).
     pub addr: SocketAddr,
-    /// `ws://.../events/ws` once the WebSocket listener is up.
-    pub websocket_url: Option<String>,
+    /// `ws://HOST:PORT/events/ws`: the WebSocket lesson's own listener.
+    pub websocket_url: String,
 }
 
 impl Lab {
@@ -62,6 +62,7 @@ impl RunningLab {
             ),
             _ => format!("cannot listen on {addr}: {e}"),
         })?;
+        let requested = addr;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let server = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
@@ -71,14 +72,18 @@ impl RunningLab {
             crate::generator::spawn(hub.clone(), range)
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
         }
+        let websocket = lessons::websocket::listen(&config, requested, addr)?;
         let lab = Arc::new(Lab {
-            websocket_url: None,
+            websocket_url: websocket.url(),
             config,
             hub,
             stats: Stats::default(),
             addr,
         });
 
+        websocket
+            .spawn(lab.clone())
+            .map_err(|e| format!("cannot start the WebSocket accept thread: {e}"))?;
         let accept_lab = lab.clone();
         let accept = thread::Builder::new()
             .name("accept".into())
@@ -104,7 +109,7 @@ impl RunningLab {
 
 /// A listener as tiny_http would make it, but with TCP_NODELAY (accepted sockets inherit it,
 /// so one-event frames leave at once) and a backlog of 4096 instead of std's 128.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
@@ -180,6 +185,11 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, "/events/stream") => lessons::fetch_streaming::handle(lab, request, &query),
         (Method::Get, "/events/buffered") => lessons::buffering::handle(lab, request, &query),
         (Method::Get, "/events/sse") => lessons::sse::handle(lab, request, &query),
+        (Method::Get, "/events/ws") => {
+            let counters = lab.count("websocket");
+            let message = format!("WebSockets have their own port: {}", lab.websocket_url);
+            HttpError::bad_request(message).reply(request, &counters)
+        }
         (_, path) => {
             let counters = lab.count("other");
             match lessons::allowed_methods(path) {
@@ -236,6 +246,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "parked": s.parked.get(),
         "streams": s.streams.get(),
         "websockets": s.websockets.get(),
+        "websocket_threads": s.websocket_threads.get(),
         "subscribers": lab.hub.subscriber_count(),
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),

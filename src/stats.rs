@@ -90,6 +90,8 @@ pub struct Stats {
     /// Streaming responses (iframe, multipart, ndjson, SSE) held open.
     pub streams: Gauge,
     pub websockets: Gauge,
+    /// Threads serving WebSockets right now: a reader and a writer per connection.
+    pub websocket_threads: Gauge,
     /// Parked plus streams: what `--max-parked` limits.
     held: Gauge,
     lessons: Mutex<BTreeMap<&'static str, LessonCounters>>,

@@ -17,6 +17,7 @@ pub mod piggyback;
 pub mod polling;
 pub mod script_long_polling;
 pub mod sse;
+pub mod websocket;
 
 /// A lesson as the index page and the router see it.
 pub struct Lesson {
@@ -101,6 +102,14 @@ pub const LESSONS: &[Lesson] = &[
         idea: "The standard stream: EventSource reconnects by itself and resumes from Last-Event-ID.",
         page: include_str!("../../html/sse.html"),
         endpoints: &[("GET", "/events/sse")],
+    },
+    Lesson {
+        name: "websocket",
+        title: "WebSocket",
+        idea: "One handshake, then a full-duplex socket: events pushed as frames, your messages sent back.",
+        page: include_str!("../../html/websocket.html"),
+        // On its own port (`/stats` says which); the HTTP port points there.
+        endpoints: &[("GET", "/events/ws")],
     },
 ];
 

@@ -1,0 +1,437 @@
+//! # WebSocket: one HTTP handshake, then a full-duplex socket carrying frames both ways.
+//!
+//! ```text
+//! GET /events/ws?since=4 HTTP/1.1               ← on the WebSocket port (HTTP port + 1)
+//! Host: 127.0.0.1:8081
+//! Upgrade: websocket
+//! Connection: Upgrade
+//! Origin: http://127.0.0.1:8080                  ← checked: a foreign page gets 403
+//! Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
+//! Sec-WebSocket-Version: 13
+//!
+//! HTTP/1.1 101 Switching Protocols
+//! Upgrade: websocket
+//! Connection: Upgrade
+//! Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+//!
+//! ◄ text {"id":5,"data":"At ..."}                ← the backlog after since=4, then live events
+//!   (time passes: ws-3-writer is parked on its subscription, ws-3 on the socket)
+//! ► text "hello"                                  ← the client's frame is published to all...
+//! ◄ text {"id":6,"data":"hello"}                 ← ...including back to the sender
+//! ◄ ping                                          ← every heartbeat interval
+//! ► pong                                          ← a peer that stops answering is dropped
+//! ► close 1000                                    ← either side may close; the other echoes
+//! ◄ close 1000
+//! ```
+//!
+//! 1. `listen` binds a plain `std::net::TcpListener` on its own port. tiny_http's upgraded
+//!    stream is one boxed object that two threads cannot share; a `TcpStream` can be split with
+//!    `try_clone()` into a reading and a writing half (DESIGN.md).
+//! 2. `handshake` runs tungstenite's server handshake with a callback that checks the path and
+//!    the `Origin` (cross-site WebSocket hijacking: browsers send cookies with a WebSocket
+//!    handshake from *any* page, so the server must refuse foreign origins) and reads `since`.
+//! 3. Two threads per connection. `read_frames` (thread `ws-N`) blocks on the socket: it
+//!    publishes the client's text frames and hands pongs, close replies and errors to the
+//!    writer; it never writes itself, so frames from two threads can never interleave.
+//!    `write_frames` (thread `ws-N-writer`) blocks on the subscription *and* the reader's
+//!    channel: it sends events, pings on an interval, answers pings, and closes.
+//! 4. Every ending (client close, server close, write error, silent peer) shuts the socket
+//!    down, which ends the other thread too; dropping the subscription and the place frees them.
+//!
+//! **What it costs**: one handshake per connection (about 400 bytes both ways), then 2 bytes of
+//! frame header per small event from the server (clients mask theirs: 6 bytes); two threads and
+//! one file descriptor per client in this model. Some proxies and old corporate firewalls do not
+//! pass the `Upgrade`.
+//!
+//! **Try it**: `cargo run --example websocket`, open two tabs of
+//! <http://127.0.0.1:8080/lessons/websocket> and chat; or with
+//! `curl -N --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' http://127.0.0.1:8081/events/ws`
+//! watch the 101 and the raw frames arrive.
+
+use crate::http::Query;
+use crate::hub::{Backlog, Subscription, Wake};
+use crate::server::Lab;
+use crate::stats::LessonCounters;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use serde_json::json;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+/// The bound WebSocket port, before its accept thread starts.
+pub struct WebSocketListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl WebSocketListener {
+    /// `ws://HOST:PORT/events/ws`, as `/stats` and the page see it.
+    pub fn url(&self) -> String {
+        format!("ws://{}/events/ws", self.addr)
+    }
+
+    /// Start the `ws-accept` thread.
+    pub fn spawn(self, lab: Arc<Lab>) -> io::Result<()> {
+        thread::Builder::new()
+            .name("ws-accept".into())
+            .spawn(move || accept_loop(lab, self.listener))?;
+        Ok(())
+    }
+}
+
+/// Step 1: bind `--ws-addr`, or the HTTP port + 1 (any free port when HTTP asked for port 0:
+/// `requested` is the address as configured, `http` as bound).
+pub fn listen(
+    config: &crate::Config,
+    requested: SocketAddr,
+    http: SocketAddr,
+) -> Result<WebSocketListener, String> {
+    let addr: SocketAddr = match &config.ws_addr {
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("--ws-addr {text:?} is not HOST:PORT"))?,
+        None if requested.port() == 0 => SocketAddr::new(http.ip(), 0),
+        None => SocketAddr::new(http.ip(), http.port().wrapping_add(1)),
+    };
+    let listener = crate::server::bind(addr).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => format!(
+            "WebSocket port {} busy: is another lesson running? try --addr with another port, \
+             or --ws-addr",
+            addr.port()
+        ),
+        _ => format!("cannot listen for WebSockets on {addr}: {e}"),
+    })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok(WebSocketListener { listener, addr })
+}
+
+fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
+    let next_id = AtomicU64::new(1);
+    // BLOCKS: until a client connects to the WebSocket port.
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let id = next_id.fetch_add(1, Relaxed);
+        let lab = lab.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("ws-{id}"))
+            .spawn(move || {
+                let _thread = lab.stats.websocket_threads.enter();
+                match serve(&lab, stream, id) {
+                    Ok(()) => log::debug!("ws {id} gone"),
+                    Err(e) => log::debug!("ws {id} ended: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("no thread for ws {id}: {e}");
+        }
+    }
+}
+
+/// What the reader hands the writer.
+enum ToWriter {
+    /// Answer a ping.
+    Pong(tungstenite::Bytes),
+    /// Close with this frame: an echo of the client's close, or our own (1009, 1003...).
+    Close(CloseFrame),
+}
+
+fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
+    let counters = lab.count("websocket");
+    let Some(_held) = lab
+        .stats
+        .try_hold(&lab.stats.websockets, lab.config.max_parked)
+    else {
+        // Answer the upgrade with 503 by refusing in the handshake.
+        let _ = handshake(lab, stream, |_| {
+            Err((503, "too many connections (--max-parked)".into()))
+        });
+        return Ok(());
+    };
+    // 2. The handshake: path, Origin and `since`.
+    let (socket, since) = match handshake(lab, stream, |request| check_request(lab, request)) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            counters.error();
+            return Err(e);
+        }
+    };
+    let since = since.unwrap_or_else(|| lab.hub.last_id());
+    let (backlog, subscription) = lab.hub.subscribe(since);
+    log::debug!("ws {id} open, from event {since}");
+
+    // 3. Split: the reader keeps this thread, the writer gets its own.
+    let read_half = socket.get_ref().try_clone()?;
+    let write_half = socket.get_ref().try_clone()?;
+    drop(socket);
+    let config = ws_config(lab);
+    let reader = WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config));
+    let writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(config));
+    let (to_writer, from_reader) = unbounded();
+    let last_heard = AtomicU64::new(0);
+    let started = Instant::now();
+
+    // Scoped threads may borrow the lab; the scope ends when both halves have.
+    let (last_heard, counters) = (&last_heard, &counters);
+    thread::scope(|scope| -> io::Result<()> {
+        let writer_thread = thread::Builder::new()
+            .name(format!("ws-{id}-writer"))
+            .spawn_scoped(scope, move || {
+                let _thread = lab.stats.websocket_threads.enter();
+                let ending = write_frames(Writing {
+                    socket: writer,
+                    subscription,
+                    backlog,
+                    from_reader,
+                    heartbeat: lab.config.heartbeat,
+                    last_heard,
+                    started,
+                    counters,
+                });
+                log::debug!("ws {id} writer done: {ending}");
+            })?;
+        // `read_frames` owns the sender: when it returns, the writer sees it gone.
+        read_frames(lab, reader, to_writer, last_heard, started, counters, id);
+        let _ = writer_thread.join();
+        Ok(())
+    })
+}
+
+/// Step 2, with `decide` choosing to accept (and reading `since`) or to refuse.
+fn handshake(
+    lab: &Lab,
+    stream: TcpStream,
+    decide: impl FnOnce(&Request) -> Result<Option<u64>, (u16, String)>,
+) -> io::Result<(WebSocket<TcpStream>, Option<u64>)> {
+    // A client that connects and says nothing must not hold the thread forever.
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut since = None;
+    // tungstenite's callback: accept with its response, or refuse with an HTTP answer.
+    #[allow(clippy::result_large_err)] // the error type is tungstenite's, not ours to shrink
+    let callback = |request: &Request, response: Response| match decide(request) {
+        Ok(cursor) => {
+            since = cursor;
+            Ok(response)
+        }
+        Err((status, message)) => Err(refuse(status, &message)),
+    };
+    let socket = tungstenite::accept_hdr_with_config(stream, callback, Some(ws_config(lab)))
+        .map_err(|e| io::Error::other(format!("handshake refused or failed: {e}")))?;
+    // From now on the socket blocks until a frame arrives; pings find dead peers.
+    socket.get_ref().set_read_timeout(None)?;
+    Ok((socket, since))
+}
+
+fn ws_config(lab: &Lab) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(lab.config.max_body))
+        .max_frame_size(Some(lab.config.max_body))
+}
+
+/// The handshake's checks: the path, the page's `Origin`, and `since`.
+fn check_request(lab: &Lab, request: &Request) -> Result<Option<u64>, (u16, String)> {
+    if request.uri().path() != "/events/ws" {
+        return Err((404, "the WebSocket endpoint is /events/ws".into()));
+    }
+    if let Some(origin) = request.headers().get("Origin") {
+        let origin = origin.to_str().unwrap_or("");
+        if !allowed_origins(lab).iter().any(|allowed| allowed == origin) {
+            log::debug!("ws handshake refused: foreign Origin {origin:?}");
+            return Err((403, "this Origin may not open the lab's WebSocket".into()));
+        }
+    }
+    // No Origin at all: not a browser (browsers always send one), so no hijacking risk.
+    let query = Query::parse(request.uri().query().unwrap_or(""));
+    match query.get("since") {
+        None => Ok(None),
+        Some(_) => query.since(0).map(Some).map_err(|e| (400, e.message)),
+    }
+}
+
+/// The lab's own pages: the HTTP address, under both loopback names.
+pub fn allowed_origins(lab: &Lab) -> Vec<String> {
+    let port = lab.addr.port();
+    vec![
+        format!("http://{}", lab.addr),
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ]
+}
+
+fn refuse(status: u16, message: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(json!({ "error": message }).to_string()));
+    *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
+        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    response
+}
+
+/// The reading half: reads go to the socket, writes go nowhere. tungstenite would answer
+/// pings and closes from inside `read`; here the writer thread does that, so only one thread
+/// ever writes to the socket.
+struct ReadOnly(TcpStream);
+
+impl Read for ReadOnly {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for ReadOnly {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Step 3, the reader (thread `ws-N`).
+fn read_frames(
+    lab: &Lab,
+    mut socket: WebSocket<ReadOnly>,
+    to_writer: Sender<ToWriter>,
+    last_heard: &AtomicU64,
+    started: Instant,
+    counters: &LessonCounters,
+    id: u64,
+) {
+    loop {
+        // BLOCKS: until the client sends a frame, or the socket is shut down.
+        let message = socket.read();
+        last_heard.store(started.elapsed().as_millis() as u64, Relaxed);
+        match message {
+            Ok(Message::Text(text)) => {
+                let event = lab.hub.publish(text.as_str());
+                log::debug!("ws {id} published event {}", event.id);
+            }
+            Ok(Message::Binary(_)) => {
+                let frame = close_frame(CloseCode::Unsupported, "text frames only");
+                let _ = to_writer.send(ToWriter::Close(frame));
+                return;
+            }
+            Ok(Message::Ping(payload)) => {
+                let _ = to_writer.send(ToWriter::Pong(payload));
+            }
+            Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
+            Ok(Message::Close(frame)) => {
+                // The client closes: the writer echoes its code, then shuts the socket.
+                let code = frame.map_or(CloseCode::Normal, |f| f.code);
+                log::debug!("ws {id} client closed with {code}");
+                let _ = to_writer.send(ToWriter::Close(close_frame(code, "")));
+                return;
+            }
+            Err(tungstenite::Error::Capacity(e)) => {
+                log::debug!("ws {id} message too big: {e}");
+                counters.error();
+                let frame = close_frame(CloseCode::Size, "message too big");
+                let _ = to_writer.send(ToWriter::Close(frame));
+                return;
+            }
+            Err(e) => {
+                log::debug!("ws {id} read ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.to_string().into(),
+    }
+}
+
+/// Everything the writer thread owns or borrows.
+struct Writing<'a> {
+    socket: WebSocket<TcpStream>,
+    subscription: Subscription,
+    backlog: Backlog,
+    from_reader: Receiver<ToWriter>,
+    heartbeat: Duration,
+    last_heard: &'a AtomicU64,
+    started: Instant,
+    counters: &'a LessonCounters,
+}
+
+/// Step 3, the writer (thread `ws-N-writer`). Returns why it ended; always shuts the socket.
+fn write_frames(mut w: Writing<'_>) -> String {
+    let ending = write_until_done(&mut w);
+    // 4. Shutting the socket wakes the reader's blocking read, whatever ended us.
+    let _ = w.socket.get_ref().shutdown(Shutdown::Both);
+    ending
+}
+
+fn write_until_done(w: &mut Writing<'_>) -> String {
+    let backlog = std::mem::take(&mut w.backlog);
+    if let Err(e) = send_events(w, &backlog) {
+        return format!("write failed: {e}");
+    }
+    let mut next_ping = Instant::now() + w.heartbeat;
+    loop {
+        // BLOCKS: until an event, a message from the reader, or the next ping is due.
+        match w.subscription.wait_for_events_or(&w.from_reader, next_ping) {
+            Wake::Events(batch) => {
+                if let Err(e) = send_events(w, &batch) {
+                    return format!("write failed: {e}");
+                }
+            }
+            Wake::Other(ToWriter::Pong(payload)) => {
+                if let Err(e) = w.socket.send(Message::Pong(payload)) {
+                    return format!("write failed: {e}");
+                }
+            }
+            Wake::Other(ToWriter::Close(frame)) => {
+                let code = frame.code;
+                // Our close frame; the client's reply (if ours came first) goes to the reader.
+                let _ = w.socket.close(Some(frame));
+                let _ = w.socket.flush();
+                return format!("closed with {code}");
+            }
+            Wake::OtherGone => return "the reader ended".into(),
+            Wake::Deadline => {
+                // Heard nothing for two intervals, not even a pong: the peer is gone.
+                let heard = Duration::from_millis(w.last_heard.load(Relaxed));
+                if w.started.elapsed().saturating_sub(heard) > 2 * w.heartbeat {
+                    return "the peer stopped answering pings".into();
+                }
+                if let Err(e) = w.socket.send(Message::Ping(Vec::new().into())) {
+                    return format!("write failed: {e}");
+                }
+                next_ping = Instant::now() + w.heartbeat;
+            }
+        }
+    }
+}
+
+/// One text frame per event (and one for a `missed` notice).
+fn send_events(w: &mut Writing<'_>, batch: &Backlog) -> Result<(), tungstenite::Error> {
+    if batch.missed > 0 {
+        w.socket
+            .send(Message::text(json!({ "missed": batch.missed }).to_string()))?;
+    }
+    for event in &batch.events {
+        let text = event.to_json().to_string();
+        let bytes = frame_size(text.len());
+        w.socket.send(Message::text(text))?;
+        w.counters.streamed(1);
+        w.counters.wrote(bytes);
+    }
+    Ok(())
+}
+
+/// A server frame's size on the wire: 2 header bytes, 2 or 8 more for longer payloads.
+pub fn frame_size(payload: usize) -> usize {
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=65535 => 4,
+            _ => 10,
+        }
+}

@@ -1,0 +1,222 @@
+//! WebSocket: push, client publish, limits, Origin, pings, close, resume, and threads freed.
+
+mod common;
+
+use common::{
+    browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
+    wait_until,
+};
+use reverse_ajax_lab::client::{get, publish};
+use reverse_ajax_lab::RunningLab;
+use serde_json::Value;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+type Socket = WebSocket<TcpStream>;
+
+/// Connect to the lab's WebSocket with an optional Origin header.
+fn connect(
+    lab: &RunningLab,
+    query: &str,
+    origin: Option<&str>,
+) -> Result<Socket, tungstenite::Error> {
+    let url = format!("{}{query}", lab.lab.websocket_url);
+    let mut request = url.as_str().into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+    }
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    tungstenite::client(request, stream)
+        .map(|(socket, _)| socket)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+        })
+}
+
+/// The next text frame as JSON, skipping pings.
+fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        match socket.read().expect("a frame") {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_server_pushes_each_event_as_a_text_frame() {
+    let lab = start_lab();
+    let mut socket = connect(&lab, "", None).unwrap();
+    wait_until("subscribed", || stats(lab.addr())["websockets"] == 1);
+    publish(lab.addr(), "pushed\nwith a newline").unwrap();
+    let event = next_json(&mut socket);
+    assert_eq!(
+        event,
+        serde_json::json!({"id": 1, "data": "pushed\nwith a newline"})
+    );
+}
+
+#[test]
+fn a_client_frame_is_published_to_everyone() {
+    let lab = start_lab();
+    let mut alice = connect(&lab, "", None).unwrap();
+    let mut bob = connect(&lab, "", None).unwrap();
+    wait_until("both subscribed", || stats(lab.addr())["subscribers"] == 2);
+    alice.send(Message::text("hello from alice")).unwrap();
+    assert_eq!(next_json(&mut bob)["data"], "hello from alice");
+    assert_eq!(next_json(&mut alice)["data"], "hello from alice");
+    // And HTTP clients see it too: it is an ordinary event.
+    let polled = get(lab.addr(), "/events/poll?since=0").unwrap().json();
+    assert_eq!(polled["events"][0]["data"], "hello from alice");
+}
+
+#[test]
+fn an_oversized_message_closes_with_1009() {
+    let lab = start_lab_with(|c| c.max_body = 1024);
+    let mut socket = connect(&lab, "", None).unwrap();
+    socket.send(Message::text("x".repeat(4096))).unwrap();
+    let close = loop {
+        match socket.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Size);
+    assert_eq!(
+        stats(lab.addr())["events_published"],
+        0,
+        "nothing was published"
+    );
+    wait_for_baseline(lab.addr());
+    assert_eq!(stats(lab.addr())["websocket_threads"], 0);
+}
+
+#[test]
+fn a_foreign_origin_gets_403_and_the_labs_own_origins_are_accepted() {
+    let lab = start_lab();
+    match connect(&lab, "", Some("http://evil.example")) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        Err(other) => panic!("expected a 403, got {other}"),
+        Ok(_) => panic!("a foreign origin was accepted"),
+    }
+    let own = format!("http://localhost:{}", lab.addr().port());
+    assert!(connect(&lab, "", Some(&own)).is_ok());
+    assert!(connect(&lab, "", Some(&format!("http://{}", lab.addr()))).is_ok());
+    assert!(
+        connect(&lab, "", None).is_ok(),
+        "no Origin: not a browser, accepted"
+    );
+    match connect(&lab, "?since=oops", None) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!("expected a 400, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
+    let lab = start_lab_with(|c| c.heartbeat = Duration::from_millis(200));
+    // This client reads (tungstenite answers each ping with a pong as it reads).
+    let mut lively = connect(&lab, "", None).unwrap();
+    // This one never reads, so it never answers.
+    let _silent = connect(&lab, "", None).unwrap();
+    wait_until("both connected", || stats(lab.addr())["websockets"] == 2);
+    let mut pings = 0;
+    let end = deadline();
+    while pings < 5 {
+        assert!(Instant::now() < end, "no pings");
+        if let Message::Ping(_) = lively.read().unwrap() {
+            pings += 1;
+        }
+    }
+    // Five intervals have passed: the silent peer was dropped after two, the lively one stays.
+    wait_until("the silent peer is dropped", || {
+        stats(lab.addr())["websockets"] == 1
+    });
+    publish(lab.addr(), "still here").unwrap();
+    assert_eq!(next_json(&mut lively)["data"], "still here");
+}
+
+#[test]
+fn a_clean_close_frees_both_threads() {
+    let lab = start_lab();
+    let mut sockets: Vec<Socket> = (0..5).map(|_| connect(&lab, "", None).unwrap()).collect();
+    wait_until("five connected", || {
+        stats(lab.addr())["websocket_threads"] == 10
+    });
+    for socket in &mut sockets {
+        socket.close(None).unwrap();
+        // Read until the server's close reply has come and the connection ends.
+        loop {
+            match socket.read() {
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("unclean close: {e}"),
+            }
+        }
+    }
+    wait_for_baseline(lab.addr());
+    wait_until("no WebSocket thread left", || {
+        stats(lab.addr())["websocket_threads"] == 0
+    });
+}
+
+#[test]
+fn resume_with_since_gets_what_was_missed_first() {
+    let lab = start_lab();
+    for data in ["one", "two", "three"] {
+        publish(lab.addr(), data).unwrap();
+    }
+    let mut socket = connect(&lab, "?since=1", None).unwrap();
+    assert_eq!(next_json(&mut socket)["id"], 2);
+    assert_eq!(next_json(&mut socket)["id"], 3);
+    publish(lab.addr(), "four").unwrap();
+    assert_eq!(next_json(&mut socket)["id"], 4);
+}
+
+#[test]
+fn the_http_port_points_to_the_websocket_port() {
+    let lab = start_lab();
+    let answer = get(lab.addr(), "/events/ws").unwrap();
+    assert_eq!(answer.status, 400);
+    assert!(answer.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains(&lab.lab.websocket_url));
+    assert_eq!(stats(lab.addr())["websocket"], lab.lab.websocket_url);
+}
+
+#[test]
+fn two_tabs_chat_in_chromium() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut alice = browser.open(&lab.url("/lessons/websocket"));
+    let mut bob = browser.open(&lab.url("/lessons/websocket"));
+    alice.wait_for_log("[client] open: 101 Switching Protocols");
+    bob.wait_for_log("[client] open: 101 Switching Protocols");
+    let text = marker("chat");
+    alice.eval(&format!(
+        "document.getElementById('message').value = '{text}'; document.getElementById('chat').requestSubmit()"
+    ));
+    bob.wait_for_log(&format!("[event] {text}"));
+    alice.wait_for_log(&format!("[event] {text}"));
+    let pushed = marker("pushed");
+    publish(lab.addr(), &pushed).unwrap();
+    bob.wait_for_log(&format!("[event] {pushed}"));
+}
