@@ -4,6 +4,7 @@
 //! cargo run --release --example latency -- long-poll 1      # one client
 //! cargo run --release --example latency -- long-poll 1000   # a thousand
 //! cargo run --release --example latency -- sse 1000 --events 100
+//! cargo run --release --example latency -- long-poll 1000 --queue   # --parking queue
 //! ```
 //!
 //! The lab runs in-process with the generator off. Each client is a thread speaking HTTP over
@@ -42,6 +43,11 @@ fn main() {
         generator: None,
         max_parked: clients + 100,
         buffer: 1024,
+        parking: if args.iter().any(|a| a == "--queue") {
+            reverse_ajax_lab::ParkingMode::Queue
+        } else {
+            reverse_ajax_lab::ParkingMode::Thread
+        },
         ..Config::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -125,9 +131,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Wait until every client is parked, streaming or connected.
 fn wait_for_subscribers(lab: &RunningLab, n: usize) {
     let end = Instant::now() + Duration::from_secs(60);
-    while lab.lab.hub.subscriber_count() < n {
+    let stats = &lab.lab.stats;
+    while stats.parked.get() + stats.streams.get() + stats.websockets.get() < n {
         assert!(Instant::now() < end, "clients did not all subscribe");
         thread::sleep(Duration::from_millis(10));
     }

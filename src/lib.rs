@@ -23,6 +23,7 @@ pub mod lessons;
 pub mod server;
 pub mod stats;
 pub mod stream;
+pub mod waiting_room;
 
 pub use hub::{Event, Hub, Subscription};
 pub use server::{Lab, RunningLab};
@@ -53,8 +54,19 @@ pub struct Config {
     pub long_poll_max: Duration,
     /// Streams write a heartbeat after this much silence (it also finds clients that left).
     pub heartbeat: Duration,
+    /// How a long poll waits: its own sleeping thread, or a place in the waiting room.
+    pub parking: ParkingMode,
     /// Serve one lesson alone (the examples); `None` serves them all.
     pub only: Option<&'static str>,
+}
+
+/// `--parking thread|queue`: see `waiting_room`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParkingMode {
+    /// Each parked long poll keeps its handler thread asleep on a subscription.
+    Thread,
+    /// Parked long polls wait in a list; one dispatcher thread answers them all.
+    Queue,
 }
 
 impl Default for Config {
@@ -70,6 +82,7 @@ impl Default for Config {
             long_poll_timeout: Duration::from_secs(30),
             long_poll_max: Duration::from_secs(120),
             heartbeat: Duration::from_secs(15),
+            parking: ParkingMode::Thread,
             only: None,
         }
     }
@@ -86,6 +99,8 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --history N            events kept for cursors (default 1024)
   --max-parked N         long polls and streams held at once (default 6000)
   --heartbeat SECONDS    stream heartbeat interval (default 15)
+  --parking MODE         how long polls wait: thread (a sleeping thread each, default)
+                         or queue (a waiting list answered by one dispatcher thread)
   --max-body BYTES       largest request body (default 65536)
   -h, --help             this text
 
@@ -116,6 +131,15 @@ impl Config {
                 "--max-body" => config.max_body = parse_number(&flag, &value()?)?,
                 "--heartbeat" => {
                     config.heartbeat = Duration::from_secs(parse_number(&flag, &value()?)? as u64)
+                }
+                "--parking" => {
+                    config.parking = match value()?.as_str() {
+                        "thread" => ParkingMode::Thread,
+                        "queue" => ParkingMode::Queue,
+                        other => {
+                            return Err(format!("--parking takes thread or queue, got {other:?}"))
+                        }
+                    }
                 }
                 other => return Err(format!("unknown option {other:?} (see --help)")),
             }
@@ -156,8 +180,14 @@ fn parse_range(text: &str) -> Result<Option<RangeInclusive<u64>>, String> {
 
 /// What `main` and every example do: read the flags, start, log the URL, serve forever.
 pub fn run(only: Option<&'static str>) {
+    run_with_args(only, std::env::args().skip(1));
+}
+
+/// `run` with the flags given here instead of the command line's (benchmarks start the lab
+/// as a child process this way).
+pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = String>) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let mut config = match Config::from_env_and_args(std::env::args().skip(1)) {
+    let mut config = match Config::from_env_and_args(args) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");

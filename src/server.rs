@@ -14,7 +14,8 @@ use crate::http::{self, HttpError, Query};
 use crate::hub::Hub;
 use crate::lessons::{self, LESSONS};
 use crate::stats::{self, LessonCounters, Stats};
-use crate::Config;
+use crate::waiting_room::WaitingRoom;
+use crate::{Config, ParkingMode};
 use serde_json::{json, Value};
 use socket2::{Domain, Socket, Type};
 use std::io;
@@ -29,6 +30,8 @@ pub struct Lab {
     pub config: Config,
     pub hub: Arc<Hub>,
     pub stats: Stats,
+    /// Long polls held without a thread (`--parking queue`).
+    pub waiting_room: WaitingRoom,
     /// Where the HTTP server really listens (port 0 resolved).
     pub addr: SocketAddr,
     /// `ws://HOST:PORT/events/ws`: the WebSocket lesson's own listener.
@@ -78,9 +81,17 @@ impl RunningLab {
             config,
             hub,
             stats: Stats::default(),
+            waiting_room: WaitingRoom::default(),
             addr,
         });
 
+        if lab.config.parking == ParkingMode::Queue {
+            let dispatcher_lab = lab.clone();
+            thread::Builder::new()
+                .name("dispatcher".into())
+                .spawn(move || crate::waiting_room::dispatch(dispatcher_lab))
+                .map_err(|e| format!("cannot start the dispatcher thread: {e}"))?;
+        }
         websocket
             .spawn(lab.clone())
             .map_err(|e| format!("cannot start the WebSocket accept thread: {e}"))?;
@@ -254,6 +265,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "websocket": lab.websocket_url,
         "max_parked": lab.config.max_parked,
         "heartbeat_secs": lab.config.heartbeat.as_secs(),
+        "parking": format!("{:?}", lab.config.parking).to_lowercase(),
         "lessons": s.lessons_json(),
     });
     http::write_json(request, &value, &counters)

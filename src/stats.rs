@@ -64,6 +64,13 @@ impl Gauge {
     pub fn get(&self) -> usize {
         self.0.load(Relaxed)
     }
+    /// For holders that cannot keep a guard (the waiting room): every `add` needs its `sub`.
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn sub(&self, n: usize) {
+        self.0.fetch_sub(n, Relaxed);
+    }
 }
 
 pub struct GaugeGuard<'a>(&'a Gauge);

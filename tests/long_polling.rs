@@ -157,3 +157,73 @@ fn page_shows_events_in_chromium() {
     page.wait_for_log(&format!("[event] {text}"));
     page.wait_for_log("[client] request #2 waiting...");
 }
+
+/// `--parking queue`: the servlet's AsyncContext idea, requests held without a thread each.
+mod queue_parking {
+    use super::*;
+    use reverse_ajax_lab::ParkingMode;
+
+    fn start_queue_lab() -> reverse_ajax_lab::RunningLab {
+        start_lab_with(|c| c.parking = ParkingMode::Queue)
+    }
+
+    #[test]
+    fn a_hundred_parked_requests_hold_no_handler_thread() {
+        let lab = start_queue_lab();
+        let addr = lab.addr();
+        let clients: Vec<_> = (0..100)
+            .map(|_| long_poll(addr, "/events/long-poll?since=0&timeout=100"))
+            .collect();
+        wait_until("100 requests are held", || stats(addr)["parked"] == 100);
+        // Every handler thread has ended: the waiting room holds the requests.
+        wait_until("no handler thread is left", || {
+            stats(addr)["connections"] == 0
+        });
+        publish(addr, "for everyone").unwrap();
+        for client in clients {
+            assert_eq!(ids(&client.join().unwrap()), vec![1]);
+        }
+        wait_until("the room is empty", || stats(addr)["parked"] == 0);
+        assert_eq!(
+            stats(addr)["subscribers"],
+            1,
+            "only the dispatcher's subscription"
+        );
+    }
+
+    #[test]
+    fn deadlines_and_events_between_polls_work_as_with_threads() {
+        let lab = start_queue_lab();
+        let addr = lab.addr();
+        publish(addr, "old").unwrap();
+        let empty = get(addr, "/events/long-poll?since=1&timeout=1")
+            .unwrap()
+            .json();
+        assert_eq!(ids(&empty), Vec::<u64>::new());
+        assert_eq!(empty["last"], 1);
+        publish(addr, "between").unwrap();
+        let answer = get(addr, "/events/long-poll?since=1").unwrap().json();
+        assert_eq!(ids(&answer), vec![2]);
+        let script = get(
+            addr,
+            "/events/long-poll-script?callback=f&since=2&timeout=1",
+        )
+        .unwrap();
+        assert_eq!(script.body, r#"/**/f({"events":[],"last":2});"#);
+    }
+
+    #[test]
+    fn beyond_the_limit_the_room_answers_503() {
+        let lab = start_lab_with(|c| {
+            c.parking = ParkingMode::Queue;
+            c.max_parked = 1;
+        });
+        let addr = lab.addr();
+        let _held = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
+        wait_until("one request is held", || stats(addr)["parked"] == 1);
+        assert_eq!(
+            get(addr, "/events/long-poll?timeout=60").unwrap().status,
+            503
+        );
+    }
+}

@@ -43,7 +43,8 @@ use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, Subscription};
 use crate::lessons::events_answer;
 use crate::server::Lab;
-use crate::stats::Held;
+use crate::stats::{Held, LessonCounters};
+use crate::ParkingMode;
 use std::io;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
@@ -51,14 +52,44 @@ use tiny_http::Request;
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
     // 1–3. Read the input; answer at once if events are waiting, else park.
-    let (request, backlog, cursor) = match park(lab, request, query) {
-        Parking::Ready(request, backlog, cursor) => (request, backlog, cursor),
-        // 4. BLOCKS until an event or the deadline.
-        Parking::Parked(parked) => parked.wait_for_events(),
-        Parking::Refused(request, error) => return error.reply(request, &counters),
-    };
-    counters.delivered(backlog.events.len());
-    http::write_json(request, &events_answer(&backlog, cursor), &counters)
+    match park(lab, request, query, Answer::Json, &counters) {
+        Parking::Ready(request, backlog, cursor) => {
+            Answer::Json.write(request, &backlog, cursor, &counters)
+        }
+        Parking::Parked(parked) => {
+            // 4. BLOCKS until an event or the deadline.
+            let (request, backlog, cursor) = parked.wait_for_events();
+            Answer::Json.write(request, &backlog, cursor, &counters)
+        }
+        // `--parking queue`: the waiting room holds the request; this thread is done.
+        Parking::Queued => Ok(()),
+        Parking::Refused(request, error) => error.reply(request, &counters),
+    }
+}
+
+/// How a long poll's answer is written: JSON, or a script calling a (validated) callback.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Json,
+    Script(String),
+}
+
+impl Answer {
+    /// Step 5: every event after the cursor, or none at the deadline.
+    pub fn write(
+        &self,
+        request: Request,
+        backlog: &Backlog,
+        cursor: u64,
+        counters: &LessonCounters,
+    ) -> io::Result<()> {
+        counters.delivered(backlog.events.len());
+        let answer = events_answer(backlog, cursor);
+        match self {
+            Answer::Json => http::write_json(request, &answer, counters),
+            Answer::Script(callback) => http::write_jsonp(request, callback, &answer, counters),
+        }
+    }
 }
 
 /// Our `AsyncContext`: a request the server holds while its thread sleeps on a subscription.
@@ -103,13 +134,21 @@ pub enum Parking<'lab> {
     /// Events were already waiting: answer with them now, no parking.
     Ready(Request, Backlog, u64),
     Parked(ParkedRequest<'lab>),
+    /// Handed to the waiting room (`--parking queue`); it will answer.
+    Queued,
     /// Bad input or no place left: answer with the error.
     Refused(Request, HttpError),
 }
 
 /// Steps 1–3, shared with the script-tag lesson: read cursor and deadline, hand back the
 /// events already waiting, park, or refuse.
-pub fn park<'lab>(lab: &'lab Lab, request: Request, query: &Query) -> Parking<'lab> {
+pub fn park<'lab>(
+    lab: &'lab Lab,
+    request: Request,
+    query: &Query,
+    answer: Answer,
+    counters: &LessonCounters,
+) -> Parking<'lab> {
     // 1. The cursor and the deadline.
     let since = match query.since(lab.hub.last_id()) {
         Ok(since) => since,
@@ -138,7 +177,19 @@ pub fn park<'lab>(lab: &'lab Lab, request: Request, query: &Query) -> Parking<'l
         return Parking::Ready(request, backlog, cursor);
     }
 
-    // 3. A place under the limit, then park.
+    // 3. A place under the limit, then park: in the waiting room (`--parking queue`)...
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    if lab.config.parking == ParkingMode::Queue {
+        drop(subscription); // the dispatcher's one subscription serves the whole room
+        let held = lab
+            .waiting_room
+            .hold(lab, request, cursor, deadline, answer, counters.clone());
+        return match held {
+            Ok(()) => Parking::Queued,
+            Err((request, error)) => Parking::Refused(request, error),
+        };
+    }
+    // ...or on this thread.
     let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         let message = format!(
             "{} requests are parked already (--max-parked); retry shortly",
@@ -150,7 +201,7 @@ pub fn park<'lab>(lab: &'lab Lab, request: Request, query: &Query) -> Parking<'l
     Parking::Parked(ParkedRequest {
         request,
         subscription,
-        deadline: Instant::now() + Duration::from_secs(timeout),
+        deadline,
         _held: held,
     })
 }

@@ -29,9 +29,8 @@
 //! <http://localhost:8080/lessons/script_long_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll-script?callback=show&timeout=60'`.
 
-use crate::http::{self, Query};
-use crate::lessons::events_answer;
-use crate::lessons::long_polling::{park, Parking};
+use crate::http::Query;
+use crate::lessons::long_polling::{park, Answer, Parking};
 use crate::server::Lab;
 use std::io;
 use tiny_http::Request;
@@ -43,19 +42,19 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         Ok(name) => name.to_string(),
         Err(e) => return e.reply(request, &counters),
     };
-    // 2. Events already waiting, or park.
-    let (request, backlog, cursor) = match park(lab, request, query) {
-        Parking::Ready(request, backlog, cursor) => (request, backlog, cursor),
-        // BLOCKS until an event or the deadline.
-        Parking::Parked(parked) => parked.wait_for_events(),
-        Parking::Refused(request, error) => return error.reply(request, &counters),
-    };
-    // 3. Write the script.
-    counters.delivered(backlog.events.len());
-    http::write_jsonp(
-        request,
-        &callback,
-        &events_answer(&backlog, cursor),
-        &counters,
-    )
+    // 2. Events already waiting, or park (as XHR long polling does).
+    let answer = Answer::Script(callback);
+    match park(lab, request, query, answer.clone(), &counters) {
+        // 3. Write the script.
+        Parking::Ready(request, backlog, cursor) => {
+            answer.write(request, &backlog, cursor, &counters)
+        }
+        Parking::Parked(parked) => {
+            // BLOCKS until an event or the deadline.
+            let (request, backlog, cursor) = parked.wait_for_events();
+            answer.write(request, &backlog, cursor, &counters)
+        }
+        Parking::Queued => Ok(()),
+        Parking::Refused(request, error) => error.reply(request, &counters),
+    }
 }

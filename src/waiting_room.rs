@@ -1,0 +1,163 @@
+//! The second way to park a long poll: the servlet's `AsyncContext` idea, a request held in a
+//! list instead of by a sleeping thread.
+//!
+//! With `--parking thread` (the default), each parked long poll keeps its handler thread
+//! asleep on its own subscription: easy to read, one thread per waiting client. With
+//! `--parking queue`, the handler puts the request in the `WaitingRoom` and its thread ends;
+//! one `dispatcher` thread, subscribed once, answers every waiting request when an event comes
+//! and every expired one at its deadline.
+//!
+//! ```text
+//! req-9:       GET /events/long-poll?since=4 → nothing waiting → into the room → thread ends
+//! req-10:      GET /events/long-poll?since=4 → into the room → thread ends
+//!   (time passes: two requests held, zero handler threads)
+//! dispatcher:  event 5 → takes both out of the room → writes two answers
+//! ```
+//!
+//! 1. `hold` (on the handler's thread): under the room's lock, check again whether an event
+//!    came after the cursor (it may have been published, and dispatched, since the handler
+//!    looked); if so answer now, else add the request to the room.
+//! 2. `dispatch` (the `dispatcher` thread): sleep on the one subscription, the room's "new
+//!    request" channel, and the earliest deadline; then answer what can be answered.
+//!
+//! **What it costs**: no thread per waiting client, so the ceiling moves from threads (memory
+//! mappings, pid_max) to file descriptors. tiny_http still keeps a thread per *connection* to
+//! read the next request; an event loop (epoll) would hold connections without threads too.
+//! Every answer is written by one thread, one after the other: fine for small answers into
+//! fresh sockets, but one client whose socket buffer is full would stall the rest (a real
+//! server would write without blocking).
+
+use crate::http::HttpError;
+use crate::hub::Wake;
+use crate::lessons::long_polling::Answer;
+use crate::server::Lab;
+use crate::stats::LessonCounters;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tiny_http::Request;
+
+/// Requests held without a thread, and the channel that tells the dispatcher one arrived.
+pub struct WaitingRoom {
+    waiting: Mutex<Vec<Waiting>>,
+    arrived: Sender<()>,
+    arrivals: Receiver<()>,
+}
+
+/// One held request: what it asked for and how to answer it.
+struct Waiting {
+    request: Request,
+    cursor: u64,
+    deadline: Instant,
+    answer: Answer,
+    counters: LessonCounters,
+}
+
+impl Default for WaitingRoom {
+    fn default() -> WaitingRoom {
+        let (arrived, arrivals) = unbounded();
+        WaitingRoom {
+            waiting: Mutex::new(Vec::new()),
+            arrived,
+            arrivals,
+        }
+    }
+}
+
+impl WaitingRoom {
+    /// Step 1: hold the request, or answer it now if an event slipped in. The request comes
+    /// back with a 503 when `--max-parked` requests are held already.
+    pub fn hold(
+        &self,
+        lab: &Lab,
+        request: Request,
+        cursor: u64,
+        deadline: Instant,
+        answer: Answer,
+        counters: LessonCounters,
+    ) -> Result<(), (Request, HttpError)> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if lab.hub.last_id() > cursor {
+            drop(waiting);
+            let _ = answer.write(request, &lab.hub.since(cursor), cursor, &counters);
+            return Ok(());
+        }
+        if waiting.len() >= lab.config.max_parked {
+            let message = format!(
+                "{} requests are parked already (--max-parked)",
+                waiting.len()
+            );
+            let error = HttpError::new(503, message).with_header("Retry-After", "2");
+            return Err((request, error));
+        }
+        waiting.push(Waiting {
+            request,
+            cursor,
+            deadline,
+            answer,
+            counters,
+        });
+        // No guard can span threads here: `answer_and_leave` is the only way out of the room.
+        lab.stats.parked.add(1);
+        drop(waiting);
+        let _ = self.arrived.send(());
+        log::debug!("request after event {cursor} held in the waiting room, its thread ends");
+        Ok(())
+    }
+
+    /// Take out the requests `leaving` selects.
+    fn take(&self, leaving: impl Fn(&Waiting) -> bool) -> Vec<Waiting> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let (gone, stay) = waiting.drain(..).partition(|w| leaving(w));
+        *waiting = stay;
+        gone
+    }
+
+    fn earliest_deadline(&self) -> Instant {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let far = Instant::now() + Duration::from_secs(3600);
+        waiting.iter().map(|w| w.deadline).min().unwrap_or(far)
+    }
+}
+
+/// Step 2: the `dispatcher` thread, started by the server in `--parking queue` mode.
+pub fn dispatch(lab: Arc<Lab>) {
+    let room = &lab.waiting_room;
+    let (_, mut subscription) = lab.hub.subscribe(lab.hub.last_id());
+    loop {
+        let deadline = room.earliest_deadline();
+        // BLOCKS: until an event is published, a request arrives, or a deadline passes.
+        match subscription.wait_for_events_or(&room.arrivals, deadline) {
+            Wake::Events(_) => {
+                let last = lab.hub.last_id();
+                let ready = room.take(|w| w.cursor < last);
+                log::debug!("dispatcher: event {last} → {} held requests", ready.len());
+                for waiting in ready {
+                    let backlog = lab.hub.since(waiting.cursor);
+                    answer_and_leave(&lab, waiting, backlog);
+                }
+            }
+            Wake::Other(()) => {} // a new arrival: look at the deadlines again
+            Wake::Deadline => {
+                let now = Instant::now();
+                for waiting in room.take(|w| w.deadline <= now) {
+                    answer_and_leave(&lab, waiting, Default::default());
+                }
+            }
+            Wake::OtherGone => return,
+        }
+    }
+}
+
+fn answer_and_leave(lab: &Lab, waiting: Waiting, backlog: crate::hub::Backlog) {
+    lab.stats.parked.sub(1);
+    let Waiting {
+        request,
+        cursor,
+        answer,
+        counters,
+        ..
+    } = waiting;
+    // A client that left makes this write fail (or vanish): nothing else to undo.
+    let _ = answer.write(request, &backlog, cursor, &counters);
+}
