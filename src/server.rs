@@ -19,7 +19,8 @@ use crate::{Config, ParkingMode};
 use serde_json::{json, Value};
 use socket2::{Domain, Socket, Type};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
@@ -95,6 +96,10 @@ impl RunningLab {
         websocket
             .spawn(lab.clone())
             .map_err(|e| format!("cannot start the WebSocket accept thread: {e}"))?;
+        thread::Builder::new()
+            .name("pump".into())
+            .spawn(move || pump(addr))
+            .map_err(|e| format!("cannot start the pump thread: {e}"))?;
         let accept_lab = lab.clone();
         let accept = thread::Builder::new()
             .name("accept".into())
@@ -129,11 +134,54 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// A workaround for a measured tiny_http 0.12 bug: its connection pool decides between
+/// "wake an idle pool thread" and "start a new one" by a count of idle threads that is stale
+/// for a moment after a wake-up. Connections accepted in that moment all go to the one waking
+/// thread, and the others wait in a queue until some pool thread finishes its connection. A
+/// keep-alive connection (every browser's) or a stream finishes only when its client leaves,
+/// so a queued connection can wait for minutes, its request unread.
+///
+/// Each connection a pool thread finishes lets it take one from the queue. So the pump sends
+/// a tiny request (`GET /pump`, answered by the accept loop itself, unlogged) every quarter
+/// second. When the answer comes at once, nothing is queued. When it does not, the pump's
+/// request is itself stuck in the queue: the pump opens another connection right away, and
+/// another, until one is answered; each one lets a queued connection through.
+/// (`simultaneous_keep_alive_streams_are_all_served` in tests/lab.rs hangs without this.)
+fn pump(addr: SocketAddr) {
+    let mut unanswered: Vec<TcpStream> = Vec::new();
+    loop {
+        unanswered.retain(|socket| !answered(socket));
+        let pause = if unanswered.is_empty() { 250 } else { 2 };
+        thread::sleep(std::time::Duration::from_millis(pause));
+        if unanswered.len() < 256 {
+            if let Ok(mut socket) = TcpStream::connect(addr) {
+                if socket.write_all(b"GET /pump HTTP/1.0\r\n\r\n").is_ok() {
+                    unanswered.push(socket);
+                }
+            }
+        }
+    }
+}
+
+/// Has the lab answered (or closed) this pump connection?
+fn answered(socket: &TcpStream) -> bool {
+    let _ = socket.set_nonblocking(true);
+    let mut byte = [0u8; 1];
+    !matches!(socket.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 /// Step 2: one named thread per request.
 fn accept_loop(lab: Arc<Lab>, server: tiny_http::Server) {
     let next_id = AtomicU64::new(1);
     // BLOCKS: waits until tiny_http has read a whole request head from some connection.
     for request in server.incoming_requests() {
+        if request.url() == "/pump" {
+            // The pump's probe: answered here, no thread, no log, no count.
+            let _ = request
+                .into_writer()
+                .write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+            continue;
+        }
         let id = next_id.fetch_add(1, Relaxed);
         let lab = lab.clone();
         let spawned = thread::Builder::new()

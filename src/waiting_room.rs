@@ -29,7 +29,7 @@
 
 use crate::http::HttpError;
 use crate::hub::Wake;
-use crate::lessons::long_polling::Answer;
+use crate::lessons::long_polling::{Answer, Parking};
 use crate::server::Lab;
 use crate::stats::LessonCounters;
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -65,8 +65,9 @@ impl Default for WaitingRoom {
 }
 
 impl WaitingRoom {
-    /// Step 1: hold the request, or answer it now if an event slipped in. The request comes
-    /// back with a 503 when `--max-parked` requests are held already.
+    /// Step 1: hold the request (`Parking::Queued`), or answer it now if an event slipped in
+    /// (also `Queued`: nothing is left for the handler to do). The request comes back with a
+    /// 503 when `--max-parked` requests are held already.
     pub fn hold(
         &self,
         lab: &Lab,
@@ -75,12 +76,12 @@ impl WaitingRoom {
         deadline: Instant,
         answer: Answer,
         counters: LessonCounters,
-    ) -> Result<(), (Request, HttpError)> {
+    ) -> Parking<'static> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         if lab.hub.last_id() > cursor {
             drop(waiting);
             let _ = answer.write(request, &lab.hub.since(cursor), cursor, &counters);
-            return Ok(());
+            return Parking::Queued;
         }
         if waiting.len() >= lab.config.max_parked {
             let message = format!(
@@ -88,7 +89,7 @@ impl WaitingRoom {
                 waiting.len()
             );
             let error = HttpError::new(503, message).with_header("Retry-After", "2");
-            return Err((request, error));
+            return Parking::Refused(request, error);
         }
         waiting.push(Waiting {
             request,
@@ -102,7 +103,7 @@ impl WaitingRoom {
         drop(waiting);
         let _ = self.arrived.send(());
         log::debug!("request after event {cursor} held in the waiting room, its thread ends");
-        Ok(())
+        Parking::Queued
     }
 
     /// Take out the requests `leaving` selects.

@@ -142,3 +142,48 @@ fn a_busy_port_says_what_to_do() {
         "{error}"
     );
 }
+
+/// tiny_http 0.12's thread pool can leave a freshly accepted connection queued when two arrive
+/// together, until some pool thread finishes its connection; keep-alive streams never do.
+/// The lab's pump (see `server::pump`) bounds that wait. Without it this test hangs a
+/// connection within a few rounds.
+#[test]
+fn simultaneous_keep_alive_streams_are_all_served() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+    let lab = start_lab();
+    let addr = lab.addr();
+    let mut held = Vec::new();
+    for round in 0..20 {
+        let barrier = Arc::new(Barrier::new(8));
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    barrier.wait();
+                    // No `Connection: close`: a browser's keep-alive request.
+                    socket
+                        .write_all(b"GET /events/stream HTTP/1.1\r\nHost: lab\r\n\r\n")
+                        .unwrap();
+                    let mut status = String::new();
+                    let read = BufReader::new(socket.try_clone().unwrap()).read_line(&mut status);
+                    (read.map(|_| status), socket)
+                })
+            })
+            .collect();
+        for client in clients {
+            let (status, socket) = client.join().unwrap();
+            let status = status.unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
+            assert!(
+                status.starts_with("HTTP/1.1 200"),
+                "round {round}: {status}"
+            );
+            held.push(socket);
+        }
+    }
+}

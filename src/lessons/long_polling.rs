@@ -181,13 +181,8 @@ pub fn park<'lab>(
     let deadline = Instant::now() + Duration::from_secs(timeout);
     if lab.config.parking == ParkingMode::Queue {
         drop(subscription); // the dispatcher's one subscription serves the whole room
-        let held = lab
-            .waiting_room
-            .hold(lab, request, cursor, deadline, answer, counters.clone());
-        return match held {
-            Ok(()) => Parking::Queued,
-            Err((request, error)) => Parking::Refused(request, error),
-        };
+        let room = &lab.waiting_room;
+        return room.hold(lab, request, cursor, deadline, answer, counters.clone());
     }
     // ...or on this thread.
     let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
