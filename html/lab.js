@@ -39,6 +39,13 @@ const lab = {
     setInterval(show, 2000);
   },
 
+  // Where a page's cursor starts: the newest event id now. A stream opened with since=N
+  // loses nothing even if its first connection breaks before any event arrives.
+  async startCursor() {
+    const stats = await (await fetch('/stats')).json();
+    return stats.events_published;
+  },
+
   // Read a streaming response as text, chunk by chunk, as the server flushes it. Calls
   // onText(text) for each piece; resolves when the stream ends, rejects when it breaks.
   async readStream(url, onText) {

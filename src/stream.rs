@@ -78,8 +78,15 @@ pub fn serve(
     if backlog.missed > 0 {
         stream.write_chunk((framing.missed)(backlog.missed).as_bytes())?;
     }
-    let mut written_events = backlog.events.len() as u64;
-    write_events(&mut stream, &backlog.events, framing, counters)?;
+    // With `close_after`, never more than that many events: the client resumes after the
+    // last one it got, from its cursor, and the rest come on the next connection.
+    let budget = |written: u64| {
+        close_after.map_or(usize::MAX, |limit| limit.saturating_sub(written) as usize)
+    };
+    let mut written_events = 0;
+    let first = &backlog.events[..backlog.events.len().min(budget(0))];
+    written_events += first.len() as u64;
+    write_events(&mut stream, first, framing, counters)?;
 
     // 4. Park, write, repeat.
     loop {
@@ -91,11 +98,12 @@ pub fn serve(
         // BLOCKS: until `Hub::publish` sends into our subscription, or the heartbeat is due.
         let written = match subscription.wait_for_events(wake_at) {
             Some(batch) => {
-                written_events += batch.events.len() as u64;
+                let events = &batch.events[..batch.events.len().min(budget(written_events))];
+                written_events += events.len() as u64;
                 if batch.missed > 0 {
                     stream.write_chunk((framing.missed)(batch.missed).as_bytes())?;
                 }
-                write_events(&mut stream, &batch.events, framing, counters)
+                write_events(&mut stream, events, framing, counters)
             }
             None => stream.write_chunk(framing.heartbeat.as_bytes()),
         };

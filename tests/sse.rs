@@ -83,10 +83,21 @@ fn resuming_from_too_far_back_says_what_was_missed() {
 fn close_after_ends_the_stream_so_the_browser_reconnects() {
     let lab = start_lab();
     let addr = lab.addr();
-    publish(addr, "a").unwrap();
-    publish(addr, "b").unwrap();
+    for data in ["a", "b", "c"] {
+        publish(addr, data).unwrap();
+    }
+    // Exactly two, even when more are waiting: the third comes on the reconnect.
     let answer = get(addr, "/events/sse?since=0&close_after=2").unwrap();
     assert_eq!(ids_in(&answer.body), vec![1, 2]);
+    let resumed = request(
+        addr,
+        "GET",
+        "/events/sse?close_after=1",
+        &[("Last-Event-ID", "2")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(ids_in(&resumed.body), vec![3]);
     wait_for_baseline(addr);
 }
 
