@@ -201,11 +201,13 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
                 Some(name) => format!("lessons/{name}"),
                 None => String::new(),
             };
-            log::info!(
-                "Reverse Ajax Lab on {} (WebSocket lesson on {})",
-                lab.url(&format!("/{page}")),
-                lab.lab.websocket_url
-            );
+            let url = lab.url(&format!("/{page}"));
+            if only.is_none() || only == Some("websocket") {
+                let ws = &lab.lab.websocket_url;
+                log::info!("Reverse Ajax Lab on {url} (WebSockets on {ws})");
+            } else {
+                log::info!("Reverse Ajax Lab on {url}");
+            }
             lab.join();
         }
         Err(message) => {
