@@ -152,6 +152,7 @@ fn pump(addr: SocketAddr) {
     loop {
         unanswered.retain(|socket| !answered(socket));
         let pause = if unanswered.is_empty() { 250 } else { 2 };
+        // BLOCKS: sleeps a quarter second (2 ms while a probe goes unanswered).
         thread::sleep(std::time::Duration::from_millis(pause));
         if unanswered.len() < 256 {
             if let Ok(mut socket) = TcpStream::connect(addr) {

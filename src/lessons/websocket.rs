@@ -198,6 +198,7 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
             })?;
         // `read_frames` owns the sender: when it returns, the writer sees it gone.
         read_frames(lab, reader, to_writer, last_heard, started, counters, id);
+        // BLOCKS: until the writer has shut the socket and ended too.
         let _ = writer_thread.join();
         Ok(())
     })
