@@ -228,6 +228,12 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
             asset(lab, request, "application/javascript", lessons::LAB_JS)
         }
         (Method::Get, "/assets/lab.css") => asset(lab, request, "text/css", lessons::LAB_CSS),
+        // Browsers ask for it on every page; "nothing here" beats a 404 in every log.
+        (Method::Get, "/favicon.ico") => {
+            let mut writer = request.into_writer();
+            writer.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?;
+            writer.flush()
+        }
         (Method::Get, p) if p.starts_with("/lessons/") => {
             lesson_page(lab, request, &p["/lessons/".len()..])
         }

@@ -100,6 +100,7 @@ fn the_index_links_every_lesson_and_pages_are_served() {
         );
     }
     assert_eq!(get(addr, "/assets/lab.js").unwrap().status, 200);
+    assert_eq!(get(addr, "/favicon.ico").unwrap().status, 204);
 }
 
 #[test]

@@ -120,6 +120,7 @@ const SHARED_ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/publish"),
     ("GET", "/assets/lab.js"),
     ("GET", "/assets/lab.css"),
+    ("GET", "/favicon.ico"),
 ];
 
 pub const INDEX_HTML: &str = include_str!("../../html/index.html");
