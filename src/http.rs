@@ -218,15 +218,14 @@ impl Query {
         self.0.get(name).map(String::as_str)
     }
 
-    /// `since=N`: events with id > N. Absent means "from now", i.e. `now`.
+    /// `since=N`: events with id > N. Absent means "from now", i.e. `now` (the newest id).
+    /// A cursor *ahead* of `now` cannot come from this run (the lab restarted and its ids began
+    /// again at 1): it is taken as `now`, and the answer's `last` resynchronises the client,
+    /// which would otherwise wait forever for ids it has "already seen".
     pub fn since(&self, now: u64) -> Result<u64, HttpError> {
         match self.get("since") {
             None | Some("") => Ok(now),
-            Some(text) => text.parse().map_err(|_| {
-                HttpError::bad_request(format!(
-                    "since must be a non-negative integer event id, got {text:?}"
-                ))
-            }),
+            Some(text) => parse_cursor(text, now),
         }
     }
 
@@ -255,6 +254,16 @@ impl Query {
                 "callback must be a JavaScript identifier path like handle or lab.onEvents",
             ))
         }
+    }
+}
+
+/// An event id from a query or a `Last-Event-ID` header, taken as at most `now`.
+pub fn parse_cursor(text: &str, now: u64) -> Result<u64, HttpError> {
+    match text.trim().parse::<u64>() {
+        Ok(cursor) => Ok(cursor.min(now)),
+        Err(_) => Err(HttpError::bad_request(format!(
+            "an event id (since, Last-Event-ID) must be a non-negative integer, got {text:?}"
+        ))),
     }
 }
 
@@ -410,5 +419,11 @@ mod tests {
         assert_eq!(q.get("e"), Some(""));
         assert!(Query::parse("since=-1").since(0).is_err());
         assert_eq!(Query::parse("").since(9).unwrap(), 9);
+        assert_eq!(Query::parse("since=4").since(9).unwrap(), 4);
+        assert_eq!(
+            Query::parse("since=99").since(9).unwrap(),
+            9,
+            "a future cursor is now"
+        );
     }
 }

@@ -227,3 +227,17 @@ mod queue_parking {
         );
     }
 }
+
+#[test]
+fn a_cursor_from_a_previous_run_is_taken_as_now() {
+    // The lab restarted: ids began again at 1, but the page still holds since=5000.
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "one").unwrap();
+    let answer = get(addr, "/events/poll?since=5000").unwrap().json();
+    assert_eq!(answer["last"], 1, "the answer resynchronises the cursor");
+    let waiting = long_poll(addr, "/events/long-poll?since=5000&timeout=60");
+    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    publish(addr, "two").unwrap();
+    assert_eq!(ids(&waiting.join().unwrap()), vec![2], "not stuck waiting for id 5001");
+}

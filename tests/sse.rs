@@ -134,3 +134,15 @@ fn page_resumes_without_a_gap_in_chromium() {
     page.wait_for_log("[client] reconnected; the browser sent Last-Event-ID: 3");
     assert!(!page.log_text().contains("gap!"), "{}", page.log_text());
 }
+
+#[test]
+fn a_last_event_id_from_a_previous_run_resumes_from_now() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    publish(addr, "before").unwrap();
+    let mut stream = Stream::open(addr, "/events/sse", &[("Last-Event-ID", "9000")]).unwrap();
+    wait_until("subscribed", || stats(addr)["streams"] == 1);
+    publish(addr, "after").unwrap();
+    let text = stream.read_until(deadline(), |t| !ids_in(t).is_empty()).unwrap();
+    assert_eq!(ids_in(&text), vec![2]);
+}

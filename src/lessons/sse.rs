@@ -51,7 +51,7 @@
 //! `curl -N 'http://127.0.0.1:8080/events/sse?since=0'`, or
 //! `curl -N -H 'Last-Event-ID: 3' http://127.0.0.1:8080/events/sse`.
 
-use crate::http::{self, HttpError, Query};
+use crate::http::{self, Query};
 use crate::hub::Event;
 use crate::server::Lab;
 use crate::stream::{self, Framing};
@@ -67,12 +67,9 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     };
     let since = match http::header(&request, "Last-Event-ID").map(str::trim) {
         None | Some("") => since,
-        Some(text) => match text.parse() {
+        Some(text) => match http::parse_cursor(text, lab.hub.last_id()) {
             Ok(id) => id,
-            Err(_) => {
-                let message = format!("Last-Event-ID must be an event id, got {text:?}");
-                return HttpError::bad_request(message).reply(request, &counters);
-            }
+            Err(e) => return e.reply(request, &counters),
         },
     };
     // For the reconnect demonstration: end the stream after this many events.

@@ -162,7 +162,8 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
             return Err(e);
         }
     };
-    let since = since.unwrap_or_else(|| lab.hub.last_id());
+    // No cursor: from now. One ahead of now (ids restarted): also now.
+    let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
     let (backlog, subscription) = lab.hub.subscribe(since);
     log::debug!("ws {id} open, from event {since}");
 
@@ -251,7 +252,10 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Option<u64>, (u16, Stri
     let query = Query::parse(request.uri().query().unwrap_or(""));
     match query.get("since") {
         None => Ok(None),
-        Some(_) => query.since(0).map(Some).map_err(|e| (400, e.message)),
+        // Validated here; taken as at most the newest id once subscribed.
+        Some(text) => crate::http::parse_cursor(text, u64::MAX)
+            .map(Some)
+            .map_err(|e| (400, e.message)),
     }
 }
 
