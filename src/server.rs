@@ -40,6 +40,15 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// Is `origin` one of the lab's own pages: the HTTP address, under either loopback name?
+    /// (The WebSocket handshake and CORS both ask.)
+    pub fn is_own_origin(&self, origin: &str) -> bool {
+        let port = self.addr.port();
+        origin == format!("http://{}", self.addr)
+            || origin == format!("http://127.0.0.1:{port}")
+            || origin == format!("http://localhost:{port}")
+    }
+
     /// Counters for a lesson, with this request counted.
     pub fn count(&self, lesson: &'static str) -> LessonCounters {
         let counters = self.stats.lesson(lesson);
@@ -239,6 +248,8 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         }
         (Method::Get, "/events/poll") => lessons::polling::handle(lab, request, &query),
         (Method::Get, "/events/jsonp") => lessons::jsonp_polling::handle(lab, request, &query),
+        (Method::Get, "/events/cors") => lessons::cors::handle(lab, request, &query),
+        (Method::Options, "/events/cors") => lessons::cors::preflight(lab, request),
         (Method::Post, "/events/piggyback") => lessons::piggyback::handle(lab, request, &query),
         (Method::Get, "/events/long-poll") => lessons::long_polling::handle(lab, request, &query),
         (Method::Get, "/events/long-poll-script") => {

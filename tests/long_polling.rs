@@ -239,5 +239,9 @@ fn a_cursor_from_a_previous_run_is_taken_as_now() {
     let waiting = long_poll(addr, "/events/long-poll?since=5000&timeout=60");
     wait_until("the request is parked", || stats(addr)["parked"] == 1);
     publish(addr, "two").unwrap();
-    assert_eq!(ids(&waiting.join().unwrap()), vec![2], "not stuck waiting for id 5001");
+    assert_eq!(
+        ids(&waiting.join().unwrap()),
+        vec![2],
+        "not stuck waiting for id 5001"
+    );
 }

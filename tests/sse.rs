@@ -143,6 +143,8 @@ fn a_last_event_id_from_a_previous_run_resumes_from_now() {
     let mut stream = Stream::open(addr, "/events/sse", &[("Last-Event-ID", "9000")]).unwrap();
     wait_until("subscribed", || stats(addr)["streams"] == 1);
     publish(addr, "after").unwrap();
-    let text = stream.read_until(deadline(), |t| !ids_in(t).is_empty()).unwrap();
+    let text = stream
+        .read_until(deadline(), |t| !ids_in(t).is_empty())
+        .unwrap();
     assert_eq!(ids_in(&text), vec![2]);
 }

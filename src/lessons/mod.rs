@@ -8,6 +8,7 @@ use crate::hub::Backlog;
 use serde_json::{json, Value};
 
 pub mod buffering;
+pub mod cors;
 pub mod fetch_streaming;
 pub mod forever_iframe;
 pub mod jsonp_polling;
@@ -46,6 +47,13 @@ pub const LESSONS: &[Lesson] = &[
         idea: "Polling across origins with a script tag, because a plain XHR to another origin is blocked.",
         page: include_str!("../../html/jsonp_polling.html"),
         endpoints: &[("GET", "/events/jsonp")],
+    },
+    Lesson {
+        name: "cors",
+        title: "CORS polling",
+        idea: "A plain fetch across origins, readable because the server names the page's origin.",
+        page: include_str!("../../html/cors.html"),
+        endpoints: &[("GET, OPTIONS", "/events/cors")],
     },
     Lesson {
         name: "piggyback",

@@ -243,7 +243,7 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Option<u64>, (u16, Stri
     }
     if let Some(origin) = request.headers().get("Origin") {
         let origin = origin.to_str().unwrap_or("");
-        if !allowed_origins(lab).iter().any(|allowed| allowed == origin) {
+        if !lab.is_own_origin(origin) {
             log::debug!("ws handshake refused: foreign Origin {origin:?}");
             return Err((403, "this Origin may not open the lab's WebSocket".into()));
         }
@@ -257,16 +257,6 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Option<u64>, (u16, Stri
             .map(Some)
             .map_err(|e| (400, e.message)),
     }
-}
-
-/// The lab's own pages: the HTTP address, under both loopback names.
-pub fn allowed_origins(lab: &Lab) -> Vec<String> {
-    let port = lab.addr.port();
-    vec![
-        format!("http://{}", lab.addr),
-        format!("http://127.0.0.1:{port}"),
-        format!("http://localhost:{port}"),
-    ]
 }
 
 fn refuse(status: u16, message: &str) -> ErrorResponse {
