@@ -115,7 +115,7 @@ fn preflights_allow_get_with_the_lab_header_from_own_origins_only() {
 fn page_reads_across_origins_in_chromium() {
     let lab = start_lab();
     let browser = Browser::launch();
-    let url = format!("http://localhost:{}/lessons/cors", lab.addr().port());
+    let url = common::on_localhost(&lab, "/lessons/cors");
     let mut page = browser.open(&url);
     page.wait_for_log("blocked: no Access-Control-Allow-Origin");
     page.wait_for_log("[client] no event");

@@ -60,10 +60,7 @@ fn page_polls_cross_origin_in_chromium() {
     let lab = start_lab();
     let browser = Browser::launch();
     // The page is on localhost; it polls 127.0.0.1, another origin.
-    let url = format!(
-        "http://localhost:{}/lessons/jsonp_polling",
-        lab.addr().port()
-    );
+    let url = common::on_localhost(&lab, "/lessons/jsonp_polling");
     let mut page = browser.open(&url);
     page.wait_for_log("blocked by the same-origin policy");
     page.wait_for_log("[client] no event");

@@ -76,10 +76,7 @@ fn the_callback_is_validated_before_anything_is_held() {
 fn page_chains_script_tags_cross_origin_in_chromium() {
     let lab = start_lab();
     let browser = Browser::launch();
-    let url = format!(
-        "http://localhost:{}/lessons/script_long_polling",
-        lab.addr().port()
-    );
+    let url = common::on_localhost(&lab, "/lessons/script_long_polling");
     let mut page = browser.open(&url);
     page.wait_for_log("[client] script #1 waiting...");
     wait_until("the page's script is parked", || {

@@ -25,6 +25,12 @@ pub fn start_lab_with(tweak: impl FnOnce(&mut Config)) -> RunningLab {
     RunningLab::start(config).expect("the lab starts")
 }
 
+/// The lab's URL under its other name: a page served from here is cross-origin to the
+/// lab's `http://127.0.0.1:PORT` endpoints.
+pub fn on_localhost(lab: &RunningLab, path: &str) -> String {
+    format!("http://localhost:{}{path}", lab.addr().port())
+}
+
 /// A generous deadline: tests wait on conditions, never on luck.
 pub fn deadline() -> Instant {
     Instant::now() + Duration::from_secs(20)
