@@ -21,8 +21,11 @@
 //! 2. Subscribe and read the backlog under one lock. Events already past the cursor (published
 //!    while the client was between polls) are answered at once: nothing is lost.
 //! 3. Otherwise take a place under `--max-parked` (or answer 503 with `Retry-After`) and
-//!    *park*: the thread sleeps on its subscription channel, holding the request.
-//! 4. Wake on an event or the deadline, and answer with every event after the cursor (or none).
+//!    *park*: the thread sleeps on its subscription channel, holding the request. (With
+//!    `--parking queue` the request goes to the waiting room instead and the thread ends: see
+//!    `crate::waiting_room`.)
+//! 4. Wake on an event or the deadline.
+//! 5. Answer with every event after the cursor (or none at the deadline).
 //!
 //! **The servlet original** (`mode=servlet`) parked requests without a cursor and handed each
 //! event only to the requests parked at that instant: an event published while the client was
@@ -53,12 +56,14 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
     // 1–3. Read the input; answer at once if events are waiting, else park.
     match park(lab, request, query, Answer::Json, &counters) {
+        // 5. (Events were already waiting.)
         Parking::Ready(request, backlog, cursor) => {
             Answer::Json.write(request, &backlog, cursor, &counters)
         }
         Parking::Parked(parked) => {
             // 4. BLOCKS until an event or the deadline.
             let (request, backlog, cursor) = parked.wait_for_events();
+            // 5.
             Answer::Json.write(request, &backlog, cursor, &counters)
         }
         // `--parking queue`: the waiting room holds the request; this thread is done.
