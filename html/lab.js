@@ -59,6 +59,21 @@ const lab = {
     }
   },
 
+  // Turn stream chunks into whole lines: a chunk is not a line (proxies split and merge
+  // chunks), so keep what follows the last newline for the next chunk.
+  lineReader(onLine) {
+    let buffer = '';
+    return (text) => {
+      buffer += text;
+      let end;
+      while ((end = buffer.indexOf('\n')) !== -1) {
+        const line = buffer.slice(0, end);
+        buffer = buffer.slice(end + 1);
+        onLine(line);
+      }
+    };
+  },
+
   // Keep a stream open: reconnect after it ends or breaks, with a doubling backoff.
   // connect() returns the promise of one connection's life.
   async keepStreaming(connect) {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{browser::Browser, marker, start_lab};
+use common::{assert_is_script, browser::Browser, marker, start_lab};
 use reverse_ajax_lab::client::{get, publish};
 
 #[test]
@@ -11,12 +11,7 @@ fn the_answer_is_a_script_calling_the_callback() {
     let addr = lab.addr();
     publish(addr, "one").unwrap();
     let answer = get(addr, "/events/jsonp?callback=lab.onEvents&since=0").unwrap();
-    assert_eq!(answer.status, 200);
-    assert!(answer
-        .header("Content-Type")
-        .unwrap()
-        .starts_with("application/javascript"));
-    assert_eq!(answer.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_is_script(&answer);
     assert_eq!(
         answer.body,
         r#"/**/lab.onEvents({"events":[{"data":"one","id":1}],"last":1});"#

@@ -30,6 +30,20 @@ fn each_event_is_a_whole_part_in_its_own_chunk() {
 }
 
 #[test]
+fn heartbeats_are_parts_too_and_free_a_stream_whose_client_left() {
+    let lab = common::start_lab_with(|c| c.heartbeat = std::time::Duration::from_millis(200));
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/multipart", &[]).unwrap();
+    stream.next_chunk(deadline()).unwrap(); // the first boundary
+    assert_eq!(
+        stream.next_chunk(deadline()).unwrap().unwrap(),
+        "Content-Type: application/json\r\n\r\n{\"heartbeat\":true}\r\n--lab-event\r\n"
+    );
+    drop(stream);
+    common::wait_for_baseline(addr);
+}
+
+#[test]
 fn a_cursor_replays_missed_parts_first() {
     let lab = start_lab();
     let addr = lab.addr();

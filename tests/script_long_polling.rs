@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{browser::Browser, marker, start_lab, stats, wait_for_baseline, wait_until};
+use common::{
+    assert_is_script, browser::Browser, marker, start_lab, stats, wait_for_baseline, wait_until,
+};
 use reverse_ajax_lab::client::{get, publish};
 use std::thread;
 
@@ -22,12 +24,7 @@ fn a_held_script_calls_the_callback_when_an_event_arrives() {
     });
     publish(addr, "</script><b>x</b>").unwrap();
     let answer = waiting.join().unwrap();
-    assert_eq!(answer.status, 200);
-    assert!(answer
-        .header("Content-Type")
-        .unwrap()
-        .starts_with("application/javascript"));
-    assert_eq!(answer.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_is_script(&answer);
     assert_eq!(
         answer.body,
         r#"/**/lab.onEvents({"events":[{"data":"\u003c/script\u003e\u003cb\u003ex\u003c/b\u003e","id":1}],"last":1});"#

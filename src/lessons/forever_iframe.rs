@@ -61,6 +61,9 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         missed: |k| format!("<script>parent.onMissed({k})</script>\n"),
         heartbeat: "<script>parent.onHeartbeat()</script>\n",
     };
+    // 4. From here this thread holds the response until the client leaves: it BLOCKS on its
+    //    subscription in `stream::serve`, woken by each publish (write a frame) or by the
+    //    heartbeat interval (write a heartbeat); the first failed write ends it.
     stream::serve(lab, request, since, None, &framing, &counters)
 }
 

@@ -89,6 +89,9 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         missed: |k| format!("event: missed\ndata: {k}\n\n"),
         heartbeat: ": heartbeat\n\n",
     };
+    // From here this thread holds the response until the client leaves: it BLOCKS on its
+    // subscription in `stream::serve`, woken by each publish (write a block) or by the
+    // heartbeat interval (write a comment); the first failed write ends it.
     stream::serve(lab, request, since, close_after, &framing, &counters)
 }
 

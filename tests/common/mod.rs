@@ -58,6 +58,17 @@ pub fn wait_for_baseline(addr: SocketAddr) {
     });
 }
 
+/// A JSONP answer: 200, served as JavaScript, and never sniffed as anything else.
+pub fn assert_is_script(answer: &reverse_ajax_lab::client::Response) {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let content_type = answer.header("Content-Type").unwrap_or("");
+    assert!(
+        content_type.starts_with("application/javascript"),
+        "{content_type}"
+    );
+    assert_eq!(answer.header("X-Content-Type-Options"), Some("nosniff"));
+}
+
 /// A string no other test publishes.
 pub fn marker(label: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
