@@ -151,7 +151,8 @@ pub struct ChunkedStream {
 
 impl ChunkedStream {
     /// Take the socket from tiny_http and send the head. `Connection: close`, because the
-    /// stream ends only when one side gives up.
+    /// stream ends only when one side gives up; `X-Accel-Buffering: no` on every stream, so a
+    /// proxy in front (nginx and its kin) passes each chunk on instead of collecting them.
     pub fn start(
         request: Request,
         content_type: &str,
@@ -159,6 +160,7 @@ impl ChunkedStream {
         counters: &LessonCounters,
     ) -> io::Result<ChunkedStream> {
         let mut text = head(200, content_type, headers);
+        text.push_str("X-Accel-Buffering: no\r\n");
         text.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
         let mut writer = request.into_writer();
         writer.write_all(text.as_bytes())?;

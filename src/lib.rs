@@ -106,24 +106,50 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
 
 Logs go to stderr; RUST_LOG=debug shows every request park, wake and leave.";
 
+/// Why the flags did not give a `Config`: the user asked for help (print it on stdout, exit 0)
+/// or made a usage error (print the message on stderr, exit 2).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CliError {
+    Help,
+    Usage(String),
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> CliError {
+        CliError::Usage(message)
+    }
+}
+
 impl Config {
-    /// `LAB_ADDR` and command-line flags over the defaults. `Err` carries a message for the user.
-    pub fn from_env_and_args(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
+    /// `LAB_ADDR` and command-line flags over the defaults.
+    pub fn from_env_and_args(args: impl IntoIterator<Item = String>) -> Result<Config, CliError> {
+        Config::from_parts(std::env::var("LAB_ADDR").ok(), args)
+    }
+
+    /// `from_env_and_args` with `LAB_ADDR`'s value given (tests cannot set the environment safely).
+    pub fn from_parts(
+        lab_addr: Option<String>,
+        args: impl IntoIterator<Item = String>,
+    ) -> Result<Config, CliError> {
         let mut config = Config::default();
-        if let Ok(addr) = std::env::var("LAB_ADDR") {
+        let mut addr_from_flag = false;
+        if let Some(addr) = lab_addr {
             config.addr = addr;
         }
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             if flag == "-h" || flag == "--help" {
-                return Err(USAGE.into());
+                return Err(CliError::Help);
             }
             let mut value = || {
                 args.next()
                     .ok_or_else(|| format!("{flag} needs a value (see --help)"))
             };
             match flag.as_str() {
-                "--addr" => config.addr = value()?,
+                "--addr" => {
+                    config.addr = value()?;
+                    addr_from_flag = true;
+                }
                 "--ws-addr" => config.ws_addr = Some(value()?),
                 "--generator" => config.generator = parse_range(&value()?)?,
                 "--history" => config.history = parse_number(&flag, &value()?)?,
@@ -137,11 +163,26 @@ impl Config {
                         "thread" => ParkingMode::Thread,
                         "queue" => ParkingMode::Queue,
                         other => {
-                            return Err(format!("--parking takes thread or queue, got {other:?}"))
+                            return Err(
+                                format!("--parking takes thread or queue, got {other:?}").into()
+                            )
                         }
                     }
                 }
-                other => return Err(format!("unknown option {other:?} (see --help)")),
+                other => return Err(format!("unknown option {other:?} (see --help)").into()),
+            }
+        }
+        // A bad address is a usage error too: name where it came from.
+        if config.socket_addr().is_err() {
+            let source = if addr_from_flag { "--addr" } else { "LAB_ADDR" };
+            return Err(format!("{source} {:?} is not HOST:PORT", config.addr).into());
+        }
+        if let Some(ws) = &config.ws_addr {
+            if ws
+                .to_socket_addrs()
+                .map_or(true, |mut a| a.next().is_none())
+            {
+                return Err(format!("--ws-addr {ws:?} is not HOST:PORT").into());
             }
         }
         Ok(config)
@@ -173,7 +214,9 @@ fn parse_range(text: &str) -> Result<Option<RangeInclusive<u64>>, String> {
         max.parse().map_err(|_| bad())?,
     );
     if min > max {
-        return Err(bad());
+        return Err(format!(
+            "--generator {text:?}: MIN ({min}) exceeds MAX ({max}); write MIN_MS..MAX_MS"
+        ));
     }
     Ok(Some(min..=max))
 }
@@ -189,9 +232,13 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut config = match Config::from_env_and_args(args) {
         Ok(config) => config,
-        Err(message) => {
+        Err(CliError::Help) => {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        Err(CliError::Usage(message)) => {
             eprintln!("{message}");
-            std::process::exit(if message == USAGE { 0 } else { 2 });
+            std::process::exit(2);
         }
     };
     config.only = only;
@@ -232,7 +279,43 @@ mod tests {
             Config::from_env_and_args(args).unwrap().generator,
             Some(10..=20)
         );
-        assert!(Config::from_env_and_args(["--generator", "9..1"].map(String::from)).is_err());
         assert!(Config::from_env_and_args(["--nope".to_string()]).is_err());
+    }
+
+    fn usage_error(lab_addr: Option<&str>, args: &[&str]) -> String {
+        match Config::from_parts(
+            lab_addr.map(String::from),
+            args.iter().map(|a| a.to_string()),
+        ) {
+            Err(CliError::Usage(message)) => message,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn generator_range_backwards_says_min_exceeds_max() {
+        let message = usage_error(None, &["--generator", "5..1"]);
+        assert!(message.contains("MIN (5) exceeds MAX (1)"), "{message}");
+    }
+
+    #[test]
+    fn bad_addresses_are_usage_errors_naming_their_source() {
+        assert!(usage_error(Some("nonsense"), &[]).starts_with("LAB_ADDR \"nonsense\""));
+        assert!(usage_error(None, &["--addr", "nonsense"]).starts_with("--addr \"nonsense\""));
+        // A good --addr overrides a bad LAB_ADDR.
+        assert!(Config::from_parts(
+            Some("nonsense".into()),
+            ["--addr", "127.0.0.1:1"].map(String::from)
+        )
+        .is_ok());
+        assert!(usage_error(None, &["--ws-addr", "x"]).contains("--ws-addr"));
+    }
+
+    #[test]
+    fn help_is_not_an_error_message() {
+        assert_eq!(
+            Config::from_parts(None, ["--help".to_string()]).unwrap_err(),
+            CliError::Help
+        );
     }
 }

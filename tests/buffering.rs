@@ -83,3 +83,19 @@ fn page_shows_the_difference_in_chromium() {
         page.wait_for_log(&format!("[buffered] [event] {text}"));
     }
 }
+
+/// Chapter 6's pitfall: every hand-framed stream asks proxies in front not to buffer it.
+#[test]
+fn every_stream_asks_proxies_not_to_buffer() {
+    let lab = common::start_lab();
+    for path in [
+        "/events/stream",
+        "/events/sse",
+        "/events/multipart",
+        "/events/iframe",
+    ] {
+        let stream = reverse_ajax_lab::client::Stream::open(lab.addr(), path, &[]).unwrap();
+        assert_eq!(stream.status, 200, "{path}");
+        assert_eq!(stream.header("X-Accel-Buffering"), Some("no"), "{path}");
+    }
+}

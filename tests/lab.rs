@@ -188,3 +188,32 @@ fn simultaneous_keep_alive_streams_are_all_served() {
         }
     }
 }
+
+/// The binary as a user runs it: help on stdout and exit 0; every usage error on stderr, exit 2.
+#[test]
+fn help_goes_to_stdout_and_usage_errors_exit_2() {
+    use std::process::Command;
+    let lab = env!("CARGO_BIN_EXE_reverse-ajax-lab");
+    let help = Command::new(lab).arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--generator MIN..MAX"));
+    assert!(help.stderr.is_empty());
+    let cases: [(&[&str], Option<&str>, &str); 5] = [
+        (&["--addr", "nonsense"], None, "--addr \"nonsense\""),
+        (&[], Some("nonsense"), "LAB_ADDR \"nonsense\""),
+        (&["--generator", "5..1"], None, "MIN (5) exceeds MAX (1)"),
+        (&["--nope"], None, "unknown option"),
+        (&["--history"], None, "needs a value"),
+    ];
+    for (args, lab_addr, message) in cases {
+        let mut command = Command::new(lab);
+        command.args(args).env_remove("LAB_ADDR");
+        if let Some(value) = lab_addr {
+            command.env("LAB_ADDR", value);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}

@@ -245,3 +245,33 @@ fn a_cursor_from_a_previous_run_is_taken_as_now() {
         "not stuck waiting for id 5001"
     );
 }
+
+/// The wire timeline draws a long poll as a long bar: held open until the event, then
+/// answered (green), and the next one opened at once.
+#[test]
+fn timeline_draws_a_held_long_poll_as_a_long_bar() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/long_polling"));
+    page.wait_for_bars("a long poll has been held for 1.5 s", |bars| {
+        bars.iter()
+            .any(|b| b["outcome"] == "open" && b["ms"].as_u64().unwrap() >= 1500)
+    });
+    publish(lab.addr(), &marker("held")).unwrap();
+    let bars = page.wait_for_bars(
+        "the held poll is answered and the next one is open",
+        |bars| {
+            bars.iter().any(|b| b["outcome"] == "events")
+                && bars.iter().any(|b| b["outcome"] == "open")
+        },
+    );
+    let answered = bars.iter().find(|b| b["outcome"] == "events").unwrap();
+    assert!(
+        answered["ms"].as_u64().unwrap() >= 1500,
+        "held until the event: {answered}"
+    );
+    assert!(
+        bars.iter().all(|b| b["outcome"] != "empty"),
+        "no deadline passed, so no empty answer: {bars:?}"
+    );
+}

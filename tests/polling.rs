@@ -120,3 +120,31 @@ fn page_shows_events_in_chromium() {
     page.wait_for_log(&format!("[event] {text}"));
     page.wait_for_log("[client] 1 events");
 }
+
+/// The wire timeline draws polling as a comb: short bars one after another in one lane,
+/// grey when empty, green when the answer carried an event.
+#[test]
+fn timeline_draws_polls_as_short_bars_mostly_empty() {
+    let lab = start_lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/polling"));
+    let empty =
+        |bars: &[serde_json::Value]| bars.iter().filter(|b| b["outcome"] == "empty").count();
+    let bars = page.wait_for_bars("two empty polls are drawn", |bars| empty(bars) >= 2);
+    for bar in &bars {
+        assert_eq!(bar["kind"], "request", "{bar}");
+        assert_eq!(bar["lane"], 0, "polls never overlap: {bar}");
+        if bar["outcome"] != "open" {
+            assert!(
+                bar["ms"].as_u64().unwrap() < 1000,
+                "a poll is answered at once: {bar}"
+            );
+        }
+    }
+    publish(lab.addr(), &marker("drawn")).unwrap();
+    let bars = page.wait_for_bars("a poll answered with an event is drawn", |bars| {
+        bars.iter().any(|b| b["outcome"] == "events")
+    });
+    let answered = bars.iter().find(|b| b["outcome"] == "events").unwrap();
+    assert!(answered["ms"].as_u64().unwrap() < 1000, "{answered}");
+}

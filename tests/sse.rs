@@ -148,3 +148,47 @@ fn a_last_event_id_from_a_previous_run_resumes_from_now() {
         .unwrap();
     assert_eq!(ids_in(&text), vec![2]);
 }
+
+/// The wire timeline draws SSE as one open bar with a tick per event.
+#[test]
+fn timeline_draws_one_stream_with_a_tick_per_event() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/sse"));
+    page.wait_for_log("stream open");
+    for i in 0..3 {
+        publish(addr, &format!("tick {i}")).unwrap();
+    }
+    let bars = page.wait_for_bars("three ticks on the stream", |bars| {
+        bars.iter().any(|b| b["ticks"] == 3)
+    });
+    assert_eq!(bars.len(), 1, "one connection for every event: {bars:?}");
+    assert_eq!(bars[0]["kind"], "stream");
+    assert_eq!(bars[0]["outcome"], "open");
+}
+
+/// EventSource gives up for good after a non-200 answer (it never reads Retry-After); the
+/// page notices and reopens the stream itself, from its cursor.
+#[test]
+fn after_a_503_the_page_reopens_the_stream_itself() {
+    let lab = start_lab_with(|c| {
+        c.max_parked = 1;
+        c.heartbeat = std::time::Duration::from_secs(1); // so the server notices the blocker leave
+    });
+    let addr = lab.addr();
+    let browser = Browser::launch();
+    // The one place is taken before the page asks.
+    let blocker = reverse_ajax_lab::client::Stream::open(addr, "/events/stream", &[]).unwrap();
+    wait_until("the blocker holds the only place", || {
+        stats(addr)["streams"] == 1
+    });
+    let mut page = browser.open(&lab.url("/lessons/sse"));
+    page.wait_for_log("EventSource has given up for good");
+    drop(blocker);
+    wait_until("the place is free", || stats(addr)["streams"] == 0);
+    page.wait_for_log("stream open");
+    let text = marker("after-503");
+    publish(addr, &text).unwrap();
+    page.wait_for_log(&format!("[event] {text}"));
+}

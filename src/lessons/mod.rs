@@ -8,6 +8,7 @@ use crate::hub::Backlog;
 use serde_json::{json, Value};
 
 pub mod buffering;
+pub mod compare;
 pub mod cors;
 pub mod fetch_streaming;
 pub mod forever_iframe;
@@ -119,6 +120,8 @@ pub const LESSONS: &[Lesson] = &[
         // On its own port (`/stats` says which); the HTTP port points there.
         endpoints: &[("GET", "/events/ws")],
     },
+    // Every lesson above at once, in one tab.
+    compare::LESSON,
 ];
 
 /// Paths every run serves, whichever lessons it serves.

@@ -82,7 +82,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     };
     let framing = Framing {
         content_type: "text/event-stream; charset=utf-8",
-        headers: &[("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")],
+        headers: &[("Cache-Control", "no-cache")],
         // 2. The reconnect delay, and a comment to open the stream.
         prelude: "retry: 2000\n: stream open\n\n".into(),
         frame: sse_frame,

@@ -190,4 +190,35 @@ impl Page {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// The bars the page's wire timeline (`#wire`, drawn by lab.js) shows now, as the test
+    /// reads them off the SVG: `{kind, outcome, ms, ticks, lane}` each.
+    pub fn wire_bars(&mut self) -> Vec<Value> {
+        let bars = self.eval(
+            "[...document.querySelectorAll('#wire rect.bar')].map((r) => ({ kind: r.dataset.kind, \
+             outcome: r.dataset.outcome, ms: Number(r.dataset.ms), ticks: Number(r.dataset.ticks), \
+             lane: Number(r.dataset.lane) }))",
+        );
+        bars.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Wait until the wire timeline's bars satisfy `condition`; return them then.
+    pub fn wait_for_bars(
+        &mut self,
+        what: &str,
+        condition: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let bars = self.wire_bars();
+            if condition(&bars) {
+                return bars;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting until {what}; bars: {bars:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

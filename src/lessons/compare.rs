@@ -1,0 +1,46 @@
+//! # Every technique side by side: one tab, eleven clients, the same events.
+//!
+//! This lesson has no endpoint of its own. Its page (`html/compare.html`) opens one client of
+//! every other lesson at once (polling, JSONP, CORS, piggyback, both long polls, the forever
+//! iframe, multipart, fetch streaming, SSE, WebSocket) and publishes a timed event every two
+//! seconds. Each row draws its own wire timeline and counts what its technique cost:
+//!
+//! ```text
+//! technique           wire (last 30 s)                       requests empty events bytes/event latency
+//! HTTP polling        ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮            15      10    5     ~180        ~1000 ms
+//! XHR long polling    ▬▬▬▬▬▮▬▬▬▬▬▬▮▬▬▬▬▬▬▮▬▬▬▬▬                5       0     5     ~190          ~1 ms
+//! Server-Sent Events  ▬▬▬▬┃▬▬▬▬▬┃▬▬▬▬▬▬┃▬▬▬▬▬▬▬                1       0     5     ~40           ~1 ms
+//!   (time passes, left to right; ┃ is an event arriving on an open stream)
+//! ```
+//!
+//! 1. The page takes the newest id as every client's starting cursor.
+//! 2. It starts every client; each opens bars on its own timeline as it sends requests.
+//! 3. Every two seconds it publishes `compare <ms since 1970>`; each client that receives it
+//!    measures the publish→arrival time.
+//! 4. Every two seconds it reads `/stats` and shows each lesson's bytes written per event
+//!    delivered.
+//!
+//! It is chapter 13's `compare` benchmark (`examples/compare.rs`), which measures the same
+//! things with 100 clients each, happening in front of a class.
+//!
+//! **What it costs**: one tab holds seven long-lived connections (both long polls, the
+//! iframe, multipart, NDJSON, SSE, WebSocket) besides its polls. Chromium allows six
+//! HTTP/1.1 connections per host, so the page spreads its clients over two host names: JSONP,
+//! CORS and the script-tag long poll reach the lab under its other name (as in their own
+//! lessons), the WebSocket has its own port, and five held connections plus one for
+//! everything else use the page's own host.
+//!
+//! **Try it**: `cargo run`, open <http://127.0.0.1:8080/lessons/compare> and watch the rows
+//! for ten seconds: polling's row is a comb of short bars, long polling's a chain of long
+//! ones, the streams one bar each with ticks.
+
+use crate::lessons::Lesson;
+
+/// The page, listed with the other lessons so the index links it.
+pub const LESSON: Lesson = Lesson {
+    name: "compare",
+    title: "Every technique side by side",
+    idea: "One tab, every technique against the same events: timelines, requests, empty answers, bytes and latency.",
+    page: include_str!("../../html/compare.html"),
+    endpoints: &[],
+};
