@@ -133,7 +133,7 @@ const lab = {
   timeline(place, options) {
     const w = {
       windowMs: (options && options.windowMs) || 30000,
-      maxLanes: (options && options.maxLanes) || 6,
+      maxLanes: (options && options.maxLanes) || 3,
       bars: [],
       marks: [],
       lanes: [],

@@ -3,7 +3,8 @@
 //!
 //! Every response is written as text onto the socket (`Request::into_writer`), so the student
 //! sees each header the server sends, and `/stats` can count the exact bytes on the wire.
-//! tiny_http's own `Response` would hide both, and it buffers streamed bodies (DESIGN.md).
+//! tiny_http's own `Response` would hide both, and it buffers streamed bodies (the buffering lesson,
+//! `lessons::buffering`).
 
 use crate::stats::LessonCounters;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! a plain `match` on method and path.
 //!
 //! 1. `RunningLab::start` builds the listener itself (TCP_NODELAY, a large backlog: see
-//!    DESIGN.md's traps) and hands it to tiny_http, which parses requests on its own threads.
+//!    `bind` below and LESSONS.md chapter 13) and hands it to tiny_http, which parses requests on its own threads.
 //! 2. The `accept` thread takes each parsed request and spawns a named handler thread for it,
 //!    `req-N`, the servlet container's request thread.
 //! 3. `route` matches method and path and calls the lesson. Quick lessons answer and return;

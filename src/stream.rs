@@ -7,7 +7,7 @@
 //! HTTP/1.1 200 OK
 //! Transfer-Encoding: chunked
 //!
-//! 2c\r\n{"id":5,"data":"At ..."}\n\r\n      ← one chunk per event, flushed at once
+//! 2c\r\n{"data":"At ...","id":5}\n\r\n      ← one chunk per event, flushed at once
 //!   (time passes: the thread is parked on its subscription)
 //! 1\r\n\n\r\n                                 ← a heartbeat after 15 s of silence
 //! ```

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{start_lab, start_lab_with, stats, wait_for_baseline};
+use common::{start_lab, start_lab_with, stats, wait_for_baseline, wait_until};
 use reverse_ajax_lab::client::{get, post, request};
 
 #[test]
@@ -216,4 +216,26 @@ fn help_goes_to_stdout_and_usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
+}
+
+/// The servlet original's generator wrote to every suspended response itself, so the first
+/// `IOException` from one departed client ended the generator for everyone. Here it only
+/// publishes into the hub; each client's own thread writes, and fails, alone.
+#[test]
+fn a_client_that_leaves_mid_stream_does_not_stop_the_generator() {
+    let lab = common::start_lab_with(|c| {
+        c.generator = Some(1..=5);
+        c.heartbeat = std::time::Duration::from_millis(100);
+    });
+    let addr = lab.addr();
+    let mut stream = reverse_ajax_lab::client::Stream::open(addr, "/events/stream", &[]).unwrap();
+    stream.next_chunk(common::deadline()).unwrap().unwrap();
+    drop(stream); // leaves mid-stream: the next writes to it fail
+    wait_until("the departed stream is freed", || {
+        stats(addr)["streams"] == 0
+    });
+    let after = stats(addr)["events_published"].as_u64().unwrap();
+    wait_until("the generator publishes on", || {
+        stats(addr)["events_published"].as_u64().unwrap() >= after + 20
+    });
 }

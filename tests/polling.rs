@@ -148,3 +148,16 @@ fn timeline_draws_polls_as_short_bars_mostly_empty() {
     let answered = bars.iter().find(|b| b["outcome"] == "events").unwrap();
     assert!(answered["ms"].as_u64().unwrap() < 1000, "{answered}");
 }
+
+/// The original's shared queue grew without bound while nobody polled; ours keeps at most
+/// `--history` events, the oldest dropped first.
+#[test]
+fn the_servlet_queue_is_bounded_by_the_history() {
+    let lab = start_lab_with_small_history();
+    let addr = lab.addr();
+    for i in 0..10 {
+        publish(addr, &format!("q{i}")).unwrap();
+    }
+    let drained = get(addr, "/events/poll?mode=servlet").unwrap().json();
+    assert_eq!(ids(&drained), vec![7, 8, 9, 10]);
+}

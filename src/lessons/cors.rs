@@ -27,7 +27,7 @@
 //! Access-Control-Allow-Origin: http://localhost:8080
 //! Vary: Origin
 //!
-//! {"events":[{"id":5,"data":"At ..."}],"last":5}
+//! {"events":[{"data":"At ...","id":5}],"last":5}
 //! ```
 //!
 //! 1. `preflight` (OPTIONS): answer 204 with what may follow, but only to one of the lab's own

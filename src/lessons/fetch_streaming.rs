@@ -11,8 +11,8 @@
 //! Transfer-Encoding: chunked
 //!
 //!   (time passes)
-//! {"id":5,"data":"At ..."}
-//! {"id":6,"data":"two\nlines"}        ← JSON escapes the newline: one event, one line
+//! {"data":"At ...","id":5}
+//! {"data":"two\nlines","id":6}        ← JSON escapes the newline: one event, one line
 //!   (15 s of silence)
 //!                                      ← a heartbeat: an empty line, skipped by readers
 //! ```

@@ -12,7 +12,7 @@
 //!
 //! <!doctype html><html><body><!-- 1 KiB of padding -->
 //!   (time passes: req-20 is parked on its subscription)
-//! <script>parent.onEvent({"id":5,"data":"At ..."})</script>
+//! <script>parent.onEvent({"data":"At ...","id":5})</script>
 //!   (15 s of silence)
 //! <script>parent.onHeartbeat()</script>
 //! ```

@@ -13,7 +13,7 @@
 //! Content-Type: application/javascript; charset=utf-8
 //! X-Content-Type-Options: nosniff
 //!
-//! /**/lab.onEvents({"events":[{"id":5,"data":"At ..."}],"last":5});
+//! /**/lab.onEvents({"events":[{"data":"At ...","id":5}],"last":5});
 //! ```
 //!
 //! 1. Validate the callback: a dotted path of plain identifiers, nothing else. The name is

@@ -7,7 +7,7 @@
 //! HTTP/1.1 200 OK
 //! Content-Type: application/json
 //!
-//! {"events":[{"id":5,"data":"At ..."}],"last":5}
+//! {"events":[{"data":"At ...","id":5}],"last":5}
 //! GET /events/long-poll?since=5&timeout=30 HTTP/1.1      ← the client asks again at once
 //!   (30 s pass with no event)
 //! HTTP/1.1 200 OK

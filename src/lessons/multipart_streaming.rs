@@ -16,7 +16,7 @@
 //!   (time passes)
 //! Content-Type: application/json
 //!
-//! {"id":5,"data":"At ..."}
+//! {"data":"At ...","id":5}
 //! --lab-event
 //! ```
 //!

@@ -12,7 +12,7 @@
 //! HTTP/1.1 200 OK
 //! Content-Type: application/json
 //!
-//! {"formValid":true,"errors":{},"events":[{"id":5,"data":"At ..."}],"last":5}
+//! {"errors":{},"events":[{"data":"At ...","id":5}],"formValid":true,"last":5}
 //!   (the user reads for a minute; events 6..9 wait on the server, unseen)
 //! ```
 //!

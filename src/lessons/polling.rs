@@ -10,7 +10,7 @@
 //! GET /events/poll?since=4 HTTP/1.1
 //! HTTP/1.1 200 OK
 //!
-//! {"events":[{"id":5,"data":"At 2026-11-21 15:40:06.123 UTC"}],"last":5}
+//! {"events":[{"data":"At 2026-11-21 15:40:06.123 UTC","id":5}],"last":5}
 //! ```
 //!
 //! 1. Read the cursor: `since=N` asks for ids above N; no `since` means "from now".

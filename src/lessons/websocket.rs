@@ -14,10 +14,10 @@
 //! Connection: Upgrade
 //! Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
 //!
-//! ◄ text {"id":5,"data":"At ..."}                ← the backlog after since=4, then live events
+//! ◄ text {"data":"At ...","id":5}                ← the backlog after since=4, then live events
 //!   (time passes: ws-3-writer is parked on its subscription, ws-3 on the socket)
 //! ► text "hello"                                  ← the client's frame is published to all...
-//! ◄ text {"id":6,"data":"hello"}                 ← ...including back to the sender
+//! ◄ text {"data":"hello","id":6}                 ← ...including back to the sender
 //! ◄ ping                                          ← every heartbeat interval
 //! ► pong                                          ← a peer that stops answering is dropped
 //! ► close 1000                                    ← either side may close; the other echoes
@@ -26,7 +26,7 @@
 //!
 //! 1. `listen` binds a plain `std::net::TcpListener` on its own port. tiny_http's upgraded
 //!    stream is one boxed object that two threads cannot share; a `TcpStream` can be split with
-//!    `try_clone()` into a reading and a writing half (DESIGN.md).
+//!    `try_clone()` into a reading and a writing half (LESSONS.md, chapter 11).
 //! 2. `handshake` runs tungstenite's server handshake with a callback that checks the path and
 //!    the `Origin` (cross-site WebSocket hijacking: browsers send cookies with a WebSocket
 //!    handshake from *any* page, so the server must refuse foreign origins) and reads `since`.
@@ -40,7 +40,7 @@
 //!
 //! **What it costs**: one handshake per connection (about 400 bytes both ways), then 2 bytes of
 //! frame header per small event from the server (clients mask theirs: 6 bytes); two threads and
-//! one file descriptor per client in this model. Some proxies and old corporate firewalls do not
+//! two file descriptors per client in this model (`try_clone` duplicates the socket's). Some proxies and old corporate firewalls do not
 //! pass the `Upgrade`.
 //!
 //! **Try it**: `cargo run --example websocket`, open two tabs of
