@@ -5,6 +5,16 @@ mod common;
 use common::{browser::Browser, ids, marker, start_lab};
 use reverse_ajax_lab::client::{publish, request};
 
+/// What Chromium sends before the page's fetch with its `X-Lab-Client` header.
+fn preflight(addr: std::net::SocketAddr, origin: &str) -> reverse_ajax_lab::client::Response {
+    let headers = [
+        ("Origin", origin),
+        ("Access-Control-Request-Method", "GET"),
+        ("Access-Control-Request-Headers", "x-lab-client"),
+    ];
+    request(addr, "OPTIONS", "/events/cors", &headers, b"").unwrap()
+}
+
 #[test]
 fn an_own_origin_is_named_in_the_answer() {
     let lab = start_lab();
@@ -53,18 +63,7 @@ fn preflights_allow_get_with_the_lab_header_from_own_origins_only() {
     let lab = start_lab();
     let addr = lab.addr();
     let origin = format!("http://localhost:{}", addr.port());
-    let ok = request(
-        addr,
-        "OPTIONS",
-        "/events/cors",
-        &[
-            ("Origin", &origin),
-            ("Access-Control-Request-Method", "GET"),
-            ("Access-Control-Request-Headers", "x-lab-client"),
-        ],
-        b"",
-    )
-    .unwrap();
+    let ok = preflight(addr, &origin);
     assert_eq!(ok.status, 204);
     assert_eq!(
         ok.header("Access-Control-Allow-Origin"),
@@ -122,13 +121,45 @@ fn page_reads_across_origins_in_chromium() {
     let text = marker("cors");
     publish(lab.addr(), &text).unwrap();
     page.wait_for_log(&format!("[event] {text}"));
-    // The custom header made the browser preflight (its cache is per URL, and `since` changes
-    // the URL: see the chapter's pitfalls).
-    let stats = common::stats(lab.addr());
-    assert!(
-        stats["lessons"]["cors_preflight"]["requests"]
+    // The custom header makes the browser preflight: one for `/events/cors`, one for
+    // `?since=0` two seconds later, so two within three seconds of the page opening...
+    let count = |lesson: &str| {
+        common::stats(lab.addr())["lessons"][lesson]["requests"]
             .as_u64()
-            .unwrap()
-            >= 1
+            .unwrap_or(0)
+    };
+    common::wait_until("two preflights", || count("cors_preflight") >= 2);
+    // ...and its cache is per URL: polls that repeat a URL are not preflighted again. Over
+    // the next three polls the URL changes once (the event moved `since`), so at most one
+    // more preflight.
+    let (preflights, polls) = (count("cors_preflight"), count("cors"));
+    common::wait_until("three more polls", || count("cors") >= polls + 3);
+    assert!(
+        count("cors_preflight") <= preflights + 1,
+        "a preflight per poll: the cache did not hold"
     );
+}
+
+/// Near misses are foreign: no permission to read, and their preflights are refused. A check
+/// by prefix, by host alone or ignoring the port or scheme fails here.
+#[test]
+fn near_miss_origins_get_no_permission_and_no_preflight() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for origin in common::near_miss_origins(addr.port()) {
+        let answer = request(addr, "GET", "/events/cors", &[("Origin", &origin)], b"").unwrap();
+        assert_eq!(answer.status, 200, "{origin}");
+        assert_eq!(
+            answer.header("Access-Control-Allow-Origin"),
+            None,
+            "{origin}"
+        );
+        let refused = preflight(addr, &origin);
+        assert_eq!(refused.status, 403, "{origin}");
+        assert_eq!(
+            refused.header("Access-Control-Allow-Origin"),
+            None,
+            "{origin}"
+        );
+    }
 }

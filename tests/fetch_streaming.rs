@@ -91,3 +91,13 @@ fn page_reads_the_stream_in_chromium() {
     publish(lab.addr(), &text).unwrap();
     page.wait_for_log(&format!("[event] {text}"));
 }
+
+/// From a cursor the ring has moved past: a `{"missed": k}` line first, then what it kept.
+#[test]
+fn a_cursor_past_the_ring_gets_a_missed_line_first() {
+    let text = common::stream_past_the_ring("/events/stream");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], r#"{"missed":6}"#);
+    assert!(lines[1].contains("\"id\":7"), "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+}

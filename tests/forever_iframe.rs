@@ -73,3 +73,13 @@ fn page_runs_each_script_as_it_arrives_in_chromium() {
     page.wait_for_log("[event] </script><script>parent.pwned=1</script>");
     assert_eq!(page.eval("typeof window.pwned"), "undefined");
 }
+
+/// From a cursor the ring has moved past: `parent.onMissed(k)` first, then what it kept.
+#[test]
+fn a_cursor_past_the_ring_calls_on_missed_first() {
+    let text = common::stream_past_the_ring("/events/iframe");
+    let missed = text
+        .find("<script>parent.onMissed(6)</script>")
+        .expect("onMissed");
+    assert!(missed < text.find("\"id\":7").unwrap(), "{text}");
+}

@@ -115,16 +115,66 @@ fn an_example_serves_its_lesson_alone() {
     assert_eq!(get(addr, "/lessons/jsonp_polling").unwrap().status, 404);
 }
 
+/// After a client of every kind has come and gone, the lab's own threads and descriptors
+/// (read from `/proc/self` by the lab, in a child process so nothing else blurs them) are back
+/// at their baseline exactly: a leak of one thread or one descriptor fails here.
 #[test]
-fn stats_show_threads_and_return_to_baseline() {
-    let lab = start_lab();
-    let addr = lab.addr();
-    for _ in 0..20 {
-        get(addr, "/events/poll").unwrap();
+fn threads_and_descriptors_return_to_the_exact_baseline() {
+    let lab = common::ChildLab::start(&["--heartbeat", "1"]);
+    let addr = lab.addr;
+    let baseline = lab.resources();
+    assert!(
+        baseline.0 >= 3,
+        "accept, pump and tiny_http's pool: {baseline:?}"
+    );
+
+    // Quick requests of every kind.
+    for path in [
+        "/events/poll",
+        "/events/jsonp?callback=f",
+        "/events/cors",
+        "/lessons/polling",
+        "/stats",
+        "/events/poll?since=x",
+        "/nowhere",
+    ] {
+        for _ in 0..5 {
+            get(addr, path).unwrap();
+        }
     }
-    let s = stats(addr);
-    assert!(s["threads"].as_u64().unwrap() >= 2);
-    wait_for_baseline(addr);
+    post(
+        addr,
+        "/events/piggyback",
+        "application/x-www-form-urlencoded",
+        "name=A",
+    )
+    .unwrap();
+    // Held ones: long polls answered by an event, streams, a WebSocket; then they all leave.
+    let long_polls: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || get(addr, "/events/long-poll?since=0&timeout=30")))
+        .collect();
+    let streams: Vec<_> = [
+        "/events/stream",
+        "/events/sse",
+        "/events/multipart",
+        "/events/iframe",
+    ]
+    .iter()
+    .map(|path| reverse_ajax_lab::client::Stream::open(addr, path, &[]).unwrap())
+    .collect();
+    let ws_url = stats(addr)["websocket"].as_str().unwrap().to_string();
+    let (socket, _) = tungstenite::connect(ws_url.as_str()).unwrap();
+    wait_until("everything is held", || {
+        let s = stats(addr);
+        s["parked"] == 5 && s["streams"] == 4 && s["websockets"] == 1
+    });
+    reverse_ajax_lab::client::publish(addr, "for everyone").unwrap();
+    for poll in long_polls {
+        assert_eq!(poll.join().unwrap().unwrap().status, 200);
+    }
+    drop(streams);
+    drop(socket);
+    lab.wait_for_resources(baseline);
 }
 
 #[test]

@@ -71,3 +71,12 @@ fn page_reads_the_parts_with_fetch_in_chromium() {
     publish(lab.addr(), &text).unwrap();
     page.wait_for_log(&format!("[event] {text}"));
 }
+
+/// From a cursor the ring has moved past: a `{"missed": k}` part first, then what it kept.
+#[test]
+fn a_cursor_past_the_ring_gets_a_missed_part_first() {
+    let text = common::stream_past_the_ring("/events/multipart");
+    let missed = text.find(r#"{"missed":6}"#).expect("a missed part");
+    assert!(missed < text.find("\"id\":7").expect("event 7"), "{text}");
+    assert!(!text.contains("\"id\":6"), "{text}");
+}

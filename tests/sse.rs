@@ -118,13 +118,16 @@ fn page_resumes_without_a_gap_in_chromium() {
     let browser = Browser::launch();
     let mut page = browser.open(&lab.url("/lessons/sse"));
     page.wait_for_log("[client] stream open");
-    // Make the server drop the stream every 3 events.
+    // Make the server drop the stream every 3 events: the page opens a new one that says so.
     page.eval("document.getElementById('drop').click()");
-    wait_until("the new stream is open", || {
-        stats(lab.addr())["streams"] == 1
+    page.wait_for_log("(the server drops it every 3 events)");
+    // (The old stream is still held: the server learns it is gone at its next write.)
+    wait_until("the new stream has been asked for", || {
+        stats(lab.addr())["lessons"]["sse"]["requests"] == 2
     });
-    page.wait_for_log("[client] stream open");
-    let texts: Vec<String> = (0..5).map(|i| marker(&format!("sse{i}"))).collect();
+    // Seven events: the server ends the stream after 3 and after 6; EventSource reconnects
+    // twice by itself, each time resuming from Last-Event-ID.
+    let texts: Vec<String> = (0..7).map(|i| marker(&format!("sse{i}"))).collect();
     for text in &texts {
         publish(lab.addr(), text).unwrap();
     }
@@ -132,6 +135,11 @@ fn page_resumes_without_a_gap_in_chromium() {
         page.wait_for_log(&format!("[event] {text}"));
     }
     page.wait_for_log("[client] reconnected; the browser sent Last-Event-ID: 3");
+    page.wait_for_log("[client] reconnected; the browser sent Last-Event-ID: 6");
+    page.wait_for(
+        "two reconnects are counted",
+        "document.getElementById('reconnects').textContent === '2'",
+    );
     assert!(!page.log_text().contains("gap!"), "{}", page.log_text());
 }
 
@@ -191,4 +199,19 @@ fn after_a_503_the_page_reopens_the_stream_itself() {
     let text = marker("after-503");
     publish(addr, &text).unwrap();
     page.wait_for_log(&format!("[event] {text}"));
+}
+
+/// After `--heartbeat` of silence a `: heartbeat` comment; a client that left is found by the
+/// writes that fail, and its stream and subscription are freed.
+#[test]
+fn heartbeats_are_comments_and_free_a_stream_whose_client_left() {
+    let lab = start_lab_with(|c| c.heartbeat = std::time::Duration::from_millis(200));
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/sse", &[]).unwrap();
+    stream
+        .read_until(deadline(), |t| t.contains(": heartbeat\n\n"))
+        .unwrap();
+    assert_eq!(stats(addr)["streams"], 1);
+    drop(stream);
+    wait_for_baseline(addr);
 }

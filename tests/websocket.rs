@@ -10,7 +10,7 @@ use reverse_ajax_lab::client::{get, publish};
 use reverse_ajax_lab::RunningLab;
 use serde_json::Value;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -131,26 +131,44 @@ fn a_foreign_origin_gets_403_and_the_labs_own_origins_are_accepted() {
 
 #[test]
 fn a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     let lab = start_lab_with(|c| c.heartbeat = Duration::from_millis(200));
-    // This client reads (tungstenite answers each ping with a pong as it reads).
+    // This client reads all the time on its own thread (tungstenite answers each ping with a
+    // pong as it reads), counting pings and handing text frames over.
     let mut lively = connect(&lab, "", None).unwrap();
+    let pings = Arc::new(AtomicU64::new(0));
+    let (texts, received) = crossbeam_channel::unbounded();
+    let reader = {
+        let pings = pings.clone();
+        std::thread::spawn(move || loop {
+            match lively.read() {
+                Ok(Message::Ping(_)) => {
+                    pings.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Message::Text(text)) => {
+                    let _ = texts.send(text.to_string());
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        })
+    };
     // This one never reads, so it never answers.
     let _silent = connect(&lab, "", None).unwrap();
-    wait_until("both connected", || stats(lab.addr())["websockets"] == 2);
-    let mut pings = 0;
-    let end = deadline();
-    while pings < 5 {
-        assert!(Instant::now() < end, "no pings");
-        if let Message::Ping(_) = lively.read().unwrap() {
-            pings += 1;
-        }
-    }
-    // Five intervals have passed: the silent peer was dropped after two, the lively one stays.
     wait_until("the silent peer is dropped", || {
         stats(lab.addr())["websockets"] == 1
     });
+    // Five intervals and more: the lively one answered every ping and stays.
+    wait_until("five pings answered", || pings.load(Ordering::Relaxed) >= 5);
+    assert_eq!(stats(lab.addr())["websockets"], 1);
     publish(lab.addr(), "still here").unwrap();
-    assert_eq!(next_json(&mut lively)["data"], "still here");
+    let text = received.recv_deadline(deadline()).expect("the event");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["data"],
+        "still here"
+    );
+    drop(reader);
 }
 
 #[test]
@@ -219,4 +237,75 @@ fn two_tabs_chat_in_chromium() {
     let pushed = marker("pushed");
     publish(lab.addr(), &pushed).unwrap();
     bob.wait_for_log(&format!("[event] {pushed}"));
+}
+
+/// Near misses of the lab's own origins are foreign: each handshake gets 403.
+#[test]
+fn near_miss_origins_get_403() {
+    let lab = start_lab();
+    for origin in common::near_miss_origins(lab.addr().port()) {
+        match connect(&lab, "", Some(&origin)) {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{origin}")
+            }
+            Err(other) => panic!("{origin}: expected a 403, got {other}"),
+            Ok(_) => panic!("{origin} was accepted"),
+        }
+    }
+    wait_for_baseline(lab.addr());
+}
+
+/// From a cursor the ring has moved past: a `{"missed": k}` frame first, then what it kept.
+#[test]
+fn a_cursor_past_the_ring_gets_a_missed_frame_first() {
+    let lab = start_lab_with(|c| c.history = 4);
+    for i in 1..=10 {
+        publish(lab.addr(), &format!("e{i}")).unwrap();
+    }
+    let mut socket = connect(&lab, "?since=0", None).unwrap();
+    assert_eq!(next_json(&mut socket), serde_json::json!({"missed": 6}));
+    assert_eq!(next_json(&mut socket)["id"], 7);
+}
+
+/// `--max-parked` counts long polls, streams and WebSockets together: with a long poll and a
+/// stream held under a limit of two, the upgrade gets 503 with `Retry-After`, and so does
+/// one more long poll or stream.
+#[test]
+fn the_limit_counts_long_polls_streams_and_websockets_together() {
+    let lab = start_lab_with(|c| c.max_parked = 2);
+    let addr = lab.addr();
+    let _poll =
+        reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
+            .unwrap();
+    let _stream = reverse_ajax_lab::client::Stream::open(addr, "/events/sse", &[]).unwrap();
+    wait_until("a long poll and a stream are held", || {
+        let s = stats(addr);
+        s["parked"] == 1 && s["streams"] == 1
+    });
+    match connect(&lab, "", None) {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().get("Retry-After").is_some());
+        }
+        Err(other) => panic!("expected a 503, got {other}"),
+        Ok(_) => panic!("the upgrade went past --max-parked"),
+    }
+    for path in ["/events/long-poll?timeout=60", "/events/stream"] {
+        let refused = get(addr, path).unwrap();
+        assert_eq!(refused.status, 503, "{path}");
+        assert_eq!(refused.header("Retry-After"), Some("2"), "{path}");
+    }
+    // And a WebSocket takes a place like the others: a socket and a long poll fill a limit
+    // of two, and a stream is refused.
+    let lab = start_lab_with(|c| c.max_parked = 2);
+    let addr = lab.addr();
+    let _socket = connect(&lab, "", None).unwrap();
+    let _poll =
+        reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
+            .unwrap();
+    wait_until("a socket and a long poll are held", || {
+        let s = stats(addr);
+        s["parked"] == 1 && s["websockets"] == 1
+    });
+    assert_eq!(get(addr, "/events/stream").unwrap().status, 503);
 }

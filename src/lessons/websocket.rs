@@ -263,6 +263,15 @@ fn refuse(status: u16, message: &str) -> ErrorResponse {
     let mut response = ErrorResponse::new(Some(json!({ "error": message }).to_string()));
     *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
         .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    let headers = response.headers_mut();
+    headers.insert(
+        "Content-Type",
+        "application/json".parse().expect("a header value"),
+    );
+    if status == 503 {
+        // As every other refusal beyond --max-parked: when to try again.
+        headers.insert("Retry-After", "2".parse().expect("a header value"));
+    }
     response
 }
 

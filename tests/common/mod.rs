@@ -89,3 +89,123 @@ pub fn ids(answer: &Value) -> Vec<u64> {
         .map(|e| e["id"].as_u64().unwrap())
         .collect()
 }
+
+/// The lab as a child process (the real binary), so its `/stats` `threads` and `fds` are the
+/// lab's alone: a test binary runs its tests in parallel, and their threads would blur a count
+/// taken in-process. Killed when dropped.
+pub struct ChildLab {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildLab {
+    pub fn start(extra: &[&str]) -> ChildLab {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_reverse-ajax-lab"))
+            .args(["--addr", &addr.to_string(), "--ws-addr", "127.0.0.1:0"])
+            .args(["--generator", "off"])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the lab starts");
+        wait_until("the child lab answers", || {
+            client::get(addr, "/stats").is_ok()
+        });
+        ChildLab { child, addr }
+    }
+
+    /// The lab's own threads and open descriptors, once they hold still: two readings a
+    /// quarter of a second apart that agree.
+    pub fn resources(&self) -> (u64, u64) {
+        let read = || {
+            let s = stats(self.addr);
+            (s["threads"].as_u64().unwrap(), s["fds"].as_u64().unwrap())
+        };
+        let mut last = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = read();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    /// Wait until threads and descriptors are back at `baseline`, exactly: a leak of one
+    /// fails. (tiny_http's pool lets its extra threads go after 5 s idle.)
+    pub fn wait_for_resources(&self, baseline: (u64, u64)) {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = stats(self.addr);
+            let now = (s["threads"].as_u64().unwrap(), s["fds"].as_u64().unwrap());
+            if now == baseline {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "threads and descriptors {now:?} never returned to the baseline {baseline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ChildLab {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Origins that look like the lab's own and are not: other hosts that start with its names,
+/// its names on other ports or schemes, `null` (sandboxed frames, `file:` pages), upper case
+/// (browsers always send lower case), a trailing slash. An Origin check must refuse each.
+pub fn near_miss_origins(port: u16) -> Vec<String> {
+    vec![
+        "http://evil.example".into(),
+        "http://localhost.evil.example".into(),
+        format!("http://localhost.evil.example:{port}"),
+        format!("http://127.0.0.1.evil.example:{port}"),
+        format!("http://localhost:{}", port.wrapping_add(2)),
+        format!("http://127.0.0.1:{port}0"),
+        format!("http://127.0.0.1:{port}.evil.example"),
+        "http://localhost".into(),
+        "null".into(),
+        format!("https://127.0.0.1:{port}"),
+        format!("https://localhost:{port}"),
+        format!("HTTP://LOCALHOST:{port}"),
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://evil.example/http://127.0.0.1:{port}"),
+    ]
+}
+
+/// Check that `condition` holds throughout `window` (a claim about "nothing happens": it
+/// must stay true for a while, not just at one instant).
+pub fn stays_true_for(window: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(condition(), "it stopped being true that {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A stream opened at `since=0` on a lab whose ring keeps 4 of the 10 events published: the
+/// text up to event 10, which must begin with the stream's `missed` notice for events 1–6.
+pub fn stream_past_the_ring(path: &str) -> String {
+    let lab = start_lab_with(|c| c.history = 4);
+    let addr = lab.addr();
+    for i in 1..=10 {
+        client::publish(addr, &format!("e{i}")).unwrap();
+    }
+    let mut stream = client::Stream::open(addr, &format!("{path}?since=0"), &[]).unwrap();
+    stream
+        .read_until(deadline(), |t| t.contains("\"id\":10"))
+        .unwrap()
+}
