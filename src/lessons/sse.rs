@@ -15,6 +15,7 @@
 //! Transfer-Encoding: chunked
 //!
 //! retry: 2000
+//! : stream open              ← a comment: EventSource ignores it; curl shows you it's live
 //!
 //!   (time passes)
 //! id: 5
@@ -32,8 +33,9 @@
 //!
 //! 1. The cursor: `Last-Event-ID` if the browser sent one (a reconnect), else `since`, else
 //!    now. Both are validated.
-//! 2. Prelude: `retry: 2000` (the reconnect delay) and a comment so the browser sees the
-//!    stream open at once.
+//! 2. Prelude: `retry: 2000` (the reconnect delay) and a `: stream open` comment. The comment
+//!    opens nothing (EventSource fires `open` on the response head); it tells a human with
+//!    curl that the stream is live before the first event.
 //! 3. Each event: `id:`, one `data:` per line (CR, LF and CRLF all end lines in SSE), and a
 //!    blank line. Clients that resume from too far back get `event: missed` with the count.
 //! 4. Heartbeats: a `: heartbeat` comment.
@@ -83,7 +85,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let framing = Framing {
         content_type: "text/event-stream; charset=utf-8",
         headers: &[("Cache-Control", "no-cache")],
-        // 2. The reconnect delay, and a comment to open the stream.
+        // 2. The reconnect delay, and a comment for humans reading with curl.
         prelude: "retry: 2000\n: stream open\n\n".into(),
         frame: sse_frame,
         missed: |k| format!("event: missed\ndata: {k}\n\n"),
