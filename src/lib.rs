@@ -54,6 +54,10 @@ pub struct Config {
     pub long_poll_max: Duration,
     /// Streams write a heartbeat after this much silence (it also finds clients that left).
     pub heartbeat: Duration,
+    /// A connection that sends no (next) request head for this long is closed.
+    pub idle_timeout: Duration,
+    /// A write that cannot finish in this long drops its client: a stalled reader.
+    pub write_timeout: Duration,
     /// How a long poll waits: its own sleeping thread, or a place in the waiting room.
     pub parking: ParkingMode,
     /// Serve one lesson alone (the examples); `None` serves them all.
@@ -82,6 +86,8 @@ impl Default for Config {
             long_poll_timeout: Duration::from_secs(30),
             long_poll_max: Duration::from_secs(120),
             heartbeat: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
             parking: ParkingMode::Thread,
             only: None,
         }
@@ -99,6 +105,8 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --history N            events kept for cursors (default 1024)
   --max-parked N         long polls and streams held at once (default 6000)
   --heartbeat SECONDS    stream heartbeat interval (default 15)
+  --idle-timeout SECONDS close a connection that sends no request for this long (default 30)
+  --write-timeout SECONDS drop a client that takes longer to accept a write (default 10)
   --parking MODE         how long polls wait: thread (a sleeping thread each, default)
                          or queue (a waiting list answered by one dispatcher thread)
   --max-body BYTES       largest request body (default 65536)
@@ -155,9 +163,9 @@ impl Config {
                 "--history" => config.history = parse_number(&flag, &value()?)?,
                 "--max-parked" => config.max_parked = parse_number(&flag, &value()?)?,
                 "--max-body" => config.max_body = parse_number(&flag, &value()?)?,
-                "--heartbeat" => {
-                    config.heartbeat = Duration::from_secs(parse_number(&flag, &value()?)? as u64)
-                }
+                "--heartbeat" => config.heartbeat = parse_seconds(&flag, &value()?)?,
+                "--idle-timeout" => config.idle_timeout = parse_seconds(&flag, &value()?)?,
+                "--write-timeout" => config.write_timeout = parse_seconds(&flag, &value()?)?,
                 "--parking" => {
                     config.parking = match value()?.as_str() {
                         "thread" => ParkingMode::Thread,
@@ -201,6 +209,13 @@ impl Config {
 fn parse_number(flag: &str, text: &str) -> Result<usize, String> {
     text.parse()
         .map_err(|_| format!("{flag} takes a whole number, got {text:?}"))
+}
+
+fn parse_seconds(flag: &str, text: &str) -> Result<Duration, String> {
+    match parse_number(flag, text)? {
+        0 => Err(format!("{flag} must be at least 1 second")),
+        n => Ok(Duration::from_secs(n as u64)),
+    }
 }
 
 fn parse_range(text: &str) -> Result<Option<RangeInclusive<u64>>, String> {

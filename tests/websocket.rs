@@ -309,3 +309,34 @@ fn the_limit_counts_long_polls_streams_and_websockets_together() {
     });
     assert_eq!(get(addr, "/events/stream").unwrap().status, 503);
 }
+
+/// A close the server starts is graceful: its close frame, then it reads what the client
+/// still sends (the rest of the oversized message, the client's own close) before closing the
+/// socket. Closing with unread bytes would make the kernel send a reset, and the client would
+/// see its connection reset (a browser: 1006) instead of a clean end after the 1009.
+#[test]
+fn a_close_the_server_starts_ends_cleanly_without_a_reset() {
+    let lab = start_lab_with(|c| c.max_body = 1024);
+    for round in 0..5 {
+        let mut socket = connect(&lab, "", None).unwrap();
+        // Far more than the limit: most of it is still unread when the server decides.
+        socket.send(Message::text("x".repeat(512 * 1024))).unwrap();
+        let mut saw_close = false;
+        let ending = loop {
+            match socket.read() {
+                Ok(Message::Close(frame)) => {
+                    assert_eq!(frame.unwrap().code, CloseCode::Size);
+                    saw_close = true;
+                }
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert!(saw_close, "round {round}: no close frame before {ending}");
+        assert!(
+            matches!(ending, tungstenite::Error::ConnectionClosed),
+            "round {round}: after the close frame, {ending} instead of a clean end"
+        );
+    }
+    wait_for_baseline(lab.addr());
+}

@@ -138,8 +138,11 @@ fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
 enum ToWriter {
     /// Answer a ping.
     Pong(tungstenite::Bytes),
-    /// Close with this frame: an echo of the client's close, or our own (1009, 1003...).
+    /// Echo the client's close frame; the conversation is over, shut the socket.
     Close(CloseFrame),
+    /// Our own close (1009, 1003): send it and stop writing, but leave the reading side to
+    /// the reader, which drains what the client still sends before the socket is closed.
+    CloseAndDrain(CloseFrame),
 }
 
 fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
@@ -316,8 +319,8 @@ fn read_frames(
             }
             Ok(Message::Binary(_)) => {
                 let frame = close_frame(CloseCode::Unsupported, "text frames only");
-                let _ = to_writer.send(ToWriter::Close(frame));
-                return;
+                let _ = to_writer.send(ToWriter::CloseAndDrain(frame));
+                return drain(socket.get_mut(), id);
             }
             Ok(Message::Ping(payload)) => {
                 let _ = to_writer.send(ToWriter::Pong(payload));
@@ -334,8 +337,8 @@ fn read_frames(
                 log::debug!("ws {id} message too big: {e}");
                 counters.error();
                 let frame = close_frame(CloseCode::Size, "message too big");
-                let _ = to_writer.send(ToWriter::Close(frame));
-                return;
+                let _ = to_writer.send(ToWriter::CloseAndDrain(frame));
+                return drain(socket.get_mut(), id);
             }
             Err(e) => {
                 log::debug!("ws {id} read ended: {e}");
@@ -343,6 +346,31 @@ fn read_frames(
             }
         }
     }
+}
+
+/// A graceful end to a close we started: read and discard whatever the client still sends
+/// (the rest of a message we refused, then its own close frame) until it closes its side,
+/// for at most two seconds. Closing a socket with unread bytes in it makes the kernel send a
+/// reset instead of a FIN, and the client would see "connection reset" (a browser: 1006)
+/// instead of our close code. (`a_close_the_server_starts_ends_cleanly_without_a_reset`)
+fn drain(socket: &mut ReadOnly, id: u64) {
+    let stream = &mut socket.0;
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut buffer = [0u8; 16 * 1024];
+    let mut drained = 0;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        // BLOCKS: until the client sends more, closes its side (0), or the two seconds pass.
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    log::debug!("ws {id} drained {drained} bytes after our close");
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
@@ -364,18 +392,20 @@ struct Writing<'a> {
     counters: &'a LessonCounters,
 }
 
-/// Step 3, the writer (thread `ws-N-writer`). Returns why it ended; always shuts the socket.
+/// Step 3, the writer (thread `ws-N-writer`). Returns why it ended; always shuts the socket
+/// (for a close we started, only its writing side: the reader drains and closes the rest).
 fn write_frames(mut w: Writing<'_>) -> String {
-    let ending = write_until_done(&mut w);
+    let (ending, how) = write_until_done(&mut w);
     // 4. Shutting the socket wakes the reader's blocking read, whatever ended us.
-    let _ = w.socket.get_ref().shutdown(Shutdown::Both);
+    let _ = w.socket.get_ref().shutdown(how);
     ending
 }
 
-fn write_until_done(w: &mut Writing<'_>) -> String {
+fn write_until_done(w: &mut Writing<'_>) -> (String, Shutdown) {
+    let ending = |why: String| (why, Shutdown::Both);
     let backlog = std::mem::take(&mut w.backlog);
     if let Err(e) = send_events(w, &backlog) {
-        return format!("write failed: {e}");
+        return ending(format!("write failed: {e}"));
     }
     let mut next_ping = Instant::now() + w.heartbeat;
     loop {
@@ -383,30 +413,37 @@ fn write_until_done(w: &mut Writing<'_>) -> String {
         match w.subscription.wait_for_events_or(&w.from_reader, next_ping) {
             Wake::Events(batch) => {
                 if let Err(e) = send_events(w, &batch) {
-                    return format!("write failed: {e}");
+                    return ending(format!("write failed: {e}"));
                 }
             }
             Wake::Other(ToWriter::Pong(payload)) => {
                 if let Err(e) = w.socket.send(Message::Pong(payload)) {
-                    return format!("write failed: {e}");
+                    return ending(format!("write failed: {e}"));
                 }
             }
             Wake::Other(ToWriter::Close(frame)) => {
                 let code = frame.code;
-                // Our close frame; the client's reply (if ours came first) goes to the reader.
+                // The echo of the client's close: nothing more comes from either side.
                 let _ = w.socket.close(Some(frame));
                 let _ = w.socket.flush();
-                return format!("closed with {code}");
+                return ending(format!("echoed the client's close {code}"));
             }
-            Wake::OtherGone => return "the reader ended".into(),
+            Wake::Other(ToWriter::CloseAndDrain(frame)) => {
+                let code = frame.code;
+                // Our close frame, then a FIN; the reader reads the client's reply.
+                let _ = w.socket.close(Some(frame));
+                let _ = w.socket.flush();
+                return (format!("closed with {code}"), Shutdown::Write);
+            }
+            Wake::OtherGone => return ending("the reader ended".into()),
             Wake::Deadline => {
                 // Heard nothing for two intervals, not even a pong: the peer is gone.
                 let heard = Duration::from_millis(w.last_heard.load(Relaxed));
                 if w.started.elapsed().saturating_sub(heard) > 2 * w.heartbeat {
-                    return "the peer stopped answering pings".into();
+                    return ending("the peer stopped answering pings".into());
                 }
                 if let Err(e) = w.socket.send(Message::Ping(Vec::new().into())) {
-                    return format!("write failed: {e}");
+                    return ending(format!("write failed: {e}"));
                 }
                 next_ping = Instant::now() + w.heartbeat;
             }
