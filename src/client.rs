@@ -239,10 +239,18 @@ impl KeepAlive {
             .ok_or_else(|| io::Error::other("a keep-alive answer needs Content-Length"))?;
         let mut body = Vec::new();
         (&mut self.reader).take(length).read_to_end(&mut body)?;
-        Ok(Response {
+        let response = Response {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        };
+        // As a browser does: a server that says it closes gets a new connection next time.
+        if response
+            .header("Connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            *self = KeepAlive::connect(self.addr)?;
+        }
+        Ok(response)
     }
 }

@@ -63,6 +63,8 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",
     }
@@ -128,14 +130,17 @@ pub fn write_jsonp(
     request: Request,
     callback: &str,
     value: &Value,
+    extra_headers: &[(&str, &str)],
     counters: &LessonCounters,
 ) -> io::Result<()> {
     let body = format!("/**/{callback}({});", json_for_script(value));
+    let mut headers = vec![("X-Content-Type-Options", "nosniff")];
+    headers.extend_from_slice(extra_headers);
     write_response(
         request,
         200,
         "application/javascript; charset=utf-8",
-        &[("X-Content-Type-Options", "nosniff")],
+        &headers,
         body.as_bytes(),
         counters,
     )
@@ -197,6 +202,56 @@ impl ChunkedStream {
         self.counters.wrote(5);
         Ok(())
     }
+}
+
+/// The longest request line target and the longest header line the lab accepts, and the
+/// largest head in all (request line and headers): beyond them, 414 or 431.
+pub const MAX_TARGET: usize = 8 * 1024;
+pub const MAX_HEADER_LINE: usize = 8 * 1024;
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Refuse a request whose head is too large or whose body length cannot be trusted, before
+/// any lesson sees it. tiny_http has already read the head (it sets no limit of its own, so a
+/// real server would stop reading at the limit instead); what we can still do is refuse it,
+/// change nothing, and close the connection.
+pub fn check_head(request: &Request) -> Result<(), HttpError> {
+    let close = |e: HttpError| e.with_header("Connection", "close");
+    let target = request.url().len();
+    if target > MAX_TARGET {
+        let message = format!("the request target is {target} bytes; the limit is {MAX_TARGET}");
+        return Err(close(HttpError::new(414, message)));
+    }
+    let mut total = target + 16; // "GET  HTTP/1.1\r\n"
+    for header in request.headers() {
+        let line = header.field.as_str().as_str().len() + 2 + header.value.as_str().len();
+        if line > MAX_HEADER_LINE {
+            let name = header.field.as_str().as_str();
+            let message = format!("header {name} is {line} bytes; the limit is {MAX_HEADER_LINE}");
+            return Err(close(HttpError::new(431, message)));
+        }
+        total += line + 2;
+    }
+    if total > MAX_HEAD {
+        let message = format!("the request head is {total} bytes; the limit is {MAX_HEAD}");
+        return Err(close(HttpError::new(431, message)));
+    }
+    // tiny_http reads a Content-Length it cannot parse ("-5", "5x") as "no body", and would
+    // then read the body as the next request. Refuse it, and close: where the next request
+    // starts is unknown.
+    let mut lengths = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Content-Length"))
+        .map(|h| h.value.as_str().trim());
+    if let Some(first) = lengths.next() {
+        let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit());
+        if !valid || lengths.any(|other| other != first) {
+            let message =
+                format!("Content-Length must be one whole number of bytes, got {first:?}");
+            return Err(close(HttpError::bad_request(message)));
+        }
+    }
+    Ok(())
 }
 
 /// A parsed query string (`a=1&b=two`), percent-decoded.
@@ -371,6 +426,15 @@ pub fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 /// An expected ending (the client left) rather than a fault worth a warning.
+/// Did a write fail because the client stopped reading (`--write-timeout` ran out)? The
+/// socket's send timeout shows as `WouldBlock` on Unix and `TimedOut` elsewhere.
+pub fn is_write_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 pub fn is_disconnect(error: &io::Error) -> bool {
     matches!(
         error.kind(),

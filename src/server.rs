@@ -68,7 +68,13 @@ impl RunningLab {
     /// so a test can connect at once. `Err` is a message that tells the user what to do.
     pub fn start(config: Config) -> Result<RunningLab, String> {
         let addr = config.socket_addr()?;
-        let listener = bind(addr).map_err(|e| match e.kind() {
+        // Every accepted connection inherits these: no request head for `idle_timeout`
+        // closes it, and a write that cannot finish in `write_timeout` fails (a stalled reader).
+        let timeouts = Timeouts {
+            read: Some(config.idle_timeout),
+            write: Some(config.write_timeout),
+        };
+        let listener = bind(addr, timeouts).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => format!(
                 "port {} busy: is another lesson running? try --addr 127.0.0.1:9000",
                 addr.port()
@@ -132,12 +138,23 @@ impl RunningLab {
     }
 }
 
+/// Socket timeouts set on a listener, which Linux copies to every socket it accepts.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Timeouts {
+    pub read: Option<std::time::Duration>,
+    pub write: Option<std::time::Duration>,
+}
+
 /// A listener as tiny_http would make it, but with TCP_NODELAY (accepted sockets inherit it,
-/// so one-event frames leave at once) and a backlog of 4096 instead of std's 128.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// so one-event frames leave at once), a backlog of 4096 instead of std's 128, and read and
+/// write timeouts (inherited too: tiny_http's own reads and every write of ours time out, with
+/// no code in tiny_http or in the lessons).
+pub(crate) fn bind(addr: SocketAddr, timeouts: Timeouts) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
+    socket.set_read_timeout(timeouts.read)?;
+    socket.set_write_timeout(timeouts.write)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -202,6 +219,10 @@ fn accept_loop(lab: Arc<Lab>, server: tiny_http::Server) {
                 match route(&lab, request) {
                     Ok(()) => log::debug!("req {id} done"),
                     Err(e) if http::is_disconnect(&e) => log::debug!("req {id} gone: {e}"),
+                    Err(e) if http::is_write_timeout(&e) => {
+                        lab.stats.slow_consumers.fetch_add(1, Relaxed);
+                        log::info!("req {id} dropped a slow consumer: {e}");
+                    }
                     Err(e) => log::warn!("req {id} failed: {e}"),
                 }
             });
@@ -217,6 +238,11 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let query = Query::parse(query);
+
+    // Heads too large, or a body length that cannot be trusted: refused before any lesson.
+    if let Err(error) = http::check_head(&request) {
+        return error.reply(request, &lab.count("other"));
+    }
 
     if let Some(owner) = lessons::owner_of(path) {
         if lab.config.only.is_some_and(|only| only != owner) {
@@ -332,6 +358,10 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "max_parked": lab.config.max_parked,
         "heartbeat_secs": lab.config.heartbeat.as_secs(),
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
+        "slow_consumers": s.slow_consumers.load(Relaxed),
+        "refused_near_limits": s.refused_near_limits.load(Relaxed),
+        "idle_timeout_secs": lab.config.idle_timeout.as_secs(),
+        "write_timeout_secs": lab.config.write_timeout.as_secs(),
         "lessons": s.lessons_json(),
     });
     http::write_json(request, &value, &counters)

@@ -101,6 +101,10 @@ pub struct Stats {
     pub websocket_threads: Gauge,
     /// Parked plus streams: what `--max-parked` limits.
     held: Gauge,
+    /// Clients dropped because a write to them did not finish within `--write-timeout`.
+    pub slow_consumers: AtomicU64,
+    /// Requests refused with 503 because the process neared a limit of its own (`limits`).
+    pub refused_near_limits: AtomicU64,
     lessons: Mutex<BTreeMap<&'static str, LessonCounters>>,
 }
 

@@ -108,9 +108,17 @@ pub fn serve(
             None => stream.write_chunk(framing.heartbeat.as_bytes()),
         };
         if let Err(e) = written {
-            // The client left: the write failed. Returning frees the thread, the
-            // subscription and the place.
-            log::debug!("{me} gone after event {}: {e}", subscription.cursor());
+            // The client left, or stopped reading: the write failed (at once, or after
+            // `--write-timeout` with the socket's buffers full). Returning frees the thread,
+            // the subscription and the place.
+            if crate::http::is_write_timeout(&e) {
+                lab.stats
+                    .slow_consumers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::info!("{me} dropped a slow consumer: no progress for --write-timeout");
+            } else {
+                log::debug!("{me} gone after event {}: {e}", subscription.cursor());
+            }
             return Ok(());
         }
     }

@@ -101,3 +101,56 @@ fn a_cursor_past_the_ring_gets_a_missed_line_first() {
     assert!(lines[1].contains("\"id\":7"), "{text}");
     assert_eq!(lines.len(), 5, "{text}");
 }
+
+/// A stream is not idle: held past `--idle-timeout`, it still carries events.
+#[test]
+fn a_stream_outlives_the_idle_timeout() {
+    let lab = start_lab_with(|c| c.idle_timeout = Duration::from_secs(1));
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/stream", &[]).unwrap();
+    common::stays_true_for(Duration::from_millis(2500), "the stream stays open", || {
+        stats(addr)["streams"] == 1
+    });
+    publish(addr, "still streaming").unwrap();
+    let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
+    assert!(chunk.contains("still streaming"), "{chunk}");
+}
+
+/// A client that stops reading (a frozen tab) fills its socket's buffers; the next write then
+/// blocks, for at most `--write-timeout`: the stream is dropped, counted as a slow consumer,
+/// and its thread freed. A client that reads meanwhile gets every event, on time.
+#[test]
+fn a_stalled_reader_is_dropped_after_the_write_timeout_and_others_are_unaffected() {
+    let lab = start_lab_with(|c| {
+        c.write_timeout = Duration::from_secs(1);
+        c.max_body = 1 << 20;
+        c.buffer = 256;
+        c.history = 256;
+    });
+    let addr = lab.addr();
+    let _stalled = Stream::open(addr, "/events/stream", &[]).unwrap(); // never read again
+    let mut lively = Stream::open(addr, "/events/stream", &[]).unwrap();
+    wait_until("both streams are subscribed", || {
+        stats(addr)["streams"] == 2
+    });
+    let big = "x".repeat(512 * 1024);
+    let mut received = 0;
+    for _ in 0..64 {
+        publish(addr, &big).unwrap();
+        // The lively client keeps up: each event arrives before the next is published.
+        let mut text = String::new();
+        while !text.ends_with('\n') {
+            text.push_str(&lively.next_chunk(deadline()).unwrap().unwrap());
+        }
+        received += 1;
+    }
+    assert_eq!(received, 64);
+    // 32 MiB to the stalled client cannot all fit in socket buffers: it is dropped.
+    wait_until("the stalled stream is dropped", || {
+        let s = stats(addr);
+        s["streams"] == 1 && s["slow_consumers"] == 1
+    });
+    publish(addr, "after the drop").unwrap();
+    let chunk = lively.next_chunk(deadline()).unwrap().unwrap();
+    assert!(chunk.contains("after the drop"), "{chunk}");
+}

@@ -289,3 +289,85 @@ fn a_client_that_leaves_mid_stream_does_not_stop_the_generator() {
         stats(addr)["events_published"].as_u64().unwrap() >= after + 20
     });
 }
+
+/// Send raw bytes, read one answer: "STATUS headers... body". (The refusals below say
+/// `Connection: close`; a client that honours it closes, as this one does by dropping.)
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use std::io::{BufReader, Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    socket.write_all(bytes).unwrap();
+    let mut reader = BufReader::new(socket);
+    let (status, headers) = reverse_ajax_lab::client::read_head(&mut reader).unwrap();
+    let length: u64 = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = String::new();
+    reader.take(length).read_to_string(&mut body).unwrap();
+    let close = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("Connection") && v == "close");
+    assert!(close, "a refused head closes the connection");
+    format!("{status} {body}")
+}
+
+/// Heads over the limits (8 KiB a line, 64 KiB in all) get 414 or 431 and close; nothing is
+/// published, and the lab serves the next client.
+#[test]
+fn oversized_heads_get_414_or_431_and_change_nothing() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let long_target = format!(
+        "POST /publish?{} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+        "a".repeat(9000)
+    );
+    assert!(raw(addr, long_target.as_bytes()).starts_with("414 "));
+    let long_line = format!(
+        "POST /publish HTTP/1.1\r\nX-Big: {}\r\nContent-Length: 1\r\n\r\nx",
+        "b".repeat(9000)
+    );
+    let answer = raw(addr, long_line.as_bytes());
+    assert!(answer.starts_with("431 "), "{answer}");
+    assert!(
+        answer.contains("X-Big"),
+        "the answer names the header: {answer}"
+    );
+    // Many lines, each short, 2 MB in all.
+    let mut many = String::from("POST /publish HTTP/1.1\r\n");
+    for i in 0..2000 {
+        many.push_str(&format!("X-Line-{i}: {}\r\n", "c".repeat(1000)));
+    }
+    many.push_str("Content-Length: 1\r\n\r\nx");
+    assert!(raw(addr, many.as_bytes()).starts_with("431 "));
+    assert_eq!(stats(addr)["events_published"], 0, "nothing was published");
+    assert_eq!(
+        get(addr, "/events/poll").unwrap().status,
+        200,
+        "the lab lives on"
+    );
+}
+
+/// A Content-Length that is not one whole number (negative, with junk, or two that differ)
+/// gets 400 and closes: nothing is published, not even an empty event.
+#[test]
+fn a_bad_content_length_gets_400_and_publishes_nothing() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    for length in ["-5", "5x", " ", "1, 2"] {
+        let request = format!("POST /publish HTTP/1.1\r\nContent-Length: {length}\r\n\r\nhello");
+        let answer = raw(addr, request.as_bytes());
+        assert!(answer.starts_with("400 "), "{length:?}: {answer}");
+        assert!(answer.contains("Content-Length"), "{length:?}: {answer}");
+    }
+    let two = "POST /publish HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    assert!(raw(addr, two.as_bytes()).starts_with("400 "));
+    assert_eq!(stats(addr)["events_published"], 0);
+    assert_eq!(publish_ok(addr), 1, "a well-formed publish still works");
+}
+
+fn publish_ok(addr: std::net::SocketAddr) -> u64 {
+    reverse_ajax_lab::client::publish(addr, "fine").unwrap()
+}

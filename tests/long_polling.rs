@@ -337,3 +337,64 @@ fn racing_publishes_reach_every_parked_thread() {
 fn racing_publishes_are_never_stranded_in_the_waiting_room() {
     every_racing_publish_reaches_every_client(reverse_ajax_lab::ParkingMode::Queue);
 }
+
+/// `--idle-timeout` closes connections that send no request; a held long poll is not idle:
+/// a long poll held past the idle timeout is still answered.
+#[test]
+fn a_long_poll_outlives_the_idle_timeout_and_an_idle_connection_does_not() {
+    let lab = start_lab_with(|c| c.idle_timeout = std::time::Duration::from_secs(1));
+    let addr = lab.addr();
+    let idle = TcpStream::connect(addr).unwrap();
+    let waiting = long_poll(addr, "/events/long-poll?timeout=10");
+    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    // The idle connection is closed by the server: our read sees the end.
+    let mut byte = [0u8; 1];
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let closed_at = std::time::Instant::now();
+    assert_eq!(
+        (&idle).read(&mut byte).unwrap_or(0),
+        0,
+        "closed without a word"
+    );
+    assert!(closed_at.elapsed() < std::time::Duration::from_secs(10));
+    // Well past the idle timeout, the long poll is still held and answered.
+    common::stays_true_for(
+        std::time::Duration::from_millis(1500),
+        "the long poll stays parked",
+        || stats(addr)["parked"] == 1,
+    );
+    publish(addr, "worth the wait").unwrap();
+    assert_eq!(ids(&waiting.join().unwrap()), vec![1]);
+}
+
+/// A keep-alive connection (every browser's) whose long poll was held past the idle timeout
+/// is told to close, so the next poll goes on a new one and is answered; a short hold keeps
+/// the connection.
+#[test]
+fn a_keep_alive_connection_serves_the_next_poll_after_a_long_hold() {
+    let lab = start_lab_with(|c| c.idle_timeout = std::time::Duration::from_secs(1));
+    let addr = lab.addr();
+    let mut connection = client::KeepAlive::connect(addr).unwrap();
+    let first = connection
+        .get("/events/long-poll?since=0&timeout=3")
+        .unwrap();
+    assert_eq!(
+        ids(&first.json()),
+        Vec::<u64>::new(),
+        "the deadline answered"
+    );
+    // Held past the idle timeout, its connection's reader is gone: the answer says so, and
+    // the client (like a browser) sends the next poll on a new connection.
+    assert_eq!(first.header("Connection"), Some("close"));
+    publish(addr, "next").unwrap();
+    let second = connection
+        .get("/events/long-poll?since=0&timeout=3")
+        .unwrap();
+    assert_eq!(ids(&second.json()), vec![1]);
+    assert_eq!(
+        second.header("Connection"),
+        None,
+        "answered at once: keep-alive"
+    );
+}

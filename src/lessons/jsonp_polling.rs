@@ -57,6 +57,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         request,
         callback,
         &events_answer(&backlog, since),
+        &[],
         &counters,
     )
 }

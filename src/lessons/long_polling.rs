@@ -55,16 +55,17 @@ use tiny_http::Request;
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
     // 1–3. Read the input; answer at once if events are waiting, else park.
-    match park(lab, request, query, Answer::Json, &counters) {
+    let answer = Answer::new(lab, AnswerForm::Json);
+    match park(lab, request, query, answer.clone(), &counters) {
         // 5. (Events were already waiting.)
         Parking::Ready(request, backlog, cursor) => {
-            Answer::Json.write(request, &backlog, cursor, &counters)
+            answer.write(request, &backlog, cursor, &counters)
         }
         Parking::Parked(parked) => {
             // 4. BLOCKS until an event or the deadline.
             let (request, backlog, cursor) = parked.wait_for_events();
             // 5.
-            Answer::Json.write(request, &backlog, cursor, &counters)
+            answer.write(request, &backlog, cursor, &counters)
         }
         // `--parking queue`: the waiting room holds the request; this thread is done.
         Parking::Queued => Ok(()),
@@ -72,15 +73,38 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     }
 }
 
-/// How a long poll's answer is written: JSON, or a script calling a (validated) callback.
+/// How a long poll's answer is written, and when its request arrived.
 #[derive(Clone, Debug)]
-pub enum Answer {
+pub struct Answer {
+    pub form: AnswerForm,
+    arrived: Instant,
+    idle_timeout: Duration,
+}
+
+/// JSON, or a script calling a (validated) callback.
+#[derive(Clone, Debug)]
+pub enum AnswerForm {
     Json,
     Script(String),
 }
 
 impl Answer {
+    /// An answer for a request arriving now.
+    pub fn new(lab: &Lab, form: AnswerForm) -> Answer {
+        Answer {
+            form,
+            arrived: Instant::now(),
+            idle_timeout: lab.config.idle_timeout,
+        }
+    }
+
     /// Step 5: every event after the cursor, or none at the deadline.
+    ///
+    /// While a request is held, tiny_http is already reading the connection for the next
+    /// request head, under `--idle-timeout` like any read. A request held longer than that
+    /// has lost its connection's reader: the answer says `Connection: close`, so the client
+    /// sends its next poll on a new connection instead of one the server no longer reads.
+    /// (`a_keep_alive_connection_serves_the_next_poll_after_a_long_hold`)
     pub fn write(
         &self,
         request: Request,
@@ -90,9 +114,29 @@ impl Answer {
     ) -> io::Result<()> {
         counters.delivered(backlog.events.len());
         let answer = events_answer(backlog, cursor);
-        match self {
-            Answer::Json => http::write_json(request, &answer, counters),
-            Answer::Script(callback) => http::write_jsonp(request, callback, &answer, counters),
+        // (With a margin: tiny_http's read began a moment after `arrived`.)
+        let margin = (self.idle_timeout / 4).min(Duration::from_secs(1));
+        let reader_gone = self.arrived.elapsed() + margin >= self.idle_timeout;
+        let close: &[(&str, &str)] = if reader_gone {
+            &[("Connection", "close")]
+        } else {
+            &[]
+        };
+        match &self.form {
+            AnswerForm::Json => {
+                let body = answer.to_string();
+                http::write_response(
+                    request,
+                    200,
+                    "application/json",
+                    close,
+                    body.as_bytes(),
+                    counters,
+                )
+            }
+            AnswerForm::Script(callback) => {
+                http::write_jsonp(request, callback, &answer, close, counters)
+            }
         }
     }
 }

@@ -30,7 +30,7 @@
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll-script?callback=show&timeout=60'`.
 
 use crate::http::Query;
-use crate::lessons::long_polling::{park, Answer, Parking};
+use crate::lessons::long_polling::{park, Answer, AnswerForm, Parking};
 use crate::server::Lab;
 use std::io;
 use tiny_http::Request;
@@ -43,7 +43,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         Err(e) => return e.reply(request, &counters),
     };
     // 2. Events already waiting, or park (as XHR long polling does).
-    let answer = Answer::Script(callback);
+    let answer = Answer::new(lab, AnswerForm::Script(callback));
     match park(lab, request, query, answer.clone(), &counters) {
         // 3. Write the script.
         Parking::Ready(request, backlog, cursor) => {

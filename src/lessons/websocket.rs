@@ -100,7 +100,13 @@ pub fn listen(
         None if requested.port() == 0 => SocketAddr::new(http.ip(), 0),
         None => SocketAddr::new(http.ip(), http.port().wrapping_add(1)),
     };
-    let listener = crate::server::bind(addr).map_err(|e| match e.kind() {
+    // Writes time out (a stalled reader is dropped); reads do not: a quiet WebSocket is
+    // fine, and the writer's pings find a dead one.
+    let timeouts = crate::server::Timeouts {
+        read: None,
+        write: Some(config.write_timeout),
+    };
+    let listener = crate::server::bind(addr, timeouts).map_err(|e| match e.kind() {
         io::ErrorKind::AddrInUse => format!(
             "WebSocket port {} busy: is another lesson running? try --addr with another port, \
              or --ws-addr",
@@ -189,6 +195,7 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
             .spawn_scoped(scope, move || {
                 let _thread = lab.stats.websocket_threads.enter();
                 let ending = write_frames(Writing {
+                    lab,
                     socket: writer,
                     subscription,
                     backlog,
@@ -382,6 +389,7 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 
 /// Everything the writer thread owns or borrows.
 struct Writing<'a> {
+    lab: &'a Lab,
     socket: WebSocket<TcpStream>,
     subscription: Subscription,
     backlog: Backlog,
@@ -401,11 +409,22 @@ fn write_frames(mut w: Writing<'_>) -> String {
     ending
 }
 
+/// A write failed: the peer left, or (after `--write-timeout`) stopped reading.
+fn write_failed(w: &Writing<'_>, e: tungstenite::Error) -> (String, Shutdown) {
+    if let tungstenite::Error::Io(io) = &e {
+        if crate::http::is_write_timeout(io) {
+            w.lab.stats.slow_consumers.fetch_add(1, Relaxed);
+            log::info!("ws dropped a slow consumer: no progress for --write-timeout");
+        }
+    }
+    (format!("write failed: {e}"), Shutdown::Both)
+}
+
 fn write_until_done(w: &mut Writing<'_>) -> (String, Shutdown) {
     let ending = |why: String| (why, Shutdown::Both);
     let backlog = std::mem::take(&mut w.backlog);
     if let Err(e) = send_events(w, &backlog) {
-        return ending(format!("write failed: {e}"));
+        return write_failed(w, e);
     }
     let mut next_ping = Instant::now() + w.heartbeat;
     loop {
@@ -413,12 +432,12 @@ fn write_until_done(w: &mut Writing<'_>) -> (String, Shutdown) {
         match w.subscription.wait_for_events_or(&w.from_reader, next_ping) {
             Wake::Events(batch) => {
                 if let Err(e) = send_events(w, &batch) {
-                    return ending(format!("write failed: {e}"));
+                    return write_failed(w, e);
                 }
             }
             Wake::Other(ToWriter::Pong(payload)) => {
                 if let Err(e) = w.socket.send(Message::Pong(payload)) {
-                    return ending(format!("write failed: {e}"));
+                    return write_failed(w, e);
                 }
             }
             Wake::Other(ToWriter::Close(frame)) => {
@@ -443,7 +462,7 @@ fn write_until_done(w: &mut Writing<'_>) -> (String, Shutdown) {
                     return ending("the peer stopped answering pings".into());
                 }
                 if let Err(e) = w.socket.send(Message::Ping(Vec::new().into())) {
-                    return ending(format!("write failed: {e}"));
+                    return write_failed(w, e);
                 }
                 next_ping = Instant::now() + w.heartbeat;
             }
