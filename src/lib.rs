@@ -20,10 +20,12 @@ pub mod generator;
 pub mod http;
 pub mod hub;
 pub mod lessons;
+pub mod limits;
 pub mod server;
 pub mod stats;
 pub mod stream;
 pub mod waiting_room;
+pub mod workarounds;
 
 pub use hub::{Event, Hub, Subscription};
 pub use server::{Lab, RunningLab};
@@ -58,6 +60,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// A write that cannot finish in this long drops its client: a stalled reader.
     pub write_timeout: Duration,
+    /// Lower the process's descriptor limit to this (to watch the limits in a class, and for
+    /// tests); `None`: raise it as far as allowed.
+    pub max_fds: Option<u64>,
     /// How a long poll waits: its own sleeping thread, or a place in the waiting room.
     pub parking: ParkingMode,
     /// Serve one lesson alone (the examples); `None` serves them all.
@@ -88,6 +93,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            max_fds: None,
             parking: ParkingMode::Thread,
             only: None,
         }
@@ -107,6 +113,7 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --heartbeat SECONDS    stream heartbeat interval (default 15)
   --idle-timeout SECONDS close a connection that sends no request for this long (default 30)
   --write-timeout SECONDS drop a client that takes longer to accept a write (default 10)
+  --max-fds N            lower the descriptor limit to N, to watch the lab meet its limits
   --parking MODE         how long polls wait: thread (a sleeping thread each, default)
                          or queue (a waiting list answered by one dispatcher thread)
   --max-body BYTES       largest request body (default 65536)
@@ -166,6 +173,7 @@ impl Config {
                 "--heartbeat" => config.heartbeat = parse_seconds(&flag, &value()?)?,
                 "--idle-timeout" => config.idle_timeout = parse_seconds(&flag, &value()?)?,
                 "--write-timeout" => config.write_timeout = parse_seconds(&flag, &value()?)?,
+                "--max-fds" => config.max_fds = Some(parse_number(&flag, &value()?)? as u64),
                 "--parking" => {
                     config.parking = match value()?.as_str() {
                         "thread" => ParkingMode::Thread,

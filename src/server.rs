@@ -1,10 +1,13 @@
 //! How a request reaches a lesson: one listener, one accept loop, one thread per request, and
 //! a plain `match` on method and path.
 //!
-//! 1. `RunningLab::start` builds the listener itself (TCP_NODELAY, a large backlog: see
-//!    `bind` below and LESSONS.md chapter 13) and hands it to tiny_http, which parses requests on its own threads.
+//! 1. `RunningLab::start` builds the listener itself (TCP_NODELAY, a large backlog, read and
+//!    write timeouts: see `bind` below) and hands it to tiny_http, which parses requests on its
+//!    own threads (through `workarounds::Requests`, which replaces tiny_http if its accept
+//!    thread dies).
 //! 2. The `accept` thread takes each parsed request and spawns a named handler thread for it,
-//!    `req-N`, the servlet container's request thread.
+//!    `req-N`, the servlet container's request thread; near the process's own limits
+//!    (`limits`), it answers requests for events with 503 instead.
 //! 3. `route` matches method and path and calls the lesson. Quick lessons answer and return;
 //!    long polls and streams *park* on that thread, holding the request.
 //!
@@ -15,12 +18,13 @@ use crate::hub::Hub;
 use crate::lessons::{self, LESSONS};
 use crate::stats::{self, LessonCounters, Stats};
 use crate::waiting_room::WaitingRoom;
+use crate::workarounds;
 use crate::{Config, ParkingMode};
 use serde_json::{json, Value};
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
@@ -37,6 +41,8 @@ pub struct Lab {
     pub addr: SocketAddr,
     /// `ws://HOST:PORT/events/ws`: the WebSocket lesson's own listener.
     pub websocket_url: String,
+    /// How often tiny_http's accept thread died and was replaced (`workarounds`).
+    pub accept_restarts: Arc<AtomicU64>,
 }
 
 impl Lab {
@@ -83,8 +89,20 @@ impl RunningLab {
         })?;
         let requested = addr;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+        // The descriptor limit raised as far as allowed (or lowered: --max-fds), and the
+        // monitor behind the gate.
+        if let Some(max) = config.max_fds {
+            crate::limits::cap_descriptors(max);
+        }
+        let capacity = crate::limits::capacity();
+        log::debug!(
+            "descriptor limit {} (was {}), thread budget {}",
+            capacity.fd_limit,
+            capacity.fd_limit_at_start,
+            capacity.thread_budget
+        );
+        // tiny_http reads the requests (and is replaced if its accept thread dies).
+        let requests = workarounds::Requests::start(listener)?;
 
         let hub = Hub::new(config.history, config.buffer);
         if let Some(range) = config.generator.clone() {
@@ -99,6 +117,7 @@ impl RunningLab {
             stats: Stats::default(),
             waiting_room: WaitingRoom::default(),
             addr,
+            accept_restarts: requests.restarts.clone(),
         });
 
         if lab.config.parking == ParkingMode::Queue {
@@ -111,14 +130,11 @@ impl RunningLab {
         websocket
             .spawn(lab.clone())
             .map_err(|e| format!("cannot start the WebSocket accept thread: {e}"))?;
-        thread::Builder::new()
-            .name("pump".into())
-            .spawn(move || pump(addr))
-            .map_err(|e| format!("cannot start the pump thread: {e}"))?;
+        workarounds::spawn_pump(addr).map_err(|e| format!("cannot start the pump thread: {e}"))?;
         let accept_lab = lab.clone();
         let accept = thread::Builder::new()
             .name("accept".into())
-            .spawn(move || accept_loop(accept_lab, server))
+            .spawn(move || accept_loop(accept_lab, requests))
             .map_err(|e| format!("cannot start the accept thread: {e}"))?;
         Ok(RunningLab { lab, accept })
     }
@@ -160,54 +176,24 @@ pub(crate) fn bind(addr: SocketAddr, timeouts: Timeouts) -> io::Result<TcpListen
     Ok(socket.into())
 }
 
-/// A workaround for a measured tiny_http 0.12 bug: its connection pool decides between
-/// "wake an idle pool thread" and "start a new one" by a count of idle threads that is stale
-/// for a moment after a wake-up. Connections accepted in that moment all go to the one waking
-/// thread, and the others wait in a queue until some pool thread finishes its connection. A
-/// keep-alive connection (every browser's) or a stream finishes only when its client leaves,
-/// so a queued connection can wait for minutes, its request unread.
-///
-/// Each connection a pool thread finishes lets it take one from the queue. So the pump sends
-/// a tiny request (`GET /pump`, answered by the accept loop itself, unlogged) every quarter
-/// second. When the answer comes at once, nothing is queued. When it does not, the pump's
-/// request is itself stuck in the queue: the pump opens another connection right away, and
-/// another, until one is answered; each one lets a queued connection through.
-/// (`simultaneous_keep_alive_streams_are_all_served` in tests/lab.rs hangs without this.)
-fn pump(addr: SocketAddr) {
-    let mut unanswered: Vec<TcpStream> = Vec::new();
-    loop {
-        unanswered.retain(|socket| !answered(socket));
-        let pause = if unanswered.is_empty() { 250 } else { 2 };
-        // BLOCKS: sleeps a quarter second (2 ms while a probe goes unanswered).
-        thread::sleep(std::time::Duration::from_millis(pause));
-        if unanswered.len() < 256 {
-            if let Ok(mut socket) = TcpStream::connect(addr) {
-                if socket.write_all(b"GET /pump HTTP/1.0\r\n\r\n").is_ok() {
-                    unanswered.push(socket);
-                }
-            }
-        }
-    }
-}
-
-/// Has the lab answered (or closed) this pump connection?
-fn answered(socket: &TcpStream) -> bool {
-    let _ = socket.set_nonblocking(true);
-    let mut byte = [0u8; 1];
-    !matches!(socket.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-}
-
-/// Step 2: one named thread per request.
-fn accept_loop(lab: Arc<Lab>, server: tiny_http::Server) {
+/// Step 2: one named thread per request, unless the process is near a limit of its own.
+fn accept_loop(lab: Arc<Lab>, requests: workarounds::Requests) {
     let next_id = AtomicU64::new(1);
     // BLOCKS: waits until tiny_http has read a whole request head from some connection.
-    for request in server.incoming_requests() {
-        if request.url() == "/pump" {
-            // The pump's probe: answered here, no thread, no log, no count.
-            let _ = request
-                .into_writer()
-                .write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+    while let Some(request) = requests.recv() {
+        if workarounds::is_pump_probe(&request) {
+            workarounds::answer_pump(request);
             continue;
+        }
+        // The gate: near the descriptor or thread limit, take no new client for events (the
+        // pages and /stats still answer), and refuse here, without starting a thread.
+        if request.url().starts_with("/events/") {
+            if let Some(why) = crate::limits::capacity().near_limit() {
+                lab.stats.refused_near_limits.fetch_add(1, Relaxed);
+                log::debug!("refused {} near a limit: {why}", request.url());
+                refuse_near_limit(request, &why);
+                continue;
+            }
         }
         let id = next_id.fetch_add(1, Relaxed);
         let lab = lab.clone();
@@ -231,6 +217,21 @@ fn accept_loop(lab: Arc<Lab>, server: tiny_http::Server) {
             log::error!("no thread for req {id}: {e} (raise ulimit -u, or lower --max-parked)");
         }
     }
+}
+
+/// 503 on the accept thread: `Connection: close` frees the connection's tiny_http thread
+/// too, once the client closes.
+fn refuse_near_limit(request: Request, why: &str) {
+    let body = json!({ "error": format!("the lab is near its limits ({why}); retry shortly") })
+        .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut writer = request.into_writer();
+    let _ = writer.write_all(answer.as_bytes());
+    let _ = writer.flush();
 }
 
 /// Step 3: the whole routing table. Each arm names the lesson that owns the path.
@@ -359,6 +360,8 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "heartbeat_secs": lab.config.heartbeat.as_secs(),
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
         "slow_consumers": s.slow_consumers.load(Relaxed),
+        "accept_restarts": lab.accept_restarts.load(Relaxed),
+        "limits": crate::limits::capacity().to_json(),
         "refused_near_limits": s.refused_near_limits.load(Relaxed),
         "idle_timeout_secs": lab.config.idle_timeout.as_secs(),
         "write_timeout_secs": lab.config.write_timeout.as_secs(),

@@ -122,7 +122,26 @@ fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
     let next_id = AtomicU64::new(1);
     // BLOCKS: until a client connects to the WebSocket port.
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                // At the descriptor limit accept fails at once, again and again: pause, so
+                // this thread does not spin while descriptors are given back.
+                log::warn!("WebSocket accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        // The gate (`limits`): near the process's own limits, refuse before any thread.
+        if let Some(why) = crate::limits::capacity().near_limit() {
+            lab.stats.refused_near_limits.fetch_add(1, Relaxed);
+            log::debug!("refused a WebSocket near a limit: {why}");
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nConnection: close\r\n\
+                  Content-Length: 0\r\n\r\n",
+            );
+            continue;
+        }
         let id = next_id.fetch_add(1, Relaxed);
         let lab = lab.clone();
         let spawned = thread::Builder::new()

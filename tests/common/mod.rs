@@ -105,13 +105,18 @@ impl ChildLab {
             .expect("a free port")
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // LAB_CHILD_LOG=DIR keeps each child lab's debug log as DIR/lab-PORT.log.
+        let log = std::env::var_os("LAB_CHILD_LOG").map(|dir| {
+            let path = std::path::Path::new(&dir).join(format!("lab-{port}.log"));
+            std::fs::File::create(path).expect("a log file")
+        });
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_reverse-ajax-lab"))
             .args(["--addr", &addr.to_string(), "--ws-addr", "127.0.0.1:0"])
             .args(["--generator", "off"])
             .args(extra)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", if log.is_some() { "debug" } else { "error" })
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.map_or_else(std::process::Stdio::null, std::process::Stdio::from))
             .spawn()
             .expect("the lab starts");
         wait_until("the child lab answers", || {

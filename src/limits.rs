@@ -1,0 +1,259 @@
+//! What the process can hold, and the gate that refuses before it runs out.
+//!
+//! A thread-per-connection server has two ceilings of its own, whatever the machine's memory:
+//!
+//! - **File descriptors** (`ulimit -n`): tiny_http keeps two per connection (it duplicates
+//!   each socket), a WebSocket two. At the limit `accept` fails, and tiny_http's accept thread
+//!   gives up for good (see `workarounds`).
+//! - **Threads**: each costs about four memory mappings (stack, guard page, and their
+//!   neighbours), and Linux allows `vm.max_map_count` (65,530 here) mappings per process;
+//!   past that a thread cannot start, and a `thread::spawn` that panics there takes tiny_http's
+//!   accept thread with it. `pid_max` and `threads-max` cap threads too.
+//!
+//! ```text
+//! start:   descriptor limit 20000 → 65536 (raised: the hard limit allowed it)
+//!          thread budget 16382 (vm.max_map_count 65530 / 4)
+//! monitor: every 100 ms, how many descriptors and threads the process holds now
+//!          (counted afresh when 10 ms old, and for each request once past 60 %)
+//! accept:  a request arrives while descriptors > 80 % or threads > 80 % of budget
+//!          → 503, Retry-After: 2, Connection: close, answered on the accept thread itself
+//! ```
+//!
+//! 1. `Capacity::measure`: raise the soft descriptor limit to the hard one (and the hard one
+//!    too, where the process may), read the thread budget.
+//! 2. `Capacity::spawn_monitor`: a thread samples `/proc/self` so the accept loop can ask
+//!    "near a limit?" without a system call per request.
+//! 3. `Capacity::near_limit`: the gate's question, answered from the last sample.
+//!
+//! **What it cannot do**: the gate sees *requests*. A flood of connections that never send a
+//! request is met only by `--idle-timeout` (each is closed after it), because tiny_http
+//! accepts every connection before the lab sees anything. A real server owns its accept loop
+//! and refuses there; chapter 13 measures where that leaves this lab.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// `--max-fds`: a descriptor limit lower than the machine's, set before `capacity` is first
+/// used (0: none).
+static MAX_FDS: AtomicU64 = AtomicU64::new(0);
+
+/// Lower the descriptor limit to `max` when the capacity is first measured (`--max-fds`).
+pub fn cap_descriptors(max: u64) {
+    MAX_FDS.store(max, Relaxed);
+}
+
+/// The process's capacity: measured, and its monitor started, on first use. (The limits
+/// belong to the process, not to one lab: tests run many labs in one process.)
+pub fn capacity() -> &'static Capacity {
+    static CAPACITY: OnceLock<&'static Capacity> = OnceLock::new();
+    CAPACITY.get_or_init(|| {
+        let mut measured = Capacity::measure();
+        let cap = MAX_FDS.load(Relaxed);
+        if cap > 0 && cap < measured.fd_limit && lower_descriptor_limit(cap) {
+            measured.fd_limit = cap;
+        }
+        let capacity: &'static Capacity = Box::leak(Box::new(measured));
+        capacity.sample();
+        if let Err(e) = capacity.spawn_monitor() {
+            log::error!("no monitor thread ({e}): the gate will not see the limits coming");
+        }
+        capacity
+    })
+}
+
+/// Refuse new requests above this share of a limit, to leave room for what is in flight.
+const GATE_PERCENT: u64 = 80;
+
+/// The process's ceilings and, from the monitor, how close it is to them.
+#[derive(Debug, Default)]
+pub struct Capacity {
+    /// The descriptor limit in force (after raising it).
+    pub fd_limit: u64,
+    /// What it was when the lab started.
+    pub fd_limit_at_start: u64,
+    /// Threads the process can start before mappings, `pid_max` or `threads-max` run out.
+    pub thread_budget: u64,
+    fds_now: AtomicU64,
+    threads_now: AtomicU64,
+    /// When the last sample was taken, in ms since `EPOCH`.
+    sampled_at: AtomicU64,
+}
+
+/// The clock the samples are stamped with.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_ms() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Capacity {
+    /// Step 1: raise the descriptor limit as far as allowed; read the thread budget.
+    pub fn measure() -> Capacity {
+        let (before, after) = raise_descriptor_limit();
+        let read =
+            |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+        let thread_budget = [
+            read("/proc/sys/vm/max_map_count").map(|maps| maps / 4),
+            read("/proc/sys/kernel/pid_max"),
+            read("/proc/sys/kernel/threads-max"),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(u64::MAX);
+        Capacity {
+            fd_limit: after,
+            fd_limit_at_start: before,
+            thread_budget,
+            ..Capacity::default()
+        }
+    }
+
+    /// Step 2: sample descriptors and threads every 100 ms on a thread of its own.
+    fn spawn_monitor(&'static self) -> std::io::Result<()> {
+        let capacity = self;
+        thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || loop {
+                capacity.sample();
+                // BLOCKS: sleeps until the next sample is due; nothing else wakes it.
+                thread::sleep(Duration::from_millis(100));
+            })?;
+        Ok(())
+    }
+
+    fn sample(&self) {
+        self.sampled_at.store(now_ms(), Relaxed);
+        if let Some(fds) = crate::stats::open_fds() {
+            self.fds_now.store(fds, Relaxed);
+        }
+        if let Some(threads) = crate::stats::live_threads() {
+            self.threads_now.store(threads, Relaxed);
+        }
+    }
+
+    /// Step 3: `Some(why)` when the process is above the gate on either limit. A sample up to
+    /// 10 ms old answers far from the limits; past 60 % of one, a fresh count answers every
+    /// time (a flood opens hundreds of connections between two of the monitor's samples).
+    pub fn near_limit(&self) -> Option<String> {
+        let close = |now: u64, limit: u64| now * 100 > limit * 60;
+        if now_ms().saturating_sub(self.sampled_at.load(Relaxed)) > 10
+            || close(self.fds_now.load(Relaxed), self.fd_limit)
+            || close(self.threads_now.load(Relaxed), self.thread_budget)
+        {
+            self.sample();
+        }
+        self.verdict(self.fds_now.load(Relaxed), self.threads_now.load(Relaxed))
+    }
+
+    /// The gate's rule itself: above `GATE_PERCENT` of either limit, say which.
+    fn verdict(&self, fds: u64, threads: u64) -> Option<String> {
+        if fds * 100 > self.fd_limit * GATE_PERCENT {
+            return Some(format!(
+                "{fds} of {} file descriptors in use",
+                self.fd_limit
+            ));
+        }
+        if threads * 100 > self.thread_budget * GATE_PERCENT {
+            return Some(format!(
+                "{threads} of about {} threads in use",
+                self.thread_budget
+            ));
+        }
+        None
+    }
+
+    /// Descriptors in use now, counted afresh.
+    pub fn fds_fresh(&self) -> u64 {
+        self.sample();
+        self.fds_now.load(Relaxed)
+    }
+
+    /// What `/stats` shows under `"limits"`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "fd_limit": self.fd_limit,
+            "fd_limit_at_start": self.fd_limit_at_start,
+            "thread_budget": self.thread_budget,
+            "gate_percent": GATE_PERCENT,
+        })
+    }
+}
+
+/// The descriptor limit a server would like (a systemd unit often sets the same).
+const WANTED_FDS: u64 = 65536;
+
+/// Raise `RLIMIT_NOFILE`: the soft limit up to the hard one, and the hard one up to
+/// `WANTED_FDS` where the process is allowed to (root, or `CAP_SYS_RESOURCE`). Returns the
+/// soft limit before and after.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+fn raise_descriptor_limit() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return (0, 0);
+        }
+        let before = limit.rlim_cur as u64;
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max.max(WANTED_FDS as libc::rlim_t),
+            rlim_max: limit.rlim_max.max(WANTED_FDS as libc::rlim_t),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return (before, wanted.rlim_cur as u64);
+        }
+        // Not allowed to raise the hard limit: the soft one up to it, then.
+        let soft = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return (before, limit.rlim_max as u64);
+        }
+        (before, before)
+    }
+}
+
+/// Lower the soft descriptor limit (always allowed).
+fn lower_descriptor_limit(max: u64) -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as in `raise_descriptor_limit`.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = max as libc::rlim_t;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_opens_below_eighty_percent_and_closes_above() {
+        let capacity = Capacity {
+            fd_limit: 1000,
+            thread_budget: 100,
+            ..Capacity::default()
+        };
+        assert_eq!(capacity.verdict(800, 80), None);
+        assert!(capacity.verdict(801, 80).unwrap().contains("801 of 1000"));
+        assert!(capacity.verdict(10, 81).unwrap().contains("threads"));
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_never_lowered() {
+        let capacity = Capacity::measure();
+        assert!(capacity.fd_limit >= capacity.fd_limit_at_start);
+        assert!(capacity.thread_budget > 100);
+    }
+}

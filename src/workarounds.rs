@@ -1,0 +1,204 @@
+//! Workarounds for two tiny_http 0.12 bugs, kept here, away from the path a student reads
+//! first (`server` calls them and moves on). Each is reproduced by a test named below; if a
+//! later tiny_http fixes one, that test tells, and its workaround can go.
+//!
+//! 1. **The pool race** (`pump`): tiny_http's connection pool can leave a freshly accepted
+//!    connection queued, unread, behind busy threads for minutes.
+//!    Test: `simultaneous_keep_alive_streams_are_all_served` (tests/lab.rs).
+//! 2. **The accept thread that dies for good** (`Requests`): tiny_http accepts connections on
+//!    one thread of its own. When `accept` fails (at the descriptor limit: "Too many open
+//!    files") that thread ends its loop; when it cannot duplicate a socket or start a pool
+//!    thread, it panics. Either way the port stops being served while the process stays up: a
+//!    zombie. `Requests` notices both and starts a new tiny_http server on the same listening
+//!    socket, once descriptors are free again; the old server still serves the connections it
+//!    has. Test: `the_lab_recovers_when_tiny_http_stops_accepting` (tests/limits.rs).
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+use tiny_http::Request;
+
+/// Panics seen on tiny_http's threads (the only unnamed threads in this process: every thread
+/// the lab starts has a name).
+static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Every request that any generation of tiny_http server reads, in one channel.
+pub struct Requests {
+    requests: Receiver<Request>,
+    /// How many times tiny_http's accept thread died and a new server took over.
+    pub restarts: Arc<AtomicU64>,
+}
+
+impl Requests {
+    /// Start tiny_http on `listener`, and the supervisor that replaces it when it stops
+    /// accepting.
+    pub fn start(listener: TcpListener) -> Result<Requests, String> {
+        watch_for_panics();
+        let (to_accept_loop, requests) = bounded(1024);
+        let (stopped, stops) = unbounded();
+        serve_generation(&listener, 0, &to_accept_loop, &stopped)?;
+        let restarts = Arc::new(AtomicU64::new(0));
+        let counted = restarts.clone();
+        thread::Builder::new()
+            .name("http-supervisor".into())
+            .spawn(move || supervise(listener, to_accept_loop, stopped, stops, counted))
+            .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        Ok(Requests { requests, restarts })
+    }
+
+    /// The next request, from whichever server read it.
+    pub fn recv(&self) -> Option<Request> {
+        // BLOCKS: until some tiny_http connection thread has read a whole request head.
+        self.requests.recv().ok()
+    }
+}
+
+/// One tiny_http server on a copy of the listening socket, and a thread (`http-N`) that
+/// passes its requests on. When its accept thread fails, it reports on `stopped` and keeps
+/// passing on what its live connections still send.
+fn serve_generation(
+    listener: &TcpListener,
+    generation: u64,
+    to_accept_loop: &Sender<Request>,
+    stopped: &Sender<u64>,
+) -> Result<(), String> {
+    let copy = listener
+        .try_clone()
+        .map_err(|e| format!("cannot copy the listening socket: {e}"))?;
+    let server = tiny_http::Server::from_listener(copy, None)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    let (to_accept_loop, stopped) = (to_accept_loop.clone(), stopped.clone());
+    thread::Builder::new()
+        .name(format!("http-{generation}"))
+        .spawn(move || loop {
+            // BLOCKS: until this server has a request, or its accept thread failed.
+            match server.recv() {
+                Ok(request) => {
+                    if to_accept_loop.send(request).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::error!("tiny_http stopped accepting connections: {e}");
+                    let _ = stopped.send(generation);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the http-{generation} thread: {e}"))?;
+    Ok(())
+}
+
+/// Wait for a server to stop accepting (an error it reported, or a panic on a tiny_http
+/// thread), then start the next one, once descriptors are below 90 % of the limit again
+/// (`--idle-timeout` closes idle connections meanwhile), so it does not die at once too.
+fn supervise(
+    listener: TcpListener,
+    to_accept_loop: Sender<Request>,
+    stopped: Sender<u64>,
+    stops: Receiver<u64>,
+    restarts: Arc<AtomicU64>,
+) {
+    let mut panics_seen = TINY_HTTP_PANICS.load(Relaxed);
+    let mut generation = 0;
+    loop {
+        // BLOCKS: until a server reports its accept thread stopped, or a quarter second
+        // passes (to look for a panic on a tiny_http thread).
+        let reported = stops.recv_timeout(Duration::from_millis(250)).is_ok();
+        let panics = TINY_HTTP_PANICS.load(Relaxed);
+        if !reported && panics == panics_seen {
+            continue;
+        }
+        panics_seen = panics;
+        generation += 1;
+        loop {
+            let capacity = crate::limits::capacity();
+            while capacity.fds_fresh() * 10 > capacity.fd_limit * 9 {
+                // BLOCKS: sleeps until descriptors have been given back.
+                thread::sleep(Duration::from_millis(100));
+            }
+            match serve_generation(&listener, generation, &to_accept_loop, &stopped) {
+                Ok(()) => break,
+                Err(e) => log::error!("{e}; trying again"),
+            }
+            // BLOCKS: a pause before trying again.
+            thread::sleep(Duration::from_millis(100));
+        }
+        restarts.fetch_add(1, Relaxed);
+        log::warn!("a new tiny_http server (generation {generation}) accepts connections");
+    }
+}
+
+/// Count panics on unnamed threads (tiny_http's), then let the usual hook print them.
+fn watch_for_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if thread::current().name().is_none() {
+                TINY_HTTP_PANICS.fetch_add(1, Relaxed);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Workaround 1. tiny_http's connection pool decides between "wake an idle pool thread" and
+/// "start a new one" by a count of idle threads that is stale for a moment after a wake-up.
+/// Connections accepted in that moment all go to the one waking thread, and the others wait
+/// in a queue until some pool thread finishes its connection. A keep-alive connection (every
+/// browser's) or a stream finishes only when its client leaves, so a queued connection can
+/// wait for minutes, its request unread.
+///
+/// Each connection a pool thread finishes lets it take one from the queue. So the pump sends
+/// a tiny request (`GET /pump`, answered by the accept loop itself, unlogged) every quarter
+/// second. When the answer comes at once, nothing is queued. When it does not, the pump's
+/// request is itself stuck in the queue: the pump opens another connection right away, and
+/// another, until one is answered; each one lets a queued connection through.
+pub fn spawn_pump(addr: SocketAddr) -> io::Result<()> {
+    thread::Builder::new()
+        .name("pump".into())
+        .spawn(move || pump(addr))?;
+    Ok(())
+}
+
+fn pump(addr: SocketAddr) {
+    let mut unanswered: Vec<(TcpStream, Instant)> = Vec::new();
+    loop {
+        // Probes count against the process's own descriptors: give up on old ones (the port
+        // may not be served at all for a while: see `Requests`), and open none near a limit.
+        unanswered.retain(|(socket, sent)| !answered(socket) && sent.elapsed().as_secs() < 5);
+        let pause = if unanswered.is_empty() { 250 } else { 2 };
+        // BLOCKS: sleeps a quarter second (2 ms while a probe goes unanswered).
+        thread::sleep(Duration::from_millis(pause));
+        if unanswered.len() < 64 && crate::limits::capacity().near_limit().is_none() {
+            if let Ok(mut socket) = TcpStream::connect(addr) {
+                if socket.write_all(b"GET /pump HTTP/1.0\r\n\r\n").is_ok() {
+                    unanswered.push((socket, Instant::now()));
+                }
+            }
+        }
+    }
+}
+
+/// Has the lab answered (or closed) this pump connection?
+fn answered(socket: &TcpStream) -> bool {
+    let _ = socket.set_nonblocking(true);
+    let mut byte = [0u8; 1];
+    !matches!(socket.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The pump's probe, answered on the accept thread: no handler thread, no log, no count.
+pub fn is_pump_probe(request: &Request) -> bool {
+    request.url() == "/pump"
+}
+
+/// Answer the pump's probe.
+pub fn answer_pump(request: Request) {
+    let _ = request
+        .into_writer()
+        .write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+}

@@ -1,0 +1,81 @@
+//! Nothing kills the lab: near its own limits it refuses, and when tiny_http's accept thread
+//! dies anyway, a new one takes over. Run against the real binary with a small descriptor
+//! limit (`--max-fds`), so each test's numbers are the lab's alone.
+
+mod common;
+
+use common::{wait_until, ChildLab};
+use reverse_ajax_lab::client::{get, Stream};
+use std::net::TcpStream;
+
+fn stats(lab: &ChildLab) -> serde_json::Value {
+    common::stats(lab.addr)
+}
+
+/// Near 80 % of its descriptors the lab answers new requests for events with 503, at once
+/// and without a thread, while `/stats` and the pages still answer. When the clients leave,
+/// it takes new ones again, and its threads and descriptors return to the baseline.
+#[test]
+fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answers_stats() {
+    let lab = ChildLab::start(&["--max-fds", "200", "--heartbeat", "1"]);
+    let addr = lab.addr;
+    let baseline = lab.resources();
+    let mut streams = Vec::new();
+    let refused = loop {
+        let stream = match Stream::open(addr, "/events/stream", &[]) {
+            Ok(stream) => stream,
+            Err(e) => panic!("after {} streams ({}): {e}", streams.len(), stats(&lab)),
+        };
+        if stream.status == 503 {
+            break stream;
+        }
+        assert_eq!(stream.status, 200);
+        streams.push(stream);
+        // (One descriptor each: these streams say `Connection: close`, so tiny_http lets go
+        // of its reading copy; a browser's keep-alive stream holds two.)
+        assert!(streams.len() < 200, "200 descriptors, and never refused");
+    };
+    assert_eq!(refused.header("Retry-After"), Some("2"));
+    assert_eq!(refused.header("Connection"), Some("close"));
+    assert!(
+        streams.len() >= 40,
+        "refused too early: {} streams",
+        streams.len()
+    );
+    let s = stats(&lab);
+    assert!(s["refused_near_limits"].as_u64().unwrap() >= 1);
+    assert!(
+        s["fds"].as_u64().unwrap() < 200,
+        "refused before the limit: {s}"
+    );
+    assert_eq!(
+        get(addr, "/lessons/sse").unwrap().status,
+        200,
+        "pages still answer"
+    );
+    assert_eq!(s["accept_restarts"], 0, "tiny_http never ran out");
+    drop(streams);
+    wait_until("events are served again", || {
+        get(addr, "/events/poll").unwrap().status == 200
+    });
+    lab.wait_for_resources(baseline);
+}
+
+/// A flood of connections that send nothing takes every descriptor: tiny_http's accept thread
+/// fails ("Too many open files") and would leave the port dead while the process lives on.
+/// The idle timeout closes the flood, and a new tiny_http server takes over the port.
+#[test]
+fn the_lab_recovers_when_tiny_http_stops_accepting() {
+    let lab = ChildLab::start(&["--max-fds", "200", "--idle-timeout", "2"]);
+    let addr = lab.addr;
+    let flood: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert!(flood.len() > 100);
+    // The port is served again, by a new generation of tiny_http.
+    wait_until("tiny_http was replaced and /stats answers", || {
+        get(addr, "/stats").is_ok_and(|s| s.json()["accept_restarts"].as_u64() >= Some(1))
+    });
+    drop(flood);
+    assert_eq!(get(addr, "/events/poll").unwrap().status, 200);
+}
