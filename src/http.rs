@@ -254,6 +254,22 @@ pub fn check_head(request: &Request) -> Result<(), HttpError> {
     Ok(())
 }
 
+/// What `POST /publish` publishes: a JSON body's `data` string (when the content type says
+/// JSON), else the body as it is.
+pub fn event_data(content_type: Option<&str>, body: String) -> Result<String, HttpError> {
+    if !content_type.is_some_and(|t| t.contains("json")) {
+        return Ok(body);
+    }
+    let value: Value = serde_json::from_str(&body)
+        .map_err(|e| HttpError::bad_request(format!("the body claims JSON but is not: {e}")))?;
+    match value.get("data") {
+        Some(Value::String(data)) => Ok(data.clone()),
+        _ => Err(HttpError::bad_request(
+            r#"a JSON body must be {"data": "some text"}"#,
+        )),
+    }
+}
+
 /// A parsed query string (`a=1&b=two`), percent-decoded.
 #[derive(Debug, Default)]
 pub struct Query(HashMap<String, String>);
@@ -292,8 +308,8 @@ impl Query {
         let Some(text) = self.get(name) else {
             return Ok(default);
         };
-        match text.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
+        match whole_number(text) {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(HttpError::bad_request(format!(
                 "{name} must be a whole number from {min} to {max}, got {text:?}"
             ))),
@@ -317,12 +333,20 @@ impl Query {
 
 /// An event id from a query or a `Last-Event-ID` header, taken as at most `now`.
 pub fn parse_cursor(text: &str, now: u64) -> Result<u64, HttpError> {
-    match text.trim().parse::<u64>() {
-        Ok(cursor) => Ok(cursor.min(now)),
-        Err(_) => Err(HttpError::bad_request(format!(
+    match whole_number(text.trim()) {
+        Some(cursor) => Ok(cursor.min(now)),
+        None => Err(HttpError::bad_request(format!(
             "an event id (since, Last-Event-ID) must be a non-negative integer, got {text:?}"
         ))),
     }
+}
+
+/// Digits only (no sign, no space, no `+` that Rust's own `parse` would take), fitting a u64.
+pub fn whole_number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 fn percent_decode(text: &str) -> String {

@@ -20,7 +20,7 @@ use crate::stats::{self, LessonCounters, Stats};
 use crate::waiting_room::WaitingRoom;
 use crate::workarounds;
 use crate::{Config, ParkingMode};
-use serde_json::{json, Value};
+use serde_json::json;
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::io::Write;
@@ -322,22 +322,7 @@ fn publish(lab: &Lab, mut request: Request) -> io::Result<()> {
 
 fn read_event_data(lab: &Lab, request: &mut Request) -> Result<String, HttpError> {
     let body = http::read_body(request, lab.config.max_body)?;
-    let is_json = http::header(request, "Content-Type").is_some_and(|t| t.contains("json"));
-    let data = if is_json {
-        let value: Value = serde_json::from_str(&body)
-            .map_err(|e| HttpError::bad_request(format!("the body claims JSON but is not: {e}")))?;
-        match value.get("data") {
-            Some(Value::String(data)) => data.clone(),
-            _ => {
-                return Err(HttpError::bad_request(
-                    r#"a JSON body must be {"data": "some text"}"#,
-                ))
-            }
-        }
-    } else {
-        body
-    };
-    Ok(data)
+    http::event_data(http::header(request, "Content-Type"), body)
 }
 
 /// `GET /stats`: what the server holds now, and what each lesson has cost.

@@ -68,7 +68,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
 }
 
 /// 3. One event as a script element.
-fn frame(event: &Event) -> String {
+pub fn frame(event: &Event) -> String {
     format!(
         "<script>parent.onEvent({})</script>\n",
         http::json_for_script(&json!(event.to_json()))

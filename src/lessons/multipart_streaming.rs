@@ -68,7 +68,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
 }
 
 /// 3. One event as a whole part, closed by the next boundary.
-fn frame(event: &Event) -> String {
+pub fn frame(event: &Event) -> String {
     part(&event.to_json().to_string())
 }
 
