@@ -185,6 +185,7 @@ fn accept_loop(lab: Arc<Lab>, requests: workarounds::Requests) {
             workarounds::answer_pump(request);
             continue;
         }
+        workarounds::note_request();
         // The gate: near the descriptor or thread limit, take no new client for events (the
         // pages and /stats still answer), and refuse here, without starting a thread.
         if request.url().starts_with("/events/") {

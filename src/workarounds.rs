@@ -158,6 +158,11 @@ fn watch_for_panics() {
 /// second. When the answer comes at once, nothing is queued. When it does not, the pump's
 /// request is itself stuck in the queue: the pump opens another connection right away, and
 /// another, until one is answered; each one lets a queued connection through.
+///
+/// The pump rests while no request has come for 10 s: a connection can only be stuck behind
+/// others that are busy, and each probe wakes a waiting pool thread, which (measured here)
+/// keeps tiny_http's idle threads from ever timing out after a flood. At rest they go within
+/// seconds, and the process's thread count returns to its baseline.
 pub fn spawn_pump(addr: SocketAddr) -> io::Result<()> {
     thread::Builder::new()
         .name("pump".into())
@@ -168,13 +173,18 @@ pub fn spawn_pump(addr: SocketAddr) -> io::Result<()> {
 fn pump(addr: SocketAddr) {
     let mut unanswered: Vec<(TcpStream, Instant)> = Vec::new();
     loop {
+        if unanswered.is_empty() && !recently_busy() {
+            // BLOCKS: sleeps a quarter second; the lab is idle, nothing can be stuck.
+            thread::sleep(Duration::from_millis(250));
+            continue;
+        }
         // Probes count against the process's own descriptors: give up on old ones (the port
         // may not be served at all for a while: see `Requests`), and open none near a limit.
         unanswered.retain(|(socket, sent)| !answered(socket) && sent.elapsed().as_secs() < 5);
-        let pause = if unanswered.is_empty() { 250 } else { 2 };
-        // BLOCKS: sleeps a quarter second (2 ms while a probe goes unanswered).
+        let pause = if unanswered.is_empty() { 250 } else { 20 };
+        // BLOCKS: sleeps a quarter second (20 ms while a probe goes unanswered).
         thread::sleep(Duration::from_millis(pause));
-        if unanswered.len() < 64 && crate::limits::capacity().near_limit().is_none() {
+        if unanswered.len() < 16 && crate::limits::capacity().near_limit().is_none() {
             if let Ok(mut socket) = TcpStream::connect(addr) {
                 if socket.write_all(b"GET /pump HTTP/1.0\r\n\r\n").is_ok() {
                     unanswered.push((socket, Instant::now()));
@@ -182,6 +192,23 @@ fn pump(addr: SocketAddr) {
             }
         }
     }
+}
+
+/// When the last request (not a probe) came, in ms since `START`.
+static LAST_REQUEST_MS: AtomicU64 = AtomicU64::new(0);
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn ms_since_start() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The accept loop tells the pump a request came.
+pub fn note_request() {
+    LAST_REQUEST_MS.store(ms_since_start(), Relaxed);
+}
+
+fn recently_busy() -> bool {
+    ms_since_start().saturating_sub(LAST_REQUEST_MS.load(Relaxed)) < 10_000
 }
 
 /// Has the lab answered (or closed) this pump connection?

@@ -1,0 +1,233 @@
+//! Flood the lab and watch it live: thousands of connections that send nothing, hold long
+//! polls, streams or WebSockets, all at once. It prints what was held and what refused, how
+//! fast `/stats` and a lesson page answered meanwhile, and whether threads, descriptors and
+//! memory went back to their baseline afterwards. It prints figures; it never passes or fails.
+//!
+//! ```text
+//! cargo run --release --example flood                                  # every kind, 12,000 each
+//! cargo run --release --example flood -- --kind idle --connections 12000
+//! cargo run --release --example flood -- --kind long-poll --parking queue
+//! cargo run --release --example flood -- --kind stream --connections 3000 --lab-args "--max-fds 4096"
+//! ```
+//!
+//! Kinds: `idle` (connect, send nothing), `long-poll`, `stream` (SSE), `websocket`. The lab
+//! runs as a child process with its default limits (plus `--lab-args`); this process raises
+//! its own descriptor limit to hold its half of every connection.
+
+mod common;
+
+use common::ChildLab;
+use reverse_ajax_lab::client;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn main() {
+    if common::serve_if_asked() {
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        let at = args.iter().position(|a| a == name)?;
+        args.get(at + 1).cloned()
+    };
+    let connections: usize =
+        value("--connections").map_or(12_000, |v| v.parse().expect("a number"));
+    let kinds: Vec<String> = value("--kind").map_or_else(
+        || {
+            ["idle", "long-poll", "stream", "websocket"]
+                .map(String::from)
+                .to_vec()
+        },
+        |k| vec![k],
+    );
+    let parking = value("--parking").unwrap_or_else(|| "thread".into());
+    let lab_args = value("--lab-args").unwrap_or_default();
+    // This process holds one end of every connection.
+    let own = reverse_ajax_lab::limits::capacity();
+    println!(
+        "flood: {connections} connections per kind, --parking {parking}; this process may hold {} descriptors\n",
+        own.fd_limit
+    );
+    println!("| kind | held | refused | failed | /stats during (ms, worst) | page during (ms, worst) | peak threads | peak fds | back to baseline | RSS before → peak → after (MiB) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    for kind in &kinds {
+        let mut extra: Vec<&str> = vec!["--parking", &parking];
+        extra.extend(lab_args.split_whitespace());
+        let lab = ChildLab::start(&extra);
+        let row = flood(&lab, kind, connections);
+        println!("{row}");
+        if let Some(line) = lab
+            .last_words(1)
+            .first()
+            .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+        {
+            println!("  (the lab's last words: {line})");
+        }
+    }
+}
+
+struct Sample {
+    threads: u64,
+    fds: u64,
+    rss_kib: u64,
+}
+
+/// Threads, descriptors and memory, read from `/proc` (not from `/stats`: a request would
+/// itself keep tiny_http's pool busy).
+fn sample(lab: &ChildLab) -> Option<Sample> {
+    let pid = lab.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some(Sample {
+        threads: field("Threads:")?,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64,
+        rss_kib: field("VmRSS:")?,
+    })
+}
+
+/// How long `path` takes to answer now (None: it did not, within 5 s).
+fn answer_ms(addr: SocketAddr, path: &str) -> Option<f64> {
+    let started = Instant::now();
+    let mut socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).ok()?;
+    (&head[9..12] == b"200").then(|| started.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
+    let addr = lab.addr;
+    let ws_addr: SocketAddr = client::get(addr, "/stats").unwrap().json()["websocket"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let before = sample(lab).expect("a baseline");
+    let request = match kind {
+        "idle" => String::new(),
+        "long-poll" => format!("GET /events/long-poll?timeout=120 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        "stream" => format!("GET /events/sse HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        "websocket" => format!(
+            "GET /events/ws HTTP/1.1\r\nHost: {ws_addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
+        other => panic!("unknown kind {other}"),
+    };
+    let target = if kind == "websocket" { ws_addr } else { addr };
+    // Open everything, checking /stats and a page every 500 connections.
+    let mut sockets = Vec::with_capacity(n);
+    let mut failed = 0;
+    let (mut worst_stats, mut worst_page) = (0.0f64, 0.0f64);
+    let (mut unanswered_stats, mut unanswered_page) = (0, 0);
+    let mut peak = Sample {
+        threads: 0,
+        fds: 0,
+        rss_kib: 0,
+    };
+    let mut check = |peak: &mut Sample| {
+        match answer_ms(addr, "/stats") {
+            Some(ms) => worst_stats = worst_stats.max(ms),
+            None => unanswered_stats += 1,
+        }
+        match answer_ms(addr, "/lessons/sse") {
+            Some(ms) => worst_page = worst_page.max(ms),
+            None => unanswered_page += 1,
+        }
+        if let Some(s) = sample(lab) {
+            peak.threads = peak.threads.max(s.threads);
+            peak.fds = peak.fds.max(s.fds);
+            peak.rss_kib = peak.rss_kib.max(s.rss_kib);
+        }
+    };
+    for i in 0..n {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+            Ok(mut socket) => {
+                if request.is_empty() || socket.write_all(request.as_bytes()).is_ok() {
+                    sockets.push(socket);
+                } else {
+                    failed += 1;
+                }
+            }
+            Err(_) => failed += 1,
+        }
+        if i % 500 == 499 {
+            check(&mut peak);
+        }
+    }
+    check(&mut peak);
+    // Classify: a refusal (503) or a close has arrived by now; a held one has a 200/101 head
+    // (streams, WebSockets) or nothing yet (a parked long poll, an idle connection).
+    let settle = Instant::now() + Duration::from_secs(3);
+    let (mut held, mut refused) = (0, 0);
+    for socket in &mut sockets {
+        let left = settle
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let _ = socket.set_read_timeout(Some(left.min(Duration::from_millis(1))));
+        let mut head = [0u8; 12];
+        match socket.read(&mut head) {
+            Ok(0) => refused += 1,
+            Ok(n) if n >= 12 && &head[9..12] == b"503" => refused += 1,
+            Ok(_) => held += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    check(&mut peak);
+    drop(sockets);
+    // Back to baseline: threads and descriptors within a handful, in at most 60 s (idle
+    // connections wait for --idle-timeout; tiny_http's idle pool threads go after 5 s).
+    let started = Instant::now();
+    let mut after = sample(lab);
+    while started.elapsed() < Duration::from_secs(60) {
+        after = sample(lab);
+        if after
+            .as_ref()
+            .is_some_and(|a| a.threads <= before.threads + 4 && a.fds <= before.fds + 4)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let back = match &after {
+        Some(a) if a.threads <= before.threads + 4 && a.fds <= before.fds + 4 => {
+            format!("yes, in {:.1} s", started.elapsed().as_secs_f64())
+        }
+        Some(a) => format!("no: {} threads, {} fds", a.threads, a.fds),
+        None => "no answer".into(),
+    };
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let after_rss = after.map_or(0, |a| a.rss_kib);
+    let during = |worst: f64, unanswered: usize| {
+        if unanswered == 0 {
+            format!("{worst:.0}")
+        } else {
+            format!("{worst:.0} ({unanswered} unanswered)")
+        }
+    };
+    format!(
+        "| {kind} | {held} | {refused} | {failed} | {} | {} | {} | {} | {back} | {:.0} → {:.0} → {:.0} |",
+        during(worst_stats, unanswered_stats),
+        during(worst_page, unanswered_page),
+        peak.threads,
+        peak.fds,
+        mib(before.rss_kib),
+        mib(peak.rss_kib),
+        mib(after_rss),
+    )
+}
