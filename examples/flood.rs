@@ -49,8 +49,8 @@ fn main() {
         "flood: {connections} connections per kind, --parking {parking}; this process may hold {} descriptors\n",
         own.fd_limit
     );
-    println!("| kind | held | refused | failed | /stats during (ms, worst) | page during (ms, worst) | peak threads | peak fds | back to baseline | RSS before → peak → after (MiB) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    println!("| kind | held | refused | no answer yet | failed | /stats during (ms, worst) | page during (ms, worst) | peak threads | peak fds | back to baseline | RSS before → peak → after (MiB) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
     for kind in &kinds {
         let mut extra: Vec<&str> = vec!["--parking", &parking];
         extra.extend(lab_args.split_whitespace());
@@ -173,7 +173,10 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
     // Classify: a refusal (503) or a close has arrived by now; a held one has a 200/101 head
     // (streams, WebSockets) or nothing yet (a parked long poll, an idle connection).
     let settle = Instant::now() + Duration::from_secs(3);
-    let (mut held, mut refused) = (0, 0);
+    // Streams and WebSockets answer at once when held (200, 101): silence there is a
+    // connection still waiting for its turn.
+    let silent_is_held = kind == "idle" || kind == "long-poll";
+    let (mut held, mut refused, mut pending) = (0, 0, 0);
     for socket in &mut sockets {
         let left = settle
             .saturating_duration_since(Instant::now())
@@ -184,7 +187,8 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
             Ok(0) => refused += 1,
             Ok(n) if n >= 12 && &head[9..12] == b"503" => refused += 1,
             Ok(_) => held += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && silent_is_held => held += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => pending += 1,
             Err(_) => refused += 1,
         }
     }
@@ -221,7 +225,7 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
         }
     };
     format!(
-        "| {kind} | {held} | {refused} | {failed} | {} | {} | {} | {} | {back} | {:.0} → {:.0} → {:.0} |",
+        "| {kind} | {held} | {refused} | {pending} | {failed} | {} | {} | {} | {} | {back} | {:.0} → {:.0} → {:.0} |",
         during(worst_stats, unanswered_stats),
         during(worst_page, unanswered_page),
         peak.threads,

@@ -19,8 +19,10 @@ pub mod client;
 pub mod generator;
 pub mod http;
 pub mod hub;
+pub mod lab;
 pub mod lessons;
 pub mod limits;
+pub mod listener;
 pub mod server;
 pub mod stats;
 pub mod stream;
@@ -28,7 +30,8 @@ pub mod waiting_room;
 pub mod workarounds;
 
 pub use hub::{Event, Hub, Subscription};
-pub use server::{Lab, RunningLab};
+pub use lab::Lab;
+pub use server::RunningLab;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;

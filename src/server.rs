@@ -15,53 +15,21 @@
 
 use crate::http::{self, HttpError, Query};
 use crate::hub::Hub;
+use crate::lab::Lab;
 use crate::lessons::{self, LESSONS};
-use crate::stats::{self, LessonCounters, Stats};
+use crate::listener::{bind, Timeouts};
+use crate::stats::{self, Stats};
 use crate::waiting_room::WaitingRoom;
 use crate::workarounds;
 use crate::{Config, ParkingMode};
 use serde_json::json;
-use socket2::{Domain, Socket, Type};
 use std::io;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
 use tiny_http::{Method, Request};
-
-/// What every handler thread shares: the configuration, the hub and the counters.
-pub struct Lab {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    pub stats: Stats,
-    /// Long polls held without a thread (`--parking queue`).
-    pub waiting_room: WaitingRoom,
-    /// Where the HTTP server really listens (port 0 resolved).
-    pub addr: SocketAddr,
-    /// `ws://HOST:PORT/events/ws`: the WebSocket lesson's own listener.
-    pub websocket_url: String,
-    /// How often tiny_http's accept thread died and was replaced (`workarounds`).
-    pub accept_restarts: Arc<AtomicU64>,
-}
-
-impl Lab {
-    /// Is `origin` one of the lab's own pages: the HTTP address, under either loopback name?
-    /// (The WebSocket handshake and CORS both ask.)
-    pub fn is_own_origin(&self, origin: &str) -> bool {
-        let port = self.addr.port();
-        origin == format!("http://{}", self.addr)
-            || origin == format!("http://127.0.0.1:{port}")
-            || origin == format!("http://localhost:{port}")
-    }
-
-    /// Counters for a lesson, with this request counted.
-    pub fn count(&self, lesson: &'static str) -> LessonCounters {
-        let counters = self.stats.lesson(lesson);
-        counters.request();
-        counters
-    }
-}
 
 /// A started lab: its address and the threads that serve it.
 pub struct RunningLab {
@@ -152,28 +120,6 @@ impl RunningLab {
     pub fn join(self) {
         let _ = self.accept.join();
     }
-}
-
-/// Socket timeouts set on a listener, which Linux copies to every socket it accepts.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Timeouts {
-    pub read: Option<std::time::Duration>,
-    pub write: Option<std::time::Duration>,
-}
-
-/// A listener as tiny_http would make it, but with TCP_NODELAY (accepted sockets inherit it,
-/// so one-event frames leave at once), a backlog of 4096 instead of std's 128, and read and
-/// write timeouts (inherited too: tiny_http's own reads and every write of ours time out, with
-/// no code in tiny_http or in the lessons).
-pub(crate) fn bind(addr: SocketAddr, timeouts: Timeouts) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_read_timeout(timeouts.read)?;
-    socket.set_write_timeout(timeouts.write)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
 }
 
 /// Step 2: one named thread per request, unless the process is near a limit of its own.

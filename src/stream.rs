@@ -21,8 +21,8 @@
 
 use crate::http::{ChunkedStream, HttpError};
 use crate::hub::Event;
+use crate::lab::Lab;
 use crate::lessons::long_polling::thread_name;
-use crate::server::Lab;
 use crate::stats::LessonCounters;
 use std::io;
 use std::time::Instant;

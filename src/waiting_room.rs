@@ -29,8 +29,8 @@
 
 use crate::http::HttpError;
 use crate::hub::Wake;
+use crate::lab::Lab;
 use crate::lessons::long_polling::{Answer, Parking};
-use crate::server::Lab;
 use crate::stats::LessonCounters;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::{Arc, Mutex};

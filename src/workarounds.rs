@@ -181,10 +181,10 @@ fn pump(addr: SocketAddr) {
         // Probes count against the process's own descriptors: give up on old ones (the port
         // may not be served at all for a while: see `Requests`), and open none near a limit.
         unanswered.retain(|(socket, sent)| !answered(socket) && sent.elapsed().as_secs() < 5);
-        let pause = if unanswered.is_empty() { 250 } else { 20 };
-        // BLOCKS: sleeps a quarter second (20 ms while a probe goes unanswered).
+        let pause = if unanswered.is_empty() { 250 } else { 2 };
+        // BLOCKS: sleeps a quarter second (2 ms while a probe goes unanswered).
         thread::sleep(Duration::from_millis(pause));
-        if unanswered.len() < 16 && crate::limits::capacity().near_limit().is_none() {
+        if unanswered.len() < 256 && crate::limits::capacity().near_limit().is_none() {
             if let Ok(mut socket) = TcpStream::connect(addr) {
                 if socket.write_all(b"GET /pump HTTP/1.0\r\n\r\n").is_ok() {
                     unanswered.push((socket, Instant::now()));

@@ -196,7 +196,7 @@ fn a_busy_port_says_what_to_do() {
 
 /// tiny_http 0.12's thread pool can leave a freshly accepted connection queued when two arrive
 /// together, until some pool thread finishes its connection; keep-alive streams never do.
-/// The lab's pump (see `server::pump`) bounds that wait. Without it this test hangs a
+/// The lab's pump (see `workarounds::spawn_pump`) bounds that wait. Without it this test hangs a
 /// connection within a few rounds.
 #[test]
 fn simultaneous_keep_alive_streams_are_all_served() {

@@ -37,8 +37,8 @@
 
 use crate::http::{HttpError, Query};
 use crate::hub::Subscription;
+use crate::lab::Lab;
 use crate::lessons::fetch_streaming::ndjson_line;
-use crate::server::Lab;
 use crate::stats::LessonCounters;
 use std::io::{self, Read};
 use std::time::Instant;

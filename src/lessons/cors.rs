@@ -45,8 +45,8 @@
 //! `curl -si -H 'Origin: http://localhost:8080' 'http://127.0.0.1:8080/events/cors?since=0'`.
 
 use crate::http::{self, HttpError, Query};
+use crate::lab::Lab;
 use crate::lessons::events_answer;
-use crate::server::Lab;
 use std::io::{self, Write};
 use tiny_http::Request;
 

@@ -36,7 +36,7 @@
 
 use crate::http::{self, Query};
 use crate::hub::Event;
-use crate::server::Lab;
+use crate::lab::Lab;
 use crate::stream::{self, Framing};
 use serde_json::json;
 use std::io;

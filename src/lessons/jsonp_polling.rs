@@ -33,8 +33,8 @@
 //! `curl -s 'http://127.0.0.1:8080/events/jsonp?callback=show&since=0'`.
 
 use crate::http::{self, Query};
+use crate::lab::Lab;
 use crate::lessons::events_answer;
-use crate::server::Lab;
 use std::io;
 use tiny_http::Request;
 

@@ -44,8 +44,8 @@
 
 use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, Subscription};
+use crate::lab::Lab;
 use crate::lessons::events_answer;
-use crate::server::Lab;
 use crate::stats::{Held, LessonCounters};
 use crate::ParkingMode;
 use std::io;

@@ -36,7 +36,7 @@
 
 use crate::http::Query;
 use crate::hub::Event;
-use crate::server::Lab;
+use crate::lab::Lab;
 use crate::stream::{self, Framing};
 use std::io;
 use tiny_http::Request;

@@ -30,8 +30,8 @@
 //! `curl -s -d 'name=Ada&email=ada@example.org&age=36' 'http://127.0.0.1:8080/events/piggyback?since=0'`.
 
 use crate::http::{self, HttpError, Query};
+use crate::lab::Lab;
 use crate::lessons::events_answer;
-use crate::server::Lab;
 use serde_json::{json, Map, Value};
 use std::io;
 use tiny_http::Request;

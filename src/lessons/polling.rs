@@ -31,8 +31,8 @@
 //! `curl -s 'http://127.0.0.1:8080/events/poll?since=0'`.
 
 use crate::http::{self, Query};
+use crate::lab::Lab;
 use crate::lessons::events_answer;
-use crate::server::Lab;
 use serde_json::{json, Value};
 use std::io;
 use tiny_http::Request;

@@ -30,8 +30,8 @@
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll-script?callback=show&timeout=60'`.
 
 use crate::http::Query;
+use crate::lab::Lab;
 use crate::lessons::long_polling::{park, Answer, AnswerForm, Parking};
-use crate::server::Lab;
 use std::io;
 use tiny_http::Request;
 
