@@ -173,24 +173,37 @@ pub fn spawn_pump(addr: SocketAddr) -> io::Result<()> {
 fn pump(addr: SocketAddr) {
     let mut unanswered: Vec<(TcpStream, Instant)> = Vec::new();
     loop {
+        // Probes count against the process's own descriptors: give up on old ones (the port
+        // may not be served at all for a while: see `Requests`).
+        unanswered.retain(|(socket, sent)| !answered(socket) && sent.elapsed().as_secs() < 5);
         if unanswered.is_empty() && !recently_busy() {
             // BLOCKS: sleeps a quarter second; the lab is idle, nothing can be stuck.
             thread::sleep(Duration::from_millis(250));
             continue;
         }
-        // Probes count against the process's own descriptors: give up on old ones (the port
-        // may not be served at all for a while: see `Requests`), and open none near a limit.
-        unanswered.retain(|(socket, sent)| !answered(socket) && sent.elapsed().as_secs() < 5);
-        let pause = if unanswered.is_empty() { 250 } else { 2 };
-        // BLOCKS: sleeps a quarter second (2 ms while a probe goes unanswered).
-        thread::sleep(Duration::from_millis(pause));
-        if unanswered.len() < 256 && crate::limits::capacity().near_limit().is_none() {
+        // Stuck: a probe unanswered for 100 ms is queued behind busy pool threads. (A probe
+        // merely slow to answer is not: probing again at once would wake a pool thread every
+        // few milliseconds, and idle pool threads, woken, never time out.)
+        let stuck = unanswered
+            .iter()
+            .any(|(_, sent)| sent.elapsed() > Duration::from_millis(100));
+        if (unanswered.is_empty() || stuck)
+            && unanswered.len() < 256
+            && crate::limits::capacity().near_limit().is_none()
+        {
             if let Ok(mut socket) = TcpStream::connect(addr) {
                 if socket.write_all(b"GET /pump HTTP/1.0\r\n\r\n").is_ok() {
                     unanswered.push((socket, Instant::now()));
                 }
             }
         }
+        let pause = match (unanswered.is_empty(), stuck) {
+            (_, true) => 2,
+            (true, false) => 250,
+            (false, false) => 10,
+        };
+        // BLOCKS: sleeps a quarter second between probes (2 ms while one is stuck).
+        thread::sleep(Duration::from_millis(pause));
     }
 }
 
