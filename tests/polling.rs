@@ -60,18 +60,19 @@ fn servlet_mode_splits_events_between_pollers() {
 
 #[test]
 fn a_cursor_older_than_the_history_says_what_was_missed() {
-    let lab = start_lab_with_small_history();
-    let addr = lab.addr();
-    for i in 0..10 {
-        publish(addr, &format!("e{i}")).unwrap();
-    }
-    let answer = get(addr, "/events/poll?since=0").unwrap().json();
+    let lab = ten_events_in_a_ring_of_four();
+    let answer = get(lab.addr(), "/events/poll?since=0").unwrap().json();
     assert_eq!(ids(&answer), vec![7, 8, 9, 10]);
     assert_eq!(answer["missed"], 6);
 }
 
-fn start_lab_with_small_history() -> reverse_ajax_lab::RunningLab {
-    common::start_lab_with(|c| c.history = 4)
+/// A lab whose ring keeps 4 events, after 10 were published.
+fn ten_events_in_a_ring_of_four() -> reverse_ajax_lab::RunningLab {
+    let lab = common::start_lab_with(|c| c.history = 4);
+    for i in 0..10 {
+        publish(lab.addr(), &format!("e{i}")).unwrap();
+    }
+    lab
 }
 
 #[test]
@@ -153,11 +154,7 @@ fn timeline_draws_polls_as_short_bars_mostly_empty() {
 /// `--history` events, the oldest dropped first.
 #[test]
 fn the_servlet_queue_is_bounded_by_the_history() {
-    let lab = start_lab_with_small_history();
-    let addr = lab.addr();
-    for i in 0..10 {
-        publish(addr, &format!("q{i}")).unwrap();
-    }
-    let drained = get(addr, "/events/poll?mode=servlet").unwrap().json();
+    let lab = ten_events_in_a_ring_of_four();
+    let drained = get(lab.addr(), "/events/poll?mode=servlet").unwrap().json();
     assert_eq!(ids(&drained), vec![7, 8, 9, 10]);
 }
