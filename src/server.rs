@@ -5,8 +5,9 @@
 //!    write timeouts: see `bind` below) and hands it to tiny_http, which parses requests on its
 //!    own threads (through `workarounds::Requests`, which replaces tiny_http if its accept
 //!    thread dies).
-//! 2. The `accept` thread takes each parsed request and spawns a named handler thread for it,
-//!    `req-N`, the servlet container's request thread; near the process's own limits
+//! 2. The `accept` thread gives each parsed request a handler thread of its own for as long as
+//!    it runs: one that finished a request and waits for the next (`IdleHandlers`, the servlet
+//!    container's worker pool), or a new `handler-N` thread; near the process's own limits
 //!    (`limits`), it answers requests for events with 503 instead.
 //! 3. `route` matches method and path and calls the lesson. Quick lessons answer and return;
 //!    long polls and streams *park* on that thread, holding the request.
@@ -22,12 +23,13 @@ use crate::stats::{self, Stats};
 use crate::waiting_room::WaitingRoom;
 use crate::workarounds;
 use crate::{Config, ParkingMode};
+use crossbeam_channel::{bounded, Sender};
 use serde_json::json;
 use std::io;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use tiny_http::{Method, Request};
 
@@ -122,9 +124,12 @@ impl RunningLab {
     }
 }
 
-/// Step 2: one named thread per request, unless the process is near a limit of its own.
+/// Step 2: a handler thread per request (an idle one, or a new one), unless the process is
+/// near a limit of its own.
 fn accept_loop(lab: Arc<Lab>, requests: workarounds::Requests) {
     let next_id = AtomicU64::new(1);
+    let next_thread = AtomicU64::new(1);
+    let idle = Arc::new(IdleHandlers::default());
     // BLOCKS: waits until tiny_http has read a whole request head from some connection.
     while let Some(request) = requests.recv() {
         if workarounds::is_pump_probe(&request) {
@@ -143,26 +148,94 @@ fn accept_loop(lab: Arc<Lab>, requests: workarounds::Requests) {
             }
         }
         let id = next_id.fetch_add(1, Relaxed);
-        let lab = lab.clone();
+        // The handler thread that went idle last, if any; else a new one.
+        let Some((id, request)) = idle.hand_over(id, request) else {
+            continue;
+        };
+        let (lab, idle) = (lab.clone(), idle.clone());
+        let n = next_thread.fetch_add(1, Relaxed);
         let spawned = thread::Builder::new()
-            .name(format!("req-{id}"))
+            .name(format!("handler-{n}"))
             .spawn(move || {
-                let _connection = lab.stats.connections.enter();
-                log::debug!("req {id} {} {}", request.method(), request.url());
-                match route(&lab, request) {
-                    Ok(()) => log::debug!("req {id} done"),
-                    Err(e) if http::is_disconnect(&e) => log::debug!("req {id} gone: {e}"),
-                    Err(e) if http::is_write_timeout(&e) => {
-                        lab.stats.slow_consumers.fetch_add(1, Relaxed);
-                        log::info!("req {id} dropped a slow consumer: {e}");
-                    }
-                    Err(e) => log::warn!("req {id} failed: {e}"),
+                let mut next = Some((id, request));
+                while let Some((id, request)) = next {
+                    handle(&lab, id, request);
+                    // BLOCKS: idle, until the accept loop hands this thread another request,
+                    // or 10 s pass and it ends.
+                    next = idle.wait_for_work(n);
                 }
             });
         if let Err(e) = spawned {
             // The request went down with the closure; tiny_http closes its connection.
             log::error!("no thread for req {id}: {e} (raise ulimit -u, or lower --max-parked)");
         }
+    }
+}
+
+/// A request and its number, on its way to a handler thread.
+type Job = (u64, Request);
+
+/// Handler threads that finished a request and wait for the next, newest last: the servlet
+/// container's worker pool, grown on demand. A new request goes to the thread that went idle
+/// *last*, so under a steady load the same few threads stay busy and the others, left alone,
+/// end after 10 s idle: the pool is as large as the load needs, no larger. (Handed out oldest
+/// first, every idle thread would get a request now and then and none would ever end.)
+#[derive(Default)]
+struct IdleHandlers {
+    stack: Mutex<Vec<(u64, Sender<Job>)>>,
+}
+
+impl IdleHandlers {
+    /// Give the request to the newest idle thread; `Some` gives it back when there is none.
+    fn hand_over(&self, id: u64, request: Request) -> Option<Job> {
+        let newest = self.stack.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match newest {
+            // Room for one: never blocks. (A thread that ended meanwhile cannot be on the stack.)
+            Some((_, worker)) => worker.send((id, request)).err().map(|e| e.into_inner()),
+            None => Some((id, request)),
+        }
+    }
+
+    /// Called by handler thread `n` when it is done: its next request, or `None` after 10 s
+    /// idle (it then ends).
+    fn wait_for_work(&self, n: u64) -> Option<Job> {
+        let (worker, work) = bounded(1);
+        self.stack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((n, worker));
+        // BLOCKS: until `hand_over` sends a request, or 10 s pass.
+        if let Ok(job) = work.recv_timeout(std::time::Duration::from_secs(10)) {
+            return Some(job);
+        }
+        let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
+        match stack.iter().position(|(m, _)| *m == n) {
+            Some(at) => {
+                stack.remove(at);
+                None
+            }
+            // Taken off the stack just as the wait ended: the request is on its way.
+            None => {
+                drop(stack);
+                work.recv().ok()
+            }
+        }
+    }
+}
+
+/// One request, start to end, on a handler thread: route it, and log how it ended.
+fn handle(lab: &Lab, id: u64, request: Request) {
+    let _connection = lab.stats.connections.enter();
+    lessons::long_polling::set_request_id(id);
+    log::debug!("req {id} {} {}", request.method(), request.url());
+    match route(lab, request) {
+        Ok(()) => log::debug!("req {id} done"),
+        Err(e) if http::is_disconnect(&e) => log::debug!("req {id} gone: {e}"),
+        Err(e) if http::is_write_timeout(&e) => {
+            lab.stats.slow_consumers.fetch_add(1, Relaxed);
+            log::info!("req {id} dropped a slow consumer: {e}");
+        }
+        Err(e) => log::warn!("req {id} failed: {e}"),
     }
 }
 

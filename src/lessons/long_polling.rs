@@ -252,5 +252,15 @@ pub fn park<'lab>(
 
 /// `req-17`: the handler thread's name, for the log.
 pub fn thread_name() -> String {
-    std::thread::current().name().unwrap_or("?").to_string()
+    format!("req-{}", REQUEST_ID.with(|id| id.get()))
+}
+
+thread_local! {
+    /// The request this handler thread is serving now (handler threads serve one after another).
+    static REQUEST_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Called by the server as a handler thread takes a request, for the logs.
+pub fn set_request_id(id: u64) {
+    REQUEST_ID.with(|cell| cell.set(id));
 }
