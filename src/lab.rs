@@ -22,6 +22,8 @@ pub struct Lab {
     pub websocket_url: String,
     /// How often tiny_http's accept thread died and was replaced (`workarounds`).
     pub accept_restarts: Arc<AtomicU64>,
+    /// How often it ended, routinely, because no connection came for `--idle-timeout`.
+    pub accept_idle_replacements: Arc<AtomicU64>,
 }
 
 impl Lab {

@@ -72,7 +72,7 @@ impl RunningLab {
             capacity.thread_budget
         );
         // tiny_http reads the requests (and is replaced if its accept thread dies).
-        let requests = workarounds::Requests::start(listener)?;
+        let requests = workarounds::Requests::start(listener, config.idle_timeout)?;
 
         let hub = Hub::new(config.history, config.buffer);
         if let Some(range) = config.generator.clone() {
@@ -88,6 +88,7 @@ impl RunningLab {
             waiting_room: WaitingRoom::default(),
             addr,
             accept_restarts: requests.restarts.clone(),
+            accept_idle_replacements: requests.idle_replacements.clone(),
         });
 
         if lab.config.parking == ParkingMode::Queue {
@@ -366,6 +367,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
         "slow_consumers": s.slow_consumers.load(Relaxed),
         "accept_restarts": lab.accept_restarts.load(Relaxed),
+        "accept_idle_replacements": lab.accept_idle_replacements.load(Relaxed),
         "limits": crate::limits::capacity().to_json(),
         "refused_near_limits": s.refused_near_limits.load(Relaxed),
         "idle_timeout_secs": lab.config.idle_timeout.as_secs(),

@@ -12,6 +12,13 @@
 //!    zombie. `Requests` notices both and starts a new tiny_http server on the same listening
 //!    socket, once descriptors are free again; the old server still serves the connections it
 //!    has. Test: `the_lab_recovers_when_tiny_http_stops_accepting` (tests/limits.rs).
+//!
+//!    The same happens, harmlessly, whenever no connection arrives for `--idle-timeout`: the
+//!    read timeout set on the listener (so that accepted sockets inherit it) also bounds
+//!    `accept` itself on Linux, and tiny_http takes the "would block" for a failure. So that
+//!    ending is routine here: a new server takes over at once, and the old one's thread ends
+//!    once its connections can send nothing more (test:
+//!    `an_idle_lab_keeps_serving_after_its_accept_times_out`).
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use std::io::{self, Write};
@@ -29,6 +36,8 @@ static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
 /// Every request that any generation of tiny_http server reads, in one channel.
 pub struct Requests {
     requests: Receiver<Request>,
+    /// Routine replacements: `accept` timed out after `--idle-timeout` with no connection.
+    pub idle_replacements: Arc<AtomicU64>,
     /// How many times tiny_http's accept thread died and a new server took over.
     pub restarts: Arc<AtomicU64>,
 }
@@ -36,18 +45,28 @@ pub struct Requests {
 impl Requests {
     /// Start tiny_http on `listener`, and the supervisor that replaces it when it stops
     /// accepting.
-    pub fn start(listener: TcpListener) -> Result<Requests, String> {
+    pub fn start(listener: TcpListener, idle_timeout: Duration) -> Result<Requests, String> {
         watch_for_panics();
         let (to_accept_loop, requests) = bounded(1024);
         let (stopped, stops) = unbounded();
-        serve_generation(&listener, 0, &to_accept_loop, &stopped)?;
+        let generation = Generation {
+            to_accept_loop,
+            stopped,
+            linger: idle_timeout + Duration::from_secs(5),
+        };
+        generation.serve(&listener, 0)?;
         let restarts = Arc::new(AtomicU64::new(0));
-        let counted = restarts.clone();
+        let idle_replacements = Arc::new(AtomicU64::new(0));
+        let counts = (restarts.clone(), idle_replacements.clone());
         thread::Builder::new()
             .name("http-supervisor".into())
-            .spawn(move || supervise(listener, to_accept_loop, stopped, stops, counted))
+            .spawn(move || supervise(listener, generation, stops, counts))
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
-        Ok(Requests { requests, restarts })
+        Ok(Requests {
+            requests,
+            idle_replacements,
+            restarts,
+        })
     }
 
     /// The next request, from whichever server read it.
@@ -57,39 +76,63 @@ impl Requests {
     }
 }
 
-/// One tiny_http server on a copy of the listening socket, and a thread (`http-N`) that
-/// passes its requests on. When its accept thread fails, it reports on `stopped` and keeps
-/// passing on what its live connections still send.
-fn serve_generation(
-    listener: &TcpListener,
-    generation: u64,
-    to_accept_loop: &Sender<Request>,
-    stopped: &Sender<u64>,
-) -> Result<(), String> {
-    let copy = listener
-        .try_clone()
-        .map_err(|e| format!("cannot copy the listening socket: {e}"))?;
-    let server = tiny_http::Server::from_listener(copy, None)
-        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    let (to_accept_loop, stopped) = (to_accept_loop.clone(), stopped.clone());
-    thread::Builder::new()
-        .name(format!("http-{generation}"))
-        .spawn(move || loop {
-            // BLOCKS: until this server has a request, or its accept thread failed.
-            match server.recv() {
-                Ok(request) => {
-                    if to_accept_loop.send(request).is_err() {
-                        return;
+/// How one generation of tiny_http server hands on its requests and reports its end.
+struct Generation {
+    to_accept_loop: Sender<Request>,
+    /// (generation, was it the routine idle timeout?)
+    stopped: Sender<(u64, bool)>,
+    /// After its accept thread ends, how long the old server may stay silent before its
+    /// connections cannot send anything more (each is closed after `--idle-timeout`).
+    linger: Duration,
+}
+
+impl Generation {
+    /// One tiny_http server on a copy of the listening socket, and a thread (`http-N`) that
+    /// passes its requests on. When its accept thread ends, it reports on `stopped` and keeps
+    /// passing on what its live connections still send, until they are silent for `linger`.
+    fn serve(&self, listener: &TcpListener, generation: u64) -> Result<(), String> {
+        let copy = listener
+            .try_clone()
+            .map_err(|e| format!("cannot copy the listening socket: {e}"))?;
+        let server = tiny_http::Server::from_listener(copy, None)
+            .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+        let (to_accept_loop, stopped) = (self.to_accept_loop.clone(), self.stopped.clone());
+        let linger = self.linger;
+        thread::Builder::new()
+            .name(format!("http-{generation}"))
+            .spawn(move || {
+                let mut accepting = true;
+                loop {
+                    // BLOCKS: until this server has a request or its accept thread ended
+                    // (after that: or until it has been silent for `linger`).
+                    let next = if accepting {
+                        server.recv().map(Some)
+                    } else {
+                        server.recv_timeout(linger)
+                    };
+                    match next {
+                        Ok(Some(request)) => {
+                            if to_accept_loop.send(request).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return, // no connection of ours can send more
+                        Err(e) => {
+                            accepting = false;
+                            let idle = e.kind() == io::ErrorKind::WouldBlock;
+                            if idle {
+                                log::debug!("tiny_http's accept timed out (no connection for --idle-timeout)");
+                            } else {
+                                log::error!("tiny_http stopped accepting connections: {e}");
+                            }
+                            let _ = stopped.send((generation, idle));
+                        }
                     }
                 }
-                Err(e) => {
-                    log::error!("tiny_http stopped accepting connections: {e}");
-                    let _ = stopped.send(generation);
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the http-{generation} thread: {e}"))?;
-    Ok(())
+            })
+            .map_err(|e| format!("cannot start the http-{generation} thread: {e}"))?;
+        Ok(())
+    }
 }
 
 /// Wait for a server to stop accepting (an error it reported, or a panic on a tiny_http
@@ -97,22 +140,22 @@ fn serve_generation(
 /// (`--idle-timeout` closes idle connections meanwhile), so it does not die at once too.
 fn supervise(
     listener: TcpListener,
-    to_accept_loop: Sender<Request>,
-    stopped: Sender<u64>,
-    stops: Receiver<u64>,
-    restarts: Arc<AtomicU64>,
+    generation_of: Generation,
+    stops: Receiver<(u64, bool)>,
+    (restarts, idle_replacements): (Arc<AtomicU64>, Arc<AtomicU64>),
 ) {
     let mut panics_seen = TINY_HTTP_PANICS.load(Relaxed);
     let mut generation = 0;
     loop {
         // BLOCKS: until a server reports its accept thread stopped, or a quarter second
         // passes (to look for a panic on a tiny_http thread).
-        let reported = stops.recv_timeout(Duration::from_millis(250)).is_ok();
+        let report = stops.recv_timeout(Duration::from_millis(250)).ok();
         let panics = TINY_HTTP_PANICS.load(Relaxed);
-        if !reported && panics == panics_seen {
+        if report.is_none() && panics == panics_seen {
             continue;
         }
         panics_seen = panics;
+        let routine = report.is_some_and(|(_, idle)| idle);
         generation += 1;
         loop {
             let capacity = crate::limits::capacity();
@@ -120,15 +163,20 @@ fn supervise(
                 // BLOCKS: sleeps until descriptors have been given back.
                 thread::sleep(Duration::from_millis(100));
             }
-            match serve_generation(&listener, generation, &to_accept_loop, &stopped) {
+            match generation_of.serve(&listener, generation) {
                 Ok(()) => break,
                 Err(e) => log::error!("{e}; trying again"),
             }
             // BLOCKS: a pause before trying again.
             thread::sleep(Duration::from_millis(100));
         }
-        restarts.fetch_add(1, Relaxed);
-        log::warn!("a new tiny_http server (generation {generation}) accepts connections");
+        if routine {
+            idle_replacements.fetch_add(1, Relaxed);
+            log::debug!("a new tiny_http server (generation {generation}) accepts connections");
+        } else {
+            restarts.fetch_add(1, Relaxed);
+            log::warn!("a new tiny_http server (generation {generation}) accepts connections");
+        }
     }
 }
 

@@ -79,3 +79,28 @@ fn the_lab_recovers_when_tiny_http_stops_accepting() {
     drop(flood);
     assert_eq!(get(addr, "/events/poll").unwrap().status, 200);
 }
+
+/// The listener's read timeout (which accepted sockets inherit) also bounds `accept`: with no
+/// connection for `--idle-timeout`, tiny_http's accept thread ends. That is routine: a new
+/// server takes over, the old one's thread ends, and the lab keeps serving without growing.
+#[test]
+fn an_idle_lab_keeps_serving_after_its_accept_times_out() {
+    let lab = ChildLab::start(&["--idle-timeout", "1"]);
+    // Idle on purpose, asking nothing: the pump rests 10 s after the last request, then no
+    // connection comes at all, and accept times out every second.
+    std::thread::sleep(std::time::Duration::from_secs(16));
+    let threads_then = lab.threads_from_proc();
+    // Idle for as long again: replacements go on, the thread count does not grow with them
+    // (each old generation's threads end a few seconds after it is replaced).
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let threads_now = lab.threads_from_proc();
+    let s = stats(&lab);
+    let replaced = s["accept_idle_replacements"].as_u64().unwrap();
+    assert!(replaced >= 6, "accept timed out only {replaced} times");
+    assert_eq!(s["accept_restarts"], 0, "routine, not a failure");
+    assert!(
+        threads_now <= threads_then + 6,
+        "{threads_then} → {threads_now} threads while idle ({replaced} replacements)"
+    );
+    assert_eq!(get(lab.addr, "/events/poll").unwrap().status, 200);
+}

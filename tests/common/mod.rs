@@ -125,6 +125,16 @@ impl ChildLab {
         ChildLab { child, addr }
     }
 
+    /// Threads of the lab process, read from `/proc` (no request: a request is activity).
+    pub fn threads_from_proc(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The lab's own threads and open descriptors, once they hold still: two readings a
     /// quarter of a second apart that agree.
     pub fn resources(&self) -> (u64, u64) {
