@@ -13,6 +13,8 @@
 //! ```text
 //! start:   descriptor limit 20000 → 65536 (raised: the hard limit allowed it)
 //!          thread budget 16382 (vm.max_map_count 65530 / 4)
+//!          descriptor limit → 2 × (90 % of 16382 − 6000 held − 256) = 16,974, so that
+//!          tiny_http's threads (one per connection) plus held requests fit the budget
 //! monitor: every 100 ms, how many descriptors and threads the process holds now
 //!          (counted afresh when 10 ms old, and for each request once past 60 %)
 //! accept:  a request arrives while descriptors > 80 % or threads > 80 % of budget
@@ -20,7 +22,8 @@
 //! ```
 //!
 //! 1. `Capacity::measure`: raise the soft descriptor limit to the hard one (and the hard one
-//!    too, where the process may), read the thread budget.
+//!    too, where the process may), read the thread budget; then `capacity` lowers the
+//!    descriptor limit to what the thread budget can carry with `--max-parked` held requests.
 //! 2. `Capacity::spawn_monitor`: a thread samples `/proc/self` so the accept loop can ask
 //!    "near a limit?" without a system call per request.
 //! 3. `Capacity::near_limit`: the gate's question, answered from the last sample.
@@ -39,6 +42,15 @@ use std::time::{Duration, Instant};
 /// used (0: none).
 static MAX_FDS: AtomicU64 = AtomicU64::new(0);
 
+/// `--max-parked`: handler threads the process may hold beyond tiny_http's (0: none yet).
+static HELD_THREADS: AtomicU64 = AtomicU64::new(0);
+
+/// Tell the capacity how many requests may be held at once (`--max-parked`), before it is
+/// first used, so the descriptor limit can be set to what the threads can carry.
+pub fn reserve_held(max_parked: u64) {
+    HELD_THREADS.fetch_max(max_parked, Relaxed);
+}
+
 /// Lower the descriptor limit to `max` when the capacity is first measured (`--max-fds`).
 pub fn cap_descriptors(max: u64) {
     MAX_FDS.store(max, Relaxed);
@@ -50,8 +62,21 @@ pub fn capacity() -> &'static Capacity {
     static CAPACITY: OnceLock<&'static Capacity> = OnceLock::new();
     CAPACITY.get_or_init(|| {
         let mut measured = Capacity::measure();
-        let cap = MAX_FDS.load(Relaxed);
-        if cap > 0 && cap < measured.fd_limit && lower_descriptor_limit(cap) {
+        // The budget must hold together. tiny_http starts a thread for every connection (two
+        // descriptors) before the lab sees a request, and every held request adds at most one
+        // thread more (a WebSocket: two threads for its two descriptors). So threads stay
+        // under fds / 2 + max_parked: a descriptor limit of 2 × (90 % of the thread budget −
+        // max_parked) keeps the process from ever starting more threads than its memory
+        // mappings allow; `accept` meets the descriptor limit first, which the lab survives.
+        let held = HELD_THREADS.load(Relaxed);
+        let fitting = 2 * (measured.thread_budget * 9 / 10).saturating_sub(held + 256);
+        let asked = MAX_FDS.load(Relaxed);
+        let cap = if asked > 0 {
+            asked.min(fitting)
+        } else {
+            fitting
+        };
+        if cap < measured.fd_limit && lower_descriptor_limit(cap) {
             measured.fd_limit = cap;
         }
         let capacity: &'static Capacity = Box::leak(Box::new(measured));

@@ -64,6 +64,7 @@ impl RunningLab {
         if let Some(max) = config.max_fds {
             crate::limits::cap_descriptors(max);
         }
+        crate::limits::reserve_held(config.max_parked as u64);
         let capacity = crate::limits::capacity();
         log::debug!(
             "descriptor limit {} (was {}), thread budget {}",
