@@ -13,10 +13,10 @@
 //! ```text
 //! start:   descriptor limit 20000 → 65536 (raised: the hard limit allowed it)
 //!          thread budget 16382 (vm.max_map_count 65530 / 4)
-//!          descriptor limit → 2 × (90 % of 16382 − 6000 held − 256) = 16,974, so that
+//!          descriptor limit → 2 × (80 % of 16382 − 6000 held − 256) = 13,698, so that
 //!          tiny_http's threads (one per connection) plus held requests fit the budget
 //! monitor: every 100 ms, how many descriptors and threads the process holds now
-//!          (counted afresh when 10 ms old, and for each request once past 60 %)
+//!          (counted afresh when 10 ms old, or 2 ms old once past 60 %)
 //! accept:  a request arrives while descriptors > 80 % or threads > 80 % of budget
 //!          → 503, Retry-After: 2, Connection: close, answered on the accept thread itself
 //! ```
@@ -65,11 +65,12 @@ pub fn capacity() -> &'static Capacity {
         // The budget must hold together. tiny_http starts a thread for every connection (two
         // descriptors) before the lab sees a request, and every held request adds at most one
         // thread more (a WebSocket: two threads for its two descriptors). So threads stay
-        // under fds / 2 + max_parked: a descriptor limit of 2 × (90 % of the thread budget −
-        // max_parked) keeps the process from ever starting more threads than its memory
-        // mappings allow; `accept` meets the descriptor limit first, which the lab survives.
+        // under fds / 2 + max_parked, plus idle threads waiting a few seconds for more work
+        // (tiny_http's and ours): a descriptor limit of 2 × (80 % of the thread budget −
+        // max_parked) keeps the process from starting more threads than its memory mappings
+        // allow; `accept` meets the descriptor limit first, which the lab survives.
         let held = HELD_THREADS.load(Relaxed);
-        let fitting = 2 * (measured.thread_budget * 9 / 10).saturating_sub(held + 256);
+        let fitting = 2 * (measured.thread_budget * 8 / 10).saturating_sub(held + 256);
         let asked = MAX_FDS.load(Relaxed);
         let cap = if asked > 0 {
             asked.min(fitting)
@@ -160,14 +161,16 @@ impl Capacity {
     }
 
     /// Step 3: `Some(why)` when the process is above the gate on either limit. A sample up to
-    /// 10 ms old answers far from the limits; past 60 % of one, a fresh count answers every
-    /// time (a flood opens hundreds of connections between two of the monitor's samples).
+    /// 10 ms old answers far from the limits; past 60 % of one, up to 2 ms old (a flood opens
+    /// hundreds of connections between two of the monitor's samples, but counting thousands
+    /// of descriptors for every request would itself stall the accept loop; the descriptor
+    /// limit set in `capacity` keeps an overshoot harmless).
     pub fn near_limit(&self) -> Option<String> {
         let close = |now: u64, limit: u64| now * 100 > limit * 60;
-        if now_ms().saturating_sub(self.sampled_at.load(Relaxed)) > 10
-            || close(self.fds_now.load(Relaxed), self.fd_limit)
-            || close(self.threads_now.load(Relaxed), self.thread_budget)
-        {
+        let near = close(self.fds_now.load(Relaxed), self.fd_limit)
+            || close(self.threads_now.load(Relaxed), self.thread_budget);
+        let age = now_ms().saturating_sub(self.sampled_at.load(Relaxed));
+        if age > if near { 2 } else { 10 } {
             self.sample();
         }
         self.verdict(self.fds_now.load(Relaxed), self.threads_now.load(Relaxed))
