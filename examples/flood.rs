@@ -17,7 +17,6 @@
 mod common;
 
 use common::ChildLab;
-use reverse_ajax_lab::client;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -108,15 +107,7 @@ fn answer_ms(addr: SocketAddr, path: &str) -> Option<f64> {
 
 fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
     let addr = lab.addr;
-    let ws_addr: SocketAddr = client::get(addr, "/stats").unwrap().json()["websocket"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ws_addr = lab.websocket_addr();
     let before = sample(lab).expect("a baseline");
     let request = match kind {
         "idle" => String::new(),

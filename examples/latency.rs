@@ -55,15 +55,7 @@ fn main() {
         "120",
     ]);
     let addr = lab.addr;
-    let ws_addr: SocketAddr = client::get(addr, "/stats").unwrap().json()["websocket"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ws_addr = lab.websocket_addr();
     let rss_before = proc_field(lab.pid(), "VmRSS:");
 
     // Connect every client and send its first request.

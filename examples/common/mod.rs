@@ -67,6 +67,15 @@ impl ChildLab {
         self.child.id()
     }
 
+    /// Where the lab's WebSocket listener is (from `/stats`).
+    pub fn websocket_addr(&self) -> SocketAddr {
+        client::get(self.addr, "/stats").expect("stats").json()["websocket"]
+            .as_str()
+            .and_then(|url| url.trim_start_matches("ws://").split('/').next())
+            .and_then(|host| host.parse().ok())
+            .expect("a WebSocket address in /stats")
+    }
+
     /// The last lines the lab logged (what it said as it failed).
     pub fn last_words(&self, n: usize) -> Vec<String> {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
