@@ -387,10 +387,13 @@ fn index(lab: &Lab, request: Request) -> io::Result<()> {
         .filter(|l| lab.config.only.is_none_or(|only| only == l.name))
     {
         items.push_str(&format!(
-            "<li><a href=\"/lessons/{name}\">{title}</a> <code>{endpoint}</code><br>{idea}</li>\n",
+            "<li><a href=\"/lessons/{name}\">{title}</a> {endpoint}<br>{idea}</li>\n",
             name = lesson.name,
             title = http::escape_html(lesson.title),
-            endpoint = http::escape_html(lesson.endpoints.first().map_or("", |e| e.1)),
+            endpoint = lesson.endpoints.first().map_or(String::new(), |e| format!(
+                "<code>{}</code>",
+                http::escape_html(e.1)
+            )),
             idea = http::escape_html(lesson.idea),
         ));
     }

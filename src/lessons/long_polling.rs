@@ -25,7 +25,8 @@
 //!    `--parking queue` the request goes to the waiting room instead and the thread ends: see
 //!    `crate::waiting_room`.)
 //! 4. Wake on an event or the deadline.
-//! 5. Answer with every event after the cursor (or none at the deadline).
+//! 5. Answer with every event after the cursor (or none at the deadline). A request held past
+//!    `--idle-timeout` is answered with `Connection: close` (see `Answer::write`).
 //!
 //! **The servlet original** (`mode=servlet`) parked requests without a cursor and handed each
 //! event only to the requests parked at that instant: an event published while the client was
@@ -250,7 +251,8 @@ pub fn park<'lab>(
     })
 }
 
-/// `req-17`: the handler thread's name, for the log.
+/// `req-17`: the request this handler thread is serving, for the log. (Handler threads are
+/// reused from one request to the next, so their own names, `handler-N`, say less.)
 pub fn thread_name() -> String {
     format!("req-{}", REQUEST_ID.with(|id| id.get()))
 }

@@ -136,10 +136,7 @@ fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
         if let Some(why) = crate::limits::capacity().near_limit() {
             lab.stats.refused_near_limits.fetch_add(1, Relaxed);
             log::debug!("refused a WebSocket near a limit: {why}");
-            let _ = stream.write_all(
-                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nConnection: close\r\n\
-                  Content-Length: 0\r\n\r\n",
-            );
+            refuse_upgrade_here(&mut stream);
             continue;
         }
         let id = next_id.fetch_add(1, Relaxed);
@@ -157,6 +154,21 @@ fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
             log::error!("no thread for ws {id}: {e}");
         }
     }
+}
+
+/// 503 on the accept thread itself, no thread started. Read the handshake first (briefly: a
+/// client that sends nothing in 100 ms is not waited for): closing a socket with its request
+/// unread would send a reset, and the client would see that instead of the 503.
+fn refuse_upgrade_here(stream: &mut TcpStream) {
+    let mut request = [0u8; 4096];
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    // BLOCKS: at most 100 ms, until the handshake request arrives.
+    let _ = stream.read(&mut request);
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nConnection: close\r\n\
+          Content-Length: 0\r\n\r\n",
+    );
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// What the reader hands the writer.
