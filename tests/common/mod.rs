@@ -107,6 +107,7 @@ impl ChildLab {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         // LAB_CHILD_LOG=DIR keeps each child lab's debug log as DIR/lab-PORT.log.
         let log = std::env::var_os("LAB_CHILD_LOG").map(|dir| {
+            std::fs::create_dir_all(&dir).expect("the log directory");
             let path = std::path::Path::new(&dir).join(format!("lab-{port}.log"));
             std::fs::File::create(path).expect("a log file")
         });
