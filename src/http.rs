@@ -92,6 +92,36 @@ pub fn head(status: u16, content_type: &str, headers: &[(&str, &str)]) -> String
     head
 }
 
+/// Will tiny_http close the connection after this request's answer? It does when the client
+/// said `Connection: close` (or spoke HTTP/1.0 without `keep-alive`). Our hand-written heads
+/// must then say `Connection: close` too: a client that pools connections (Node's agent does
+/// by default since Node 19) would otherwise send its next request on a socket being closed,
+/// and see "socket hang up". (`an_answer_says_close_when_the_client_asked_for_it`)
+pub fn closes_after(request: &Request) -> bool {
+    let connection = header(request, "Connection").unwrap_or("");
+    let has = |token: &str| {
+        connection
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has("close") || (*request.http_version() == tiny_http::HTTPVersion(1, 0) && !has("keep-alive"))
+}
+
+/// `headers`, plus `Connection: close` when the connection ends after this answer.
+fn with_connection<'a>(
+    request: &Request,
+    headers: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut all = headers.to_vec();
+    let named = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("Connection"));
+    if !named && closes_after(request) {
+        all.push(("Connection", "close"));
+    }
+    all
+}
+
 /// A whole response with `Content-Length`: the keep-alive connection stays usable.
 pub fn write_response(
     request: Request,
@@ -101,7 +131,8 @@ pub fn write_response(
     body: &[u8],
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let mut text = head(status, content_type, headers);
+    let headers = with_connection(&request, headers);
+    let mut text = head(status, content_type, &headers);
     text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     let mut wire = text.into_bytes();
     wire.extend_from_slice(body);
@@ -109,6 +140,24 @@ pub fn write_response(
     writer.write_all(&wire)?;
     writer.flush()?;
     counters.wrote(wire.len());
+    Ok(())
+}
+
+/// `204 No Content` (a preflight's answer, the favicon's), with no body and no type.
+pub fn write_no_content(
+    request: Request,
+    headers: &[(&str, &str)],
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let mut text = "HTTP/1.1 204 No Content\r\n".to_string();
+    for (name, value) in with_connection(&request, headers) {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    let mut writer = request.into_writer();
+    writer.write_all(text.as_bytes())?;
+    writer.flush()?;
+    counters.wrote(text.len());
     Ok(())
 }
 

@@ -24,6 +24,8 @@ pub struct Lab {
     pub accept_restarts: Arc<AtomicU64>,
     /// How often it ended, routinely, because no connection came for `--idle-timeout`.
     pub accept_idle_replacements: Arc<AtomicU64>,
+    /// Every Socket.IO session (`lessons::socket_io`).
+    pub socket_io: crate::lessons::socket_io::SocketIo,
 }
 
 impl Lab {

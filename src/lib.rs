@@ -70,6 +70,8 @@ pub struct Config {
     pub parking: ParkingMode,
     /// Serve one lesson alone (the examples); `None` serves them all.
     pub only: Option<&'static str>,
+    /// The Socket.IO lesson's Engine.IO timings (`--socket-io-*`).
+    pub socket_io: lessons::socket_io::Settings,
 }
 
 /// `--parking thread|queue`: see `waiting_room`.
@@ -99,6 +101,7 @@ impl Default for Config {
             max_fds: None,
             parking: ParkingMode::Thread,
             only: None,
+            socket_io: lessons::socket_io::Settings::default(),
         }
     }
 }
@@ -120,6 +123,9 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --parking MODE         how long polls wait: thread (a sleeping thread each, default)
                          or queue (a waiting list answered by one dispatcher thread)
   --max-body BYTES       largest request body (default 65536)
+  --socket-io-ping-interval MS   Engine.IO pings every MS (default 25000)
+  --socket-io-ping-timeout MS    ...and closes a session whose pong is later (default 20000)
+  --socket-io-connect-timeout MS ...or that joins no namespace in time (default 45000)
   -h, --help             this text
 
 Logs go to stderr; RUST_LOG=debug shows every request park, wake and leave.";
@@ -176,6 +182,15 @@ impl Config {
                 "--heartbeat" => config.heartbeat = parse_seconds(&flag, &value()?)?,
                 "--idle-timeout" => config.idle_timeout = parse_seconds(&flag, &value()?)?,
                 "--write-timeout" => config.write_timeout = parse_seconds(&flag, &value()?)?,
+                "--socket-io-ping-interval" => {
+                    config.socket_io.ping_interval = parse_millis(&flag, &value()?)?
+                }
+                "--socket-io-ping-timeout" => {
+                    config.socket_io.ping_timeout = parse_millis(&flag, &value()?)?
+                }
+                "--socket-io-connect-timeout" => {
+                    config.socket_io.connect_timeout = parse_millis(&flag, &value()?)?
+                }
                 "--max-fds" => config.max_fds = Some(parse_number(&flag, &value()?)? as u64),
                 "--parking" => {
                     config.parking = match value()?.as_str() {
@@ -220,6 +235,13 @@ impl Config {
 fn parse_number(flag: &str, text: &str) -> Result<usize, String> {
     text.parse()
         .map_err(|_| format!("{flag} takes a whole number, got {text:?}"))
+}
+
+fn parse_millis(flag: &str, text: &str) -> Result<Duration, String> {
+    match parse_number(flag, text)? {
+        0 => Err(format!("{flag} must be at least 1 ms")),
+        n => Ok(Duration::from_millis(n as u64)),
+    }
 }
 
 fn parse_seconds(flag: &str, text: &str) -> Result<Duration, String> {
@@ -278,6 +300,9 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
             if only.is_none() || only == Some("websocket") {
                 let ws = &lab.lab.websocket_url;
                 log::info!("Reverse Ajax Lab on {url} (WebSockets on {ws})");
+            } else if only == Some("socket_io") {
+                let ws = lab.lab.websocket_url.replace("/events/ws", "/socket.io/");
+                log::info!("Reverse Ajax Lab on {url} (Socket.IO's websocket transport on {ws})");
             } else {
                 log::info!("Reverse Ajax Lab on {url}");
             }

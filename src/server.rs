@@ -81,6 +81,7 @@ impl RunningLab {
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
         }
         let websocket = lessons::websocket::listen(&config, requested, addr)?;
+        let socket_io = config.socket_io.clone();
         let lab = Arc::new(Lab {
             websocket_url: websocket.url(),
             config,
@@ -90,7 +91,10 @@ impl RunningLab {
             addr,
             accept_restarts: requests.restarts.clone(),
             accept_idle_replacements: requests.idle_replacements.clone(),
+            socket_io: lessons::socket_io::SocketIo::new(socket_io),
         });
+        lessons::socket_io::spawn_heartbeat(lab.clone())
+            .map_err(|e| format!("cannot start the Socket.IO heartbeat thread: {e}"))?;
 
         if lab.config.parking == ParkingMode::Queue {
             let dispatcher_lab = lab.clone();
@@ -288,9 +292,7 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, "/assets/lab.css") => asset(lab, request, "text/css", lessons::LAB_CSS),
         // Browsers ask for it on every page; "nothing here" beats a 404 in every log.
         (Method::Get, "/favicon.ico") => {
-            let mut writer = request.into_writer();
-            writer.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?;
-            writer.flush()
+            http::write_no_content(request, &[], &lab.stats.lesson("other"))
         }
         (Method::Get, p) if p.starts_with("/lessons/") => {
             lesson_page(lab, request, &p["/lessons/".len()..])
@@ -311,6 +313,10 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, "/events/stream") => lessons::fetch_streaming::handle(lab, request, &query),
         (Method::Get, "/events/buffered") => lessons::buffering::handle(lab, request, &query),
         (Method::Get, "/events/sse") => lessons::sse::handle(lab, request, &query),
+        (Method::Get, "/vendor/socket.io.min.js") => {
+            lessons::socket_io::official_client(lab, request)
+        }
+        (_, "/socket.io/") => lessons::socket_io::handle(lab, request, &query),
         (Method::Get, "/events/ws") => {
             let counters = lab.count("websocket");
             let message = format!("WebSockets have their own port: {}", lab.websocket_url);
@@ -358,6 +364,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "streams": s.streams.get(),
         "websockets": s.websockets.get(),
         "websocket_threads": s.websocket_threads.get(),
+        "socket_io_sessions": lab.socket_io.session_count(),
         "subscribers": lab.hub.subscriber_count(),
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),

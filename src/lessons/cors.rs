@@ -47,7 +47,7 @@
 use crate::http::{self, HttpError, Query};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
-use std::io::{self, Write};
+use std::io;
 use tiny_http::Request;
 
 /// The one non-simple header the lab accepts, to show a preflight.
@@ -75,16 +75,14 @@ pub fn preflight(lab: &Lab, request: Request) -> io::Result<()> {
         return HttpError::new(403, message).reply(request, &counters);
     }
     log::debug!("CORS preflight from {origin} allowed");
-    let head = format!(
-        "HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: {origin}\r\n\
-         Access-Control-Allow-Methods: GET\r\nAccess-Control-Allow-Headers: {CLIENT_HEADER}\r\n\
-         Access-Control-Max-Age: 600\r\nVary: Origin\r\n\r\n"
-    );
-    let mut writer = request.into_writer();
-    writer.write_all(head.as_bytes())?;
-    writer.flush()?;
-    counters.wrote(head.len());
-    Ok(())
+    let headers = [
+        ("Access-Control-Allow-Origin", origin.as_str()),
+        ("Access-Control-Allow-Methods", "GET"),
+        ("Access-Control-Allow-Headers", CLIENT_HEADER),
+        ("Access-Control-Max-Age", "600"),
+        ("Vary", "Origin"),
+    ];
+    http::write_no_content(request, &headers, &counters)
 }
 
 /// Step 2: `GET /events/cors?since=N`, a poll whose answer names who may read it.

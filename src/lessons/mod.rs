@@ -18,6 +18,7 @@ pub mod multipart_streaming;
 pub mod piggyback;
 pub mod polling;
 pub mod script_long_polling;
+pub mod socket_io;
 pub mod sse;
 pub mod websocket;
 
@@ -119,6 +120,14 @@ pub const LESSONS: &[Lesson] = &[
         page: include_str!("../../html/websocket.html"),
         // On its own port (`/stats` says which); the HTTP port points there.
         endpoints: &[("GET", "/events/ws")],
+    },
+    Lesson {
+        name: "socket_io",
+        title: "Socket.IO (Engine.IO 4, Socket.IO 5)",
+        idea: "A session that starts on long polling and upgrades to a WebSocket, carrying named events, acks and rooms.",
+        page: include_str!("../../html/socket_io.html"),
+        // Polling here; the websocket transport on the WebSocket port, same path.
+        endpoints: &[("GET, POST, OPTIONS", "/socket.io/")],
     },
     // Every lesson above at once, in one tab.
     compare::LESSON,

@@ -189,17 +189,23 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
         .try_hold(&lab.stats.websockets, lab.config.max_parked)
     else {
         // Answer the upgrade with 503 by refusing in the handshake.
-        let _ = handshake(lab, stream, |_| {
+        let _ = handshake(lab, stream, |_| -> Result<(), _> {
             Err((503, "too many connections (--max-parked)".into()))
         });
         return Ok(());
     };
-    // 2. The handshake: path, Origin and `since`.
-    let (socket, since) = match handshake(lab, stream, |request| check_request(lab, request)) {
+    // 2. The handshake: path, Origin and `since` (or a Socket.IO transport: its own lesson).
+    let (socket, route) = match handshake(lab, stream, |request| check_request(lab, request)) {
         Ok(accepted) => accepted,
         Err(e) => {
             counters.error();
             return Err(e);
+        }
+    };
+    let since = match route {
+        Route::Events(since) => since,
+        Route::SocketIo(session) => {
+            return crate::lessons::socket_io::websocket::serve(lab, socket, id, session);
         }
     };
     // No cursor: from now. One ahead of now (ids restarted): also now.
@@ -246,20 +252,20 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
     })
 }
 
-/// Step 2, with `decide` choosing to accept (and reading `since`) or to refuse.
-fn handshake(
+/// Step 2, with `decide` choosing to accept (and reading what the path needs) or to refuse.
+fn handshake<T>(
     lab: &Lab,
     stream: TcpStream,
-    decide: impl FnOnce(&Request) -> Result<Option<u64>, (u16, String)>,
-) -> io::Result<(WebSocket<TcpStream>, Option<u64>)> {
+    decide: impl FnOnce(&Request) -> Result<T, (u16, String)>,
+) -> io::Result<(WebSocket<TcpStream>, T)> {
     // A client that connects and says nothing must not hold the thread forever.
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut since = None;
+    let mut accepted = None;
     // tungstenite's callback: accept with its response, or refuse with an HTTP answer.
     #[allow(clippy::result_large_err)] // the error type is tungstenite's, not ours to shrink
     let callback = |request: &Request, response: Response| match decide(request) {
-        Ok(cursor) => {
-            since = cursor;
+        Ok(route) => {
+            accepted = Some(route);
             Ok(response)
         }
         Err((status, message)) => Err(refuse(status, &message)),
@@ -268,7 +274,16 @@ fn handshake(
         .map_err(|e| io::Error::other(format!("handshake refused or failed: {e}")))?;
     // From now on the socket blocks until a frame arrives; pings find dead peers.
     socket.get_ref().set_read_timeout(None)?;
-    Ok((socket, since))
+    let accepted = accepted.ok_or_else(|| io::Error::other("accepted without a route"))?;
+    Ok((socket, accepted))
+}
+
+/// What an accepted handshake leads to.
+enum Route {
+    /// This lesson's `/events/ws`, from `since` (or now).
+    Events(Option<u64>),
+    /// A Socket.IO WebSocket transport: a new session, or the upgrade of this one.
+    SocketIo(crate::lessons::socket_io::websocket::Accepted),
 }
 
 /// Limits, and buffers sized for the lab's small frames: tungstenite's defaults (128 KiB to
@@ -276,7 +291,7 @@ fn handshake(
 /// connection once touched (measured: `flood`, chapter 13). 4 KiB reads a small frame in one
 /// go (a bigger one takes several reads); a write buffer of 0 sends each frame at once, which
 /// our writer wants anyway (it flushes after every frame).
-fn ws_config(lab: &Lab) -> WebSocketConfig {
+pub(crate) fn ws_config(lab: &Lab) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(lab.config.max_body))
         .max_frame_size(Some(lab.config.max_body))
@@ -285,9 +300,22 @@ fn ws_config(lab: &Lab) -> WebSocketConfig {
 }
 
 /// The handshake's checks: the path, the page's `Origin`, and `since`.
-fn check_request(lab: &Lab, request: &Request) -> Result<Option<u64>, (u16, String)> {
-    if request.uri().path() != "/events/ws" {
-        return Err((404, "the WebSocket endpoint is /events/ws".into()));
+fn check_request(lab: &Lab, request: &Request) -> Result<Route, (u16, String)> {
+    let path = request.uri().path();
+    if path == "/socket.io/" {
+        let query = Query::parse(request.uri().query().unwrap_or(""));
+        let origin = request
+            .headers()
+            .get("Origin")
+            .map(|o| o.to_str().unwrap_or(""));
+        return crate::lessons::socket_io::websocket::check(lab, &query, origin)
+            .map(Route::SocketIo);
+    }
+    if path != "/events/ws" {
+        return Err((
+            404,
+            "the WebSocket endpoints are /events/ws and /socket.io/".into(),
+        ));
     }
     if let Some(origin) = request.headers().get("Origin") {
         let origin = origin.to_str().unwrap_or("");
@@ -299,10 +327,10 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Option<u64>, (u16, Stri
     // No Origin at all: not a browser (browsers always send one), so no hijacking risk.
     let query = Query::parse(request.uri().query().unwrap_or(""));
     match query.get("since") {
-        None => Ok(None),
+        None => Ok(Route::Events(None)),
         // Validated here; taken as at most the newest id once subscribed.
         Some(text) => crate::http::parse_cursor(text, u64::MAX)
-            .map(Some)
+            .map(|since| Route::Events(Some(since)))
             .map_err(|e| (400, e.message)),
     }
 }
@@ -326,7 +354,7 @@ fn refuse(status: u16, message: &str) -> ErrorResponse {
 /// The reading half: reads go to the socket, writes go nowhere. tungstenite would answer
 /// pings and closes from inside `read`; here the writer thread does that, so only one thread
 /// ever writes to the socket.
-struct ReadOnly(TcpStream);
+pub(crate) struct ReadOnly(pub(crate) TcpStream);
 
 impl Read for ReadOnly {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -398,7 +426,7 @@ fn read_frames(
 /// for at most two seconds. Closing a socket with unread bytes in it makes the kernel send a
 /// reset instead of a FIN, and the client would see "connection reset" (a browser: 1006)
 /// instead of our close code. (`a_close_the_server_starts_ends_cleanly_without_a_reset`)
-fn drain(socket: &mut ReadOnly, id: u64) {
+pub(crate) fn drain(socket: &mut ReadOnly, id: u64) {
     let stream = &mut socket.0;
     let until = Instant::now() + Duration::from_secs(2);
     let mut buffer = [0u8; 16 * 1024];
@@ -418,7 +446,7 @@ fn drain(socket: &mut ReadOnly, id: u64) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     CloseFrame {
         code,
         reason: reason.to_string().into(),

@@ -136,7 +136,8 @@ impl ChildLab {
             .unwrap_or(0)
     }
 
-    /// The lab's own threads and open descriptors, once they hold still: two readings a
+    /// The lab's own threads and open descriptors (as `/stats` reads them from inside, the
+    /// request asking counted in both readings alike), once they hold still: two readings a
     /// quarter of a second apart that agree.
     pub fn resources(&self) -> (u64, u64) {
         let read = || {
@@ -155,7 +156,9 @@ impl ChildLab {
     }
 
     /// Wait until threads and descriptors are back at `baseline`, exactly: a leak of one
-    /// fails. (tiny_http's pool lets its extra threads go after 5 s idle.)
+    /// fails. tiny_http's pool lets a thread go after 5 s without work, so this asks only
+    /// once a second: asking ten times a second would hand each of twenty pooled threads a
+    /// request every two seconds (waiting threads are woken in turn), and none would retire.
     pub fn wait_for_resources(&self, baseline: (u64, u64)) {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
@@ -168,8 +171,32 @@ impl ChildLab {
                 Instant::now() < end,
                 "threads and descriptors {now:?} never returned to the baseline {baseline:?}"
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_secs(1));
         }
+    }
+}
+
+impl ChildLab {
+    /// Open descriptors of the lab process, read from `/proc`.
+    pub fn fds_from_proc(&self) -> u64 {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map_or(0, |dir| dir.count() as u64)
+    }
+
+    /// The names of the lab's threads, from `/proc` (no request). The lab names every thread
+    /// it starts (`ws-N`, `ws-N-writer`, `handler-N`, ...); tiny_http's pool threads take
+    /// the name of the thread that started them.
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(tasks)
+            .map(|dir| {
+                dir.filter_map(|task| {
+                    let comm = task.ok()?.path().join("comm");
+                    Some(std::fs::read_to_string(comm).ok()?.trim().to_string())
+                })
+                .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -1,0 +1,722 @@
+//! # Socket.IO: Engine.IO sessions (polling, then a WebSocket) carrying named events, acks and rooms.
+//!
+//! Socket.IO is two protocols. **Engine.IO v4** gives a session (`sid`) that starts on HTTP
+//! long polling and upgrades to a WebSocket when it can; **Socket.IO v5** runs on top of it:
+//! namespaces, named events, acknowledgements, rooms. The official `socket.io-client` speaks
+//! both; this lesson is the server side, built from the lab's own parts: a held polling GET is
+//! chapter 4's parked long poll, the `/lab` namespace's events come from the hub with their ids
+//! as Socket.IO's recovery offsets.
+//!
+//! ```text
+//! GET /socket.io/?EIO=4&transport=polling                          ← handshake
+//! 200  0{"sid":"Xq…","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}
+//! POST /socket.io/?EIO=4&transport=polling&sid=Xq…   40/lab,{"name":"ada"}   ← CONNECT /lab
+//! 200  ok
+//! GET  /socket.io/?EIO=4&transport=polling&sid=Xq…
+//! 200  40/lab,{"sid":"p3…","pid":"Zk…"}                             ← CONNECT answered
+//! GET  /socket.io/?EIO=4&transport=polling&sid=Xq…
+//!   (time passes: req-12 is parked on the session's outbox and the hub)
+//! 200  42/lab,["event",{"id":7,"data":"At …"},"7"]                  ← a hub event; "7" is its offset
+//!                   ── on the WebSocket port (transportOptions.websocket.port) ──
+//! GET ws://127.0.0.1:8081/socket.io/?EIO=4&transport=websocket&sid=Xq…   101
+//! ► 2probe   ◄ 3probe                                               ← the probe
+//!                   (the held GET is answered 6: noop, the client stops polling)
+//! ► 5                                                               ← upgrade: from now on the socket
+//! ► 42/lab,3["publish","hi"]   ◄ 43/lab,3[{"id":8}]                 ← an emit with an ack
+//! ◄ 42/lab,["event",{"id":8,"data":"hi"},"8"]
+//!   (pingInterval passes)
+//! ◄ 2   ► 3                                                         ← the *server* pings in v4
+//! ```
+//!
+//! 1. `handle` (HTTP): the handshake (`GET` without `sid`) makes a `Session`; a `GET` with
+//!    `sid` parks on it (`Session::wait_for_packets`); a `POST` carries `\x1e`-separated
+//!    packets from the client. One GET and one POST at a time: a second is a protocol error.
+//! 2. `websocket::serve` (the lab's WebSocket port, path `/socket.io/`): a new session on a
+//!    WebSocket, or the upgrade of a polling one (`2probe`, `3probe`, `6`, `5`).
+//! 3. `receive`: every packet from the client, whatever its transport: pongs, closes, and
+//!    Socket.IO packets (with their binary attachments), handed to `namespaces`.
+//! 4. `heartbeat`: one thread for every session: pings each `pingInterval`, closes a session
+//!    whose pong does not come within `pingTimeout`, or that joins no namespace within
+//!    `connectTimeout`.
+//! 5. `close`: the session leaves the registry; its transport is told (a `1`, or nothing when
+//!    the client ended it); a `/lab` socket it had is kept for recovery for two minutes.
+//!
+//! **What it costs**: every Engine.IO packet carries a type character, every Socket.IO packet
+//! its namespace and event name (about 30 bytes for a hub event before its data); polling
+//! needs *sticky sessions* (every request of a session must reach the server that holds it,
+//! unlike the lab's cursors); the upgrade is a second connection and a round trip that may
+//! fail (then the session stays on polling, which is the fallback Socket.IO is known for).
+//!
+//! **Try it**: `cargo run --example socket_io`, open
+//! <http://127.0.0.1:8080/lessons/socket_io> in two tabs, join a room and chat; or by hand:
+//! `curl -s 'http://127.0.0.1:8080/socket.io/?EIO=4&transport=polling'`, then POST `40/lab,{"name":"me"}`
+//! and GET with the `sid` it gave you.
+
+mod engine_io;
+pub mod namespaces;
+mod packet;
+mod session;
+pub mod websocket;
+
+pub use engine_io::Packet as EngineIoPacket;
+pub use packet::{Kind, Packet};
+pub use session::Session;
+
+use crate::http::{self, Query};
+use crate::lab::Lab;
+use crate::stats::LessonCounters;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use serde_json::json;
+use session::{Closer, Socket, Transport};
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+use tiny_http::{Method, Request};
+
+/// The Engine.IO server's settings (`--socket-io-*` flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// The largest polling body or WebSocket message accepted, in bytes.
+    pub max_payload: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            connect_timeout: Duration::from_millis(45_000),
+            max_payload: 1_000_000,
+        }
+    }
+}
+
+/// How long a `/lab` socket whose session ended abnormally can still be recovered.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(120);
+/// How long after a client's close its in-flight GET is still answered (with a noop).
+const LAST_GET_GRACE: Duration = Duration::from_secs(1);
+/// Recoverable sockets kept at most (the oldest go first).
+const MAX_RECOVERABLE: usize = 10_000;
+
+/// A `/lab` socket kept after its session ended, for the client to recover.
+struct Recoverable {
+    socket: Socket,
+    until: Instant,
+}
+
+/// Every Socket.IO session of the lab.
+pub struct SocketIo {
+    pub settings: Settings,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    recoverable: Mutex<HashMap<String, Recoverable>>,
+    /// Polling sessions the client closed with no GET held, for a moment: see `last_get`.
+    closed_by_client: Mutex<HashMap<String, Instant>>,
+    heartbeat_tx: Sender<()>,
+    heartbeat_rx: Mutex<Option<Receiver<()>>>,
+}
+
+impl SocketIo {
+    pub fn new(settings: Settings) -> SocketIo {
+        let (heartbeat_tx, heartbeat_rx) = unbounded();
+        SocketIo {
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+            recoverable: Mutex::new(HashMap::new()),
+            closed_by_client: Mutex::new(HashMap::new()),
+            heartbeat_tx,
+            heartbeat_rx: Mutex::new(Some(heartbeat_rx)),
+        }
+    }
+
+    /// Sessions open now (for `/stats`).
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn session(&self, sid: &str) -> Option<Arc<Session>> {
+        self.sessions().get(sid).cloned()
+    }
+
+    /// Every session but none of their locks (to send to rooms).
+    fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions().values().cloned().collect()
+    }
+
+    /// A new session, registered, with the heartbeat thread told.
+    fn open(&self, transport: Transport) -> Arc<Session> {
+        let session = Session::new(session::random_id(), transport, &self.settings);
+        self.sessions().insert(session.sid.clone(), session.clone());
+        let _ = self.heartbeat_tx.send(());
+        session
+    }
+
+    /// The open packet's JSON; a session born on a WebSocket has nothing to upgrade to.
+    fn open_packet(&self, session: &Session, transport: Transport) -> EngineIoPacket {
+        let upgrades: &[&str] = match transport {
+            Transport::Polling => &["websocket"],
+            Transport::WebSocket => &[],
+        };
+        EngineIoPacket::Open(
+            json!({
+                "sid": session.sid,
+                "upgrades": upgrades,
+                "pingInterval": self.settings.ping_interval.as_millis() as u64,
+                "pingTimeout": self.settings.ping_timeout.as_millis() as u64,
+                "maxPayload": self.settings.max_payload,
+            })
+            .to_string(),
+        )
+    }
+
+    fn keep_for_recovery(&self, pid: String, socket: Socket) {
+        let mut recoverable = self.recoverable.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        recoverable.retain(|_, r| r.until > now);
+        if recoverable.len() >= MAX_RECOVERABLE {
+            if let Some(oldest) = recoverable
+                .iter()
+                .min_by_key(|(_, r)| r.until)
+                .map(|(pid, _)| pid.clone())
+            {
+                recoverable.remove(&oldest);
+            }
+        }
+        let until = now + RECOVERY_WINDOW;
+        recoverable.insert(pid, Recoverable { socket, until });
+    }
+
+    /// A client closed this polling session while no GET was held; its GET may still be on
+    /// the way (a POST and a GET travel on two connections and race each other).
+    fn remember_closed(&self, sid: &str) {
+        let mut closed = self
+            .closed_by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        closed.retain(|_, until| *until > now);
+        if closed.len() < MAX_RECOVERABLE {
+            closed.insert(sid.to_string(), now + LAST_GET_GRACE);
+        }
+    }
+
+    /// Is this GET the one that was on its way when the client closed? (Once only.)
+    fn last_get(&self, sid: &str) -> bool {
+        let mut closed = self
+            .closed_by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        closed
+            .remove(sid)
+            .is_some_and(|until| until > Instant::now())
+    }
+
+    /// The socket a client asks to recover, if it is still kept.
+    fn recover(&self, pid: &str) -> Option<Socket> {
+        let mut recoverable = self.recoverable.lock().unwrap_or_else(|p| p.into_inner());
+        recoverable
+            .remove(pid)
+            .filter(|r| r.until > Instant::now())
+            .map(|r| r.socket)
+    }
+}
+
+/// An Engine.IO error: its own JSON form, `{"code": N, "message": "..."}`.
+struct EioError {
+    status: u16,
+    code: u8,
+    message: &'static str,
+}
+
+const UNKNOWN_TRANSPORT: EioError = EioError {
+    status: 400,
+    code: 0,
+    message: "Transport unknown",
+};
+const UNKNOWN_SID: EioError = EioError {
+    status: 400,
+    code: 1,
+    message: "Session ID unknown",
+};
+const BAD_HANDSHAKE_METHOD: EioError = EioError {
+    status: 400,
+    code: 2,
+    message: "Bad handshake method",
+};
+const BAD_REQUEST: EioError = EioError {
+    status: 400,
+    code: 3,
+    message: "Bad request",
+};
+const FORBIDDEN: EioError = EioError {
+    status: 403,
+    code: 4,
+    message: "Forbidden",
+};
+const UNSUPPORTED_VERSION: EioError = EioError {
+    status: 400,
+    code: 5,
+    message: "Unsupported protocol version",
+};
+const TOO_LARGE: EioError = EioError {
+    status: 413,
+    code: 3,
+    message: "Payload too large",
+};
+
+/// CORS for polling from the lab's other loopback origin: the exact origin is echoed, with
+/// credentials allowed (socket.io-client may send cookies with `withCredentials`).
+fn cors_headers(lab: &Lab, request: &Request) -> Vec<(&'static str, String)> {
+    match http::header(request, "Origin") {
+        Some(origin) if lab.is_own_origin(origin) => vec![
+            ("Access-Control-Allow-Origin", origin.to_string()),
+            ("Access-Control-Allow-Credentials", "true".into()),
+            ("Vary", "Origin".into()),
+        ],
+        _ => vec![("Vary", "Origin".into())],
+    }
+}
+
+fn reply(
+    lab: &Lab,
+    request: Request,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let headers = cors_headers(lab, &request);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    http::write_response(
+        request,
+        status,
+        content_type,
+        &headers,
+        body.as_bytes(),
+        counters,
+    )
+}
+
+fn refuse(
+    lab: &Lab,
+    request: Request,
+    error: EioError,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    counters.error();
+    let body = json!({ "code": error.code, "message": error.message }).to_string();
+    reply(
+        lab,
+        request,
+        error.status,
+        "application/json",
+        &body,
+        counters,
+    )
+}
+
+/// Step 1: everything on `/socket.io/` over HTTP.
+pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+    let counters = lab.count("socket_io");
+    if *request.method() == Method::Options {
+        return preflight(lab, request, &counters);
+    }
+    if query.get("EIO") != Some("4") {
+        return refuse(lab, request, UNSUPPORTED_VERSION, &counters);
+    }
+    match query.get("transport") {
+        Some("polling") => {}
+        // The WebSocket transport lives on the WebSocket port: tiny_http cannot hand one
+        // upgraded connection to a reader and a writer thread (chapter 11).
+        _ => return refuse(lab, request, UNKNOWN_TRANSPORT, &counters),
+    }
+    if let Some(origin) = http::header(&request, "Origin") {
+        if !lab.is_own_origin(origin) {
+            return refuse(lab, request, FORBIDDEN, &counters);
+        }
+    }
+    let Some(sid) = query.get("sid") else {
+        if *request.method() != Method::Get {
+            return refuse(lab, request, BAD_HANDSHAKE_METHOD, &counters);
+        }
+        return handshake(lab, request, &counters);
+    };
+    let Some(session) = lab.socket_io.session(sid) else {
+        if *request.method() == Method::Get && lab.socket_io.last_get(sid) {
+            // The GET that raced the client's own close: answered as if it had come first.
+            let noop = EngineIoPacket::Noop.encode();
+            return reply(
+                lab,
+                request,
+                200,
+                "text/plain; charset=UTF-8",
+                &noop,
+                &counters,
+            );
+        }
+        return refuse(lab, request, UNKNOWN_SID, &counters);
+    };
+    match *request.method() {
+        Method::Get => poll(lab, request, &session, &counters),
+        Method::Post => post(lab, request, &session, &counters),
+        _ => refuse(lab, request, BAD_REQUEST, &counters),
+    }
+}
+
+fn preflight(lab: &Lab, request: Request, counters: &LessonCounters) -> io::Result<()> {
+    let mut headers = cors_headers(lab, &request);
+    headers.push(("Access-Control-Allow-Methods", "GET, POST".into()));
+    headers.push(("Access-Control-Allow-Headers", "Content-Type".into()));
+    headers.push(("Access-Control-Max-Age", "600".into()));
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    http::write_no_content(request, &headers, counters)
+}
+
+/// The handshake: a new session, and its open packet as the answer.
+fn handshake(lab: &Lab, request: Request, counters: &LessonCounters) -> io::Result<()> {
+    let session = lab.socket_io.open(Transport::Polling);
+    log::debug!("socket.io session {} opened on polling", session.sid);
+    let open = lab
+        .socket_io
+        .open_packet(&session, Transport::Polling)
+        .encode();
+    reply(
+        lab,
+        request,
+        200,
+        "text/plain; charset=UTF-8",
+        &open,
+        counters,
+    )
+}
+
+/// A held GET: the session's parked long poll.
+fn poll(
+    lab: &Lab,
+    request: Request,
+    session: &Arc<Session>,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    {
+        let mut state = session.state();
+        if state.closed || state.transport != Transport::Polling {
+            // Upgraded: polling requests with this sid are over.
+            drop(state);
+            return refuse(lab, request, BAD_REQUEST, counters);
+        }
+        if state.pong_due.is_some_and(|due| due <= Instant::now()) {
+            drop(state);
+            close(lab, session, Closer::Server, "ping timeout");
+            return refuse(lab, request, UNKNOWN_SID, counters);
+        }
+        if state.upgrading {
+            // A WebSocket has probed: this GET waits for the upgrade's outcome (briefly), so it
+            // is refused if the upgrade is done and answered with a noop if not.
+            drop(state);
+            if session.wait_for_upgrade(Duration::from_millis(100)) {
+                return refuse(lab, request, BAD_REQUEST, counters);
+            }
+            let noop = EngineIoPacket::Noop.encode();
+            return reply(
+                lab,
+                request,
+                200,
+                "text/plain; charset=UTF-8",
+                &noop,
+                counters,
+            );
+        }
+        if state.polling_get {
+            // Two GETs at once: the client is confused (or two tabs share a sid).
+            drop(state);
+            close(
+                lab,
+                session,
+                Closer::Server,
+                "a second GET while one was held",
+            );
+            return refuse(lab, request, BAD_REQUEST, counters);
+        }
+        state.polling_get = true;
+    }
+    let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
+        session.state().polling_get = false;
+        counters.error();
+        return reply(
+            lab,
+            request,
+            503,
+            "application/json",
+            r#"{"code":3,"message":"too many held requests (--max-parked)"}"#,
+            counters,
+        );
+    };
+    log::debug!("socket.io {} GET parked", session.sid);
+    let deadline = Instant::now() + session::hold_limit(&lab.socket_io.settings);
+    // BLOCKS: until the outbox or the hub has something for this session, or the deadline.
+    let delivery = session.wait_for_packets(deadline, true);
+    session.state().polling_get = false;
+    log::debug!(
+        "socket.io {} GET answered with {} packet(s)",
+        session.sid,
+        delivery.packets.len()
+    );
+    counters.delivered(delivery.events);
+    let body = engine_io::encode_payload(&delivery.packets);
+    reply(
+        lab,
+        request,
+        200,
+        "text/plain; charset=UTF-8",
+        &body,
+        counters,
+    )
+}
+
+/// A POST: packets from the client, answered `ok`.
+fn post(
+    lab: &Lab,
+    mut request: Request,
+    session: &Arc<Session>,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    {
+        let mut state = session.state();
+        if state.closed || state.transport != Transport::Polling {
+            drop(state);
+            return refuse(lab, request, BAD_REQUEST, counters);
+        }
+        if state.polling_post {
+            drop(state);
+            close(
+                lab,
+                session,
+                Closer::Server,
+                "a second POST while one was read",
+            );
+            return refuse(lab, request, BAD_REQUEST, counters);
+        }
+        state.polling_post = true;
+    }
+    let body = http::read_body(&mut request, lab.socket_io.settings.max_payload);
+    session.state().polling_post = false;
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => {
+            let why = if error.status == 413 {
+                "a body over maxPayload"
+            } else {
+                "an unreadable body"
+            };
+            close(lab, session, Closer::Server, why);
+            let error = if error.status == 413 {
+                TOO_LARGE
+            } else {
+                BAD_REQUEST
+            };
+            return refuse(lab, request, error, counters);
+        }
+    };
+    let packets = match engine_io::decode_payload(&body) {
+        Ok(packets) => packets,
+        Err(e) => {
+            close(lab, session, Closer::Server, &e.to_string());
+            return refuse(lab, request, BAD_REQUEST, counters);
+        }
+    };
+    for packet in packets {
+        if let Err(why) = receive(lab, session, packet) {
+            close(lab, session, Closer::Server, &why);
+            return refuse(lab, request, BAD_REQUEST, counters);
+        }
+    }
+    reply(lab, request, 200, "text/html", "ok", counters)
+}
+
+/// Step 3: one packet from the client, from either transport. `Err` is a protocol error:
+/// the caller closes the session.
+pub fn receive(lab: &Lab, session: &Arc<Session>, packet: EngineIoPacket) -> Result<(), String> {
+    match packet {
+        EngineIoPacket::Pong(_) => {
+            let mut state = session.state();
+            state.pong_due = None;
+            state.next_ping = Instant::now() + lab.socket_io.settings.ping_interval;
+            Ok(())
+        }
+        EngineIoPacket::Close => {
+            close(lab, session, Closer::Client, "the client closed");
+            Ok(())
+        }
+        EngineIoPacket::Message(text) => {
+            let packet = Packet::decode(&text).map_err(|e| e.to_string())?;
+            if packet.attachments > 0 {
+                let mut state = session.state();
+                if state.binary.is_some() {
+                    return Err("a binary packet before the last one's attachments".into());
+                }
+                state.binary = Some((packet, Vec::new()));
+                return Ok(());
+            }
+            if session.state().binary.is_some() {
+                return Err("a packet where an attachment was due".into());
+            }
+            namespaces::receive(lab, session, packet, Vec::new())
+        }
+        EngineIoPacket::Binary(bytes) => {
+            let complete = {
+                let mut state = session.state();
+                let Some((_, attachments)) = state.binary.as_mut() else {
+                    return Err("an attachment that no packet announced".into());
+                };
+                attachments.push(bytes);
+                let (packet, attachments) = state.binary.as_ref().expect("just checked");
+                if attachments.len() == packet.attachments {
+                    state.binary.take()
+                } else {
+                    None
+                }
+            };
+            match complete {
+                Some((packet, attachments)) => {
+                    namespaces::receive(lab, session, packet, attachments)
+                }
+                None => Ok(()),
+            }
+        }
+        // A client pinging (Engine.IO v3 did it) is answered, and harmless.
+        EngineIoPacket::Ping(data) => {
+            if !session.send(vec![EngineIoPacket::Pong(data)]) {
+                return Err("slow consumer".into());
+            }
+            Ok(())
+        }
+        EngineIoPacket::Noop => Ok(()),
+        EngineIoPacket::Open(_) | EngineIoPacket::Upgrade => {
+            Err("an open or upgrade packet where none belongs".into())
+        }
+    }
+}
+
+/// Step 5: end a session. Idempotent: the first caller wins.
+pub fn close(lab: &Lab, session: &Arc<Session>, closer: Closer, why: &str) {
+    let sockets = {
+        let mut state = session.state();
+        if state.closed {
+            return;
+        }
+        state.closed = true;
+        let polling = state.transport == Transport::Polling && !state.upgrading;
+        if closer == Closer::Client && polling && !state.polling_get {
+            lab.socket_io.remember_closed(&session.sid);
+        }
+        std::mem::take(&mut state.sockets)
+    };
+    lab.socket_io.sessions().remove(&session.sid);
+    // A `/lab` socket not left on purpose (its DISCONNECT removes it) can be recovered.
+    for (_, socket) in sockets {
+        if let Some(pid) = socket.pid.clone() {
+            lab.socket_io.keep_for_recovery(pid, socket);
+        }
+    }
+    session.end(closer);
+    log::debug!("socket.io session {} closed: {why}", session.sid);
+}
+
+/// `GET /vendor/socket.io.min.js`: the official browser client, from `node_modules` when
+/// `npm ci` has put it there (in the current directory or the lab's source folder), for the
+/// page's `?client=official`. The lab itself never needs it.
+pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
+    let counters = lab.count("socket_io");
+    let file = "node_modules/socket.io-client/dist/socket.io.min.js";
+    let found = [
+        std::path::PathBuf::from(file),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file),
+    ]
+    .into_iter()
+    .find_map(|path| std::fs::read(path).ok());
+    match found {
+        Some(script) => http::write_response(
+            request,
+            200,
+            "application/javascript; charset=utf-8",
+            &[],
+            &script,
+            &counters,
+        ),
+        None => http::HttpError::new(
+            404,
+            "the official client is not installed: run `npm ci` in the lab's folder",
+        )
+        .reply(request, &counters),
+    }
+}
+
+/// Start the heartbeat thread (once, with the lab).
+pub fn spawn_heartbeat(lab: Arc<Lab>) -> io::Result<()> {
+    let Some(wake) = lab
+        .socket_io
+        .heartbeat_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return Ok(());
+    };
+    thread::Builder::new()
+        .name("socket.io-heartbeat".into())
+        .spawn(move || heartbeat(&lab, &wake))?;
+    Ok(())
+}
+
+/// Step 4: ping every session when due, close the silent ones.
+fn heartbeat(lab: &Lab, wake: &Receiver<()>) {
+    let settings = &lab.socket_io.settings;
+    loop {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(3600);
+        for session in lab.socket_io.all_sessions() {
+            let mut state = session.state();
+            if state.closed {
+                continue;
+            }
+            let late_pong = state.pong_due.is_some_and(|due| due <= now);
+            let no_connect =
+                state.sockets.is_empty() && state.connect_due.is_some_and(|due| due <= now);
+            if late_pong || no_connect {
+                drop(state);
+                let why = if late_pong {
+                    "ping timeout"
+                } else {
+                    "no CONNECT within the connect timeout"
+                };
+                close(lab, &session, Closer::Server, why);
+                continue;
+            }
+            if state.pong_due.is_none() && state.next_ping <= now {
+                state.pong_due = Some(now + settings.ping_timeout);
+                drop(state);
+                if !session.send(vec![EngineIoPacket::Ping(String::new())]) {
+                    close(lab, &session, Closer::Server, "slow consumer");
+                }
+                state = session.state();
+            }
+            let due = state.pong_due.unwrap_or(state.next_ping);
+            next = next.min(due);
+            if state.sockets.is_empty() {
+                if let Some(connect_due) = state.connect_due {
+                    next = next.min(connect_due);
+                }
+            }
+        }
+        // BLOCKS: until the next ping or timeout is due, or a new session wakes us.
+        let _ = wake.recv_deadline(next);
+    }
+}

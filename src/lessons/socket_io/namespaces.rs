@@ -1,0 +1,329 @@
+//! What the lab's Socket.IO server does with packets: its three namespaces.
+//!
+//! - `/lab`, the lesson's own: the hub's events arrive as `"event"` with `{"id", "data"}` and
+//!   the id again as the recovery offset; `emit("publish", text, ack)` publishes to the hub and
+//!   is acked `{"id": N}`; `join`/`leave` rooms and `say` to one (`"said"` reaches only its
+//!   members); `ask-me` makes the *server* emit a `"question"` with an ack id, and the client's
+//!   ack comes back as `"answered"`. CONNECT needs an auth payload with a `name`; without one
+//!   it is refused with CONNECT_ERROR.
+//! - `/` and `/custom` behave as the protocol's reference server for its conformance suite:
+//!   CONNECT is answered with `"auth"` and the auth payload, `"message"` with
+//!   `"message-back"` and the same arguments (attachments too), `"message-with-ack"` is acked
+//!   with its arguments.
+//! - Any other namespace: CONNECT_ERROR `{"message": "Invalid namespace"}`.
+
+use super::packet::{Kind, Packet};
+use super::session::{Closer, Session, Socket};
+use crate::lab::Lab;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The namespaces besides `/lab` that answer as the reference server does.
+const REFERENCE_NAMESPACES: &[&str] = &["/", "/custom"];
+/// Longest chat name and room name.
+const MAX_NAME: usize = 32;
+
+/// One Socket.IO packet (with its attachments) from the client.
+pub fn receive(
+    lab: &Lab,
+    session: &Arc<Session>,
+    packet: Packet,
+    attachments: Vec<Vec<u8>>,
+) -> Result<(), String> {
+    let namespace = packet.namespace.as_str();
+    match packet.kind {
+        Kind::Connect => connect(lab, session, namespace, packet.data.clone()),
+        Kind::Disconnect => {
+            let left = session.state().sockets.remove(namespace);
+            if left.is_some() && namespace == "/lab" {
+                session.clear_feed();
+            }
+            log::debug!("socket.io {} left {namespace}", session.sid);
+            Ok(())
+        }
+        Kind::Event | Kind::BinaryEvent => {
+            let socket = session.state().sockets.get(namespace).cloned();
+            match socket {
+                Some(socket) => event(lab, session, &socket, &packet, attachments),
+                // Socket.IO ignores events for a namespace the client has not joined.
+                None => Ok(()),
+            }
+        }
+        Kind::Ack | Kind::BinaryAck => {
+            let id = packet.ack_id.ok_or("an ACK without an id")?;
+            let question = session
+                .state()
+                .asked
+                .remove(&id)
+                .ok_or_else(|| format!("an ACK {id} for no question asked"))?;
+            let answer = packet.args().into_iter().next().unwrap_or(Value::Null);
+            let said = json!({ "question": question, "answer": answer });
+            send(
+                lab,
+                session,
+                &Packet::event(namespace, vec![json!("answered"), said], 0),
+                &[],
+            );
+            Ok(())
+        }
+        Kind::ConnectError => Err("CONNECT_ERROR is for servers to send".into()),
+    }
+}
+
+/// CONNECT: join a namespace (or be refused with CONNECT_ERROR).
+fn connect(
+    lab: &Lab,
+    session: &Arc<Session>,
+    namespace: &str,
+    auth: Option<Value>,
+) -> Result<(), String> {
+    if session.state().sockets.contains_key(namespace) {
+        return Err(format!("a second CONNECT to {namespace}"));
+    }
+    let auth = auth.unwrap_or_else(|| json!({}));
+    if REFERENCE_NAMESPACES.contains(&namespace) {
+        let socket = Socket {
+            id: super::session::random_id(),
+            pid: None,
+            name: String::new(),
+            rooms: BTreeSet::new(),
+        };
+        let answer = json!({ "sid": socket.id });
+        joined(session, namespace, socket);
+        send(
+            lab,
+            session,
+            &Packet::new(Kind::Connect, namespace, Some(answer)),
+            &[],
+        );
+        send(
+            lab,
+            session,
+            &Packet::event(namespace, vec![json!("auth"), auth], 0),
+            &[],
+        );
+        return Ok(());
+    }
+    if namespace != "/lab" {
+        refuse_connect(lab, session, namespace, "Invalid namespace");
+        return Ok(());
+    }
+    let name = auth["name"].as_str().map(str::trim).unwrap_or("");
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        refuse_connect(
+            lab,
+            session,
+            namespace,
+            "a name (1 to 32 characters) is required",
+        );
+        return Ok(());
+    }
+    // Recovery: a known pid and an offset the hub's ring still covers.
+    let recovered = match (auth["pid"].as_str(), auth["offset"].as_str()) {
+        (Some(pid), Some(offset)) => lab
+            .socket_io
+            .recover(pid)
+            .zip(crate::http::whole_number(offset))
+            .map(|(socket, offset)| (socket, offset.min(lab.hub.last_id()))),
+        _ => None,
+    };
+    let (socket, cursor) = match recovered {
+        Some((socket, offset)) => (socket, offset),
+        None => {
+            let socket = Socket {
+                id: super::session::random_id(),
+                pid: Some(super::session::random_id()),
+                name: name.to_string(),
+                rooms: BTreeSet::new(),
+            };
+            (socket, lab.hub.last_id())
+        }
+    };
+    // Subscribe and read the backlog under one lock: nothing slips in between.
+    let (backlog, subscription) = lab.hub.subscribe(cursor);
+    let (socket, recovered) = if backlog.missed > 0 {
+        // The ring has moved past the offset: this is a new socket after all.
+        let fresh = Socket {
+            pid: Some(super::session::random_id()),
+            id: super::session::random_id(),
+            rooms: BTreeSet::new(),
+            name: name.to_string(),
+        };
+        (fresh, false)
+    } else {
+        let recovered = recovered_pid(&auth, &socket);
+        (socket, recovered)
+    };
+    let answer = json!({ "sid": socket.id, "pid": socket.pid });
+    log::debug!(
+        "socket.io {} joined /lab as {:?} (recovered: {recovered}, from event {cursor})",
+        session.sid,
+        socket.name
+    );
+    joined(session, namespace, socket);
+    send(
+        lab,
+        session,
+        &Packet::new(Kind::Connect, namespace, Some(answer)),
+        &[],
+    );
+    if recovered && !backlog.events.is_empty() {
+        // Every missed event, in order, as one group: before anything the feed brings.
+        let group = backlog
+            .events
+            .iter()
+            .map(|e| super::session::lab_event(e))
+            .collect();
+        if !session.send(group) {
+            super::close(lab, session, Closer::Server, "slow consumer");
+        }
+    }
+    session.install_feed(subscription);
+    Ok(())
+}
+
+fn recovered_pid(auth: &Value, socket: &Socket) -> bool {
+    auth["pid"].as_str().is_some() && auth["pid"].as_str() == socket.pid.as_deref()
+}
+
+fn joined(session: &Session, namespace: &str, socket: Socket) {
+    let mut state = session.state();
+    state.connect_due = None;
+    state.sockets.insert(namespace.to_string(), socket);
+}
+
+fn refuse_connect(lab: &Lab, session: &Arc<Session>, namespace: &str, message: &str) {
+    log::debug!("socket.io {} refused {namespace}: {message}", session.sid);
+    let error = Packet::new(
+        Kind::ConnectError,
+        namespace,
+        Some(json!({ "message": message })),
+    );
+    send(lab, session, &error, &[]);
+}
+
+/// Queue a packet; a client that does not read its outbox is closed.
+fn send(lab: &Lab, session: &Arc<Session>, packet: &Packet, attachments: &[Vec<u8>]) {
+    if !session.emit(packet, attachments) {
+        lab.stats
+            .slow_consumers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::close(lab, session, Closer::Server, "slow consumer (outbox full)");
+    }
+}
+
+/// An EVENT on a joined namespace.
+fn event(
+    lab: &Lab,
+    session: &Arc<Session>,
+    socket: &Socket,
+    packet: &Packet,
+    attachments: Vec<Vec<u8>>,
+) -> Result<(), String> {
+    let namespace = packet.namespace.as_str();
+    let name = packet.event_name().unwrap_or("");
+    let args = packet.args();
+    let ack = |reply: Vec<Value>, attachments: &[Vec<u8>]| {
+        if let Some(id) = packet.ack_id {
+            send(
+                lab,
+                session,
+                &Packet::ack(namespace, id, reply, attachments.len()),
+                attachments,
+            );
+        }
+    };
+    if namespace != "/lab" {
+        match name {
+            "message" => {
+                let mut back = vec![json!("message-back")];
+                back.extend(args);
+                let reply = Packet::event(namespace, back, attachments.len());
+                send(lab, session, &reply, &attachments);
+            }
+            "message-with-ack" => ack(args, &attachments),
+            _ => {}
+        }
+        return Ok(());
+    }
+    match name {
+        "publish" => {
+            let reply = match args.first().and_then(Value::as_str) {
+                Some(text) if text.len() <= lab.config.max_body => {
+                    json!({ "id": lab.hub.publish(text).id })
+                }
+                Some(_) => json!({ "error": "longer than --max-body" }),
+                None => json!({ "error": "publish takes a string" }),
+            };
+            ack(vec![reply], &[]);
+        }
+        "join" | "leave" => {
+            let reply = match args.first().and_then(Value::as_str).and_then(room_name) {
+                Some(room) => {
+                    let mut state = session.state();
+                    let socket = state.sockets.get_mut("/lab").expect("joined /lab");
+                    if name == "join" {
+                        socket.rooms.insert(room);
+                    } else {
+                        socket.rooms.remove(&room);
+                    }
+                    json!({ "rooms": socket.rooms })
+                }
+                None => json!({ "error": "a room is a name of 1 to 32 characters" }),
+            };
+            ack(vec![reply], &[]);
+        }
+        "say" => {
+            let room = args
+                .first()
+                .and_then(|a| a["room"].as_str())
+                .and_then(room_name);
+            let text = args.first().and_then(|a| a["text"].as_str());
+            let reply = match (room, text) {
+                (Some(room), Some(text)) if socket.rooms.contains(&room) => {
+                    let said = json!({ "room": room, "from": socket.name, "text": text });
+                    json!({ "delivered": say_to_room(lab, &room, &said) })
+                }
+                (Some(_), Some(_)) => json!({ "error": "join the room first" }),
+                _ => json!({ "error": "say takes {\"room\", \"text\"}" }),
+            };
+            ack(vec![reply], &[]);
+        }
+        "ask-me" => {
+            // The other direction: the server asks, the client's ack answers.
+            let question = args.first().cloned().unwrap_or(Value::Null);
+            let id = session.ask(question.clone());
+            let mut asking = Packet::event("/lab", vec![json!("question"), question], 0);
+            asking.ack_id = Some(id);
+            send(lab, session, &asking, &[]);
+            ack(vec![json!({ "asked": id })], &[]);
+        }
+        // Unknown events are ignored, as Socket.IO does with no listener.
+        _ => {}
+    }
+    Ok(())
+}
+
+fn room_name(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty() && text.chars().count() <= MAX_NAME).then(|| text.to_string())
+}
+
+/// `"said"` to every `/lab` socket in the room (the sender's too); how many got it.
+fn say_to_room(lab: &Lab, room: &str, said: &Value) -> usize {
+    let packet = Packet::event("/lab", vec![json!("said"), said.clone()], 0);
+    let mut delivered = 0;
+    for member in lab.socket_io.all_sessions() {
+        let in_room = member
+            .state()
+            .sockets
+            .get("/lab")
+            .is_some_and(|s| s.rooms.contains(room));
+        if in_room {
+            send(lab, &member, &packet, &[]);
+            delivered += 1;
+        }
+    }
+    delivered
+}

@@ -1,0 +1,374 @@
+//! An Engine.IO session: what survives from one polling request to the next, and across the
+//! upgrade to a WebSocket.
+//!
+//! A session is two queues and a little state:
+//!
+//! - the **outbox**, a bounded channel of packet groups for the client (pings, acks, chat
+//!   messages; a Socket.IO packet with binary attachments is one group, so nothing can slip
+//!   between it and its attachments). Whoever is the transport right now drains it: a held
+//!   polling GET, or the WebSocket's writer thread;
+//! - the **feed**, the `/lab` socket's subscription to the hub, with its cursor. The transport
+//!   waits on the outbox *and* the feed, as chapter 4's long poll waits on its subscription;
+//!   the feed is handed from a held GET to the WebSocket writer at the upgrade.
+//!
+//! The state says which transport serves the session, whether a GET or a POST is in progress
+//! (one of each at a time), when the next ping is due and when a pong must have come, and
+//! which Socket.IO namespaces the client has joined (`Socket`).
+
+use super::engine_io::Packet as EioPacket;
+use super::packet::Packet;
+use super::Settings;
+use crate::hub::{Event, Subscription, Wake};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Groups the outbox holds before the client counts as a slow consumer and is closed.
+pub const OUTBOX: usize = 256;
+
+/// What a transport finds in the outbox.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Packets to write, in order (one Socket.IO packet and its attachments, or a ping...).
+    Packets(Vec<EioPacket>),
+    /// Nothing to write: look again (the feed changed hands or was replaced).
+    Wake,
+    /// The session ended and the client knows it (it asked, or its socket is gone): a held
+    /// GET answers `6` (noop), a WebSocket writer just closes.
+    End,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Polling,
+    WebSocket,
+}
+
+/// One Socket.IO namespace the client has joined.
+#[derive(Clone, Debug)]
+pub struct Socket {
+    /// Socket.IO's own id for this socket (not the Engine.IO `sid`).
+    pub id: String,
+    /// The private id that lets the client recover this socket (`/lab` only).
+    pub pid: Option<String>,
+    /// The chat name from the auth payload (`/lab`).
+    pub name: String,
+    pub rooms: BTreeSet<String>,
+}
+
+/// Who ended the session, which decides what the transport still says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closer {
+    /// The server (ping timeout, protocol error, slow consumer): a `1` (close) packet is sent,
+    /// and a `/lab` socket may be recovered.
+    Server,
+    /// The client asked (`1`) or its transport went away.
+    Client,
+}
+
+pub struct State {
+    pub transport: Transport,
+    /// A WebSocket has probed (`2probe`) and the upgrade is under way.
+    pub upgrading: bool,
+    pub polling_get: bool,
+    pub polling_post: bool,
+    pub closed: bool,
+    pub next_ping: Instant,
+    /// A ping is out: its pong must come by then.
+    pub pong_due: Option<Instant>,
+    /// No namespace joined yet: the client must CONNECT by then.
+    pub connect_due: Option<Instant>,
+    pub sockets: BTreeMap<String, Socket>,
+    /// A binary packet waiting for its attachments.
+    pub binary: Option<(Packet, Vec<Vec<u8>>)>,
+    /// Server-to-client acks we wait for: ack id → the question asked.
+    pub asked: HashMap<u64, Value>,
+    pub next_ack_id: u64,
+}
+
+/// The `/lab` socket's subscription to the hub, passed between transports (see the module).
+struct Feed {
+    subscription: Option<Subscription>,
+    /// Bumped whenever the feed is replaced or removed, so a transport handing back an old
+    /// subscription drops it instead.
+    generation: u64,
+    /// Someone found the feed taken and waits: wake them when it comes back.
+    wanted: bool,
+}
+
+pub struct Session {
+    pub sid: String,
+    outbox_tx: Sender<Outgoing>,
+    outbox_rx: Receiver<Outgoing>,
+    state: Mutex<State>,
+    /// Signalled when an upgrade ends (done, or given up): a GET that came during one waits.
+    upgrade_settled: Condvar,
+    feed: Mutex<Feed>,
+}
+
+/// What a transport collected to write.
+pub struct Delivery {
+    pub packets: Vec<EioPacket>,
+    /// The session ended: after writing, the transport closes too.
+    pub ended: bool,
+    /// Hub events among the packets (for the lesson's counters).
+    pub events: usize,
+}
+
+impl Session {
+    pub fn new(sid: String, transport: Transport, settings: &Settings) -> Arc<Session> {
+        let (outbox_tx, outbox_rx) = bounded(OUTBOX);
+        let now = Instant::now();
+        Arc::new(Session {
+            sid,
+            outbox_tx,
+            outbox_rx,
+            state: Mutex::new(State {
+                transport,
+                upgrading: false,
+                polling_get: false,
+                polling_post: false,
+                closed: false,
+                next_ping: now + settings.ping_interval,
+                pong_due: None,
+                connect_due: Some(now + settings.connect_timeout),
+                sockets: BTreeMap::new(),
+                binary: None,
+                asked: HashMap::new(),
+                next_ack_id: 0,
+            }),
+            upgrade_settled: Condvar::new(),
+            feed: Mutex::new(Feed {
+                subscription: None,
+                generation: 0,
+                wanted: false,
+            }),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// End the upgrade (`upgraded`: to the WebSocket; else the session stays on polling) and
+    /// wake a GET waiting for the outcome.
+    pub fn settle_upgrade(&self, upgraded: bool) {
+        let mut state = self.state();
+        state.upgrading = false;
+        if upgraded {
+            state.transport = Transport::WebSocket;
+        }
+        drop(state);
+        self.upgrade_settled.notify_all();
+    }
+
+    /// A GET came while a WebSocket probes: **BLOCKS** until the upgrade settles, at most
+    /// `limit` (Engine.IO answers such GETs with a noop every 100 ms). `true`: upgraded.
+    pub fn wait_for_upgrade(&self, limit: Duration) -> bool {
+        let state = self.state();
+        let (state, _) = self
+            .upgrade_settled
+            .wait_timeout_while(state, limit, |s| s.upgrading)
+            .unwrap_or_else(|p| p.into_inner());
+        state.transport == Transport::WebSocket
+    }
+
+    fn feed(&self) -> MutexGuard<'_, Feed> {
+        self.feed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue packets for the client. `false`: the outbox is full, the client is not reading
+    /// (the caller closes the session as a slow consumer).
+    pub fn send(&self, packets: Vec<EioPacket>) -> bool {
+        match self.outbox_tx.try_send(Outgoing::Packets(packets)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            Err(TrySendError::Disconnected(_)) => true, // cannot happen: we hold the receiver
+        }
+    }
+
+    /// Queue one Socket.IO packet with its attachments, as one group.
+    pub fn emit(&self, packet: &Packet, attachments: &[Vec<u8>]) -> bool {
+        let mut group = vec![EioPacket::Message(packet.encode())];
+        group.extend(attachments.iter().cloned().map(EioPacket::Binary));
+        self.send(group)
+    }
+
+    /// Tell the transport to look again (never lost: `Wake` is small and the outbox only
+    /// fills when the client stops reading, and then the session is closed anyway).
+    pub fn wake(&self) {
+        let _ = self.outbox_tx.try_send(Outgoing::Wake);
+    }
+
+    /// The session is over; tell whoever holds the transport.
+    pub fn end(&self, closer: Closer) {
+        let last = match closer {
+            Closer::Server => Outgoing::Packets(vec![EioPacket::Close]),
+            Closer::Client => Outgoing::End,
+        };
+        // A full outbox: its reader is stuck anyway; the transport ends on its own deadline.
+        let _ = self.outbox_tx.try_send(last);
+        self.clear_feed();
+    }
+
+    /// `/lab` joined: its subscription becomes the feed (a recovered backlog was queued in
+    /// the outbox just before, and the outbox always goes first).
+    pub fn install_feed(&self, subscription: Subscription) {
+        let mut feed = self.feed();
+        feed.generation += 1;
+        feed.subscription = Some(subscription);
+        drop(feed);
+        // A transport parked without the feed picks it up.
+        self.wake();
+    }
+
+    /// `/lab` left, or the session ended: the subscription goes (now, or when handed back).
+    pub fn clear_feed(&self) {
+        let mut feed = self.feed();
+        feed.generation += 1;
+        feed.subscription = None;
+    }
+
+    /// Take the feed for one wait; `wanted` is raised when another transport holds it.
+    fn take_feed(&self) -> (Option<Subscription>, u64) {
+        let mut feed = self.feed();
+        let subscription = feed.subscription.take();
+        if subscription.is_none() {
+            feed.wanted = true;
+        }
+        (subscription, feed.generation)
+    }
+
+    fn give_back_feed(&self, subscription: Option<Subscription>, generation: u64) {
+        let mut feed = self.feed();
+        if let Some(subscription) = subscription {
+            if feed.generation == generation {
+                feed.subscription = Some(subscription);
+                if std::mem::take(&mut feed.wanted) {
+                    drop(feed);
+                    self.wake();
+                }
+            }
+            // Otherwise the socket left /lab (or rejoined) meanwhile: this one is dropped,
+            // which unsubscribes it.
+        }
+    }
+
+    /// The parked wait of whatever transport serves the session: **BLOCKS** until the outbox
+    /// has packets, the hub has events for `/lab`, or the deadline passes (then a noop).
+    ///
+    /// Outbox packets go before hub events in what is returned: a recovered backlog waits in
+    /// the outbox, and the feed's events all come after it.
+    ///
+    /// `gather`: take everything queued (a polling answer carries it all in one body), or
+    /// only what woke us (a WebSocket writes that, then comes back for the next: as
+    /// Engine.IO's own writer does, which waits for one write to drain before the next).
+    pub fn wait_for_packets(&self, deadline: Instant, gather: bool) -> Delivery {
+        let mut front = Vec::new();
+        let mut events = Vec::new();
+        let mut ended = false;
+        loop {
+            let (subscription, generation) = self.take_feed();
+            let woke = match subscription {
+                Some(mut subscription) => {
+                    // BLOCKS: until the generator (or anyone) publishes, or the outbox gets
+                    // packets, or the deadline.
+                    let woke = subscription.wait_for_events_or(&self.outbox_rx, deadline);
+                    self.give_back_feed(Some(subscription), generation);
+                    woke
+                }
+                // BLOCKS: until the outbox gets packets (a ping from the heartbeat thread at
+                // the latest), or the deadline.
+                None => match self.outbox_rx.recv_deadline(deadline) {
+                    Ok(outgoing) => Wake::Other(outgoing),
+                    Err(RecvTimeoutError::Timeout) => Wake::Deadline,
+                    Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
+                },
+            };
+            match woke {
+                Wake::Events(batch) => {
+                    if batch.missed > 0 {
+                        let missed = json!({ "missed": batch.missed });
+                        let packet = Packet::event("/lab", vec![json!("missed"), missed], 0);
+                        events.push(EioPacket::Message(packet.encode()));
+                    }
+                    events.extend(batch.events.iter().map(|e| lab_event(e)));
+                }
+                Wake::Other(Outgoing::Packets(packets)) => front.extend(packets),
+                Wake::Other(Outgoing::End) => ended = true,
+                Wake::Other(Outgoing::Wake) if Instant::now() < deadline => continue,
+                Wake::Other(Outgoing::Wake) | Wake::OtherGone | Wake::Deadline => {}
+            }
+            break;
+        }
+        // Whatever else is queued goes in the same answer; and always before hub events, so a
+        // recovered backlog comes before anything the feed brought.
+        while (gather || !events.is_empty()) && !ended {
+            match self.outbox_rx.try_recv() {
+                Ok(Outgoing::Packets(packets)) => front.extend(packets),
+                Ok(Outgoing::Wake) => {}
+                Ok(Outgoing::End) => ended = true,
+                Err(_) => break,
+            }
+        }
+        let delivery_events = events.len();
+        front.extend(events);
+        if front.contains(&EioPacket::Close) {
+            ended = true;
+        }
+        if front.is_empty() {
+            // The deadline, or the session ended by the client: a noop ends the held GET.
+            front.push(EioPacket::Noop);
+        }
+        Delivery {
+            packets: front,
+            ended,
+            events: delivery_events,
+        }
+    }
+
+    /// The next ack id for a question to the client.
+    pub fn ask(&self, question: Value) -> u64 {
+        let mut state = self.state();
+        let id = state.next_ack_id;
+        state.next_ack_id += 1;
+        state.asked.insert(id, question);
+        id
+    }
+}
+
+/// A hub event on `/lab`: the event `"event"` with `{"id", "data"}` and, last, the offset the
+/// client sends back to recover (`socket.io-client` keeps a trailing string argument).
+pub fn lab_event(event: &Event) -> EioPacket {
+    let args = vec![json!("event"), event.to_json(), json!(event.id.to_string())];
+    EioPacket::Message(Packet::event("/lab", args, 0).encode())
+}
+
+/// A session id nobody can guess: 16 random bytes from the kernel, base64url.
+pub fn random_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 15];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No /dev/urandom (not Linux): std's hasher keys are random per process.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(
+                std::time::SystemTime::UNIX_EPOCH
+                    .elapsed()
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            let n = hasher.finish().to_le_bytes();
+            chunk.copy_from_slice(&n[..chunk.len()]);
+        }
+    }
+    data_encoding::BASE64URL_NOPAD.encode(&bytes)
+}
+
+/// How long a polling GET may be held: the heartbeat's ping ends it sooner.
+pub fn hold_limit(settings: &Settings) -> Duration {
+    settings.ping_interval + settings.ping_timeout
+}

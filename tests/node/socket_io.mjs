@@ -1,0 +1,259 @@
+// The official socket.io-client (npm, 4.8) against the lab: tests/socket_io.rs runs one
+// scenario per call and checks what it prints. Each scenario ends with "ok" and a JSON
+// summary, or exits non-zero with what went wrong.
+//
+//   node tests/node/socket_io.mjs SCENARIO http://127.0.0.1:PORT WS_PORT
+import { io } from "socket.io-client";
+
+const [scenario, url, wsPort] = process.argv.slice(2);
+// The websocket transport lives on the lab's WebSocket port: the client's own per-transport
+// options say so.
+const toLab = { transportOptions: { websocket: { port: wsPort } } };
+const deadline = setTimeout(() => fail(`scenario ${scenario} did not finish in 30 s`), 30_000);
+
+function fail(why) {
+  console.log(`FAILED ${scenario}: ${why}`);
+  process.exit(1);
+}
+function check(condition, why) {
+  if (!condition) fail(why);
+}
+function done(summary) {
+  clearTimeout(deadline);
+  console.log("ok " + JSON.stringify(summary));
+  process.exit(0);
+}
+/** The next `event` on `socket` (with its arguments), or fail after `ms`. */
+function next(socket, event, ms = 10_000) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => fail(`no ${event} within ${ms} ms`), ms);
+    socket.once(event, (...args) => {
+      clearTimeout(timer);
+      resolve(args);
+    });
+  });
+}
+/** Wait until `socket` receives a hub event whose data is `data`; returns the event. */
+function eventWithData(socket, data) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => fail(`no hub event ${JSON.stringify(data)}`), 10_000);
+    const handler = (event) => {
+      if (event.data === data) {
+        clearTimeout(timer);
+        socket.off("event", handler);
+        resolve(event);
+      }
+    };
+    socket.on("event", handler);
+  });
+}
+async function publishByRest(text) {
+  const response = await fetch(url + "/publish", {
+    method: "POST",
+    headers: { "Content-Type": "text/plain" },
+    body: text,
+  });
+  check(response.ok, `POST /publish answered ${response.status}`);
+  return (await response.json()).id;
+}
+function lab(options = {}) {
+  return io(url + "/lab", { auth: { name: "node" }, reconnection: false, ...toLab, ...options });
+}
+/** Connect, and wait for the upgrade when the session started on polling. */
+async function connected(socket, wantUpgrade) {
+  await next(socket, "connect");
+  if (wantUpgrade && socket.io.engine.transport.name !== "websocket") {
+    await next(socket.io.engine, "upgrade");
+  }
+  return socket;
+}
+
+const scenarios = {
+  // Polling, then the upgrade; hub events both ways; acks both ways.
+  async upgrade() {
+    const socket = lab();
+    const transports = [];
+    socket.io.on("open", () => transports.push(socket.io.engine.transport.name));
+    await connected(socket, true);
+    transports.push(socket.io.engine.transport.name);
+    const text = "from REST " + Date.now();
+    const [event] = await Promise.all([eventWithData(socket, text), publishByRest(text)]);
+    const ack = await socket.emitWithAck("publish", "from the client");
+    check(Number.isInteger(ack.id), `publish acked ${JSON.stringify(ack)}`);
+    const polled = await (await fetch(`${url}/events/poll?since=${ack.id - 1}`)).json();
+    check(polled.events.some((e) => e.id === ack.id && e.data === "from the client"), "the client's publish is in the hub");
+    // The server asks; our ack answers; the server says what it got.
+    socket.on("question", (question, answer) => answer("42, to " + question));
+    const answered = next(socket, "answered");
+    await socket.emitWithAck("ask-me", "what?");
+    const [said] = await answered;
+    check(said.answer === "42, to what?", `answered ${JSON.stringify(said)}`);
+    socket.close();
+    done({ transports, event, ack, answered: said });
+  },
+
+  // An emit to a room reaches its members only.
+  async rooms() {
+    const [a, b, c] = await Promise.all([lab(), lab(), lab()].map((s) => connected(s, true)));
+    await a.emitWithAck("join", "r1");
+    await b.emitWithAck("join", "r1");
+    await c.emitWithAck("join", "r2");
+    const cGot = [];
+    c.on("said", (s) => cGot.push(s));
+    const bHears = next(b, "said");
+    const reply = await a.emitWithAck("say", { room: "r1", text: "hello r1" });
+    check(reply.delivered === 2, `delivered to ${reply.delivered}`);
+    const [heard] = await bHears;
+    check(heard.text === "hello r1" && heard.room === "r1", `b heard ${JSON.stringify(heard)}`);
+    // c's own message to r2 is queued after anything r1 sent it: had it been sent r1's,
+    // it would have come first.
+    const cHears = next(c, "said");
+    await c.emitWithAck("say", { room: "r2", text: "hello r2" });
+    await cHears;
+    check(cGot.length === 1 && cGot[0].room === "r2", `c got ${JSON.stringify(cGot)}`);
+    const left = await b.emitWithAck("leave", "r1");
+    check(left.rooms.length === 0, `rooms after leaving ${JSON.stringify(left)}`);
+    const again = await a.emitWithAck("say", { room: "r1", text: "alone" });
+    check(again.delivered === 1, `after b left, delivered to ${again.delivered}`);
+    const refused = await c.emitWithAck("say", { room: "r1", text: "not a member" });
+    check(refused.error, "saying to a room one has not joined is refused");
+    [a, b, c].forEach((s) => s.close());
+    done({ delivered: reply.delivered, afterLeave: again.delivered });
+  },
+
+  // The reference namespace /custom, binary attachments, and refused CONNECTs.
+  async namespaces() {
+    const custom = io(url + "/custom", { auth: { token: "abc" }, reconnection: false, ...toLab });
+    const [auth] = await next(custom, "auth");
+    check(auth.token === "abc", `auth echoed ${JSON.stringify(auth)}`);
+    const back = next(custom, "message-back");
+    custom.emit("message", 1, "2", { 3: [true] });
+    const args = await back;
+    check(JSON.stringify(args) === JSON.stringify([1, "2", { 3: [true] }]), `message-back ${JSON.stringify(args)}`);
+    const acked = await custom.emitWithAck("message-with-ack", "x", 7);
+    check(JSON.stringify(acked) === '"x"' || acked === "x", `ack ${JSON.stringify(acked)}`);
+    const bytes = Buffer.from([1, 2, 3, 250]);
+    const binaryBack = next(custom, "message-back");
+    custom.emit("message", bytes, { nested: Buffer.from([9]) });
+    const [gotBytes, gotNested] = await binaryBack;
+    check(Buffer.compare(Buffer.from(gotBytes), bytes) === 0, `binary back ${gotBytes}`);
+    check(Buffer.from(gotNested.nested)[0] === 9, "a nested attachment comes back");
+    // /lab wants a name; an unknown namespace does not exist.
+    const nameless = io(url + "/lab", { reconnection: false, ...toLab });
+    const [refusal] = await next(nameless, "connect_error");
+    check(/name/.test(refusal.message), `refusal: ${refusal.message}`);
+    const nowhere = io(url + "/nowhere", { reconnection: false, ...toLab });
+    const [invalid] = await next(nowhere, "connect_error");
+    check(invalid.message === "Invalid namespace", `unknown namespace: ${invalid.message}`);
+    [custom, nameless, nowhere].forEach((s) => s.close());
+    done({ auth, binary: [...Buffer.from(gotBytes)], refusal: refusal.message });
+  },
+
+  // A forced transport close, events published meanwhile, and the recovery.
+  async recovery() {
+    const socket = lab({ reconnection: true, reconnectionDelay: 300, reconnectionDelayMax: 300 });
+    await connected(socket, true);
+    const first = "before the break " + Date.now();
+    await Promise.all([eventWithData(socket, first), publishByRest(first)]);
+    const id = socket.id;
+    const missed = [];
+    const disconnected = next(socket, "disconnect");
+    socket.io.engine.close();
+    const [reason] = await disconnected;
+    for (let i = 0; i < 3; i++) missed.push(await publishByRest(`missed ${i}`));
+    const seen = [];
+    socket.on("event", (event) => seen.push(event.id));
+    await next(socket, "connect");
+    check(socket.recovered === true, "socket.recovered is true");
+    check(socket.id === id, `the same socket id (${id} then ${socket.id})`);
+    const last = await publishByRest("after the recovery");
+    await new Promise((resolve) => {
+      const timer = setTimeout(() => fail(`saw ${seen} after the recovery`), 10_000);
+      const look = () => (seen.includes(last) ? (clearTimeout(timer), resolve()) : setTimeout(look, 20));
+      look();
+    });
+    // Every event after the last one seen before the break, in order, none twice: the ones
+    // published while disconnected among them (and any the generator added).
+    const contiguous = seen.every((id, i) => i === 0 || id === seen[i - 1] + 1);
+    check(contiguous && missed.every((id) => seen.includes(id)), `events after the break: ${seen}, missed ${missed}`);
+    socket.close();
+    done({ reason, missed, seen });
+  },
+
+  // A client that stops answering pings is closed by the server's heartbeat.
+  async "ping-timeout"() {
+    const socket = lab({ transports: ["websocket"] });
+    await next(socket, "connect");
+    const engine = socket.io.engine;
+    engine.transport.send = () => {}; // deaf and mute from now on: no pong leaves
+    const started = Date.now();
+    const [reason] = await next(socket, "disconnect", 15_000);
+    done({ reason, afterMs: Date.now() - started });
+  },
+
+  // A session born on a WebSocket, never polling.
+  async "websocket-only"() {
+    const socket = lab({ transports: ["websocket"] });
+    await next(socket, "connect");
+    check(socket.io.engine.transport.name === "websocket", "on a WebSocket from the start");
+    const text = "ws only " + Date.now();
+    const [event, ack] = await Promise.all([eventWithData(socket, text), socket.emitWithAck("publish", text)]);
+    check(event.id === ack.id, "the client's own publish comes back with its id");
+    socket.close();
+    done({ transport: "websocket", id: ack.id });
+  },
+
+  // A session that is told never to upgrade: every packet by held GET and POST.
+  async "polling-only"() {
+    const socket = lab({ transports: ["polling"] });
+    await next(socket, "connect");
+    const text = "polling only " + Date.now();
+    const [event, ack] = await Promise.all([eventWithData(socket, text), socket.emitWithAck("publish", text)]);
+    check(event.id === ack.id, "the client's own publish comes back with its id");
+    check(socket.io.engine.transport.name === "polling", "still polling");
+    socket.close();
+    done({ transport: "polling", id: ack.id });
+  },
+
+  // No transportOptions: the client probes a WebSocket on the HTTP port, which tiny_http
+  // cannot upgrade; the probe fails and the session carries on over polling.
+  async fallback() {
+    const socket = io(url + "/lab", { auth: { name: "node" }, reconnection: false });
+    const upgradeError = next(socket.io.engine, "upgradeError"); // the probe starts at once
+    await next(socket, "connect");
+    const [error] = await upgradeError;
+    check(socket.io.engine.transport.name === "polling", "still polling after the failed probe");
+    const text = "after the fallback " + Date.now();
+    const [event] = await Promise.all([eventWithData(socket, text), publishByRest(text)]);
+    socket.close();
+    done({ upgradeError: String(error.message || error), transport: "polling", event });
+  },
+
+  // Many sessions come and go (the Rust test then checks the lab is back to its baseline).
+  async sessions() {
+    const count = Number(process.env.SESSIONS || 200);
+    let connectedCount = 0;
+    for (let batch = 0; batch < count / 20; batch++) {
+      const sockets = Array.from({ length: 20 }, (_, i) =>
+        lab(i % 2 ? { transports: ["websocket"] } : {}),
+      );
+      await Promise.all(sockets.map((s) => next(s, "connect")));
+      connectedCount += sockets.length;
+      sockets.forEach((s) => s.close());
+    }
+    // A closing polling session still sends its close packet (a POST): wait until the lab
+    // has seen every one, rather than exit and leave it to the lab's ping timeout.
+    const until = Date.now() + 10_000;
+    for (;;) {
+      const stats = await (await fetch(url + "/stats")).json();
+      if (stats.socket_io_sessions === 0) break;
+      check(Date.now() < until, `${stats.socket_io_sessions} sessions still open`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    done({ sessions: connectedCount });
+  },
+};
+
+const run = scenarios[scenario];
+if (!run) fail(`no scenario ${scenario}; try one of ${Object.keys(scenarios).join(", ")}`);
+run().catch((e) => fail(e.stack || e));

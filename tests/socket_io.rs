@@ -1,0 +1,478 @@
+//! Socket.IO: the Engine.IO wire by hand (handshake, held GETs, POSTs, pings, errors), then
+//! the official `socket.io-client` from npm in Node (`tests/node/socket_io.mjs`) and in
+//! Chromium, and the lesson page.
+
+mod common;
+
+use common::browser::Browser;
+use common::{start_lab_with, stats, wait_until, ChildLab};
+use reverse_ajax_lab::client::{get, post, publish, request};
+use reverse_ajax_lab::RunningLab;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn lab() -> RunningLab {
+    start_lab_with(|c| {
+        c.socket_io.ping_interval = Duration::from_millis(400);
+        c.socket_io.ping_timeout = Duration::from_millis(300);
+    })
+}
+
+/// A polling session's handshake: its sid.
+fn handshake(addr: SocketAddr) -> String {
+    let answer = get(addr, "/socket.io/?EIO=4&transport=polling").unwrap();
+    assert_eq!(answer.status, 200);
+    let open: Value = serde_json::from_str(answer.body.strip_prefix('0').unwrap()).unwrap();
+    open["sid"].as_str().unwrap().to_string()
+}
+
+fn poll(addr: SocketAddr, sid: &str) -> reverse_ajax_lab::client::Response {
+    get(
+        addr,
+        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+    )
+    .unwrap()
+}
+
+fn send(addr: SocketAddr, sid: &str, body: &str) -> reverse_ajax_lab::client::Response {
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    post(addr, &path, "text/plain;charset=UTF-8", body).unwrap()
+}
+
+/// Poll until an answer holds `needle` (pings are answered on the way); the answers seen.
+fn poll_until(addr: SocketAddr, sid: &str, needle: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while Instant::now() < end {
+        let answer = poll(addr, sid);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        seen.push_str(&answer.body);
+        seen.push('\n');
+        if answer.body.split('\x1e').any(|p| p == "2") {
+            send(addr, sid, "3");
+        }
+        if answer.body.contains(needle) {
+            return seen;
+        }
+    }
+    panic!("never saw {needle:?}; saw {seen}");
+}
+
+#[test]
+fn the_handshake_opens_a_session_with_the_servers_timings() {
+    let lab = lab();
+    let answer = get(lab.addr(), "/socket.io/?EIO=4&transport=polling").unwrap();
+    assert_eq!(
+        answer.header("Content-Type"),
+        Some("text/plain; charset=UTF-8")
+    );
+    let open: Value = serde_json::from_str(answer.body.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 400);
+    assert_eq!(open["pingTimeout"], 300);
+    assert_eq!(open["maxPayload"], 1_000_000);
+    assert!(
+        open["sid"].as_str().unwrap().len() >= 20,
+        "a sid nobody guesses"
+    );
+    assert_eq!(stats(lab.addr())["socket_io_sessions"], 1);
+}
+
+#[test]
+fn engine_io_errors_are_400_with_a_code_and_change_nothing() {
+    let lab = lab();
+    let addr = lab.addr();
+    let code = |path: &str, method: &str| {
+        let answer = request(addr, method, path, &[], b"").unwrap();
+        (answer.status, answer.json()["code"].as_u64().unwrap())
+    };
+    assert_eq!(code("/socket.io/?transport=polling", "GET"), (400, 5));
+    assert_eq!(code("/socket.io/?EIO=3&transport=polling", "GET"), (400, 5));
+    assert_eq!(code("/socket.io/?EIO=4", "GET"), (400, 0));
+    assert_eq!(
+        code("/socket.io/?EIO=4&transport=websocket", "GET"),
+        (400, 0)
+    );
+    assert_eq!(
+        code("/socket.io/?EIO=4&transport=polling", "POST"),
+        (400, 2)
+    );
+    assert_eq!(
+        code("/socket.io/?EIO=4&transport=polling&sid=nobody", "GET"),
+        (400, 1)
+    );
+    assert_eq!(
+        code("/socket.io/?EIO=4&transport=polling&sid=nobody", "POST"),
+        (400, 1)
+    );
+    assert_eq!(stats(addr)["socket_io_sessions"], 0, "no session was made");
+}
+
+#[test]
+fn the_server_pings_and_a_held_get_carries_the_ping() {
+    let lab = lab();
+    let sid = handshake(lab.addr());
+    for _ in 0..3 {
+        let started = Instant::now();
+        // BLOCKS (the test): the GET is held until the heartbeat's ping.
+        assert_eq!(poll(lab.addr(), &sid).body, "2");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(send(lab.addr(), &sid, "3").body, "ok");
+    }
+    // Keeping the session alive needed a CONNECT within connectTimeout (45 s): still open.
+    assert_eq!(stats(lab.addr())["socket_io_sessions"], 1);
+}
+
+#[test]
+fn a_session_whose_pong_never_comes_is_closed() {
+    let lab = lab();
+    let sid = handshake(lab.addr());
+    assert_eq!(poll(lab.addr(), &sid).body, "2");
+    // No pong: after pingTimeout the session is gone, and its sid unknown.
+    wait_until("the session is closed", || {
+        stats(lab.addr())["socket_io_sessions"] == 0
+    });
+    assert_eq!(poll(lab.addr(), &sid).json()["code"], 1);
+}
+
+#[test]
+fn a_held_get_is_a_parked_request_woken_by_the_hub() {
+    let lab = lab();
+    let addr = lab.addr();
+    let sid = handshake(addr);
+    assert_eq!(send(addr, &sid, r#"40/lab,{"name":"t"}"#).body, "ok");
+    let connected = poll_until(addr, &sid, "40/lab,");
+    let answer: Value =
+        serde_json::from_str(connected.trim().rsplit("40/lab,").next().unwrap()).unwrap();
+    assert!(
+        answer["sid"].is_string() && answer["pid"].is_string(),
+        "{answer}"
+    );
+    let held = std::thread::spawn({
+        let sid = sid.clone();
+        move || poll_until(addr, &sid, "\"event\"")
+    });
+    wait_until("the GET is parked", || stats(addr)["parked"] == 1);
+    let id = publish(addr, "wake up").unwrap();
+    let seen = held.join().unwrap();
+    let expected = format!(r#"42/lab,["event",{{"data":"wake up","id":{id}}},"{id}"]"#);
+    assert!(seen.contains(&expected), "{seen}");
+}
+
+#[test]
+fn a_second_get_while_one_is_held_closes_the_session() {
+    let lab = lab();
+    let addr = lab.addr();
+    let sid = handshake(addr);
+    send(addr, &sid, r#"40/lab,{"name":"t"}"#);
+    poll_until(addr, &sid, "40/lab,");
+    let first = std::thread::spawn({
+        let sid = sid.clone();
+        move || poll(addr, &sid)
+    });
+    wait_until("the first GET is parked", || stats(addr)["parked"] == 1);
+    let second = poll(addr, &sid);
+    assert_eq!(
+        (second.status, second.json()["code"].as_u64()),
+        (400, Some(3))
+    );
+    // The held one ends with the close packet; the session is gone.
+    assert_eq!(first.join().unwrap().body, "1");
+    assert_eq!(stats(addr)["socket_io_sessions"], 0);
+}
+
+#[test]
+fn malformed_packets_end_only_their_own_session() {
+    let lab = lab();
+    let addr = lab.addr();
+    let bystander = handshake(addr);
+    send(addr, &bystander, r#"40/lab,{"name":"b"}"#);
+    for bad in [
+        "4abc",                           // an unknown Socket.IO type
+        "42{}",                           // an event that is not an array
+        r#"42abc["message-with-ack",1]"#, // an ack id that is not a number
+        "43/lab,99[1]",                   // an ACK for no question asked
+        "9",                              // an unknown Engine.IO type
+        "b!!!",                           // bad base64
+        "5",                              // an upgrade over polling
+    ] {
+        let sid = handshake(addr);
+        send(addr, &sid, r#"40/lab,{"name":"x"}"#);
+        let answer = send(addr, &sid, bad);
+        assert_eq!(
+            (answer.status, answer.json()["code"].as_u64()),
+            (400, Some(3)),
+            "{bad}"
+        );
+        assert_eq!(
+            poll(addr, &sid).json()["code"],
+            1,
+            "{bad}: the session is gone"
+        );
+    }
+    let too_big = "4".to_string() + &"x".repeat(1_000_001);
+    let sid = handshake(addr);
+    assert_eq!(send(addr, &sid, &too_big).status, 413);
+    assert_eq!(poll(addr, &sid).status, 400);
+    // The bystander never noticed.
+    assert_eq!(stats(addr)["socket_io_sessions"], 1);
+    poll_until(addr, &bystander, "40/lab,");
+}
+
+#[test]
+fn binary_attachments_travel_as_base64_over_polling() {
+    let lab = lab();
+    let addr = lab.addr();
+    let sid = handshake(addr);
+    send(addr, &sid, "40");
+    poll_until(addr, &sid, r#"42["auth",{}]"#);
+    let packet = r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+    send(addr, &sid, &format!("{packet}\x1ebAQID\x1ebBAUG"));
+    let seen = poll_until(addr, &sid, "message-back");
+    let back =
+        r#"452-["message-back",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+    assert!(
+        seen.contains(&format!("{back}\x1ebAQID\x1ebBAUG")),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn connect_to_an_unknown_namespace_or_lab_without_a_name_is_refused() {
+    let lab = lab();
+    let addr = lab.addr();
+    let sid = handshake(addr);
+    send(addr, &sid, "40/random,\x1e40/lab,{}");
+    let seen = poll_until(addr, &sid, "44/lab,");
+    assert!(
+        seen.contains(r#"44/random,{"message":"Invalid namespace"}"#),
+        "{seen}"
+    );
+    assert!(seen.contains(r#"44/lab,{"message":"a name (1 to 32 characters) is required"}"#));
+    assert_eq!(
+        stats(addr)["subscribers"],
+        0,
+        "a refused CONNECT subscribes nothing"
+    );
+}
+
+#[test]
+fn an_answer_says_close_when_the_client_asked_for_it() {
+    // Node's agent pools connections: without `Connection: close` in our answer it would send
+    // its next request on a socket tiny_http is closing ("socket hang up").
+    let lab = lab();
+    for path in ["/stats", "/socket.io/?EIO=4", "/events/poll", "/nowhere"] {
+        // (`request` says `Connection: close`, as node-fetch does.)
+        let answer = request(lab.addr(), "GET", path, &[], b"").unwrap();
+        assert_eq!(answer.header("Connection"), Some("close"), "{path}");
+    }
+    let mut kept = reverse_ajax_lab::client::KeepAlive::connect(lab.addr()).unwrap();
+    for _ in 0..2 {
+        assert_eq!(kept.get("/stats").unwrap().header("Connection"), None);
+    }
+}
+
+// ---- The official client, in Node ---------------------------------------------------------
+
+/// Run one scenario of `tests/node/socket_io.mjs` against the lab; its summary as JSON.
+fn official_client(lab_addr: SocketAddr, ws_port: u16, scenario: &str) -> Value {
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        std::path::Path::new(root)
+            .join("node_modules/socket.io-client")
+            .exists(),
+        "the official client is not installed: run `npm ci` (scripts/test does)"
+    );
+    let output = Command::new("node")
+        .current_dir(root)
+        .args(["tests/node/socket_io.mjs", scenario])
+        .arg(format!("http://{lab_addr}"))
+        .arg(ws_port.to_string())
+        .output()
+        .expect("node runs (Node 20 or later)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{scenario}: {stdout}{stderr}");
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ok "))
+        .expect("a summary");
+    serde_json::from_str(summary).unwrap()
+}
+
+fn run_official(scenario: &str) -> Value {
+    let lab = lab();
+    let ws_port: u16 = lab
+        .lab
+        .websocket_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let summary = official_client(lab.addr(), ws_port, scenario);
+    wait_until("every session has ended", || {
+        let s = stats(lab.addr());
+        s["socket_io_sessions"] == 0 && s["subscribers"] == 0 && s["websockets"] == 0
+    });
+    summary
+}
+
+#[test]
+fn the_official_client_connects_on_polling_upgrades_and_acks_both_ways() {
+    let summary = run_official("upgrade");
+    assert_eq!(
+        summary["transports"],
+        serde_json::json!(["polling", "websocket"])
+    );
+    assert_eq!(summary["answered"]["answer"], "42, to what?");
+}
+
+#[test]
+fn the_official_client_reaches_only_its_room() {
+    let summary = run_official("rooms");
+    assert_eq!(
+        (
+            summary["delivered"].as_u64(),
+            summary["afterLeave"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+}
+
+#[test]
+fn the_official_client_meets_the_reference_namespace_binary_and_refusals() {
+    let summary = run_official("namespaces");
+    assert_eq!(summary["binary"], serde_json::json!([1, 2, 3, 250]));
+}
+
+#[test]
+fn the_official_client_recovers_every_missed_event_after_a_break() {
+    let summary = run_official("recovery");
+    assert_eq!(summary["reason"], "forced close");
+}
+
+#[test]
+fn the_official_client_that_stops_answering_pings_is_dropped() {
+    let summary = run_official("ping-timeout");
+    // pingInterval 400 + pingTimeout 300: the server ends it, not the client's own timer.
+    assert_eq!(summary["reason"], "transport close");
+    assert!(summary["afterMs"].as_u64().unwrap() < 5_000, "{summary}");
+}
+
+#[test]
+fn the_official_client_works_on_websocket_only_and_on_polling_only() {
+    assert_eq!(run_official("websocket-only")["transport"], "websocket");
+    assert_eq!(run_official("polling-only")["transport"], "polling");
+}
+
+#[test]
+fn the_official_client_stays_on_polling_when_the_upgrade_is_refused() {
+    let summary = run_official("fallback");
+    assert_eq!(summary["transport"], "polling");
+}
+
+/// Every session's threads (`ws-N`, `ws-N-writer`, `handler-N` for the held GETs) end, and
+/// every descriptor is given back. (The thread *count* is not compared: tiny_http keeps a
+/// pool that grows with a burst and shrinks on its own schedule, and replaces its accept
+/// thread after `--idle-timeout` without connections; neither is this lesson's.)
+#[test]
+fn two_hundred_sessions_come_and_go_and_leave_no_thread_or_descriptor_behind() {
+    let lab = ChildLab::start(&[]);
+    let ws_port: u16 = stats(lab.addr)["websocket"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fds = lab.fds_from_proc();
+    let summary = official_client(lab.addr, ws_port, "sessions");
+    assert_eq!(summary["sessions"], 200);
+    let s = stats(lab.addr);
+    assert_eq!(
+        (s["socket_io_sessions"].as_u64(), s["subscribers"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let names = lab.thread_names();
+        let ours: Vec<_> = names
+            .iter()
+            .filter(|n| n.starts_with("ws-") && n != &"ws-accept" || n.starts_with("handler-"))
+            .collect();
+        let now = lab.fds_from_proc();
+        // At most the descriptors before (one of those may have been a connection of the
+        // start's own /stats probe, since closed).
+        if ours.is_empty() && now <= fds {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "left behind: {ours:?}, {now} descriptors (was {fds})"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+// ---- Chromium -----------------------------------------------------------------------------
+
+#[test]
+fn the_lesson_page_upgrades_receives_events_and_chats() {
+    let lab = lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{}/lessons/socket_io", lab.addr()));
+    page.wait_for(
+        "the session upgrades",
+        "document.getElementById('transport').textContent === 'websocket'",
+    );
+    page.wait_for_log("[client] joined /lab");
+    publish(lab.addr(), "to the page").unwrap();
+    page.wait_for_log("[event] to the page");
+    page.eval("document.getElementById('join').click()");
+    page.wait_for_log("[ack] join");
+    page.eval("document.getElementById('say').value = 'hi room'; document.getElementById('room-form').requestSubmit()");
+    page.wait_for_log("[said] tab-");
+    page.eval("document.getElementById('text').value = 'from the page'; document.getElementById('publish-form').requestSubmit()");
+    page.wait_for_log("[event] from the page");
+    page.eval("document.getElementById('ask').click()");
+    page.wait_for_log("[answered]");
+    // Break the socket: the page reconnects with its pid and offset and is recovered.
+    page.eval("document.getElementById('break').click()");
+    publish(lab.addr(), "while broken").unwrap();
+    page.wait_for(
+        "the socket is recovered",
+        "document.getElementById('recovered').textContent === 'yes'",
+    );
+    page.wait_for_log("[event] while broken");
+}
+
+#[test]
+fn the_official_browser_bundle_chats_with_the_lab() {
+    let lab = lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!(
+        "http://{}/lessons/socket_io?client=official",
+        lab.addr()
+    ));
+    page.wait_for("the official client loaded", "typeof io === 'function'");
+    page.wait_for(
+        "the session upgrades",
+        "document.getElementById('transport').textContent === 'websocket'",
+    );
+    page.wait_for_log("[client] joined /lab");
+    publish(lab.addr(), "to the bundle").unwrap();
+    page.wait_for_log("[event] to the bundle");
+    page.eval("document.getElementById('text').value = 'from the bundle'; document.getElementById('publish-form').requestSubmit()");
+    page.wait_for_log("[ack] publish");
+    page.wait_for_log("[event] from the bundle");
+}
