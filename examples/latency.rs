@@ -5,6 +5,7 @@
 //! cargo run --release --example latency -- long-poll 1000   # a thousand
 //! cargo run --release --example latency -- sse 1000 --events 100 --gap-ms 200
 //! cargo run --release --example latency -- long-poll 1000 --queue   # --parking queue
+//! cargo run --release --example latency -- socket.io 1000  # Socket.IO's /lab over its websocket transport
 //! ```
 //!
 //! The lab runs as a child process (so its CPU and memory are its own). Every client lives in
@@ -23,7 +24,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-const TECHNIQUES: &str = "long-poll stream sse ws";
+const TECHNIQUES: &str = "long-poll stream sse ws socket.io";
 
 fn main() {
     if common::serve_if_asked() {
@@ -64,7 +65,10 @@ fn main() {
     assert!(epoll >= 0, "epoll_create1");
     let mut conns: Vec<Conn> = (0..clients)
         .map(|i| {
-            let target = if technique == "ws" { ws_addr } else { addr };
+            let target = match technique.as_str() {
+                "ws" | "socket.io" => ws_addr,
+                _ => addr,
+            };
             let mut socket = TcpStream::connect(target).expect("connect");
             socket.set_nodelay(true).unwrap();
             socket
@@ -84,11 +88,16 @@ fn main() {
                 buffer: Vec::new(),
                 since: 0,
                 seen: Vec::new(),
+                upgraded: false,
             }
         })
         .collect();
     let held = |lab: &ChildLab| {
         let s = client::get(lab.addr, "/stats").unwrap().json();
+        if technique == "socket.io" {
+            // Held once its CONNECT to /lab has subscribed it to the hub.
+            return s["subscribers"].as_u64().unwrap_or(0);
+        }
         s["parked"].as_u64().unwrap_or(0)
             + s["streams"].as_u64().unwrap_or(0)
             + s["websockets"].as_u64().unwrap_or(0)
@@ -137,6 +146,7 @@ fn main() {
         "long-poll" => "long_polling",
         "stream" => "fetch_streaming",
         "ws" => "websocket",
+        "socket.io" => "socket_io",
         other => other,
     };
     let counters = &stats["lessons"][lesson];
@@ -165,6 +175,8 @@ struct Conn {
     buffer: Vec<u8>,
     since: u64,
     seen: Vec<u128>,
+    /// Socket.IO: the 101 came and the CONNECT to /lab is sent.
+    upgraded: bool,
 }
 
 fn first_request(technique: &str, addr: SocketAddr, ws_addr: SocketAddr) -> String {
@@ -172,6 +184,10 @@ fn first_request(technique: &str, addr: SocketAddr, ws_addr: SocketAddr) -> Stri
         "long-poll" => long_poll_request(addr, 0),
         "stream" => format!("GET /events/stream?since=0 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
         "sse" => format!("GET /events/sse?since=0 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        "socket.io" => format!(
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {ws_addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
         _ => format!(
             "GET /events/ws?since=0 HTTP/1.1\r\nHost: {ws_addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -223,6 +239,19 @@ fn pump_reads(
 /// Find `@@micros@@` markers in what arrived; long polls also complete their answer and ask
 /// again from the new cursor.
 fn take_events(conn: &mut Conn, technique: &str, addr: SocketAddr, arrived: u128) {
+    if technique == "socket.io" && !conn.upgraded {
+        let text = String::from_utf8_lossy(&conn.buffer).into_owned();
+        let Some(head_end) = text.find("\r\n\r\n") else {
+            return;
+        };
+        conn.buffer.drain(..head_end + 4);
+        // CONNECT to /lab in a masked text frame (clients mask; a zero key is a valid key).
+        let payload = br#"40/lab,{"name":"bench"}"#;
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        let _ = conn.socket.write_all(&frame);
+        conn.upgraded = true;
+    }
     if technique == "long-poll" {
         // A whole answer: head, then Content-Length bytes.
         loop {

@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn ack_ids_and_attachments_are_read_and_written() {
-        let text = r#"52-789/lab,12["up",{"_placeholder":true,"num":0}]"#;
+        let text = r#"52-/lab,12["up",{"_placeholder":true,"num":0}]"#;
         let p = Packet::decode(text).unwrap();
         assert_eq!(p.kind, Kind::BinaryEvent);
         assert_eq!(p.attachments, 2);
