@@ -274,6 +274,76 @@ fn an_answer_says_close_when_the_client_asked_for_it() {
     }
 }
 
+#[test]
+fn polling_names_the_labs_other_origin_and_refuses_foreign_ones() {
+    let lab = lab();
+    let addr = lab.addr();
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let other = format!("http://localhost:{}", addr.port());
+    let answer = request(addr, "GET", path, &[("Origin", &other)], b"").unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("Access-Control-Allow-Origin"),
+        Some(other.as_str())
+    );
+    assert_eq!(
+        answer.header("Access-Control-Allow-Credentials"),
+        Some("true")
+    );
+    let preflight = request(addr, "OPTIONS", path, &[("Origin", &other)], b"").unwrap();
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("Access-Control-Allow-Origin"),
+        Some(other.as_str())
+    );
+    let sessions = stats(addr)["socket_io_sessions"].clone();
+    for origin in common::near_miss_origins(addr.port()) {
+        let answer = request(addr, "GET", path, &[("Origin", &origin)], b"").unwrap();
+        assert_eq!(
+            (answer.status, answer.json()["code"].as_u64()),
+            (403, Some(4)),
+            "{origin}"
+        );
+        assert_eq!(
+            answer.header("Access-Control-Allow-Origin"),
+            None,
+            "{origin}"
+        );
+    }
+    assert_eq!(
+        stats(addr)["socket_io_sessions"],
+        sessions,
+        "no session for a foreign page"
+    );
+}
+
+#[test]
+fn the_websocket_transport_checks_the_origin() {
+    use tungstenite::client::IntoClientRequest;
+    let lab = lab();
+    let url = lab
+        .lab
+        .websocket_url
+        .replace("/events/ws", "/socket.io/?EIO=4&transport=websocket");
+    let open = |origin: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        tungstenite::connect(request)
+    };
+    let (mut socket, _) = open(&format!("http://127.0.0.1:{}", lab.addr().port())).unwrap();
+    let first = socket.read().unwrap().into_text().unwrap();
+    assert!(
+        first.starts_with("0{") && first.contains(r#""upgrades":[]"#),
+        "{first}"
+    );
+    match open("http://evil.example") {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("a foreign page opened a socket: {other:?}"),
+    }
+}
+
 // ---- The official client, in Node ---------------------------------------------------------
 
 /// Run one scenario of `tests/node/socket_io.mjs` against the lab; its summary as JSON.
@@ -302,19 +372,15 @@ fn official_client(lab_addr: SocketAddr, ws_port: u16, scenario: &str) -> Value 
     serde_json::from_str(summary).unwrap()
 }
 
+/// The port of `ws://HOST:PORT/path`.
+fn port_of(url: &str) -> u16 {
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap();
+    authority.rsplit(':').next().unwrap().parse().unwrap()
+}
+
 fn run_official(scenario: &str) -> Value {
     let lab = lab();
-    let ws_port: u16 = lab
-        .lab
-        .websocket_url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ws_port = port_of(&lab.lab.websocket_url);
     let summary = official_client(lab.addr(), ws_port, scenario);
     wait_until("every session has ended", || {
         let s = stats(lab.addr());
@@ -384,17 +450,7 @@ fn the_official_client_stays_on_polling_when_the_upgrade_is_refused() {
 #[test]
 fn two_hundred_sessions_come_and_go_and_leave_no_thread_or_descriptor_behind() {
     let lab = ChildLab::start(&[]);
-    let ws_port: u16 = stats(lab.addr)["websocket"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ws_port = port_of(stats(lab.addr)["websocket"].as_str().unwrap());
     let fds = lab.fds_from_proc();
     let summary = official_client(lab.addr, ws_port, "sessions");
     assert_eq!(summary["sessions"], 200);

@@ -9,11 +9,11 @@
 //!
 //! ```text
 //! GET /socket.io/?EIO=4&transport=polling                          ← handshake
-//! 200  0{"sid":"Xq…","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}
+//! 200  0{"maxPayload":1000000,"pingInterval":25000,"pingTimeout":20000,"sid":"Xq…","upgrades":["websocket"]}
 //! POST /socket.io/?EIO=4&transport=polling&sid=Xq…   40/lab,{"name":"ada"}   ← CONNECT /lab
 //! 200  ok
 //! GET  /socket.io/?EIO=4&transport=polling&sid=Xq…
-//! 200  40/lab,{"sid":"p3…","pid":"Zk…"}                             ← CONNECT answered
+//! 200  40/lab,{"pid":"Zk…","sid":"p3…"}                             ← CONNECT answered
 //! GET  /socket.io/?EIO=4&transport=polling&sid=Xq…
 //!   (time passes: req-12 is parked on the session's outbox and the hub)
 //! 200  42/lab,["event",{"id":7,"data":"At …"},"7"]                  ← a hub event; "7" is its offset
@@ -236,41 +236,23 @@ struct EioError {
     message: &'static str,
 }
 
-const UNKNOWN_TRANSPORT: EioError = EioError {
-    status: 400,
-    code: 0,
-    message: "Transport unknown",
-};
-const UNKNOWN_SID: EioError = EioError {
-    status: 400,
-    code: 1,
-    message: "Session ID unknown",
-};
-const BAD_HANDSHAKE_METHOD: EioError = EioError {
-    status: 400,
-    code: 2,
-    message: "Bad handshake method",
-};
-const BAD_REQUEST: EioError = EioError {
-    status: 400,
-    code: 3,
-    message: "Bad request",
-};
-const FORBIDDEN: EioError = EioError {
-    status: 403,
-    code: 4,
-    message: "Forbidden",
-};
-const UNSUPPORTED_VERSION: EioError = EioError {
-    status: 400,
-    code: 5,
-    message: "Unsupported protocol version",
-};
-const TOO_LARGE: EioError = EioError {
-    status: 413,
-    code: 3,
-    message: "Payload too large",
-};
+impl EioError {
+    const fn new(status: u16, code: u8, message: &'static str) -> EioError {
+        EioError {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+const UNKNOWN_TRANSPORT: EioError = EioError::new(400, 0, "Transport unknown");
+const UNKNOWN_SID: EioError = EioError::new(400, 1, "Session ID unknown");
+const BAD_HANDSHAKE_METHOD: EioError = EioError::new(400, 2, "Bad handshake method");
+const BAD_REQUEST: EioError = EioError::new(400, 3, "Bad request");
+const FORBIDDEN: EioError = EioError::new(403, 4, "Forbidden");
+const UNSUPPORTED_VERSION: EioError = EioError::new(400, 5, "Unsupported protocol version");
+const TOO_LARGE: EioError = EioError::new(413, 3, "Payload too large");
 
 /// CORS for polling from the lab's other loopback origin: the exact origin is echoed, with
 /// credentials allowed (socket.io-client may send cookies with `withCredentials`).

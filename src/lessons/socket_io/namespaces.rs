@@ -90,13 +90,7 @@ fn connect(
             rooms: BTreeSet::new(),
         };
         let answer = json!({ "sid": socket.id });
-        joined(session, namespace, socket);
-        send(
-            lab,
-            session,
-            &Packet::new(Kind::Connect, namespace, Some(answer)),
-            &[],
-        );
+        joined(lab, session, namespace, socket, answer);
         send(
             lab,
             session,
@@ -161,13 +155,7 @@ fn connect(
         session.sid,
         socket.name
     );
-    joined(session, namespace, socket);
-    send(
-        lab,
-        session,
-        &Packet::new(Kind::Connect, namespace, Some(answer)),
-        &[],
-    );
+    joined(lab, session, namespace, socket, answer);
     if recovered && !backlog.events.is_empty() {
         // Every missed event, in order, as one group: before anything the feed brings.
         let group = backlog
@@ -187,10 +175,15 @@ fn recovered_pid(auth: &Value, socket: &Socket) -> bool {
     auth["pid"].as_str().is_some() && auth["pid"].as_str() == socket.pid.as_deref()
 }
 
-fn joined(session: &Session, namespace: &str, socket: Socket) {
-    let mut state = session.state();
-    state.connect_due = None;
-    state.sockets.insert(namespace.to_string(), socket);
+/// The socket joins `namespace`, and the CONNECT is answered with `answer`.
+fn joined(lab: &Lab, session: &Arc<Session>, namespace: &str, socket: Socket, answer: Value) {
+    {
+        let mut state = session.state();
+        state.connect_due = None;
+        state.sockets.insert(namespace.to_string(), socket);
+    }
+    let connected = Packet::new(Kind::Connect, namespace, Some(answer));
+    send(lab, session, &connected, &[]);
 }
 
 fn refuse_connect(lab: &Lab, session: &Arc<Session>, namespace: &str, message: &str) {
