@@ -26,6 +26,8 @@ pub struct Lab {
     pub accept_idle_replacements: Arc<AtomicU64>,
     /// Every Socket.IO session (`lessons::socket_io`).
     pub socket_io: crate::lessons::socket_io::SocketIo,
+    /// Every Bayeux client (`lessons::bayeux`).
+    pub bayeux: crate::lessons::bayeux::Bayeux,
 }
 
 impl Lab {
@@ -44,4 +46,27 @@ impl Lab {
         counters.request();
         counters
     }
+}
+
+/// An id nobody can guess (Socket.IO sessions, Bayeux clients): 15 random bytes from the
+/// kernel, base64url (20 characters).
+pub fn random_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 15];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No /dev/urandom (not Linux): std's hasher keys are random per process.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(
+                std::time::SystemTime::UNIX_EPOCH
+                    .elapsed()
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            let n = hasher.finish().to_le_bytes();
+            chunk.copy_from_slice(&n[..chunk.len()]);
+        }
+    }
+    data_encoding::BASE64URL_NOPAD.encode(&bytes)
 }

@@ -72,6 +72,8 @@ pub struct Config {
     pub only: Option<&'static str>,
     /// The Socket.IO lesson's Engine.IO timings (`--socket-io-*`).
     pub socket_io: lessons::socket_io::Settings,
+    /// The Bayeux lesson's advice (`--bayeux-*`).
+    pub bayeux: lessons::bayeux::Settings,
 }
 
 /// `--parking thread|queue`: see `waiting_room`.
@@ -102,6 +104,7 @@ impl Default for Config {
             parking: ParkingMode::Thread,
             only: None,
             socket_io: lessons::socket_io::Settings::default(),
+            bayeux: lessons::bayeux::Settings::default(),
         }
     }
 }
@@ -126,6 +129,8 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --socket-io-ping-interval MS   Engine.IO pings every MS (default 25000)
   --socket-io-ping-timeout MS    ...and closes a session whose pong is later (default 20000)
   --socket-io-connect-timeout MS ...or that joins no namespace in time (default 45000)
+  --bayeux-timeout MS            Bayeux holds a /meta/connect this long (default 20000)
+  --bayeux-max-interval MS       ...and forgets a client silent this long after (default 10000)
   -h, --help             this text
 
 Logs go to stderr; RUST_LOG=debug shows every request park, wake and leave.";
@@ -190,6 +195,10 @@ impl Config {
                 }
                 "--socket-io-connect-timeout" => {
                     config.socket_io.connect_timeout = parse_millis(&flag, &value()?)?
+                }
+                "--bayeux-timeout" => config.bayeux.timeout = parse_millis(&flag, &value()?)?,
+                "--bayeux-max-interval" => {
+                    config.bayeux.max_interval = parse_millis(&flag, &value()?)?
                 }
                 "--max-fds" => config.max_fds = Some(parse_number(&flag, &value()?)? as u64),
                 "--parking" => {

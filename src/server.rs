@@ -82,6 +82,7 @@ impl RunningLab {
         }
         let websocket = lessons::websocket::listen(&config, requested, addr)?;
         let socket_io = config.socket_io.clone();
+        let bayeux = config.bayeux.clone();
         let lab = Arc::new(Lab {
             websocket_url: websocket.url(),
             config,
@@ -92,7 +93,10 @@ impl RunningLab {
             accept_restarts: requests.restarts.clone(),
             accept_idle_replacements: requests.idle_replacements.clone(),
             socket_io: lessons::socket_io::SocketIo::new(socket_io),
+            bayeux: lessons::bayeux::Bayeux::new(bayeux),
         });
+        lessons::bayeux::spawn_sweeper(lab.clone())
+            .map_err(|e| format!("cannot start the Bayeux sweeper thread: {e}"))?;
         lessons::socket_io::spawn_heartbeat(lab.clone())
             .map_err(|e| format!("cannot start the Socket.IO heartbeat thread: {e}"))?;
 
@@ -316,6 +320,12 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, "/vendor/socket.io.min.js") => {
             lessons::socket_io::official_client(lab, request)
         }
+        (_, p) if p == "/cometd" || p.starts_with("/cometd/") => {
+            lessons::bayeux::handle(lab, request, &query)
+        }
+        (Method::Get, p) if p.starts_with("/vendor/cometd/") => {
+            lessons::bayeux::official_client(lab, request, &p["/vendor/cometd/".len()..])
+        }
         (_, "/socket.io/") => lessons::socket_io::handle(lab, request, &query),
         (Method::Get, "/events/ws") => {
             let counters = lab.count("websocket");
@@ -365,6 +375,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "websockets": s.websockets.get(),
         "websocket_threads": s.websocket_threads.get(),
         "socket_io_sessions": lab.socket_io.session_count(),
+        "bayeux_clients": lab.bayeux.client_count(),
         "subscribers": lab.hub.subscriber_count(),
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),

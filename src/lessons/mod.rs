@@ -7,6 +7,7 @@
 use crate::hub::Backlog;
 use serde_json::{json, Value};
 
+pub mod bayeux;
 pub mod buffering;
 pub mod compare;
 pub mod cors;
@@ -129,6 +130,13 @@ pub const LESSONS: &[Lesson] = &[
         // Polling here; the websocket transport on the WebSocket port, same path.
         endpoints: &[("GET, POST, OPTIONS", "/socket.io/")],
     },
+    Lesson {
+        name: "bayeux",
+        title: "CometD's Bayeux protocol",
+        idea: "Publish and subscribe on named channels, a client id from a handshake, and one held /meta/connect carrying every delivery.",
+        page: include_str!("../../html/bayeux.html"),
+        endpoints: &[("GET, POST, OPTIONS", "/cometd")],
+    },
     // Every lesson above at once, in one tab.
     compare::LESSON,
 ];
@@ -153,6 +161,19 @@ pub fn owner_of(path: &str) -> Option<&'static str> {
         .iter()
         .find(|l| l.endpoints.iter().any(|(_, p)| *p == path))
         .map(|l| l.name)
+}
+
+/// A file `npm ci` installed under `node_modules/` (a framework's official client, for a
+/// page's `?client=official`), looked for in the current directory and in the lab's source
+/// folder. The lab itself never needs one.
+pub fn installed_client(path: &str) -> Option<Vec<u8>> {
+    let path = std::path::Path::new("node_modules").join(path);
+    [
+        path.clone(),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&path),
+    ]
+    .into_iter()
+    .find_map(|p| std::fs::read(p).ok())
 }
 
 /// For a 405: the methods a known path does answer (the `Allow` header).

@@ -95,8 +95,27 @@ impl Browser {
 
     /// A new tab showing `url`.
     pub fn open(&self, url: &str) -> Page {
-        let answer = client::request(self.devtools, "PUT", &format!("/json/new?{url}"), &[], b"")
-            .expect("DevTools answers /json/new");
+        // The whole query of /json/new is the URL, percent-decoded: an unescaped `&` would
+        // end it (`?a=1&b=2` opened as `?a=1`).
+        let escaped: String = url
+            .chars()
+            .map(|c| match c {
+                '%' => "%25".to_string(),
+                '&' => "%26".to_string(),
+                '#' => "%23".to_string(),
+                '+' => "%2B".to_string(),
+                ' ' => "%20".to_string(),
+                c => c.to_string(),
+            })
+            .collect();
+        let answer = client::request(
+            self.devtools,
+            "PUT",
+            &format!("/json/new?{escaped}"),
+            &[],
+            b"",
+        )
+        .expect("DevTools answers /json/new");
         let target = answer.json();
         let ws_url = target["webSocketDebuggerUrl"]
             .as_str()

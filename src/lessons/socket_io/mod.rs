@@ -153,7 +153,7 @@ impl SocketIo {
 
     /// A new session, registered, with the heartbeat thread told.
     fn open(&self, transport: Transport) -> Arc<Session> {
-        let session = Session::new(session::random_id(), transport, &self.settings);
+        let session = Session::new(crate::lab::random_id(), transport, &self.settings);
         self.sessions().insert(session.sid.clone(), session.clone());
         let _ = self.heartbeat_tx.send(());
         session

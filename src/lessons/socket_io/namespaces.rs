@@ -84,7 +84,7 @@ fn connect(
     let auth = auth.unwrap_or_else(|| json!({}));
     if REFERENCE_NAMESPACES.contains(&namespace) {
         let socket = Socket {
-            id: super::session::random_id(),
+            id: crate::lab::random_id(),
             pid: None,
             name: String::new(),
             rooms: BTreeSet::new(),
@@ -126,8 +126,8 @@ fn connect(
         Some((socket, offset)) => (socket, offset),
         None => {
             let socket = Socket {
-                id: super::session::random_id(),
-                pid: Some(super::session::random_id()),
+                id: crate::lab::random_id(),
+                pid: Some(crate::lab::random_id()),
                 name: name.to_string(),
                 rooms: BTreeSet::new(),
             };
@@ -139,8 +139,8 @@ fn connect(
     let (socket, recovered) = if backlog.missed > 0 {
         // The ring has moved past the offset: this is a new socket after all.
         let fresh = Socket {
-            pid: Some(super::session::random_id()),
-            id: super::session::random_id(),
+            pid: Some(crate::lab::random_id()),
+            id: crate::lab::random_id(),
             rooms: BTreeSet::new(),
             name: name.to_string(),
         };

@@ -346,28 +346,6 @@ pub fn lab_event(event: &Event) -> EioPacket {
     EioPacket::Message(Packet::event("/lab", args, 0).encode())
 }
 
-/// A session id nobody can guess: 16 random bytes from the kernel, base64url.
-pub fn random_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 15];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        // No /dev/urandom (not Linux): std's hasher keys are random per process.
-        use std::hash::{BuildHasher, Hasher};
-        for chunk in bytes.chunks_mut(8) {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(
-                std::time::SystemTime::UNIX_EPOCH
-                    .elapsed()
-                    .map_or(0, |d| d.as_nanos()),
-            );
-            let n = hasher.finish().to_le_bytes();
-            chunk.copy_from_slice(&n[..chunk.len()]);
-        }
-    }
-    data_encoding::BASE64URL_NOPAD.encode(&bytes)
-}
-
 /// How long a polling GET may be held: the heartbeat's ping ends it sooner.
 pub fn hold_limit(settings: &Settings) -> Duration {
     settings.ping_interval + settings.ping_timeout

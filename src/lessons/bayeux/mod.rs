@@ -1,0 +1,700 @@
+//! # CometD's Bayeux: publish and subscribe on named channels, over a held `/meta/connect`.
+//!
+//! Bayeux is what Comet grew into: a handshake gives each client an id, the client subscribes
+//! to channels (with wildcards), publishes to any of them, and keeps one `/meta/connect`
+//! outstanding, which the server holds like chapter 4's long poll and answers with whatever
+//! was delivered meanwhile. The server steers the client with *advice* (how long it holds a
+//! connect, how long to wait before the next, whether to retry or handshake again).
+//!
+//! ```text
+//! POST /cometd/handshake  [{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["long-polling"],"id":"1"}]
+//! 200 [{"channel":"/meta/handshake","successful":true,"clientId":"Zk…","advice":{"interval":0,"reconnect":"retry","timeout":20000},…}]
+//! POST /cometd/connect    [{"channel":"/meta/connect","clientId":"Zk…","connectionType":"long-polling","advice":{"timeout":0},"id":"2"}]
+//! 200 [{"channel":"/meta/connect","successful":true,"id":"2",…}]                    ← the first: at once
+//! POST /cometd            [{"channel":"/meta/subscribe","subscription":"/lab/**","clientId":"Zk…","id":"3"}]
+//! 200 [{"channel":"/meta/subscribe","successful":true,"subscription":"/lab/**","id":"3"}]
+//! POST /cometd/connect    [{"channel":"/meta/connect","clientId":"Zk…","connectionType":"long-polling","id":"4"}]
+//!   (time passes: req-9 is parked holding the connect, on the client's queue and the hub)
+//! 200 [{"channel":"/lab/events","data":{"data":"At …","id":7}},{"channel":"/meta/connect","successful":true,"id":"4",…}]
+//! ```
+//!
+//! 1. `handle`: long polling (`POST /cometd…`, a JSON batch) and callback polling (`GET` with
+//!    `jsonp=` and `message=`, answered as a script) both become one batch of messages.
+//! 2. `process`: each message in turn: handshake, subscribe, unsubscribe, disconnect,
+//!    publish (to the hub on `/lab/events`, to the subscribers' queues on other channels, back
+//!    to the sender on `/service/**`). Every reply echoes the message's `id`; an unknown
+//!    `clientId` gets `402::Unknown client` with the advice to handshake again.
+//! 3. `hold_connect`: a `/meta/connect` in the batch is answered last. The first is answered
+//!    at once; later ones park on the client's queue and its hub feed until a delivery or the
+//!    advised timeout. One connect at a time per client: a second is refused.
+//! 4. The `ack` extension: every connect answer is a numbered batch; the client names the last
+//!    batch it got on its next connect, and anything after it is sent again.
+//! 5. `sweep`: one thread expires clients that stop connecting for `maxInterval` after their
+//!    last connect answer, freeing their subscriptions.
+//!
+//! **What it costs**: a request per delivery batch, as long polling, plus a request per
+//! subscribe or publish; every message carries its channel and usually an id; the client id
+//! ties a client to the server that knows it (sticky sessions again).
+//!
+//! **Try it**: `cargo run --example bayeux`, open <http://127.0.0.1:8080/lessons/bayeux> in two
+//! tabs; or by hand: `curl -s -d '[{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["long-polling"]}]' http://127.0.0.1:8080/cometd`.
+
+pub mod message;
+
+use crate::http::{self, HttpError, Query};
+use crate::hub::{Subscription, Wake};
+use crate::lab::Lab;
+use crate::stats::LessonCounters;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use message::Message;
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+use tiny_http::{Method, Request};
+
+/// The server's advice (`--bayeux-*` flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a `/meta/connect` is held when nothing is delivered.
+    pub timeout: Duration,
+    /// A client that sends no connect for this long after its last answer expires.
+    pub max_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            timeout: Duration::from_secs(20),
+            max_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The hub's channel.
+pub const HUB_CHANNEL: &str = "/lab/events";
+/// The connection types served (WebSocket is not: see LESSONS.md, chapter 16).
+const CONNECTION_TYPES: &[&str] = &["long-polling", "callback-polling"];
+/// Deliveries queued for a client before it counts as a slow consumer and is dropped.
+const QUEUE: usize = 1024;
+
+/// What a held connect finds in its client's queue.
+enum Outgoing {
+    Message(Message),
+    /// The client disconnected or expired: answer now.
+    End,
+    /// Look again (the hub feed changed hands).
+    Wake,
+}
+
+struct ClientState {
+    subscriptions: BTreeSet<String>,
+    /// Connects answered so far (the first is answered at once).
+    connects: u64,
+    connect_held: bool,
+    /// When it expires if no connect comes (none while one is held).
+    expires: Instant,
+    gone: bool,
+    /// A subscription covers `/lab/events`: the client has a hub feed.
+    hub: bool,
+    /// The ack extension: numbered batches not yet acknowledged.
+    acks: bool,
+    unacked: VecDeque<(u64, Message)>,
+    batch: u64,
+}
+
+/// A handshaken client: its subscriptions, its queue of deliveries, its hub feed.
+pub struct Client {
+    id: String,
+    queue_tx: Sender<Outgoing>,
+    queue_rx: Receiver<Outgoing>,
+    state: Mutex<ClientState>,
+    /// The hub subscription, while a subscription covers `/lab/events` (taken by a held
+    /// connect for its wait).
+    feed: Mutex<Option<Subscription>>,
+}
+
+impl Client {
+    fn state(&self) -> MutexGuard<'_, ClientState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn feed(&self) -> MutexGuard<'_, Option<Subscription>> {
+        self.feed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue a delivery; `false` when the client stopped reading (its queue is full).
+    fn deliver(&self, message: Message) -> bool {
+        !matches!(
+            self.queue_tx.try_send(Outgoing::Message(message)),
+            Err(TrySendError::Full(_))
+        )
+    }
+}
+
+/// Every Bayeux client of the lab.
+pub struct Bayeux {
+    pub settings: Settings,
+    clients: Mutex<HashMap<String, Arc<Client>>>,
+    sweeper_tx: Sender<()>,
+    sweeper_rx: Mutex<Option<Receiver<()>>>,
+}
+
+impl Bayeux {
+    pub fn new(settings: Settings) -> Bayeux {
+        let (sweeper_tx, sweeper_rx) = unbounded();
+        Bayeux {
+            settings,
+            clients: Mutex::new(HashMap::new()),
+            sweeper_tx,
+            sweeper_rx: Mutex::new(Some(sweeper_rx)),
+        }
+    }
+
+    fn clients(&self) -> MutexGuard<'_, HashMap<String, Arc<Client>>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Clients known now (for `/stats`).
+    pub fn client_count(&self) -> usize {
+        self.clients().len()
+    }
+
+    fn client(&self, id: &str) -> Option<Arc<Client>> {
+        self.clients().get(id).cloned()
+    }
+
+    /// Forget a client: its subscriptions and feed go, a held connect is answered.
+    fn forget(&self, client: &Client, why: &str) {
+        self.clients().remove(&client.id);
+        client.state().gone = true;
+        *client.feed() = None;
+        let _ = client.queue_tx.try_send(Outgoing::End);
+        log::debug!("bayeux client {} gone: {why}", client.id);
+    }
+}
+
+/// Step 1: `/cometd` and every path under it.
+pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> {
+    let counters = lab.count("bayeux");
+    let cors = cors_headers(lab, &request);
+    let headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    if *request.method() == Method::Options {
+        let mut preflight = headers.clone();
+        preflight.extend([
+            ("Access-Control-Allow-Methods", "GET, POST"),
+            ("Access-Control-Allow-Headers", "Content-Type"),
+            ("Access-Control-Max-Age", "600"),
+        ]);
+        return http::write_no_content(request, &preflight, &counters);
+    }
+    let origin = http::header(&request, "Origin").map(str::to_string);
+    if origin.is_some_and(|o| !lab.is_own_origin(&o)) && *request.method() == Method::Post {
+        return HttpError::new(403, "this Origin may not use the lab's Bayeux server")
+            .reply(request, &counters);
+    }
+    // Callback polling: the batch in the query, the answer a script.
+    let callback = match *request.method() {
+        Method::Get => match query.get("jsonp") {
+            Some(name) if http::is_callback_name(name) => Some(name.to_string()),
+            Some(_) => {
+                return HttpError::bad_request("jsonp must be a JavaScript identifier")
+                    .reply(request, &counters)
+            }
+            None => {
+                return HttpError::bad_request("GET needs jsonp= and message= (callback polling)")
+                    .reply(request, &counters)
+            }
+        },
+        Method::Post => None,
+        _ => {
+            return HttpError::new(405, "Bayeux takes POST (or GET with jsonp=)")
+                .with_header("Allow", "GET, POST, OPTIONS")
+                .reply(request, &counters)
+        }
+    };
+    let body = match &callback {
+        Some(_) => query.get("message").unwrap_or("").to_string(),
+        None => match http::read_body(&mut request, lab.config.max_body) {
+            Ok(body) => body,
+            Err(error) => return error.reply(request, &counters),
+        },
+    };
+    let batch = match message::parse_batch(&body) {
+        Ok(batch) if batch.len() > message::MAX_BATCH => {
+            let error =
+                json!([{ "successful": false, "error": "413::too many messages in one batch" }]);
+            return answer(request, 413, callback, &error, &headers, &counters);
+        }
+        Ok(batch) => batch,
+        Err(message::BadBatch(why)) => {
+            counters.error();
+            let error = json!([{ "successful": false, "error": format!("400::{why}") }]);
+            return answer(request, 400, callback, &error, &headers, &counters);
+        }
+    };
+    let transport = if callback.is_some() {
+        "callback-polling"
+    } else {
+        "long-polling"
+    };
+    // 2, 3. Every message; a connect waits for its deliveries (BLOCKS, see hold_connect).
+    let replies = process(lab, batch, transport, &counters);
+    answer(
+        request,
+        200,
+        callback,
+        &Value::Array(replies.into_iter().map(Value::Object).collect()),
+        &headers,
+        &counters,
+    )
+}
+
+/// The answer: JSON, or (callback polling) a script calling the client's callback.
+fn answer(
+    request: Request,
+    status: u16,
+    callback: Option<String>,
+    body: &Value,
+    headers: &[(&str, &str)],
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    match callback {
+        Some(callback) => http::write_jsonp(request, &callback, body, headers, counters),
+        None => http::write_response(
+            request,
+            status,
+            "application/json;charset=UTF-8",
+            headers,
+            body.to_string().as_bytes(),
+            counters,
+        ),
+    }
+}
+
+/// CORS for long polling from the other loopback origin. The CometD client sends
+/// credentials, so the origin is named exactly (never `*`) with `Allow-Credentials`.
+fn cors_headers(lab: &Lab, request: &Request) -> Vec<(&'static str, String)> {
+    match http::header(request, "Origin") {
+        Some(origin) if lab.is_own_origin(origin) => vec![
+            ("Access-Control-Allow-Origin", origin.to_string()),
+            ("Access-Control-Allow-Credentials", "true".into()),
+            ("Vary", "Origin".into()),
+        ],
+        _ => vec![("Vary", "Origin".into())],
+    }
+}
+
+/// Step 2: the batch's messages in order; a `/meta/connect` is held and answered last.
+fn process(
+    lab: &Lab,
+    batch: Vec<Message>,
+    transport: &str,
+    counters: &LessonCounters,
+) -> Vec<Message> {
+    let mut replies = Vec::new();
+    let mut connect = None;
+    for message in batch {
+        let Some(channel) = message::channel(&message).map(str::to_string) else {
+            replies.push(message::error(
+                &message,
+                400,
+                "a valid channel is required",
+                None,
+            ));
+            continue;
+        };
+        if channel == "/meta/handshake" {
+            replies.push(handshake(lab, &message, transport));
+            continue;
+        }
+        let client = message
+            .get("clientId")
+            .and_then(Value::as_str)
+            .and_then(|id| lab.bayeux.client(id));
+        let Some(client) = client else {
+            replies.push(message::error(
+                &message,
+                402,
+                "Unknown client",
+                Some("handshake"),
+            ));
+            continue;
+        };
+        match channel.as_str() {
+            "/meta/connect" if connect.is_none() => connect = Some((client, message)),
+            "/meta/connect" => {
+                replies.push(message::error(&message, 400, "one connect per batch", None))
+            }
+            "/meta/subscribe" | "/meta/unsubscribe" => replies.push(subscribe(
+                lab,
+                &client,
+                &message,
+                channel == "/meta/subscribe",
+            )),
+            "/meta/disconnect" => {
+                lab.bayeux.forget(&client, "disconnected");
+                replies.push(message::reply(&message, true));
+            }
+            meta if meta.starts_with("/meta/") => {
+                replies.push(message::error(&message, 400, "unknown meta channel", None))
+            }
+            _ => replies.push(publish(lab, &client, &message, &channel)),
+        }
+    }
+    if let Some((client, message)) = connect {
+        replies.extend(hold_connect(lab, &client, &message, transport, counters));
+    }
+    replies
+}
+
+fn handshake(lab: &Lab, message: &Message, transport: &str) -> Message {
+    let offered: Vec<&str> = message
+        .get("supportedConnectionTypes")
+        .and_then(Value::as_array)
+        .map(|types| types.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !offered.iter().any(|t| CONNECTION_TYPES.contains(t)) && !offered.contains(&transport) {
+        let text = "no common connection type (long-polling, callback-polling)";
+        return message::error(message, 400, text, None);
+    }
+    let acks = message
+        .get("ext")
+        .and_then(|ext| ext.get("ack"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (queue_tx, queue_rx) = bounded(QUEUE);
+    let settings = &lab.bayeux.settings;
+    let client = Arc::new(Client {
+        id: crate::lab::random_id(),
+        queue_tx,
+        queue_rx,
+        state: Mutex::new(ClientState {
+            subscriptions: BTreeSet::new(),
+            connects: 0,
+            connect_held: false,
+            expires: Instant::now() + settings.max_interval + settings.timeout,
+            gone: false,
+            hub: false,
+            acks,
+            unacked: VecDeque::new(),
+            batch: 0,
+        }),
+        feed: Mutex::new(None),
+    });
+    lab.bayeux
+        .clients()
+        .insert(client.id.clone(), client.clone());
+    let _ = lab.bayeux.sweeper_tx.send(());
+    log::debug!("bayeux client {} handshaken (acks: {acks})", client.id);
+    let mut reply = message::reply(message, true);
+    reply.insert("clientId".into(), json!(client.id));
+    reply.insert("version".into(), json!("1.0"));
+    reply.insert("supportedConnectionTypes".into(), json!(CONNECTION_TYPES));
+    reply.insert("advice".into(), advice(settings));
+    if acks {
+        reply.insert(
+            "ext".into(),
+            json!({ "ack": { "enabled": true, "batch": 0 } }),
+        );
+    }
+    reply
+}
+
+fn advice(settings: &Settings) -> Value {
+    json!({
+        "reconnect": "retry",
+        "interval": 0,
+        "timeout": settings.timeout.as_millis() as u64,
+        "maxInterval": settings.max_interval.as_millis() as u64,
+    })
+}
+
+/// `/meta/subscribe` and `/meta/unsubscribe`: one channel or an array of them.
+fn subscribe(lab: &Lab, client: &Client, message: &Message, subscribing: bool) -> Message {
+    let channels: Vec<&str> = match message.get("subscription") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if channels.is_empty() || channels.iter().any(|c| !message::is_channel(c)) {
+        return message::error(message, 400, "subscription must name channels", None);
+    }
+    if channels.iter().any(|c| c.starts_with("/meta/")) {
+        return message::error(message, 403, "meta channels cannot be subscribed to", None);
+    }
+    let mut state = client.state();
+    for channel in &channels {
+        if subscribing {
+            state.subscriptions.insert(channel.to_string());
+        } else {
+            state.subscriptions.remove(*channel);
+        }
+    }
+    // The hub feed follows: there while a subscription covers /lab/events, subscribed when
+    // the first such subscription comes (a held connect picks it up when woken).
+    let covers_hub = state
+        .subscriptions
+        .iter()
+        .any(|s| message::matches(s, HUB_CHANNEL));
+    let had_hub = std::mem::replace(&mut state.hub, covers_hub);
+    drop(state);
+    if covers_hub && !had_hub {
+        let (_, subscription) = lab.hub.subscribe(lab.hub.last_id());
+        *client.feed() = Some(subscription);
+    } else if !covers_hub {
+        *client.feed() = None; // (a held connect drops the one it holds)
+    }
+    let _ = client.queue_tx.try_send(Outgoing::Wake);
+    let mut reply = message::reply(message, true);
+    reply.insert("subscription".into(), message["subscription"].clone());
+    reply
+}
+
+/// A publish: to the hub on `/lab/events`, back to the sender on `/service/**`, to every
+/// matching subscriber elsewhere. Acked without `data`.
+fn publish(lab: &Lab, client: &Arc<Client>, message: &Message, channel: &str) -> Message {
+    if message::is_wildcard(channel) {
+        return message::error(message, 400, "cannot publish to a wildcard channel", None);
+    }
+    let Some(data) = message.get("data").cloned() else {
+        return message::error(message, 400, "a publish needs data", None);
+    };
+    if channel == HUB_CHANNEL {
+        let text = match &data {
+            Value::String(text) => Some(text.clone()),
+            Value::Object(o) => o.get("data").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        let Some(text) = text.filter(|t| t.len() <= lab.config.max_body) else {
+            return message::error(
+                message,
+                400,
+                "data must be text (or {\"data\": text})",
+                None,
+            );
+        };
+        let event = lab.hub.publish(text);
+        log::debug!("bayeux client {} published event {}", client.id, event.id);
+    } else if channel.starts_with("/service/") {
+        // A service answers the sender only: here, an echo.
+        if !client.deliver(message::delivery(channel, data)) {
+            lab.bayeux.forget(client, "slow consumer");
+        }
+    } else {
+        let delivery = message::delivery(channel, data);
+        let clients: Vec<Arc<Client>> = lab.bayeux.clients().values().cloned().collect();
+        for other in clients {
+            let subscribed = other
+                .state()
+                .subscriptions
+                .iter()
+                .any(|s| message::matches(s, channel));
+            if subscribed && !other.deliver(delivery.clone()) {
+                lab.bayeux.forget(&other, "slow consumer");
+            }
+        }
+    }
+    message::reply(message, true)
+}
+
+/// Step 3: the connect. **BLOCKS** (after the first) until a delivery or the timeout.
+fn hold_connect(
+    lab: &Lab,
+    client: &Arc<Client>,
+    message: &Message,
+    transport: &str,
+    counters: &LessonCounters,
+) -> Vec<Message> {
+    let connection_type = message.get("connectionType").and_then(Value::as_str);
+    if connection_type.is_some_and(|t| !CONNECTION_TYPES.contains(&t)) {
+        return vec![message::error(
+            message,
+            400,
+            "unsupported connectionType",
+            None,
+        )];
+    }
+    let acked = message
+        .get("ext")
+        .and_then(|ext| ext.get("ack"))
+        .and_then(Value::as_u64);
+    let first = {
+        let mut state = client.state();
+        if state.connect_held {
+            return vec![message::error(
+                message,
+                409,
+                "a /meta/connect is already held for this client",
+                Some("retry"),
+            )];
+        }
+        state.connect_held = true;
+        // 4. Acknowledged batches are done with.
+        if let Some(acked) = acked {
+            state.unacked.retain(|(batch, _)| *batch > acked);
+        }
+        state.connects == 0
+    };
+    let client_timeout = message
+        .get("advice")
+        .and_then(|a| a.get("timeout"))
+        .and_then(Value::as_u64);
+    let mut deliveries = Vec::new();
+    if !first && client_timeout != Some(0) {
+        if let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) {
+            log::debug!("bayeux client {} connect parked ({transport})", client.id);
+            let deadline = Instant::now() + lab.bayeux.settings.timeout;
+            deliveries = wait_for_deliveries(client, deadline);
+        }
+    }
+    // Whatever else is queued rides along.
+    for outgoing in client.queue_rx.try_iter() {
+        if let Outgoing::Message(m) = outgoing {
+            deliveries.push(m);
+        }
+    }
+    counters.delivered(deliveries.len());
+    let mut state = client.state();
+    state.connect_held = false;
+    state.connects += 1;
+    state.expires = Instant::now() + lab.bayeux.settings.max_interval;
+    let mut reply = message::reply(message, !state.gone);
+    if state.gone {
+        reply.insert("error".into(), json!("402::Unknown client"));
+        reply.insert(
+            "advice".into(),
+            json!({ "reconnect": "handshake", "interval": 0 }),
+        );
+    } else {
+        reply.insert("advice".into(), advice(&lab.bayeux.settings));
+    }
+    let mut out: Vec<Message> = Vec::new();
+    if state.acks {
+        // 4. Resend what is unacknowledged, then this batch's new deliveries.
+        out.extend(state.unacked.iter().map(|(_, m)| m.clone()));
+        if !deliveries.is_empty() {
+            state.batch += 1;
+            let batch = state.batch;
+            state
+                .unacked
+                .extend(deliveries.iter().map(|m| (batch, m.clone())));
+        }
+        reply.insert("ext".into(), json!({ "ack": state.batch }));
+        out.extend(deliveries);
+    } else {
+        out.extend(deliveries);
+    }
+    drop(state);
+    let _ = lab.bayeux.sweeper_tx.send(());
+    out.push(reply);
+    out
+}
+
+/// The parked wait: the client's queue and, when subscribed to the hub, its feed.
+fn wait_for_deliveries(client: &Client, deadline: Instant) -> Vec<Message> {
+    loop {
+        let feed = client.feed().take();
+        let woke = match feed {
+            Some(mut subscription) => {
+                // BLOCKS: until a publish on a subscribed channel, a hub event, or the deadline.
+                let woke = subscription.wait_for_events_or(&client.queue_rx, deadline);
+                let keep = {
+                    let state = client.state();
+                    state.hub && !state.gone
+                };
+                let mut slot = client.feed();
+                if keep && slot.is_none() {
+                    *slot = Some(subscription);
+                }
+                woke
+            }
+            // BLOCKS: until a publish on a subscribed channel, or the deadline.
+            None => match client.queue_rx.recv_deadline(deadline) {
+                Ok(outgoing) => Wake::Other(outgoing),
+                Err(RecvTimeoutError::Timeout) => Wake::Deadline,
+                Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
+            },
+        };
+        return match woke {
+            Wake::Events(batch) => batch
+                .events
+                .iter()
+                .map(|e| message::delivery(HUB_CHANNEL, e.to_json()))
+                .collect(),
+            Wake::Other(Outgoing::Message(m)) => vec![m],
+            Wake::Other(Outgoing::Wake) if Instant::now() < deadline => continue,
+            _ => Vec::new(),
+        };
+    }
+}
+
+/// Start the sweeper thread (once, with the lab).
+pub fn spawn_sweeper(lab: Arc<Lab>) -> io::Result<()> {
+    let Some(wake) = lab
+        .bayeux
+        .sweeper_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return Ok(());
+    };
+    thread::Builder::new()
+        .name("bayeux-sweeper".into())
+        .spawn(move || sweep(&lab, &wake))?;
+    Ok(())
+}
+
+/// Step 5: expire clients that stopped connecting.
+fn sweep(lab: &Lab, wake: &Receiver<()>) {
+    loop {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(3600);
+        let clients: Vec<Arc<Client>> = lab.bayeux.clients().values().cloned().collect();
+        for client in clients {
+            let state = client.state();
+            if state.connect_held {
+                continue;
+            }
+            if state.expires <= now {
+                drop(state);
+                lab.bayeux.forget(&client, "no connect within maxInterval");
+            } else {
+                next = next.min(state.expires);
+            }
+        }
+        // BLOCKS: until the next client is due to expire, or a connect or handshake wakes us.
+        let _ = wake.recv_deadline(next);
+    }
+}
+
+/// `GET /vendor/cometd/FILE.js`: the official CometD client's modules, from `node_modules`
+/// when `npm ci` has put them there, for the page's `?client=official`.
+pub fn official_client(lab: &Lab, request: Request, file: &str) -> io::Result<()> {
+    let counters = lab.count("bayeux");
+    let safe = file.ends_with(".js")
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
+    let found = safe
+        .then(|| super::installed_client(&format!("cometd/{file}")))
+        .flatten();
+    match found {
+        Some(script) => http::write_response(
+            request,
+            200,
+            "text/javascript; charset=utf-8",
+            &[],
+            &script,
+            &counters,
+        ),
+        None => HttpError::new(
+            404,
+            "not an installed CometD module: run `npm ci` in the lab's folder",
+        )
+        .reply(request, &counters),
+    }
+}

@@ -1,0 +1,486 @@
+//! Bayeux (CometD): the protocol by hand over raw HTTP (handshake, connects held and answered,
+//! subscriptions with wildcards, publishing, errors, the ack extension, expiry), then the
+//! official `cometd` client in Node (`tests/node/bayeux.mjs`) and in Chromium, and the page.
+
+mod common;
+
+use common::browser::Browser;
+use common::{start_lab_with, stats, wait_until};
+use reverse_ajax_lab::client::{get, post, publish, request};
+use reverse_ajax_lab::RunningLab;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn lab() -> RunningLab {
+    start_lab_with(|c| {
+        c.bayeux.timeout = Duration::from_millis(2000);
+        c.bayeux.max_interval = Duration::from_millis(1000);
+    })
+}
+
+/// POST a batch; the replies.
+fn send(addr: SocketAddr, batch: Value) -> Vec<Value> {
+    let answer = post(addr, "/cometd", "application/json", &batch.to_string()).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json().as_array().unwrap().clone()
+}
+
+/// A handshaken client's id (with the ack extension when `acks`).
+fn handshake(addr: SocketAddr, acks: bool) -> String {
+    let replies = send(
+        addr,
+        json!([{"channel": "/meta/handshake", "version": "1.0", "id": "1",
+                "supportedConnectionTypes": ["long-polling"], "ext": {"ack": acks}}]),
+    );
+    assert_eq!(replies[0]["successful"], true, "{replies:?}");
+    replies[0]["clientId"].as_str().unwrap().to_string()
+}
+
+fn connect(addr: SocketAddr, client: &str, ext: Value) -> Vec<Value> {
+    send(
+        addr,
+        json!([{"channel": "/meta/connect", "clientId": client, "id": "c",
+                "connectionType": "long-polling", "ext": ext}]),
+    )
+}
+
+fn subscribe(addr: SocketAddr, client: &str, channel: &str) -> Value {
+    let replies = send(
+        addr,
+        json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": channel, "id": "s"}]),
+    );
+    replies[0].clone()
+}
+
+fn deliveries(replies: &[Value]) -> Vec<&Value> {
+    replies
+        .iter()
+        .filter(|r| r["successful"].is_null())
+        .collect()
+}
+
+#[test]
+fn the_handshake_gives_an_id_the_connection_types_and_advice() {
+    let lab = lab();
+    let replies = send(
+        lab.addr(),
+        json!({"channel": "/meta/handshake", "version": "1.0", "id": "7",
+               "supportedConnectionTypes": ["websocket", "long-polling"]}),
+    );
+    let reply = &replies[0];
+    assert_eq!(reply["id"], "7", "the id is echoed");
+    assert_eq!(
+        reply["supportedConnectionTypes"],
+        json!(["long-polling", "callback-polling"])
+    );
+    assert_eq!(reply["advice"]["reconnect"], "retry");
+    assert_eq!(reply["advice"]["timeout"], 2000);
+    assert!(reply["clientId"].as_str().unwrap().len() >= 20);
+    let refused = send(
+        lab.addr(),
+        json!([{"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["websocket"]}]),
+    );
+    assert_eq!(refused[0]["successful"], false);
+    assert!(refused[0]["error"].as_str().unwrap().starts_with("400::"));
+}
+
+#[test]
+fn the_first_connect_is_answered_at_once_and_the_next_is_held_until_a_delivery() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    let started = Instant::now();
+    assert_eq!(connect(addr, &client, json!({}))[0]["successful"], true);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the first connect is not held"
+    );
+    assert_eq!(subscribe(addr, &client, "/lab/*")["successful"], true);
+    let held = std::thread::spawn({
+        let client = client.clone();
+        move || connect(addr, &client, json!({}))
+    });
+    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
+    let id = publish(addr, "to the held connect").unwrap();
+    let replies = held.join().unwrap();
+    assert_eq!(
+        deliveries(&replies),
+        vec![&json!({"channel": "/lab/events", "data": {"data": "to the held connect", "id": id}})]
+    );
+    assert_eq!(replies.last().unwrap()["channel"], "/meta/connect");
+    // With nothing to deliver, the connect is answered at the advised timeout.
+    let started = Instant::now();
+    let replies = connect(addr, &client, json!({}));
+    assert!(deliveries(&replies).is_empty() && started.elapsed() >= Duration::from_millis(1900));
+}
+
+#[test]
+fn wildcards_cover_one_segment_or_any_depth_and_services_answer_the_sender_only() {
+    let lab = lab();
+    let addr = lab.addr();
+    let (one, deep, other) = (
+        handshake(addr, false),
+        handshake(addr, false),
+        handshake(addr, false),
+    );
+    for c in [&one, &deep, &other] {
+        connect(addr, c, json!({}));
+    }
+    subscribe(addr, &one, "/chat/*");
+    subscribe(addr, &deep, "/chat/**");
+    subscribe(addr, &other, "/service/echo");
+    let ack = send(
+        addr,
+        json!([{"channel": "/chat/room1/thread", "clientId": other, "data": {"t": 1}, "id": "p1"},
+               {"channel": "/chat/room1", "clientId": other, "data": {"t": 2}, "id": "p2"},
+               {"channel": "/service/echo", "clientId": one, "data": "only for one", "id": "p3"}]),
+    );
+    assert_eq!(
+        ack[0],
+        json!({"channel": "/chat/room1/thread", "successful": true, "id": "p1"})
+    );
+    let got = |c: &str| -> Vec<Value> {
+        deliveries(&connect(addr, c, json!({})))
+            .into_iter()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        got(&one),
+        vec![
+            json!({"channel": "/chat/room1", "data": {"t": 2}}),
+            json!({"channel": "/service/echo", "data": "only for one"})
+        ]
+    );
+    assert_eq!(got(&deep).len(), 2, "/chat/** covers both");
+    // `other` published; nothing came back to it (it is subscribed to no chat channel, and
+    // the echo went to `one`, who sent it). Its connect waits out the timeout.
+    assert!(got(&other).is_empty());
+}
+
+#[test]
+fn a_publish_on_lab_events_goes_into_the_hub() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    let ack = send(
+        addr,
+        json!([{"channel": "/lab/events", "clientId": client, "data": "from bayeux", "id": "9"}]),
+    );
+    assert_eq!(
+        ack[0],
+        json!({"channel": "/lab/events", "successful": true, "id": "9"})
+    );
+    let polled = get(addr, "/events/poll?since=0").unwrap().json();
+    assert_eq!(polled["events"][0]["data"], "from bayeux");
+}
+
+#[test]
+fn bad_input_gets_bayeux_errors_and_changes_nothing() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    // Not Bayeux at all: 400 with an error message.
+    for body in ["nonsense", "[]", "[1, 2]", "\"/meta/connect\""] {
+        let answer = post(addr, "/cometd", "application/json", body).unwrap();
+        assert_eq!(answer.status, 400, "{body}");
+        assert!(answer.json()[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("400::"));
+    }
+    let huge: Vec<Value> = (0..101)
+        .map(|_| json!({"channel": "/x", "clientId": client}))
+        .collect();
+    let answer = post(
+        addr,
+        "/cometd",
+        "application/json",
+        &Value::Array(huge).to_string(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 413);
+    let error = |batch: Value| {
+        send(addr, batch)[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        error(json!([{"channel": "/meta/connect", "connectionType": "long-polling"}])),
+        "402::Unknown client"
+    );
+    let unknown = send(
+        addr,
+        json!([{"channel": "/chat/x", "clientId": "nobody", "data": 1}]),
+    );
+    assert_eq!(unknown[0]["advice"]["reconnect"], "handshake");
+    assert!(error(json!([{"channel": "no-slash", "clientId": client}])).starts_with("400::"));
+    assert!(
+        error(json!([{"channel": "/chat/*", "clientId": client, "data": 1}])).starts_with("400::")
+    );
+    assert!(
+        error(json!([{"channel": "/chat/x", "clientId": client}])).starts_with("400::"),
+        "no data"
+    );
+    assert!(error(json!([{"channel": "/meta/nope", "clientId": client}])).starts_with("400::"));
+    assert!(error(
+        json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/meta/connect"}])
+    )
+    .starts_with("403::"));
+    // A second connect while one is held is refused; the held one is undisturbed.
+    connect(addr, &client, json!({}));
+    subscribe(addr, &client, "/lab/events");
+    let held = std::thread::spawn({
+        let client = client.clone();
+        move || connect(addr, &client, json!({}))
+    });
+    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
+    assert!(connect(addr, &client, json!({}))[0]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("409::"));
+    let id = publish(addr, "still delivered").unwrap();
+    assert_eq!(deliveries(&held.join().unwrap())[0]["data"]["id"], id);
+    assert_eq!(
+        stats(addr)["bayeux_clients"],
+        1,
+        "the client is still known"
+    );
+}
+
+#[test]
+fn the_ack_extension_resends_a_batch_the_client_never_acknowledged() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, true);
+    let first = connect(addr, &client, json!({"ack": 0}));
+    assert_eq!(first[0]["ext"]["ack"], 0);
+    subscribe(addr, &client, "/lab/events");
+    let id = publish(addr, "must arrive").unwrap();
+    let replies = connect(addr, &client, json!({"ack": 0}));
+    let batch = replies.last().unwrap()["ext"]["ack"].as_u64().unwrap();
+    assert_eq!(deliveries(&replies)[0]["data"]["id"], id);
+    // That answer was lost on the way: the next connect still names the old batch, and the
+    // delivery comes again, before anything new.
+    let next = publish(addr, "after it").unwrap();
+    let again = connect(addr, &client, json!({"ack": 0}));
+    let ids: Vec<&Value> = deliveries(&again)
+        .iter()
+        .map(|d| &d["data"]["id"])
+        .collect();
+    assert_eq!(ids, vec![&json!(id), &json!(next)]);
+    // Acknowledged: never again.
+    let last = again.last().unwrap()["ext"]["ack"].as_u64().unwrap();
+    assert!(last > batch);
+    publish(addr, "the newest").unwrap();
+    let acked = connect(addr, &client, json!({"ack": last}));
+    assert_eq!(deliveries(&acked).len(), 1, "{acked:?}");
+}
+
+#[test]
+fn a_client_that_stops_connecting_expires_and_frees_its_subscription() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    connect(addr, &client, json!({}));
+    subscribe(addr, &client, "/lab/**");
+    assert_eq!(stats(addr)["subscribers"], 1);
+    // No connect for --bayeux-max-interval (1 s here): forgotten.
+    wait_until("the client expires", || {
+        let s = stats(addr);
+        s["bayeux_clients"] == 0 && s["subscribers"] == 0
+    });
+    let replies = connect(addr, &client, json!({}));
+    assert_eq!(replies[0]["error"], "402::Unknown client");
+    assert_eq!(replies[0]["advice"]["reconnect"], "handshake");
+}
+
+#[test]
+fn callback_polling_answers_a_script_and_refuses_a_bad_callback() {
+    let lab = lab();
+    let message = "%5B%7B%22channel%22%3A%22%2Fmeta%2Fhandshake%22%2C%22version%22%3A%221.0%22%2C%22supportedConnectionTypes%22%3A%5B%22callback-polling%22%5D%7D%5D";
+    let answer = get(
+        lab.addr(),
+        &format!("/cometd/handshake?jsonp=_cometd_jsonp_0&message={message}"),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    common::assert_is_script(&answer);
+    assert!(
+        answer.body.starts_with("/**/_cometd_jsonp_0([{"),
+        "{}",
+        answer.body
+    );
+    let bad = get(
+        lab.addr(),
+        &format!("/cometd?jsonp=alert(1)//&message={message}"),
+    )
+    .unwrap();
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn long_polling_names_the_labs_other_origin_with_credentials() {
+    let lab = lab();
+    let addr = lab.addr();
+    let other = format!("http://localhost:{}", addr.port());
+    let batch = r#"[{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["long-polling"]}]"#;
+    let headers = [
+        ("Origin", other.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let answer = request(addr, "POST", "/cometd", &headers, batch.as_bytes()).unwrap();
+    assert_eq!(
+        answer.header("Access-Control-Allow-Origin"),
+        Some(other.as_str())
+    );
+    assert_eq!(
+        answer.header("Access-Control-Allow-Credentials"),
+        Some("true")
+    );
+    let preflight = request(
+        addr,
+        "OPTIONS",
+        "/cometd/handshake",
+        &[("Origin", &other)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(preflight.status, 204);
+    for origin in common::near_miss_origins(addr.port()) {
+        let headers = [
+            ("Origin", origin.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let answer = request(addr, "POST", "/cometd", &headers, batch.as_bytes()).unwrap();
+        assert_eq!(answer.status, 403, "{origin}");
+    }
+    assert_eq!(
+        stats(addr)["bayeux_clients"],
+        1,
+        "only the allowed origin's handshake"
+    );
+}
+
+// ---- The official client, in Node ---------------------------------------------------------
+
+fn official_client(addr: SocketAddr, scenario: &str) -> Value {
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        std::path::Path::new(root)
+            .join("node_modules/cometd")
+            .exists(),
+        "the official client is not installed: run `npm ci` (scripts/test does)"
+    );
+    let output = Command::new("node")
+        .current_dir(root)
+        .args(["tests/node/bayeux.mjs", scenario])
+        .arg(format!("http://{addr}"))
+        .output()
+        .expect("node runs (Node 20 or later)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{scenario}: {stdout}{stderr}");
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ok "))
+        .expect("a summary");
+    serde_json::from_str(summary).unwrap()
+}
+
+#[test]
+fn the_official_client_falls_back_to_long_polling_and_does_everything() {
+    let lab = lab();
+    let summary = official_client(lab.addr(), "basics");
+    // Its WebSocket attempt on the HTTP port fails; long polling takes over.
+    assert_eq!(
+        summary["handshakes"][0],
+        json!({"successful": false, "transport": "websocket"})
+    );
+    assert_eq!(
+        summary["handshakes"][1],
+        json!({"successful": true, "transport": "long-polling"})
+    );
+    assert_eq!(summary["echo"], json!({"hello": "service"}));
+    wait_until("both clients are gone", || {
+        let s = stats(lab.addr());
+        s["bayeux_clients"] == 0 && s["subscribers"] == 0 && s["parked"] == 0
+    });
+}
+
+#[test]
+fn the_official_client_handshakes_again_when_the_lab_has_forgotten_it() {
+    let lab = lab();
+    let summary = official_client(lab.addr(), "rehandshake");
+    assert_eq!(summary["unknown"][0], "402::Unknown client");
+    // (Its first attempt, on a WebSocket, fails; then one handshake, and one more.)
+    let successful = summary["handshakes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| *h == true)
+        .count();
+    assert_eq!(successful, 2, "{summary}");
+}
+
+// ---- Chromium -----------------------------------------------------------------------------
+
+#[test]
+fn the_lesson_page_subscribes_publishes_and_receives() {
+    let lab = lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{}/lessons/bayeux", lab.addr()));
+    page.wait_for(
+        "a client id",
+        "document.getElementById('client-id').textContent.length > 10",
+    );
+    wait_until("the page's connect is held", || {
+        stats(lab.addr())["parked"] == 1
+    });
+    publish(lab.addr(), "to the page").unwrap();
+    page.wait_for_log("[event] to the page");
+    page.eval("document.getElementById('sub-form').requestSubmit()");
+    page.wait_for_log("\"subscription\":\"/chat/*\"");
+    page.eval("document.getElementById('data').value = 'hello room'; document.getElementById('pub-form').requestSubmit()");
+    page.wait_for_log("[/chat/room1] {\"text\":\"hello room\"}");
+    page.eval("document.getElementById('channel').value = '/service/echo'; document.getElementById('data').value = 'echo me'; document.getElementById('pub-form').requestSubmit()");
+    page.wait_for_log("[/service/echo] {\"text\":\"echo me\"}");
+}
+
+#[test]
+fn the_official_client_runs_in_chromium_with_long_polling_and_with_callback_polling_across_origins()
+{
+    let lab = lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!(
+        "http://{}/lessons/bayeux?client=official",
+        lab.addr()
+    ));
+    page.wait_for(
+        "long polling",
+        "document.getElementById('transport').textContent === 'long-polling'",
+    );
+    wait_until("its connect is held", || stats(lab.addr())["parked"] == 1);
+    publish(lab.addr(), "to the official client").unwrap();
+    page.wait_for_log("[event] to the official client");
+    // Served from localhost, talking to 127.0.0.1 by JSONP.
+    let url = common::on_localhost(
+        &lab,
+        "/lessons/bayeux?client=official&transport=callback-polling&cross=1",
+    );
+    let mut page = browser.open(&url);
+    page.wait_for(
+        "callback polling",
+        "document.getElementById('transport').textContent === 'callback-polling'",
+    );
+    wait_until("both connects are held", || {
+        stats(lab.addr())["parked"] == 2
+    });
+    publish(lab.addr(), "by script tag").unwrap();
+    page.wait_for_log("[event] by script tag");
+    page.eval("document.getElementById('channel').value = '/lab/events'; document.getElementById('data').value = 'from jsonp'; document.getElementById('pub-form').requestSubmit()");
+    page.wait_for_log("[event] from jsonp");
+}

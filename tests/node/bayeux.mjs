@@ -1,0 +1,149 @@
+// The official CometD client (npm `cometd` with `cometd-nodejs-client`) against the lab's
+// Bayeux server: tests/bayeux.rs runs one scenario per call. Each ends with "ok" and a JSON
+// summary, or exits non-zero with what went wrong.
+//
+//   node tests/node/bayeux.mjs SCENARIO http://127.0.0.1:PORT
+import { adapt } from "cometd-nodejs-client";
+import { CometD, AckExtension } from "cometd";
+
+adapt();
+const [scenario, url] = process.argv.slice(2);
+const deadline = setTimeout(() => fail(`scenario ${scenario} did not finish in 30 s`), 30_000);
+
+function fail(why) {
+  console.log(`FAILED ${scenario}: ${why}`);
+  process.exit(1);
+}
+function check(condition, why) {
+  if (!condition) fail(why);
+}
+function done(summary) {
+  clearTimeout(deadline);
+  console.log("ok " + JSON.stringify(summary));
+  process.exit(0);
+}
+async function publishByRest(text) {
+  const response = await fetch(url + "/publish", { method: "POST", body: text });
+  check(response.ok, `POST /publish answered ${response.status}`);
+  return (await response.json()).id;
+}
+/** A client with the ack extension, handshaken (websocket first: the library's default). */
+function client(handshakes) {
+  const cometd = new CometD();
+  cometd.registerExtension("ack", new AckExtension());
+  cometd.configure({ url: url + "/cometd", logLevel: "warn" });
+  return new Promise((resolve) => {
+    cometd.addListener("/meta/handshake", (reply) => {
+      handshakes.push({ successful: reply.successful, transport: reply.failure ? reply.failure.connectionType : cometd.getTransport().type });
+      if (reply.successful) resolve(cometd);
+    });
+    cometd.handshake();
+  });
+}
+/** Subscribe; resolves with the reply, and the handle to unsubscribe with as `handle`. */
+const subscribe = (cometd, channel, onMessage) =>
+  new Promise((resolve) => {
+    const handle = cometd.subscribe(channel, onMessage, (reply) => resolve({ ...reply, handle }));
+  });
+const unsubscribe = (cometd, subscription) =>
+  new Promise((resolve) => cometd.unsubscribe(subscription, (reply) => resolve(reply)));
+const publish = (cometd, channel, data) =>
+  new Promise((resolve) => cometd.publish(channel, data, (reply) => resolve(reply)));
+/** Resolves with the first message `filter` accepts among those `collect` gathers. */
+function waitFor(list, what, filter) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => fail(`never got ${what}: ${JSON.stringify(list)}`), 10_000);
+    const look = () => {
+      const found = list.find(filter);
+      if (found) {
+        clearTimeout(timer);
+        resolve(found);
+      } else setTimeout(look, 20);
+    };
+    look();
+  });
+}
+
+const scenarios = {
+  // The WebSocket attempt fails (the HTTP port cannot upgrade), long polling takes over;
+  // wildcards, the hub both ways, a service, client-to-client channels, unsubscribe.
+  async basics() {
+    const handshakes = [];
+    const a = await client(handshakes);
+    const events = [];
+    const wild = await subscribe(a, "/lab/**", (m) => events.push(m.data));
+    check(wild.successful, "subscribed to /lab/**");
+    const text = "from REST " + Date.now();
+    await publishByRest(text);
+    await waitFor(events, "the REST event", (e) => e.data === text);
+    const published = await publish(a, "/lab/events", "from cometd");
+    check(published.successful && published.data === undefined, `publish acked without data: ${JSON.stringify(published)}`);
+    const hub = await waitFor(events, "its own publish back from the hub", (e) => e.data === "from cometd");
+    const polled = await (await fetch(`${url}/events/poll?since=${hub.id - 1}`)).json();
+    check(polled.events.some((e) => e.id === hub.id), "the client's publish is in the hub");
+    const echoes = [];
+    await subscribe(a, "/service/echo", (m) => echoes.push(m.data));
+    await publish(a, "/service/echo", { hello: "service" });
+    await waitFor(echoes, "the echo", (e) => e.hello === "service");
+    // Two clients on chat channels.
+    const b = await client([]);
+    const bGot = [];
+    const bChat = await subscribe(b, "/chat/*", (m) => bGot.push({ channel: m.channel, data: m.data }));
+    await subscribe(b, "/other/x", (m) => bGot.push({ channel: m.channel, data: m.data }));
+    await publish(a, "/chat/room1", { text: "hi b" });
+    await waitFor(bGot, "a's chat", (m) => m.channel === "/chat/room1");
+    const left = await unsubscribe(b, bChat.handle);
+    check(left.successful, "unsubscribed");
+    await publish(a, "/chat/room1", { text: "not for b" });
+    await publish(a, "/other/x", { text: "still for b" });
+    await waitFor(bGot, "the marker after the unsubscribe", (m) => m.channel === "/other/x");
+    check(bGot.filter((m) => m.channel === "/chat/room1").length === 1, `after unsubscribing b got ${JSON.stringify(bGot)}`);
+    await new Promise((resolve) => a.disconnect(resolve));
+    await new Promise((resolve) => b.disconnect(resolve));
+    done({ handshakes, events: events.length, echo: echoes[0], chat: bGot });
+  },
+
+  // The network stalls longer than maxInterval: the lab forgets the client, whose next
+  // connect gets 402 with the advice to handshake; the client does, subscribes again (in its
+  // handshake listener, as CometD advises) and receives events again.
+  async rehandshake() {
+    const handshakes = [];
+    const cometd = new CometD();
+    cometd.registerExtension("ack", new AckExtension());
+    cometd.configure({ url: url + "/cometd", logLevel: "warn" });
+    const events = [];
+    const unknown = [];
+    cometd.addListener("/meta/connect", (reply) => {
+      if (!reply.successful && String(reply.error).startsWith("402")) unknown.push(reply.error);
+    });
+    cometd.addListener("/meta/handshake", (reply) => {
+      handshakes.push(reply.successful);
+      if (reply.successful) cometd.subscribe("/lab/events", (m) => events.push(m.data));
+    });
+    cometd.handshake();
+    const first = "before the stall " + Date.now();
+    await waitFor(handshakes, "a handshake", (ok) => ok);
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the subscription's round trip
+    await publishByRest(first);
+    await waitFor(events, "the first event", (e) => e.data === first);
+    // Stall every request for 2.5 s (the lab runs with --bayeux-max-interval 1000).
+    const XHR = globalThis.window.XMLHttpRequest; // cometd-nodejs-client's, set by adapt()
+    const send = XHR.prototype.send;
+    XHR.prototype.send = function (...args) {
+      setTimeout(() => send.apply(this, args), 2500);
+    };
+    await waitFor(unknown, "a 402 after the stall", () => true);
+    XHR.prototype.send = send;
+    await waitFor(handshakes, "a second handshake", (ok, i) => ok && i > 0);
+    const after = "after the new handshake " + Date.now();
+    const publisher = setInterval(() => publishByRest(after), 300);
+    await waitFor(events, "an event after the new handshake", (e) => e.data === after);
+    clearInterval(publisher);
+    await new Promise((resolve) => cometd.disconnect(resolve));
+    done({ handshakes, unknown });
+  },
+};
+
+const run = scenarios[scenario];
+if (!run) fail(`no scenario ${scenario}; try one of ${Object.keys(scenarios).join(", ")}`);
+run().catch((e) => fail(e.stack || e));
