@@ -426,6 +426,13 @@ fn the_official_client_handshakes_again_when_the_lab_has_forgotten_it() {
     assert_eq!(successful, 2, "{summary}");
 }
 
+#[test]
+fn the_official_client_loses_nothing_when_a_connect_answer_is_lost() {
+    let lab = lab();
+    let summary = official_client(lab.addr(), "ack");
+    assert!(summary["dropped"].as_u64().unwrap() >= 2, "{summary}");
+}
+
 // ---- Chromium -----------------------------------------------------------------------------
 
 #[test]

@@ -144,6 +144,42 @@ const scenarios = {
   },
 };
 
+// The ack extension across a dropped connection: the answer to a held connect that carried
+// an event is lost on the way (the client sees a network error); the client connects again
+// naming the batch before it, and the lab sends the event again. Nothing lost, nothing twice.
+scenarios.ack = async function () {
+  const handshakes = [];
+  const cometd = await client(handshakes);
+  const events = [];
+  await subscribe(cometd, "/lab/events", (m) => events.push(m.data));
+  const XHR = globalThis.window.XMLHttpRequest; // cometd-nodejs-client's, set by adapt()
+  const send = XHR.prototype.send;
+  let dropped = null;
+  XHR.prototype.send = function (body) {
+    const onload = this.onload;
+    this.onload = () => {
+      if (!dropped && String(body).includes("/meta/connect") && this.responseText.includes("/lab/events")) {
+        dropped = this.responseText; // lost: as if the connection broke before it arrived
+        this.onerror();
+      } else {
+        onload.call(this);
+      }
+    };
+    return send.call(this, body);
+  };
+  const text = "must arrive once " + Date.now();
+  const id = await publishByRest(text);
+  await waitFor(events, "the event, sent again", (e) => e.id === id);
+  const later = await publishByRest("after it");
+  await waitFor(events, "the next event", (e) => e.id === later);
+  XHR.prototype.send = send;
+  check(dropped !== null, "an answer was dropped");
+  const ids = events.map((e) => e.id);
+  check(ids.filter((x) => x === id).length === 1, `the event arrived once: ${ids}`);
+  await new Promise((resolve) => cometd.disconnect(resolve));
+  done({ dropped: JSON.parse(dropped).length, ids });
+};
+
 const run = scenarios[scenario];
 if (!run) fail(`no scenario ${scenario}; try one of ${Object.keys(scenarios).join(", ")}`);
 run().catch((e) => fail(e.stack || e));
