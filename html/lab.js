@@ -99,10 +99,14 @@ const lab = {
     }
   },
 
-  // This server under its other name: localhost <-> 127.0.0.1 are different origins.
+  // This server as another origin. On loopback, under its other name (localhost <->
+  // 127.0.0.1 are different origins); from anywhere else (a classroom), on its second port,
+  // LAB_OTHER_PORT, which the server writes at the top of this file.
   otherOrigin() {
-    const host = location.hostname === 'localhost' ? '127.0.0.1' : 'localhost';
-    return location.protocol + '//' + host + (location.port ? ':' + location.port : '');
+    const port = location.port ? ':' + location.port : '';
+    if (location.hostname === 'localhost') return location.protocol + '//127.0.0.1' + port;
+    if (location.hostname === '127.0.0.1') return location.protocol + '//localhost' + port;
+    return location.protocol + '//' + location.host.replace(/:\d+$/, '') + ':' + LAB_OTHER_PORT;
   },
 
   // The "publish" box every page has, so a class can send its own events.

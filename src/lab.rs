@@ -20,6 +20,12 @@ pub struct Lab {
     pub addr: SocketAddr,
     /// `ws://HOST:PORT/events/ws`: the WebSocket lesson's own listener.
     pub websocket_url: String,
+    /// The same lab on a second port: another origin for the cross-origin lessons.
+    pub other_addr: SocketAddr,
+    /// What each client address holds now, under `--max-per-client`.
+    pub shares: Arc<crate::classroom::ClientShares>,
+    /// Per lesson: requests in progress and browsers seen (the teacher's view).
+    pub activity: Arc<crate::classroom::Activity>,
     /// How often tiny_http's accept thread died and was replaced (`workarounds`).
     pub accept_restarts: Arc<AtomicU64>,
     /// How often it ended, routinely, because no connection came for `--idle-timeout`.
@@ -31,13 +37,35 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Is `origin` one of the lab's own pages: the HTTP address, under either loopback name?
-    /// (The WebSocket handshake and CORS both ask.)
-    pub fn is_own_origin(&self, origin: &str) -> bool {
+    /// Is `origin` one of the lab's own pages? Its HTTP address under either loopback name,
+    /// or, in a classroom, the name the browser itself used to reach the lab: `host` is the
+    /// request's `Host` header, and its host part with the lab's HTTP port is the lab's own
+    /// origin as that browser sees it (`http://192.168.1.5:8080`). Only a host that is an IP
+    /// address, `localhost` or this machine's own name counts: a DNS name anyone can point at
+    /// the lab's address would let their page in (DNS rebinding). (The WebSocket handshake,
+    /// CORS, Socket.IO and Bayeux all ask.)
+    pub fn is_own_origin(&self, origin: &str, host: Option<&str>) -> bool {
         let port = self.addr.port();
-        origin == format!("http://{}", self.addr)
+        if origin == format!("http://{}", self.addr)
             || origin == format!("http://127.0.0.1:{port}")
             || origin == format!("http://localhost:{port}")
+        {
+            return true;
+        }
+        let Some(host) = host.map(host_of) else {
+            return false;
+        };
+        is_lab_host(host) && origin == format!("http://{host}:{port}")
+    }
+
+    /// The WebSocket listener's port.
+    pub fn websocket_port(&self) -> u16 {
+        self.websocket_url
+            .rsplit(':')
+            .next()
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Counters for a lesson, with this request counted.
@@ -69,4 +97,36 @@ pub fn random_id() -> String {
         }
     }
     data_encoding::BASE64URL_NOPAD.encode(&bytes)
+}
+
+/// The host part of a `Host` header: `192.168.1.5:8080` → `192.168.1.5`, `[::1]:8080` →
+/// `[::1]`, `localhost` → `localhost`.
+pub fn host_of(authority: &str) -> &str {
+    let authority = authority.trim();
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+/// A host a browser may use for the lab: an IP address (`[v6]` too), `localhost`, or this
+/// machine's own name.
+pub fn is_lab_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || host == "localhost"
+        || machine_name().is_some_and(|name| host.eq_ignore_ascii_case(&name))
+}
+
+/// This machine's host name (`gethostname`), if it has one.
+pub fn machine_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return None;
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    let name = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
 }

@@ -15,6 +15,7 @@
 //! `cargo run` serves every lesson on <http://127.0.0.1:8080/>; `cargo run --example NAME`
 //! serves one. LESSONS.md is the book that goes with the code.
 
+pub mod classroom;
 pub mod client;
 pub mod generator;
 pub mod http;
@@ -44,6 +45,11 @@ pub struct Config {
     pub addr: String,
     /// Where the WebSocket listener binds; `None`: the HTTP port + 1 (or any port for port 0).
     pub ws_addr: Option<String>,
+    /// Connections for events one client address may hold at once (a classroom's fair share).
+    pub max_per_client: usize,
+    /// The second HTTP port, another origin for the cross-origin lessons; `None`: the HTTP
+    /// port + 2 (or any port for port 0).
+    pub other_addr: Option<String>,
     /// The generator's pause between events in milliseconds; `None` switches it off.
     pub generator: Option<RangeInclusive<u64>>,
     /// Events the hub remembers for cursors (`since`, `Last-Event-ID`).
@@ -90,6 +96,8 @@ impl Default for Config {
         Config {
             addr: "127.0.0.1:8080".into(),
             ws_addr: None,
+            other_addr: None,
+            max_per_client: 50,
             generator: Some(0..=5000),
             history: 1024,
             buffer: 64,
@@ -116,9 +124,12 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
 
   --addr HOST:PORT       where to listen (default 127.0.0.1:8080; env LAB_ADDR)
   --ws-addr HOST:PORT    WebSocket listener (default: the HTTP port + 1)
+  --other-addr HOST:PORT the same lab as another origin, for the cross-origin lessons
+                         (default: the HTTP port + 2)
   --generator MIN..MAX   pause between generated events in ms (default 0..5000), or off
   --history N            events kept for cursors (default 1024)
   --max-parked N         long polls and streams held at once (default 6000)
+  --max-per-client N     ...of which one client address may hold (default 50)
   --heartbeat SECONDS    stream heartbeat interval (default 15)
   --idle-timeout SECONDS close a connection that sends no request for this long (default 30)
   --write-timeout SECONDS drop a client that takes longer to accept a write (default 10)
@@ -180,6 +191,8 @@ impl Config {
                     addr_from_flag = true;
                 }
                 "--ws-addr" => config.ws_addr = Some(value()?),
+                "--other-addr" => config.other_addr = Some(value()?),
+                "--max-per-client" => config.max_per_client = parse_number(&flag, &value()?)?,
                 "--generator" => config.generator = parse_range(&value()?)?,
                 "--history" => config.history = parse_number(&flag, &value()?)?,
                 "--max-parked" => config.max_parked = parse_number(&flag, &value()?)?,
@@ -219,6 +232,11 @@ impl Config {
         if config.socket_addr().is_err() {
             let source = if addr_from_flag { "--addr" } else { "LAB_ADDR" };
             return Err(format!("{source} {:?} is not HOST:PORT", config.addr).into());
+        }
+        if let Some(other) = &config.other_addr {
+            if other.parse::<SocketAddr>().is_err() {
+                return Err(format!("--other-addr {other:?} is not HOST:PORT").into());
+            }
         }
         if let Some(ws) = &config.ws_addr {
             if ws
@@ -305,15 +323,26 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
                 Some(name) => format!("lessons/{name}"),
                 None => String::new(),
             };
-            let url = lab.url(&format!("/{page}"));
+            let urls = classroom::student_urls(lab.addr(), &format!("/{page}"));
+            let url = urls.first().cloned().unwrap_or_else(|| lab.url("/"));
+            let ws_port = lab.lab.websocket_port();
             if only.is_none() || only == Some("websocket") {
-                let ws = &lab.lab.websocket_url;
-                log::info!("Reverse Ajax Lab on {url} (WebSockets on {ws})");
+                log::info!("Reverse Ajax Lab on {url} (WebSockets on port {ws_port})");
             } else if only == Some("socket_io") {
-                let ws = lab.lab.websocket_url.replace("/events/ws", "/socket.io/");
-                log::info!("Reverse Ajax Lab on {url} (Socket.IO's websocket transport on {ws})");
+                log::info!(
+                    "Reverse Ajax Lab on {url} (Socket.IO's websocket transport on port {ws_port})"
+                );
             } else {
                 log::info!("Reverse Ajax Lab on {url}");
+            }
+            // Listening on every interface: every address a student can type.
+            for other in urls.iter().skip(1) {
+                log::info!("                also on {other}");
+            }
+            if lab.addr().ip().is_unspecified() {
+                if let Some(teacher) = classroom::student_urls(lab.addr(), "/teacher").first() {
+                    log::info!("Teacher's view: {teacher}");
+                }
             }
             lab.join();
         }

@@ -74,6 +74,24 @@ impl RunningLab {
         );
         // tiny_http reads the requests (and is replaced if its accept thread dies).
         let requests = workarounds::Requests::start(listener, config.idle_timeout)?;
+        // The "other origin": the same lab on a second port, for the cross-origin lessons
+        // wherever the browser comes from (LESSONS.md, "Teaching with the lab").
+        let other_addr = match &config.other_addr {
+            Some(text) => text
+                .parse()
+                .map_err(|_| format!("--other-addr {text:?} is not HOST:PORT"))?,
+            None if requested.port() == 0 => SocketAddr::new(addr.ip(), 0),
+            None => SocketAddr::new(addr.ip(), addr.port().wrapping_add(2)),
+        };
+        let other = bind(other_addr, timeouts).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => format!(
+                "the other-origin port {} is busy: try --other-addr with another port",
+                other_addr.port()
+            ),
+            _ => format!("cannot listen on {other_addr}: {e}"),
+        })?;
+        let other_addr = other.local_addr().map_err(|e| e.to_string())?;
+        requests.also_serve(other, "other")?;
 
         let hub = Hub::new(config.history, config.buffer);
         if let Some(range) = config.generator.clone() {
@@ -85,6 +103,9 @@ impl RunningLab {
         let bayeux = config.bayeux.clone();
         let lab = Arc::new(Lab {
             websocket_url: websocket.url(),
+            other_addr,
+            shares: Arc::default(),
+            activity: Arc::default(),
             config,
             hub,
             stats: Stats::default(),
@@ -110,7 +131,9 @@ impl RunningLab {
         websocket
             .spawn(lab.clone())
             .map_err(|e| format!("cannot start the WebSocket accept thread: {e}"))?;
-        workarounds::spawn_pump(addr).map_err(|e| format!("cannot start the pump thread: {e}"))?;
+        workarounds::spawn_pump(addr, "pump")
+            .and_then(|()| workarounds::spawn_pump(other_addr, "pump-other"))
+            .map_err(|e| format!("cannot start the pump thread: {e}"))?;
         let accept_lab = lab.clone();
         let accept = thread::Builder::new()
             .name("accept".into())
@@ -238,6 +261,31 @@ fn handle(lab: &Lab, id: u64, request: Request) {
     let _connection = lab.stats.connections.enter();
     lessons::long_polling::set_request_id(id);
     log::debug!("req {id} {} {}", request.method(), request.url());
+    // A classroom's fair share: each client address holds at most --max-per-client requests
+    // for events at once (the held ones are what can pile up).
+    let _share = match (asks_for_events(request.url()), request.remote_addr()) {
+        (true, Some(peer)) => match lab.shares.take(peer.ip(), lab.config.max_per_client) {
+            Some(share) => Some(share),
+            None => {
+                log::debug!("req {id} refused: {} holds its share already", peer.ip());
+                let message = format!(
+                    "this address already holds {} connections for events (--max-per-client); \
+                     close some tabs",
+                    lab.config.max_per_client
+                );
+                let error = HttpError::new(503, message).with_header("Retry-After", "2");
+                let _ = error.reply(request, &lab.count("other"));
+                return;
+            }
+        },
+        _ => None,
+    };
+    // The teacher's view: which lesson this is, and from whom.
+    let path = request.url().split('?').next().unwrap_or("");
+    let _in_progress = lessons::lesson_of(path).map(|lesson| {
+        lab.activity
+            .begin(lesson, request.remote_addr().map(|a| a.ip()))
+    });
     match route(lab, request) {
         Ok(()) => log::debug!("req {id} done"),
         Err(e) if http::is_disconnect(&e) => log::debug!("req {id} gone: {e}"),
@@ -247,6 +295,11 @@ fn handle(lab: &Lab, id: u64, request: Request) {
         }
         Err(e) => log::warn!("req {id} failed: {e}"),
     }
+}
+
+/// The paths whose requests may be held: they count against a client's share.
+fn asks_for_events(url: &str) -> bool {
+    url.starts_with("/events/") || url.starts_with("/socket.io/") || url.starts_with("/cometd")
 }
 
 /// 503 on the accept thread: `Connection: close` frees the connection's tiny_http thread
@@ -289,9 +342,18 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
     match (request.method(), path) {
         (Method::Get, "/") => index(lab, request),
         (Method::Get, "/stats") => stats_page(lab, request),
+        (Method::Get, "/teacher") => asset(
+            lab,
+            request,
+            "text/html; charset=utf-8",
+            include_str!("../html/teacher.html"),
+        ),
         (Method::Post, "/publish") => publish(lab, request),
         (Method::Get, "/assets/lab.js") => {
-            asset(lab, request, "application/javascript", lessons::LAB_JS)
+            // The other origin's port first (the pages' `lab.otherOrigin()` needs it).
+            let port = lab.other_addr.port();
+            let script = format!("const LAB_OTHER_PORT = {port};\n{}", lessons::LAB_JS);
+            asset(lab, request, "application/javascript", &script)
         }
         (Method::Get, "/assets/lab.css") => asset(lab, request, "text/css", lessons::LAB_CSS),
         // Browsers ask for it on every page; "nothing here" beats a 404 in every log.
@@ -380,7 +442,16 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),
         "events_published": lab.hub.last_id(),
-        "websocket": lab.websocket_url,
+        // As the browser reached the lab: its Host, never the bind address (a classroom).
+        "websocket": format!(
+            "ws://{}:{}/events/ws",
+            crate::classroom::public_host(http::header(&request, "Host"), lab.addr),
+            lab.websocket_port()
+        ),
+        "other_port": lab.other_addr.port(),
+        "activity": lab.activity.to_json(),
+        "clients": lab.shares.snapshot().len(),
+        "urls": crate::classroom::student_urls(lab.addr, "/"),
         "max_parked": lab.config.max_parked,
         "heartbeat_secs": lab.config.heartbeat.as_secs(),
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
@@ -415,7 +486,30 @@ fn index(lab: &Lab, request: Request) -> io::Result<()> {
             idea = http::escape_html(lesson.idea),
         ));
     }
-    let body = lessons::INDEX_HTML.replace("{{lessons}}", &items);
+    // Listening on every interface: the addresses students can type, with QR codes.
+    let urls = crate::classroom::student_urls(lab.addr, "/");
+    let classroom = if lab.addr.ip().is_unspecified() {
+        let mut list = String::from(
+            "<section id=\"classroom\"><h2>Open the lab from another machine</h2><ul class=\"urls\">\n",
+        );
+        for url in &urls {
+            list.push_str(&format!(
+                "<li><a href=\"{href}\">{text}</a> {qr}</li>\n",
+                href = http::escape_html(url),
+                text = http::escape_html(url),
+                qr = crate::classroom::qr_svg(url),
+            ));
+        }
+        list.push_str(
+            "</ul><p>The teacher's view: <a href=\"/teacher\">/teacher</a>.</p></section>",
+        );
+        list
+    } else {
+        String::new()
+    };
+    let body = lessons::INDEX_HTML
+        .replace("{{classroom}}", &classroom)
+        .replace("{{lessons}}", &items);
     http::write_response(
         request,
         200,

@@ -36,6 +36,9 @@ static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
 /// Every request that any generation of tiny_http server reads, in one channel.
 pub struct Requests {
     requests: Receiver<Request>,
+    /// Where every server (on every listener) sends what it reads.
+    to_accept_loop: Sender<Request>,
+    idle_timeout: Duration,
     /// Routine replacements: `accept` timed out after `--idle-timeout` with no connection.
     pub idle_replacements: Arc<AtomicU64>,
     /// How many times tiny_http's accept thread died and a new server took over.
@@ -48,25 +51,34 @@ impl Requests {
     pub fn start(listener: TcpListener, idle_timeout: Duration) -> Result<Requests, String> {
         watch_for_panics();
         let (to_accept_loop, requests) = bounded(1024);
+        let requests = Requests {
+            requests,
+            to_accept_loop,
+            idle_timeout,
+            idle_replacements: Arc::new(AtomicU64::new(0)),
+            restarts: Arc::new(AtomicU64::new(0)),
+        };
+        requests.also_serve(listener, "http")?;
+        Ok(requests)
+    }
+
+    /// Serve one more listening socket into the same channel (the "other origin" port), with
+    /// its own servers (threads `NAME-N`) and supervisor.
+    pub fn also_serve(&self, listener: TcpListener, name: &'static str) -> Result<(), String> {
         let (stopped, stops) = unbounded();
         let generation = Generation {
-            to_accept_loop,
+            to_accept_loop: self.to_accept_loop.clone(),
             stopped,
-            linger: idle_timeout + Duration::from_secs(5),
+            linger: self.idle_timeout + Duration::from_secs(5),
+            name,
         };
         generation.serve(&listener, 0)?;
-        let restarts = Arc::new(AtomicU64::new(0));
-        let idle_replacements = Arc::new(AtomicU64::new(0));
-        let counts = (restarts.clone(), idle_replacements.clone());
+        let counts = (self.restarts.clone(), self.idle_replacements.clone());
         thread::Builder::new()
-            .name("http-supervisor".into())
+            .name(format!("{name}-supervisor"))
             .spawn(move || supervise(listener, generation, stops, counts))
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
-        Ok(Requests {
-            requests,
-            idle_replacements,
-            restarts,
-        })
+        Ok(())
     }
 
     /// The next request, from whichever server read it.
@@ -84,6 +96,8 @@ struct Generation {
     /// After its accept thread ends, how long the old server may stay silent before its
     /// connections cannot send anything more (each is closed after `--idle-timeout`).
     linger: Duration,
+    /// Its threads' names start with this (`http`, `other`).
+    name: &'static str,
 }
 
 impl Generation {
@@ -97,9 +111,9 @@ impl Generation {
         let server = tiny_http::Server::from_listener(copy, None)
             .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
         let (to_accept_loop, stopped) = (self.to_accept_loop.clone(), self.stopped.clone());
-        let linger = self.linger;
+        let (linger, name) = (self.linger, self.name);
         thread::Builder::new()
-            .name(format!("http-{generation}"))
+            .name(format!("{name}-{generation}"))
             .spawn(move || {
                 let mut accepting = true;
                 loop {
@@ -130,7 +144,7 @@ impl Generation {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the http-{generation} thread: {e}"))?;
+            .map_err(|e| format!("cannot start the {name}-{generation} thread: {e}"))?;
         Ok(())
     }
 }
@@ -211,9 +225,9 @@ fn watch_for_panics() {
 /// others that are busy, and each probe wakes a waiting pool thread, which (measured here)
 /// keeps tiny_http's idle threads from ever timing out after a flood. At rest they go within
 /// seconds, and the process's thread count returns to its baseline.
-pub fn spawn_pump(addr: SocketAddr) -> io::Result<()> {
+pub fn spawn_pump(addr: SocketAddr, name: &str) -> io::Result<()> {
     thread::Builder::new()
-        .name("pump".into())
+        .name(name.into())
         .spawn(move || pump(addr))?;
     Ok(())
 }

@@ -43,6 +43,8 @@ impl ChildLab {
                 &addr.to_string(),
                 "--ws-addr",
                 "127.0.0.1:0",
+                "--other-addr",
+                "127.0.0.1:0",
             ])
             .args(["--generator", "off"])
             .args(extra)

@@ -145,6 +145,7 @@ pub const LESSONS: &[Lesson] = &[
 const SHARED_ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/"),
     ("GET", "/stats"),
+    ("GET", "/teacher"),
     ("POST", "/publish"),
     ("GET", "/assets/lab.js"),
     ("GET", "/assets/lab.css"),
@@ -161,6 +162,18 @@ pub fn owner_of(path: &str) -> Option<&'static str> {
         .iter()
         .find(|l| l.endpoints.iter().any(|(_, p)| *p == path))
         .map(|l| l.name)
+}
+
+/// The lesson a request belongs to, for the teacher's view: its endpoints' owner, or the
+/// lesson whose page it is (the frameworks' paths below their endpoint count too).
+pub fn lesson_of(path: &str) -> Option<&'static str> {
+    if let Some(name) = path.strip_prefix("/lessons/") {
+        return LESSONS.iter().find(|l| l.name == name).map(|l| l.name);
+    }
+    if path.starts_with("/cometd") {
+        return Some("bayeux");
+    }
+    owner_of(path)
 }
 
 /// A file `npm ci` installed under `node_modules/` (a framework's official client, for a

@@ -139,11 +139,26 @@ fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
             refuse_upgrade_here(&mut stream);
             continue;
         }
+        // A classroom's fair share (`--max-per-client`), held for the socket's life.
+        let share = match stream.peer_addr() {
+            Ok(peer) => match lab.shares.take(peer.ip(), lab.config.max_per_client) {
+                Some(share) => Some(share),
+                None => {
+                    log::debug!("refused a WebSocket: {} holds its share already", peer.ip());
+                    refuse_upgrade_here(&mut stream);
+                    continue;
+                }
+            },
+            Err(_) => None,
+        };
         let id = next_id.fetch_add(1, Relaxed);
         let lab = lab.clone();
         let spawned = thread::Builder::new()
             .name(format!("ws-{id}"))
             .spawn(move || {
+                let _share = share;
+                let ip = stream.peer_addr().ok().map(|a| a.ip());
+                let _in_progress = lab.activity.begin("websocket", ip);
                 let _thread = lab.stats.websocket_threads.enter();
                 match serve(&lab, stream, id) {
                     Ok(()) => log::debug!("ws {id} gone"),
@@ -308,7 +323,8 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Route, (u16, String)> {
             .headers()
             .get("Origin")
             .map(|o| o.to_str().unwrap_or(""));
-        return crate::lessons::socket_io::websocket::check(lab, &query, origin)
+        let host = request.headers().get("Host").and_then(|h| h.to_str().ok());
+        return crate::lessons::socket_io::websocket::check(lab, &query, origin, host)
             .map(Route::SocketIo);
     }
     if path != "/events/ws" {
@@ -319,7 +335,8 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Route, (u16, String)> {
     }
     if let Some(origin) = request.headers().get("Origin") {
         let origin = origin.to_str().unwrap_or("");
-        if !lab.is_own_origin(origin) {
+        let host = request.headers().get("Host").and_then(|h| h.to_str().ok());
+        if !lab.is_own_origin(origin, host) {
             log::debug!("ws handshake refused: foreign Origin {origin:?}");
             return Err((403, "this Origin may not open the lab's WebSocket".into()));
         }

@@ -113,6 +113,7 @@ impl ChildLab {
         });
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_reverse-ajax-lab"))
             .args(["--addr", &addr.to_string(), "--ws-addr", "127.0.0.1:0"])
+            .args(["--other-addr", "127.0.0.1:0"])
             .args(["--generator", "off"])
             .args(extra)
             .env("RUST_LOG", if log.is_some() { "debug" } else { "error" })

@@ -190,8 +190,9 @@ pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> 
         ]);
         return http::write_no_content(request, &preflight, &counters);
     }
-    let origin = http::header(&request, "Origin").map(str::to_string);
-    if origin.is_some_and(|o| !lab.is_own_origin(&o)) && *request.method() == Method::Post {
+    let origin = http::header(&request, "Origin");
+    let foreign = origin.is_some_and(|o| !lab.is_own_origin(o, http::header(&request, "Host")));
+    if foreign && *request.method() == Method::Post {
         return HttpError::new(403, "this Origin may not use the lab's Bayeux server")
             .reply(request, &counters);
     }
@@ -278,7 +279,7 @@ fn answer(
 /// credentials, so the origin is named exactly (never `*`) with `Allow-Credentials`.
 fn cors_headers(lab: &Lab, request: &Request) -> Vec<(&'static str, String)> {
     match http::header(request, "Origin") {
-        Some(origin) if lab.is_own_origin(origin) => vec![
+        Some(origin) if lab.is_own_origin(origin, http::header(request, "Host")) => vec![
             ("Access-Control-Allow-Origin", origin.to_string()),
             ("Access-Control-Allow-Credentials", "true".into()),
             ("Vary", "Origin".into()),

@@ -258,7 +258,7 @@ const TOO_LARGE: EioError = EioError::new(413, 3, "Payload too large");
 /// credentials allowed (socket.io-client may send cookies with `withCredentials`).
 fn cors_headers(lab: &Lab, request: &Request) -> Vec<(&'static str, String)> {
     match http::header(request, "Origin") {
-        Some(origin) if lab.is_own_origin(origin) => vec![
+        Some(origin) if lab.is_own_origin(origin, http::header(request, "Host")) => vec![
             ("Access-Control-Allow-Origin", origin.to_string()),
             ("Access-Control-Allow-Credentials", "true".into()),
             ("Vary", "Origin".into()),
@@ -321,7 +321,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         _ => return refuse(lab, request, UNKNOWN_TRANSPORT, &counters),
     }
     if let Some(origin) = http::header(&request, "Origin") {
-        if !lab.is_own_origin(origin) {
+        if !lab.is_own_origin(origin, http::header(&request, "Host")) {
             return refuse(lab, request, FORBIDDEN, &counters);
         }
     }

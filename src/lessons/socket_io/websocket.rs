@@ -51,14 +51,19 @@ pub enum Accepted {
 /// The handshake's checks for `/socket.io/`: Engine.IO v4, the websocket transport, our own
 /// origin, and for an upgrade a known session (taken for this socket at once, so a second
 /// socket with the same sid is a spare).
-pub fn check(lab: &Lab, query: &Query, origin: Option<&str>) -> Result<Accepted, (u16, String)> {
+pub fn check(
+    lab: &Lab,
+    query: &Query,
+    origin: Option<&str>,
+    host: Option<&str>,
+) -> Result<Accepted, (u16, String)> {
     if query.get("EIO") != Some("4") {
         return Err((400, "Unsupported protocol version".into()));
     }
     if query.get("transport") != Some("websocket") {
         return Err((400, "Transport unknown".into()));
     }
-    if origin.is_some_and(|origin| !lab.is_own_origin(origin)) {
+    if origin.is_some_and(|origin| !lab.is_own_origin(origin, host)) {
         return Err((403, "Forbidden".into()));
     }
     let Some(sid) = query.get("sid") else {

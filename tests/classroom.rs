@@ -1,0 +1,268 @@
+//! The classroom: the lab bound to every interface and reached under another address.
+//! `127.0.0.2`, `127.0.0.3`... are other addresses (and other origins) on Linux's loopback, so
+//! a test can be a student's laptop: a browser at `http://127.0.0.2:PORT`, and clients whose
+//! packets come *from* other addresses (their sockets bound there before connecting).
+
+mod common;
+
+use common::browser::Browser;
+use common::{start_lab_with, wait_until};
+use reverse_ajax_lab::client::{self, publish};
+use reverse_ajax_lab::RunningLab;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+use tungstenite::client::IntoClientRequest;
+
+/// A lab on every interface (`0.0.0.0`), generator off.
+fn open_lab(tweak: impl FnOnce(&mut reverse_ajax_lab::Config)) -> RunningLab {
+    start_lab_with(|c| {
+        c.addr = "0.0.0.0:0".into();
+        c.ws_addr = Some("0.0.0.0:0".into());
+        c.other_addr = Some("0.0.0.0:0".into());
+        tweak(c);
+    })
+}
+
+/// The lab's HTTP port at a loopback address.
+fn at(lab: &RunningLab, ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), lab.addr().port())
+}
+
+fn stats_at(addr: SocketAddr) -> Value {
+    client::get(addr, "/stats").unwrap().json()
+}
+
+/// `GET path` on `to`, sent from the address `from` (a student's machine).
+fn get_from(from: &str, to: SocketAddr, path: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {to}\r\n\r\n").unwrap();
+    stream
+}
+
+fn status_of(stream: TcpStream) -> (u16, String) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let mut rest = String::new();
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+            break;
+        }
+    }
+    let _ = reader.read_line(&mut rest);
+    (status, rest)
+}
+
+#[test]
+fn the_urls_handed_out_are_built_from_the_address_the_browser_used() {
+    let lab = open_lab(|_| {});
+    let s = stats_at(at(&lab, "127.0.0.2"));
+    let ws = s["websocket"].as_str().unwrap();
+    assert!(ws.starts_with("ws://127.0.0.2:"), "{ws}");
+    // Every address a student can type, none of them 0.0.0.0; the index shows each with a QR code.
+    let urls: Vec<&str> = s["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        urls.contains(&format!("http://127.0.0.1:{}/", lab.addr().port()).as_str()),
+        "{urls:?}"
+    );
+    assert!(urls.iter().all(|u| !u.contains("0.0.0.0")));
+    let index = client::get(at(&lab, "127.0.0.2"), "/").unwrap().body;
+    assert!(index.contains("Open the lab from another machine"));
+    assert_eq!(
+        index.matches("<svg").count(),
+        urls.len(),
+        "a QR code per URL"
+    );
+    // The other origin's port, for the cross-origin lessons.
+    let script = client::get(at(&lab, "127.0.0.2"), "/assets/lab.js")
+        .unwrap()
+        .body;
+    assert!(script.starts_with(&format!("const LAB_OTHER_PORT = {};", s["other_port"])));
+}
+
+#[test]
+fn a_page_at_another_address_opens_the_websocket_and_a_foreign_page_still_cannot() {
+    let lab = open_lab(|_| {});
+    let port = lab.addr().port();
+    let ws = stats_at(at(&lab, "127.0.0.2"))["websocket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let open = |origin: &str, host: Option<&str>| {
+        let mut request = ws.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        if let Some(host) = host {
+            request.headers_mut().insert("Host", host.parse().unwrap());
+        }
+        tungstenite::connect(request)
+            .map(|_| ())
+            .map_err(|e| match e {
+                tungstenite::Error::Http(response) => response.status().as_u16(),
+                other => panic!("{other}"),
+            })
+    };
+    assert_eq!(open(&format!("http://127.0.0.2:{port}"), None), Ok(()));
+    assert_eq!(open("http://evil.example", None), Err(403));
+    // The same host on another port, or another address, is another origin.
+    assert_eq!(
+        open(&format!("http://127.0.0.2:{}", port + 1), None),
+        Err(403)
+    );
+    assert_eq!(open(&format!("http://127.0.0.3:{port}"), None), Err(403));
+    // DNS rebinding: a name the attacker points at the lab's address is not the lab's.
+    let rebound = format!(
+        "evil.example:{}",
+        ws.rsplit(':').next().unwrap().split('/').next().unwrap()
+    );
+    assert_eq!(
+        open(&format!("http://evil.example:{port}"), Some(&rebound)),
+        Err(403)
+    );
+    for origin in common::near_miss_origins(port) {
+        assert_eq!(open(&origin, None), Err(403), "{origin}");
+    }
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_and_the_others_are_untouched() {
+    let lab = open_lab(|c| c.max_per_client = 2);
+    let addr = at(&lab, "127.0.0.2");
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| get_from("127.0.0.5", addr, "/events/long-poll?timeout=60"))
+        .collect();
+    wait_until("both are parked", || stats_at(addr)["parked"] == 2);
+    let (status, body) = status_of(get_from("127.0.0.5", addr, "/events/long-poll?timeout=60"));
+    assert_eq!(status, 503, "the third from the same address");
+    assert!(body.contains("--max-per-client"), "{body}");
+    let other = get_from("127.0.0.6", addr, "/events/long-poll?timeout=60");
+    wait_until("another address still parks", || {
+        stats_at(addr)["parked"] == 3
+    });
+    assert_eq!(stats_at(addr)["clients"], 2);
+    // Pages and /stats are not counted against the share.
+    assert_eq!(
+        status_of(get_from("127.0.0.5", addr, "/lessons/sse")).0,
+        200
+    );
+    drop(held);
+    drop(other);
+    publish(addr, "release").unwrap();
+    wait_until("the shares are given back", || {
+        stats_at(addr)["clients"] == 0
+    });
+    let again = get_from("127.0.0.5", addr, "/events/long-poll?timeout=60");
+    wait_until("the address may park again", || {
+        stats_at(addr)["parked"] == 1
+    });
+    drop(again);
+}
+
+#[test]
+fn every_page_works_from_another_address_in_chromium() {
+    let lab = open_lab(|_| {});
+    let base = format!("http://127.0.0.2:{}", lab.addr().port());
+    let browser = Browser::launch();
+    // Each page receives an event published after it opened; the cross-origin ones reach the
+    // lab's other port, their "other origin" in a classroom.
+    for lesson in [
+        "polling",
+        "jsonp_polling",
+        "cors",
+        "long_polling",
+        "script_long_polling",
+        "forever_iframe",
+        "multipart_streaming",
+        "fetch_streaming",
+        "sse",
+        "websocket",
+        "socket_io",
+        "bayeux",
+    ] {
+        let mut page = browser.open(&format!("{base}/lessons/{lesson}"));
+        let marker = common::marker(lesson);
+        let published = std::time::Instant::now();
+        // Publish until the page shows it (a page may still be connecting at first).
+        let addr = lab.addr();
+        let mut tries = 0;
+        loop {
+            publish(
+                SocketAddr::new(IpAddr::from([127, 0, 0, 1]), addr.port()),
+                &marker,
+            )
+            .unwrap();
+            if page.eval(&format!(
+                "document.getElementById('log').textContent.includes({:?})",
+                format!("[event] {marker}")
+            )) == Value::Bool(true)
+            {
+                break;
+            }
+            tries += 1;
+            assert!(
+                published.elapsed() < Duration::from_secs(25),
+                "{lesson} never showed an event from 127.0.0.2 ({tries} publishes): {}",
+                page.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    }
+}
+
+#[test]
+fn the_teacher_view_counts_the_browsers_and_what_they_hold() {
+    let lab = open_lab(|_| {});
+    let addr = at(&lab, "127.0.0.2");
+    let _polls = [
+        get_from("127.0.0.7", addr, "/events/long-poll?timeout=60"),
+        get_from("127.0.0.8", addr, "/events/long-poll?timeout=60"),
+        get_from("127.0.0.8", addr, "/events/long-poll?timeout=60"),
+    ];
+    let _stream = get_from("127.0.0.9", addr, "/events/sse");
+    wait_until("all are held", || {
+        let s = stats_at(addr);
+        s["parked"] == 3 && s["streams"] == 1
+    });
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("http://127.0.0.2:{}/teacher", lab.addr().port()));
+    let row = |lesson: &str, column: usize| {
+        format!(
+            "(document.querySelector('tr[data-lesson={lesson}]')?.children[{column}]?.textContent)"
+        )
+    };
+    page.wait_for(
+        "long polling: two browsers, three held",
+        &format!(
+            "{} === '2' && {} === '3'",
+            row("long_polling", 1),
+            row("long_polling", 2)
+        ),
+    );
+    page.wait_for(
+        "SSE: one browser, one held",
+        &format!("{} === '1' && {} === '1'", row("sse", 1), row("sse", 2)),
+    );
+    // The publish box reaches every student.
+    page.eval("document.querySelector('#publish input').value = 'to the room'; document.querySelector('#publish').requestSubmit()");
+    wait_until("the teacher's event is published", || {
+        client::get(addr, "/events/poll?since=0").unwrap().json()["events"][0]["data"]
+            == "to the room"
+    });
+}
