@@ -63,7 +63,8 @@ fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answer
 
 /// A flood of connections that send nothing takes every descriptor: tiny_http's accept thread
 /// fails ("Too many open files") and would leave the port dead while the process lives on.
-/// The idle timeout closes the flood, and a new tiny_http server takes over the port.
+/// When the flood leaves (or the idle timeout closes it), a new tiny_http server takes over
+/// the port.
 #[test]
 fn the_lab_recovers_when_tiny_http_stops_accepting() {
     let lab = ChildLab::start(&["--max-fds", "200", "--idle-timeout", "2"]);
@@ -72,7 +73,12 @@ fn the_lab_recovers_when_tiny_http_stops_accepting() {
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
     assert!(flood.len() > 100);
-    // The port is served again, by a new generation of tiny_http.
+    // The flood took every descriptor (read from /proc: a request could not get in now).
+    wait_until("the flood has taken the descriptors", || {
+        lab.fds_from_proc() >= 190
+    });
+    // It leaves; the port is served again, by a new generation of tiny_http.
+    drop(flood);
     wait_until("tiny_http was replaced and /stats answers", || {
         // While descriptors are short, tiny_http may drop a request it cannot finish (its
         // empty 500, seen in CI): that is not yet an answer.
@@ -82,8 +88,10 @@ fn the_lab_recovers_when_tiny_http_stops_accepting() {
                     .is_ok_and(|s| s["accept_restarts"].as_u64() >= Some(1))
         })
     });
-    drop(flood);
-    assert_eq!(get(addr, "/events/poll").unwrap().status, 200);
+    // Events too, once the gate sees the descriptors back (it refuses near the limit).
+    wait_until("events are served again", || {
+        get(addr, "/events/poll").is_ok_and(|r| r.status == 200)
+    });
 }
 
 /// The listener's read timeout (which accepted sockets inherit) also bounds `accept`: with no
