@@ -78,6 +78,8 @@ pub struct Config {
     pub only: Option<&'static str>,
     /// The Socket.IO lesson's Engine.IO timings (`--socket-io-*`).
     pub socket_io: lessons::socket_io::Settings,
+    /// A Pushlets session with no listener and no request for this long expires.
+    pub pushlets_timeout: Duration,
     /// The Bayeux lesson's advice (`--bayeux-*`).
     pub bayeux: lessons::bayeux::Settings,
 }
@@ -113,6 +115,7 @@ impl Default for Config {
             only: None,
             socket_io: lessons::socket_io::Settings::default(),
             bayeux: lessons::bayeux::Settings::default(),
+            pushlets_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -142,6 +145,7 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --socket-io-connect-timeout MS ...or that joins no namespace in time (default 45000)
   --bayeux-timeout MS            Bayeux holds a /meta/connect this long (default 20000)
   --bayeux-max-interval MS       ...and forgets a client silent this long after (default 10000)
+  --pushlets-timeout SECONDS     a Pushlets session nobody listens for expires (default 60)
   -h, --help             this text
 
 Logs go to stderr; RUST_LOG=debug shows every request park, wake and leave.";
@@ -209,6 +213,7 @@ impl Config {
                 "--socket-io-connect-timeout" => {
                     config.socket_io.connect_timeout = parse_millis(&flag, &value()?)?
                 }
+                "--pushlets-timeout" => config.pushlets_timeout = parse_seconds(&flag, &value()?)?,
                 "--bayeux-timeout" => config.bayeux.timeout = parse_millis(&flag, &value()?)?,
                 "--bayeux-max-interval" => {
                     config.bayeux.max_interval = parse_millis(&flag, &value()?)?

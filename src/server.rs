@@ -115,7 +115,10 @@ impl RunningLab {
             accept_idle_replacements: requests.idle_replacements.clone(),
             socket_io: lessons::socket_io::SocketIo::new(socket_io),
             bayeux: lessons::bayeux::Bayeux::new(bayeux),
+            pushlets: Default::default(),
         });
+        lessons::pushlets::spawn_sweeper(lab.clone())
+            .map_err(|e| format!("cannot start the Pushlets sweeper thread: {e}"))?;
         lessons::bayeux::spawn_sweeper(lab.clone())
             .map_err(|e| format!("cannot start the Bayeux sweeper thread: {e}"))?;
         lessons::socket_io::spawn_heartbeat(lab.clone())
@@ -299,7 +302,10 @@ fn handle(lab: &Lab, id: u64, request: Request) {
 
 /// The paths whose requests may be held: they count against a client's share.
 fn asks_for_events(url: &str) -> bool {
-    url.starts_with("/events/") || url.starts_with("/socket.io/") || url.starts_with("/cometd")
+    url.starts_with("/events/")
+        || url.starts_with("/socket.io/")
+        || url.starts_with("/cometd")
+        || url.starts_with("/pushlet/")
 }
 
 /// 503 on the accept thread: `Connection: close` frees the connection's tiny_http thread
@@ -388,6 +394,9 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, p) if p.starts_with("/vendor/cometd/") => {
             lessons::bayeux::official_client(lab, request, &p["/vendor/cometd/".len()..])
         }
+        (Method::Get | Method::Post, "/pushlet/pushlet.srv") => {
+            lessons::pushlets::handle(lab, request, &query)
+        }
         (_, "/socket.io/") => lessons::socket_io::handle(lab, request, &query),
         (Method::Get, "/events/ws") => {
             let counters = lab.count("websocket");
@@ -438,6 +447,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "websocket_threads": s.websocket_threads.get(),
         "socket_io_sessions": lab.socket_io.session_count(),
         "bayeux_clients": lab.bayeux.client_count(),
+        "pushlets_sessions": lab.pushlets.session_count(),
         "subscribers": lab.hub.subscriber_count(),
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),

@@ -104,8 +104,10 @@ fn an_idle_lab_keeps_serving_after_its_accept_times_out() {
     // connection comes at all, and accept times out every second.
     std::thread::sleep(std::time::Duration::from_secs(16));
     let threads_then = lab.threads_from_proc();
-    // Idle for as long again: replacements go on, the thread count does not grow with them
-    // (each old generation's threads end a few seconds after it is replaced).
+    // Idle for half as long again: replacements go on, the thread count does not grow with
+    // them (each old generation's threads end a few seconds after it is replaced). Two
+    // listeners cycle (HTTP and the other origin), each with a few generations lingering at
+    // any moment: the count moves by a generation or two; a leak would add ~5 per replacement.
     std::thread::sleep(std::time::Duration::from_secs(8));
     let threads_now = lab.threads_from_proc();
     let s = stats(&lab);
@@ -113,7 +115,7 @@ fn an_idle_lab_keeps_serving_after_its_accept_times_out() {
     assert!(replaced >= 6, "accept timed out only {replaced} times");
     assert_eq!(s["accept_restarts"], 0, "routine, not a failure");
     assert!(
-        threads_now <= threads_then + 6,
+        threads_now <= threads_then + 12,
         "{threads_then} → {threads_now} threads while idle ({replaced} replacements)"
     );
     assert_eq!(get(lab.addr, "/events/poll").unwrap().status, 200);

@@ -18,6 +18,7 @@ pub mod long_polling;
 pub mod multipart_streaming;
 pub mod piggyback;
 pub mod polling;
+pub mod pushlets;
 pub mod script_long_polling;
 pub mod socket_io;
 pub mod sse;
@@ -136,6 +137,13 @@ pub const LESSONS: &[Lesson] = &[
         idea: "Publish and subscribe on named channels, a client id from a handshake, and one held /meta/connect carrying every delivery.",
         page: include_str!("../../html/bayeux.html"),
         endpoints: &[("GET, POST, OPTIONS", "/cometd")],
+    },
+    Lesson {
+        name: "pushlets",
+        title: "Pushlets",
+        idea: "The observer pattern over HTTP: a session, subjects to subscribe to, and one data channel that streams, pulls or polls.",
+        page: include_str!("../../html/pushlets.html"),
+        endpoints: &[("GET, POST", "/pushlet/pushlet.srv")],
     },
     // Every lesson above at once, in one tab.
     compare::LESSON,

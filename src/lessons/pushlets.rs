@@ -1,0 +1,701 @@
+//! # Pushlets: the observer pattern over HTTP: sessions, subjects, and a data channel that streams, pulls or polls.
+//!
+//! Pushlets (the second article's last framework) gives every client a session (`p_id`), lets
+//! it subscribe to *subjects* (paths; a subscription to `/lab` receives `/lab/events`), and
+//! delivers through one *data channel* in a mode the client picks: `stream` (one response that
+//! never ends, a forever iframe), `pull` (a held request answered with what came, then a
+//! `refresh` telling the client when to ask again), or `poll` (answered at once). Control
+//! events (join, subscribe, publish, leave) are separate requests, each answered with an ack.
+//!
+//! ```text
+//! GET /pushlet/pushlet.srv?p_event=join&p_format=xml
+//! <event p_event="join-ack" p_id="Zk…" p_format="xml"/>
+//! GET /pushlet/pushlet.srv?p_event=subscribe&p_id=Zk…&p_subject=/lab&p_format=xml
+//! <event p_event="subscribe-ack" p_id="Zk…" p_subject="/lab" p_sid="1"/>
+//! GET /pushlet/pushlet.srv?p_event=listen&p_id=Zk…&p_mode=stream&p_format=xml
+//! <event p_event="listen-ack" p_id="Zk…" p_mode="stream"/>
+//!   (time passes: req-9 is parked on the session's queue and the hub, holding the stream)
+//! <event p_event="data" p_subject="/lab/events" id="7" data="At …" p_seq="1"/>
+//!   (20 s without an event)
+//! <event p_event="hb" p_seq="2"/>
+//! ```
+//!
+//! 1. `handle`: one URL, `p_event` says what the request is. Control events are answered at
+//!    once with their ack; `listen` (and `join-listen`, and `refresh` in pull and poll modes)
+//!    open the data channel.
+//! 2. `Session`: a bounded queue of events for the client and, while a subscription covers
+//!    `/lab/events`, a hub subscription (its feed). Publishing to any other subject puts the
+//!    event in the queue of every session with a matching subscription.
+//! 3. `data_channel`: write the events as they come (`stream`), or once then a `refresh`
+//!    (`pull`: held up to the heartbeat interval; `poll`: at once). With nothing to say, a
+//!    `hb` (heartbeat) event.
+//! 4. Formats: `js` is a page for a hidden iframe, each event a `parent.push(...)` call;
+//!    `xml` is a stream of `<event .../>` elements. The original wrote field values into the
+//!    script unescaped, so an event containing `");` ran code in the page: `lab_mode=original`
+//!    shows that; the lab escapes every value for where it lands.
+//! 5. `sweep`: a session whose client has no data channel open and makes no request for
+//!    `--pushlets-timeout` (60 s) expires (thread `pushlets-sweeper`), freeing its queue,
+//!    subscriptions and hub feed.
+//!
+//! **What it costs**: a request per control event; in `pull` mode a request per batch and a
+//! pause (`p_wait`) before the next; in `poll` mode mostly empty answers; in `stream` mode one
+//! held response, as chapter 7's forever iframe.
+//!
+//! **Try it**: `cargo run --example pushlets`, open <http://127.0.0.1:8080/lessons/pushlets>;
+//! or `curl -N 'http://127.0.0.1:8080/pushlet/pushlet.srv?p_event=join-listen&p_subject=/lab&p_mode=stream&p_format=xml'`.
+
+use crate::http::{self, escape_html, HttpError, Query};
+use crate::hub::{Event, Subscription, Wake};
+use crate::lab::Lab;
+use crate::stats::LessonCounters;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+use tiny_http::Request;
+
+/// The hub's subject.
+pub const HUB_SUBJECT: &str = "/lab/events";
+/// Events queued for a session before its client counts as a slow consumer.
+const QUEUE: usize = 256;
+/// How long `pull` holds a refresh, and `stream` waits before a heartbeat.
+const HOLD: Duration = Duration::from_secs(20);
+/// The pause a `refresh` event asks for: pull and poll modes.
+const PULL_WAIT_MS: u64 = 0;
+const POLL_WAIT_MS: u64 = 2000;
+
+/// A Pushlets event: ordered fields (`p_event` first), all text.
+pub type Fields = Vec<(String, String)>;
+
+enum Queued {
+    Event(Fields),
+    /// The session ended (left or expired): stop the data channel.
+    End,
+    /// Look again (the hub feed changed).
+    Wake,
+}
+
+struct State {
+    /// Subscription id → (subject, label).
+    subscriptions: BTreeMap<u64, (String, Option<String>)>,
+    next_sid: u64,
+    /// A data channel is open (no expiry meanwhile).
+    listening: bool,
+    last_seen: Instant,
+    gone: bool,
+    seq: u64,
+}
+
+pub struct Session {
+    id: String,
+    queue_tx: Sender<Queued>,
+    queue_rx: Receiver<Queued>,
+    state: Mutex<State>,
+    feed: Mutex<Option<Subscription>>,
+}
+
+impl Session {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subscribed_to(&self, subject: &str) -> bool {
+        self.state()
+            .subscriptions
+            .values()
+            .any(|(s, _)| subject.starts_with(s.as_str()))
+    }
+}
+
+/// Every Pushlets session.
+pub struct Pushlets {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sweeper_tx: Sender<()>,
+    sweeper_rx: Mutex<Option<Receiver<()>>>,
+}
+
+impl Default for Pushlets {
+    fn default() -> Pushlets {
+        let (sweeper_tx, sweeper_rx) = unbounded();
+        Pushlets {
+            sessions: Mutex::new(HashMap::new()),
+            sweeper_tx,
+            sweeper_rx: Mutex::new(Some(sweeper_rx)),
+        }
+    }
+}
+
+impl Pushlets {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    fn end(&self, session: &Session, why: &str) {
+        self.sessions().remove(&session.id);
+        session.state().gone = true;
+        *session.feed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = session.queue_tx.try_send(Queued::End);
+        log::debug!("pushlets session {} ended: {why}", session.id);
+    }
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Fields {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Step 1: everything on `/pushlet/pushlet.srv`.
+pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+    let counters = lab.count("pushlets");
+    let format = match query.get("p_format").unwrap_or("js") {
+        "js" => Format::Js {
+            original: query.get("lab_mode") == Some("original"),
+        },
+        "xml" => Format::Xml,
+        other => {
+            let message = format!("p_format must be js or xml, not {other:?}");
+            return HttpError::bad_request(message).reply(request, &counters);
+        }
+    };
+    let event = query.get("p_event").unwrap_or("").to_string();
+    let session = match event.as_str() {
+        "join" | "join-listen" => None,
+        _ => match query
+            .get("p_id")
+            .and_then(|id| lab.pushlets.sessions().get(id).cloned())
+        {
+            Some(session) => {
+                session.state().last_seen = Instant::now();
+                Some(session)
+            }
+            None => {
+                let nack = fields(&[
+                    ("p_event", "nack"),
+                    ("p_reason", "unknown p_id: join first"),
+                ]);
+                return answer(request, 400, &format, &[nack], &counters);
+            }
+        },
+    };
+    let mode = query.get("p_mode").unwrap_or("stream");
+    if !["stream", "pull", "poll"].contains(&mode) {
+        let nack = fields(&[
+            ("p_event", "nack"),
+            ("p_reason", "p_mode is stream, pull or poll"),
+        ]);
+        return answer(request, 400, &format, &[nack], &counters);
+    }
+    match (event.as_str(), session) {
+        ("join", _) => {
+            let session = join(lab);
+            let ack = fields(&[("p_event", "join-ack"), ("p_id", &session.id)]);
+            answer(request, 200, &format, &[ack], &counters)
+        }
+        ("join-listen", _) => {
+            let session = join(lab);
+            if let Some(subject) = query.get("p_subject") {
+                if let Err(reason) = subscribe(lab, &session, subject, query.get("p_label")) {
+                    lab.pushlets.end(&session, "bad subject");
+                    let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
+                    return answer(request, 400, &format, &[nack], &counters);
+                }
+            }
+            let ack = fields(&[
+                ("p_event", "join-listen-ack"),
+                ("p_id", &session.id),
+                ("p_mode", mode),
+            ]);
+            data_channel(lab, request, &session, mode, format, Some(ack), &counters)
+        }
+        ("listen", Some(session)) => {
+            let ack = fields(&[
+                ("p_event", "listen-ack"),
+                ("p_id", &session.id),
+                ("p_mode", mode),
+            ]);
+            data_channel(lab, request, &session, mode, format, Some(ack), &counters)
+        }
+        ("refresh", Some(session)) => {
+            data_channel(lab, request, &session, mode, format, None, &counters)
+        }
+        ("subscribe", Some(session)) => {
+            let subject = query.get("p_subject").unwrap_or("");
+            match subscribe(lab, &session, subject, query.get("p_label")) {
+                Ok(sid) => {
+                    let sid = sid.to_string();
+                    let ack = fields(&[
+                        ("p_event", "subscribe-ack"),
+                        ("p_id", &session.id),
+                        ("p_subject", subject),
+                        ("p_sid", &sid),
+                    ]);
+                    answer(request, 200, &format, &[ack], &counters)
+                }
+                Err(reason) => {
+                    let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
+                    answer(request, 400, &format, &[nack], &counters)
+                }
+            }
+        }
+        ("unsubscribe", Some(session)) => {
+            let sid = query.get("p_sid").and_then(http::whole_number);
+            let removed = {
+                let mut state = session.state();
+                match sid {
+                    Some(sid) => state.subscriptions.remove(&sid).is_some(),
+                    None => {
+                        state.subscriptions.clear();
+                        true
+                    }
+                }
+            };
+            follow_the_hub(lab, &session);
+            let ack = if removed {
+                fields(&[("p_event", "unsubscribe-ack"), ("p_id", &session.id)])
+            } else {
+                fields(&[("p_event", "nack"), ("p_reason", "no such p_sid")])
+            };
+            answer(
+                request,
+                if removed { 200 } else { 400 },
+                &format,
+                &[ack],
+                &counters,
+            )
+        }
+        ("publish", Some(session)) => {
+            let subject = query.get("p_subject").unwrap_or("");
+            let reply = match publish(lab, &session, subject, query) {
+                Ok(()) => fields(&[("p_event", "publish-ack"), ("p_id", &session.id)]),
+                Err(reason) => fields(&[("p_event", "nack"), ("p_reason", reason)]),
+            };
+            let status = if reply[0].1 == "nack" { 400 } else { 200 };
+            answer(request, status, &format, &[reply], &counters)
+        }
+        ("hb", Some(session)) => {
+            let ack = fields(&[("p_event", "hb-ack"), ("p_id", &session.id)]);
+            answer(request, 200, &format, &[ack], &counters)
+        }
+        ("leave", Some(session)) => {
+            lab.pushlets.end(&session, "left");
+            let ack = fields(&[("p_event", "leave-ack"), ("p_id", &session.id)]);
+            answer(request, 200, &format, &[ack], &counters)
+        }
+        (other, _) => {
+            let reason = format!("unknown p_event {other:?}");
+            let nack = fields(&[("p_event", "nack"), ("p_reason", &reason)]);
+            answer(request, 400, &format, &[nack], &counters)
+        }
+    }
+}
+
+fn join(lab: &Lab) -> Arc<Session> {
+    let (queue_tx, queue_rx) = bounded(QUEUE);
+    let session = Arc::new(Session {
+        id: crate::lab::random_id(),
+        queue_tx,
+        queue_rx,
+        state: Mutex::new(State {
+            subscriptions: BTreeMap::new(),
+            next_sid: 1,
+            listening: false,
+            last_seen: Instant::now(),
+            gone: false,
+            seq: 0,
+        }),
+        feed: Mutex::new(None),
+    });
+    lab.pushlets
+        .sessions()
+        .insert(session.id.clone(), session.clone());
+    let _ = lab.pushlets.sweeper_tx.send(());
+    log::debug!("pushlets session {} joined", session.id);
+    session
+}
+
+/// A subject is a path; a subscription receives every subject it is a prefix of.
+fn is_subject(subject: &str) -> bool {
+    subject.starts_with('/')
+        && subject.len() <= 128
+        && subject
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+}
+
+fn subscribe(
+    lab: &Lab,
+    session: &Arc<Session>,
+    subject: &str,
+    label: Option<&str>,
+) -> Result<u64, &'static str> {
+    if !is_subject(subject) {
+        return Err("p_subject must be a path like /lab/events");
+    }
+    let sid = {
+        let mut state = session.state();
+        let sid = state.next_sid;
+        state.next_sid += 1;
+        let label = label.map(|l| l.chars().take(64).collect());
+        state
+            .subscriptions
+            .insert(sid, (subject.to_string(), label));
+        sid
+    };
+    follow_the_hub(lab, session);
+    Ok(sid)
+}
+
+/// The hub feed is there while a subscription covers `/lab/events`.
+fn follow_the_hub(lab: &Lab, session: &Session) {
+    let wanted = session.subscribed_to(HUB_SUBJECT);
+    let mut feed = session.feed.lock().unwrap_or_else(|p| p.into_inner());
+    if wanted && feed.is_none() {
+        // (A data channel may hold the old one for its wait: it drops it when it hands back
+        // and finds this one in the slot.)
+        *feed = Some(lab.hub.subscribe(lab.hub.last_id()).1);
+    } else if !wanted {
+        *feed = None;
+    }
+    drop(feed);
+    let _ = session.queue_tx.try_send(Queued::Wake);
+}
+
+/// `publish`: to the hub on `/lab/events` (field `data`), else to every matching session.
+fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<(), &'static str> {
+    if !is_subject(subject) {
+        return Err("p_subject must be a path like /chat/room1");
+    }
+    let data = query.get("data").unwrap_or("");
+    if data.len() > lab.config.max_body {
+        return Err("data is longer than --max-body");
+    }
+    if subject == HUB_SUBJECT {
+        let event = lab.hub.publish(data);
+        log::debug!("pushlets session {} published event {}", from.id, event.id);
+        return Ok(());
+    }
+    let event = fields(&[
+        ("p_event", "data"),
+        ("p_subject", subject),
+        ("p_from", &from.id),
+        ("data", data),
+    ]);
+    let sessions: Vec<Arc<Session>> = lab.pushlets.sessions().values().cloned().collect();
+    for session in sessions {
+        if session.subscribed_to(subject) {
+            if let Err(TrySendError::Full(_)) =
+                session.queue_tx.try_send(Queued::Event(event.clone()))
+            {
+                lab.pushlets.end(&session, "slow consumer (queue full)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hub_event(event: &Event) -> Fields {
+    let id = event.id.to_string();
+    fields(&[
+        ("p_event", "data"),
+        ("p_subject", HUB_SUBJECT),
+        ("id", &id),
+        ("data", &event.data),
+    ])
+}
+
+/// Step 3: the data channel, in the session's mode.
+fn data_channel(
+    lab: &Lab,
+    request: Request,
+    session: &Arc<Session>,
+    mode: &str,
+    format: Format,
+    ack: Option<Fields>,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let Some(_held) = lab
+        .stats
+        .try_hold(&lab.stats.streams, lab.config.max_parked)
+    else {
+        return HttpError::new(503, "too many held (--max-parked)")
+            .with_header("Retry-After", "2")
+            .reply(request, counters);
+    };
+    session.state().listening = true;
+    let result = run_channel(request, session, mode, &format, ack, counters);
+    let mut state = session.state();
+    state.listening = false;
+    state.last_seen = Instant::now();
+    result
+}
+
+fn run_channel(
+    request: Request,
+    session: &Arc<Session>,
+    mode: &str,
+    format: &Format,
+    ack: Option<Fields>,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let mut out = http::ChunkedStream::start(request, format.content_type(), &[], counters)?;
+    out.write_chunk(format.start().as_bytes())?;
+    if let Some(ack) = &ack {
+        out.write_chunk(format.event(ack).as_bytes())?;
+    }
+    let refresh = |out: &mut http::ChunkedStream| -> io::Result<()> {
+        let wait = if mode == "poll" {
+            POLL_WAIT_MS
+        } else {
+            PULL_WAIT_MS
+        };
+        let url = format!(
+            "/pushlet/pushlet.srv?p_event=refresh&p_id={}&p_mode={mode}&p_format={}",
+            session.id,
+            format.name()
+        );
+        let refresh = fields(&[
+            ("p_event", "refresh"),
+            ("p_wait", &wait.to_string()),
+            ("p_url", &url),
+        ]);
+        out.write_chunk(format.event(&refresh).as_bytes())?;
+        out.write_chunk(format.end().as_bytes())
+    };
+    // Pull and poll: the listen-ack alone, then come back by refresh.
+    if ack.is_some() && mode != "stream" {
+        refresh(&mut out)?;
+        return out.finish();
+    }
+    loop {
+        let hold = if mode == "poll" { Duration::ZERO } else { HOLD };
+        // BLOCKS (stream, pull): until the session's queue or the hub has events for it, or
+        // the hold ends (then a heartbeat).
+        let (events, ended) = wait_for_events(session, Instant::now() + hold);
+        let mut batch = events;
+        if batch.is_empty() && !ended {
+            batch.push(fields(&[("p_event", "hb")]));
+        }
+        counters.delivered(batch.iter().filter(|e| e[0].1 == "data").count());
+        for mut event in batch {
+            let seq = {
+                let mut state = session.state();
+                state.seq += 1;
+                state.seq
+            };
+            event.push(("p_seq".into(), seq.to_string()));
+            // A failed write: the client has gone.
+            out.write_chunk(format.event(&event).as_bytes())?;
+        }
+        if ended {
+            let abort = fields(&[("p_event", "abort"), ("p_reason", "the session ended")]);
+            out.write_chunk(format.event(&abort).as_bytes())?;
+            out.write_chunk(format.end().as_bytes())?;
+            return out.finish();
+        }
+        if mode != "stream" {
+            refresh(&mut out)?;
+            return out.finish();
+        }
+        session.state().last_seen = Instant::now();
+    }
+}
+
+/// The parked wait on the session's queue and its hub feed.
+fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) {
+    let mut events = Vec::new();
+    let mut ended = false;
+    loop {
+        let feed = session
+            .feed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let woke = match feed {
+            Some(mut subscription) => {
+                // BLOCKS: until a publish on a subscribed subject, a hub event, or the deadline.
+                let woke = subscription.wait_for_events_or(&session.queue_rx, deadline);
+                let keep = !session.state().gone && session.subscribed_to(HUB_SUBJECT);
+                let mut slot = session.feed.lock().unwrap_or_else(|p| p.into_inner());
+                if keep && slot.is_none() {
+                    *slot = Some(subscription);
+                }
+                woke
+            }
+            // BLOCKS: until a publish on a subscribed subject, or the deadline.
+            None => match session.queue_rx.recv_deadline(deadline) {
+                Ok(queued) => Wake::Other(queued),
+                Err(RecvTimeoutError::Timeout) => Wake::Deadline,
+                Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
+            },
+        };
+        match woke {
+            Wake::Events(batch) => events.extend(batch.events.iter().map(|e| hub_event(e))),
+            Wake::Other(Queued::Event(e)) => events.push(e),
+            Wake::Other(Queued::End) => ended = true,
+            Wake::Other(Queued::Wake) if Instant::now() < deadline => continue,
+            _ => {}
+        }
+        break;
+    }
+    for queued in session.queue_rx.try_iter() {
+        match queued {
+            Queued::Event(e) => events.push(e),
+            Queued::End => ended = true,
+            Queued::Wake => {}
+        }
+    }
+    (events, ended || session.state().gone)
+}
+
+/// Step 4: how events are written.
+enum Format {
+    /// A page for a hidden iframe; `original`: the values unescaped, as the servlet did.
+    Js {
+        original: bool,
+    },
+    Xml,
+}
+
+impl Format {
+    fn name(&self) -> &'static str {
+        match self {
+            Format::Js { .. } => "js",
+            Format::Xml => "xml",
+        }
+    }
+
+    fn content_type(&self) -> &'static str {
+        match self {
+            Format::Js { .. } => "text/html; charset=utf-8",
+            Format::Xml => "text/plain; charset=utf-8",
+        }
+    }
+
+    fn start(&self) -> String {
+        match self {
+            // Padded, as chapter 7's iframe: some browsers render nothing before 1 KiB.
+            Format::Js { .. } => format!(
+                "<!doctype html><html><head><meta charset=\"utf-8\"></head><body>\n<!-- {} -->\n",
+                "padding ".repeat(128)
+            ),
+            Format::Xml => String::new(),
+        }
+    }
+
+    fn end(&self) -> &'static str {
+        match self {
+            Format::Js { .. } => "</body></html>\n",
+            Format::Xml => "",
+        }
+    }
+
+    /// One event. In a script, every name and value is a JSON string made safe for a script
+    /// element (`http::json_for_script`); in XML, an escaped attribute.
+    fn event(&self, event: &Fields) -> String {
+        match self {
+            Format::Js { original: true } => {
+                // The servlet original: values between double quotes, unescaped. A `"` ends
+                // the string; `</script>` ends the element.
+                let args: Vec<String> = event
+                    .iter()
+                    .map(|(n, v)| format!("'{n}', \"{v}\""))
+                    .collect();
+                format!("<script>parent.push({});</script>\n", args.join(", "))
+            }
+            Format::Js { original: false } => {
+                let args: Vec<String> = event
+                    .iter()
+                    .flat_map(|(n, v)| [n, v])
+                    .map(|s| http::json_for_script(&serde_json::Value::String(s.clone())))
+                    .collect();
+                format!("<script>parent.push({});</script>\n", args.join(", "))
+            }
+            Format::Xml => {
+                let attributes: Vec<String> = event
+                    .iter()
+                    .map(|(n, v)| format!("{}=\"{}\"", escape_html(n), escape_html(v)))
+                    .collect();
+                format!("<event {}/>\n", attributes.join(" "))
+            }
+        }
+    }
+}
+
+/// A control event's answer: a whole document in the format asked for.
+fn answer(
+    request: Request,
+    status: u16,
+    format: &Format,
+    events: &[Fields],
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let mut body = format.start();
+    for event in events {
+        body.push_str(&format.event(event));
+    }
+    body.push_str(format.end());
+    if status >= 400 {
+        counters.error();
+    }
+    http::write_response(
+        request,
+        status,
+        format.content_type(),
+        &[],
+        body.as_bytes(),
+        counters,
+    )
+}
+
+/// Start the sweeper thread (once, with the lab).
+pub fn spawn_sweeper(lab: Arc<Lab>) -> io::Result<()> {
+    let Some(wake) = lab
+        .pushlets
+        .sweeper_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return Ok(());
+    };
+    thread::Builder::new()
+        .name("pushlets-sweeper".into())
+        .spawn(move || sweep(&lab, &wake))?;
+    Ok(())
+}
+
+/// Step 5: expire sessions nobody listens for.
+fn sweep(lab: &Lab, wake: &Receiver<()>) {
+    loop {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(3600);
+        let sessions: Vec<Arc<Session>> = lab.pushlets.sessions().values().cloned().collect();
+        for session in sessions {
+            let state = session.state();
+            if state.listening {
+                next = next.min(now + lab.config.pushlets_timeout);
+                continue;
+            }
+            let expires = state.last_seen + lab.config.pushlets_timeout;
+            drop(state);
+            if expires <= now {
+                lab.pushlets.end(
+                    &session,
+                    "no listener and no request for the session timeout",
+                );
+            } else {
+                next = next.min(expires);
+            }
+        }
+        // BLOCKS: until the next session may expire, or a new one wakes us.
+        let _ = wake.recv_deadline(next);
+    }
+}

@@ -1,0 +1,352 @@
+//! Pushlets: sessions, subjects, the three modes of the data channel, both formats, the
+//! original's unescaped script output and ours, expiry; the page in Chromium.
+
+mod common;
+
+use common::browser::Browser;
+use common::{start_lab_with, stats, wait_until};
+use reverse_ajax_lab::client::{get, publish, Stream};
+use reverse_ajax_lab::RunningLab;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const SRV: &str = "/pushlet/pushlet.srv";
+
+fn lab() -> RunningLab {
+    // Short, for the expiry test; longer than poll mode's 2 s pause between refreshes.
+    start_lab_with(|c| c.pushlets_timeout = Duration::from_secs(4))
+}
+
+/// A control event in XML; the answer's body.
+fn control(addr: SocketAddr, query: &str) -> (u16, String) {
+    let answer = get(addr, &format!("{SRV}?{query}&p_format=xml")).unwrap();
+    (answer.status, answer.body)
+}
+
+fn join(addr: SocketAddr) -> String {
+    let (status, body) = control(addr, "p_event=join");
+    assert_eq!(status, 200, "{body}");
+    let id = body
+        .split("p_id=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    id.to_string()
+}
+
+fn subscribe(addr: SocketAddr, id: &str, subject: &str) {
+    let (status, body) = control(
+        addr,
+        &format!("p_event=subscribe&p_id={id}&p_subject={subject}"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("p_event=\"subscribe-ack\""), "{body}");
+}
+
+/// Read a stream until `needle` (or panic at the deadline); what was read.
+fn read_until(stream: &mut Stream, needle: &str) -> String {
+    stream
+        .read_until(Instant::now() + Duration::from_secs(20), |text| {
+            text.contains(needle)
+        })
+        .unwrap_or_else(|e| panic!("never read {needle:?}: {e}"))
+}
+
+#[test]
+fn a_streaming_session_receives_hub_events_and_its_own_publish() {
+    let lab = lab();
+    let addr = lab.addr();
+    let id = join(addr);
+    subscribe(addr, &id, "/lab");
+    let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=xml");
+    let mut stream = Stream::open(addr, &path, &[]).unwrap();
+    read_until(&mut stream, "listen-ack");
+    wait_until("the stream is held", || stats(addr)["streams"] == 1);
+    let event = publish(addr, "to the pushlet").unwrap();
+    let seen = read_until(&mut stream, "to the pushlet");
+    assert!(
+        seen.contains(&format!(
+            "p_subject=\"/lab/events\" id=\"{event}\" data=\"to the pushlet\""
+        )),
+        "{seen}"
+    );
+    let (status, body) = control(
+        addr,
+        &format!("p_event=publish&p_id={id}&p_subject=/lab/events&data=from+the+pushlet"),
+    );
+    assert_eq!(status, 200, "{body}");
+    read_until(&mut stream, "from the pushlet");
+    let polled = get(addr, "/events/poll?since=0").unwrap().json();
+    assert_eq!(
+        polled["events"][1]["data"], "from the pushlet",
+        "it went into the hub"
+    );
+}
+
+#[test]
+fn subjects_reach_only_sessions_subscribed_to_a_prefix_of_them() {
+    let lab = lab();
+    let addr = lab.addr();
+    let (chat, other, sender) = (join(addr), join(addr), join(addr));
+    subscribe(addr, &chat, "/chat");
+    subscribe(addr, &other, "/other");
+    let open = |id: &str| {
+        let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=xml");
+        let mut stream = Stream::open(addr, &path, &[]).unwrap();
+        read_until(&mut stream, "listen-ack");
+        stream
+    };
+    let (mut chat_stream, mut other_stream) = (open(&chat), open(&other));
+    control(
+        addr,
+        &format!("p_event=publish&p_id={sender}&p_subject=/chat/room1&data=hello"),
+    );
+    control(
+        addr,
+        &format!("p_event=publish&p_id={sender}&p_subject=/other/x&data=marker"),
+    );
+    let seen = read_until(&mut chat_stream, "hello");
+    assert!(seen.contains("p_subject=\"/chat/room1\""));
+    // /other's stream gets its own marker, and nothing for /chat before it.
+    let seen = read_until(&mut other_stream, "marker");
+    assert!(!seen.contains("hello"), "{seen}");
+    // Unsubscribed: no more.
+    let (status, _) = control(addr, &format!("p_event=unsubscribe&p_id={chat}&p_sid=1"));
+    assert_eq!(status, 200);
+    control(
+        addr,
+        &format!("p_event=publish&p_id={sender}&p_subject=/chat/room1&data=gone"),
+    );
+    subscribe(addr, &chat, "/after");
+    control(
+        addr,
+        &format!("p_event=publish&p_id={sender}&p_subject=/after/x&data=later"),
+    );
+    let seen = read_until(&mut chat_stream, "later");
+    assert!(!seen.contains("gone"), "{seen}");
+}
+
+#[test]
+fn pull_holds_until_an_event_then_asks_for_a_refresh_and_poll_answers_at_once() {
+    let lab = lab();
+    let addr = lab.addr();
+    let id = join(addr);
+    subscribe(addr, &id, "/lab");
+    // pull: the listen-ack, and at once the refresh that says where to ask next.
+    let listen = get(
+        addr,
+        &format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=xml"),
+    )
+    .unwrap();
+    assert!(
+        listen.body.contains("listen-ack") && listen.body.contains("p_event=\"refresh\""),
+        "{}",
+        listen.body
+    );
+    let held = std::thread::spawn({
+        let id = id.clone();
+        move || {
+            get(
+                addr,
+                &format!("{SRV}?p_event=refresh&p_id={id}&p_mode=pull&p_format=xml"),
+            )
+            .unwrap()
+        }
+    });
+    wait_until("the refresh is held", || stats(addr)["streams"] == 1);
+    publish(addr, "for the pull").unwrap();
+    let body = held.join().unwrap().body;
+    assert!(
+        body.contains("data=\"for the pull\"") && body.contains("p_event=\"refresh\""),
+        "{body}"
+    );
+    // poll: answered at once, a heartbeat when nothing happened, and a pause to wait.
+    let started = Instant::now();
+    let poll = get(
+        addr,
+        &format!("{SRV}?p_event=refresh&p_id={id}&p_mode=poll&p_format=xml"),
+    )
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        poll.body.contains("p_event=\"hb\"") && poll.body.contains("p_wait=\"2000\""),
+        "{}",
+        poll.body
+    );
+}
+
+#[test]
+fn join_listen_does_both_in_one_request() {
+    let lab = lab();
+    let path = format!("{SRV}?p_event=join-listen&p_subject=/lab&p_mode=stream&p_format=xml");
+    let mut stream = Stream::open(lab.addr(), &path, &[]).unwrap();
+    read_until(&mut stream, "join-listen-ack");
+    wait_until("the stream is held", || stats(lab.addr())["streams"] == 1);
+    publish(lab.addr(), "joined and listening").unwrap();
+    read_until(&mut stream, "joined and listening");
+}
+
+#[test]
+fn the_js_format_escapes_every_value_and_the_original_did_not() {
+    let lab = lab();
+    let addr = lab.addr();
+    let attack = r#""); parent.pwned = 1; ("</script><script>parent.pwned = 2</script>"#;
+    let encoded = "%22)%3B%20parent.pwned%20%3D%201%3B%20(%22%3C%2Fscript%3E%3Cscript%3Eparent.pwned%20%3D%202%3C%2Fscript%3E";
+    let frame = |original: bool| {
+        let id = join(addr);
+        subscribe(addr, &id, "/lab");
+        let mode = if original { "&lab_mode=original" } else { "" };
+        let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=js{mode}");
+        let mut stream = Stream::open(addr, &path, &[]).unwrap();
+        read_until(&mut stream, "listen-ack");
+        wait_until("the stream is held", || stats(addr)["streams"] == 1);
+        control(
+            addr,
+            &format!("p_event=publish&p_id={id}&p_subject=/lab/events&data={encoded}"),
+        );
+        let seen = read_until(&mut stream, "p_seq");
+        let seen = seen + &read_until(&mut stream, "</script>");
+        // (A stream whose client left is noticed at its next write: leave instead.)
+        control(addr, &format!("p_event=leave&p_id={id}"));
+        wait_until("the stream is gone", || stats(addr)["streams"] == 0);
+        seen
+    };
+    let ours = frame(false);
+    assert!(!ours.contains("</script><script>parent.pwned"), "{ours}");
+    assert!(!ours.contains(r#"""); parent.pwned"#), "{ours}");
+    assert!(
+        ours.contains(r#"\"); parent.pwned = 1; (\"\u003c/script\u003e"#),
+        "{ours}"
+    );
+    let original = frame(true);
+    assert!(
+        original.contains(&format!("\"{attack}\"")),
+        "the original wrote it raw: {original}"
+    );
+}
+
+#[test]
+fn bad_requests_get_a_nack_and_change_nothing() {
+    let lab = lab();
+    let addr = lab.addr();
+    let id = join(addr);
+    for (query, reason) in [
+        ("p_event=listen&p_id=nobody".to_string(), "unknown p_id"),
+        (format!("p_event=dance&p_id={id}"), "unknown p_event"),
+        (
+            format!("p_event=subscribe&p_id={id}&p_subject=no-slash"),
+            "p_subject",
+        ),
+        (
+            format!("p_event=subscribe&p_id={id}&p_subject=/a%20b"),
+            "p_subject",
+        ),
+        (format!("p_event=listen&p_id={id}&p_mode=fast"), "p_mode"),
+        (
+            format!("p_event=unsubscribe&p_id={id}&p_sid=99"),
+            "no such p_sid",
+        ),
+    ] {
+        let (status, body) = control(addr, &query);
+        assert_eq!(status, 400, "{query}");
+        assert!(
+            body.contains("p_event=\"nack\"") && body.contains(reason),
+            "{query}: {body}"
+        );
+    }
+    assert_eq!(
+        get(addr, &format!("{SRV}?p_event=join&p_format=swf"))
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(stats(addr)["pushlets_sessions"], 1);
+}
+
+#[test]
+fn leaving_ends_the_stream_and_a_session_nobody_listens_for_expires() {
+    let lab = lab();
+    let addr = lab.addr();
+    let id = join(addr);
+    subscribe(addr, &id, "/lab");
+    let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=xml");
+    let mut stream = Stream::open(addr, &path, &[]).unwrap();
+    read_until(&mut stream, "listen-ack");
+    control(addr, &format!("p_event=leave&p_id={id}"));
+    read_until(&mut stream, "p_event=\"abort\"");
+    wait_until("the session and its feed are gone", || {
+        let s = stats(addr);
+        s["pushlets_sessions"] == 0 && s["subscribers"] == 0 && s["streams"] == 0
+    });
+    // Joined and subscribed, never listening: gone after --pushlets-timeout (4 s here).
+    let id = join(addr);
+    subscribe(addr, &id, "/lab");
+    assert_eq!(stats(addr)["subscribers"], 1);
+    wait_until("the silent session expires", || {
+        let s = stats(addr);
+        s["pushlets_sessions"] == 0 && s["subscribers"] == 0
+    });
+    assert_eq!(control(addr, &format!("p_event=hb&p_id={id}")).0, 400);
+}
+
+#[test]
+fn the_page_streams_pulls_and_polls_in_a_hidden_iframe() {
+    let lab = lab();
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{}/lessons/pushlets", lab.addr()));
+    for mode in ["stream", "pull", "poll"] {
+        page.eval(&format!(
+            "document.getElementById('mode').value = '{mode}'; join()"
+        ));
+        page.wait_for(
+            &format!("{mode}: the new session is listening"),
+            &format!("document.getElementById('current-mode').textContent === '{mode}' && window.listeningFor === pid"),
+        );
+        let marker = common::marker(mode);
+        let end = Instant::now() + Duration::from_secs(20);
+        // (Published until seen: the channel may be between two refreshes.)
+        while page.eval(&format!(
+            "document.getElementById('log').textContent.includes('[event] {marker}')"
+        )) != serde_json::Value::Bool(true)
+        {
+            assert!(
+                Instant::now() < end,
+                "{mode}: the event never arrived: {}",
+                page.log_text()
+            );
+            publish(lab.addr(), &marker).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+#[test]
+fn in_chromium_the_originals_output_runs_an_events_code_and_ours_does_not() {
+    let lab = lab();
+    let browser = Browser::launch();
+    for original in [true, false] {
+        let mut page = browser.open(&format!("http://{}/lessons/pushlets", lab.addr()));
+        page.eval(&format!(
+            "document.getElementById('original').checked = {original}; join()"
+        ));
+        page.wait_for("listening", "window.listeningFor === pid");
+        wait_until("its stream is held", || stats(lab.addr())["streams"] == 1);
+        publish(lab.addr(), r#""); parent.pwned = true; (""#).unwrap();
+        publish(lab.addr(), "after the attack").unwrap();
+        page.wait_for_log("after the attack");
+        let pwned = page.eval("window.pwned === true");
+        let channel = page
+            .eval("document.getElementById('channel').contentDocument.body.innerHTML.slice(-400)");
+        assert_eq!(
+            pwned,
+            serde_json::Value::Bool(original),
+            "original: {original}: {channel}"
+        );
+        page.eval("fetch('/pushlet/pushlet.srv?p_event=leave&p_id=' + pid)");
+        wait_until("the page's session ends", || {
+            stats(lab.addr())["streams"] == 0
+        });
+    }
+}
