@@ -10,7 +10,6 @@ use reverse_ajax_lab::client::{get, post, publish, request};
 use reverse_ajax_lab::RunningLab;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn lab() -> RunningLab {
@@ -368,27 +367,8 @@ fn long_polling_names_the_labs_other_origin_with_credentials() {
 // ---- The official client, in Node ---------------------------------------------------------
 
 fn official_client(addr: SocketAddr, scenario: &str) -> Value {
-    let root = env!("CARGO_MANIFEST_DIR");
-    assert!(
-        std::path::Path::new(root)
-            .join("node_modules/cometd")
-            .exists(),
-        "the official client is not installed: run `npm ci` (scripts/test does)"
-    );
-    let output = Command::new("node")
-        .current_dir(root)
-        .args(["tests/node/bayeux.mjs", scenario])
-        .arg(format!("http://{addr}"))
-        .output()
-        .expect("node runs (Node 20 or later)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{scenario}: {stdout}{stderr}");
-    let summary = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("ok "))
-        .expect("a summary");
-    serde_json::from_str(summary).unwrap()
+    let args = [scenario.to_string(), format!("http://{addr}")];
+    common::run_node("bayeux.mjs", "cometd", &args)
 }
 
 #[test]

@@ -10,7 +10,6 @@ use reverse_ajax_lab::client::{get, post, publish, request};
 use reverse_ajax_lab::RunningLab;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn lab() -> RunningLab {
@@ -348,28 +347,12 @@ fn the_websocket_transport_checks_the_origin() {
 
 /// Run one scenario of `tests/node/socket_io.mjs` against the lab; its summary as JSON.
 fn official_client(lab_addr: SocketAddr, ws_port: u16, scenario: &str) -> Value {
-    let root = env!("CARGO_MANIFEST_DIR");
-    assert!(
-        std::path::Path::new(root)
-            .join("node_modules/socket.io-client")
-            .exists(),
-        "the official client is not installed: run `npm ci` (scripts/test does)"
-    );
-    let output = Command::new("node")
-        .current_dir(root)
-        .args(["tests/node/socket_io.mjs", scenario])
-        .arg(format!("http://{lab_addr}"))
-        .arg(ws_port.to_string())
-        .output()
-        .expect("node runs (Node 20 or later)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{scenario}: {stdout}{stderr}");
-    let summary = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("ok "))
-        .expect("a summary");
-    serde_json::from_str(summary).unwrap()
+    let args = [
+        scenario.to_string(),
+        format!("http://{lab_addr}"),
+        ws_port.to_string(),
+    ];
+    common::run_node("socket_io.mjs", "socket.io-client", &args)
 }
 
 /// The port of `ws://HOST:PORT/path`.

@@ -184,6 +184,46 @@ pub fn lesson_of(path: &str) -> Option<&'static str> {
     owner_of(path)
 }
 
+/// The wake-up line of a framework's timekeeping thread (Socket.IO's heartbeat, the Bayeux and
+/// Pushlets sweepers): the thread sleeps until its next deadline, and `ring` wakes it early
+/// when something new may be due sooner (a session or client just arrived).
+pub struct Alarm {
+    tx: crossbeam_channel::Sender<()>,
+    rx: std::sync::Mutex<Option<crossbeam_channel::Receiver<()>>>,
+}
+
+impl Default for Alarm {
+    fn default() -> Alarm {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Alarm {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Alarm {
+    pub fn ring(&self) {
+        let _ = self.tx.send(());
+    }
+
+    /// Start the thread `name` running `keep_time` (once: a second call does nothing).
+    pub fn spawn(
+        &self,
+        name: &str,
+        lab: std::sync::Arc<crate::lab::Lab>,
+        keep_time: fn(&crate::lab::Lab, &crossbeam_channel::Receiver<()>),
+    ) -> std::io::Result<()> {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || keep_time(&lab, &rx))?;
+        Ok(())
+    }
+}
+
 /// A file `npm ci` installed under `node_modules/` (a framework's official client, for a
 /// page's `?client=official`), looked for in the current directory and in the lab's source
 /// folder. The lab itself never needs one.

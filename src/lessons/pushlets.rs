@@ -48,11 +48,10 @@ use crate::http::{self, escape_html, HttpError, Query};
 use crate::hub::{Event, Subscription, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
@@ -110,21 +109,10 @@ impl Session {
 }
 
 /// Every Pushlets session.
+#[derive(Default)]
 pub struct Pushlets {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    sweeper_tx: Sender<()>,
-    sweeper_rx: Mutex<Option<Receiver<()>>>,
-}
-
-impl Default for Pushlets {
-    fn default() -> Pushlets {
-        let (sweeper_tx, sweeper_rx) = unbounded();
-        Pushlets {
-            sessions: Mutex::new(HashMap::new()),
-            sweeper_tx,
-            sweeper_rx: Mutex::new(Some(sweeper_rx)),
-        }
-    }
+    sweeper: super::Alarm,
 }
 
 impl Pushlets {
@@ -316,7 +304,7 @@ fn join(lab: &Lab) -> Arc<Session> {
     lab.pushlets
         .sessions()
         .insert(session.id.clone(), session.clone());
-    let _ = lab.pushlets.sweeper_tx.send(());
+    lab.pushlets.sweeper.ring();
     log::debug!("pushlets session {} joined", session.id);
     session
 }
@@ -657,19 +645,10 @@ fn answer(
 
 /// Start the sweeper thread (once, with the lab).
 pub fn spawn_sweeper(lab: Arc<Lab>) -> io::Result<()> {
-    let Some(wake) = lab
+    lab.clone()
         .pushlets
-        .sweeper_rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    else {
-        return Ok(());
-    };
-    thread::Builder::new()
-        .name("pushlets-sweeper".into())
-        .spawn(move || sweep(&lab, &wake))?;
-    Ok(())
+        .sweeper
+        .spawn("pushlets-sweeper", lab, sweep)
 }
 
 /// Step 5: expire sessions nobody listens for.

@@ -253,3 +253,34 @@ pub fn stream_past_the_ring(path: &str) -> String {
         .read_until(deadline(), |t| t.contains("\"id\":10"))
         .unwrap()
 }
+
+/// Run one scenario of a framework's official client in Node (`tests/node/SCRIPT`, which
+/// needs the npm package `package` that `npm ci` installs); its summary (the JSON after
+/// "ok "). A failed scenario fails the test with everything it printed.
+pub fn run_node(script: &str, package: &str, args: &[String]) -> Value {
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        std::path::Path::new(root)
+            .join("node_modules")
+            .join(package)
+            .exists(),
+        "the official client {package} is not installed: run `npm ci` (scripts/test does)"
+    );
+    let output = std::process::Command::new("node")
+        .current_dir(root)
+        .arg(format!("tests/node/{script}"))
+        .args(args)
+        .output()
+        .expect("node runs (Node 20 or later)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} {args:?}: {stdout}{stderr}"
+    );
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ok "))
+        .expect("a summary");
+    serde_json::from_str(summary).unwrap()
+}

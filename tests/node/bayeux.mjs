@@ -5,23 +5,11 @@
 //   node tests/node/bayeux.mjs SCENARIO http://127.0.0.1:PORT
 import { adapt } from "cometd-nodejs-client";
 import { CometD, AckExtension } from "cometd";
+import { check, done, fail, run } from "./harness.mjs";
 
 adapt();
-const [scenario, url] = process.argv.slice(2);
-const deadline = setTimeout(() => fail(`scenario ${scenario} did not finish in 30 s`), 30_000);
+const [, url] = process.argv.slice(2);
 
-function fail(why) {
-  console.log(`FAILED ${scenario}: ${why}`);
-  process.exit(1);
-}
-function check(condition, why) {
-  if (!condition) fail(why);
-}
-function done(summary) {
-  clearTimeout(deadline);
-  console.log("ok " + JSON.stringify(summary));
-  process.exit(0);
-}
 async function publishByRest(text) {
   const response = await fetch(url + "/publish", { method: "POST", body: text });
   check(response.ok, `POST /publish answered ${response.status}`);
@@ -180,6 +168,4 @@ scenarios.ack = async function () {
   done({ dropped: JSON.parse(dropped).length, ids });
 };
 
-const run = scenarios[scenario];
-if (!run) fail(`no scenario ${scenario}; try one of ${Object.keys(scenarios).join(", ")}`);
-run().catch((e) => fail(e.stack || e));
+run(scenarios);

@@ -4,25 +4,13 @@
 //
 //   node tests/node/socket_io.mjs SCENARIO http://127.0.0.1:PORT WS_PORT
 import { io } from "socket.io-client";
+import { check, done, fail, run } from "./harness.mjs";
 
-const [scenario, url, wsPort] = process.argv.slice(2);
+const [, url, wsPort] = process.argv.slice(2);
 // The websocket transport lives on the lab's WebSocket port: the client's own per-transport
 // options say so.
 const toLab = { transportOptions: { websocket: { port: wsPort } } };
-const deadline = setTimeout(() => fail(`scenario ${scenario} did not finish in 30 s`), 30_000);
 
-function fail(why) {
-  console.log(`FAILED ${scenario}: ${why}`);
-  process.exit(1);
-}
-function check(condition, why) {
-  if (!condition) fail(why);
-}
-function done(summary) {
-  clearTimeout(deadline);
-  console.log("ok " + JSON.stringify(summary));
-  process.exit(0);
-}
 /** The next `event` on `socket` (with its arguments), or fail after `ms`. */
 function next(socket, event, ms = 10_000) {
   return new Promise((resolve) => {
@@ -254,6 +242,4 @@ const scenarios = {
   },
 };
 
-const run = scenarios[scenario];
-if (!run) fail(`no scenario ${scenario}; try one of ${Object.keys(scenarios).join(", ")}`);
-run().catch((e) => fail(e.stack || e));
+run(scenarios);

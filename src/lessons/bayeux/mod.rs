@@ -45,13 +45,12 @@ use crate::http::{self, HttpError, Query};
 use crate::hub::{Subscription, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use message::Message;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
@@ -138,18 +137,15 @@ impl Client {
 pub struct Bayeux {
     pub settings: Settings,
     clients: Mutex<HashMap<String, Arc<Client>>>,
-    sweeper_tx: Sender<()>,
-    sweeper_rx: Mutex<Option<Receiver<()>>>,
+    sweeper: super::Alarm,
 }
 
 impl Bayeux {
     pub fn new(settings: Settings) -> Bayeux {
-        let (sweeper_tx, sweeper_rx) = unbounded();
         Bayeux {
             settings,
             clients: Mutex::new(HashMap::new()),
-            sweeper_tx,
-            sweeper_rx: Mutex::new(Some(sweeper_rx)),
+            sweeper: super::Alarm::default(),
         }
     }
 
@@ -388,7 +384,7 @@ fn handshake(lab: &Lab, message: &Message, transport: &str) -> Message {
     lab.bayeux
         .clients()
         .insert(client.id.clone(), client.clone());
-    let _ = lab.bayeux.sweeper_tx.send(());
+    lab.bayeux.sweeper.ring();
     log::debug!("bayeux client {} handshaken (acks: {acks})", client.id);
     let mut reply = message::reply(message, true);
     reply.insert("clientId".into(), json!(client.id));
@@ -589,7 +585,7 @@ fn hold_connect(
         out.extend(deliveries);
     }
     drop(state);
-    let _ = lab.bayeux.sweeper_tx.send(());
+    lab.bayeux.sweeper.ring();
     out.push(reply);
     out
 }
@@ -634,19 +630,10 @@ fn wait_for_deliveries(client: &Client, deadline: Instant) -> Vec<Message> {
 
 /// Start the sweeper thread (once, with the lab).
 pub fn spawn_sweeper(lab: Arc<Lab>) -> io::Result<()> {
-    let Some(wake) = lab
+    lab.clone()
         .bayeux
-        .sweeper_rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    else {
-        return Ok(());
-    };
-    thread::Builder::new()
-        .name("bayeux-sweeper".into())
-        .spawn(move || sweep(&lab, &wake))?;
-    Ok(())
+        .sweeper
+        .spawn("bayeux-sweeper", lab, sweep)
 }
 
 /// Step 5: expire clients that stopped connecting.

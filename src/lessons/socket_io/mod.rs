@@ -65,13 +65,12 @@ pub use session::Session;
 use crate::http::{self, Query};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::Receiver;
 use serde_json::json;
 use session::{Closer, Socket, Transport};
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
@@ -116,20 +115,17 @@ pub struct SocketIo {
     recoverable: Mutex<HashMap<String, Recoverable>>,
     /// Polling sessions the client closed with no GET held, for a moment: see `last_get`.
     closed_by_client: Mutex<HashMap<String, Instant>>,
-    heartbeat_tx: Sender<()>,
-    heartbeat_rx: Mutex<Option<Receiver<()>>>,
+    heartbeat: super::Alarm,
 }
 
 impl SocketIo {
     pub fn new(settings: Settings) -> SocketIo {
-        let (heartbeat_tx, heartbeat_rx) = unbounded();
         SocketIo {
             settings,
             sessions: Mutex::new(HashMap::new()),
             recoverable: Mutex::new(HashMap::new()),
             closed_by_client: Mutex::new(HashMap::new()),
-            heartbeat_tx,
-            heartbeat_rx: Mutex::new(Some(heartbeat_rx)),
+            heartbeat: super::Alarm::default(),
         }
     }
 
@@ -155,7 +151,7 @@ impl SocketIo {
     fn open(&self, transport: Transport) -> Arc<Session> {
         let session = Session::new(crate::lab::random_id(), transport, &self.settings);
         self.sessions().insert(session.sid.clone(), session.clone());
-        let _ = self.heartbeat_tx.send(());
+        self.heartbeat.ring();
         session
     }
 
@@ -643,19 +639,10 @@ pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
 
 /// Start the heartbeat thread (once, with the lab).
 pub fn spawn_heartbeat(lab: Arc<Lab>) -> io::Result<()> {
-    let Some(wake) = lab
+    lab.clone()
         .socket_io
-        .heartbeat_rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    else {
-        return Ok(());
-    };
-    thread::Builder::new()
-        .name("socket.io-heartbeat".into())
-        .spawn(move || heartbeat(&lab, &wake))?;
-    Ok(())
+        .heartbeat
+        .spawn("socket.io-heartbeat", lab, heartbeat)
 }
 
 /// Step 4: ping every session when due, close the silent ones.
