@@ -60,6 +60,25 @@ impl Lab {
         is_lab_host(host) && origin == format!("http://{host}:{port}")
     }
 
+    /// CORS for the frameworks' HTTP transports (Socket.IO's polling, Bayeux): the lab's own
+    /// origins, named exactly with credentials allowed (their clients may send cookies, and
+    /// `*` is not allowed with credentials); `Vary: Origin` either way, so no cache hands one
+    /// origin's answer to another.
+    pub fn cors_with_credentials(
+        &self,
+        request: &tiny_http::Request,
+    ) -> Vec<(&'static str, String)> {
+        let host = crate::http::header(request, "Host");
+        match crate::http::header(request, "Origin") {
+            Some(origin) if self.is_own_origin(origin, host) => vec![
+                ("Access-Control-Allow-Origin", origin.to_string()),
+                ("Access-Control-Allow-Credentials", "true".into()),
+                ("Vary", "Origin".into()),
+            ],
+            _ => vec![("Vary", "Origin".into())],
+        }
+    }
+
     /// The WebSocket listener's port.
     pub fn websocket_port(&self) -> u16 {
         self.websocket_url

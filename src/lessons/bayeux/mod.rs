@@ -175,7 +175,7 @@ impl Bayeux {
 /// Step 1: `/cometd` and every path under it.
 pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("bayeux");
-    let cors = cors_headers(lab, &request);
+    let cors = lab.cors_with_credentials(&request);
     let headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if *request.method() == Method::Options {
         let mut preflight = headers.clone();
@@ -268,19 +268,6 @@ fn answer(
             body.to_string().as_bytes(),
             counters,
         ),
-    }
-}
-
-/// CORS for long polling from the other loopback origin. The CometD client sends
-/// credentials, so the origin is named exactly (never `*`) with `Allow-Credentials`.
-fn cors_headers(lab: &Lab, request: &Request) -> Vec<(&'static str, String)> {
-    match http::header(request, "Origin") {
-        Some(origin) if lab.is_own_origin(origin, http::header(request, "Host")) => vec![
-            ("Access-Control-Allow-Origin", origin.to_string()),
-            ("Access-Control-Allow-Credentials", "true".into()),
-            ("Vary", "Origin".into()),
-        ],
-        _ => vec![("Vary", "Origin".into())],
     }
 }
 

@@ -250,19 +250,6 @@ const FORBIDDEN: EioError = EioError::new(403, 4, "Forbidden");
 const UNSUPPORTED_VERSION: EioError = EioError::new(400, 5, "Unsupported protocol version");
 const TOO_LARGE: EioError = EioError::new(413, 3, "Payload too large");
 
-/// CORS for polling from the lab's other loopback origin: the exact origin is echoed, with
-/// credentials allowed (socket.io-client may send cookies with `withCredentials`).
-fn cors_headers(lab: &Lab, request: &Request) -> Vec<(&'static str, String)> {
-    match http::header(request, "Origin") {
-        Some(origin) if lab.is_own_origin(origin, http::header(request, "Host")) => vec![
-            ("Access-Control-Allow-Origin", origin.to_string()),
-            ("Access-Control-Allow-Credentials", "true".into()),
-            ("Vary", "Origin".into()),
-        ],
-        _ => vec![("Vary", "Origin".into())],
-    }
-}
-
 fn reply(
     lab: &Lab,
     request: Request,
@@ -271,7 +258,7 @@ fn reply(
     body: &str,
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let headers = cors_headers(lab, &request);
+    let headers = lab.cors_with_credentials(&request);
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     http::write_response(
         request,
@@ -350,7 +337,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
 }
 
 fn preflight(lab: &Lab, request: Request, counters: &LessonCounters) -> io::Result<()> {
-    let mut headers = cors_headers(lab, &request);
+    let mut headers = lab.cors_with_credentials(&request);
     headers.push(("Access-Control-Allow-Methods", "GET, POST".into()));
     headers.push(("Access-Control-Allow-Headers", "Content-Type".into()));
     headers.push(("Access-Control-Max-Age", "600".into()));
