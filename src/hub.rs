@@ -57,6 +57,8 @@ impl Backlog {
 
 pub struct Hub {
     state: Mutex<State>,
+    /// Publishers take turns fanning out (see `publish`).
+    fan_out: Mutex<()>,
     history_size: usize,
     buffer_size: usize,
 }
@@ -74,6 +76,7 @@ impl Hub {
     /// `history_size` events are kept for cursors; each subscriber buffers `buffer_size`.
     pub fn new(history_size: usize, buffer_size: usize) -> Arc<Hub> {
         Arc::new(Hub {
+            fan_out: Mutex::new(()),
             state: Mutex::new(State {
                 last_id: 0,
                 history: VecDeque::with_capacity(history_size),
@@ -95,37 +98,53 @@ impl Hub {
     }
 
     /// Step 1 and 2: number, remember, fan out. Never blocks on a subscriber.
+    ///
+    /// The fan-out happens outside the state lock: each send may wake a parked thread (a
+    /// futex call, microseconds each, a thousand per event at a thousand clients), and the
+    /// woken threads, done answering, lock the hub to unsubscribe; holding the lock through
+    /// the wake-ups made them queue behind it. Publishers still take turns (`fan_out`), so
+    /// every subscriber receives events in id order.
     pub fn publish(&self, data: impl Into<String>) -> Arc<Event> {
-        let mut state = self.lock();
-        state.last_id += 1;
-        let event = Arc::new(Event {
-            id: state.last_id,
-            data: data.into(),
-        });
-        if state.history.len() == self.history_size {
-            state.history.pop_front();
-        }
-        state.history.push_back(event.clone());
-        if state.shared_queue.len() == self.history_size {
-            state.shared_queue.pop_front();
-        }
-        state.shared_queue.push_back(event.clone());
-
-        let mut delivered = 0;
-        state
-            .subscribers
-            .retain(|_, sub| match sub.tx.try_send(event.clone()) {
-                Ok(()) => {
-                    delivered += 1;
-                    true
-                }
-                // The subscriber is behind: flag it, and it will refill from history.
-                Err(TrySendError::Full(_)) => {
-                    sub.lagged.store(true, Ordering::Release);
-                    true
-                }
-                Err(TrySendError::Disconnected(_)) => false,
+        let _turn = self.fan_out.lock().unwrap_or_else(|p| p.into_inner());
+        let (event, subscribers) = {
+            let mut state = self.lock();
+            state.last_id += 1;
+            let event = Arc::new(Event {
+                id: state.last_id,
+                data: data.into(),
             });
+            if state.history.len() == self.history_size {
+                state.history.pop_front();
+            }
+            state.history.push_back(event.clone());
+            if state.shared_queue.len() == self.history_size {
+                state.shared_queue.pop_front();
+            }
+            state.shared_queue.push_back(event.clone());
+            // Whoever subscribes from here on reads this event in its backlog instead.
+            let subscribers: Vec<(u64, Sender<Arc<Event>>, Arc<AtomicBool>)> = state
+                .subscribers
+                .iter()
+                .map(|(id, sub)| (*id, sub.tx.clone(), sub.lagged.clone()))
+                .collect();
+            (event, subscribers)
+        };
+        let mut delivered = 0;
+        let mut gone = Vec::new();
+        for (id, tx, lagged) in subscribers {
+            match tx.try_send(event.clone()) {
+                Ok(()) => delivered += 1,
+                // The subscriber is behind: flag it, and it will refill from history.
+                Err(TrySendError::Full(_)) => lagged.store(true, Ordering::Release),
+                Err(TrySendError::Disconnected(_)) => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            let mut state = self.lock();
+            for id in gone {
+                state.subscribers.remove(&id);
+            }
+        }
         log::debug!("event {} → {} subscribers", event.id, delivered);
         event
     }
