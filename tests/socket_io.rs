@@ -125,6 +125,37 @@ fn the_server_pings_and_a_held_get_carries_the_ping() {
 }
 
 #[test]
+fn a_get_held_past_the_idle_timeout_says_close() {
+    // tiny_http stops reading a connection after --idle-timeout: a GET held longer (a ping
+    // interval above it) is answered with `Connection: close`, so the next comes anew.
+    let lab = start_lab_with(|c| {
+        c.idle_timeout = Duration::from_secs(2);
+        c.socket_io.ping_interval = Duration::from_millis(3000);
+    });
+    let sid = handshake(lab.addr());
+    let quick = send(lab.addr(), &sid, "40");
+    assert_eq!(quick.body, "ok");
+    // A browser's keep-alive GETs (`poll` asks for close itself).
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let keep_alive_get = || {
+        reverse_ajax_lab::client::KeepAlive::connect(lab.addr())
+            .unwrap()
+            .get(&path)
+            .unwrap()
+    };
+    let connected = keep_alive_get();
+    assert!(connected.body.starts_with("40"), "{}", connected.body);
+    assert_eq!(
+        connected.header("Connection"),
+        None,
+        "answered at once: kept"
+    );
+    let held = keep_alive_get();
+    assert!(held.body.contains('2'), "the ping ended it: {}", held.body);
+    assert_eq!(held.header("Connection"), Some("close"));
+}
+
+#[test]
 fn a_session_whose_pong_never_comes_is_closed() {
     let lab = lab();
     let sid = handshake(lab.addr());

@@ -425,7 +425,8 @@ fn poll(
         );
     };
     log::debug!("socket.io {} GET parked", session.sid);
-    let deadline = Instant::now() + session::hold_limit(&lab.socket_io.settings);
+    let arrived = Instant::now();
+    let deadline = arrived + session::hold_limit(&lab.socket_io.settings);
     // BLOCKS: until the outbox or the hub has something for this session, or the deadline.
     let delivery = session.wait_for_packets(deadline, true);
     session.state().polling_get = false;
@@ -436,12 +437,21 @@ fn poll(
     );
     counters.delivered(delivery.events);
     let body = engine_io::encode_payload(&delivery.packets);
-    reply(
-        lab,
+    // Held longer than --idle-timeout (a ping interval above it), the connection is no longer
+    // read by tiny_http: say close, as chapter 4's long poll does, so the next GET comes on a
+    // new connection.
+    let mut headers = lab.cors_with_credentials(&request);
+    if arrived.elapsed() + Duration::from_secs(1) >= lab.config.idle_timeout {
+        headers.push(("Connection", "close".into()));
+    }
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let content_type = "text/plain; charset=UTF-8";
+    http::write_response(
         request,
         200,
-        "text/plain; charset=UTF-8",
-        &body,
+        content_type,
+        &headers,
+        body.as_bytes(),
         counters,
     )
 }
