@@ -368,6 +368,10 @@ fn the_websocket_transport_checks_the_origin() {
         first.starts_with("0{") && first.contains(r#""upgrades":[]"#),
         "{first}"
     );
+    // The teacher's view counts it under this lesson, not the WebSocket lesson.
+    let activity = stats(lab.addr())["activity"].clone();
+    assert_eq!(activity["socket_io"]["in_progress"], 1, "{activity}");
+    assert!(activity["websocket"].is_null(), "{activity}");
     match open("http://evil.example") {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
         other => panic!("a foreign page opened a socket: {other:?}"),

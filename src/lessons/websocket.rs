@@ -157,8 +157,6 @@ fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
             .name(format!("ws-{id}"))
             .spawn(move || {
                 let _share = share;
-                let ip = stream.peer_addr().ok().map(|a| a.ip());
-                let _in_progress = lab.activity.begin("websocket", ip);
                 let _thread = lab.stats.websocket_threads.enter();
                 match serve(&lab, stream, id) {
                     Ok(()) => log::debug!("ws {id} gone"),
@@ -217,12 +215,16 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
             return Err(e);
         }
     };
+    // The teacher's view counts the socket under the lesson it belongs to.
+    let ip = socket.get_ref().peer_addr().ok().map(|a| a.ip());
     let since = match route {
         Route::Events(since) => since,
         Route::SocketIo(session) => {
+            let _in_progress = lab.activity.begin("socket_io", ip);
             return crate::lessons::socket_io::websocket::serve(lab, socket, id, session);
         }
     };
+    let _in_progress = lab.activity.begin("websocket", ip);
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
     let (backlog, subscription) = lab.hub.subscribe(since);
