@@ -54,15 +54,22 @@ fn read_until(stream: &mut Stream, needle: &str) -> String {
         .unwrap_or_else(|e| panic!("never read {needle:?}: {e}"))
 }
 
+/// Open session `id`'s data channel in stream mode (`format`: `xml`, `js`, `js&lab_mode=...`)
+/// and read up to its listen-ack.
+fn listen(addr: SocketAddr, id: &str, format: &str) -> Stream {
+    let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format={format}");
+    let mut stream = Stream::open(addr, &path, &[]).unwrap();
+    read_until(&mut stream, "listen-ack");
+    stream
+}
+
 #[test]
 fn a_streaming_session_receives_hub_events_and_its_own_publish() {
     let lab = lab();
     let addr = lab.addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
-    let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=xml");
-    let mut stream = Stream::open(addr, &path, &[]).unwrap();
-    read_until(&mut stream, "listen-ack");
+    let mut stream = listen(addr, &id, "xml");
     wait_until("the stream is held", || stats(addr)["streams"] == 1);
     let event = publish(addr, "to the pushlet").unwrap();
     let seen = read_until(&mut stream, "to the pushlet");
@@ -92,13 +99,8 @@ fn subjects_reach_only_sessions_subscribed_to_a_prefix_of_them() {
     let (chat, other, sender) = (join(addr), join(addr), join(addr));
     subscribe(addr, &chat, "/chat");
     subscribe(addr, &other, "/other");
-    let open = |id: &str| {
-        let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=xml");
-        let mut stream = Stream::open(addr, &path, &[]).unwrap();
-        read_until(&mut stream, "listen-ack");
-        stream
-    };
-    let (mut chat_stream, mut other_stream) = (open(&chat), open(&other));
+    let (mut chat_stream, mut other_stream) =
+        (listen(addr, &chat, "xml"), listen(addr, &other, "xml"));
     control(
         addr,
         &format!("p_event=publish&p_id={sender}&p_subject=/chat/room1&data=hello"),
@@ -198,9 +200,7 @@ fn the_js_format_escapes_every_value_and_the_original_did_not() {
         let id = join(addr);
         subscribe(addr, &id, "/lab");
         let mode = if original { "&lab_mode=original" } else { "" };
-        let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=js{mode}");
-        let mut stream = Stream::open(addr, &path, &[]).unwrap();
-        read_until(&mut stream, "listen-ack");
+        let mut stream = listen(addr, &id, &format!("js{mode}"));
         wait_until("the stream is held", || stats(addr)["streams"] == 1);
         control(
             addr,
@@ -271,9 +271,7 @@ fn leaving_ends_the_stream_and_a_session_nobody_listens_for_expires() {
     let addr = lab.addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
-    let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=stream&p_format=xml");
-    let mut stream = Stream::open(addr, &path, &[]).unwrap();
-    read_until(&mut stream, "listen-ack");
+    let mut stream = listen(addr, &id, "xml");
     control(addr, &format!("p_event=leave&p_id={id}"));
     read_until(&mut stream, "p_event=\"abort\"");
     wait_until("the session and its feed are gone", || {
