@@ -65,6 +65,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Payload Too Large",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "",
     }

@@ -34,6 +34,8 @@ pub struct Lab {
     pub socket_io: crate::lessons::socket_io::SocketIo,
     /// Every Bayeux client (`lessons::bayeux`).
     pub bayeux: crate::lessons::bayeux::Bayeux,
+    /// The Atmosphere broadcaster's resources (`lessons::atmosphere`).
+    pub atmosphere: crate::lessons::atmosphere::Atmosphere,
     /// Every Pushlets session (`lessons::pushlets`).
     pub pushlets: crate::lessons::pushlets::Pushlets,
 }

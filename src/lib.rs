@@ -80,6 +80,8 @@ pub struct Config {
     pub socket_io: lessons::socket_io::Settings,
     /// A Pushlets session with no listener and no request for this long expires.
     pub pushlets_timeout: Duration,
+    /// An Atmosphere resource with no connection for this long is forgotten, with its cursor.
+    pub atmosphere_timeout: Duration,
     /// The Bayeux lesson's advice (`--bayeux-*`).
     pub bayeux: lessons::bayeux::Settings,
 }
@@ -116,6 +118,7 @@ impl Default for Config {
             socket_io: lessons::socket_io::Settings::default(),
             bayeux: lessons::bayeux::Settings::default(),
             pushlets_timeout: Duration::from_secs(60),
+            atmosphere_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -146,6 +149,7 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --bayeux-timeout MS            Bayeux holds a /meta/connect this long (default 20000)
   --bayeux-max-interval MS       ...and forgets a client silent this long after (default 10000)
   --pushlets-timeout SECONDS     a Pushlets session nobody listens for expires (default 60)
+  --atmosphere-timeout SECONDS   an Atmosphere client away this long is forgotten (default 60)
   -h, --help             this text
 
 Logs go to stderr; RUST_LOG=debug shows every request park, wake and leave.";
@@ -214,6 +218,9 @@ impl Config {
                     config.socket_io.connect_timeout = parse_millis(&flag, &value()?)?
                 }
                 "--pushlets-timeout" => config.pushlets_timeout = parse_seconds(&flag, &value()?)?,
+                "--atmosphere-timeout" => {
+                    config.atmosphere_timeout = parse_seconds(&flag, &value()?)?
+                }
                 "--bayeux-timeout" => config.bayeux.timeout = parse_millis(&flag, &value()?)?,
                 "--bayeux-max-interval" => {
                     config.bayeux.max_interval = parse_millis(&flag, &value()?)?
@@ -336,6 +343,10 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
             } else if only == Some("socket_io") {
                 log::info!(
                     "Reverse Ajax Lab on {url} (Socket.IO's websocket transport on port {ws_port})"
+                );
+            } else if only == Some("atmosphere") {
+                log::info!(
+                    "Reverse Ajax Lab on {url} (Atmosphere's websocket transport on port {ws_port})"
                 );
             } else {
                 log::info!("Reverse Ajax Lab on {url}");

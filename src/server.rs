@@ -116,7 +116,10 @@ impl RunningLab {
             socket_io: lessons::socket_io::SocketIo::new(socket_io),
             bayeux: lessons::bayeux::Bayeux::new(bayeux),
             pushlets: Default::default(),
+            atmosphere: Default::default(),
         });
+        lessons::atmosphere::spawn_sweeper(lab.clone())
+            .map_err(|e| format!("cannot start the Atmosphere sweeper thread: {e}"))?;
         lessons::pushlets::spawn_sweeper(lab.clone())
             .map_err(|e| format!("cannot start the Pushlets sweeper thread: {e}"))?;
         lessons::bayeux::spawn_sweeper(lab.clone())
@@ -306,6 +309,7 @@ fn asks_for_events(url: &str) -> bool {
         || url.starts_with("/socket.io/")
         || url.starts_with("/cometd")
         || url.starts_with("/pushlet/")
+        || url.starts_with("/atmosphere/")
 }
 
 /// 503 on the accept thread: `Connection: close` frees the connection's tiny_http thread
@@ -397,6 +401,12 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get | Method::Post, "/pushlet/pushlet.srv") => {
             lessons::pushlets::handle(lab, request, &query)
         }
+        (Method::Get, "/vendor/atmosphere.js") => {
+            lessons::atmosphere::official_client(lab, request)
+        }
+        (_, p) if p.starts_with("/atmosphere/") => {
+            lessons::atmosphere::handle(lab, request, p, &query)
+        }
         (_, "/socket.io/") => lessons::socket_io::handle(lab, request, &query),
         (Method::Get, "/events/ws") => {
             let counters = lab.count("websocket");
@@ -448,6 +458,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "socket_io_sessions": lab.socket_io.session_count(),
         "bayeux_clients": lab.bayeux.client_count(),
         "pushlets_sessions": lab.pushlets.session_count(),
+        "atmosphere": lab.atmosphere.to_json(),
         "subscribers": lab.hub.subscriber_count(),
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),

@@ -7,6 +7,7 @@
 use crate::hub::Backlog;
 use serde_json::{json, Value};
 
+pub mod atmosphere;
 pub mod bayeux;
 pub mod buffering;
 pub mod compare;
@@ -145,6 +146,14 @@ pub const LESSONS: &[Lesson] = &[
         page: include_str!("../../html/pushlets.html"),
         endpoints: &[("GET, POST", "/pushlet/pushlet.srv")],
     },
+    Lesson {
+        name: "atmosphere",
+        title: "Atmosphere",
+        idea: "One broadcaster over every transport: the client tries WebSocket, falls back to SSE, streaming or long polling, and resumes by its tracking id.",
+        page: include_str!("../../html/atmosphere.html"),
+        // Every transport here; the websocket transport on the WebSocket port, same path.
+        endpoints: &[("GET, POST, DELETE", "/atmosphere/lab")],
+    },
     // Every lesson above at once, in one tab.
     compare::LESSON,
 ];
@@ -235,6 +244,32 @@ pub fn installed_client(path: &str) -> Option<Vec<u8>> {
     ]
     .into_iter()
     .find_map(|p| std::fs::read(p).ok())
+}
+
+/// Answer with a script `npm ci` installed (`installed_client`), for lesson `lesson`'s page;
+/// 404 naming `npm ci` when it is not there, or when `path` is `None` (not a file we serve).
+pub fn serve_installed_client(
+    lab: &crate::lab::Lab,
+    request: tiny_http::Request,
+    lesson: &'static str,
+    path: Option<&str>,
+) -> std::io::Result<()> {
+    let counters = lab.count(lesson);
+    match path.and_then(installed_client) {
+        Some(script) => crate::http::write_response(
+            request,
+            200,
+            "text/javascript; charset=utf-8",
+            &[],
+            &script,
+            &counters,
+        ),
+        None => crate::http::HttpError::new(
+            404,
+            "not an installed client: run `npm ci` in the lab's folder",
+        )
+        .reply(request, &counters),
+    }
 }
 
 /// For a 405: the methods a known path does answer (the `Allow` header).

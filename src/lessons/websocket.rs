@@ -223,6 +223,10 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
             let _in_progress = lab.activity.begin("socket_io", ip);
             return crate::lessons::socket_io::websocket::serve(lab, socket, id, session);
         }
+        Route::Atmosphere(params) => {
+            let _in_progress = lab.activity.begin("atmosphere", ip);
+            return crate::lessons::atmosphere::websocket::serve(lab, socket, id, params);
+        }
     };
     let _in_progress = lab.activity.begin("websocket", ip);
     // No cursor: from now. One ahead of now (ids restarted): also now.
@@ -301,6 +305,8 @@ enum Route {
     Events(Option<u64>),
     /// A Socket.IO WebSocket transport: a new session, or the upgrade of this one.
     SocketIo(crate::lessons::socket_io::websocket::Accepted),
+    /// An Atmosphere client on its websocket transport.
+    Atmosphere(crate::lessons::atmosphere::protocol::Params),
 }
 
 /// Limits, and buffers sized for the lab's small frames: tungstenite's defaults (128 KiB to
@@ -319,32 +325,34 @@ pub(crate) fn ws_config(lab: &Lab) -> WebSocketConfig {
 /// The handshake's checks: the path, the page's `Origin`, and `since`.
 fn check_request(lab: &Lab, request: &Request) -> Result<Route, (u16, String)> {
     let path = request.uri().path();
+    let query = Query::parse(request.uri().query().unwrap_or(""));
+    let origin = request
+        .headers()
+        .get("Origin")
+        .map(|o| o.to_str().unwrap_or(""));
+    let host = request.headers().get("Host").and_then(|h| h.to_str().ok());
+    // The frameworks' transports share this port: their own lessons check them.
     if path == "/socket.io/" {
-        let query = Query::parse(request.uri().query().unwrap_or(""));
-        let origin = request
-            .headers()
-            .get("Origin")
-            .map(|o| o.to_str().unwrap_or(""));
-        let host = request.headers().get("Host").and_then(|h| h.to_str().ok());
         return crate::lessons::socket_io::websocket::check(lab, &query, origin, host)
             .map(Route::SocketIo);
+    }
+    if path == crate::lessons::atmosphere::BROADCASTER {
+        return crate::lessons::atmosphere::websocket::check(lab, &query, origin, host)
+            .map(Route::Atmosphere);
     }
     if path != "/events/ws" {
         return Err((
             404,
-            "the WebSocket endpoints are /events/ws and /socket.io/".into(),
+            "the WebSocket endpoints are /events/ws, /socket.io/ and /atmosphere/lab".into(),
         ));
     }
-    if let Some(origin) = request.headers().get("Origin") {
-        let origin = origin.to_str().unwrap_or("");
-        let host = request.headers().get("Host").and_then(|h| h.to_str().ok());
+    if let Some(origin) = origin {
         if !lab.is_own_origin(origin, host) {
             log::debug!("ws handshake refused: foreign Origin {origin:?}");
             return Err((403, "this Origin may not open the lab's WebSocket".into()));
         }
     }
     // No Origin at all: not a browser (browsers always send one), so no hijacking risk.
-    let query = Query::parse(request.uri().query().unwrap_or(""));
     match query.get("since") {
         None => Ok(Route::Events(None)),
         // Validated here; taken as at most the newest id once subscribed.

@@ -258,6 +258,11 @@ pub fn stream_past_the_ring(path: &str) -> String {
 /// needs the npm package `package` that `npm ci` installs); its summary (the JSON after
 /// "ok "). A failed scenario fails the test with everything it printed.
 pub fn run_node(script: &str, package: &str, args: &[String]) -> Value {
+    run_node_with(&[], script, package, args)
+}
+
+/// `run_node` with flags for node itself (`--experimental-websocket`: Node 20's WebSocket).
+pub fn run_node_with(flags: &[&str], script: &str, package: &str, args: &[String]) -> Value {
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(
         std::path::Path::new(root)
@@ -268,6 +273,7 @@ pub fn run_node(script: &str, package: &str, args: &[String]) -> Value {
     );
     let output = std::process::Command::new("node")
         .current_dir(root)
+        .args(flags)
         .arg(format!("tests/node/{script}"))
         .args(args)
         .output()

@@ -649,27 +649,10 @@ fn sweep(lab: &Lab, wake: &Receiver<()>) {
 /// `GET /vendor/cometd/FILE.js`: the official CometD client's modules, from `node_modules`
 /// when `npm ci` has put them there, for the page's `?client=official`.
 pub fn official_client(lab: &Lab, request: Request, file: &str) -> io::Result<()> {
-    let counters = lab.count("bayeux");
     let safe = file.ends_with(".js")
         && file
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
-    let found = safe
-        .then(|| super::installed_client(&format!("cometd/{file}")))
-        .flatten();
-    match found {
-        Some(script) => http::write_response(
-            request,
-            200,
-            "text/javascript; charset=utf-8",
-            &[],
-            &script,
-            &counters,
-        ),
-        None => HttpError::new(
-            404,
-            "not an installed CometD module: run `npm ci` in the lab's folder",
-        )
-        .reply(request, &counters),
-    }
+    let path = format!("cometd/{file}");
+    super::serve_installed_client(lab, request, "bayeux", safe.then_some(path.as_str()))
 }

@@ -609,29 +609,8 @@ pub fn close(lab: &Lab, session: &Arc<Session>, closer: Closer, why: &str) {
 /// `npm ci` has put it there (in the current directory or the lab's source folder), for the
 /// page's `?client=official`. The lab itself never needs it.
 pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
-    let counters = lab.count("socket_io");
-    let file = "node_modules/socket.io-client/dist/socket.io.min.js";
-    let found = [
-        std::path::PathBuf::from(file),
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file),
-    ]
-    .into_iter()
-    .find_map(|path| std::fs::read(path).ok());
-    match found {
-        Some(script) => http::write_response(
-            request,
-            200,
-            "application/javascript; charset=utf-8",
-            &[],
-            &script,
-            &counters,
-        ),
-        None => http::HttpError::new(
-            404,
-            "the official client is not installed: run `npm ci` in the lab's folder",
-        )
-        .reply(request, &counters),
-    }
+    let bundle = "socket.io-client/dist/socket.io.min.js";
+    super::serve_installed_client(lab, request, "socket_io", Some(bundle))
 }
 
 /// Start the heartbeat thread (once, with the lab).
