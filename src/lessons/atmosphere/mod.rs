@@ -104,14 +104,15 @@ impl Resource {
     }
 }
 
-/// Every resource the broadcaster `lab` knows.
+/// The broadcaster `lab`: every resource it knows, suspended (connected) or away. Its
+/// messages are the hub's events, and its cache is the hub's ring.
 #[derive(Default)]
-pub struct Atmosphere {
+pub struct Broadcaster {
     resources: Mutex<HashMap<String, Arc<Resource>>>,
     sweeper: super::Alarm,
 }
 
-impl Atmosphere {
+impl Broadcaster {
     fn resources(&self) -> MutexGuard<'_, HashMap<String, Arc<Resource>>> {
         self.resources.lock().unwrap_or_else(|p| p.into_inner())
     }
