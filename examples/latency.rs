@@ -6,6 +6,7 @@
 //! cargo run --release --example latency -- sse 1000 --events 100 --gap-ms 200
 //! cargo run --release --example latency -- long-poll 1000 --queue   # --parking queue
 //! cargo run --release --example latency -- socket.io 1000  # Socket.IO's /lab over its websocket transport
+//! cargo run --release --example latency -- sse 1000 --redis redis://127.0.0.1:6379  # through Redis
 //! ```
 //!
 //! The lab runs as a child process (so its CPU and memory are its own). Every client lives in
@@ -36,7 +37,7 @@ fn main() {
     let events: u64 = flag(&args, "--events").unwrap_or(20);
     let gap_ms: u64 = flag(&args, "--gap-ms").unwrap_or(200);
     if !TECHNIQUES.split(' ').any(|t| t == technique) {
-        eprintln!("usage: latency TECHNIQUE CLIENTS [--events N] [--gap-ms MS] [--queue]; TECHNIQUE: {TECHNIQUES}");
+        eprintln!("usage: latency TECHNIQUE CLIENTS [--events N] [--gap-ms MS] [--queue] [--redis URL]; TECHNIQUE: {TECHNIQUES}");
         std::process::exit(2);
     }
     // This process holds one end of every connection.
@@ -47,14 +48,23 @@ fn main() {
         "thread"
     };
     let max_parked = (clients + 100).to_string();
-    let lab = ChildLab::start(&[
+    let mut lab_args = vec![
         "--parking",
         parking,
         "--max-parked",
         &max_parked,
         "--heartbeat",
         "120",
-    ]);
+    ];
+    // Through a broker (chapter 19): every publish goes to Redis and back.
+    let redis = args
+        .iter()
+        .position(|a| a == "--redis")
+        .and_then(|i| args.get(i + 1));
+    if let Some(url) = redis {
+        lab_args.extend(["--redis", url.as_str()]);
+    }
+    let lab = ChildLab::start(&lab_args);
     let addr = lab.addr;
     let ws_addr = lab.websocket_addr();
     let rss_before = proc_field(lab.pid(), "VmRSS:");

@@ -17,7 +17,9 @@ pub fn spawn(hub: Arc<Hub>, range_ms: RangeInclusive<u64>) -> std::io::Result<()
             let pause = range_ms.start() + random.next() % span;
             // BLOCKS: sleeps until the next event is due; nothing else wakes it.
             thread::sleep(Duration::from_millis(pause));
-            hub.publish(format!("At {}", utc_now()));
+            if let Err(e) = hub.publish(format!("At {}", utc_now())) {
+                log::debug!("generator: {e}"); // (only with --redis)
+            }
         })?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 /// One published event: a monotonic id and any Unicode text.
@@ -57,6 +57,10 @@ impl Backlog {
 
 pub struct Hub {
     state: Mutex<State>,
+    /// Signalled whenever an event is added (a publisher through the broker waits for its own).
+    added: Condvar,
+    /// With `--redis`: ids come from the broker, and events arrive through `apply`.
+    broker: OnceLock<Arc<crate::broker::Broker>>,
     /// Publishers take turns fanning out (see `publish`).
     fan_out: Mutex<()>,
     history_size: usize,
@@ -76,6 +80,8 @@ impl Hub {
     /// `history_size` events are kept for cursors; each subscriber buffers `buffer_size`.
     pub fn new(history_size: usize, buffer_size: usize) -> Arc<Hub> {
         Arc::new(Hub {
+            added: Condvar::new(),
+            broker: OnceLock::new(),
             fan_out: Mutex::new(()),
             state: Mutex::new(State {
                 last_id: 0,
@@ -97,21 +103,74 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Step 1 and 2: number, remember, fan out. Never blocks on a subscriber.
+    /// Feed this hub from a broker from now on (`--redis`; see `broker`).
+    pub fn use_broker(&self, broker: Arc<crate::broker::Broker>) {
+        let _ = self.broker.set(broker);
+    }
+
+    /// The broker, when there is one (`/stats`).
+    pub fn broker(&self) -> Option<&Arc<crate::broker::Broker>> {
+        self.broker.get()
+    }
+
+    /// Publish an event: numbered here (step 1), or, with a broker, numbered by Redis and
+    /// brought back by the broker's reader (`apply`). Only a broker can fail.
+    pub fn publish(
+        &self,
+        data: impl Into<String>,
+    ) -> Result<Arc<Event>, crate::broker::Unavailable> {
+        match self.broker.get() {
+            Some(broker) => broker.publish(self, data.into()),
+            None => Ok(self
+                .add(None, data.into())
+                .expect("a local id is always new")),
+        }
+    }
+
+    /// An event numbered elsewhere (the broker's reader): added and fanned out like a local
+    /// one; `None` for an id this hub already has (ids only grow).
+    pub fn apply(&self, id: u64, data: String) -> Option<Arc<Event>> {
+        self.add(Some(id), data)
+    }
+
+    /// Wait until the event `id` is here (a publisher through the broker, reading its own
+    /// write); `None` at the deadline.
+    pub fn wait_for(&self, id: u64, deadline: Instant) -> Option<Arc<Event>> {
+        let mut state = self.lock();
+        while state.last_id < id {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // BLOCKS: until `add` signals a new event, or the deadline.
+            state = self
+                .added
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.history.iter().rev().find(|e| e.id == id).cloned()
+    }
+
+    /// Step 1 and 2: number (or take `id`), remember, fan out. Never blocks on a subscriber.
     ///
     /// The fan-out happens outside the state lock: each send may wake a parked thread (a
     /// futex call, microseconds each, a thousand per event at a thousand clients), and the
     /// woken threads, done answering, lock the hub to unsubscribe; holding the lock through
     /// the wake-ups made them queue behind it. Publishers still take turns (`fan_out`), so
     /// every subscriber receives events in id order.
-    pub fn publish(&self, data: impl Into<String>) -> Arc<Event> {
+    fn add(&self, id: Option<u64>, data: String) -> Option<Arc<Event>> {
         let _turn = self.fan_out.lock().unwrap_or_else(|p| p.into_inner());
         let (event, subscribers) = {
             let mut state = self.lock();
-            state.last_id += 1;
+            match id {
+                Some(id) if id <= state.last_id => return None,
+                Some(id) => state.last_id = id,
+                None => state.last_id += 1,
+            }
             let event = Arc::new(Event {
                 id: state.last_id,
-                data: data.into(),
+                data,
             });
             if state.history.len() == self.history_size {
                 state.history.pop_front();
@@ -129,6 +188,7 @@ impl Hub {
                 .collect();
             (event, subscribers)
         };
+        self.added.notify_all();
         let mut delivered = 0;
         let mut gone = Vec::new();
         for (id, tx, lagged) in subscribers {
@@ -146,7 +206,7 @@ impl Hub {
             }
         }
         log::debug!("event {} → {} subscribers", event.id, delivered);
-        event
+        Some(event)
     }
 
     /// The id of the newest event (0 before the first): "now" for a client with no cursor.
@@ -306,6 +366,33 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_numbered_elsewhere_keeps_its_id_and_a_repeat_is_ignored() {
+        let hub = Hub::new(8, 8);
+        let (_, mut sub) = hub.subscribe(0);
+        assert_eq!(hub.apply(5, "five".into()).unwrap().id, 5);
+        assert!(hub.apply(5, "again".into()).is_none());
+        assert!(hub.apply(3, "older".into()).is_none());
+        let batch = sub.wait_for_events(Instant::now()).unwrap();
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(hub.last_id(), 5);
+        // A local publish after it goes on from there.
+        assert_eq!(hub.publish("six").unwrap().id, 6);
+    }
+
+    #[test]
+    fn wait_for_returns_an_event_once_another_thread_adds_it() {
+        let hub = Hub::new(8, 8);
+        let adder = hub.clone();
+        let waiting = std::thread::spawn(move || {
+            adder.wait_for(2, Instant::now() + std::time::Duration::from_secs(10))
+        });
+        hub.apply(1, "one".into());
+        hub.apply(2, "two".into());
+        assert_eq!(waiting.join().unwrap().unwrap().data, "two");
+        assert!(hub.wait_for(3, Instant::now()).is_none());
+    }
     use std::time::Duration;
 
     fn soon() -> Instant {
@@ -316,7 +403,7 @@ mod tests {
     fn ids_start_at_one_and_history_is_bounded() {
         let hub = Hub::new(3, 8);
         for i in 0..5 {
-            hub.publish(format!("e{i}"));
+            hub.publish(format!("e{i}")).unwrap();
         }
         let backlog = hub.since(0);
         let ids: Vec<u64> = backlog.events.iter().map(|e| e.id).collect();
@@ -331,7 +418,7 @@ mod tests {
         let hub = Hub::new(100, 2);
         let (_, mut sub) = hub.subscribe(0);
         for i in 0..10 {
-            hub.publish(format!("e{i}"));
+            hub.publish(format!("e{i}")).unwrap();
         }
         let batch = sub.wait_for_events(soon()).unwrap();
         let ids: Vec<u64> = batch.events.iter().map(|e| e.id).collect();
@@ -344,7 +431,7 @@ mod tests {
         let hub = Hub::new(4, 2);
         let (_, mut sub) = hub.subscribe(0);
         for i in 0..10 {
-            hub.publish(format!("e{i}"));
+            hub.publish(format!("e{i}")).unwrap();
         }
         let batch = sub.wait_for_events(soon()).unwrap();
         assert_eq!(batch.missed, 6);
@@ -377,7 +464,7 @@ mod tests {
                 let hub = hub.clone();
                 std::thread::spawn(move || {
                     for i in 0..PER_PUBLISHER {
-                        hub.publish(format!("p{p}-{i}"));
+                        hub.publish(format!("p{p}-{i}")).unwrap();
                         if i % 64 == 0 {
                             std::thread::yield_now();
                         }

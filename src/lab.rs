@@ -56,6 +56,10 @@ impl Lab {
         {
             return true;
         }
+        // Labs sharing a broker read each other (`--peer`, the scale-out lesson).
+        if self.config.peers.iter().any(|peer| peer == origin) {
+            return true;
+        }
         let Some(host) = host.map(host_of) else {
             return false;
         };

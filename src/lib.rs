@@ -15,6 +15,7 @@
 //! `cargo run` serves every lesson on <http://127.0.0.1:8080/>; `cargo run --example NAME`
 //! serves one. LESSONS.md is the book that goes with the code.
 
+pub mod broker;
 pub mod classroom;
 pub mod client;
 pub mod generator;
@@ -80,6 +81,12 @@ pub struct Config {
     pub socket_io: lessons::socket_io::Settings,
     /// A Pushlets session with no listener and no request for this long expires.
     pub pushlets_timeout: Duration,
+    /// `--redis URL`: events go through this Redis (the scale-out lesson); `None`: the hub
+    /// numbers them in this process.
+    pub redis: Option<String>,
+    /// `--peer URL`: other labs sharing the broker; their pages count as the lab's own origin
+    /// (the scale-out page reads both labs).
+    pub peers: Vec<String>,
     /// An Atmosphere resource with no connection for this long is forgotten, with its cursor.
     pub atmosphere_timeout: Duration,
     /// The Bayeux lesson's advice (`--bayeux-*`).
@@ -119,6 +126,8 @@ impl Default for Config {
             bayeux: lessons::bayeux::Settings::default(),
             pushlets_timeout: Duration::from_secs(60),
             atmosphere_timeout: Duration::from_secs(60),
+            redis: None,
+            peers: Vec::new(),
         }
     }
 }
@@ -150,6 +159,10 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --bayeux-max-interval MS       ...and forgets a client silent this long after (default 10000)
   --pushlets-timeout SECONDS     a Pushlets session nobody listens for expires (default 60)
   --atmosphere-timeout SECONDS   an Atmosphere client away this long is forgotten (default 60)
+  --redis URL            share events with other labs through Redis
+                         (redis://127.0.0.1:6379; chapter 19, scale-out)
+  --peer URL             another lab on the same Redis (http://127.0.0.1:8090), whose
+                         pages may read this one; repeat for more
   -h, --help             this text
 
 Logs go to stderr; RUST_LOG=debug shows every request park, wake and leave.";
@@ -218,6 +231,23 @@ impl Config {
                     config.socket_io.connect_timeout = parse_millis(&flag, &value()?)?
                 }
                 "--pushlets-timeout" => config.pushlets_timeout = parse_seconds(&flag, &value()?)?,
+                "--redis" => config.redis = Some(value()?),
+                "--peer" => {
+                    let url = value()?;
+                    let Some(authority) = url.strip_prefix("http://") else {
+                        return Err(CliError::Usage(format!(
+                            "--peer takes a lab's URL, like http://127.0.0.1:8090, not {url:?}"
+                        )));
+                    };
+                    if authority.parse::<std::net::SocketAddr>().is_err()
+                        && !authority.starts_with("localhost:")
+                    {
+                        return Err(CliError::Usage(format!(
+                            "--peer takes http://IP:PORT or http://localhost:PORT, not {url:?}"
+                        )));
+                    }
+                    config.peers.push(url.trim_end_matches('/').to_string())
+                }
                 "--atmosphere-timeout" => {
                     config.atmosphere_timeout = parse_seconds(&flag, &value()?)?
                 }

@@ -94,6 +94,10 @@ impl RunningLab {
         requests.also_serve(other, "other")?;
 
         let hub = Hub::new(config.history, config.buffer);
+        if let Some(url) = &config.redis {
+            let broker = crate::broker::Broker::start(url, hub.clone(), config.history)?;
+            hub.use_broker(broker);
+        }
         if let Some(range) = config.generator.clone() {
             crate::generator::spawn(hub.clone(), range)
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
@@ -401,6 +405,7 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get | Method::Post, "/pushlet/pushlet.srv") => {
             lessons::pushlets::handle(lab, request, &query)
         }
+        (Method::Get, "/scale-out") => lessons::scale_out::handle(lab, request),
         (Method::Get, "/vendor/atmosphere.js") => {
             lessons::atmosphere::official_client(lab, request)
         }
@@ -431,10 +436,13 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
 fn publish(lab: &Lab, mut request: Request) -> io::Result<()> {
     let counters = lab.count("publish");
     match read_event_data(lab, &mut request) {
-        Ok(data) => {
-            let event = lab.hub.publish(data);
-            http::write_json(request, &json!({ "id": event.id }), &counters)
-        }
+        Ok(data) => match lab.hub.publish(data) {
+            Ok(event) => http::write_json(request, &json!({ "id": event.id }), &counters),
+            // Only with --redis: the broker is down or too slow.
+            Err(e) => HttpError::new(503, e.to_string())
+                .with_header("Retry-After", "2")
+                .reply(request, &counters),
+        },
         Err(error) => error.reply(request, &counters),
     }
 }
@@ -463,6 +471,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),
         "events_published": lab.hub.last_id(),
+        "broker": lab.hub.broker().map(|b| b.to_json()),
         // As the browser reached the lab: its Host, never the bind address (a classroom).
         "websocket": format!(
             "ws://{}:{}/events/ws",

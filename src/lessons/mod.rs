@@ -20,6 +20,7 @@ pub mod multipart_streaming;
 pub mod piggyback;
 pub mod polling;
 pub mod pushlets;
+pub mod scale_out;
 pub mod script_long_polling;
 pub mod socket_io;
 pub mod sse;
@@ -153,6 +154,14 @@ pub const LESSONS: &[Lesson] = &[
         page: include_str!("../../html/atmosphere.html"),
         // Every transport here; the websocket transport on the WebSocket port, same path.
         endpoints: &[("GET, POST, DELETE", "/atmosphere/lab")],
+    },
+    Lesson {
+        name: "scale_out",
+        title: "Scale-out through Redis",
+        idea: "Two labs share one stream of events through Redis: the same ids everywhere, so a client can move with its cursor.",
+        page: include_str!("../../html/scale_out.html"),
+        // Run with --redis (and --peer); without it, the page says how.
+        endpoints: &[("GET", "/scale-out")],
     },
     // Every lesson above at once, in one tab.
     compare::LESSON,

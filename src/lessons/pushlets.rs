@@ -263,7 +263,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
             let subject = query.get("p_subject").unwrap_or("");
             let reply = match publish(lab, &session, subject, query) {
                 Ok(()) => fields(&[("p_event", "publish-ack"), ("p_id", &session.id)]),
-                Err(reason) => fields(&[("p_event", "nack"), ("p_reason", reason)]),
+                Err(reason) => fields(&[("p_event", "nack"), ("p_reason", &reason)]),
             };
             let status = if reply[0].1 == "nack" { 400 } else { 200 };
             answer(request, status, &format, &[reply], &counters)
@@ -357,16 +357,16 @@ fn follow_the_hub(lab: &Lab, session: &Session) {
 }
 
 /// `publish`: to the hub on `/lab/events` (field `data`), else to every matching session.
-fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<(), &'static str> {
+fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<(), String> {
     if !is_subject(subject) {
-        return Err("p_subject must be a path like /chat/room1");
+        return Err("p_subject must be a path like /chat/room1".into());
     }
     let data = query.get("data").unwrap_or("");
     if data.len() > lab.config.max_body {
-        return Err("data is longer than --max-body");
+        return Err("data is longer than --max-body".into());
     }
     if subject == HUB_SUBJECT {
-        let event = lab.hub.publish(data);
+        let event = lab.hub.publish(data).map_err(|e| e.to_string())?;
         log::debug!("pushlets session {} published event {}", from.id, event.id);
         return Ok(());
     }

@@ -414,8 +414,11 @@ fn read_frames(
         last_heard.store(started.elapsed().as_millis() as u64, Relaxed);
         match message {
             Ok(Message::Text(text)) => {
-                let event = lab.hub.publish(text.as_str());
-                log::debug!("ws {id} published event {}", event.id);
+                match lab.hub.publish(text.as_str()) {
+                    Ok(event) => log::debug!("ws {id} published event {}", event.id),
+                    // (Only with --redis: the frame is not published; the socket lives on.)
+                    Err(e) => log::warn!("ws {id}: the client's frame was not published: {e}"),
+                }
             }
             Ok(Message::Binary(_)) => {
                 let frame = close_frame(CloseCode::Unsupported, "text frames only");

@@ -290,3 +290,80 @@ pub fn run_node_with(flags: &[&str], script: &str, package: &str, args: &[String
         .expect("a summary");
     serde_json::from_str(summary).unwrap()
 }
+
+/// A real `redis-server` (Debian's package; `scripts/test` installs it when missing) on a free
+/// port with no persistence, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::on_port(free_port())
+    }
+
+    /// Start (or start again) on `port`: an empty Redis, as after a restart without persistence.
+    pub fn on_port(port: u16) -> RedisServer {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test installs Debian's redis-server)");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        wait_until("redis-server answers PING", || {
+            redis_command(port, &["PING"]).is_ok_and(|r| r == "+PONG")
+        });
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn try_command(&self, args: &[&str]) -> std::io::Result<String> {
+        redis_command(self.port, args)
+    }
+
+    /// Kill it (as a crash would: no goodbye to its clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nobody listens on now (the kernel's pick, given back at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One command to the Redis on `port` over RESP; the first line of its answer.
+pub fn redis_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(command.as_bytes())?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
+}

@@ -325,13 +325,19 @@ fn receive(
     if body.is_empty() {
         return HttpError::bad_request("an empty message").reply(request, counters);
     }
-    let event = lab.hub.publish(body);
-    log::debug!(
-        "atmosphere resource {} published event {}",
-        params.tracking_id,
-        event.id
-    );
-    http::write_no_content(request, &[], counters)
+    match lab.hub.publish(body) {
+        Ok(event) => {
+            log::debug!(
+                "atmosphere resource {} published event {}",
+                params.tracking_id,
+                event.id
+            );
+            http::write_no_content(request, &[], counters)
+        }
+        Err(e) => HttpError::new(503, e.to_string())
+            .with_header("Retry-After", "2")
+            .reply(request, counters),
+    }
 }
 
 /// Step 3, long polling: the handshake at once; after it, held until the broadcast.

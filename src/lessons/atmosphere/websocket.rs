@@ -167,10 +167,12 @@ fn read_messages(
         match socket.read() {
             Ok(Message::Text(text)) if text.as_str() == PADDING => continue,
             Ok(Message::Text(text)) if text.is_empty() => continue,
-            Ok(Message::Text(text)) => {
-                let event = lab.hub.publish(text.as_str());
-                log::debug!("atmosphere resource {uuid} published event {}", event.id);
-            }
+            Ok(Message::Text(text)) => match lab.hub.publish(text.as_str()) {
+                Ok(event) => {
+                    log::debug!("atmosphere resource {uuid} published event {}", event.id)
+                }
+                Err(e) => log::warn!("atmosphere resource {uuid}: not published: {e}"),
+            },
             Ok(Message::Close(_)) => break "the client closed the socket".to_string(),
             Ok(_) => continue,
             Err(tungstenite::Error::Capacity(e)) => {

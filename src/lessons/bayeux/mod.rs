@@ -460,8 +460,12 @@ fn publish(lab: &Lab, client: &Arc<Client>, message: &Message, channel: &str) ->
                 None,
             );
         };
-        let event = lab.hub.publish(text);
-        log::debug!("bayeux client {} published event {}", client.id, event.id);
+        match lab.hub.publish(text) {
+            Ok(event) => {
+                log::debug!("bayeux client {} published event {}", client.id, event.id)
+            }
+            Err(e) => return message::error(message, 503, &e.to_string(), None),
+        }
     } else if channel.starts_with("/service/") {
         // A service answers the sender only: here, an echo.
         if !client.deliver(message::delivery(channel, data)) {

@@ -243,9 +243,10 @@ fn event(
     match name {
         "publish" => {
             let reply = match args.first().and_then(Value::as_str) {
-                Some(text) if text.len() <= lab.config.max_body => {
-                    json!({ "id": lab.hub.publish(text).id })
-                }
+                Some(text) if text.len() <= lab.config.max_body => match lab.hub.publish(text) {
+                    Ok(event) => json!({ "id": event.id }),
+                    Err(e) => json!({ "error": e.to_string() }),
+                },
                 Some(_) => json!({ "error": "longer than --max-body" }),
                 None => json!({ "error": "publish takes a string" }),
             };
