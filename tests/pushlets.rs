@@ -296,11 +296,12 @@ fn the_page_streams_pulls_and_polls_in_a_hidden_iframe() {
     let mut page = browser.open(&format!("http://{}/lessons/pushlets", lab.addr()));
     for mode in ["stream", "pull", "poll"] {
         page.eval(&format!(
-            "document.getElementById('mode').value = '{mode}'; join()"
+            "window.joined = null; document.getElementById('mode').value = '{mode}'; \
+             join().then(() => {{ window.joined = pid; }})"
         ));
         page.wait_for(
             &format!("{mode}: the new session is listening"),
-            &format!("document.getElementById('current-mode').textContent === '{mode}' && window.listeningFor === pid"),
+            "window.joined !== null && window.listeningFor === window.joined",
         );
         let marker = common::marker(mode);
         let end = Instant::now() + Duration::from_secs(20);
@@ -326,10 +327,15 @@ fn in_chromium_the_originals_output_runs_an_events_code_and_ours_does_not() {
     let browser = Browser::launch();
     for original in [true, false] {
         let mut page = browser.open(&format!("http://{}/lessons/pushlets", lab.addr()));
+        // Rejoin (after the page's own join) and wait for *that* session's listen-ack.
         page.eval(&format!(
-            "document.getElementById('original').checked = {original}; join()"
+            "window.joined = null; document.getElementById('original').checked = {original}; \
+             join().then(() => {{ window.joined = pid; }})"
         ));
-        page.wait_for("listening", "window.listeningFor === pid");
+        page.wait_for(
+            "listening",
+            "window.joined !== null && window.listeningFor === window.joined",
+        );
         wait_until("its stream is held", || stats(lab.addr())["streams"] == 1);
         publish(lab.addr(), r#""); parent.pwned = true; (""#).unwrap();
         publish(lab.addr(), "after the attack").unwrap();
