@@ -158,7 +158,7 @@ impl Broker {
         let result = match slot {
             // A kept connection may have broken meanwhile (Redis restarted): one new try.
             Some(mut kept) => match invoke(&mut kept) {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => self
+                Err(e) if e.is_connection_dropped() && !e.is_timeout() => self
                     .connect(TIMEOUT)
                     .and_then(|mut fresh| invoke(&mut fresh).map(|id| (id, fresh))),
                 other => other.map(|id| (id, kept)),
