@@ -120,3 +120,46 @@ fn an_idle_lab_keeps_serving_after_its_accept_times_out() {
     );
     assert_eq!(get(lab.addr, "/events/poll").unwrap().status, 200);
 }
+
+/// The WebSocket port has its own accept loop, and asks the same gate: with the descriptors
+/// past 80 % (streams held until the HTTP port refuses, and the refused connections kept
+/// open, so the count stays past the gate), an upgrade is answered 503 with `Retry-After`,
+/// on the accept thread, with the handshake read first (so the client reads the 503, not a
+/// reset). When the clients leave, upgrades succeed again.
+#[test]
+fn near_its_descriptor_limit_the_websocket_port_refuses_upgrades_with_503() {
+    let lab = ChildLab::start(&["--max-fds", "200", "--heartbeat", "1"]);
+    let ws = stats(&lab)["websocket"].as_str().unwrap().to_string();
+    let upgrade = || {
+        let address = ws.trim_start_matches("ws://").split('/').next().unwrap();
+        let stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        match tungstenite::client(ws.as_str(), stream) {
+            Ok(_) => Ok(101),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                let retry = response.headers().get("Retry-After").cloned();
+                Err((response.status().as_u16(), retry))
+            }
+            Err(e) => panic!("the upgrade neither succeeded nor was refused: {e}"),
+        }
+    };
+    assert_eq!(upgrade(), Ok(101));
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    while refused.len() < 10 {
+        let stream = Stream::open(lab.addr, "/events/stream", &[]).unwrap();
+        match stream.status {
+            200 => held.push(stream),
+            503 => refused.push(stream),
+            other => panic!("status {other}"),
+        }
+        assert!(held.len() < 200, "200 descriptors, and never refused");
+    }
+    let refusal = upgrade().expect_err("refused near the limit");
+    assert_eq!(refusal.0, 503);
+    assert_eq!(refusal.1.unwrap(), "2");
+    drop((held, refused));
+    wait_until("upgrades succeed again", || upgrade() == Ok(101));
+}
