@@ -33,6 +33,19 @@ impl HttpError {
         HttpError::new(400, message)
     }
 
+    /// 503 with `Retry-After: 2`: every refusal that a client should simply retry (every place
+    /// under `--max-parked` taken, a client's share taken, the broker away).
+    pub fn retry_later(message: impl Into<String>) -> HttpError {
+        HttpError::new(503, message).with_header("Retry-After", "2")
+    }
+
+    /// The refusal when every place under `--max-parked` is taken.
+    pub fn all_held(max_parked: usize) -> HttpError {
+        HttpError::retry_later(format!(
+            "{max_parked} requests are held already (--max-parked); retry shortly"
+        ))
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> HttpError {
         self.headers.push((name, value.into()));
         self

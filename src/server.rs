@@ -283,8 +283,7 @@ fn handle(lab: &Lab, id: u64, request: Request) {
                      close some tabs",
                     lab.config.max_per_client
                 );
-                let error = HttpError::new(503, message).with_header("Retry-After", "2");
-                let _ = error.reply(request, &lab.count("other"));
+                let _ = HttpError::retry_later(message).reply(request, &lab.count("other"));
                 return;
             }
         },
@@ -439,9 +438,7 @@ fn publish(lab: &Lab, mut request: Request) -> io::Result<()> {
         Ok(data) => match lab.hub.publish(data) {
             Ok(event) => http::write_json(request, &json!({ "id": event.id }), &counters),
             // Only with --redis: the broker is down or too slow.
-            Err(e) => HttpError::new(503, e.to_string())
-                .with_header("Retry-After", "2")
-                .reply(request, &counters),
+            Err(e) => HttpError::retry_later(e.to_string()).reply(request, &counters),
         },
         Err(error) => error.reply(request, &counters),
     }

@@ -58,11 +58,7 @@ pub fn serve(
         .stats
         .try_hold(&lab.stats.streams, lab.config.max_parked)
     else {
-        let message = format!(
-            "{} requests are held already (--max-parked); retry shortly",
-            lab.config.max_parked
-        );
-        let error = HttpError::new(503, message).with_header("Retry-After", "2");
+        let error = HttpError::all_held(lab.config.max_parked);
         return error.reply(request, counters);
     };
     let (backlog, mut subscription) = lab.hub.subscribe(since);

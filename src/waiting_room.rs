@@ -84,12 +84,7 @@ impl WaitingRoom {
             return Parking::Queued;
         }
         if waiting.len() >= lab.config.max_parked {
-            let message = format!(
-                "{} requests are parked already (--max-parked)",
-                waiting.len()
-            );
-            let error = HttpError::new(503, message).with_header("Retry-After", "2");
-            return Parking::Refused(request, error);
+            return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
         }
         waiting.push(Waiting {
             request,

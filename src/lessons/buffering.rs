@@ -58,9 +58,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         .stats
         .try_hold(&lab.stats.streams, lab.config.max_parked)
     else {
-        let error = HttpError::new(503, "too many held requests (--max-parked)")
-            .with_header("Retry-After", "2");
-        return error.reply(request, &counters);
+        return HttpError::all_held(lab.config.max_parked).reply(request, &counters);
     };
     // 1. Subscribe.
     let (backlog, subscription) = lab.hub.subscribe(since);

@@ -236,12 +236,7 @@ pub fn park<'lab>(
     }
     // ...or on this thread.
     let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
-        let message = format!(
-            "{} requests are parked already (--max-parked); retry shortly",
-            lab.config.max_parked
-        );
-        let error = HttpError::new(503, message).with_header("Retry-After", "2");
-        return Parking::Refused(request, error);
+        return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
     };
     Parking::Parked(ParkedRequest {
         request,

@@ -413,9 +413,7 @@ fn data_channel(
         .stats
         .try_hold(&lab.stats.streams, lab.config.max_parked)
     else {
-        return HttpError::new(503, "too many held (--max-parked)")
-            .with_header("Retry-After", "2")
-            .reply(request, counters);
+        return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
     session.state().listening = true;
     let result = run_channel(request, session, mode, &format, ack, counters);

@@ -334,9 +334,7 @@ fn receive(
             );
             http::write_no_content(request, &[], counters)
         }
-        Err(e) => HttpError::new(503, e.to_string())
-            .with_header("Retry-After", "2")
-            .reply(request, counters),
+        Err(e) => HttpError::retry_later(e.to_string()).reply(request, counters),
     }
 }
 
@@ -357,9 +355,7 @@ fn long_poll(
         return answer(lab, request, arrived, &body, counters);
     }
     let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
-        return HttpError::new(503, "too many held (--max-parked)")
-            .with_header("Retry-After", "2")
-            .reply(request, counters);
+        return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
     let (backlog, mut subscription) = attached.subscribe(lab);
     let me = thread_name();
@@ -444,9 +440,7 @@ fn stream(
         .stats
         .try_hold(&lab.stats.streams, lab.config.max_parked)
     else {
-        return HttpError::new(503, "too many held (--max-parked)")
-            .with_header("Retry-After", "2")
-            .reply(request, counters);
+        return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
     let attached = attach(lab, params);
     let (backlog, mut subscription) = attached.subscribe(lab);
