@@ -181,6 +181,16 @@ fn redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
         text.push_str(&s.read_until(deadline(), |t| sse_ids(t).len() == 3).unwrap());
     }
 
+    let joined = get(a.addr(), "/pushlet/pushlet.srv?p_event=join&p_format=xml").unwrap();
+    let pid = joined
+        .body
+        .split("p_id=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+
     redis.kill();
     for addr in [a.addr(), b.addr()] {
         let refused = post(addr, "/publish", "text/plain", "into the void").unwrap();
@@ -188,6 +198,16 @@ fn redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
         assert_eq!(refused.header("Retry-After"), Some("2"));
         assert!(refused.body.contains("broker"), "{}", refused.body);
     }
+    // The lessons' own ways to publish refuse in their own forms.
+    let atmosphere = "/atmosphere/lab?X-Atmosphere-Transport=long-polling";
+    let refused = post(a.addr(), atmosphere, "text/plain", "void").unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let pushlets = format!(
+        "/pushlet/pushlet.srv?p_event=publish&p_id={pid}&p_subject=/lab/events&data=void&p_format=xml"
+    );
+    let refused = get(a.addr(), &pushlets).unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("nack"), "{}", refused.body);
     wait_until("both labs see the broker gone", || {
         !broker_connected(a.addr()) && !broker_connected(b.addr())
     });

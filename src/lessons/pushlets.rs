@@ -261,11 +261,16 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         }
         ("publish", Some(session)) => {
             let subject = query.get("p_subject").unwrap_or("");
-            let reply = match publish(lab, &session, subject, query) {
-                Ok(()) => fields(&[("p_event", "publish-ack"), ("p_id", &session.id)]),
-                Err(reason) => fields(&[("p_event", "nack"), ("p_reason", &reason)]),
+            let (status, reply) = match publish(lab, &session, subject, query) {
+                Ok(()) => (
+                    200,
+                    fields(&[("p_event", "publish-ack"), ("p_id", &session.id)]),
+                ),
+                Err((status, reason)) => (
+                    status,
+                    fields(&[("p_event", "nack"), ("p_reason", &reason)]),
+                ),
             };
-            let status = if reply[0].1 == "nack" { 400 } else { 200 };
             answer(request, status, &format, &[reply], &counters)
         }
         ("hb", Some(session)) => {
@@ -356,17 +361,18 @@ fn follow_the_hub(lab: &Lab, session: &Session) {
     let _ = session.queue_tx.try_send(Queued::Wake);
 }
 
-/// `publish`: to the hub on `/lab/events` (field `data`), else to every matching session.
-fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<(), String> {
+/// `publish`: to the hub on `/lab/events` (field `data`), else to every matching session. A
+/// refusal says its status: 400 for bad input, 503 when the broker (`--redis`) is away.
+fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<(), (u16, String)> {
     if !is_subject(subject) {
-        return Err("p_subject must be a path like /chat/room1".into());
+        return Err((400, "p_subject must be a path like /chat/room1".into()));
     }
     let data = query.get("data").unwrap_or("");
     if data.len() > lab.config.max_body {
-        return Err("data is longer than --max-body".into());
+        return Err((400, "data is longer than --max-body".into()));
     }
     if subject == HUB_SUBJECT {
-        let event = lab.hub.publish(data).map_err(|e| e.to_string())?;
+        let event = lab.hub.publish(data).map_err(|e| (503, e.to_string()))?;
         log::debug!("pushlets session {} published event {}", from.id, event.id);
         return Ok(());
     }
