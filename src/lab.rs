@@ -35,7 +35,7 @@ pub struct Lab {
     /// Every Bayeux client (`lessons::bayeux`).
     pub bayeux: crate::lessons::bayeux::Bayeux,
     /// The Atmosphere broadcaster's resources (`lessons::atmosphere`).
-    pub atmosphere: crate::lessons::atmosphere::Broadcaster,
+    pub atmosphere: crate::lessons::atmosphere::Broadcasters,
     /// Every Pushlets session (`lessons::pushlets`).
     pub pushlets: crate::lessons::pushlets::Pushlets,
 }

@@ -192,7 +192,12 @@ fn bad_requests_get_4xx_and_change_nothing() {
         ),
         (
             "GET",
-            "/atmosphere/elsewhere?X-Atmosphere-Transport=sse".to_string(),
+            "/atmosphere/no.such?X-Atmosphere-Transport=sse".to_string(),
+            404,
+        ),
+        (
+            "GET",
+            "/atmosphere/?X-Atmosphere-Transport=sse".to_string(),
             404,
         ),
         ("PUT", url("sse", "0", true), 405),
@@ -228,6 +233,42 @@ fn a_message_posted_by_a_client_is_broadcast_to_every_transport() {
     assert_eq!(posted.status, 204);
     sse.read_until(deadline(), |t| t.contains(r#""data":"hi <all>""#))
         .unwrap();
+}
+
+#[test]
+fn a_named_broadcaster_is_a_room_of_its_own() {
+    let lab = lab();
+    let addr = lab.addr();
+    let room = |transport: &str| {
+        url(transport, "0", true).replace("/atmosphere/lab", "/atmosphere/room-1")
+    };
+    let mut in_room = Stream::open(addr, &room("streaming"), &[]).unwrap();
+    in_room
+        .read_until(deadline(), |t| t.ends_with("|X|"))
+        .unwrap();
+    let mut in_lab = Stream::open(addr, &url("streaming", "0", true), &[]).unwrap();
+    in_lab
+        .read_until(deadline(), |t| t.ends_with("|X|"))
+        .unwrap();
+    // A message posted to the room reaches the room only; a hub event reaches `lab` only.
+    let posted = post(addr, &room("long-polling"), "text/plain", "to the room").unwrap();
+    assert_eq!(posted.status, 204);
+    let hub_event = publish(addr, "to the hub").unwrap();
+    let lab_text = in_lab
+        .read_until(deadline(), |t| t.contains("to the hub"))
+        .unwrap();
+    // (A second room message, posted after the hub event: had the hub event reached the
+    // room, it would stand before this one.)
+    post(addr, &room("long-polling"), "text/plain", "room again").unwrap();
+    let room_text = in_room
+        .read_until(deadline(), |t| t.contains("room again"))
+        .unwrap();
+    assert!(room_text.contains("to the room"), "{room_text}");
+    assert!(!room_text.contains("to the hub"), "{room_text}");
+    assert!(!lab_text.contains("to the room"), "{lab_text}");
+    assert_eq!(stats(addr)["events_published"], hub_event);
+    let names = stats(addr)["atmosphere"]["broadcasters"].clone();
+    assert_eq!(names, serde_json::json!(["lab", "room-1"]));
 }
 
 #[test]

@@ -199,6 +199,9 @@ pub fn lesson_of(path: &str) -> Option<&'static str> {
     if path.starts_with("/cometd") {
         return Some("bayeux");
     }
+    if path.starts_with(atmosphere::PREFIX) {
+        return Some("atmosphere");
+    }
     owner_of(path)
 }
 

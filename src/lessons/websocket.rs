@@ -223,9 +223,9 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
             let _in_progress = lab.activity.begin("socket_io", ip);
             return crate::lessons::socket_io::websocket::serve(lab, socket, id, session);
         }
-        Route::Atmosphere(params) => {
+        Route::Atmosphere(accepted) => {
             let _in_progress = lab.activity.begin("atmosphere", ip);
-            return crate::lessons::atmosphere::websocket::serve(lab, socket, id, params);
+            return crate::lessons::atmosphere::websocket::serve(lab, socket, id, accepted);
         }
     };
     let _in_progress = lab.activity.begin("websocket", ip);
@@ -306,7 +306,7 @@ enum Route {
     /// A Socket.IO WebSocket transport: a new session, or the upgrade of this one.
     SocketIo(crate::lessons::socket_io::websocket::Accepted),
     /// An Atmosphere client on its websocket transport.
-    Atmosphere(crate::lessons::atmosphere::protocol::Params),
+    Atmosphere(crate::lessons::atmosphere::websocket::Accepted),
 }
 
 /// Limits, and buffers sized for the lab's small frames: tungstenite's defaults (128 KiB to
@@ -336,14 +336,14 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Route, (u16, String)> {
         return crate::lessons::socket_io::websocket::check(lab, &query, origin, host)
             .map(Route::SocketIo);
     }
-    if path == crate::lessons::atmosphere::BROADCASTER {
-        return crate::lessons::atmosphere::websocket::check(lab, &query, origin, host)
+    if path.starts_with(crate::lessons::atmosphere::PREFIX) {
+        return crate::lessons::atmosphere::websocket::check(lab, path, &query, origin, host)
             .map(Route::Atmosphere);
     }
     if path != "/events/ws" {
         return Err((
             404,
-            "the WebSocket endpoints are /events/ws, /socket.io/ and /atmosphere/lab".into(),
+            "the WebSocket endpoints are /events/ws, /socket.io/ and /atmosphere/NAME".into(),
         ));
     }
     if let Some(origin) = origin {

@@ -6,7 +6,8 @@
 //! atmosphere.js picks a transport (WebSocket, SSE, streaming, long polling) and falls back to
 //! another when the first fails. A *tracking id* names the client across its connections, so
 //! a reconnecting client is sent what it missed from the broadcaster's cache. Here the
-//! broadcaster `lab` is the hub, its cache the hub's history ring.
+//! broadcaster `lab` is the hub, its cache the hub's history ring; any other name
+//! (`/atmosphere/room-1`) is a room of its own, with a small hub and ring of its own.
 //!
 //! ```text
 //! GET /atmosphere/lab?X-Atmosphere-tracking-id=0&X-Atmosphere-Transport=long-polling
@@ -19,8 +20,9 @@
 //! 200                                        ← published to the hub, so broadcast to everyone
 //! ```
 //!
-//! 1. `handle`: one URL for everything; `X-Atmosphere-Transport` in the query says what a GET
-//!    is (the client's messages come by POST, heartbeats too: a body of `X`).
+//! 1. `handle`: one URL per broadcaster (`Broadcasters::lookup` makes it on first use);
+//!    `X-Atmosphere-Transport` in the query says what a GET is (the client's messages come by
+//!    POST, heartbeats too: a body of `X`).
 //! 2. `attach`: the request finds its `Resource` by tracking id (`0`: a new one, announced by
 //!    the handshake message). A resource remembers the last event written to it: its
 //!    *cursor*. A newer connection for the same resource takes over and the older one ends.
@@ -59,8 +61,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
-/// The one broadcaster: the hub.
-pub const BROADCASTER: &str = "/atmosphere/lab";
+/// Where the broadcasters are: `/atmosphere/NAME`. The broadcaster `lab` is the hub.
+pub const PREFIX: &str = "/atmosphere/";
+/// Named broadcasters besides `lab`, at most (each has a ring of its own).
+const MAX_NAMED: usize = 16;
+/// The cache (ring) of a named broadcaster other than `lab`.
+const NAMED_HISTORY: usize = 256;
 
 /// Why a connection stops before its client leaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,14 +108,24 @@ impl Resource {
         let mut state = self.state();
         state.cursor = state.cursor.max(id);
     }
+
+    /// An answer moved the cursor to `moved_to` and then failed: back to `back_to`, unless a
+    /// later connection has moved it further meanwhile.
+    fn rewind(&self, moved_to: u64, back_to: u64) {
+        let mut state = self.state();
+        if state.cursor == moved_to {
+            state.cursor = back_to;
+        }
+    }
 }
 
-/// The broadcaster `lab`: every resource it knows, suspended (connected) or away. Its
-/// messages are the hub's events, and its cache is the hub's ring.
-#[derive(Default)]
+/// A named channel and every resource it knows, suspended (connected) or away. Its messages
+/// and its cache are a `Hub`'s: the lab's own for `lab` (the hub's events), a small one of its
+/// own for any other name (a chat room; with `--redis`, local to this lab).
 pub struct Broadcaster {
+    pub name: String,
+    hub: Arc<crate::hub::Hub>,
     resources: Mutex<HashMap<String, Arc<Resource>>>,
-    sweeper: super::Alarm,
 }
 
 impl Broadcaster {
@@ -117,19 +133,88 @@ impl Broadcaster {
         self.resources.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `/stats`: resources known, and how many are connected now, by transport.
-    pub fn to_json(&self) -> serde_json::Value {
-        let resources: Vec<Arc<Resource>> = self.resources().values().cloned().collect();
-        let mut connected: HashMap<&'static str, usize> = HashMap::new();
-        for resource in &resources {
-            let state = resource.state();
-            if state.connection.is_some() {
-                *connected.entry(state.transport.name()).or_default() += 1;
-            }
-        }
-        json!({ "resources": resources.len(), "connected": connected })
+    /// Publish a client's message to everyone suspended here (and to the hub's other
+    /// lessons, for `lab`).
+    fn broadcast(&self, message: &str) -> Result<Arc<Event>, crate::broker::Unavailable> {
+        self.hub.publish(message)
+    }
+}
+
+/// Every broadcaster, created on first use.
+#[derive(Default)]
+pub struct Broadcasters {
+    named: Mutex<HashMap<String, Arc<Broadcaster>>>,
+    sweeper: super::Alarm,
+}
+
+impl Broadcasters {
+    fn named(&self) -> MutexGuard<'_, HashMap<String, Arc<Broadcaster>>> {
+        self.named.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The broadcaster at `path` (`/atmosphere/NAME`), made on first use; `Err` with the
+    /// status and why for a name that is not one, or one too many.
+    pub fn lookup(&self, lab: &Lab, path: &str) -> Result<Arc<Broadcaster>, (u16, String)> {
+        let name = path.strip_prefix(PREFIX).unwrap_or("");
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err((
+                404,
+                format!("no broadcaster {path:?}: /atmosphere/NAME, NAME up to 32 letters, digits, - or _"),
+            ));
+        }
+        let mut named = self.named();
+        if let Some(broadcaster) = named.get(name) {
+            return Ok(broadcaster.clone());
+        }
+        if name != "lab" && named.len() > MAX_NAMED {
+            return Err((503, format!("{MAX_NAMED} broadcasters exist already")));
+        }
+        let hub = if name == "lab" {
+            lab.hub.clone()
+        } else {
+            crate::hub::Hub::new(NAMED_HISTORY, lab.config.buffer)
+        };
+        let broadcaster = Arc::new(Broadcaster {
+            name: name.to_string(),
+            hub,
+            resources: Mutex::default(),
+        });
+        named.insert(name.to_string(), broadcaster.clone());
+        Ok(broadcaster)
+    }
+
+    fn all(&self) -> Vec<Arc<Broadcaster>> {
+        self.named().values().cloned().collect()
+    }
+
+    /// `/stats`: resources known, and how many are connected now, by transport, over every
+    /// broadcaster; and the broadcasters' names.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut names = Vec::new();
+        let mut count = 0;
+        let mut connected: HashMap<&'static str, usize> = HashMap::new();
+        for broadcaster in self.all() {
+            names.push(broadcaster.name.clone());
+            let resources: Vec<Arc<Resource>> = broadcaster.resources().values().cloned().collect();
+            count += resources.len();
+            for resource in &resources {
+                let state = resource.state();
+                if state.connection.is_some() {
+                    *connected.entry(state.transport.name()).or_default() += 1;
+                }
+            }
+        }
+        names.sort();
+        json!({ "resources": count, "connected": connected, "broadcasters": names })
+    }
+}
+
+impl Broadcaster {
     /// Stop the connection holding `uuid` now; `false` if none does.
     fn drop_connection(&self, uuid: &str) -> bool {
         let Some(resource) = self.resources().get(uuid).cloned() else {
@@ -146,6 +231,7 @@ impl Broadcaster {
 
 /// A connection attached to its resource (step 2); dropping it lets the resource go idle.
 pub struct Attached {
+    pub broadcaster: Arc<Broadcaster>,
     pub resource: Arc<Resource>,
     id: u64,
     pub(crate) stop: Receiver<Stop>,
@@ -168,10 +254,11 @@ impl Drop for Attached {
 }
 
 impl Attached {
-    /// The hub from this client's cursor: the backlog is what it missed.
-    fn subscribe(&self, lab: &Lab) -> (Backlog, Subscription) {
+    /// The broadcaster's hub from this client's cursor: the backlog is what it missed.
+    fn subscribe(&self) -> (Backlog, Subscription) {
         let cursor = self.resource.state().cursor;
-        lab.hub.subscribe(cursor.min(lab.hub.last_id()))
+        let hub = &self.broadcaster.hub;
+        hub.subscribe(cursor.min(hub.last_id()))
     }
 
     /// A clone of this connection's stop line (the WebSocket's reader uses it).
@@ -186,10 +273,10 @@ impl Attached {
 }
 
 /// Step 2: the resource this request belongs to, and a connection attached to it.
-pub fn attach(lab: &Lab, params: &Params) -> Attached {
+pub fn attach(lab: &Lab, broadcaster: &Arc<Broadcaster>, params: &Params) -> Attached {
     let known = match params.tracking_id.as_str() {
         "0" => None,
-        id if params.protocol => lab.atmosphere.resources().get(id).cloned(),
+        id if params.protocol => broadcaster.resources().get(id).cloned(),
         _ => None,
     };
     let is_new = known.is_none();
@@ -197,7 +284,7 @@ pub fn attach(lab: &Lab, params: &Params) -> Attached {
         let resource = Arc::new(Resource {
             uuid: crate::lab::random_id(),
             state: Mutex::new(ResourceState {
-                cursor: lab.hub.last_id(),
+                cursor: broadcaster.hub.last_id(),
                 connection: None,
                 next_connection: 1,
                 transport: params.transport,
@@ -207,11 +294,15 @@ pub fn attach(lab: &Lab, params: &Params) -> Attached {
         });
         // Without the protocol the client never learns its id: nothing to find again.
         if params.protocol {
-            lab.atmosphere
+            broadcaster
                 .resources()
                 .insert(resource.uuid.clone(), resource.clone());
             lab.atmosphere.sweeper.ring();
-            log::debug!("atmosphere resource {} created", resource.uuid);
+            log::debug!(
+                "atmosphere resource {} created on {}",
+                resource.uuid,
+                broadcaster.name
+            );
         }
         resource
     });
@@ -233,6 +324,7 @@ pub fn attach(lab: &Lab, params: &Params) -> Attached {
         };
     drop(state);
     Attached {
+        broadcaster: broadcaster.clone(),
         resource,
         id,
         stop,
@@ -253,14 +345,14 @@ fn missed(count: u64) -> String {
 /// Step 1: everything on `/atmosphere/NAME`.
 pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Result<()> {
     let counters = lab.count("atmosphere");
-    if path != BROADCASTER {
-        let message = format!("no broadcaster {path}: the lab's is {BROADCASTER}");
-        return HttpError::new(404, message).reply(request, &counters);
-    }
+    let broadcaster = match lab.atmosphere.lookup(lab, path) {
+        Ok(broadcaster) => broadcaster,
+        Err((status, message)) => return HttpError::new(status, message).reply(request, &counters),
+    };
     if *request.method() == Method::Delete {
         // The lab's own control: drop a client's connection, to watch it come back.
         let uuid = query.get("X-Atmosphere-tracking-id").unwrap_or("");
-        return if lab.atmosphere.drop_connection(uuid) {
+        return if broadcaster.drop_connection(uuid) {
             log::debug!("atmosphere resource {uuid}: connection dropped on request");
             http::write_no_content(request, &[], &counters)
         } else {
@@ -273,10 +365,12 @@ pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Res
         Err(message) => return HttpError::bad_request(message).reply(request, &counters),
     };
     match (request.method(), params.transport) {
-        (Method::Post, _) => receive(lab, request, &params, &counters),
-        (Method::Get, Transport::LongPolling) => long_poll(lab, request, &params, &counters),
+        (Method::Post, _) => receive(lab, request, &broadcaster, &params, &counters),
+        (Method::Get, Transport::LongPolling) => {
+            long_poll(lab, request, &broadcaster, &params, &counters)
+        }
         (Method::Get, Transport::Streaming | Transport::Sse) => {
-            stream(lab, request, &params, &counters)
+            stream(lab, request, &broadcaster, &params, &counters)
         }
         (Method::Get, Transport::WebSocket) => {
             // Step 4: a browser's WebSocket fails on any answer but 101, and the client
@@ -290,7 +384,7 @@ pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Res
         }
         (Method::Get, Transport::Close) => {
             // The old clients' goodbye: forget the resource now rather than at the sweep.
-            if let Some(resource) = lab.atmosphere.resources().remove(&params.tracking_id) {
+            if let Some(resource) = broadcaster.resources().remove(&params.tracking_id) {
                 if let Some((_, stop)) = resource.state().connection.take() {
                     let _ = stop.try_send(Stop::Dropped);
                 }
@@ -308,6 +402,7 @@ pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Res
 fn receive(
     lab: &Lab,
     mut request: Request,
+    broadcaster: &Broadcaster,
     params: &Params,
     counters: &LessonCounters,
 ) -> io::Result<()> {
@@ -315,7 +410,7 @@ fn receive(
         Ok(body) => body,
         Err(error) => return error.reply(request, counters),
     };
-    if let Some(resource) = lab.atmosphere.resources().get(&params.tracking_id) {
+    if let Some(resource) = broadcaster.resources().get(&params.tracking_id) {
         resource.state().last_seen = Instant::now();
     }
     if body == PADDING {
@@ -325,12 +420,13 @@ fn receive(
     if body.is_empty() {
         return HttpError::bad_request("an empty message").reply(request, counters);
     }
-    match lab.hub.publish(body) {
+    match broadcaster.broadcast(&body) {
         Ok(event) => {
             log::debug!(
-                "atmosphere resource {} published event {}",
+                "atmosphere resource {} broadcast event {} on {}",
                 params.tracking_id,
-                event.id
+                event.id,
+                broadcaster.name
             );
             http::write_no_content(request, &[], counters)
         }
@@ -342,11 +438,12 @@ fn receive(
 fn long_poll(
     lab: &Lab,
     request: Request,
+    broadcaster: &Arc<Broadcaster>,
     params: &Params,
     counters: &LessonCounters,
 ) -> io::Result<()> {
     let arrived = Instant::now();
-    let attached = attach(lab, params);
+    let attached = attach(lab, broadcaster, params);
     if attached.handshake {
         let body = protocol::frame(
             &protocol::handshake(&attached.resource.uuid),
@@ -357,7 +454,7 @@ fn long_poll(
     let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
-    let (backlog, mut subscription) = attached.subscribe(lab);
+    let (backlog, mut subscription) = attached.subscribe();
     let me = thread_name();
     let mut events = backlog;
     if events.events.is_empty() && events.missed == 0 {
@@ -395,14 +492,23 @@ fn long_poll(
         .map(|m| protocol::frame(m, params.track_size))
         .collect();
     counters.delivered(carried.len());
-    answer(lab, request, arrived, &body, counters)?;
-    // Written: the cursor moves past what this answer carried (past the gap, after a notice).
-    if let Some(last) = carried.last() {
-        attached.resource.wrote(last.id);
-    } else if let Some(first) = events.events.first() {
-        attached.resource.wrote(first.id - 1);
+    // The cursor moves past what this answer carries (past the gap, after a notice) *before*
+    // the answer goes out: the client polls again the moment it reads it, and that poll must
+    // find the cursor moved (else it gets the same events twice). A write that fails puts it
+    // back.
+    let before = attached.resource.state().cursor;
+    let moved_to = carried
+        .last()
+        .map(|last| last.id)
+        .or_else(|| events.events.first().map(|first| first.id - 1));
+    if let Some(id) = moved_to {
+        attached.resource.wrote(id);
     }
-    Ok(())
+    let written = answer(lab, request, arrived, &body, counters);
+    if written.is_err() {
+        attached.resource.rewind(moved_to.unwrap_or(before), before);
+    }
+    written
 }
 
 /// A long poll's answer. Held past `--idle-timeout`, tiny_http has stopped reading the
@@ -433,6 +539,7 @@ fn answer(
 fn stream(
     lab: &Lab,
     request: Request,
+    broadcaster: &Arc<Broadcaster>,
     params: &Params,
     counters: &LessonCounters,
 ) -> io::Result<()> {
@@ -442,8 +549,8 @@ fn stream(
     else {
         return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
-    let attached = attach(lab, params);
-    let (backlog, mut subscription) = attached.subscribe(lab);
+    let attached = attach(lab, broadcaster, params);
+    let (backlog, mut subscription) = attached.subscribe();
     let sse = params.transport == Transport::Sse;
     let framed = |text: &str| {
         let text = protocol::frame(text, params.track_size);
@@ -538,8 +645,16 @@ fn sweep(lab: &Lab, wake: &Receiver<()>) {
         let now = Instant::now();
         let timeout = lab.config.atmosphere_timeout;
         let mut next = now + Duration::from_secs(3600);
-        let resources: Vec<Arc<Resource>> = lab.atmosphere.resources().values().cloned().collect();
-        for resource in resources {
+        let resources: Vec<(Arc<Broadcaster>, Arc<Resource>)> = lab
+            .atmosphere
+            .all()
+            .into_iter()
+            .flat_map(|b| {
+                let resources: Vec<Arc<Resource>> = b.resources().values().cloned().collect();
+                resources.into_iter().map(move |r| (b.clone(), r))
+            })
+            .collect();
+        for (broadcaster, resource) in resources {
             let state = resource.state();
             if state.connection.is_some() {
                 next = next.min(now + timeout);
@@ -548,7 +663,7 @@ fn sweep(lab: &Lab, wake: &Receiver<()>) {
             let expires = state.last_seen + timeout;
             drop(state);
             if expires <= now {
-                lab.atmosphere.resources().remove(&resource.uuid);
+                broadcaster.resources().remove(&resource.uuid);
                 log::debug!(
                     "atmosphere resource {} forgotten: away too long",
                     resource.uuid

@@ -13,7 +13,7 @@
 //! stops when the reader reports the client gone or a newer connection takes over.
 
 use super::protocol::{self, Params, PADDING};
-use super::{attach, message, missed, Attached, Stop};
+use super::{attach, message, missed, Attached, Broadcaster, Stop};
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
 use crate::lessons::websocket::{close_frame, drain, ws_config, ReadOnly};
@@ -21,6 +21,7 @@ use crate::stats::LessonCounters;
 use crossbeam_channel::Sender;
 use std::io;
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -30,10 +31,11 @@ use tungstenite::{Message, WebSocket};
 /// The handshake's checks for `/atmosphere/lab`: our own origin, and the websocket transport.
 pub fn check(
     lab: &Lab,
+    path: &str,
     query: &crate::http::Query,
     origin: Option<&str>,
     host: Option<&str>,
-) -> Result<Params, (u16, String)> {
+) -> Result<Accepted, (u16, String)> {
     if origin.is_some_and(|origin| !lab.is_own_origin(origin, host)) {
         return Err((403, "this Origin may not open the lab's WebSocket".into()));
     }
@@ -41,14 +43,33 @@ pub fn check(
     if params.transport != protocol::Transport::WebSocket {
         return Err((400, "X-Atmosphere-Transport must be websocket here".into()));
     }
-    Ok(params)
+    let broadcaster = lab.atmosphere.lookup(lab, path)?;
+    Ok(Accepted {
+        broadcaster,
+        params,
+    })
+}
+
+/// An accepted handshake: which broadcaster, with what parameters.
+pub struct Accepted {
+    broadcaster: Arc<Broadcaster>,
+    params: Params,
 }
 
 /// One Atmosphere WebSocket, from the handshake message to the close.
-pub fn serve(lab: &Lab, socket: WebSocket<TcpStream>, id: u64, params: Params) -> io::Result<()> {
+pub fn serve(
+    lab: &Lab,
+    socket: WebSocket<TcpStream>,
+    id: u64,
+    accepted: Accepted,
+) -> io::Result<()> {
+    let Accepted {
+        broadcaster,
+        params,
+    } = accepted;
     let counters = lab.count("atmosphere");
-    let attached = attach(lab, &params);
-    let (backlog, subscription) = attached.subscribe(lab);
+    let attached = attach(lab, &broadcaster, &params);
+    let (backlog, subscription) = attached.subscribe();
     let uuid = attached.resource.uuid.clone();
     log::debug!("ws {id} is atmosphere resource {uuid}");
     let read_half = socket.get_ref().try_clone()?;
@@ -102,7 +123,7 @@ pub fn serve(lab: &Lab, socket: WebSocket<TcpStream>, id: u64, params: Params) -
                 log::debug!("ws {id} (atmosphere) writer done: {why}");
                 let _ = writer.get_ref().shutdown(Shutdown::Write);
             })?;
-        read_messages(lab, reader, stop_line, &uuid, id);
+        read_messages(&broadcaster, reader, stop_line, &uuid, id);
         // BLOCKS: until the writer has written its last frame.
         let _ = writer_thread.join();
         Ok(())
@@ -156,7 +177,7 @@ fn write_messages(
 
 /// The reader (`ws-N`): each text frame is a message for the hub, but the heartbeat.
 fn read_messages(
-    lab: &Lab,
+    broadcaster: &Broadcaster,
     mut socket: WebSocket<ReadOnly>,
     stop: Sender<Stop>,
     uuid: &str,
@@ -167,7 +188,7 @@ fn read_messages(
         match socket.read() {
             Ok(Message::Text(text)) if text.as_str() == PADDING => continue,
             Ok(Message::Text(text)) if text.is_empty() => continue,
-            Ok(Message::Text(text)) => match lab.hub.publish(text.as_str()) {
+            Ok(Message::Text(text)) => match broadcaster.broadcast(text.as_str()) {
                 Ok(event) => {
                     log::debug!("atmosphere resource {uuid} published event {}", event.id)
                 }
