@@ -12,6 +12,16 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use tiny_http::Request;
 
+/// The paths whose requests may be held (long polls, streams, the frameworks' transports):
+/// they count against a client's share, and wait in their own lane (`workarounds::Requests`).
+pub fn asks_for_events(url: &str) -> bool {
+    url.starts_with("/events/")
+        || url.starts_with("/socket.io/")
+        || url.starts_with("/cometd")
+        || url.starts_with("/pushlet/")
+        || url.starts_with("/atmosphere/")
+}
+
 /// A 4xx/5xx answer: a status, a message for `{"error": ...}`, and optional extra headers.
 #[derive(Debug)]
 pub struct HttpError {

@@ -293,8 +293,9 @@ impl Subscription {
     pub fn wait_for_events(&mut self, deadline: Instant) -> Option<Backlog> {
         loop {
             // BLOCKS: the handler thread sleeps here, holding its request, until `publish`
-            // sends into our channel or the deadline passes.
-            let first = self.rx.recv_deadline(deadline).ok()?;
+            // sends into our channel or the deadline passes. (Not crossbeam's own
+            // `recv_deadline`, which spins and yields first: see `workarounds`.)
+            let first = crate::workarounds::recv_deadline(&self.rx, deadline).ok()?;
             if let Some(batch) = self.take_batch(first) {
                 return Some(batch);
             }

@@ -4,7 +4,8 @@
 //! 1. `RunningLab::start` builds the listener itself (TCP_NODELAY, a large backlog, read and
 //!    write timeouts: see `bind` below) and hands it to tiny_http, which parses requests on its
 //!    own threads (through `workarounds::Requests`, which replaces tiny_http if its accept
-//!    thread dies).
+//!    thread dies). Parsed requests wait in two lanes: pages and `/stats` go ahead of
+//!    requests for events, so a flood of long polls does not keep the teacher from `/stats`.
 //! 2. The `accept` thread gives each parsed request a handler thread of its own for as long as
 //!    it runs: one that finished a request and waits for the next (`IdleHandlers`, the servlet
 //!    container's worker pool), or a new `handler-N` thread; near the process's own limits
@@ -31,6 +32,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
 /// A started lab: its address and the threads that serve it.
@@ -248,7 +250,8 @@ impl IdleHandlers {
             .unwrap_or_else(|p| p.into_inner())
             .push((n, worker));
         // BLOCKS: until `hand_over` sends a request, or 10 s pass.
-        if let Ok(job) = work.recv_timeout(std::time::Duration::from_secs(10)) {
+        if let Ok(job) = workarounds::recv_deadline(&work, Instant::now() + Duration::from_secs(10))
+        {
             return Some(job);
         }
         let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,7 +276,7 @@ fn handle(lab: &Lab, id: u64, request: Request) {
     log::debug!("req {id} {} {}", request.method(), request.url());
     // A classroom's fair share: each client address holds at most --max-per-client requests
     // for events at once (the held ones are what can pile up).
-    let _share = match (asks_for_events(request.url()), request.remote_addr()) {
+    let _share = match (http::asks_for_events(request.url()), request.remote_addr()) {
         (true, Some(peer)) => match lab.shares.take(peer.ip(), lab.config.max_per_client) {
             Some(share) => Some(share),
             None => {
@@ -304,15 +307,6 @@ fn handle(lab: &Lab, id: u64, request: Request) {
         }
         Err(e) => log::warn!("req {id} failed: {e}"),
     }
-}
-
-/// The paths whose requests may be held: they count against a client's share.
-fn asks_for_events(url: &str) -> bool {
-    url.starts_with("/events/")
-        || url.starts_with("/socket.io/")
-        || url.starts_with("/cometd")
-        || url.starts_with("/pushlet/")
-        || url.starts_with("/atmosphere/")
 }
 
 /// 503 on the accept thread: `Connection: close` frees the connection's tiny_http thread

@@ -1,6 +1,7 @@
-//! Workarounds for two tiny_http 0.12 bugs, kept here, away from the path a student reads
-//! first (`server` calls them and moves on). Each is reproduced by a test named below; if a
-//! later tiny_http fixes one, that test tells, and its workaround can go.
+//! Workarounds for two tiny_http 0.12 bugs and one crossbeam-channel habit, kept here, away
+//! from the path a student reads first (`server` and `hub` call them and move on). Each is
+//! reproduced by a test named below; if a later version fixes one, that test tells, and its
+//! workaround can go.
 //!
 //! 1. **The pool race** (`pump`): tiny_http's connection pool can leave a freshly accepted
 //!    connection queued, unread, behind busy threads for minutes.
@@ -19,8 +20,14 @@
 //!    ending is routine here: a new server takes over at once, and the old one's thread ends
 //!    once its connections can send nothing more (test:
 //!    `an_idle_lab_keeps_serving_after_its_accept_times_out`).
+//!
+//!    The thread that passes a server's requests on also sorts them into two lanes (`Lanes`),
+//!    so that under a flood of requests for events `/stats` and the pages still go first.
+//! 3. **The receive that spins before it sleeps** (`recv_deadline`): crossbeam's `recv` calls
+//!    `sched_yield` a few times before sleeping, a context switch each when threads are many.
+//!    Test: `crossbeam_recv_yields_before_sleeping_and_recv_deadline_does_not` (below).
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -33,11 +40,14 @@ use tiny_http::Request;
 /// the lab starts has a name).
 static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
 
-/// Every request that any generation of tiny_http server reads, in one channel.
+/// Every request that any generation of tiny_http server reads, in two lanes (`Lanes`).
 pub struct Requests {
-    requests: Receiver<Request>,
+    /// Pages, `/stats`, publishing: whatever is answered at once.
+    pages: Receiver<Request>,
+    /// Requests for events (the ones that may be held), bounded.
+    events: Receiver<Request>,
     /// Where every server (on every listener) sends what it reads.
-    to_accept_loop: Sender<Request>,
+    lanes: Lanes,
     idle_timeout: Duration,
     /// Routine replacements: `accept` timed out after `--idle-timeout` with no connection.
     pub idle_replacements: Arc<AtomicU64>,
@@ -45,15 +55,53 @@ pub struct Requests {
     pub restarts: Arc<AtomicU64>,
 }
 
+/// The two lanes from tiny_http's threads to the accept loop. Under a flood of requests for
+/// events (thousands of long polls or streams at once) the accept loop falls behind, and in
+/// one first-come queue a request for `/stats` or a page waited behind all of them (2–5 s,
+/// measured with `flood`). So requests that are answered at once take their own lane, which
+/// the accept loop empties first.
+///
+/// Both lanes are unbounded channels, and still bounded: tiny_http reads a connection's next
+/// request only once the previous one is answered, so each waiting request holds a connection
+/// of its own, and connections are bounded by the descriptor limit (`limits`). They replace
+/// tiny_http's own queue, which is unbounded in the same way. (Refusing requests for events
+/// once 1,024 waited was tried: `/stats` answered as fast, but the lab's thread peak rose from
+/// 13,100–13,600 to 15,200–15,700 of the ~16,380 it may have, in four floods of 12,000 long
+/// polls; too close.)
+#[derive(Clone)]
+struct Lanes {
+    pages: Sender<Request>,
+    events: Sender<Request>,
+}
+
+impl Lanes {
+    /// The lanes, and their receiving ends: pages, then requests for events.
+    fn new() -> (Lanes, Receiver<Request>, Receiver<Request>) {
+        let (pages, pages_rx) = unbounded();
+        let (events, events_rx) = unbounded();
+        (Lanes { pages, events }, pages_rx, events_rx)
+    }
+
+    /// Put the request in its lane (never blocks); `false` once the accept loop is gone.
+    fn hand_on(&self, request: Request) -> bool {
+        let lane = match crate::http::asks_for_events(request.url()) {
+            true => &self.events,
+            false => &self.pages,
+        };
+        lane.send(request).is_ok()
+    }
+}
+
 impl Requests {
     /// Start tiny_http on `listener`, and the supervisor that replaces it when it stops
     /// accepting.
     pub fn start(listener: TcpListener, idle_timeout: Duration) -> Result<Requests, String> {
         watch_for_panics();
-        let (to_accept_loop, requests) = bounded(1024);
+        let (lanes, pages, events) = Lanes::new();
         let requests = Requests {
-            requests,
-            to_accept_loop,
+            pages,
+            events,
+            lanes,
             idle_timeout,
             idle_replacements: Arc::new(AtomicU64::new(0)),
             restarts: Arc::new(AtomicU64::new(0)),
@@ -67,7 +115,7 @@ impl Requests {
     pub fn also_serve(&self, listener: TcpListener, name: &'static str) -> Result<(), String> {
         let (stopped, stops) = unbounded();
         let generation = Generation {
-            to_accept_loop: self.to_accept_loop.clone(),
+            lanes: self.lanes.clone(),
             stopped,
             linger: self.idle_timeout + Duration::from_secs(5),
             name,
@@ -81,16 +129,27 @@ impl Requests {
         Ok(())
     }
 
-    /// The next request, from whichever server read it.
+    /// The next request, from whichever server read it: a page before any request for events.
     pub fn recv(&self) -> Option<Request> {
-        // BLOCKS: until some tiny_http connection thread has read a whole request head.
-        self.requests.recv().ok()
+        take_next(&self.pages, &self.events)
+    }
+}
+
+/// The next request for the accept loop: any page first, then a request for events.
+fn take_next(pages: &Receiver<Request>, events: &Receiver<Request>) -> Option<Request> {
+    if let Ok(page) = pages.try_recv() {
+        return Some(page);
+    }
+    // BLOCKS: until some tiny_http connection thread has read a whole request head.
+    crossbeam_channel::select_biased! {
+        recv(pages) -> page => page.ok(),
+        recv(events) -> request => request.ok(),
     }
 }
 
 /// How one generation of tiny_http server hands on its requests and reports its end.
 struct Generation {
-    to_accept_loop: Sender<Request>,
+    lanes: Lanes,
     /// (generation, was it the routine idle timeout?)
     stopped: Sender<(u64, bool)>,
     /// After its accept thread ends, how long the old server may stay silent before its
@@ -110,7 +169,7 @@ impl Generation {
             .map_err(|e| format!("cannot copy the listening socket: {e}"))?;
         let server = tiny_http::Server::from_listener(copy, None)
             .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-        let (to_accept_loop, stopped) = (self.to_accept_loop.clone(), self.stopped.clone());
+        let (lanes, stopped) = (self.lanes.clone(), self.stopped.clone());
         let (linger, name) = (self.linger, self.name);
         thread::Builder::new()
             .name(format!("{name}-{generation}"))
@@ -126,7 +185,7 @@ impl Generation {
                     };
                     match next {
                         Ok(Some(request)) => {
-                            if to_accept_loop.send(request).is_err() {
+                            if !lanes.hand_on(request) {
                                 return;
                             }
                         }
@@ -303,4 +362,149 @@ pub fn answer_pump(request: Request) {
     let _ = request
         .into_writer()
         .write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+}
+
+/// Workaround 3. crossbeam's `recv`, `recv_timeout` and `recv_deadline` do not sleep at once
+/// on an empty channel: they spin, then call `sched_yield` four times, in case a message is
+/// about to come. With a few threads that is cheap; with a thousand parked long polls woken by
+/// one event on two cores, every handler that finishes yields four times on its way back to
+/// sleep, each yield a context switch while others wait to run. `perf record -e
+/// sched:sched_switch` on the lab during `latency long-poll 1000` counted 146,000 switches in
+/// 4 s, 96,000 of them these yields (a quarter of the lab's CPU). Its `Select` registers and
+/// sleeps with no spin, so this waits through `Select`: the switches halved, and long poll's
+/// p50 / p99 went from 42 / 88 to 35 / 71 ms (medians of three interleaved runs; CPU 58 → 49 %).
+/// Test: `crossbeam_recv_yields_before_sleeping_and_recv_deadline_does_not` (below).
+///
+/// Receive from `rx`, or `Err` at `deadline` (or when every sender is gone), going to sleep at
+/// once when the channel is empty.
+pub fn recv_deadline<T>(
+    rx: &Receiver<T>,
+    deadline: Instant,
+) -> Result<T, crossbeam_channel::RecvTimeoutError> {
+    let mut select = crossbeam_channel::Select::new();
+    select.recv(rx);
+    // BLOCKS: until a message (or the senders' end) or the deadline.
+    match select.select_deadline(deadline) {
+        Ok(operation) => operation
+            .recv(rx)
+            .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
+        Err(_) => Err(crossbeam_channel::RecvTimeoutError::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::bounded;
+    use std::sync::atomic::AtomicBool;
+
+    /// Pin the calling thread to `cpu`.
+    fn pin(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls get its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+
+    /// The first CPU this process may run on.
+    fn some_cpu() -> usize {
+        // SAFETY: as above.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            (0..libc::CPU_SETSIZE as usize)
+                .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .unwrap_or(0)
+        }
+    }
+
+    /// This thread's involuntary context switches so far (a `sched_yield` that let another
+    /// thread run counts as one; going to sleep counts as voluntary).
+    fn involuntary_switches() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            .map(|n| n.trim().parse().unwrap())
+            .unwrap()
+    }
+
+    /// Twenty 2 ms waits on an empty channel, on a CPU shared with a busy thread: how many
+    /// times did the waiting thread give the CPU away without going to sleep?
+    fn yields_while_waiting(wait: fn(&Receiver<()>)) -> u64 {
+        let cpu = some_cpu();
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                pin(cpu);
+                while !stop.load(Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let waiter = thread::spawn(move || {
+            pin(cpu);
+            let (_tx, rx) = bounded::<()>(1);
+            let before = involuntary_switches();
+            for _ in 0..20 {
+                wait(&rx);
+            }
+            involuntary_switches() - before
+        });
+        let switches = waiter.join().unwrap();
+        stop.store(true, Relaxed);
+        busy.join().unwrap();
+        switches
+    }
+
+    #[test]
+    fn crossbeam_recv_yields_before_sleeping_and_recv_deadline_does_not() {
+        let theirs = yields_while_waiting(|rx| {
+            let _ = rx.recv_timeout(Duration::from_millis(2));
+        });
+        let ours = yields_while_waiting(|rx| {
+            let _ = recv_deadline(rx, Instant::now() + Duration::from_millis(2));
+        });
+        // If a later crossbeam sleeps at once, the first figure drops, and this workaround
+        // can go.
+        assert!(
+            theirs >= 10,
+            "crossbeam's recv gave way {theirs} times in 20 waits"
+        );
+        assert!(
+            ours * 4 < theirs,
+            "recv_deadline gave way {ours} times, crossbeam's {theirs}"
+        );
+    }
+
+    /// A real request read by tiny_http from a real socket, and the client's end.
+    fn request(server: &tiny_http::Server, path: &str) -> (Request, TcpStream) {
+        let mut client = TcpStream::connect(server.server_addr().to_ip().unwrap()).unwrap();
+        write!(client, "GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n").unwrap();
+        let request = server.recv_timeout(Duration::from_secs(10)).unwrap();
+        (request.expect("a request within 10 s"), client)
+    }
+
+    #[test]
+    fn a_page_goes_ahead_of_requests_for_events() {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let (lanes, pages, events) = Lanes::new();
+        let (first, _c1) = request(&server, "/events/long-poll");
+        let (second, _c2) = request(&server, "/socket.io/?EIO=4&transport=polling");
+        let (page, _c3) = request(&server, "/stats");
+        for request in [first, second, page] {
+            assert!(lanes.hand_on(request));
+        }
+        // The page came last and goes first; the others keep their order.
+        assert_eq!(take_next(&pages, &events).unwrap().url(), "/stats");
+        assert_eq!(
+            take_next(&pages, &events).unwrap().url(),
+            "/events/long-poll"
+        );
+        let last = take_next(&pages, &events).unwrap();
+        assert!(last.url().starts_with("/socket.io/"));
+    }
 }

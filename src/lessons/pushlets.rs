@@ -522,7 +522,7 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
                 woke
             }
             // BLOCKS: until a publish on a subscribed subject, or the deadline.
-            None => match session.queue_rx.recv_deadline(deadline) {
+            None => match crate::workarounds::recv_deadline(&session.queue_rx, deadline) {
                 Ok(queued) => Wake::Other(queued),
                 Err(RecvTimeoutError::Timeout) => Wake::Deadline,
                 Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,

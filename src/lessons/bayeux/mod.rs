@@ -600,7 +600,7 @@ fn wait_for_deliveries(client: &Client, deadline: Instant) -> Vec<Message> {
                 woke
             }
             // BLOCKS: until a publish on a subscribed channel, or the deadline.
-            None => match client.queue_rx.recv_deadline(deadline) {
+            None => match crate::workarounds::recv_deadline(&client.queue_rx, deadline) {
                 Ok(outgoing) => Wake::Other(outgoing),
                 Err(RecvTimeoutError::Timeout) => Wake::Deadline,
                 Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,

@@ -281,7 +281,7 @@ impl Session {
                 }
                 // BLOCKS: until the outbox gets packets (a ping from the heartbeat thread at
                 // the latest), or the deadline.
-                None => match self.outbox_rx.recv_deadline(deadline) {
+                None => match crate::workarounds::recv_deadline(&self.outbox_rx, deadline) {
                     Ok(outgoing) => Wake::Other(outgoing),
                     Err(RecvTimeoutError::Timeout) => Wake::Deadline,
                     Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,

@@ -237,7 +237,7 @@ fn write_packets(
         let deadline = Instant::now() + UPGRADE_TIMEOUT;
         loop {
             // BLOCKS: until the reader reports the probe or the upgrade, or the timeout.
-            match from_reader.recv_deadline(deadline) {
+            match crate::workarounds::recv_deadline(from_reader, deadline) {
                 Ok(Probe::Probed) => {
                     if let Err(e) = socket.send(Message::text("3probe")) {
                         return format!("write failed: {e}");
