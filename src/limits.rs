@@ -13,7 +13,7 @@
 //! ```text
 //! start:   descriptor limit 20000 → 65536 (raised: the hard limit allowed it)
 //!          thread budget 16382 (vm.max_map_count 65530 / 4)
-//!          descriptor limit → 2 × (80 % of 16382 − 6000 held − 256) = 13,698, so that
+//!          descriptor limit → 2 × (80 % of 16382 − 6000 held − 1024) = 12,162, so that
 //!          tiny_http's threads (one per connection) plus held requests fit the budget
 //! monitor: every 100 ms, how many descriptors and threads the process holds now
 //!          (counted afresh when 10 ms old, or 2 ms old once past 60 %)
@@ -67,10 +67,12 @@ pub fn capacity() -> &'static Capacity {
         // thread more (a WebSocket: two threads for its two descriptors). So threads stay
         // under fds / 2 + max_parked, plus idle threads waiting a few seconds for more work
         // (tiny_http's and ours): a descriptor limit of 2 × (80 % of the thread budget −
-        // max_parked) keeps the process from starting more threads than its memory mappings
-        // allow; `accept` meets the descriptor limit first, which the lab survives.
+        // max_parked − 1024) keeps the process from starting more threads than its memory
+        // mappings allow; `accept` meets the descriptor limit first, which the lab survives.
+        // The 1,024 are for those idle threads: with 256, floods of 12,000 long polls peaked
+        // at 13,100–15,700 threads of the 16,382, too close (LESSONS.md chapter 13).
         let held = HELD_THREADS.load(Relaxed);
-        let fitting = 2 * (measured.thread_budget * 8 / 10).saturating_sub(held + 256);
+        let fitting = 2 * (measured.thread_budget * 8 / 10).saturating_sub(held + 1024);
         let asked = MAX_FDS.load(Relaxed);
         let cap = if asked > 0 {
             asked.min(fitting)
