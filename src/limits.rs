@@ -27,6 +27,8 @@
 //! 2. `Capacity::spawn_monitor`: a thread samples `/proc/self` so the accept loop can ask
 //!    "near a limit?" without a system call per request.
 //! 3. `Capacity::near_limit`: the gate's question, answered from the last sample.
+//! 4. `give_memory_back`: when a flood has left (threads down to half of their peak, a
+//!    thousand fewer or more), the monitor asks the allocator to return freed pages.
 //!
 //! **What it cannot do**: the gate sees *requests*. A flood of connections that never send a
 //! request is met only by `--idle-timeout` (each is closed after it), because tiny_http
@@ -37,6 +39,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Step 4's trigger: threads down to half their peak, and by a thousand at least (a class
+/// closing its tabs is not a flood).
+fn flood_has_left(busiest: u64, threads: u64) -> bool {
+    busiest >= threads + 1000 && busiest >= threads * 2
+}
 
 /// `--max-fds`: a descriptor limit lower than the machine's, set before `capacity` is first
 /// used (0: none).
@@ -144,10 +152,20 @@ impl Capacity {
         let capacity = self;
         thread::Builder::new()
             .name("monitor".into())
-            .spawn(move || loop {
-                capacity.sample();
-                // BLOCKS: sleeps until the next sample is due; nothing else wakes it.
-                thread::sleep(Duration::from_millis(100));
+            .spawn(move || {
+                let mut busiest = 0;
+                loop {
+                    capacity.sample();
+                    // Step 4: after a flood, give memory back.
+                    let threads = capacity.threads_now.load(Relaxed);
+                    busiest = busiest.max(threads);
+                    if flood_has_left(busiest, threads) {
+                        Capacity::give_memory_back(busiest, threads);
+                        busiest = threads;
+                    }
+                    // BLOCKS: sleeps until the next sample is due; nothing else wakes it.
+                    thread::sleep(Duration::from_millis(100));
+                }
             })?;
         Ok(())
     }
@@ -189,6 +207,26 @@ impl Capacity {
             self.sample();
         }
         self.verdict(self.fds_now.load(Relaxed), self.threads_now.load(Relaxed))
+    }
+
+    /// Step 4. Freed memory stays with the allocator: glibc keeps the pages of its arenas for the
+    /// next allocation, so after a flood of 12,000 connections the lab kept about 100 MiB it no
+    /// longer used (`flood`, chapter 13). `malloc_trim` returns whatever whole pages are free.
+    /// A real server would rather not grow that far: bounded pools, or an allocator that returns
+    /// memory by itself.
+    fn give_memory_back(busiest: u64, threads: u64) {
+        let before = crate::stats::resident_kib();
+        // SAFETY: no arguments but a size to keep; glibc locks its arenas itself.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let after = crate::stats::resident_kib();
+        log::info!(
+            "threads down from {busiest} to {threads}: resident memory {} → {} MiB",
+            before.unwrap_or(0) / 1024,
+            after.unwrap_or(0) / 1024
+        );
     }
 
     /// The gate's rule itself: above `GATE_PERCENT` of either limit, say which.
@@ -298,5 +336,14 @@ mod tests {
         let capacity = Capacity::measure();
         assert!(capacity.fd_limit >= capacity.fd_limit_at_start);
         assert!(capacity.thread_budget > 100);
+    }
+
+    #[test]
+    fn memory_is_given_back_once_a_flood_has_left_not_when_a_class_leaves() {
+        assert!(flood_has_left(13_000, 30));
+        assert!(flood_has_left(2_000, 1_000));
+        assert!(!flood_has_left(1_900, 1_000), "not down by a thousand");
+        assert!(!flood_has_left(5_000, 3_000), "not down to half");
+        assert!(!flood_has_left(120, 20), "a class closing its tabs");
     }
 }

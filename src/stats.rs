@@ -146,6 +146,15 @@ pub fn live_threads() -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+/// Resident memory of this process in KiB, from `/proc/self/status` (Linux); `None` elsewhere.
+pub fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|n| n.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Open file descriptors (tiny_http holds two per connection); `None` off Linux.
 ///
 /// Linux 6.2 and later report the count as the size of `/proc/self/fd`: one `stat`, however
