@@ -44,7 +44,7 @@ static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
 pub struct Requests {
     /// Pages, `/stats`, publishing: whatever is answered at once.
     pages: Receiver<Request>,
-    /// Requests for events (the ones that may be held), bounded.
+    /// Requests for events (the ones that may be held).
     events: Receiver<Request>,
     /// Where every server (on every listener) sends what it reads.
     lanes: Lanes,
@@ -61,13 +61,13 @@ pub struct Requests {
 /// measured with `flood`). So requests that are answered at once take their own lane, which
 /// the accept loop empties first.
 ///
-/// Both lanes are unbounded channels, and still bounded: tiny_http reads a connection's next
-/// request only once the previous one is answered, so each waiting request holds a connection
-/// of its own, and connections are bounded by the descriptor limit (`limits`). They replace
-/// tiny_http's own queue, which is unbounded in the same way. (Refusing requests for events
-/// once 1,024 waited was tried: `/stats` answered as fast, but the lab's thread peak rose from
-/// 13,100–13,600 to 15,200–15,700 of the ~16,380 it may have, in four floods of 12,000 long
-/// polls; too close.)
+/// Both lanes are unbounded, like the queue inside tiny_http that they take over from (before
+/// them, a bounded channel here only moved the waiting into tiny_http's queue). What waits in
+/// them is what clients have sent and the accept loop has not yet taken: one request per
+/// connection, or a few more from a client that pipelines, and connections are bounded by the
+/// descriptor limit (`limits`). (Refusing requests for events once 1,024 waited was tried:
+/// `/stats` answered as fast, but the lab's thread peak rose from 13,100–13,600 to
+/// 15,200–15,700 of the ~16,380 it may have, in four floods of 12,000 long polls.)
 #[derive(Clone)]
 struct Lanes {
     pages: Sender<Request>,
@@ -370,7 +370,7 @@ pub fn answer_pump(request: Request) {
 /// one event on two cores, every handler that finishes yields four times on its way back to
 /// sleep, each yield a context switch while others wait to run. `perf record -e
 /// sched:sched_switch` on the lab during `latency long-poll 1000` counted 146,000 switches in
-/// 4 s, 96,000 of them these yields (a quarter of the lab's CPU). Its `Select` registers and
+/// 4 s, 96,000 of them these yields (a quarter of the lab's CPU). crossbeam's `Select` registers and
 /// sleeps with no spin, so this waits through `Select`: the switches halved, and long poll's
 /// p50 / p99 went from 42 / 88 to 35 / 71 ms (medians of three interleaved runs; CPU 58 → 49 %).
 /// Test: `crossbeam_recv_yields_before_sleeping_and_recv_deadline_does_not` (below).
@@ -454,10 +454,10 @@ mod tests {
             }
             involuntary_switches() - before
         });
-        let switches = waiter.join().unwrap();
+        let switches = waiter.join();
         stop.store(true, Relaxed);
         busy.join().unwrap();
-        switches
+        switches.unwrap()
     }
 
     #[test]
