@@ -48,6 +48,9 @@ pub struct Config {
     pub ws_addr: Option<String>,
     /// Connections for events one client address may hold at once (a classroom's fair share).
     pub max_per_client: usize,
+    /// `--handlers N`: at most N handler threads, a fixed pool like a servlet container's
+    /// (0, the default: as many as the requests need, up to the limits).
+    pub handlers: usize,
     /// The second HTTP port, another origin for the cross-origin lessons; `None`: the HTTP
     /// port + 2 (or any port for port 0).
     pub other_addr: Option<String>,
@@ -109,6 +112,7 @@ impl Default for Config {
             ws_addr: None,
             other_addr: None,
             max_per_client: 50,
+            handlers: 0,
             generator: Some(0..=5000),
             history: 1024,
             buffer: 64,
@@ -151,6 +155,8 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --max-fds N            lower the descriptor limit to N, to watch the lab meet its limits
   --parking MODE         how long polls wait: thread (a sleeping thread each, default)
                          or queue (a waiting list answered by one dispatcher thread)
+  --handlers N           a fixed pool of N handler threads, as in a servlet container
+                         (default 0: as many as the requests need; chapter 4, Pitfalls)
   --max-body BYTES       largest request body (default 65536)
   --socket-io-ping-interval MS   Engine.IO pings every MS (default 25000)
   --socket-io-ping-timeout MS    ...and closes a session whose pong is later (default 20000)
@@ -214,6 +220,7 @@ impl Config {
                 "--ws-addr" => config.ws_addr = Some(value()?),
                 "--other-addr" => config.other_addr = Some(value()?),
                 "--max-per-client" => config.max_per_client = parse_number(&flag, &value()?)?,
+                "--handlers" => config.handlers = parse_number(&flag, &value()?)?,
                 "--generator" => config.generator = parse_range(&value()?)?,
                 "--history" => config.history = parse_number(&flag, &value()?)?,
                 "--max-parked" => config.max_parked = parse_number(&flag, &value()?)?,

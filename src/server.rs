@@ -8,7 +8,8 @@
 //!    requests for events, so a flood of long polls does not keep the teacher from `/stats`.
 //! 2. The `accept` thread gives each parsed request a handler thread of its own for as long as
 //!    it runs: one that finished a request and waits for the next (`IdleHandlers`, the servlet
-//!    container's worker pool), or a new `handler-N` thread; near the process's own limits
+//!    container's worker pool), or a new `handler-N` thread (with `--handlers N`, a fixed
+//!    pool: it waits for one of the N to be free); near the process's own limits
 //!    (`limits`), it answers requests for events with 503 instead.
 //! 3. `route` matches method and path and calls the lesson. Quick lessons answer and return;
 //!    long polls and streams *park* on that thread, holding the request.
@@ -29,8 +30,8 @@ use serde_json::json;
 use std::io;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
@@ -193,12 +194,20 @@ fn accept_loop(lab: Arc<Lab>, requests: workarounds::Requests) {
             }
         }
         let id = next_id.fetch_add(1, Relaxed);
+        // A fixed pool (`--handlers N`), all N threads busy: this request waits for one, and
+        // every request behind it waits too. Parked long polls can hold all N, and then the
+        // publish that would wake them cannot get in: the Comet-era servlet container's
+        // failure (chapter 4, Pitfalls; the waiting room frees its threads and escapes it).
+        if lab.config.handlers > 0 {
+            idle.wait_for_a_free_thread(lab.config.handlers);
+        }
         // The handler thread that went idle last, if any; else a new one.
         let Some((id, request)) = idle.hand_over(id, request) else {
             continue;
         };
-        let (lab, idle) = (lab.clone(), idle.clone());
+        let (lab, pool) = (lab.clone(), idle.clone());
         let n = next_thread.fetch_add(1, Relaxed);
+        idle.alive.fetch_add(1, Relaxed);
         let spawned = thread::Builder::new()
             .name(format!("handler-{n}"))
             .spawn(move || {
@@ -207,10 +216,13 @@ fn accept_loop(lab: Arc<Lab>, requests: workarounds::Requests) {
                     handle(&lab, id, request);
                     // BLOCKS: idle, until the accept loop hands this thread another request,
                     // or 10 s pass and it ends.
-                    next = idle.wait_for_work(n);
+                    next = pool.wait_for_work(n);
                 }
+                pool.alive.fetch_sub(1, Relaxed);
+                pool.went_idle.notify_one();
             });
         if let Err(e) = spawned {
+            idle.alive.fetch_sub(1, Relaxed);
             // The request went down with the closure; tiny_http closes its connection.
             log::error!("no thread for req {id}: {e} (raise ulimit -u, or lower --max-parked)");
         }
@@ -228,9 +240,27 @@ type Job = (u64, Request);
 #[derive(Default)]
 struct IdleHandlers {
     stack: Mutex<Vec<(u64, Sender<Job>)>>,
+    /// Signalled when a thread joins the stack (a fixed pool's accept loop waits for it).
+    went_idle: Condvar,
+    /// Handler threads alive, busy or idle.
+    alive: AtomicUsize,
 }
 
 impl IdleHandlers {
+    /// A fixed pool of `size` threads, all alive and none idle: wait until one finishes its
+    /// request. Every request behind this one waits too, pages and publishes included.
+    fn wait_for_a_free_thread(&self, size: usize) {
+        let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
+        while stack.is_empty() && self.alive.load(Relaxed) >= size {
+            // BLOCKS: until a handler thread finishes its request (or one ends, idle).
+            stack = self
+                .went_idle
+                .wait_timeout(stack, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Give the request to the newest idle thread; `Some` gives it back when there is none.
     fn hand_over(&self, id: u64, request: Request) -> Option<Job> {
         let newest = self.stack.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -249,6 +279,7 @@ impl IdleHandlers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((n, worker));
+        self.went_idle.notify_one();
         // BLOCKS: until `hand_over` sends a request, or 10 s pass.
         if let Ok(job) = workarounds::recv_deadline(&work, Instant::now() + Duration::from_secs(10))
         {

@@ -398,3 +398,49 @@ fn a_keep_alive_connection_serves_the_next_poll_after_a_long_hold() {
         "answered at once: keep-alive"
     );
 }
+
+/// `--handlers 2`: a fixed pool of handler threads, as in a servlet container whose requests
+/// cannot be suspended (chapter 4, Pitfalls).
+mod fixed_pool {
+    use super::*;
+    use reverse_ajax_lab::ParkingMode;
+    use std::time::{Duration, Instant};
+
+    /// Two long polls (3 s deadlines) parked in a lab with two handler threads; then a
+    /// publish. How long the publish took, and what the long polls got.
+    fn park_two_then_publish(parking: ParkingMode) -> (Duration, Vec<Vec<u64>>) {
+        let lab = start_lab_with(|c| {
+            c.handlers = 2;
+            c.parking = parking;
+        });
+        let addr = lab.addr();
+        let polls: Vec<_> = (0..2)
+            .map(|_| long_poll(addr, "/events/long-poll?since=0&timeout=3"))
+            .collect();
+        // Read in-process: with both threads held, /stats itself would wait for one.
+        wait_until("both long polls are held", || {
+            lab.lab.stats.parked.get() == 2
+        });
+        let started = Instant::now();
+        publish(addr, "wake up").unwrap();
+        let took = started.elapsed();
+        let got = polls.into_iter().map(|p| ids(&p.join().unwrap())).collect();
+        (took, got)
+    }
+
+    #[test]
+    fn parked_long_polls_that_fill_the_pool_keep_out_the_publish_that_would_wake_them() {
+        let (took, got) = park_two_then_publish(ParkingMode::Thread);
+        // The publish waited for a thread until the long polls gave up at their deadline...
+        assert!(took >= Duration::from_secs(2), "published after {took:?}");
+        // ...so they answered empty: the event they waited for could not get in.
+        assert_eq!(got, vec![Vec::<u64>::new(), Vec::new()]);
+    }
+
+    #[test]
+    fn in_the_waiting_room_the_same_pool_stays_free_and_the_publish_wakes_them() {
+        let (took, got) = park_two_then_publish(ParkingMode::Queue);
+        assert!(took < Duration::from_secs(2), "published after {took:?}");
+        assert_eq!(got, vec![vec![1], vec![1]]);
+    }
+}
