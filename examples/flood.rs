@@ -12,7 +12,9 @@
 //!
 //! Kinds: `idle` (connect, send nothing), `long-poll`, `stream` (SSE), `websocket`. The lab
 //! runs as a child process with its default limits (plus `--lab-args`); this process raises
-//! its own descriptor limit to hold its half of every connection.
+//! its own descriptor limit to hold its half of every connection. Its log (errors only) goes
+//! to `/tmp/lab-bench-PID.log`; `LAB_RUST_LOG=info` there shows the supervisor replacing
+//! tiny_http and the door opening and closing.
 
 mod common;
 
@@ -88,6 +90,32 @@ fn sample(lab: &ChildLab) -> Option<Sample> {
         fds: std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64,
         rss_kib: field("VmRSS:")?,
     })
+}
+
+/// The lab's threads by name, digits left out (`handler ×3601, http-supervisor ×6`): what
+/// was left behind. The lab names all of its own; tiny_http's threads take the name of the
+/// thread that started them (the first server's, the main thread's: `flood`; a replacement's,
+/// `http-supervisor` or `other-supervisor`, cut to 15 letters by Linux).
+fn thread_names(lab: &ChildLab) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", lab.pid()));
+    for task in tasks.into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let name: String = comm
+            .trim()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        let name = name.trim_end_matches('-').to_string();
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    counts
+        .iter()
+        .map(|(name, n)| format!("{name} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How long `path` takes to answer now (None: it did not, within 5 s).
@@ -203,7 +231,12 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
         Some(a) if a.threads <= before.threads + 4 && a.fds <= before.fds + 4 => {
             format!("yes, in {:.1} s", started.elapsed().as_secs_f64())
         }
-        Some(a) => format!("no: {} threads, {} fds", a.threads, a.fds),
+        Some(a) => format!(
+            "no: {} threads ({}), {} fds",
+            a.threads,
+            thread_names(lab),
+            a.fds
+        ),
         None => "no answer".into(),
     };
     let mib = |kib: u64| kib as f64 / 1024.0;

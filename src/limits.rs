@@ -33,7 +33,8 @@
 //! **What it cannot do**: the gate sees *requests*. A flood of connections that never send a
 //! request is met only by `--idle-timeout` (each is closed after it), because tiny_http
 //! accepts every connection before the lab sees anything. A real server owns its accept loop
-//! and refuses there; chapter 13 measures where that leaves this lab.
+//! and refuses there; the lab does so only once tiny_http has run out (`workarounds::door`),
+//! and chapter 13 measures where that leaves it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;

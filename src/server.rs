@@ -120,6 +120,7 @@ impl RunningLab {
             addr,
             accept_restarts: requests.restarts.clone(),
             accept_idle_replacements: requests.idle_replacements.clone(),
+            door: requests.door.clone(),
             socket_io: lessons::socket_io::SocketIo::new(socket_io),
             bayeux: lessons::bayeux::Bayeux::new(bayeux),
             pushlets: Default::default(),
@@ -147,6 +148,8 @@ impl RunningLab {
         workarounds::spawn_pump(addr, "pump")
             .and_then(|()| workarounds::spawn_pump(other_addr, "pump-other"))
             .map_err(|e| format!("cannot start the pump thread: {e}"))?;
+        let door_lab = Arc::downgrade(&lab);
+        requests.answer_at_the_door(move |knock| answer_at_the_door(&*door_lab.upgrade()?, knock));
         let accept_lab = lab.clone();
         let accept = thread::Builder::new()
             .name("accept".into())
@@ -388,10 +391,7 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         ),
         (Method::Post, "/publish") => publish(lab, request),
         (Method::Get, "/assets/lab.js") => {
-            // The other origin's port first (the pages' `lab.otherOrigin()` needs it).
-            let port = lab.other_addr.port();
-            let script = format!("const LAB_OTHER_PORT = {port};\n{}", lessons::LAB_JS);
-            asset(lab, request, "application/javascript", &script)
+            asset(lab, request, "application/javascript", &lab_js(lab))
         }
         (Method::Get, "/assets/lab.css") => asset(lab, request, "text/css", lessons::LAB_CSS),
         // Browsers ask for it on every page; "nothing here" beats a 404 in every log.
@@ -477,8 +477,14 @@ fn read_event_data(lab: &Lab, request: &mut Request) -> Result<String, HttpError
 /// `GET /stats`: what the server holds now, and what each lesson has cost.
 fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
     let counters = lab.count("stats");
+    let value = stats_json(lab, http::header(&request, "Host"));
+    http::write_json(request, &value, &counters)
+}
+
+/// What `/stats` shows; `host` is the `Host` the browser sent.
+fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
     let s = &lab.stats;
-    let value = json!({
+    json!({
         // Not counting the thread answering this request.
         "connections": s.connections.get().saturating_sub(1) + s.websockets.get(),
         "parked": s.parked.get(),
@@ -497,7 +503,7 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         // As the browser reached the lab: its Host, never the bind address (a classroom).
         "websocket": format!(
             "ws://{}:{}/events/ws",
-            crate::classroom::public_host(http::header(&request, "Host"), lab.addr),
+            crate::classroom::public_host(host, lab.addr),
             lab.websocket_port()
         ),
         "other_port": lab.other_addr.port(),
@@ -510,18 +516,33 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
         "slow_consumers": s.slow_consumers.load(Relaxed),
         "accept_restarts": lab.accept_restarts.load(Relaxed),
         "accept_idle_replacements": lab.accept_idle_replacements.load(Relaxed),
+        "door": {
+            "answered": lab.door.answered.load(Relaxed),
+            "refused": lab.door.refused.load(Relaxed),
+        },
         "limits": crate::limits::capacity().to_json(),
         "refused_near_limits": s.refused_near_limits.load(Relaxed),
         "idle_timeout_secs": lab.config.idle_timeout.as_secs(),
         "write_timeout_secs": lab.config.write_timeout.as_secs(),
         "lessons": s.lessons_json(),
-    });
-    http::write_json(request, &value, &counters)
+    })
 }
 
 /// `GET /`: every lesson (or the one an example serves) with its one-line idea.
 fn index(lab: &Lab, request: Request) -> io::Result<()> {
     let counters = lab.count("index");
+    let body = index_html(lab);
+    http::write_response(
+        request,
+        200,
+        "text/html; charset=utf-8",
+        &[],
+        body.as_bytes(),
+        &counters,
+    )
+}
+
+fn index_html(lab: &Lab) -> String {
     let mut items = String::new();
     for lesson in LESSONS
         .iter()
@@ -559,17 +580,9 @@ fn index(lab: &Lab, request: Request) -> io::Result<()> {
     } else {
         String::new()
     };
-    let body = lessons::INDEX_HTML
+    lessons::INDEX_HTML
         .replace("{{classroom}}", &classroom)
-        .replace("{{lessons}}", &items);
-    http::write_response(
-        request,
-        200,
-        "text/html; charset=utf-8",
-        &[],
-        body.as_bytes(),
-        &counters,
-    )
+        .replace("{{lessons}}", &items)
 }
 
 fn lesson_page(lab: &Lab, request: Request, name: &str) -> io::Result<()> {
@@ -584,6 +597,38 @@ fn lesson_page(lab: &Lab, request: Request, name: &str) -> io::Result<()> {
             &counters,
         ),
         _ => HttpError::new(404, format!("no lesson named {name:?}")).reply(request, &counters),
+    }
+}
+
+/// The pages' script, the other origin's port first (`lab.otherOrigin()` needs it).
+fn lab_js(lab: &Lab) -> String {
+    let port = lab.other_addr.port();
+    format!("const LAB_OTHER_PORT = {port};\n{}", lessons::LAB_JS)
+}
+
+/// What the lab answers at the door, while tiny_http cannot accept (`workarounds::door`):
+/// `/stats` and the pages, so the teacher still sees the lab; `None` (503) for the rest.
+fn answer_at_the_door(lab: &Lab, knock: &workarounds::Knock) -> Option<workarounds::Answer> {
+    const HTML: &str = "text/html; charset=utf-8";
+    if knock.method != "GET" {
+        return None;
+    }
+    let page = |body: &str| Some((200, HTML, body.as_bytes().to_vec()));
+    match knock.path.as_str() {
+        "/stats" => {
+            let json = stats_json(lab, knock.host.as_deref()).to_string();
+            Some((200, "application/json", json.into_bytes()))
+        }
+        "/" => page(&index_html(lab)),
+        "/teacher" => page(include_str!("../html/teacher.html")),
+        "/assets/lab.js" => Some((200, "application/javascript", lab_js(lab).into_bytes())),
+        "/assets/lab.css" => Some((200, "text/css", lessons::LAB_CSS.as_bytes().to_vec())),
+        path => {
+            let name = path.strip_prefix("/lessons/")?;
+            let lesson = LESSONS.iter().find(|l| l.name == name)?;
+            let shown = lab.config.only.is_none_or(|only| only == name);
+            shown.then(|| (200, HTML, lesson.page.as_bytes().to_vec()))
+        }
     }
 }
 

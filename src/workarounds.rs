@@ -21,6 +21,10 @@
 //!    once its connections can send nothing more (test:
 //!    `an_idle_lab_keeps_serving_after_its_accept_times_out`).
 //!
+//!    While descriptors are short and no tiny_http server accepts, the supervisor keeps
+//!    **the door** (`door`): it accepts the waiting connections itself with a descriptor
+//!    kept spare, answers `/stats` and the pages, and refuses the rest with 503.
+//!
 //!    The thread that passes a server's requests on also sorts them into two lanes (`Lanes`),
 //!    so that under a flood of requests for events `/stats` and the pages still go first.
 //! 3. **The receive that spins before it sleeps** (`recv_deadline`): crossbeam's `recv` calls
@@ -35,6 +39,9 @@ use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
+
+mod door;
+pub use door::{Answer, DoorCounts, Knock};
 
 /// Panics seen on tiny_http's threads (the only unnamed threads in this process: every thread
 /// the lab starts has a name).
@@ -53,6 +60,10 @@ pub struct Requests {
     pub idle_replacements: Arc<AtomicU64>,
     /// How many times tiny_http's accept thread died and a new server took over.
     pub restarts: Arc<AtomicU64>,
+    /// What the door answers while tiny_http cannot accept (`answer_at_the_door`).
+    answers: door::Answers,
+    /// What the door did.
+    pub door: Arc<DoorCounts>,
 }
 
 /// The two lanes from tiny_http's threads to the accept loop. Under a flood of requests for
@@ -105,6 +116,8 @@ impl Requests {
             idle_timeout,
             idle_replacements: Arc::new(AtomicU64::new(0)),
             restarts: Arc::new(AtomicU64::new(0)),
+            answers: Arc::default(),
+            door: Arc::default(),
         };
         requests.also_serve(listener, "http")?;
         Ok(requests)
@@ -122,11 +135,20 @@ impl Requests {
         };
         generation.serve(&listener, 0)?;
         let counts = (self.restarts.clone(), self.idle_replacements.clone());
+        let door = door::Door::new(self.answers.clone(), self.door.clone());
         thread::Builder::new()
             .name(format!("{name}-supervisor"))
-            .spawn(move || supervise(listener, generation, stops, counts))
+            .spawn(move || supervise(listener, generation, stops, counts, door))
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
         Ok(())
+    }
+
+    /// What the lab answers at the door (until this is called, the door refuses everything).
+    pub fn answer_at_the_door(
+        &self,
+        answer: impl Fn(&Knock) -> Option<Answer> + Send + Sync + 'static,
+    ) {
+        let _ = self.answers.set(Box::new(answer));
     }
 
     /// The next request, from whichever server read it: a page before any request for events.
@@ -211,11 +233,13 @@ impl Generation {
 /// Wait for a server to stop accepting (an error it reported, or a panic on a tiny_http
 /// thread), then start the next one, once descriptors are below 90 % of the limit again
 /// (`--idle-timeout` closes idle connections meanwhile), so it does not die at once too.
+/// Until then, keep the door.
 fn supervise(
     listener: TcpListener,
     generation_of: Generation,
     stops: Receiver<(u64, bool)>,
     (restarts, idle_replacements): (Arc<AtomicU64>, Arc<AtomicU64>),
+    mut door: door::Door,
 ) {
     let mut panics_seen = TINY_HTTP_PANICS.load(Relaxed);
     let mut generation = 0;
@@ -232,10 +256,10 @@ fn supervise(
         generation += 1;
         loop {
             let capacity = crate::limits::capacity();
-            while capacity.fds_fresh() * 10 > capacity.fd_limit * 9 {
-                // BLOCKS: sleeps until descriptors have been given back.
-                thread::sleep(Duration::from_millis(100));
-            }
+            // BLOCKS: answers at the door until descriptors have been given back.
+            door.keep_while(&listener, || {
+                capacity.fds_fresh() * 10 > capacity.fd_limit * 9
+            });
             match generation_of.serve(&listener, generation) {
                 Ok(()) => break,
                 Err(e) => log::error!("{e}; trying again"),

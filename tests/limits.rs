@@ -94,6 +94,56 @@ fn the_lab_recovers_when_tiny_http_stops_accepting() {
     });
 }
 
+/// While the flood holds every descriptor and no tiny_http server accepts, the supervisor
+/// keeps the door (`workarounds::door`): it accepts the waiting connections itself with a
+/// descriptor kept spare, answers `/stats` and the pages at once, and refuses the rest with
+/// 503 and `Retry-After`. (Before it, they all waited in the kernel's backlog until the idle
+/// timeout freed descriptors: a minute here.)
+#[test]
+fn at_the_descriptor_limit_the_door_answers_stats_and_refuses_the_rest_with_503() {
+    let lab = ChildLab::start(&["--max-fds", "200", "--idle-timeout", "60"]);
+    let addr = lab.addr;
+    let flood: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert!(flood.len() > 100);
+    wait_until("the flood has taken the descriptors", || {
+        lab.fds_from_proc() >= 190
+    });
+    // The teacher's view answers, from the door.
+    let started = std::time::Instant::now();
+    let answer = get(addr, "/stats").unwrap();
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.header("X-Lab-Door").is_some(), "{answer:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "/stats took {took:?}"
+    );
+    let s: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert!(
+        s["door"]["refused"].as_u64() >= Some(1),
+        "the idle flood's waiting connections were refused first: {s}"
+    );
+    assert_eq!(get(addr, "/lessons/sse").unwrap().status, 200);
+    assert_eq!(get(addr, "/assets/lab.js").unwrap().status, 200);
+    // Requests for events, and anything else, are refused cleanly.
+    let refused = get(addr, "/events/long-poll?timeout=5").unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("Retry-After"), Some("2"));
+    assert_eq!(refused.header("Connection"), Some("close"));
+    let refused = reverse_ajax_lab::client::post(addr, "/publish", "text/plain", "x").unwrap();
+    assert_eq!(refused.status, 503, "publishing is not done at the door");
+    // The flood leaves: tiny_http takes the port back, and events are served again.
+    drop(flood);
+    wait_until("events are served again, not at the door", || {
+        get(addr, "/events/poll").is_ok_and(|r| r.status == 200 && r.header("X-Lab-Door").is_none())
+    });
+    let s = stats(&lab);
+    assert!(s["door"]["answered"].as_u64() >= Some(3), "{s}");
+    assert!(s["accept_restarts"].as_u64() >= Some(1), "{s}");
+}
+
 /// The listener's read timeout (which accepted sockets inherit) also bounds `accept`: with no
 /// connection for `--idle-timeout`, tiny_http's accept thread ends. That is routine: a new
 /// server takes over, the old one's thread ends, and the lab keeps serving without growing.

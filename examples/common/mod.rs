@@ -48,7 +48,11 @@ impl ChildLab {
             ])
             .args(["--generator", "off"])
             .args(extra)
-            .env("RUST_LOG", "error")
+            // LAB_RUST_LOG=info (or debug) for more than errors in the log file.
+            .env(
+                "RUST_LOG",
+                std::env::var("LAB_RUST_LOG").unwrap_or("error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
