@@ -30,6 +30,8 @@ pub struct Lab {
     pub accept_restarts: Arc<AtomicU64>,
     /// How often it ended, routinely, because no connection came for `--idle-timeout`.
     pub accept_idle_replacements: Arc<AtomicU64>,
+    /// Parked long polls waiting to hear that their client left (`workarounds::departures`).
+    pub departures: Arc<crate::workarounds::Departures>,
     /// What the door answered and refused while tiny_http could not accept.
     pub door: Arc<crate::workarounds::DoorCounts>,
     /// Every Socket.IO session (`lessons::socket_io`).

@@ -106,6 +106,8 @@ impl RunningLab {
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
         }
         let websocket = lessons::websocket::listen(&config, requested, addr)?;
+        let departures = workarounds::Departures::start(vec![addr.port(), other_addr.port()])
+            .map_err(|e| format!("cannot start the departures thread: {e}"))?;
         let socket_io = config.socket_io.clone();
         let bayeux = config.bayeux.clone();
         let lab = Arc::new(Lab {
@@ -121,6 +123,7 @@ impl RunningLab {
             accept_restarts: requests.restarts.clone(),
             accept_idle_replacements: requests.idle_replacements.clone(),
             door: requests.door.clone(),
+            departures,
             socket_io: lessons::socket_io::SocketIo::new(socket_io),
             bayeux: lessons::bayeux::Bayeux::new(bayeux),
             pushlets: Default::default(),
@@ -514,6 +517,7 @@ fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
         "heartbeat_secs": lab.config.heartbeat.as_secs(),
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
         "slow_consumers": s.slow_consumers.load(Relaxed),
+        "departed": lab.departures.seen.load(Relaxed),
         "accept_restarts": lab.accept_restarts.load(Relaxed),
         "accept_idle_replacements": lab.accept_idle_replacements.load(Relaxed),
         "door": {

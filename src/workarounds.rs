@@ -30,6 +30,10 @@
 //! 3. **The receive that spins before it sleeps** (`recv_deadline`): crossbeam's `recv` calls
 //!    `sched_yield` a few times before sleeping, a context switch each when threads are many.
 //!    Test: `crossbeam_recv_yields_before_sleeping_and_recv_deadline_does_not` (below).
+//! 4. **The parked request that cannot see its client leave** (`departures`): tiny_http
+//!    reads the FIN but cannot tell the handler; a thread reads the kernel's connection table
+//!    and wakes parked long polls whose client closed.
+//!    Test: `a_client_that_hangs_up_is_released_long_before_its_deadline` (tests/long_polling.rs).
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::io::{self, Write};
@@ -40,7 +44,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
+mod departures;
 mod door;
+pub use departures::{Departures, Watch};
 pub use door::{Answer, DoorCounts, Knock};
 
 /// Panics seen on tiny_http's threads (the only unnamed threads in this process: every thread

@@ -24,7 +24,8 @@
 //!    *park*: the thread sleeps on its subscription channel, holding the request. (With
 //!    `--parking queue` the request goes to the waiting room instead and the thread ends: see
 //!    `crate::waiting_room`.)
-//! 4. Wake on an event or the deadline.
+//! 4. Wake on an event, the deadline, or word that the client closed its connection (then
+//!    let go of the request unanswered: see `crate::workarounds::departures`).
 //! 5. Answer with every event after the cursor (or none at the deadline). A request held past
 //!    `--idle-timeout` is answered with `Connection: close` (see `Answer::write`).
 //!
@@ -35,19 +36,22 @@
 //!
 //! **What it costs**: one request per event (or per deadline when nothing happens), and one
 //! parked thread per waiting client (plus tiny_http's connection thread: two threads and two
-//! file descriptors per client here). A held request cannot see its client leave: a client that
-//! vanishes costs its thread until the deadline. Proxies that time out idle requests need the
-//! deadline below their limit.
+//! file descriptors per client here). A held request cannot see its client leave by itself: it
+//! sleeps on its subscription, not its socket. The lab's departures thread reads the kernel's
+//! table of connections once a second and wakes it; a client that vanishes without closing
+//! (no FIN) still costs its thread until the deadline. Proxies that time out idle requests
+//! need the deadline below their limit.
 //!
 //! **Try it**: `cargo run --example long_polling`, open
 //! <http://127.0.0.1:8080/lessons/long_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll?timeout=60'` and publish from another shell.
 
 use crate::http::{self, HttpError, Query};
-use crate::hub::{Backlog, Subscription};
+use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use crate::stats::{Held, LessonCounters};
+use crate::workarounds::Watch;
 use crate::ParkingMode;
 use std::io;
 use std::time::{Duration, Instant};
@@ -63,8 +67,10 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
             answer.write(request, &backlog, cursor, &counters)
         }
         Parking::Parked(parked) => {
-            // 4. BLOCKS until an event or the deadline.
-            let (request, backlog, cursor) = parked.wait_for_events();
+            // 4. BLOCKS until an event, the deadline, or the client closing its connection.
+            let Some((request, backlog, cursor)) = parked.wait_for_events() else {
+                return Ok(()); // the client left: nobody to answer
+            };
             // 5.
             answer.write(request, &backlog, cursor, &counters)
         }
@@ -149,31 +155,41 @@ pub struct ParkedRequest<'lab> {
     pub request: Request,
     subscription: Subscription,
     deadline: Instant,
+    /// Told if the client closes its connection (`workarounds::departures`).
+    departure: Option<Watch<'lab>>,
     _held: Held<'lab>,
 }
 
 impl ParkedRequest<'_> {
-    /// Step 4. BLOCKS until the hub sends an event into our subscription or the deadline
-    /// passes. Returns the request to answer, the events (none at the deadline), and the cursor
-    /// they follow.
-    pub fn wait_for_events(self) -> (Request, Backlog, u64) {
+    /// Step 4. BLOCKS until the hub sends an event into our subscription, the deadline
+    /// passes, or the departures thread says the client closed its connection. Returns the
+    /// request to answer, the events (none at the deadline), and the cursor they follow;
+    /// `None` if the client left (the request and its thread are let go at once).
+    pub fn wait_for_events(self) -> Option<(Request, Backlog, u64)> {
         let ParkedRequest {
             request,
             mut subscription,
             deadline,
+            departure,
             _held,
         } = self;
         let cursor = subscription.cursor();
         let me = thread_name();
         log::debug!("{me} parked after event {cursor}");
-        match subscription.wait_for_events(deadline) {
-            Some(backlog) => {
+        let never = crossbeam_channel::never();
+        let left = departure.as_ref().map_or(&never, |watch| &watch.left);
+        match subscription.wait_for_events_or(left, deadline) {
+            Wake::Events(backlog) => {
                 log::debug!("{me} woken by {} events", backlog.events.len());
-                (request, backlog, cursor)
+                Some((request, backlog, cursor))
             }
-            None => {
+            Wake::Other(()) | Wake::OtherGone => {
+                log::debug!("{me} its client closed the connection: letting go, unanswered");
+                None
+            }
+            Wake::Deadline => {
                 log::debug!("{me} deadline passed, answering empty");
-                (request, Backlog::default(), cursor)
+                Some((request, Backlog::default(), cursor))
             }
         }
     }
@@ -238,10 +254,14 @@ pub fn park<'lab>(
     let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
     };
+    let departure = request
+        .remote_addr()
+        .map(|peer| lab.departures.watch(*peer));
     Parking::Parked(ParkedRequest {
         request,
         subscription,
         deadline,
+        departure,
         _held: held,
     })
 }

@@ -50,8 +50,10 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
             answer.write(request, &backlog, cursor, &counters)
         }
         Parking::Parked(parked) => {
-            // BLOCKS until an event or the deadline.
-            let (request, backlog, cursor) = parked.wait_for_events();
+            // BLOCKS until an event, the deadline, or the client closing its connection.
+            let Some((request, backlog, cursor)) = parked.wait_for_events() else {
+                return Ok(()); // the client left: nobody to answer
+            };
             answer.write(request, &backlog, cursor, &counters)
         }
         Parking::Queued => Ok(()),

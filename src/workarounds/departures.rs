@@ -1,0 +1,232 @@
+//! Workaround 4: **the parked request that cannot see its client leave** (tiny_http keeps
+//! the socket to itself).
+//!
+//! A parked long poll sleeps on its subscription, not on its socket. When the client closes
+//! the connection (a tab closed, `curl` stopped with Ctrl-C), its FIN reaches tiny_http's
+//! reading thread, which sees the end and stops, but tiny_http has no way to tell the handler:
+//! the parked thread held its request, its thread and two descriptors until the deadline (up to
+//! 120 s; after a flood, thousands at once: LESSONS.md chapter 13). An event loop is told
+//! (`EPOLLRDHUP`); so is a servlet container (`AsyncListener`). Here, nobody hands us the
+//! socket to watch.
+//!
+//! The kernel knows, though: a connection whose client sent FIN and that the server has not
+//! closed yet is in state `CLOSE_WAIT`, and `/proc/net/tcp` lists every connection with its
+//! state and both addresses. So a `departures` thread reads that table once a second while
+//! requests are parked, and wakes each parked request whose client's address it finds there.
+//!
+//! ```text
+//! GET /events/long-poll?timeout=120   (from 127.0.0.1:51234; req-7 parks, and asks to be told)
+//! (the client closes: FIN)
+//! /proc/net/tcp: 0100007F:1F90 0100007F:C822 08 …   (08: CLOSE_WAIT, from 127.0.0.1:51234)
+//! departures: wakes req-7, which lets go of its request (nothing to answer) and its thread
+//! ```
+//!
+//! 1. `Departures::watch`: a parked request registers its client's address and gets a
+//!    `Watch`, a channel it waits on beside its subscription; dropping the `Watch` ends it.
+//! 2. `Departures::look`: the thread's round: the addresses in `CLOSE_WAIT` on the lab's
+//!    ports, and a message to each watch among them.
+//! 3. `closed_by_clients`: parse `/proc/net/tcp` and `/proc/net/tcp6`.
+//!
+//! What it cannot see: a client that vanished without a FIN (a pulled cable, a sleeping
+//! laptop); only the deadline frees those, as in any server. And it takes a half-closed
+//! client (one that sent its request, then `shutdown(Write)`, and still reads) for gone, as
+//! nginx does by default. Linux only: elsewhere the table does not exist, and deadlines free
+//! everything as before. Test: `a_client_that_hangs_up_is_released_long_before_its_deadline`
+//! (tests/long_polling.rs).
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// The kernel's number for `CLOSE_WAIT` in `/proc/net/tcp`.
+const CLOSE_WAIT: u8 = 0x08;
+
+/// Parked requests waiting to be told that their client left, by client address.
+pub struct Departures {
+    watched: Mutex<HashMap<SocketAddr, (u64, Sender<()>)>>,
+    next_id: AtomicU64,
+    /// The lab's listening ports: only connections to these are ours.
+    ports: Vec<u16>,
+    /// Requests woken because their client left.
+    pub seen: AtomicU64,
+}
+
+/// A parked request's registration: `left` receives one message if its client goes.
+pub struct Watch<'a> {
+    departures: &'a Departures,
+    peer: SocketAddr,
+    id: u64,
+    pub left: Receiver<()>,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut watched = self.departures.lock();
+        if watched
+            .get(&self.peer)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            watched.remove(&self.peer);
+        }
+    }
+}
+
+impl Departures {
+    /// Watch for departures from connections to `ports`, on a thread of its own.
+    pub fn start(ports: Vec<u16>) -> io::Result<Arc<Departures>> {
+        let departures = Arc::new(Departures {
+            watched: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            ports,
+            seen: AtomicU64::new(0),
+        });
+        let watcher = departures.clone();
+        thread::Builder::new()
+            .name("departures".into())
+            .spawn(move || loop {
+                // BLOCKS: sleeps a second between rounds.
+                thread::sleep(Duration::from_secs(1));
+                watcher.look();
+            })?;
+        Ok(departures)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (u64, Sender<()>)>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Step 1: tell me when the client at `peer` closes its connection.
+    pub fn watch(&self, peer: SocketAddr) -> Watch<'_> {
+        let (tell, left) = bounded(1);
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let peer = plain(peer);
+        self.lock().insert(peer, (id, tell));
+        Watch {
+            departures: self,
+            peer,
+            id,
+            left,
+        }
+    }
+
+    /// Step 2: one round: wake every watched request whose client has closed.
+    fn look(&self) {
+        if self.lock().is_empty() {
+            return; // nothing parked: the table is not read at all
+        }
+        let closed = closed_by_clients(&self.ports);
+        let watched = self.lock();
+        for peer in closed.iter().filter(|peer| watched.contains_key(peer)) {
+            log::debug!("departures: {peer} closed its connection; waking its parked request");
+            if watched[peer].1.try_send(()).is_ok() {
+                self.seen.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// IPv4 clients of an IPv6 listener appear as `::ffff:a.b.c.d`: one form for both.
+fn plain(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// Step 3: the clients whose connections to `ports` are in `CLOSE_WAIT` (empty off Linux).
+fn closed_by_clients(ports: &[u16]) -> HashSet<SocketAddr> {
+    let mut closed = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        // (Reading it needs a descriptor: at the descriptor limit this round finds nothing.)
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            if let Some((local_port, remote, state)) = parse_line(line) {
+                if state == CLOSE_WAIT && ports.contains(&local_port) {
+                    closed.insert(plain(remote));
+                }
+            }
+        }
+    }
+    closed
+}
+
+/// One line of `/proc/net/tcp{,6}`: `sl local rem st …`, addresses as `HEX_IP:HEX_PORT`.
+/// The IP is the kernel's bytes in memory order, 32-bit words in this machine's byte order.
+fn parse_line(line: &str) -> Option<(u16, SocketAddr, u8)> {
+    let mut fields = line.split_whitespace().skip(1);
+    let local = fields.next()?;
+    let remote = fields.next()?;
+    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
+    let (_, local_port) = local.split_once(':')?;
+    let local_port = u16::from_str_radix(local_port, 16).ok()?;
+    let (ip, port) = remote.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some((local_port, SocketAddr::new(ip, port), state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn a_table_line_gives_the_local_port_the_client_and_the_state() {
+        let v4 = "   3: 0100007F:1F90 0100007F:C822 08 00000000:00000000 00:00000000 00000000  0 0 12345 1";
+        assert_eq!(
+            parse_line(v4),
+            Some((8080, "127.0.0.1:51234".parse().unwrap(), CLOSE_WAIT))
+        );
+        let v6 = "   0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000100007F:C822 01 0";
+        assert_eq!(
+            parse_line(v6).map(|(port, peer, state)| (port, plain(peer), state)),
+            Some((8080, "127.0.0.1:51234".parse().unwrap(), 1))
+        );
+        assert_eq!(parse_line("  sl  local_address rem_address   st"), None);
+    }
+
+    #[test]
+    fn a_watch_is_told_once_its_client_has_closed_and_forgotten_when_dropped() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let departures = Departures {
+            watched: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            ports: vec![port],
+            seen: AtomicU64::new(0),
+        };
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        let watch = departures.watch(peer);
+        departures.look();
+        assert!(watch.left.try_recv().is_err(), "still connected");
+        drop(client); // FIN: the server side goes to CLOSE_WAIT
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while watch.left.try_recv().is_err() {
+            assert!(std::time::Instant::now() < deadline, "never told");
+            departures.look();
+            thread::sleep(Duration::from_millis(20));
+        }
+        drop(watch);
+        assert!(departures.lock().is_empty());
+    }
+}
