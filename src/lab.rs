@@ -45,6 +45,16 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// A watch for the client of `request` closing its connection, for a request about to be
+    /// held (`workarounds::departures`); `None` with `--departures off`.
+    pub fn watch_departure(
+        &self,
+        request: &tiny_http::Request,
+    ) -> Option<crate::workarounds::Watch<'_>> {
+        let peer = request.remote_addr().filter(|_| self.config.departures)?;
+        Some(self.departures.watch(*peer))
+    }
+
     /// Is `origin` one of the lab's own pages? Its HTTP address under either loopback name,
     /// or, in a classroom, the name the browser itself used to reach the lab: `host` is the
     /// request's `Host` header, and its host part with the lab's HTTP port is the lab's own

@@ -78,6 +78,9 @@ pub struct Config {
     pub max_fds: Option<u64>,
     /// How a long poll waits: its own sleeping thread, or a place in the waiting room.
     pub parking: ParkingMode,
+    /// Tell parked long polls and streams that their client closed its connection
+    /// (`workarounds::departures`); off shows the blocking design's own blindness.
+    pub departures: bool,
     /// Serve one lesson alone (the examples); `None` serves them all.
     pub only: Option<&'static str>,
     /// The Socket.IO lesson's Engine.IO timings (`--socket-io-*`).
@@ -125,6 +128,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             max_fds: None,
             parking: ParkingMode::Thread,
+            departures: true,
             only: None,
             socket_io: lessons::socket_io::Settings::default(),
             bayeux: lessons::bayeux::Settings::default(),
@@ -155,6 +159,8 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --max-fds N            lower the descriptor limit to N, to watch the lab meet its limits
   --parking MODE         how long polls wait: thread (a sleeping thread each, default)
                          or queue (a waiting list answered by one dispatcher thread)
+  --departures on|off    tell parked long polls and streams that their client closed its
+                         connection (default on; off: only deadlines and heartbeats do)
   --handlers N           a fixed pool of N handler threads, as in a servlet container
                          (default 0: as many as the requests need; chapter 4, Pitfalls)
   --max-body BYTES       largest request body (default 65536)
@@ -263,6 +269,17 @@ impl Config {
                     config.bayeux.max_interval = parse_millis(&flag, &value()?)?
                 }
                 "--max-fds" => config.max_fds = Some(parse_number(&flag, &value()?)? as u64),
+                "--departures" => {
+                    config.departures = match value()?.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        other => {
+                            return Err(
+                                format!("--departures takes on or off, got {other:?}").into()
+                            )
+                        }
+                    }
+                }
                 "--parking" => {
                     config.parking = match value()?.as_str() {
                         "thread" => ParkingMode::Thread,
@@ -422,6 +439,9 @@ mod tests {
             Some(10..=20)
         );
         assert!(Config::from_env_and_args(["--nope".to_string()]).is_err());
+        let args = ["--departures", "off"].map(String::from);
+        assert!(!Config::from_env_and_args(args).unwrap().departures);
+        assert!(usage_error(None, &["--departures", "no"]).contains("on or off"));
     }
 
     fn usage_error(lab_addr: Option<&str>, args: &[&str]) -> String {

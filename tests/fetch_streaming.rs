@@ -56,7 +56,10 @@ fn a_cursor_replays_what_was_missed_first() {
 
 #[test]
 fn heartbeats_find_a_client_that_left_and_free_its_stream() {
-    let lab = start_lab_with(|c| c.heartbeat = Duration::from_millis(200));
+    let lab = start_lab_with(|c| {
+        c.heartbeat = Duration::from_millis(200);
+        c.departures = false; // the heartbeat alone must find the client gone
+    });
     let addr = lab.addr();
     let mut stream = Stream::open(addr, "/events/stream", &[]).unwrap();
     // With no event, a heartbeat (an empty line) comes after the interval.
@@ -114,6 +117,30 @@ fn a_stream_outlives_the_idle_timeout() {
     publish(addr, "still streaming").unwrap();
     let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
     assert!(chunk.contains("still streaming"), "{chunk}");
+}
+
+/// A client that closes its connection is noticed within seconds, not at the heartbeat: the
+/// departures thread wakes its stream (`workarounds::departures`). Before, the first heartbeat
+/// into the closed connection still succeeded, and only the second one failed.
+#[test]
+fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_next_heartbeat() {
+    let lab = start_lab_with(|c| c.heartbeat = Duration::from_secs(60));
+    let addr = lab.addr();
+    let leaving = Stream::open(addr, "/events/stream", &[]).unwrap();
+    let mut staying = Stream::open(addr, "/events/stream", &[]).unwrap();
+    wait_until("both streams are subscribed", || {
+        stats(addr)["streams"] == 2
+    });
+    let hung_up = std::time::Instant::now();
+    drop(leaving);
+    wait_until("the departed client's stream is let go", || {
+        stats(addr)["streams"] == 1
+    });
+    let took = hung_up.elapsed();
+    assert!(took < Duration::from_secs(10), "let go after {took:?}");
+    publish(addr, "for the one that stayed").unwrap();
+    let chunk = staying.next_chunk(deadline()).unwrap().unwrap();
+    assert!(chunk.contains("for the one that stayed"), "{chunk}");
 }
 
 /// A client that stops reading (a frozen tab) fills its socket's buffers; the next write then

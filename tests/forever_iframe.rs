@@ -46,7 +46,10 @@ fn an_event_cannot_close_the_script_element() {
 
 #[test]
 fn heartbeats_keep_the_parent_informed_and_free_a_stream_whose_client_left() {
-    let lab = start_lab_with(|c| c.heartbeat = Duration::from_millis(200));
+    let lab = start_lab_with(|c| {
+        c.heartbeat = Duration::from_millis(200);
+        c.departures = false; // the heartbeat alone must find the client gone
+    });
     let addr = lab.addr();
     let mut stream = Stream::open(addr, "/events/iframe", &[]).unwrap();
     stream.next_chunk(deadline()).unwrap(); // the prelude

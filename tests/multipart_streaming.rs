@@ -31,7 +31,10 @@ fn each_event_is_a_whole_part_in_its_own_chunk() {
 
 #[test]
 fn heartbeats_are_parts_too_and_free_a_stream_whose_client_left() {
-    let lab = common::start_lab_with(|c| c.heartbeat = std::time::Duration::from_millis(200));
+    let lab = common::start_lab_with(|c| {
+        c.heartbeat = std::time::Duration::from_millis(200);
+        c.departures = false; // the heartbeat alone must find the client gone
+    });
     let addr = lab.addr();
     let mut stream = Stream::open(addr, "/events/multipart", &[]).unwrap();
     stream.next_chunk(deadline()).unwrap(); // the first boundary

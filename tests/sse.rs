@@ -205,7 +205,10 @@ fn after_a_503_the_page_reopens_the_stream_itself() {
 /// writes that fail, and its stream and subscription are freed.
 #[test]
 fn heartbeats_are_comments_and_free_a_stream_whose_client_left() {
-    let lab = start_lab_with(|c| c.heartbeat = std::time::Duration::from_millis(200));
+    let lab = start_lab_with(|c| {
+        c.heartbeat = std::time::Duration::from_millis(200);
+        c.departures = false; // the heartbeat alone must find the client gone
+    });
     let addr = lab.addr();
     let mut stream = Stream::open(addr, "/events/sse", &[]).unwrap();
     stream

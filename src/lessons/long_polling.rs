@@ -254,9 +254,7 @@ pub fn park<'lab>(
     let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
     };
-    let departure = request
-        .remote_addr()
-        .map(|peer| lab.departures.watch(*peer));
+    let departure = lab.watch_departure(&request);
     Parking::Parked(ParkedRequest {
         request,
         subscription,
