@@ -50,7 +50,7 @@ impl Lab {
     pub fn watch_departure(
         &self,
         request: &tiny_http::Request,
-    ) -> Option<crate::workarounds::Watch<'_>> {
+    ) -> Option<crate::workarounds::Watch> {
         let peer = request.remote_addr().filter(|_| self.config.departures)?;
         Some(self.departures.watch(*peer))
     }

@@ -18,7 +18,9 @@
 //!    came after the cursor (it may have been published, and dispatched, since the handler
 //!    looked); if so answer now, else add the request to the room.
 //! 2. `dispatch` (the `dispatcher` thread): sleep on the one subscription, the room's "new
-//!    request" channel, and the earliest deadline; then answer what can be answered.
+//!    request" channel, and the earliest deadline (a second at most while anyone waits);
+//!    then answer what can be answered, and let go of requests whose client closed its
+//!    connection (`crate::workarounds::departures`).
 //!
 //! **What it costs**: no thread per waiting client, so the ceiling moves from threads (memory
 //! mappings, pid_max) to file descriptors. tiny_http still keeps a thread per *connection* to
@@ -32,6 +34,7 @@ use crate::hub::Wake;
 use crate::lab::Lab;
 use crate::lessons::long_polling::{Answer, Parking};
 use crate::stats::LessonCounters;
+use crate::workarounds::Watch;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +54,14 @@ struct Waiting {
     deadline: Instant,
     answer: Answer,
     counters: LessonCounters,
+    /// Told if the client closes its connection (`workarounds::departures`).
+    departure: Option<Watch>,
+}
+
+impl Waiting {
+    fn client_left(&self) -> bool {
+        self.departure.as_ref().is_some_and(Watch::has_left)
+    }
 }
 
 impl Default for WaitingRoom {
@@ -86,12 +97,14 @@ impl WaitingRoom {
         if waiting.len() >= lab.config.max_parked {
             return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
         }
+        let departure = lab.watch_departure(&request);
         waiting.push(Waiting {
             request,
             cursor,
             deadline,
             answer,
             counters,
+            departure,
         });
         // No guard can span threads here: `answer_and_leave` is the only way out of the room.
         lab.stats.parked.add(1);
@@ -109,10 +122,14 @@ impl WaitingRoom {
         gone
     }
 
+    /// The earliest deadline in the room, but a second from now at most while anyone waits,
+    /// to look for clients that left (`Waiting::client_left`).
     fn earliest_deadline(&self) -> Instant {
         let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let far = Instant::now() + Duration::from_secs(3600);
-        waiting.iter().map(|w| w.deadline).min().unwrap_or(far)
+        let look_again = Instant::now() + Duration::from_secs(1);
+        let earliest = waiting.iter().map(|w| w.deadline).min();
+        earliest.map_or(far, |deadline| deadline.min(look_again))
     }
 }
 
@@ -136,8 +153,14 @@ pub fn dispatch(lab: Arc<Lab>) {
             Wake::Other(()) => {} // a new arrival: look at the deadlines again
             Wake::Deadline => {
                 let now = Instant::now();
-                for waiting in room.take(|w| w.deadline <= now) {
-                    answer_and_leave(&lab, waiting, Default::default());
+                for waiting in room.take(|w| w.deadline <= now || w.client_left()) {
+                    if waiting.client_left() {
+                        // Nobody to answer: the request goes, unanswered.
+                        log::debug!("dispatcher: a client left its place in the room");
+                        lab.stats.parked.sub(1);
+                    } else {
+                        answer_and_leave(&lab, waiting, Default::default());
+                    }
                 }
             }
             Wake::OtherGone => return,

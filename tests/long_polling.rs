@@ -184,6 +184,31 @@ mod queue_parking {
         start_lab_with(|c| c.parking = ParkingMode::Queue)
     }
 
+    /// The room is told of departures too: a client that hangs up gives back its place (and
+    /// its descriptors) within seconds, not at its deadline.
+    #[test]
+    fn a_client_that_hangs_up_leaves_the_room_long_before_its_deadline() {
+        let lab = start_queue_lab();
+        let addr = lab.addr();
+        let staying = long_poll(addr, "/events/long-poll?since=0&timeout=60");
+        let leaving = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
+        wait_until("both requests are in the room", || {
+            stats(addr)["parked"] == 2
+        });
+        let hung_up = std::time::Instant::now();
+        drop(leaving);
+        wait_until("the departed client's place is given back", || {
+            stats(addr)["parked"] == 1
+        });
+        let took = hung_up.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "left after {took:?}"
+        );
+        publish(addr, "for the one that stayed").unwrap();
+        assert_eq!(ids(&staying.join().unwrap()), vec![1]);
+    }
+
     #[test]
     fn a_hundred_parked_requests_hold_no_handler_thread() {
         let lab = start_queue_lab();

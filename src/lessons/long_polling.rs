@@ -156,7 +156,7 @@ pub struct ParkedRequest<'lab> {
     subscription: Subscription,
     deadline: Instant,
     /// Told if the client closes its connection (`workarounds::departures`).
-    departure: Option<Watch<'lab>>,
+    departure: Option<Watch>,
     _held: Held<'lab>,
 }
 

@@ -57,14 +57,21 @@ pub struct Departures {
 }
 
 /// A parked request's registration: `left` receives one message if its client goes.
-pub struct Watch<'a> {
-    departures: &'a Departures,
+pub struct Watch {
+    departures: Arc<Departures>,
     peer: SocketAddr,
     id: u64,
     pub left: Receiver<()>,
 }
 
-impl Drop for Watch<'_> {
+impl Watch {
+    /// Has the client gone? (Without taking the message.)
+    pub fn has_left(&self) -> bool {
+        !self.left.is_empty()
+    }
+}
+
+impl Drop for Watch {
     fn drop(&mut self) {
         let mut watched = self.departures.lock();
         if watched
@@ -101,13 +108,13 @@ impl Departures {
     }
 
     /// Step 1: tell me when the client at `peer` closes its connection.
-    pub fn watch(&self, peer: SocketAddr) -> Watch<'_> {
+    pub fn watch(self: &Arc<Self>, peer: SocketAddr) -> Watch {
         let (tell, left) = bounded(1);
         let id = self.next_id.fetch_add(1, Relaxed);
         let peer = plain(peer);
         self.lock().insert(peer, (id, tell));
         Watch {
-            departures: self,
+            departures: self.clone(),
             peer,
             id,
             left,
@@ -208,12 +215,12 @@ mod tests {
         use std::net::{TcpListener, TcpStream};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let departures = Departures {
+        let departures = Arc::new(Departures {
             watched: Mutex::default(),
             next_id: AtomicU64::new(1),
             ports: vec![port],
             seen: AtomicU64::new(0),
-        };
+        });
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_server_side, peer) = listener.accept().unwrap();
         let watch = departures.watch(peer);
