@@ -122,6 +122,8 @@ impl Door {
     /// `false` if it could not accept.
     fn answer_one(&mut self, listener: &TcpListener) -> bool {
         drop(self.spare.take());
+        // (Does not block: `poll` said a connection waits. Had it gone meanwhile, `accept`
+        // would wait for the next one, at most the listener's `--idle-timeout`.)
         let accepted = match listener.accept() {
             Ok((mut stream, peer)) => {
                 let knock = read_head(&mut stream, listener);
