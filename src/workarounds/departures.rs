@@ -11,8 +11,11 @@
 //!
 //! The kernel knows, though: a connection whose client sent FIN and that the server has not
 //! closed yet is in state `CLOSE_WAIT`, and `/proc/net/tcp` lists every connection with its
-//! state and both addresses. So a `departures` thread reads that table once a second while
-//! requests are parked, and wakes each parked request whose client's address it finds there.
+//! state and both addresses. One that the client reset (it closed with our data unread, as a
+//! stream's client often does) is not listed at all any more, though our descriptor still
+//! holds it. So a `departures` thread reads that table once a second while requests are
+//! parked, and wakes each parked request whose client's connection is in `CLOSE_WAIT` there,
+//! or missing.
 //!
 //! ```text
 //! GET /events/long-poll?timeout=120   (from 127.0.0.1:51234; req-7 parks, and asks to be told)
@@ -23,9 +26,9 @@
 //!
 //! 1. `Departures::watch`: a parked request registers its client's address and gets a
 //!    `Watch`, a channel it waits on beside its subscription; dropping the `Watch` ends it.
-//! 2. `Departures::look`: the thread's round: the addresses in `CLOSE_WAIT` on the lab's
-//!    ports, and a message to each watch among them.
-//! 3. `closed_by_clients`: parse `/proc/net/tcp` and `/proc/net/tcp6`.
+//! 2. `Departures::look`: the thread's round: the connections on the lab's ports, and a
+//!    message to each watch whose connection is in `CLOSE_WAIT` or gone.
+//! 3. `connections`: parse `/proc/net/tcp` and `/proc/net/tcp6`.
 //!
 //! What it cannot see: a client that vanished without a FIN (a pulled cable, a sleeping
 //! laptop); only the deadline frees those, as in any server. And it takes a half-closed
@@ -35,7 +38,7 @@
 //! (tests/long_polling.rs).
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -121,16 +124,29 @@ impl Departures {
         }
     }
 
-    /// Step 2: one round: wake every watched request whose client has closed.
+    /// Step 2: one round: wake every watched request whose client has closed (FIN: the
+    /// connection is in `CLOSE_WAIT`) or reset (RST: it is no longer in the table).
     fn look(&self) {
         if self.lock().is_empty() {
             return; // nothing parked: the table is not read at all
         }
-        let closed = closed_by_clients(&self.ports);
+        // Read before taking the lock: a watch registered meanwhile waits for the next round
+        // (its connection would not be in this reading, and would look reset).
+        let registered: Vec<SocketAddr> = self.lock().keys().copied().collect();
+        let Some(table) = connections(&self.ports) else {
+            return; // unreadable (at the descriptor limit, or not Linux): nothing is known
+        };
         let watched = self.lock();
-        for peer in closed.iter().filter(|peer| watched.contains_key(peer)) {
-            log::debug!("departures: {peer} closed its connection; waking its parked request");
-            if watched[peer].1.try_send(()).is_ok() {
+        for peer in &registered {
+            let gone = match table.get(peer) {
+                Some(&state) => state == CLOSE_WAIT,
+                None => true,
+            };
+            let Some((_, tell)) = watched.get(peer).filter(|_| gone) else {
+                continue;
+            };
+            log::debug!("departures: {peer} closed or reset its connection; waking its request");
+            if tell.try_send(()).is_ok() {
                 self.seen.fetch_add(1, Relaxed);
             }
         }
@@ -148,23 +164,21 @@ fn plain(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Step 3: the clients whose connections to `ports` are in `CLOSE_WAIT` (empty off Linux).
-fn closed_by_clients(ports: &[u16]) -> HashSet<SocketAddr> {
-    let mut closed = HashSet::new();
+/// Step 3: every connection to `ports`, by client address, with its state; `None` if a table
+/// cannot be read (reading needs a descriptor; off Linux there is no table).
+fn connections(ports: &[u16]) -> Option<HashMap<SocketAddr, u8>> {
+    let mut found = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        // (Reading it needs a descriptor: at the descriptor limit this round finds nothing.)
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
+        let text = std::fs::read_to_string(table).ok()?;
         for line in text.lines().skip(1) {
             if let Some((local_port, remote, state)) = parse_line(line) {
-                if state == CLOSE_WAIT && ports.contains(&local_port) {
-                    closed.insert(plain(remote));
+                if ports.contains(&local_port) {
+                    found.insert(plain(remote), state);
                 }
             }
         }
     }
-    closed
+    Some(found)
 }
 
 /// One line of `/proc/net/tcp{,6}`: `sl local rem st …`, addresses as `HEX_IP:HEX_PORT`.
@@ -210,8 +224,10 @@ mod tests {
         assert_eq!(parse_line("  sl  local_address rem_address   st"), None);
     }
 
+    /// A client that closes (FIN) and one that resets (RST): both watches are told, the
+    /// watch of a client that stays is not, and a dropped watch is forgotten.
     #[test]
-    fn a_watch_is_told_once_its_client_has_closed_and_forgotten_when_dropped() {
+    fn a_watch_is_told_once_its_client_has_closed_or_reset_and_forgotten_when_dropped() {
         use std::net::{TcpListener, TcpStream};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -221,19 +237,36 @@ mod tests {
             ports: vec![port],
             seen: AtomicU64::new(0),
         });
-        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (_server_side, peer) = listener.accept().unwrap();
-        let watch = departures.watch(peer);
+        let mut clients = Vec::new();
+        let mut watches = Vec::new();
+        let mut server_sides = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+            let (server_side, peer) = listener.accept().unwrap();
+            server_sides.push(server_side);
+            watches.push(departures.watch(peer));
+        }
         departures.look();
-        assert!(watch.left.try_recv().is_err(), "still connected");
-        drop(client); // FIN: the server side goes to CLOSE_WAIT
+        assert!(watches.iter().all(|w| !w.has_left()), "all still connected");
+        let staying = clients.remove(2);
+        let resetting = clients.remove(1);
+        socket2::SockRef::from(&resetting)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(resetting); // RST: the server side leaves the table
+        drop(clients); // FIN: the server side goes to CLOSE_WAIT
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while watch.left.try_recv().is_err() {
+        while !(watches[0].has_left() && watches[1].has_left()) {
             assert!(std::time::Instant::now() < deadline, "never told");
             departures.look();
             thread::sleep(Duration::from_millis(20));
         }
-        drop(watch);
+        assert!(
+            !watches[2].has_left(),
+            "the client that stayed is still there"
+        );
+        drop(watches);
         assert!(departures.lock().is_empty());
+        drop(staying);
     }
 }
