@@ -12,6 +12,19 @@ fn stats(lab: &ChildLab) -> serde_json::Value {
     common::stats(lab.addr)
 }
 
+/// 150 connections that send nothing, against a lab with `--max-fds 200`: tiny_http takes
+/// every descriptor (read from /proc: a request could not get in now) and its accept fails.
+fn take_every_descriptor(lab: &ChildLab) -> Vec<TcpStream> {
+    let flood: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(lab.addr).ok())
+        .collect();
+    assert!(flood.len() > 100);
+    wait_until("the flood has taken the descriptors", || {
+        lab.fds_from_proc() >= 190
+    });
+    flood
+}
+
 /// Near 80 % of its descriptors the lab answers new requests for events with 503, at once
 /// and without a thread, while `/stats` and the pages still answer. When the clients leave,
 /// it takes new ones again, and its threads and descriptors return to the baseline.
@@ -69,14 +82,7 @@ fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answer
 fn the_lab_recovers_when_tiny_http_stops_accepting() {
     let lab = ChildLab::start(&["--max-fds", "200", "--idle-timeout", "2"]);
     let addr = lab.addr;
-    let flood: Vec<TcpStream> = (0..150)
-        .filter_map(|_| TcpStream::connect(addr).ok())
-        .collect();
-    assert!(flood.len() > 100);
-    // The flood took every descriptor (read from /proc: a request could not get in now).
-    wait_until("the flood has taken the descriptors", || {
-        lab.fds_from_proc() >= 190
-    });
+    let flood = take_every_descriptor(&lab);
     // It leaves; the port is served again, by a new generation of tiny_http.
     drop(flood);
     wait_until("tiny_http was replaced and /stats answers", || {
@@ -103,13 +109,7 @@ fn the_lab_recovers_when_tiny_http_stops_accepting() {
 fn at_the_descriptor_limit_the_door_answers_stats_and_refuses_the_rest_with_503() {
     let lab = ChildLab::start(&["--max-fds", "200", "--idle-timeout", "60"]);
     let addr = lab.addr;
-    let flood: Vec<TcpStream> = (0..150)
-        .filter_map(|_| TcpStream::connect(addr).ok())
-        .collect();
-    assert!(flood.len() > 100);
-    wait_until("the flood has taken the descriptors", || {
-        lab.fds_from_proc() >= 190
-    });
+    let flood = take_every_descriptor(&lab);
     // The teacher's view answers, from the door.
     let started = std::time::Instant::now();
     let answer = get(addr, "/stats").unwrap();

@@ -96,17 +96,7 @@ fn a_client_that_hangs_up_is_released_long_before_its_deadline() {
     let addr = lab.addr();
     let staying = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
     let leaving = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
-    wait_until("both requests are parked", || stats(addr)["parked"] == 2);
-    let hung_up = std::time::Instant::now();
-    drop(leaving);
-    wait_until("the departed client's request is let go", || {
-        stats(addr)["parked"] == 1
-    });
-    let took = hung_up.elapsed();
-    assert!(
-        took < std::time::Duration::from_secs(10),
-        "let go after {took:?}"
-    );
+    common::hang_up_and_see_it_let_go(addr, leaving, "parked");
     assert_eq!(stats(addr)["departed"], 1);
     // The one that stayed is still parked, and gets the next event.
     publish(addr, "for the one that stayed").unwrap();
@@ -192,19 +182,7 @@ mod queue_parking {
         let addr = lab.addr();
         let staying = long_poll(addr, "/events/long-poll?since=0&timeout=60");
         let leaving = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
-        wait_until("both requests are in the room", || {
-            stats(addr)["parked"] == 2
-        });
-        let hung_up = std::time::Instant::now();
-        drop(leaving);
-        wait_until("the departed client's place is given back", || {
-            stats(addr)["parked"] == 1
-        });
-        let took = hung_up.elapsed();
-        assert!(
-            took < std::time::Duration::from_secs(10),
-            "left after {took:?}"
-        );
+        common::hang_up_and_see_it_let_go(addr, leaving, "parked");
         publish(addr, "for the one that stayed").unwrap();
         assert_eq!(ids(&staying.join().unwrap()), vec![1]);
     }

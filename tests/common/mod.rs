@@ -230,6 +230,18 @@ pub fn near_miss_origins(port: u16) -> Vec<String> {
     ]
 }
 
+/// Close `leaving` (one of two held clients, counted in `/stats` under `gauge`) and wait
+/// until the lab lets go of it: within 10 s, long before any deadline or heartbeat the tests
+/// set (`workarounds::departures`).
+pub fn hang_up_and_see_it_let_go(addr: SocketAddr, leaving: impl Sized, gauge: &str) {
+    wait_until("both clients are held", || stats(addr)[gauge] == 2);
+    let hung_up = Instant::now();
+    drop(leaving);
+    wait_until("the departed client is let go", || stats(addr)[gauge] == 1);
+    let took = hung_up.elapsed();
+    assert!(took < Duration::from_secs(10), "let go after {took:?}");
+}
+
 /// Check that `condition` holds throughout `window` (a claim about "nothing happens": it
 /// must stay true for a while, not just at one instant).
 pub fn stays_true_for(window: Duration, what: &str, mut condition: impl FnMut() -> bool) {
