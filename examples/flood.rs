@@ -92,10 +92,9 @@ fn sample(lab: &ChildLab) -> Option<Sample> {
     })
 }
 
-/// The lab's threads by name, digits left out (`handler ×3601, http-supervisor ×6`): what
-/// was left behind. The lab names all of its own; tiny_http's threads take the name of the
-/// thread that started them (the first server's, the main thread's: `flood`; a replacement's,
-/// `http-supervisor` or `other-supervisor`, cut to 15 letters by Linux).
+/// The lab's threads by name, digits left out (`handler ×3601, http-tiny ×10`): what was
+/// left behind. The lab names all of its own, and tiny_http's after the server they belong
+/// to (`http-tiny-N`, `other-tiny-N`; Linux cuts names to 15 letters).
 fn thread_names(lab: &ChildLab) -> String {
     let mut counts = std::collections::BTreeMap::new();
     let tasks = std::fs::read_dir(format!("/proc/{}/task", lab.pid()));

@@ -195,7 +195,16 @@ impl Generation {
         let copy = listener
             .try_clone()
             .map_err(|e| format!("cannot copy the listening socket: {e}"))?;
-        let server = tiny_http::Server::from_listener(copy, None)
+        // tiny_http's threads have no name of their own: Linux gives a new thread its
+        // creator's, so they are started from a thread named for them (`http-tiny-3`), and
+        // `/proc` (and `flood`) can tell whose they are.
+        let server = thread::Builder::new()
+            .name(format!("{}-tiny-{generation}", self.name))
+            .spawn(move || tiny_http::Server::from_listener(copy, None).map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot start the HTTP server's thread: {e}"))?
+            // BLOCKS: until tiny_http has started its accept thread (a moment).
+            .join()
+            .map_err(|_| "tiny_http panicked while starting".to_string())?
             .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
         let (lanes, stopped) = (self.lanes.clone(), self.stopped.clone());
         let (linger, name) = (self.linger, self.name);
