@@ -19,8 +19,8 @@
 //!    looked); if so answer now, else add the request to the room.
 //! 2. `dispatch` (the `dispatcher` thread): sleep on the one subscription, the room's "new
 //!    request" channel, and the earliest deadline (a second at most while anyone waits);
-//!    then answer what can be answered, and let go of requests whose client closed its
-//!    connection (`crate::workarounds::departures`).
+//!    then answer what can be answered, and answer at once (empty, as at the deadline) the
+//!    requests whose client closed its connection (`crate::workarounds::departures`).
 //!
 //! **What it costs**: no thread per waiting client, so the ceiling moves from threads (memory
 //! mappings, pid_max) to file descriptors. tiny_http still keeps a thread per *connection* to
@@ -153,14 +153,10 @@ pub fn dispatch(lab: Arc<Lab>) {
             Wake::Other(()) => {} // a new arrival: look at the deadlines again
             Wake::Deadline => {
                 let now = Instant::now();
+                // Expired, or its client closed the connection: answered empty (the second
+                // into a closed connection, harmlessly).
                 for waiting in room.take(|w| w.deadline <= now || w.client_left()) {
-                    if waiting.client_left() {
-                        // Nobody to answer: the request goes, unanswered.
-                        log::debug!("dispatcher: a client left its place in the room");
-                        lab.stats.parked.sub(1);
-                    } else {
-                        answer_and_leave(&lab, waiting, Default::default());
-                    }
+                    answer_and_leave(&lab, waiting, Default::default());
                 }
             }
             Wake::OtherGone => return,

@@ -25,7 +25,7 @@
 //!    `--parking queue` the request goes to the waiting room instead and the thread ends: see
 //!    `crate::waiting_room`.)
 //! 4. Wake on an event, the deadline, or word that the client closed its connection (then
-//!    let go of the request unanswered: see `crate::workarounds::departures`).
+//!    answer as at the deadline, at once: see `crate::workarounds::departures`).
 //! 5. Answer with every event after the cursor (or none at the deadline). A request held past
 //!    `--idle-timeout` is answered with `Connection: close` (see `Answer::write`).
 //!
@@ -68,9 +68,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         }
         Parking::Parked(parked) => {
             // 4. BLOCKS until an event, the deadline, or the client closing its connection.
-            let Some((request, backlog, cursor)) = parked.wait_for_events() else {
-                return Ok(()); // the client left: nobody to answer
-            };
+            let (request, backlog, cursor) = parked.wait_for_events();
             // 5.
             answer.write(request, &backlog, cursor, &counters)
         }
@@ -163,9 +161,9 @@ pub struct ParkedRequest<'lab> {
 impl ParkedRequest<'_> {
     /// Step 4. BLOCKS until the hub sends an event into our subscription, the deadline
     /// passes, or the departures thread says the client closed its connection. Returns the
-    /// request to answer, the events (none at the deadline), and the cursor they follow;
-    /// `None` if the client left (the request and its thread are let go at once).
-    pub fn wait_for_events(self) -> Option<(Request, Backlog, u64)> {
+    /// request to answer, the events (none at the deadline, or when the client left), and the
+    /// cursor they follow.
+    pub fn wait_for_events(self) -> (Request, Backlog, u64) {
         let ParkedRequest {
             request,
             mut subscription,
@@ -181,15 +179,17 @@ impl ParkedRequest<'_> {
         match subscription.wait_for_events_or(left, deadline) {
             Wake::Events(backlog) => {
                 log::debug!("{me} woken by {} events", backlog.events.len());
-                Some((request, backlog, cursor))
+                (request, backlog, cursor)
             }
             Wake::Other(()) | Wake::OtherGone => {
-                log::debug!("{me} its client closed the connection: letting go, unanswered");
-                None
+                // The answer goes into a closed connection, harmlessly; and were the table
+                // ever wrong, the client would just get an empty answer and ask again.
+                log::debug!("{me} its client closed the connection: answering empty now");
+                (request, Backlog::default(), cursor)
             }
             Wake::Deadline => {
                 log::debug!("{me} deadline passed, answering empty");
-                Some((request, Backlog::default(), cursor))
+                (request, Backlog::default(), cursor)
             }
         }
     }

@@ -51,9 +51,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         }
         Parking::Parked(parked) => {
             // BLOCKS until an event, the deadline, or the client closing its connection.
-            let Some((request, backlog, cursor)) = parked.wait_for_events() else {
-                return Ok(()); // the client left: nobody to answer
-            };
+            let (request, backlog, cursor) = parked.wait_for_events();
             answer.write(request, &backlog, cursor, &counters)
         }
         Parking::Queued => Ok(()),

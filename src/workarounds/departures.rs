@@ -21,7 +21,8 @@
 //! GET /events/long-poll?timeout=120   (from 127.0.0.1:51234; req-7 parks, and asks to be told)
 //! (the client closes: FIN)
 //! /proc/net/tcp: 0100007F:1F90 0100007F:C822 08 …   (08: CLOSE_WAIT, from 127.0.0.1:51234)
-//! departures: wakes req-7, which lets go of its request (nothing to answer) and its thread
+//! departures: wakes req-7, which answers at once, as at its deadline (into a closed
+//!             connection: harmless), and frees its thread
 //! ```
 //!
 //! 1. `Departures::watch`: a parked request registers its client's address and gets a
@@ -38,7 +39,7 @@
 //! (tests/long_polling.rs).
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -52,6 +53,8 @@ const CLOSE_WAIT: u8 = 0x08;
 /// Parked requests waiting to be told that their client left, by client address.
 pub struct Departures {
     watched: Mutex<HashMap<SocketAddr, (u64, Sender<()>)>>,
+    /// Watched clients missing from the last round's table: missing twice running is a reset.
+    missing: Mutex<HashSet<SocketAddr>>,
     next_id: AtomicU64,
     /// The lab's listening ports: only connections to these are ours.
     ports: Vec<u16>,
@@ -91,6 +94,7 @@ impl Departures {
     pub fn start(ports: Vec<u16>) -> io::Result<Arc<Departures>> {
         let departures = Arc::new(Departures {
             watched: Mutex::default(),
+            missing: Mutex::default(),
             next_id: AtomicU64::new(1),
             ports,
             seen: AtomicU64::new(0),
@@ -125,7 +129,9 @@ impl Departures {
     }
 
     /// Step 2: one round: wake every watched request whose client has closed (FIN: the
-    /// connection is in `CLOSE_WAIT`) or reset (RST: it is no longer in the table).
+    /// connection is in `CLOSE_WAIT`) or reset (RST: it is no longer in the table, in this
+    /// round and the one before: the kernel builds the table while connections come and go,
+    /// and a reading can miss one).
     fn look(&self) {
         if self.lock().is_empty() {
             return; // nothing parked: the table is not read at all
@@ -136,11 +142,16 @@ impl Departures {
         let Some(table) = connections(&self.ports) else {
             return; // unreadable (at the descriptor limit, or not Linux): nothing is known
         };
+        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        let missed_before = std::mem::take(&mut *missing);
         let watched = self.lock();
         for peer in &registered {
             let gone = match table.get(peer) {
                 Some(&state) => state == CLOSE_WAIT,
-                None => true,
+                None => {
+                    missing.insert(*peer);
+                    missed_before.contains(peer)
+                }
             };
             let Some((_, tell)) = watched.get(peer).filter(|_| gone) else {
                 continue;
@@ -165,11 +176,17 @@ fn plain(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Step 3: every connection to `ports`, by client address, with its state; `None` if a table
-/// cannot be read (reading needs a descriptor; off Linux there is no table).
+/// cannot be read (reading needs a descriptor; off Linux there is no table). A machine without
+/// IPv6 has no `tcp6`: that one may be missing. (Never guess: a client missing from a table
+/// that was not read would look reset, and be answered early.)
 fn connections(ports: &[u16]) -> Option<HashMap<SocketAddr, u8>> {
     let mut found = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).ok()?;
+        let text = match std::fs::read_to_string(table) {
+            Ok(text) => text,
+            Err(e) if table.ends_with('6') && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        };
         for line in text.lines().skip(1) {
             if let Some((local_port, remote, state)) = parse_line(line) {
                 if ports.contains(&local_port) {
@@ -233,6 +250,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let departures = Arc::new(Departures {
             watched: Mutex::default(),
+            missing: Mutex::default(),
             next_id: AtomicU64::new(1),
             ports: vec![port],
             seen: AtomicU64::new(0),
@@ -246,8 +264,15 @@ mod tests {
             server_sides.push(server_side);
             watches.push(departures.watch(peer));
         }
+        // A client missing from one reading is not yet gone (a reading can miss one while
+        // connections come and go); missing from two running, it is.
+        let never_seen = departures.watch("127.0.0.1:9".parse().unwrap());
         departures.look();
         assert!(watches.iter().all(|w| !w.has_left()), "all still connected");
+        assert!(!never_seen.has_left(), "missing from one reading only");
+        departures.look();
+        assert!(never_seen.has_left(), "missing from two readings running");
+        drop(never_seen);
         let staying = clients.remove(2);
         let resetting = clients.remove(1);
         socket2::SockRef::from(&resetting)
