@@ -386,12 +386,7 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
     match (request.method(), path) {
         (Method::Get, "/") => index(lab, request),
         (Method::Get, "/stats") => stats_page(lab, request),
-        (Method::Get, "/teacher") => asset(
-            lab,
-            request,
-            "text/html; charset=utf-8",
-            include_str!("../html/teacher.html"),
-        ),
+        (Method::Get, "/teacher") => asset(lab, request, "text/html; charset=utf-8", TEACHER_HTML),
         (Method::Post, "/publish") => publish(lab, request),
         (Method::Get, "/assets/lab.js") => {
             asset(lab, request, "application/javascript", &lab_js(lab))
@@ -604,6 +599,9 @@ fn lesson_page(lab: &Lab, request: Request, name: &str) -> io::Result<()> {
     }
 }
 
+/// The teacher's view (`/teacher`), served by the route and at the door.
+const TEACHER_HTML: &str = include_str!("../html/teacher.html");
+
 /// The pages' script, the other origin's port first (`lab.otherOrigin()` needs it).
 fn lab_js(lab: &Lab) -> String {
     let port = lab.other_addr.port();
@@ -624,7 +622,7 @@ fn answer_at_the_door(lab: &Lab, knock: &workarounds::Knock) -> Option<workaroun
             Some((200, "application/json", json.into_bytes()))
         }
         "/" => page(&index_html(lab)),
-        "/teacher" => page(include_str!("../html/teacher.html")),
+        "/teacher" => page(TEACHER_HTML),
         "/assets/lab.js" => Some((200, "application/javascript", lab_js(lab).into_bytes())),
         "/assets/lab.css" => Some((200, "text/css", lessons::LAB_CSS.as_bytes().to_vec())),
         path => {
