@@ -267,7 +267,7 @@ fn supervise(
             continue;
         }
         panics_seen = panics;
-        let routine = report.is_some_and(|(_, idle)| idle);
+        let mut routine = report.is_some_and(|(_, idle)| idle);
         generation += 1;
         loop {
             let capacity = crate::limits::capacity();
@@ -277,7 +277,12 @@ fn supervise(
             });
             match generation_of.serve(&listener, generation) {
                 Ok(()) => break,
-                Err(e) => log::error!("{e}; trying again"),
+                Err(e) => {
+                    // (A routine replacement that cannot start, say for want of a descriptor
+                    // to copy the listening socket into, is no longer routine.)
+                    routine = false;
+                    log::error!("{e}; trying again");
+                }
             }
             // BLOCKS: a pause before trying again.
             thread::sleep(Duration::from_millis(100));
