@@ -146,6 +146,18 @@ fn with_connection<'a>(
     all
 }
 
+/// Must an answer held for `held` say `Connection: close`? After `--idle-timeout` without a
+/// byte, tiny_http stops reading the connection (for a GET it began reading the next request
+/// when this one arrived), and once its server has been replaced the lab stops listening to
+/// it too (`workarounds::Generation::last_word`). A next request sent on it would never be
+/// answered, so a long hold sends the client to a new connection. (With a margin: tiny_http's
+/// read began a moment before the handler saw the request.)
+/// Test: `a_keep_alive_connection_serves_the_next_poll_after_a_long_hold` (tests/long_polling.rs).
+pub fn outlasts_the_reader(held: std::time::Duration, idle_timeout: std::time::Duration) -> bool {
+    let margin = (idle_timeout / 4).min(std::time::Duration::from_secs(1));
+    held + margin >= idle_timeout
+}
+
 /// A whole response with `Content-Length`: the keep-alive connection stays usable.
 pub fn write_response(
     request: Request,

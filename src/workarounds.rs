@@ -12,7 +12,10 @@
 //!    thread, it panics. Either way the port stops being served while the process stays up: a
 //!    zombie. `Requests` notices both and starts a new tiny_http server on the same listening
 //!    socket, once descriptors are free again; the old server still serves the connections it
-//!    has. Test: `the_lab_recovers_when_tiny_http_stops_accepting` (tests/limits.rs).
+//!    has. A panic is told from a panic on the other listener's threads by the Linux thread
+//!    name tiny_http's threads inherit (`http-tiny-3`), so only the port that lost its accept
+//!    thread gets a new server. Test: `the_lab_recovers_when_tiny_http_stops_accepting`
+//!    (tests/limits.rs).
 //!
 //!    The same happens, harmlessly, whenever no connection arrives for `--idle-timeout`: the
 //!    read timeout set on the listener (so that accepted sockets inherit it) also bounds
@@ -36,10 +39,11 @@
 //!    Test: `a_client_that_hangs_up_is_released_long_before_its_deadline` (tests/long_polling.rs).
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
@@ -49,9 +53,17 @@ mod door;
 pub use departures::{Departures, Watch};
 pub use door::{Answer, DoorCounts, Knock};
 
-/// Panics seen on tiny_http's threads (the only unnamed threads in this process: every thread
-/// the lab starts has a name).
-static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
+/// Panics seen on tiny_http's threads (the only threads without a Rust name in this process:
+/// every thread the lab starts has one), by listener (`http`, `other`): the part of the
+/// thread's Linux name before `-tiny-`, which tiny_http's threads inherit from the thread that
+/// started their server (`Generation::serve`).
+static TINY_HTTP_PANICS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// Panics seen on the tiny_http threads of listener `name`.
+fn tiny_http_panics(name: &str) -> u64 {
+    let panics = TINY_HTTP_PANICS.lock().unwrap_or_else(|e| e.into_inner());
+    panics.get(name).copied().unwrap_or(0)
+}
 
 /// Every request that any generation of tiny_http server reads, in two lanes (`Lanes`).
 pub struct Requests {
@@ -136,7 +148,7 @@ impl Requests {
         let generation = Generation {
             lanes: self.lanes.clone(),
             stopped,
-            linger: self.idle_timeout + Duration::from_secs(5),
+            idle_timeout: self.idle_timeout,
             name,
         };
         generation.serve(&listener, 0)?;
@@ -175,22 +187,38 @@ fn take_next(pages: &Receiver<Request>, events: &Receiver<Request>) -> Option<Re
     }
 }
 
+/// What `Generation::last_word` adds to the idle timeout.
+const LAST_WORD_MARGIN: Duration = Duration::from_secs(5);
+
 /// How one generation of tiny_http server hands on its requests and reports its end.
 struct Generation {
     lanes: Lanes,
     /// (generation, was it the routine idle timeout?)
     stopped: Sender<(u64, bool)>,
-    /// After its accept thread ends, how long the old server may stay silent before its
-    /// connections cannot send anything more (each is closed after `--idle-timeout`).
-    linger: Duration,
+    /// tiny_http closes a connection that sends nothing for this long (`--idle-timeout`):
+    /// after its accept thread ends, an old server whose connections have all been silent
+    /// that long can read nothing more.
+    idle_timeout: Duration,
     /// Its threads' names start with this (`http`, `other`).
     name: &'static str,
 }
 
 impl Generation {
+    /// When connections silent since `since` can send no more: tiny_http closes them after
+    /// `idle_timeout` without a byte, and the margin covers a head read in that moment.
+    /// Before this, an old server's thread (and the five of tiny_http's that end with it)
+    /// lingered a fixed 35 s after every idle replacement, and an idle lab never held still
+    /// (LESSONS.md chapter 13). (A client that trickles one byte of its head per
+    /// `--idle-timeout` outlasts this and is never answered; a real server bounds the time a
+    /// whole head may take.)
+    fn last_word(since: Instant, idle_timeout: Duration) -> Instant {
+        since + idle_timeout + LAST_WORD_MARGIN
+    }
+
     /// One tiny_http server on a copy of the listening socket, and a thread (`http-N`) that
     /// passes its requests on. When its accept thread ends, it reports on `stopped` and keeps
-    /// passing on what its live connections still send, until they are silent for `linger`.
+    /// passing on what its live connections still send, until none of them can send more
+    /// (`Generation::last_word`).
     fn serve(&self, listener: &TcpListener, generation: u64) -> Result<(), String> {
         let copy = listener
             .try_clone()
@@ -207,34 +235,46 @@ impl Generation {
             .map_err(|_| "tiny_http panicked while starting".to_string())?
             .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
         let (lanes, stopped) = (self.lanes.clone(), self.stopped.clone());
-        let (linger, name) = (self.linger, self.name);
+        let (idle_timeout, name) = (self.idle_timeout, self.name);
         thread::Builder::new()
             .name(format!("{name}-{generation}"))
             .spawn(move || {
-                let mut accepting = true;
+                let mut last_request = Instant::now();
+                // Once the accept thread has ended: when the last connection can send no more.
+                let mut last_word: Option<Instant> = None;
                 loop {
                     // BLOCKS: until this server has a request or its accept thread ended
-                    // (after that: or until it has been silent for `linger`).
-                    let next = if accepting {
-                        server.recv().map(Some)
-                    } else {
-                        server.recv_timeout(linger)
+                    // (after that: or until `last_word`).
+                    let next = match last_word {
+                        None => server.recv().map(Some),
+                        Some(at) => server.recv_timeout(at.saturating_duration_since(Instant::now())),
                     };
                     match next {
                         Ok(Some(request)) => {
+                            last_request = Instant::now();
+                            if let Some(at) = last_word.as_mut() {
+                                *at = (*at).max(Generation::last_word(last_request, idle_timeout));
+                            }
                             if !lanes.hand_on(request) {
                                 return;
                             }
                         }
                         Ok(None) => return, // no connection of ours can send more
                         Err(e) => {
-                            accepting = false;
                             let idle = e.kind() == io::ErrorKind::WouldBlock;
                             if idle {
                                 log::debug!("tiny_http's accept timed out (no connection for --idle-timeout)");
                             } else {
                                 log::error!("tiny_http stopped accepting connections: {e}");
                             }
+                            // An idle ending accepted nothing for `idle_timeout`: its
+                            // connections are older, and silent since `last_request` at the
+                            // latest. A failing accept may have just accepted one.
+                            let silent_since = if idle { last_request } else { Instant::now() };
+                            last_word = Some(
+                                Generation::last_word(silent_since, idle_timeout)
+                                    .max(Instant::now() + LAST_WORD_MARGIN),
+                            );
                             let _ = stopped.send((generation, idle));
                         }
                     }
@@ -256,13 +296,19 @@ fn supervise(
     (restarts, idle_replacements): (Arc<AtomicU64>, Arc<AtomicU64>),
     mut door: door::Door,
 ) {
-    let mut panics_seen = TINY_HTTP_PANICS.load(Relaxed);
+    let name = generation_of.name;
+    let mut panics_seen = tiny_http_panics(name);
     let mut generation = 0;
     loop {
         // BLOCKS: until a server reports its accept thread stopped, or a quarter second
         // passes (to look for a panic on a tiny_http thread).
         let report = stops.recv_timeout(Duration::from_millis(250)).ok();
-        let panics = TINY_HTTP_PANICS.load(Relaxed);
+        // An older generation's accept ending changes nothing: a newer one accepts. (Were
+        // it replaced anyway, each of the two would be replaced at its own idle timeout,
+        // and the listener would keep two servers for good: measured, ten `other-tiny`
+        // threads instead of five after a flood whose panic was counted for both ports.)
+        let report = report.filter(|&(stopped, _)| stopped == generation);
+        let panics = tiny_http_panics(name);
         if report.is_none() && panics == panics_seen {
             continue;
         }
@@ -304,11 +350,25 @@ fn watch_for_panics() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if thread::current().name().is_none() {
-                TINY_HTTP_PANICS.fetch_add(1, Relaxed);
+                let listener = linux_thread_name()
+                    .and_then(|n| n.split_once("-tiny-").map(|(l, _)| l.to_string()))
+                    .unwrap_or_default();
+                let mut panics = TINY_HTTP_PANICS.lock().unwrap_or_else(|e| e.into_inner());
+                *panics.entry(listener).or_default() += 1;
             }
             previous(info);
         }));
     });
+}
+
+/// This thread's Linux name (what `/proc/self/task/N/comm` shows), asked of the kernel
+/// directly: a panic at the descriptor limit cannot open a file to read it.
+fn linux_thread_name() -> Option<String> {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into the buffer.
+    let ok = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) } == 0;
+    let end = name.iter().position(|&b| b == 0)?;
+    ok.then(|| String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
 /// Workaround 1. tiny_http's connection pool decides between "wake an idle pool thread" and
@@ -441,6 +501,28 @@ mod tests {
     use super::*;
     use crossbeam_channel::bounded;
     use std::sync::atomic::AtomicBool;
+
+    /// tiny_http's threads have no Rust name, and inherit the Linux name of the thread that
+    /// started their server: a panic on one is counted for that listener, and no other.
+    #[test]
+    fn a_panic_on_a_tiny_http_thread_is_counted_for_its_listener_only() {
+        watch_for_panics();
+        let before = tiny_http_panics("unit");
+        let inner = thread::Builder::new()
+            .name("unit-tiny-0".into())
+            .spawn(|| {
+                assert_eq!(linux_thread_name().as_deref(), Some("unit-tiny-0"));
+                // As tiny_http starts its accept thread: unnamed.
+                thread::spawn(|| panic!("(expected) as tiny_http's accept thread, at the limit"))
+                    .join()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(inner.is_err(), "it panicked");
+        assert_eq!(tiny_http_panics("unit"), before + 1);
+        assert_eq!(tiny_http_panics("other-unit"), 0);
+    }
 
     /// Pin the calling thread to `cpu`.
     fn pin(cpu: usize) {

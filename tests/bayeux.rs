@@ -473,3 +473,44 @@ fn the_official_client_runs_in_chromium_with_long_polling_and_with_callback_poll
     page.eval("document.getElementById('channel').value = '/lab/events'; document.getElementById('data').value = 'from jsonp'; document.getElementById('pub-form').requestSubmit()");
     page.wait_for_log("[event] from jsonp");
 }
+
+/// Every byte but letters and digits as `%XX`: a batch in a query.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A connect held past `--idle-timeout` says `Connection: close`: tiny_http reads that
+/// connection no more after the idle timeout, and the lab stops listening to it once its
+/// tiny_http server is replaced, so the client's next connect must go on a new one. A connect
+/// answered at once keeps the connection.
+#[test]
+fn a_connect_held_past_the_idle_timeout_says_close() {
+    let lab = start_lab_with(|c| {
+        c.idle_timeout = Duration::from_secs(1);
+        c.bayeux.timeout = Duration::from_millis(2000);
+    });
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    let connect = |id: &str| {
+        let batch = json!([{"channel": "/meta/connect", "clientId": client, "id": id,
+                            "connectionType": "callback-polling"}]);
+        format!(
+            "/cometd/connect?jsonp=cb&message={}",
+            percent_encoded(&batch.to_string())
+        )
+    };
+    let mut connection = reverse_ajax_lab::client::KeepAlive::connect(addr).unwrap();
+    let first = connection.get(&connect("1")).unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.body.contains("\"successful\":true"), "{}", first.body);
+    assert_eq!(first.header("Connection"), None, "answered at once");
+    // BLOCKS (the test): held for the advised 2 s, twice the idle timeout.
+    let second = connection.get(&connect("2")).unwrap();
+    assert!(second.body.contains("/meta/connect"), "{}", second.body);
+    assert_eq!(second.header("Connection"), Some("close"));
+}

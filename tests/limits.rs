@@ -114,6 +114,12 @@ fn the_lab_recovers_when_tiny_http_stops_accepting() {
     wait_until("events are served again", || {
         get(addr, "/events/poll").is_ok_and(|r| r.status == 200)
     });
+    // Only this port's server was replaced: the other origin's port keeps its one server
+    // (five tiny_http threads), not a second one beside it.
+    wait_until("the other port has one tiny_http server", || {
+        let names = lab.thread_names();
+        names.iter().filter(|n| n.starts_with("other-tiny")).count() == 5
+    });
 }
 
 /// While the flood holds every descriptor and no tiny_http server accepts, the supervisor

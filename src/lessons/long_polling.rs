@@ -119,9 +119,7 @@ impl Answer {
     ) -> io::Result<()> {
         counters.delivered(backlog.events.len());
         let answer = events_answer(backlog, cursor);
-        // (With a margin: tiny_http's read began a moment after `arrived`.)
-        let margin = (self.idle_timeout / 4).min(Duration::from_secs(1));
-        let reader_gone = self.arrived.elapsed() + margin >= self.idle_timeout;
+        let reader_gone = http::outlasts_the_reader(self.arrived.elapsed(), self.idle_timeout);
         let close: &[(&str, &str)] = if reader_gone {
             &[("Connection", "close")]
         } else {

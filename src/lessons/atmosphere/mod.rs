@@ -520,9 +520,8 @@ fn answer(
     body: &str,
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let margin = (lab.config.idle_timeout / 4).min(Duration::from_secs(1));
     let mut headers = vec![("Cache-Control", "no-cache")];
-    if arrived.elapsed() + margin >= lab.config.idle_timeout {
+    if http::outlasts_the_reader(arrived.elapsed(), lab.config.idle_timeout) {
         headers.push(("Connection", "close"));
     }
     http::write_response(

@@ -175,8 +175,9 @@ impl Bayeux {
 /// Step 1: `/cometd` and every path under it.
 pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("bayeux");
+    let arrived = Instant::now();
     let cors = lab.cors_with_credentials(&request);
-    let headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let mut headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if *request.method() == Method::Options {
         let mut preflight = headers.clone();
         preflight.extend([
@@ -239,6 +240,11 @@ pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> 
     };
     // 2, 3. Every message; a connect waits for its deliveries (BLOCKS, see hold_connect).
     let replies = process(lab, batch, transport, &counters);
+    // A connect held past `--idle-timeout` (the 20 s hold, against a shorter one) sends the
+    // client's next connect to a new connection: this one may no longer be listened to.
+    if http::outlasts_the_reader(arrived.elapsed(), lab.config.idle_timeout) {
+        headers.push(("Connection", "close"));
+    }
     answer(
         request,
         200,

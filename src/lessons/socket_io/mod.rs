@@ -441,7 +441,7 @@ fn poll(
     // read by tiny_http: say close, as chapter 4's long poll does, so the next GET comes on a
     // new connection.
     let mut headers = lab.cors_with_credentials(&request);
-    if arrived.elapsed() + Duration::from_secs(1) >= lab.config.idle_timeout {
+    if http::outlasts_the_reader(arrived.elapsed(), lab.config.idle_timeout) {
         headers.push(("Connection", "close".into()));
     }
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
