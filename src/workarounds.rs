@@ -208,9 +208,12 @@ impl Generation {
     /// `idle_timeout` without a byte, and the margin covers a head read in that moment.
     /// Before this, an old server's thread (and the five of tiny_http's that end with it)
     /// lingered a fixed 35 s after every idle replacement, and an idle lab never held still
-    /// (LESSONS.md chapter 13). (A client that trickles one byte of its head per
-    /// `--idle-timeout` outlasts this and is never answered; a real server bounds the time a
-    /// whole head may take.)
+    /// (LESSONS.md chapter 13). Two clients outlast it and go unheard: one that trickles a
+    /// byte of its head per `--idle-timeout` (a real server bounds the time a whole head may
+    /// take), and one whose request had a body and was held, and who then waits longer than
+    /// the rest of the idle timeout before its next request on that connection (tiny_http
+    /// reads such a connection again only after the answer; the lab's one held request
+    /// with a body, Bayeux's connect, is followed at once by the next).
     fn last_word(since: Instant, idle_timeout: Duration) -> Instant {
         since + idle_timeout + LAST_WORD_MARGIN
     }
