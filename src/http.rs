@@ -152,7 +152,8 @@ fn with_connection<'a>(
 /// it too (`workarounds::Generation::last_word`). A next request sent on it would never be
 /// answered, so a long hold sends the client to a new connection. (With a margin: tiny_http's
 /// read began a moment before the handler saw the request.)
-/// Test: `a_keep_alive_connection_serves_the_next_poll_after_a_long_hold` (tests/long_polling.rs).
+/// Tests: `a_keep_alive_connection_serves_the_next_poll_after_a_long_hold` (tests/long_polling.rs),
+/// `a_connect_held_past_the_idle_timeout_says_close` (tests/bayeux.rs).
 pub fn outlasts_the_reader(held: std::time::Duration, idle_timeout: std::time::Duration) -> bool {
     let margin = (idle_timeout / 4).min(std::time::Duration::from_secs(1));
     held + margin >= idle_timeout

@@ -78,14 +78,19 @@ fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answer
 /// fails ("Too many open files") and would leave the port dead while the process lives on.
 /// When the flood leaves, a new tiny_http server takes over the port.
 ///
-/// The idle timeout is long on purpose: with a short one (2 s, as this test once had), a slow
-/// machine closed the first idle connections while the last were still being accepted, the
-/// descriptors stayed just under the limit, accept never failed, and there was nothing to
-/// recover from (seen once in CI).
+/// The idle timeout is long on purpose. With a short one (2 s, as this test once had) it
+/// failed once in CI, never here: most likely the slower machine closed the first idle
+/// connections while the last were still being accepted, the descriptors stayed just under
+/// the limit, accept never failed, and there was nothing to recover from.
 #[test]
 fn the_lab_recovers_when_tiny_http_stops_accepting() {
     let lab = ChildLab::start(&["--max-fds", "200", "--idle-timeout", "60"]);
     let addr = lab.addr;
+    let other_tiny = || {
+        let names = lab.thread_names();
+        names.iter().filter(|n| n.starts_with("other-tiny")).count()
+    };
+    let other_tiny_at_start = other_tiny();
     let flood = take_every_descriptor(&lab);
     // It leaves; the port is served again, by a new generation of tiny_http.
     drop(flood);
@@ -115,10 +120,12 @@ fn the_lab_recovers_when_tiny_http_stops_accepting() {
         get(addr, "/events/poll").is_ok_and(|r| r.status == 200)
     });
     // Only this port's server was replaced: the other origin's port keeps its one server
-    // (five tiny_http threads), not a second one beside it.
+    // (its tiny_http threads as many as at the start), not a second one beside it. (This
+    // tells only when the flood ended tiny_http's accept thread with a panic, as it mostly
+    // does; when `accept` itself fails there is no panic to count. The unit test
+    // `a_panic_on_a_tiny_http_thread_is_counted_for_its_listener_only` always tells.)
     wait_until("the other port has one tiny_http server", || {
-        let names = lab.thread_names();
-        names.iter().filter(|n| n.starts_with("other-tiny")).count() == 5
+        other_tiny() == other_tiny_at_start
     });
 }
 
