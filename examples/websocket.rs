@@ -1,5 +1,5 @@
 //! Serves the websocket lesson alone: `cargo run --example websocket`, then open the URL it
-//! logs. The WebSocket listener takes the HTTP port + 1 (`--ws-addr` to choose).
+//! logs. WebSockets upgrade on the HTTP port itself.
 
 fn main() {
     reverse_ajax_lab::run(Some("websocket"));

@@ -3,17 +3,18 @@
 //!
 //! Every response is written as text onto the socket (`Request::into_writer`), so the student
 //! sees each header the server sends, and `/stats` can count the exact bytes on the wire.
-//! tiny_http's own `Response` would hide both, and it buffers streamed bodies (the buffering lesson,
-//! `lessons::buffering`).
+//! Nothing sits between a write and the socket: a buffer there would hold streamed events
+//! back (the buffering lesson, `lessons::buffering`, shows one).
 
 use crate::stats::LessonCounters;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use tiny_http::Request;
+use std::io::{self, Write};
+
+pub use crate::connection::Request;
 
 /// The paths whose requests may be held (long polls, streams, the frameworks' transports):
-/// they count against a client's share, and wait in their own lane (`workarounds::Requests`).
+/// they count against a client's share (`--max-per-client`).
 pub fn asks_for_events(url: &str) -> bool {
     url.starts_with("/events/")
         || url.starts_with("/socket.io/")
@@ -80,11 +81,15 @@ impl HttpError {
 
 pub fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        417 => "Expectation Failed",
+        426 => "Upgrade Required",
         413 => "Payload Too Large",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
@@ -116,47 +121,39 @@ pub fn head(status: u16, content_type: &str, headers: &[(&str, &str)]) -> String
     head
 }
 
-/// Will tiny_http close the connection after this request's answer? It does when the client
-/// said `Connection: close` (or spoke HTTP/1.0 without `keep-alive`). Our hand-written heads
-/// must then say `Connection: close` too: a client that pools connections (Node's agent does
-/// by default since Node 19) would otherwise send its next request on a socket being closed,
-/// and see "socket hang up". (`an_answer_says_close_when_the_client_asked_for_it`)
-pub fn closes_after(request: &Request) -> bool {
-    let connection = header(request, "Connection").unwrap_or("");
-    let has = |token: &str| {
-        connection
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    has("close") || (*request.http_version() == tiny_http::HTTPVersion(1, 0) && !has("keep-alive"))
-}
-
-/// `headers`, plus `Connection: close` when the connection ends after this answer.
-fn with_connection<'a>(
-    request: &Request,
-    headers: &[(&'a str, &'a str)],
-) -> Vec<(&'a str, &'a str)> {
-    let mut all = headers.to_vec();
-    let named = headers
+/// Does `headers` already say `Connection: close`?
+fn says_close(headers: &[(&str, &str)]) -> bool {
+    headers
         .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("Connection"));
-    if !named && closes_after(request) {
-        all.push(("Connection", "close"));
-    }
-    all
+        .any(|(n, v)| n.eq_ignore_ascii_case("Connection") && v.eq_ignore_ascii_case("close"))
 }
 
-/// Must an answer held for `held` say `Connection: close`? After `--idle-timeout` without a
-/// byte, tiny_http stops reading the connection (for a GET it began reading the next request
-/// when this one arrived), and once its server has been replaced the lab stops listening to
-/// it too (`workarounds::Generation::last_word`). A next request sent on it would never be
-/// answered, so a long hold sends the client to a new connection. (With a margin: tiny_http's
-/// read began a moment before the handler saw the request.)
-/// Tests: `a_keep_alive_connection_serves_the_next_poll_after_a_long_hold` (tests/long_polling.rs),
-/// `a_connect_held_past_the_idle_timeout_says_close` (tests/bayeux.rs).
-pub fn outlasts_the_reader(held: std::time::Duration, idle_timeout: std::time::Duration) -> bool {
-    let margin = (idle_timeout / 4).min(std::time::Duration::from_secs(1));
-    held + margin >= idle_timeout
+/// Write a complete answer framed by its length (or with no body), then let the connection
+/// serve the next request, unless it must close: the client asked (`Connection: close`,
+/// HTTP/1.0), its body was left unread, or `headers` say so. A closing answer says
+/// `Connection: close`: a client that pools connections (Node's agent does by default) would
+/// otherwise send its next request on a socket being closed, and see "socket hang up".
+fn write_whole(
+    request: Request,
+    head: String,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<usize> {
+    let mut writer = request.into_writer();
+    let close = !writer.may_keep_alive() || says_close(headers);
+    let mut wire = head.into_bytes();
+    if close && !says_close(headers) {
+        wire.extend_from_slice(b"Connection: close\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    if !writer.head_only() {
+        wire.extend_from_slice(body);
+    }
+    writer.write_all(&wire)?;
+    if !close {
+        writer.keep_alive();
+    }
+    Ok(wire.len())
 }
 
 /// A whole response with `Content-Length`: the keep-alive connection stays usable.
@@ -168,15 +165,10 @@ pub fn write_response(
     body: &[u8],
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let headers = with_connection(&request, headers);
-    let mut text = head(status, content_type, &headers);
-    text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut wire = text.into_bytes();
-    wire.extend_from_slice(body);
-    let mut writer = request.into_writer();
-    writer.write_all(&wire)?;
-    writer.flush()?;
-    counters.wrote(wire.len());
+    let mut text = head(status, content_type, headers);
+    text.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    let written = write_whole(request, text, headers, body)?;
+    counters.wrote(written);
     Ok(())
 }
 
@@ -187,14 +179,11 @@ pub fn write_no_content(
     counters: &LessonCounters,
 ) -> io::Result<()> {
     let mut text = "HTTP/1.1 204 No Content\r\n".to_string();
-    for (name, value) in with_connection(&request, headers) {
+    for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
     }
-    text.push_str("\r\n");
-    let mut writer = request.into_writer();
-    writer.write_all(text.as_bytes())?;
-    writer.flush()?;
-    counters.wrote(text.len());
+    let written = write_whole(request, text, headers, &[])?;
+    counters.wrote(written);
     Ok(())
 }
 
@@ -234,15 +223,15 @@ pub fn write_jsonp(
 
 /// An open response whose body is sent as HTTP/1.1 chunks, one per event, each flushed at once.
 ///
-/// This is the hand-written replacement for tiny_http's streamed `Response`, whose 8 KiB chunk
-/// buffer holds small events back until the stream ends (see the buffering lesson).
+/// Nothing buffers between a frame and the socket: a buffer there would hold small events
+/// back until it filled (see the buffering lesson).
 pub struct ChunkedStream {
-    writer: Box<dyn Write + Send>,
+    writer: crate::connection::ResponseWriter,
     counters: LessonCounters,
 }
 
 impl ChunkedStream {
-    /// Take the socket from tiny_http and send the head. `Connection: close`, because the
+    /// Take the connection and send the head. `Connection: close`, because the
     /// stream ends only when one side gives up; `X-Accel-Buffering: no` on every stream, so a
     /// proxy in front (nginx and its kin) passes each chunk on instead of collecting them.
     pub fn start(
@@ -256,7 +245,6 @@ impl ChunkedStream {
         text.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
         let mut writer = request.into_writer();
         writer.write_all(text.as_bytes())?;
-        writer.flush()?;
         counters.wrote(text.len());
         Ok(ChunkedStream {
             writer,
@@ -270,74 +258,35 @@ impl ChunkedStream {
         if data.is_empty() {
             return Ok(()); // an empty chunk would end the stream
         }
+        if self.writer.head_only() {
+            // A HEAD request has its head, and no body: the stream ends here.
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HEAD: no body"));
+        }
         // One write per frame: with three small writes, Nagle's algorithm (were it on) and
         // the peer's delayed ACK could hold the tail of the frame back for up to 200 ms.
         let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
         frame.extend_from_slice(data);
         frame.extend_from_slice(b"\r\n");
+        // BLOCKS: while the client's receive buffer and our send buffer are full, up to
+        // --write-timeout.
         self.writer.write_all(&frame)?;
-        self.writer.flush()?;
         self.counters.wrote(frame.len());
         Ok(())
     }
 
+    /// Has the client closed its connection? (`Request::client_left`)
+    pub fn client_left(&self) -> bool {
+        self.writer.client_left()
+    }
+
     /// The zero-length chunk that ends the body.
     pub fn finish(mut self) -> io::Result<()> {
-        self.writer.write_all(b"0\r\n\r\n")?;
-        self.writer.flush()?;
-        self.counters.wrote(5);
+        if !self.writer.head_only() {
+            self.writer.write_all(b"0\r\n\r\n")?;
+            self.counters.wrote(5);
+        }
         Ok(())
     }
-}
-
-/// The longest request line target and the longest header line the lab accepts, and the
-/// largest head in all (request line and headers): beyond them, 414 or 431.
-pub const MAX_TARGET: usize = 8 * 1024;
-pub const MAX_HEADER_LINE: usize = 8 * 1024;
-pub const MAX_HEAD: usize = 64 * 1024;
-
-/// Refuse a request whose head is too large or whose body length cannot be trusted, before
-/// any lesson sees it. tiny_http has already read the head (it sets no limit of its own, so a
-/// real server would stop reading at the limit instead); what we can still do is refuse it,
-/// change nothing, and close the connection.
-pub fn check_head(request: &Request) -> Result<(), HttpError> {
-    let close = |e: HttpError| e.with_header("Connection", "close");
-    let target = request.url().len();
-    if target > MAX_TARGET {
-        let message = format!("the request target is {target} bytes; the limit is {MAX_TARGET}");
-        return Err(close(HttpError::new(414, message)));
-    }
-    let mut total = target + 16; // "GET  HTTP/1.1\r\n"
-    for header in request.headers() {
-        let line = header.field.as_str().as_str().len() + 2 + header.value.as_str().len();
-        if line > MAX_HEADER_LINE {
-            let name = header.field.as_str().as_str();
-            let message = format!("header {name} is {line} bytes; the limit is {MAX_HEADER_LINE}");
-            return Err(close(HttpError::new(431, message)));
-        }
-        total += line + 2;
-    }
-    if total > MAX_HEAD {
-        let message = format!("the request head is {total} bytes; the limit is {MAX_HEAD}");
-        return Err(close(HttpError::new(431, message)));
-    }
-    // tiny_http reads a Content-Length it cannot parse ("-5", "5x") as "no body", and would
-    // then read the body as the next request. Refuse it, and close: where the next request
-    // starts is unknown.
-    let mut lengths = request
-        .headers()
-        .iter()
-        .filter(|h| h.field.equiv("Content-Length"))
-        .map(|h| h.value.as_str().trim());
-    if let Some(first) = lengths.next() {
-        let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit());
-        if !valid || lengths.any(|other| other != first) {
-            let message =
-                format!("Content-Length must be one whole number of bytes, got {first:?}");
-            return Err(close(HttpError::bad_request(message)));
-        }
-    }
-    Ok(())
 }
 
 /// What `POST /publish` publishes: a JSON body's `data` string (when the content type says
@@ -504,20 +453,13 @@ pub fn json_for_script(value: &Value) -> String {
     out
 }
 
-/// Read a request body up to `limit` bytes; a larger one is refused with 413.
-pub fn read_body(request: &mut Request, limit: usize) -> Result<String, HttpError> {
-    if request.body_length().is_some_and(|n| n > limit) {
-        return Err(too_large(limit));
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| HttpError::bad_request(format!("could not read the body: {e}")))?;
-    if body.len() > limit {
-        return Err(too_large(limit));
-    }
+/// The request's body (read before routing) as text, at most `limit` bytes; a larger one is
+/// refused with 413.
+pub fn read_body(request: &Request, limit: usize) -> Result<String, HttpError> {
+    let body = match request.body() {
+        crate::request::Body::Read(body) if body.len() <= limit => body.clone(),
+        _ => return Err(too_large(limit)),
+    };
     String::from_utf8(body).map_err(|_| HttpError::bad_request("the body must be UTF-8 text"))
 }
 
@@ -528,11 +470,7 @@ fn too_large(limit: usize) -> HttpError {
 
 /// A header's value, if the request has it.
 pub fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
+    request.header(name)
 }
 
 /// An expected ending (the client left) rather than a fault worth a warning.

@@ -6,7 +6,6 @@ use crate::stats::{LessonCounters, Stats};
 use crate::waiting_room::WaitingRoom;
 use crate::Config;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// What every handler thread shares: the configuration, the hub and the counters.
@@ -18,7 +17,7 @@ pub struct Lab {
     pub waiting_room: WaitingRoom,
     /// Where the HTTP server really listens (port 0 resolved).
     pub addr: SocketAddr,
-    /// `ws://HOST:PORT/events/ws`: the WebSocket lesson's own listener.
+    /// `ws://HOST:PORT/events/ws`: the WebSocket lesson, on the HTTP port itself.
     pub websocket_url: String,
     /// The same lab on a second port: another origin for the cross-origin lessons.
     pub other_addr: SocketAddr,
@@ -26,14 +25,8 @@ pub struct Lab {
     pub shares: Arc<crate::classroom::ClientShares>,
     /// Per lesson: requests in progress and browsers seen (the teacher's view).
     pub activity: Arc<crate::classroom::Activity>,
-    /// How often tiny_http's accept thread died and was replaced (`workarounds`).
-    pub accept_restarts: Arc<AtomicU64>,
-    /// How often it ended, routinely, because no connection came for `--idle-timeout`.
-    pub accept_idle_replacements: Arc<AtomicU64>,
-    /// Parked long polls waiting to hear that their client left (`workarounds::departures`).
-    pub departures: Arc<crate::workarounds::Departures>,
-    /// What the door answered and refused while tiny_http could not accept.
-    pub door: Arc<crate::workarounds::DoorCounts>,
+    /// The connection threads (`connection::Pool`): what `/stats` reads of them.
+    pub connections: std::sync::OnceLock<Arc<crate::connection::Pool>>,
     /// Every Socket.IO session (`lessons::socket_io`).
     pub socket_io: crate::lessons::socket_io::SocketIo,
     /// Every Bayeux client (`lessons::bayeux`).
@@ -45,16 +38,6 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A watch for the client of `request` closing its connection, for a request about to be
-    /// held (`workarounds::departures`); `None` with `--departures off`.
-    pub fn watch_departure(
-        &self,
-        request: &tiny_http::Request,
-    ) -> Option<crate::workarounds::Watch> {
-        let peer = request.remote_addr().filter(|_| self.config.departures)?;
-        Some(self.departures.watch(*peer))
-    }
-
     /// Is `origin` one of the lab's own pages? Its HTTP address under either loopback name,
     /// or, in a classroom, the name the browser itself used to reach the lab: `host` is the
     /// request's `Host` header, and its host part with the lab's HTTP port is the lab's own
@@ -86,7 +69,7 @@ impl Lab {
     /// origin's answer to another.
     pub fn cors_with_credentials(
         &self,
-        request: &tiny_http::Request,
+        request: &crate::connection::Request,
     ) -> Vec<(&'static str, String)> {
         let host = crate::http::header(request, "Host");
         match crate::http::header(request, "Origin") {
@@ -99,14 +82,9 @@ impl Lab {
         }
     }
 
-    /// The WebSocket listener's port.
+    /// The WebSockets' port: the HTTP port itself.
     pub fn websocket_port(&self) -> u16 {
-        self.websocket_url
-            .rsplit(':')
-            .next()
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|port| port.parse().ok())
-            .unwrap_or(0)
+        self.addr.port()
     }
 
     /// Counters for a lesson, with this request counted.

@@ -18,6 +18,7 @@
 pub mod broker;
 pub mod classroom;
 pub mod client;
+pub mod connection;
 pub mod generator;
 pub mod http;
 pub mod hub;
@@ -25,6 +26,7 @@ pub mod lab;
 pub mod lessons;
 pub mod limits;
 pub mod listener;
+pub mod request;
 pub mod server;
 pub mod stats;
 pub mod stream;
@@ -44,11 +46,12 @@ use std::time::Duration;
 pub struct Config {
     /// Where the HTTP server listens (`--addr`, `LAB_ADDR`).
     pub addr: String,
-    /// Where the WebSocket listener binds; `None`: the HTTP port + 1 (or any port for port 0).
+    /// `--ws-addr`: one more port serving the same lab (an alias: WebSockets upgrade on the
+    /// HTTP port itself); `None`: no such port.
     pub ws_addr: Option<String>,
     /// Connections for events one client address may hold at once (a classroom's fair share).
     pub max_per_client: usize,
-    /// `--handlers N`: at most N handler threads, a fixed pool like a servlet container's
+    /// `--handlers N`: at most N connection threads, a fixed pool like a servlet container's
     /// (0, the default: as many as the requests need, up to the limits).
     pub handlers: usize,
     /// The second HTTP port, another origin for the cross-origin lessons; `None`: the HTTP
@@ -78,8 +81,9 @@ pub struct Config {
     pub max_fds: Option<u64>,
     /// How a long poll waits: its own sleeping thread, or a place in the waiting room.
     pub parking: ParkingMode,
-    /// Tell parked long polls and streams that their client closed its connection
-    /// (`workarounds::departures`); off shows the blocking design's own blindness.
+    /// Parked long polls and streams look at their socket once a second for a client that
+    /// closed its connection (`Request::client_left`); off shows the blocking design's own
+    /// blindness.
     pub departures: bool,
     /// Serve one lesson alone (the examples); `None` serves them all.
     pub only: Option<&'static str>,
@@ -146,7 +150,8 @@ Reverse Ajax Lab: every way a server can push data to a browser.
 Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [options])
 
   --addr HOST:PORT       where to listen (default 127.0.0.1:8080; env LAB_ADDR)
-  --ws-addr HOST:PORT    WebSocket listener (default: the HTTP port + 1)
+  --ws-addr HOST:PORT    an alias: the same lab on one more port (WebSockets upgrade on
+                         the HTTP port itself; nothing listens here unless given)
   --other-addr HOST:PORT the same lab as another origin, for the cross-origin lessons
                          (default: the HTTP port + 2)
   --generator MIN..MAX   pause between generated events in ms (default 0..5000), or off
@@ -159,10 +164,11 @@ Usage: reverse-ajax-lab [options]        (or: cargo run --example LESSON -- [opt
   --max-fds N            lower the descriptor limit to N, to watch the lab meet its limits
   --parking MODE         how long polls wait: thread (a sleeping thread each, default)
                          or queue (a waiting list answered by one dispatcher thread)
-  --departures on|off    tell parked long polls and streams that their client closed its
-                         connection (default on; off: only deadlines and heartbeats do)
-  --handlers N           a fixed pool of N handler threads, as in a servlet container
-                         (default 0: as many as the requests need; chapter 4, Pitfalls)
+  --departures on|off    parked long polls and streams look at their socket once a second
+                         for a client that left (default on; off: only deadlines and
+                         heartbeats find it)
+  --handlers N           a fixed pool of N connection threads, a servlet container's
+                         maxThreads (default 0: as many as the connections need; chapter 4)
   --max-body BYTES       largest request body (default 65536)
   --socket-io-ping-interval MS   Engine.IO pings every MS (default 25000)
   --socket-io-ping-timeout MS    ...and closes a session whose pong is later (default 20000)
@@ -391,20 +397,7 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
             };
             let urls = classroom::student_urls(lab.addr(), &format!("/{page}"));
             let url = urls.first().cloned().unwrap_or_else(|| lab.url("/"));
-            let ws_port = lab.lab.websocket_port();
-            if only.is_none() || only == Some("websocket") {
-                log::info!("Reverse Ajax Lab on {url} (WebSockets on port {ws_port})");
-            } else if only == Some("socket_io") {
-                log::info!(
-                    "Reverse Ajax Lab on {url} (Socket.IO's websocket transport on port {ws_port})"
-                );
-            } else if only == Some("atmosphere") {
-                log::info!(
-                    "Reverse Ajax Lab on {url} (Atmosphere's websocket transport on port {ws_port})"
-                );
-            } else {
-                log::info!("Reverse Ajax Lab on {url}");
-            }
+            log::info!("Reverse Ajax Lab on {url} (WebSockets on the same port)");
             // Listening on every interface: every address a student can type.
             for other in urls.iter().skip(1) {
                 log::info!("                also on {other}");

@@ -2,23 +2,22 @@
 //!
 //! A thread-per-connection server has two ceilings of its own, whatever the machine's memory:
 //!
-//! - **File descriptors** (`ulimit -n`): tiny_http keeps two per connection (it duplicates
-//!   each socket), a WebSocket two. At the limit `accept` fails, and tiny_http's accept thread
-//!   gives up for good (see `workarounds`).
-//! - **Threads**: each costs about four memory mappings (stack, guard page, and their
-//!   neighbours), and Linux allows `vm.max_map_count` (65,530 here) mappings per process;
-//!   past that a thread cannot start, and a `thread::spawn` that panics there takes tiny_http's
-//!   accept thread with it. `pid_max` and `threads-max` cap threads too.
+//! - **File descriptors** (`ulimit -n`): one per connection (a WebSocket two: its reader and
+//!   writer each hold one). At the limit `accept` fails; the accept loop backs off and answers
+//!   at the door with a descriptor it keeps spare (`connection::accept_loop`).
+//! - **Threads**: one per connection (a WebSocket two). Each costs about four memory mappings
+//!   (stack, guard page, and their neighbours), and Linux allows `vm.max_map_count` (65,530
+//!   here) mappings per process; past that a thread cannot start. `pid_max` and `threads-max`
+//!   cap threads too.
 //!
 //! ```text
 //! start:   descriptor limit 20000 → 65536 (raised: the hard limit allowed it)
 //!          thread budget 16382 (vm.max_map_count 65530 / 4)
-//!          descriptor limit → 2 × (80 % of 16382 − 6000 held − 1024) = 12,162, so that
-//!          tiny_http's threads (one per connection) plus held requests fit the budget
+//!          descriptor limit → 80 % of 16382 − 1024 = 12,081, so that a thread for every
+//!          descriptor fits the budget (the 1,024: idle threads, the lab's own)
 //! monitor: every 100 ms, how many descriptors and threads the process holds now
-//!          (counted afresh when 10 ms old, or 2 ms old once past 60 %)
-//! accept:  a request arrives while descriptors > 80 % or threads > 80 % of budget
-//!          → 503, Retry-After: 2, Connection: close, answered on the accept thread itself
+//! accept:  a connection arrives while descriptors > 80 % or threads > 80 % of budget
+//!          → the door: /stats and the pages answered, the rest 503, no thread started
 //! ```
 //!
 //! 1. `Capacity::measure`: raise the soft descriptor limit to the hard one (and the hard one
@@ -30,11 +29,9 @@
 //! 4. `give_memory_back`: when a flood has left (threads down to half of their peak, a
 //!    thousand fewer or more), the monitor asks the allocator to return freed pages.
 //!
-//! **What it cannot do**: the gate sees *requests*. A flood of connections that never send a
-//! request is met only by `--idle-timeout` (each is closed after it), because tiny_http
-//! accepts every connection before the lab sees anything. A real server owns its accept loop
-//! and refuses there; the lab does so only once tiny_http has run out (`workarounds::door`),
-//! and chapter 13 measures where that leaves it.
+//! `--max-parked` does not enter the arithmetic: it bounds held requests, and every held
+//! request is a connection the descriptor limit already counts. (It once did, and raising it
+//! lowered what the lab could hold.)
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -51,15 +48,6 @@ fn flood_has_left(busiest: u64, threads: u64) -> bool {
 /// used (0: none).
 static MAX_FDS: AtomicU64 = AtomicU64::new(0);
 
-/// `--max-parked`: handler threads the process may hold beyond tiny_http's (0: none yet).
-static HELD_THREADS: AtomicU64 = AtomicU64::new(0);
-
-/// Tell the capacity how many requests may be held at once (`--max-parked`), before it is
-/// first used, so the descriptor limit can be set to what the threads can carry.
-pub fn reserve_held(max_parked: u64) {
-    HELD_THREADS.fetch_max(max_parked, Relaxed);
-}
-
 /// Lower the descriptor limit to `max` when the capacity is first measured (`--max-fds`).
 pub fn cap_descriptors(max: u64) {
     MAX_FDS.store(max, Relaxed);
@@ -71,17 +59,14 @@ pub fn capacity() -> &'static Capacity {
     static CAPACITY: OnceLock<&'static Capacity> = OnceLock::new();
     CAPACITY.get_or_init(|| {
         let mut measured = Capacity::measure();
-        // The budget must hold together. tiny_http starts a thread for every connection (two
-        // descriptors) before the lab sees a request, and every held request adds at most one
-        // thread more (a WebSocket: two threads for its two descriptors). So threads stay
-        // under fds / 2 + max_parked, plus idle threads waiting a few seconds for more work
-        // (tiny_http's and ours): a descriptor limit of 2 × (80 % of the thread budget −
-        // max_parked − 1024) keeps the process from starting more threads than its memory
-        // mappings allow; `accept` meets the descriptor limit first, which the lab survives.
-        // The 1,024 are for those idle threads: with 256, floods of 12,000 long polls peaked
-        // at 13,100–15,700 threads of the 16,382, too close (LESSONS.md chapter 13).
-        let held = HELD_THREADS.load(Relaxed);
-        let fitting = 2 * (measured.thread_budget * 8 / 10).saturating_sub(held + 1024);
+        // The budget must hold together: a thread for every connection, and a connection
+        // for every descriptor (a WebSocket has two of each). So the descriptor limit is what
+        // the thread budget can carry: 80 % of it (the gate's line), less 1,024 for idle
+        // threads and the lab's own; `accept` meets the descriptor limit first, which the lab
+        // survives.
+        let fitting = (measured.thread_budget * 8 / 10)
+            .saturating_sub(1024)
+            .max(64);
         let asked = MAX_FDS.load(Relaxed);
         let cap = if asked > 0 {
             asked.min(fitting)

@@ -1,40 +1,34 @@
-//! How a request reaches a lesson: one listener, one accept loop, one thread per request, and
-//! a plain `match` on method and path.
+//! How a request reaches a lesson: listeners, a thread per connection, and a plain `match` on
+//! method and path.
 //!
-//! 1. `RunningLab::start` builds the listener itself (TCP_NODELAY, a large backlog, read and
-//!    write timeouts: see `bind` below) and hands it to tiny_http, which parses requests on its
-//!    own threads (through `workarounds::Requests`, which replaces tiny_http if its accept
-//!    thread dies). Parsed requests wait in two lanes: pages and `/stats` go ahead of
-//!    requests for events, so a flood of long polls does not keep the teacher from `/stats`.
-//! 2. The `accept` thread gives each parsed request a handler thread of its own for as long as
-//!    it runs: one that finished a request and waits for the next (`IdleHandlers`, the servlet
-//!    container's worker pool), or a new `handler-N` thread (with `--handlers N`, a fixed
-//!    pool: it waits for one of the N to be free); near the process's own limits
-//!    (`limits`), it answers requests for events with 503 instead.
+//! 1. `RunningLab::start` builds the listeners itself (TCP_NODELAY, a large backlog: see
+//!    `listener`), starts the hub, the generator and the frameworks' timekeepers, and an
+//!    accept thread per listener (`connection::accept_loop`): one thread per connection
+//!    reads its requests (`crate::connection`).
+//! 2. `handle` (on the connection's thread, for each request): a classroom's fair share, the
+//!    teacher's view, then `route`, and a log line of how it ended.
 //! 3. `route` matches method and path and calls the lesson. Quick lessons answer and return;
-//!    long polls and streams *park* on that thread, holding the request.
+//!    long polls and streams *park* this thread, holding the request; a WebSocket handshake
+//!    (`Upgrade: websocket`) takes the connection for good.
 //!
 //! Shared pages live here too: the index, lesson pages, `/publish` and `/stats`.
 
+use crate::connection::{self, Pool, Request};
 use crate::http::{self, HttpError, Query};
 use crate::hub::Hub;
 use crate::lab::Lab;
 use crate::lessons::{self, LESSONS};
-use crate::listener::{bind, Timeouts};
+use crate::listener::bind;
+use crate::request::Method;
 use crate::stats::{self, Stats};
 use crate::waiting_room::WaitingRoom;
-use crate::workarounds;
 use crate::{Config, ParkingMode};
-use crossbeam_channel::{bounded, Sender};
 use serde_json::json;
 use std::io;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::{Duration, Instant};
-use tiny_http::{Method, Request};
 
 /// A started lab: its address and the threads that serve it.
 pub struct RunningLab {
@@ -47,13 +41,7 @@ impl RunningLab {
     /// so a test can connect at once. `Err` is a message that tells the user what to do.
     pub fn start(config: Config) -> Result<RunningLab, String> {
         let addr = config.socket_addr()?;
-        // Every accepted connection inherits these: no request head for `idle_timeout`
-        // closes it, and a write that cannot finish in `write_timeout` fails (a stalled reader).
-        let timeouts = Timeouts {
-            read: Some(config.idle_timeout),
-            write: Some(config.write_timeout),
-        };
-        let listener = bind(addr, timeouts).map_err(|e| match e.kind() {
+        let listener = bind(addr).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => format!(
                 "port {} busy: is another lesson running? try --addr 127.0.0.1:9000",
                 addr.port()
@@ -67,16 +55,13 @@ impl RunningLab {
         if let Some(max) = config.max_fds {
             crate::limits::cap_descriptors(max);
         }
-        crate::limits::reserve_held(config.max_parked as u64);
         let capacity = crate::limits::capacity();
-        log::debug!(
+        log::info!(
             "descriptor limit {} (was {}), thread budget {}",
             capacity.fd_limit,
             capacity.fd_limit_at_start,
             capacity.thread_budget
         );
-        // tiny_http reads the requests (and is replaced if its accept thread dies).
-        let requests = workarounds::Requests::start(listener, config.idle_timeout)?;
         // The "other origin": the same lab on a second port, for the cross-origin lessons
         // wherever the browser comes from (LESSONS.md, "Teaching with the lab").
         let other_addr = match &config.other_addr {
@@ -86,7 +71,7 @@ impl RunningLab {
             None if requested.port() == 0 => SocketAddr::new(addr.ip(), 0),
             None => SocketAddr::new(addr.ip(), addr.port().wrapping_add(2)),
         };
-        let other = bind(other_addr, timeouts).map_err(|e| match e.kind() {
+        let other = bind(other_addr).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => format!(
                 "the other-origin port {} is busy: try --other-addr with another port",
                 other_addr.port()
@@ -94,7 +79,17 @@ impl RunningLab {
             _ => format!("cannot listen on {other_addr}: {e}"),
         })?;
         let other_addr = other.local_addr().map_err(|e| e.to_string())?;
-        requests.also_serve(other, "other")?;
+        // `--ws-addr`: only an alias now (WebSockets upgrade on the HTTP port itself), kept
+        // for firewalls and scripts that still name a WebSocket port.
+        let ws_alias = match &config.ws_addr {
+            Some(text) => {
+                let ws_addr: SocketAddr = text
+                    .parse()
+                    .map_err(|_| format!("--ws-addr {text:?} is not HOST:PORT"))?;
+                Some(bind(ws_addr).map_err(|e| format!("cannot listen on {ws_addr}: {e}"))?)
+            }
+            None => None,
+        };
 
         let hub = Hub::new(config.history, config.buffer);
         if let Some(url) = &config.redis {
@@ -105,13 +100,10 @@ impl RunningLab {
             crate::generator::spawn(hub.clone(), range)
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
         }
-        let websocket = lessons::websocket::listen(&config, requested, addr)?;
-        let departures = workarounds::Departures::start(vec![addr.port(), other_addr.port()])
-            .map_err(|e| format!("cannot start the departures thread: {e}"))?;
         let socket_io = config.socket_io.clone();
         let bayeux = config.bayeux.clone();
         let lab = Arc::new(Lab {
-            websocket_url: websocket.url(),
+            websocket_url: format!("ws://{addr}/events/ws"),
             other_addr,
             shares: Arc::default(),
             activity: Arc::default(),
@@ -120,10 +112,7 @@ impl RunningLab {
             stats: Stats::default(),
             waiting_room: WaitingRoom::default(),
             addr,
-            accept_restarts: requests.restarts.clone(),
-            accept_idle_replacements: requests.idle_replacements.clone(),
-            door: requests.door.clone(),
-            departures,
+            connections: Default::default(),
             socket_io: lessons::socket_io::SocketIo::new(socket_io),
             bayeux: lessons::bayeux::Bayeux::new(bayeux),
             pushlets: Default::default(),
@@ -145,19 +134,25 @@ impl RunningLab {
                 .spawn(move || crate::waiting_room::dispatch(dispatcher_lab))
                 .map_err(|e| format!("cannot start the dispatcher thread: {e}"))?;
         }
-        websocket
-            .spawn(lab.clone())
-            .map_err(|e| format!("cannot start the WebSocket accept thread: {e}"))?;
-        workarounds::spawn_pump(addr, "pump")
-            .and_then(|()| workarounds::spawn_pump(other_addr, "pump-other"))
-            .map_err(|e| format!("cannot start the pump thread: {e}"))?;
-        let door_lab = Arc::downgrade(&lab);
-        requests.answer_at_the_door(move |knock| answer_at_the_door(&*door_lab.upgrade()?, knock));
-        let accept_lab = lab.clone();
-        let accept = thread::Builder::new()
-            .name("accept".into())
-            .spawn(move || accept_loop(accept_lab, requests))
-            .map_err(|e| format!("cannot start the accept thread: {e}"))?;
+        // The connection threads, shared by every listener. (They hold the lab; the lab
+        // holds only what /stats reads of them.)
+        let settings = connection::Settings {
+            idle_timeout: lab.config.idle_timeout,
+            write_timeout: lab.config.write_timeout,
+            body_limit: lab.config.max_body.max(lab.config.socket_io.max_payload),
+            handlers: lab.config.handlers,
+        };
+        let handler_lab = lab.clone();
+        let pool = Pool::new(
+            settings,
+            Box::new(move |request| handle(&handler_lab, request)),
+        );
+        let _ = lab.connections.set(pool.clone());
+        let accept = spawn_accept("accept", listener, &pool, &lab)?;
+        spawn_accept("accept-other", other, &pool, &lab)?;
+        if let Some(alias) = ws_alias {
+            spawn_accept("accept-ws", alias, &pool, &lab)?;
+        }
         Ok(RunningLab { lab, accept })
     }
 
@@ -176,141 +171,41 @@ impl RunningLab {
     }
 }
 
-/// Step 2: a handler thread per request (an idle one, or a new one), unless the process is
-/// near a limit of its own.
-fn accept_loop(lab: Arc<Lab>, requests: workarounds::Requests) {
-    let next_id = AtomicU64::new(1);
-    let next_thread = AtomicU64::new(1);
-    let idle = Arc::new(IdleHandlers::default());
-    // BLOCKS: waits until tiny_http has read a whole request head from some connection.
-    while let Some(request) = requests.recv() {
-        if workarounds::is_pump_probe(&request) {
-            workarounds::answer_pump(request);
-            continue;
-        }
-        workarounds::note_request();
-        // The gate: near the descriptor or thread limit, take no new client for events (the
-        // pages and /stats still answer), and refuse here, without starting a thread.
-        if request.url().starts_with("/events/") {
-            if let Some(why) = crate::limits::capacity().near_limit() {
-                lab.stats.refused_near_limits.fetch_add(1, Relaxed);
-                log::debug!("refused {} near a limit: {why}", request.url());
-                refuse_near_limit(request, &why);
-                continue;
-            }
-        }
-        let id = next_id.fetch_add(1, Relaxed);
-        // A fixed pool (`--handlers N`), all N threads busy: this request waits for one, and
-        // every request behind it waits too. Parked long polls can hold all N, and then the
-        // publish that would wake them cannot get in: the Comet-era servlet container's
-        // failure (chapter 4, Pitfalls; the waiting room frees its threads and escapes it).
-        if lab.config.handlers > 0 {
-            idle.wait_for_a_free_thread(lab.config.handlers);
-        }
-        // The handler thread that went idle last, if any; else a new one.
-        let Some((id, request)) = idle.hand_over(id, request) else {
-            continue;
-        };
-        let (lab, pool) = (lab.clone(), idle.clone());
-        let n = next_thread.fetch_add(1, Relaxed);
-        idle.alive.fetch_add(1, Relaxed);
-        let spawned = thread::Builder::new()
-            .name(format!("handler-{n}"))
-            .spawn(move || {
-                let mut next = Some((id, request));
-                while let Some((id, request)) = next {
-                    handle(&lab, id, request);
-                    // BLOCKS: idle, until the accept loop hands this thread another request,
-                    // or 10 s pass and it ends.
-                    next = pool.wait_for_work(n);
-                }
-                pool.alive.fetch_sub(1, Relaxed);
-                pool.went_idle.notify_one();
-            });
-        if let Err(e) = spawned {
-            idle.alive.fetch_sub(1, Relaxed);
-            // The request went down with the closure; tiny_http closes its connection.
-            log::error!("no thread for req {id}: {e} (raise ulimit -u, or lower --max-parked)");
-        }
-    }
+/// Step 1: an accept thread for `listener`, answering at the door from `lab`.
+fn spawn_accept(
+    name: &str,
+    listener: TcpListener,
+    pool: &Arc<Pool>,
+    lab: &Arc<Lab>,
+) -> Result<thread::JoinHandle<()>, String> {
+    let pool = pool.clone();
+    let door_lab: Weak<Lab> = Arc::downgrade(lab);
+    let door: connection::DoorAnswer =
+        Box::new(move |head| answer_at_the_door(&*door_lab.upgrade()?, head));
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || connection::accept_loop(listener, pool, door))
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }
 
-/// A request and its number, on its way to a handler thread.
-type Job = (u64, Request);
-
-/// Handler threads that finished a request and wait for the next, newest last: the servlet
-/// container's worker pool, grown on demand. A new request goes to the thread that went idle
-/// *last*, so under a steady load the same few threads stay busy and the others, left alone,
-/// end after 10 s idle: the pool is as large as the load needs, no larger. (Handed out oldest
-/// first, every idle thread would get a request now and then and none would ever end.)
-#[derive(Default)]
-struct IdleHandlers {
-    stack: Mutex<Vec<(u64, Sender<Job>)>>,
-    /// Signalled when a thread joins the stack (a fixed pool's accept loop waits for it).
-    went_idle: Condvar,
-    /// Handler threads alive, busy or idle.
-    alive: AtomicUsize,
-}
-
-impl IdleHandlers {
-    /// A fixed pool of `size` threads, all alive and none idle: wait until one finishes its
-    /// request. Every request behind this one waits too, pages and publishes included.
-    fn wait_for_a_free_thread(&self, size: usize) {
-        let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
-        while stack.is_empty() && self.alive.load(Relaxed) >= size {
-            // BLOCKS: until a handler thread finishes its request (or one ends, idle).
-            stack = self
-                .went_idle
-                .wait_timeout(stack, Duration::from_millis(100))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-
-    /// Give the request to the newest idle thread; `Some` gives it back when there is none.
-    fn hand_over(&self, id: u64, request: Request) -> Option<Job> {
-        let newest = self.stack.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match newest {
-            // Room for one: never blocks. (A thread that ended meanwhile cannot be on the stack.)
-            Some((_, worker)) => worker.send((id, request)).err().map(|e| e.into_inner()),
-            None => Some((id, request)),
-        }
-    }
-
-    /// Called by handler thread `n` when it is done: its next request, or `None` after 10 s
-    /// idle (it then ends).
-    fn wait_for_work(&self, n: u64) -> Option<Job> {
-        let (worker, work) = bounded(1);
-        self.stack
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((n, worker));
-        self.went_idle.notify_one();
-        // BLOCKS: until `hand_over` sends a request, or 10 s pass.
-        if let Ok(job) = workarounds::recv_deadline(&work, Instant::now() + Duration::from_secs(10))
-        {
-            return Some(job);
-        }
-        let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
-        match stack.iter().position(|(m, _)| *m == n) {
-            Some(at) => {
-                stack.remove(at);
-                None
-            }
-            // Taken off the stack just as the wait ended: the request is on its way.
-            None => {
-                drop(stack);
-                work.recv().ok()
-            }
-        }
-    }
-}
-
-/// One request, start to end, on a handler thread: route it, and log how it ended.
-fn handle(lab: &Lab, id: u64, request: Request) {
+/// Step 2: one request, start to end, on its connection's thread: route it, and log how it
+/// ended.
+fn handle(lab: &Lab, request: Request) {
+    let id = request.number();
     let _connection = lab.stats.connections.enter();
     lessons::long_polling::set_request_id(id);
-    log::debug!("req {id} {} {}", request.method(), request.url());
+    // The gate: near the descriptor or thread limit, take no new request for events (pages
+    // and /stats still answer).
+    if http::asks_for_events(request.url()) {
+        if let Some(why) = crate::limits::capacity().near_limit() {
+            lab.stats.refused_near_limits.fetch_add(1, Relaxed);
+            log::debug!("req {id} refused near a limit: {why}");
+            let message = format!("the lab is near its limits ({why}); retry shortly");
+            let error = HttpError::retry_later(message).with_header("Connection", "close");
+            let _ = error.reply(request, &lab.count("other"));
+            return;
+        }
+    }
     // A classroom's fair share: each client address holds at most --max-per-client requests
     // for events at once (the held ones are what can pile up).
     let _share = match (http::asks_for_events(request.url()), request.remote_addr()) {
@@ -346,30 +241,16 @@ fn handle(lab: &Lab, id: u64, request: Request) {
     }
 }
 
-/// 503 on the accept thread: `Connection: close` frees the connection's tiny_http thread
-/// too, once the client closes.
-fn refuse_near_limit(request: Request, why: &str) {
-    let body = json!({ "error": format!("the lab is near its limits ({why}); retry shortly") })
-        .to_string();
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n\
-         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut writer = request.into_writer();
-    let _ = writer.write_all(answer.as_bytes());
-    let _ = writer.flush();
-}
-
 /// Step 3: the whole routing table. Each arm names the lesson that owns the path.
 fn route(lab: &Lab, request: Request) -> io::Result<()> {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let query = Query::parse(query);
 
-    // Heads too large, or a body length that cannot be trusted: refused before any lesson.
-    if let Err(error) = http::check_head(&request) {
-        return error.reply(request, &lab.count("other"));
+    // A WebSocket handshake, on any path: the WebSocket lesson reads it (and hands the
+    // frameworks' paths to their lessons).
+    if request.head().is_websocket_upgrade() {
+        return lessons::websocket::upgrade(lab, request, path, &query);
     }
 
     if let Some(owner) = lessons::owner_of(path) {
@@ -383,7 +264,12 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         }
     }
 
-    match (request.method(), path) {
+    // HEAD is answered as GET, without the body (`ResponseWriter::head_only`).
+    let method = match request.method() {
+        Method::Head => Method::Get,
+        other => other.clone(),
+    };
+    match (method, path) {
         (Method::Get, "/") => index(lab, request),
         (Method::Get, "/stats") => stats_page(lab, request),
         (Method::Get, "/teacher") => asset(lab, request, "text/html; charset=utf-8", TEACHER_HTML),
@@ -437,8 +323,11 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (_, "/socket.io/") => lessons::socket_io::handle(lab, request, &query),
         (Method::Get, "/events/ws") => {
             let counters = lab.count("websocket");
-            let message = format!("WebSockets have their own port: {}", lab.websocket_url);
-            HttpError::bad_request(message).reply(request, &counters)
+            let message = "a WebSocket endpoint: send the handshake (Upgrade: websocket)";
+            HttpError::new(426, message)
+                .with_header("Upgrade", "websocket")
+                .with_header("Connection", "Upgrade")
+                .reply(request, &counters)
         }
         (_, path) => {
             let counters = lab.count("other");
@@ -455,9 +344,9 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
 }
 
 /// `POST /publish`: text/plain is the event's data; `application/json` must be `{"data": "..."}`.
-fn publish(lab: &Lab, mut request: Request) -> io::Result<()> {
+fn publish(lab: &Lab, request: Request) -> io::Result<()> {
     let counters = lab.count("publish");
-    match read_event_data(lab, &mut request) {
+    match read_event_data(lab, &request) {
         Ok(data) => match lab.hub.publish(data) {
             Ok(event) => http::write_json(request, &json!({ "id": event.id }), &counters),
             // Only with --redis: the broker is down or too slow.
@@ -467,7 +356,7 @@ fn publish(lab: &Lab, mut request: Request) -> io::Result<()> {
     }
 }
 
-fn read_event_data(lab: &Lab, request: &mut Request) -> Result<String, HttpError> {
+fn read_event_data(lab: &Lab, request: &Request) -> Result<String, HttpError> {
     let body = http::read_body(request, lab.config.max_body)?;
     http::event_data(http::header(request, "Content-Type"), body)
 }
@@ -489,6 +378,9 @@ fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
         "streams": s.streams.get(),
         "websockets": s.websockets.get(),
         "websocket_threads": s.websocket_threads.get(),
+        // Open TCP connections, idle keep-alive ones included (each has its thread).
+        "open_connections": lab.connections.get().map_or(0, |p| p.open.load(Relaxed)),
+        "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),
         "socket_io_sessions": lab.socket_io.session_count(),
         "bayeux_clients": lab.bayeux.client_count(),
         "pushlets_sessions": lab.pushlets.session_count(),
@@ -502,7 +394,7 @@ fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
         "websocket": format!(
             "ws://{}:{}/events/ws",
             crate::classroom::public_host(host, lab.addr),
-            lab.websocket_port()
+            lab.addr.port()
         ),
         "other_port": lab.other_addr.port(),
         "activity": lab.activity.to_json(),
@@ -512,13 +404,12 @@ fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
         "heartbeat_secs": lab.config.heartbeat.as_secs(),
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
         "slow_consumers": s.slow_consumers.load(Relaxed),
-        "departed": lab.departures.seen.load(Relaxed),
-        "accept_restarts": lab.accept_restarts.load(Relaxed),
-        "accept_idle_replacements": lab.accept_idle_replacements.load(Relaxed),
-        "door": {
-            "answered": lab.door.answered.load(Relaxed),
-            "refused": lab.door.refused.load(Relaxed),
-        },
+        "departed": s.departed.load(Relaxed),
+        "door": lab.connections.get().map(|p| json!({
+            "answered": p.door.answered.load(Relaxed),
+            "refused": p.door.refused.load(Relaxed),
+            "accept_errors": p.door.accept_errors.load(Relaxed),
+        })),
         "limits": crate::limits::capacity().to_json(),
         "refused_near_limits": s.refused_near_limits.load(Relaxed),
         "idle_timeout_secs": lab.config.idle_timeout.as_secs(),
@@ -608,17 +499,19 @@ fn lab_js(lab: &Lab) -> String {
     format!("const LAB_OTHER_PORT = {port};\n{}", lessons::LAB_JS)
 }
 
-/// What the lab answers at the door, while tiny_http cannot accept (`workarounds::door`):
-/// `/stats` and the pages, so the teacher still sees the lab; `None` (503) for the rest.
-fn answer_at_the_door(lab: &Lab, knock: &workarounds::Knock) -> Option<workarounds::Answer> {
+/// What the lab answers at the door, while it cannot give a connection a thread
+/// (`connection::accept_loop`): `/stats` and the pages, so the teacher still sees the lab;
+/// `None` (503) for the rest.
+fn answer_at_the_door(
+    lab: &Lab,
+    head: &crate::request::Head,
+) -> Option<(u16, &'static str, Vec<u8>)> {
     const HTML: &str = "text/html; charset=utf-8";
-    if knock.method != "GET" {
-        return None;
-    }
     let page = |body: &str| Some((200, HTML, body.as_bytes().to_vec()));
-    match knock.path.as_str() {
+    let path = head.target.split('?').next().unwrap_or("");
+    match path {
         "/stats" => {
-            let json = stats_json(lab, knock.host.as_deref()).to_string();
+            let json = stats_json(lab, head.header("Host")).to_string();
             Some((200, "application/json", json.into_bytes()))
         }
         "/" => page(&index_html(lab)),

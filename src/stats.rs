@@ -105,6 +105,8 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Requests refused with 503 because the process neared a limit of its own (`limits`).
     pub refused_near_limits: AtomicU64,
+    /// Parked long polls and streams let go because their client closed its connection.
+    pub departed: AtomicU64,
     lessons: Mutex<BTreeMap<&'static str, LessonCounters>>,
 }
 

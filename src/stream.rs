@@ -13,23 +13,23 @@
 //! ```
 //!
 //! 1. Take a place under `--max-parked` (or 503), subscribe at the cursor.
-//! 2. Take the socket (`Request::into_writer`) and write the head and the prelude.
+//! 2. Take the connection (`Request::into_writer`) and write the head and the prelude.
 //! 3. Write the backlog: events the client missed since its cursor.
 //! 4. Park on the subscription until an event (write it) or the heartbeat interval (write a
 //!    heartbeat). Both writes test the socket: the first one that fails means the client has
 //!    gone, and returning drops the subscription and the place. A client that closes its
-//!    connection is noticed sooner: the departures thread wakes the stream within about a
-//!    second (`crate::workarounds::departures`), instead of at the second heartbeat after it
+//!    connection is noticed sooner: the parked thread looks at its socket once a second
+//!    (`ChunkedStream::client_left`), instead of waiting for the second heartbeat after it
 //!    left (the first write into a closed connection still succeeds; the reset comes back).
 
+use crate::connection::Request;
 use crate::http::{ChunkedStream, HttpError};
 use crate::hub::{Event, Wake};
 use crate::lab::Lab;
-use crate::lessons::long_polling::thread_name;
+use crate::lessons::long_polling::{thread_name, wait_or_notice_leaving, ClientLeft};
 use crate::stats::LessonCounters;
 use std::io;
 use std::time::Instant;
-use tiny_http::Request;
 
 /// How one streaming lesson puts events on the wire.
 pub struct Framing {
@@ -66,9 +66,6 @@ pub fn serve(
     };
     let (backlog, mut subscription) = lab.hub.subscribe(since);
     let me = thread_name();
-    let departure = lab.watch_departure(&request);
-    let never = crossbeam_channel::never();
-    let left = departure.as_ref().map_or(&never, |watch| &watch.left);
 
     // 2. The head and the prelude.
     let mut stream =
@@ -98,9 +95,15 @@ pub fn serve(
         }
         let wake_at = Instant::now() + lab.config.heartbeat;
         // BLOCKS: until `Hub::publish` sends into our subscription, the heartbeat is due, or
-        // the departures thread says the client closed its connection.
-        let written = match subscription.wait_for_events_or(left, wake_at) {
-            Wake::Other(()) | Wake::OtherGone => {
+        // the client closes its connection (looked for once a second).
+        let look = lab.config.departures;
+        let left = || stream.client_left();
+        let woke = wait_or_notice_leaving(&mut subscription, left, look, wake_at);
+        let written = match woke {
+            Wake::Other(ClientLeft) | Wake::OtherGone => {
+                lab.stats
+                    .departed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::debug!(
                     "{me} its client closed the connection after event {}",
                     subscription.cursor()

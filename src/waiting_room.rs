@@ -1,17 +1,20 @@
 //! The second way to park a long poll: the servlet's `AsyncContext` idea, a request held in a
 //! list instead of by a sleeping thread.
 //!
-//! With `--parking thread` (the default), each parked long poll keeps its handler thread
+//! With `--parking thread` (the default), each parked long poll keeps its connection's thread
 //! asleep on its own subscription: easy to read, one thread per waiting client. With
-//! `--parking queue`, the handler puts the request in the `WaitingRoom` and its thread ends;
-//! one `dispatcher` thread, subscribed once, answers every waiting request when an event comes
-//! and every expired one at its deadline.
+//! `--parking queue`, the handler puts the request (and with it the connection) in the
+//! `WaitingRoom` and its thread goes back to the pool; one `dispatcher` thread, subscribed
+//! once, answers every waiting request when an event comes and every expired one at its
+//! deadline. An answered connection goes back to the pool, where a thread reads its next
+//! request.
 //!
 //! ```text
-//! req-9:       GET /events/long-poll?since=4 → nothing waiting → into the room → thread ends
-//! req-10:      GET /events/long-poll?since=4 → into the room → thread ends
-//!   (time passes: two requests held, zero handler threads)
+//! req-9:       GET /events/long-poll?since=4 → nothing waiting → into the room → thread free
+//! req-10:      GET /events/long-poll?since=4 → into the room → thread free
+//!   (time passes: two requests held, zero threads)
 //! dispatcher:  event 5 → takes both out of the room → writes two answers
+//!              → both connections back to the pool, to read their next polls
 //! ```
 //!
 //! 1. `hold` (on the handler's thread): under the room's lock, check again whether an event
@@ -20,25 +23,25 @@
 //! 2. `dispatch` (the `dispatcher` thread): sleep on the one subscription, the room's "new
 //!    request" channel, and the earliest deadline (a second at most while anyone waits);
 //!    then answer what can be answered, and answer at once (empty, as at the deadline) the
-//!    requests whose client closed its connection (`crate::workarounds::departures`).
+//!    requests whose client closed its connection (`Request::client_left`, looked at once a
+//!    second).
 //!
 //! **What it costs**: no thread per waiting client, so the ceiling moves from threads (memory
-//! mappings, pid_max) to file descriptors. tiny_http still keeps a thread per *connection* to
-//! read the next request; an event loop (epoll) would hold connections without threads too.
+//! mappings, pid_max) to file descriptors. (A connection between requests, idle keep-alive,
+//! still has its thread, reading; an event loop (epoll) would hold those without threads too.)
 //! Every answer is written by one thread, one after the other: fine for small answers into
 //! fresh sockets, but one client whose socket buffer is full would stall the rest (a real
 //! server would write without blocking).
 
+use crate::connection::Request;
 use crate::http::HttpError;
 use crate::hub::Wake;
 use crate::lab::Lab;
 use crate::lessons::long_polling::{Answer, Parking};
 use crate::stats::LessonCounters;
-use crate::workarounds::Watch;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tiny_http::Request;
 
 /// Requests held without a thread, and the channel that tells the dispatcher one arrived.
 pub struct WaitingRoom {
@@ -54,13 +57,13 @@ struct Waiting {
     deadline: Instant,
     answer: Answer,
     counters: LessonCounters,
-    /// Told if the client closes its connection (`workarounds::departures`).
-    departure: Option<Watch>,
+    /// Look at the socket for a client that left (`--departures on`).
+    look: bool,
 }
 
 impl Waiting {
     fn client_left(&self) -> bool {
-        self.departure.as_ref().is_some_and(Watch::has_left)
+        self.look && self.request.client_left()
     }
 }
 
@@ -97,14 +100,13 @@ impl WaitingRoom {
         if waiting.len() >= lab.config.max_parked {
             return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
         }
-        let departure = lab.watch_departure(&request);
         waiting.push(Waiting {
             request,
             cursor,
             deadline,
             answer,
             counters,
-            departure,
+            look: lab.config.departures,
         });
         // No guard can span threads here: `answer_and_leave` is the only way out of the room.
         lab.stats.parked.add(1);
@@ -156,6 +158,11 @@ pub fn dispatch(lab: Arc<Lab>) {
                 // Expired, or its client closed the connection: answered empty (the second
                 // into a closed connection, harmlessly).
                 for waiting in room.take(|w| w.deadline <= now || w.client_left()) {
+                    if waiting.deadline > now {
+                        lab.stats
+                            .departed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     answer_and_leave(&lab, waiting, Default::default());
                 }
             }
@@ -173,6 +180,7 @@ fn answer_and_leave(lab: &Lab, waiting: Waiting, backlog: crate::hub::Backlog) {
         counters,
         ..
     } = waiting;
-    // A client that left makes this write fail (or vanish): nothing else to undo.
+    // A client that left makes this write fail (or vanish): nothing else to undo. Written,
+    // the connection goes back to the pool (`connection::Home`) to read the next request.
     let _ = answer.write(request, &backlog, cursor, &counters);
 }

@@ -1,4 +1,4 @@
-//! The buffering trap: tiny_http's streamed Response holds small events until the stream ends,
+//! The buffering trap: a response written through an 8 KiB buffer holds small events until the stream ends,
 //! while the hand-framed stream delivers each at once.
 
 mod common;

@@ -321,12 +321,12 @@ fn oversized_heads_get_414_or_431_and_change_nothing() {
     let lab = start_lab();
     let addr = lab.addr();
     let long_target = format!(
-        "POST /publish?{} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+        "POST /publish?{} HTTP/1.1\r\nHost: lab\r\nContent-Length: 1\r\n\r\nx",
         "a".repeat(9000)
     );
     assert!(raw(addr, long_target.as_bytes()).starts_with("414 "));
     let long_line = format!(
-        "POST /publish HTTP/1.1\r\nX-Big: {}\r\nContent-Length: 1\r\n\r\nx",
+        "POST /publish HTTP/1.1\r\nHost: lab\r\nX-Big: {}\r\nContent-Length: 1\r\n\r\nx",
         "b".repeat(9000)
     );
     let answer = raw(addr, long_line.as_bytes());
@@ -336,7 +336,7 @@ fn oversized_heads_get_414_or_431_and_change_nothing() {
         "the answer names the header: {answer}"
     );
     // Many lines, each short, 2 MB in all.
-    let mut many = String::from("POST /publish HTTP/1.1\r\n");
+    let mut many = String::from("POST /publish HTTP/1.1\r\nHost: lab\r\n");
     for i in 0..2000 {
         many.push_str(&format!("X-Line-{i}: {}\r\n", "c".repeat(1000)));
     }
@@ -357,12 +357,13 @@ fn a_bad_content_length_gets_400_and_publishes_nothing() {
     let lab = start_lab();
     let addr = lab.addr();
     for length in ["-5", "5x", " ", "1, 2"] {
-        let request = format!("POST /publish HTTP/1.1\r\nContent-Length: {length}\r\n\r\nhello");
+        let request =
+            format!("POST /publish HTTP/1.1\r\nHost: lab\r\nContent-Length: {length}\r\n\r\nhello");
         let answer = raw(addr, request.as_bytes());
         assert!(answer.starts_with("400 "), "{length:?}: {answer}");
         assert!(answer.contains("Content-Length"), "{length:?}: {answer}");
     }
-    let two = "POST /publish HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    let two = "POST /publish HTTP/1.1\r\nHost: lab\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
     assert!(raw(addr, two.as_bytes()).starts_with("400 "));
     assert_eq!(stats(addr)["events_published"], 0);
     assert_eq!(publish_ok(addr), 1, "a well-formed publish still works");

@@ -190,3 +190,61 @@ fn the_jsonp_answer_uses_the_script_escaper() {
     assert_eq!(http::whole_number("+5"), None);
     assert_eq!(http::whole_number("05"), Some(5));
 }
+
+/// Pieces of request heads, good and bad, and any bytes between them.
+fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"POST /publish HTTP/1.1\r\n".to_vec()),
+        Just(b"GET / HTTP/1.0\r\n".to_vec()),
+        Just(b"Host: lab\r\n".to_vec()),
+        Just(b"Content-Length: 5\r\n".to_vec()),
+        Just(b"Content-Length: 6\r\n".to_vec()),
+        Just(b"content-length: 5, 5\r\n".to_vec()),
+        Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+        Just(b"Transfer-Encoding: xchunked\r\n".to_vec()),
+        Just(b"transfer-encoding: chunked, identity\r\n".to_vec()),
+        Just(b"Expect: 100-continue\r\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\0".to_vec()),
+        Just(b"5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..16),
+    ];
+    prop::collection::vec(piece, 0..14).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    /// No bytes panic the request parser, and a head it accepts has exactly one framing: a
+    /// length only when no `Transfer-Encoding` is there and every `Content-Length` agrees,
+    /// chunked only without any `Content-Length`.
+    #[test]
+    fn no_bytes_panic_the_parser_or_frame_a_request_two_ways(bytes in head_bytes()) {
+        use reverse_ajax_lab::request::{parse_head, read_body, Framing};
+        let Ok(Some((head, length))) = parse_head(&bytes) else { return Ok(()); };
+        let values = |name: &str| -> Vec<String> {
+            head.headers.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_string()).collect::<Vec<_>>())
+                .collect()
+        };
+        let (lengths, codings) = (values("Content-Length"), values("Transfer-Encoding"));
+        match Framing::of(&head) {
+            Ok(Framing::None) => prop_assert!(lengths.is_empty() && codings.is_empty()),
+            Ok(Framing::Length(n)) => {
+                prop_assert!(codings.is_empty());
+                prop_assert!(lengths.iter().all(|l| *l == n.to_string()));
+            }
+            Ok(Framing::Chunked) => {
+                prop_assert!(lengths.is_empty());
+                prop_assert_eq!(codings, vec!["chunked".to_string()]);
+            }
+            Err(refusal) => prop_assert!([400, 501].contains(&refusal.status)),
+        }
+        if let Ok(framing) = Framing::of(&head) {
+            let mut rest = bytes[length..].to_vec();
+            let mut nothing_more: &[u8] = &[];
+            let _ = read_body(&mut nothing_more, &mut rest, &framing, 64, std::time::Duration::from_millis(1));
+        }
+    }
+}

@@ -209,15 +209,36 @@ fn resume_with_since_gets_what_was_missed_first() {
 }
 
 #[test]
-fn the_http_port_points_to_the_websocket_port() {
+fn a_plain_get_of_the_websocket_endpoint_gets_426_and_the_url_is_the_http_port() {
     let lab = start_lab();
     let answer = get(lab.addr(), "/events/ws").unwrap();
-    assert_eq!(answer.status, 400);
-    assert!(answer.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains(&lab.lab.websocket_url));
+    assert_eq!(answer.status, 426, "{}", answer.body);
+    assert_eq!(answer.header("Upgrade"), Some("websocket"));
     assert_eq!(stats(lab.addr())["websocket"], lab.lab.websocket_url);
+    assert_eq!(
+        lab.lab.websocket_url,
+        format!("ws://{}/events/ws", lab.addr()),
+        "WebSockets upgrade on the HTTP port"
+    );
+}
+
+#[test]
+fn a_handshake_without_version_13_or_a_proper_key_is_refused() {
+    let lab = start_lab();
+    let handshake = |version: &str, key: &str| {
+        let headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", version),
+            ("Sec-WebSocket-Key", key),
+        ];
+        reverse_ajax_lab::client::request(lab.addr(), "GET", "/events/ws", &headers, b"").unwrap()
+    };
+    let old = handshake("8", "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(old.status, 426);
+    assert_eq!(old.header("Sec-WebSocket-Version"), Some("13"));
+    assert_eq!(handshake("13", "c2hvcnQ=").status, 400, "a key of 5 bytes");
+    assert_eq!(stats(lab.addr())["websockets"], 0);
 }
 
 #[test]

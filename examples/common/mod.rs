@@ -41,8 +41,6 @@ impl ChildLab {
                 "--serve",
                 "--addr",
                 &addr.to_string(),
-                "--ws-addr",
-                "127.0.0.1:0",
                 "--other-addr",
                 "127.0.0.1:0",
             ])
@@ -73,7 +71,7 @@ impl ChildLab {
         self.child.id()
     }
 
-    /// Where the lab's WebSocket listener is (from `/stats`).
+    /// Where the lab's WebSockets are (from `/stats`): the HTTP port itself.
     pub fn websocket_addr(&self) -> SocketAddr {
         client::get(self.addr, "/stats").expect("stats").json()["websocket"]
             .as_str()

@@ -1,10 +1,11 @@
 //! # The buffering trap: a stream that streams nothing until it ends.
 //!
 //! The articles blame "buffering" for Comet's troubles: somewhere between the server's code
-//! and the browser, bytes wait for more bytes. This lab has such a place of its own. tiny_http's
-//! streamed `Response` copies the body through a chunk encoder with an 8 KiB buffer that is
-//! flushed only when full or at the end, behind a 1 KiB `BufWriter` for the headers. Small
-//! events sit there until the stream ends.
+//! and the browser, bytes wait for more bytes. This lesson builds such a place on purpose, the
+//! way it usually happens: the response goes through an 8 KiB `std::io::BufWriter`, which
+//! sends its bytes only when it is full or flushed. (tiny_http, the lab's first HTTP layer,
+//! did exactly this inside its streamed `Response`: that is how the lab found the trap.)
+//! Small events sit in the buffer until the stream ends.
 //!
 //! ```text
 //! GET /events/buffered?count=3 HTTP/1.1
@@ -18,13 +19,13 @@
 //! ```
 //!
 //! 1. Subscribe at the cursor.
-//! 2. Give tiny_http a `Response` whose body is an `EventReader`: a `Read` that blocks on the
-//!    subscription and yields one NDJSON line per event, and ends after `count` events.
-//! 3. `Request::respond` copies the reader into the socket, through the buffers.
+//! 2. Wrap the connection in a `BufWriter` of 8 KiB and write the head into it.
+//! 3. Write each event's chunk frame into it as it comes, without `flush`, and after `count`
+//!    events the last chunk and one `flush`: only now does anything reach the socket.
 //!
-//! The fix is what every other streaming lesson does (`crate::stream`): take the socket with
-//! `Request::into_writer`, write the chunk frames by hand, and flush after each event.
-//! `/events/stream` carries the same lines, each the moment it is published.
+//! The fix is what every other streaming lesson does (`crate::stream`): write each frame
+//! straight to the socket, at once. `/events/stream` carries the same lines, each the moment
+//! it is published.
 //!
 //! **What it costs**: here, all the latency: an event waits for the `count`-th one. In the
 //! wild, the same trap hides in proxies (nginx's `proxy_buffering`), compression middleware,
@@ -35,14 +36,12 @@
 //! `curl -N 'http://127.0.0.1:8080/events/buffered?count=3'` beside
 //! `curl -N 'http://127.0.0.1:8080/events/stream'` and publish three events.
 
+use crate::connection::Request;
 use crate::http::{HttpError, Query};
-use crate::hub::Subscription;
 use crate::lab::Lab;
 use crate::lessons::fetch_streaming::ndjson_line;
-use crate::stats::LessonCounters;
-use std::io::{self, Read};
+use std::io::{self, BufWriter, Write};
 use std::time::Instant;
-use tiny_http::{Header, Request, Response, StatusCode};
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("buffering");
@@ -61,55 +60,41 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         return HttpError::all_held(lab.config.max_parked).reply(request, &counters);
     };
     // 1. Subscribe.
-    let (backlog, subscription) = lab.hub.subscribe(since);
-    let mut pending: Vec<u8> = Vec::new();
-    for event in &backlog.events {
-        pending.extend(ndjson_line(event).into_bytes());
-    }
-    // 2. A body that blocks on the subscription.
-    let reader = EventReader {
-        subscription,
-        left: count.saturating_sub(backlog.events.len() as u64),
-        pending,
-        counters: counters.clone(),
-        deadline: Instant::now() + lab.config.long_poll_max,
-    };
-    let content_type = Header::from_bytes("Content-Type", "application/x-ndjson").expect("valid");
-    let response = Response::new(StatusCode(200), vec![content_type], reader, None, None);
-    // 3. tiny_http copies it through its buffers. BLOCKS until the reader ends.
-    request.respond(response)
-}
+    let (backlog, mut subscription) = lab.hub.subscribe(since);
+    // Even this demonstration must not hold a thread forever.
+    let deadline = Instant::now() + lab.config.long_poll_max;
 
-/// A `Read` over a subscription: one NDJSON line per event, `count` events, then the end.
-struct EventReader {
-    subscription: Subscription,
-    left: u64,
-    pending: Vec<u8>,
-    counters: LessonCounters,
-    /// Even this demonstration must not hold a thread forever.
-    deadline: Instant,
-}
+    // 2. The trap: every byte goes into an 8 KiB buffer first.
+    let mut out = BufWriter::with_capacity(8 * 1024, request.into_writer());
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n\
+                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    out.write_all(head.as_bytes())?;
+    counters.wrote(head.len());
 
-impl Read for EventReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pending.is_empty() {
-            if self.left == 0 {
-                return Ok(0); // the end: only now will tiny_http flush
-            }
-            // BLOCKS: until an event is published or the deadline passes.
-            let Some(batch) = self.subscription.wait_for_events(self.deadline) else {
-                return Ok(0);
-            };
-            for event in batch.events.iter().take(self.left as usize) {
-                self.pending.extend(ndjson_line(event).into_bytes());
-                self.left -= 1;
-                self.counters.streamed(1);
-            }
+    // 3. Each event's frame into the buffer, not onto the wire.
+    let mut left = count;
+    let mut batch = backlog.events;
+    loop {
+        for event in batch.iter().take(left as usize) {
+            let line = ndjson_line(event);
+            let frame = format!("{:x}\r\n{line}\r\n", line.len());
+            out.write_all(frame.as_bytes())?; // no flush: the frame waits in the buffer
+            counters.wrote(frame.len());
+            counters.streamed(1);
+            left -= 1;
         }
-        let n = buf.len().min(self.pending.len());
-        buf[..n].copy_from_slice(&self.pending[..n]);
-        self.pending.drain(..n);
-        self.counters.wrote(n);
-        Ok(n)
+        if left == 0 {
+            break;
+        }
+        // BLOCKS: until an event is published or the deadline passes.
+        match subscription.wait_for_events(deadline) {
+            Some(next) => batch = next.events,
+            None => break,
+        }
     }
+    out.write_all(b"0\r\n\r\n")?;
+    counters.wrote(5);
+    // Only now does anything leave: the buffer is flushed once, at the end.
+    out.flush()
 }

@@ -44,11 +44,11 @@
 //! **Try it**: `cargo run --example cors`, open <http://localhost:8080/lessons/cors>, or
 //! `curl -si -H 'Origin: http://localhost:8080' 'http://127.0.0.1:8080/events/cors?since=0'`.
 
+use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use std::io;
-use tiny_http::Request;
 
 /// The one non-simple header the lab accepts, to show a preflight.
 pub const CLIENT_HEADER: &str = "X-Lab-Client";

@@ -30,12 +30,12 @@
 //! <http://127.0.0.1:8080/lessons/fetch_streaming>, or
 //! `curl -N 'http://127.0.0.1:8080/events/stream?since=0'`.
 
+use crate::connection::Request;
 use crate::http::Query;
 use crate::hub::Event;
 use crate::lab::Lab;
 use crate::stream::{self, Framing};
 use std::io;
-use tiny_http::Request;
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("fetch_streaming");

@@ -34,13 +34,13 @@
 //! <http://127.0.0.1:8080/lessons/forever_iframe>, or
 //! `curl -N 'http://127.0.0.1:8080/events/iframe?since=0'`.
 
+use crate::connection::Request;
 use crate::http::{self, Query};
 use crate::hub::Event;
 use crate::lab::Lab;
 use crate::stream::{self, Framing};
 use serde_json::json;
 use std::io;
-use tiny_http::Request;
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("forever_iframe");

@@ -32,11 +32,11 @@
 //! <http://localhost:8080/lessons/jsonp_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/jsonp?callback=show&since=0'`.
 
+use crate::connection::Request;
 use crate::http::{self, Query};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use std::io;
-use tiny_http::Request;
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("jsonp_polling");

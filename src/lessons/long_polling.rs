@@ -24,10 +24,11 @@
 //!    *park*: the thread sleeps on its subscription channel, holding the request. (With
 //!    `--parking queue` the request goes to the waiting room instead and the thread ends: see
 //!    `crate::waiting_room`.)
-//! 4. Wake on an event, the deadline, or word that the client closed its connection (then
-//!    answer as at the deadline, at once: see `crate::workarounds::departures`).
-//! 5. Answer with every event after the cursor (or none at the deadline). A request held past
-//!    `--idle-timeout` is answered with `Connection: close` (see `Answer::write`).
+//! 4. Wake on an event or the deadline. A parked thread is not reading its socket, so it
+//!    wakes once a second too, and looks (`Request::client_left`): a client that closed its
+//!    connection is answered at once, as at the deadline, and the thread is free.
+//! 5. Answer with every event after the cursor (or none at the deadline). The connection then
+//!    goes back to reading: this same thread reads the client's next poll.
 //!
 //! **The servlet original** (`mode=servlet`) parked requests without a cursor and handed each
 //! event only to the requests parked at that instant: an event published while the client was
@@ -35,27 +36,25 @@
 //! ids go missing.
 //!
 //! **What it costs**: one request per event (or per deadline when nothing happens), and one
-//! parked thread per waiting client (plus tiny_http's connection thread: two threads and two
-//! file descriptors per client here). A held request cannot see its client leave by itself: it
-//! sleeps on its subscription, not its socket. The lab's departures thread reads the kernel's
-//! table of connections once a second and wakes it; a client that vanishes without closing
-//! (no FIN) still costs its thread until the deadline. Proxies that time out idle requests
-//! need the deadline below their limit.
+//! parked thread per waiting client: its connection's own thread, and one file descriptor. A
+//! held request cannot see its client leave by itself: it sleeps on its subscription, not its
+//! socket, so it looks once a second; a client that vanishes without closing (no FIN: a
+//! cable pulled) still costs its thread until the deadline. Proxies that time out idle
+//! requests need the deadline below their limit.
 //!
 //! **Try it**: `cargo run --example long_polling`, open
 //! <http://127.0.0.1:8080/lessons/long_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll?timeout=60'` and publish from another shell.
 
+use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use crate::stats::{Held, LessonCounters};
-use crate::workarounds::Watch;
 use crate::ParkingMode;
 use std::io;
 use std::time::{Duration, Instant};
-use tiny_http::Request;
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
@@ -83,7 +82,6 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
 pub struct Answer {
     pub form: AnswerForm,
     arrived: Instant,
-    idle_timeout: Duration,
 }
 
 /// JSON, or a script calling a (validated) callback.
@@ -96,20 +94,15 @@ pub enum AnswerForm {
 impl Answer {
     /// An answer for a request arriving now.
     pub fn new(lab: &Lab, form: AnswerForm) -> Answer {
+        let _ = lab;
         Answer {
             form,
             arrived: Instant::now(),
-            idle_timeout: lab.config.idle_timeout,
         }
     }
 
-    /// Step 5: every event after the cursor, or none at the deadline.
-    ///
-    /// While a request is held, tiny_http is already reading the connection for the next
-    /// request head, under `--idle-timeout` like any read. A request held longer than that
-    /// has lost its connection's reader: the answer says `Connection: close`, so the client
-    /// sends its next poll on a new connection instead of one the server no longer reads.
-    /// (`a_keep_alive_connection_serves_the_next_poll_after_a_long_hold`)
+    /// Step 5: every event after the cursor, or none at the deadline. The answer has a
+    /// length, so the connection stays open for the client's next poll.
     pub fn write(
         &self,
         request: Request,
@@ -119,12 +112,11 @@ impl Answer {
     ) -> io::Result<()> {
         counters.delivered(backlog.events.len());
         let answer = events_answer(backlog, cursor);
-        let reader_gone = http::outlasts_the_reader(self.arrived.elapsed(), self.idle_timeout);
-        let close: &[(&str, &str)] = if reader_gone {
-            &[("Connection", "close")]
-        } else {
-            &[]
-        };
+        log::debug!(
+            "{} answered after {} ms",
+            thread_name(),
+            self.arrived.elapsed().as_millis()
+        );
         match &self.form {
             AnswerForm::Json => {
                 let body = answer.to_string();
@@ -132,13 +124,13 @@ impl Answer {
                     request,
                     200,
                     "application/json",
-                    close,
+                    &[],
                     body.as_bytes(),
                     counters,
                 )
             }
             AnswerForm::Script(callback) => {
-                http::write_jsonp(request, callback, &answer, close, counters)
+                http::write_jsonp(request, callback, &answer, &[], counters)
             }
         }
     }
@@ -151,37 +143,38 @@ pub struct ParkedRequest<'lab> {
     pub request: Request,
     subscription: Subscription,
     deadline: Instant,
-    /// Told if the client closes its connection (`workarounds::departures`).
-    departure: Option<Watch>,
+    /// Look at the socket once a second for a client that left (`--departures on`).
+    look: bool,
+    /// Counts the requests let go because their client left.
+    departed: &'lab std::sync::atomic::AtomicU64,
     _held: Held<'lab>,
 }
 
 impl ParkedRequest<'_> {
     /// Step 4. BLOCKS until the hub sends an event into our subscription, the deadline
-    /// passes, or the departures thread says the client closed its connection. Returns the
-    /// request to answer, the events (none at the deadline, or when the client left), and the
-    /// cursor they follow.
+    /// passes, or the client closes its connection. Returns the request to answer, the events
+    /// (none at the deadline, or when the client left), and the cursor they follow.
     pub fn wait_for_events(self) -> (Request, Backlog, u64) {
         let ParkedRequest {
             request,
             mut subscription,
             deadline,
-            departure,
+            look,
+            departed,
             _held,
         } = self;
         let cursor = subscription.cursor();
         let me = thread_name();
         log::debug!("{me} parked after event {cursor}");
-        let never = crossbeam_channel::never();
-        let left = departure.as_ref().map_or(&never, |watch| &watch.left);
-        match subscription.wait_for_events_or(left, deadline) {
+        let left = || request.client_left();
+        match wait_or_notice_leaving(&mut subscription, left, look, deadline) {
             Wake::Events(backlog) => {
                 log::debug!("{me} woken by {} events", backlog.events.len());
                 (request, backlog, cursor)
             }
-            Wake::Other(()) | Wake::OtherGone => {
-                // The answer goes into a closed connection, harmlessly; and were the table
-                // ever wrong, the client would just get an empty answer and ask again.
+            Wake::Other(ClientLeft) | Wake::OtherGone => {
+                // The answer goes into a closed connection, harmlessly.
+                departed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::debug!("{me} its client closed the connection: answering empty now");
                 (request, Backlog::default(), cursor)
             }
@@ -189,6 +182,36 @@ impl ParkedRequest<'_> {
                 log::debug!("{me} deadline passed, answering empty");
                 (request, Backlog::default(), cursor)
             }
+        }
+    }
+}
+
+/// Why a parked thread woke without events or a deadline: its client closed the connection.
+pub struct ClientLeft;
+
+/// Step 4, shared with the streams (`crate::stream`): wait for events until `deadline`, in
+/// steps of `connection::LOOK_EVERY`, asking `client_left` (a look at the socket) between
+/// steps when `look` is set (`--departures on`).
+pub fn wait_or_notice_leaving(
+    subscription: &mut Subscription,
+    client_left: impl Fn() -> bool,
+    look: bool,
+    deadline: Instant,
+) -> Wake<ClientLeft> {
+    loop {
+        let step = match look {
+            true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+            false => deadline,
+        };
+        // BLOCKS: until `Hub::publish` sends into our subscription, or the step ends.
+        if let Some(backlog) = subscription.wait_for_events(step) {
+            return Wake::Events(backlog);
+        }
+        if !look || Instant::now() >= deadline {
+            return Wake::Deadline;
+        }
+        if client_left() {
+            return Wake::Other(ClientLeft);
         }
     }
 }
@@ -252,18 +275,18 @@ pub fn park<'lab>(
     let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
     };
-    let departure = lab.watch_departure(&request);
     Parking::Parked(ParkedRequest {
         request,
         subscription,
         deadline,
-        departure,
+        look: lab.config.departures,
+        departed: &lab.stats.departed,
         _held: held,
     })
 }
 
-/// `req-17`: the request this handler thread is serving, for the log. (Handler threads are
-/// reused from one request to the next, so their own names, `handler-N`, say less.)
+/// `req-17`: the request this connection thread is serving, for the log. (Connection threads
+/// serve one request after another, so their own names, `conn-N`, say less.)
 pub fn thread_name() -> String {
     format!("req-{}", REQUEST_ID.with(|id| id.get()))
 }

@@ -262,7 +262,7 @@ pub fn installed_client(path: &str) -> Option<Vec<u8>> {
 /// 404 naming `npm ci` when it is not there, or when `path` is `None` (not a file we serve).
 pub fn serve_installed_client(
     lab: &crate::lab::Lab,
-    request: tiny_http::Request,
+    request: crate::connection::Request,
     lesson: &'static str,
     path: Option<&str>,
 ) -> std::io::Result<()> {

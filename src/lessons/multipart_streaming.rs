@@ -34,12 +34,12 @@
 //! <http://127.0.0.1:8080/lessons/multipart_streaming>, or
 //! `curl -N 'http://127.0.0.1:8080/events/multipart?since=0'`.
 
+use crate::connection::Request;
 use crate::http::Query;
 use crate::hub::Event;
 use crate::lab::Lab;
 use crate::stream::{self, Framing};
 use std::io;
-use tiny_http::Request;
 
 /// The boundary between parts. It cannot appear in a part: the JSON is one line and escapes
 /// nothing into `--lab-event` at a line start.

@@ -29,14 +29,14 @@
 //! <http://127.0.0.1:8080/lessons/piggyback>, or
 //! `curl -s -d 'name=Ada&email=ada@example.org&age=36' 'http://127.0.0.1:8080/events/piggyback?since=0'`.
 
+use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use serde_json::{json, Map, Value};
 use std::io;
-use tiny_http::Request;
 
-pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("piggyback");
     // 1. The cursor.
     let since = match query.since(lab.hub.last_id()) {
@@ -44,7 +44,7 @@ pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> 
         Err(e) => return e.reply(request, &counters),
     };
     // 2. The form.
-    let form = match http::read_body(&mut request, lab.config.max_body) {
+    let form = match http::read_body(&request, lab.config.max_body) {
         Ok(body) => Query::parse(&body),
         Err(e) => return e.reply(request, &counters),
     };

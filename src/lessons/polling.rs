@@ -30,12 +30,12 @@
 //! **Try it**: `cargo run --example polling`, open <http://127.0.0.1:8080/lessons/polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/poll?since=0'`.
 
+use crate::connection::Request;
 use crate::http::{self, Query};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use serde_json::{json, Value};
 use std::io;
-use tiny_http::Request;
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("polling");

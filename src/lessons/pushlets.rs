@@ -44,6 +44,7 @@
 //! **Try it**: `cargo run --example pushlets`, open <http://127.0.0.1:8080/lessons/pushlets>;
 //! or `curl -N 'http://127.0.0.1:8080/pushlet/pushlet.srv?p_event=join-listen&p_subject=/lab&p_mode=stream&p_format=xml'`.
 
+use crate::connection::Request;
 use crate::http::{self, escape_html, HttpError, Query};
 use crate::hub::{Event, Subscription, Wake};
 use crate::lab::Lab;
@@ -53,7 +54,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tiny_http::Request;
 
 /// The hub's subject.
 pub const HUB_SUBJECT: &str = "/lab/events";

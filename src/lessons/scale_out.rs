@@ -30,11 +30,11 @@
 //! **Try it**: `redis-server --port 6379 --save ''` in one shell, `cargo run --example
 //! scale_out` in another, open <http://127.0.0.1:8080/lessons/scale_out>.
 
+use crate::connection::Request;
 use crate::http;
 use crate::lab::Lab;
 use serde_json::json;
 use std::io;
-use tiny_http::Request;
 
 /// Step 1: this lab as a scale-out page needs it.
 pub fn handle(lab: &Lab, request: Request) -> io::Result<()> {

@@ -29,11 +29,11 @@
 //! <http://localhost:8080/lessons/script_long_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll-script?callback=show&timeout=60'`.
 
+use crate::connection::Request;
 use crate::http::Query;
 use crate::lab::Lab;
 use crate::lessons::long_polling::{park, Answer, AnswerForm, Parking};
 use std::io;
-use tiny_http::Request;
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("script_long_polling");

@@ -53,12 +53,12 @@
 //! `curl -N 'http://127.0.0.1:8080/events/sse?since=0'`, or
 //! `curl -N -H 'Last-Event-ID: 3' http://127.0.0.1:8080/events/sse`.
 
+use crate::connection::Request;
 use crate::http::{self, Query};
 use crate::hub::Event;
 use crate::lab::Lab;
 use crate::stream::{self, Framing};
 use std::io;
-use tiny_http::Request;
 
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("sse");

@@ -1,8 +1,8 @@
 //! # WebSocket: one HTTP handshake, then a full-duplex socket carrying frames both ways.
 //!
 //! ```text
-//! GET /events/ws?since=4 HTTP/1.1               ← on the WebSocket port (HTTP port + 1)
-//! Host: 127.0.0.1:8081
+//! GET /events/ws?since=4 HTTP/1.1               ← on the HTTP port, like any request
+//! Host: 127.0.0.1:8080
 //! Upgrade: websocket
 //! Connection: Upgrade
 //! Origin: http://127.0.0.1:8080                  ← checked: a foreign page gets 403
@@ -24,12 +24,12 @@
 //! ◄ close 1000
 //! ```
 //!
-//! 1. `listen` binds a plain `std::net::TcpListener` on its own port. tiny_http's upgraded
-//!    stream is one boxed object that two threads cannot share; a `TcpStream` can be split with
-//!    `try_clone()` into a reading and a writing half (LESSONS.md, chapter 11).
-//! 2. `handshake` runs tungstenite's server handshake with a callback that checks the path and
-//!    the `Origin` (cross-site WebSocket hijacking: browsers send cookies with a WebSocket
-//!    handshake from *any* page, so the server must refuse foreign origins) and reads `since`.
+//! 1. The connection's thread reads the handshake like any request; `Upgrade: websocket`
+//!    sends it here (`upgrade`) instead of to the route's `match`.
+//! 2. `check_request` checks the path and the `Origin` (cross-site WebSocket hijacking:
+//!    browsers send cookies with a WebSocket handshake from *any* page, so the server must
+//!    refuse foreign origins) and reads `since`; then the lab writes the `101` itself and takes
+//!    the socket from the HTTP layer (`Request::into_stream`), to run tungstenite on it.
 //! 3. Two threads per connection. `read_frames` (thread `ws-N`) blocks on the socket: it
 //!    publishes the client's text frames and hands pongs, close replies and errors to the
 //!    writer; it never writes itself, so frames from two threads can never interleave.
@@ -40,149 +40,29 @@
 //!
 //! **What it costs**: one handshake per connection (about 400 bytes both ways), then 2 bytes of
 //! frame header per small event from the server (clients mask theirs: 6 bytes); two threads and
-//! two file descriptors per client in this model (`try_clone` duplicates the socket's). Some proxies and old corporate firewalls do not
-//! pass the `Upgrade`.
+//! two file descriptors per client in this model (`try_clone` duplicates the socket's: a
+//! reader and a writer). Some proxies and old corporate firewalls do not pass the `Upgrade`.
 //!
 //! **Try it**: `cargo run --example websocket`, open two tabs of
 //! <http://127.0.0.1:8080/lessons/websocket> and chat; or with
-//! `curl -N --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' http://127.0.0.1:8081/events/ws`
+//! `curl -N --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' http://127.0.0.1:8080/events/ws`
 //! watch the 101 and the raw frames arrive.
 
-use crate::http::Query;
+use crate::connection::Request;
+use crate::http::{HttpError, Query};
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::json;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
-
-/// The bound WebSocket port, before its accept thread starts.
-pub struct WebSocketListener {
-    listener: TcpListener,
-    addr: SocketAddr,
-}
-
-impl WebSocketListener {
-    /// `ws://HOST:PORT/events/ws`, as `/stats` and the page see it.
-    pub fn url(&self) -> String {
-        format!("ws://{}/events/ws", self.addr)
-    }
-
-    /// Start the `ws-accept` thread.
-    pub fn spawn(self, lab: Arc<Lab>) -> io::Result<()> {
-        thread::Builder::new()
-            .name("ws-accept".into())
-            .spawn(move || accept_loop(lab, self.listener))?;
-        Ok(())
-    }
-}
-
-/// Step 1: bind `--ws-addr`, or the HTTP port + 1 (any free port when HTTP asked for port 0:
-/// `requested` is the address as configured, `http` as bound).
-pub fn listen(
-    config: &crate::Config,
-    requested: SocketAddr,
-    http: SocketAddr,
-) -> Result<WebSocketListener, String> {
-    let addr: SocketAddr = match &config.ws_addr {
-        Some(text) => text
-            .parse()
-            .map_err(|_| format!("--ws-addr {text:?} is not HOST:PORT"))?,
-        None if requested.port() == 0 => SocketAddr::new(http.ip(), 0),
-        None => SocketAddr::new(http.ip(), http.port().wrapping_add(1)),
-    };
-    // Writes time out (a stalled reader is dropped); reads do not: a quiet WebSocket is
-    // fine, and the writer's pings find a dead one.
-    let timeouts = crate::listener::Timeouts {
-        read: None,
-        write: Some(config.write_timeout),
-    };
-    let listener = crate::listener::bind(addr, timeouts).map_err(|e| match e.kind() {
-        io::ErrorKind::AddrInUse => format!(
-            "WebSocket port {} busy: is another lesson running? try --addr with another port, \
-             or --ws-addr",
-            addr.port()
-        ),
-        _ => format!("cannot listen for WebSockets on {addr}: {e}"),
-    })?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    Ok(WebSocketListener { listener, addr })
-}
-
-fn accept_loop(lab: Arc<Lab>, listener: TcpListener) {
-    let next_id = AtomicU64::new(1);
-    // BLOCKS: until a client connects to the WebSocket port.
-    for stream in listener.incoming() {
-        let mut stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                // At the descriptor limit accept fails at once, again and again: pause, so
-                // this thread does not spin while descriptors are given back.
-                log::warn!("WebSocket accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        // The gate (`limits`): near the process's own limits, refuse before any thread.
-        if let Some(why) = crate::limits::capacity().near_limit() {
-            lab.stats.refused_near_limits.fetch_add(1, Relaxed);
-            log::debug!("refused a WebSocket near a limit: {why}");
-            refuse_upgrade_here(&mut stream);
-            continue;
-        }
-        // A classroom's fair share (`--max-per-client`), held for the socket's life.
-        let share = match stream.peer_addr() {
-            Ok(peer) => match lab.shares.take(peer.ip(), lab.config.max_per_client) {
-                Some(share) => Some(share),
-                None => {
-                    log::debug!("refused a WebSocket: {} holds its share already", peer.ip());
-                    refuse_upgrade_here(&mut stream);
-                    continue;
-                }
-            },
-            Err(_) => None,
-        };
-        let id = next_id.fetch_add(1, Relaxed);
-        let lab = lab.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("ws-{id}"))
-            .spawn(move || {
-                let _share = share;
-                let _thread = lab.stats.websocket_threads.enter();
-                match serve(&lab, stream, id) {
-                    Ok(()) => log::debug!("ws {id} gone"),
-                    Err(e) => log::debug!("ws {id} ended: {e}"),
-                }
-            });
-        if let Err(e) = spawned {
-            log::error!("no thread for ws {id}: {e}");
-        }
-    }
-}
-
-/// 503 on the accept thread itself, no thread started. Read the handshake first (briefly: a
-/// client that sends nothing in 100 ms is not waited for): closing a socket with its request
-/// unread would send a reset, and the client would see that instead of the 503.
-fn refuse_upgrade_here(stream: &mut TcpStream) {
-    let mut request = [0u8; 4096];
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    // BLOCKS: at most 100 ms, until the handshake request arrives.
-    let _ = stream.read(&mut request);
-    let _ = stream.write_all(
-        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nConnection: close\r\n\
-          Content-Length: 0\r\n\r\n",
-    );
-    let _ = stream.shutdown(Shutdown::Write);
-}
 
 /// What the reader hands the writer.
 enum ToWriter {
@@ -195,58 +75,97 @@ enum ToWriter {
     CloseAndDrain(CloseFrame),
 }
 
-fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
+/// Steps 1 and 2: a request with `Upgrade: websocket`, on any path, from the route.
+pub fn upgrade(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Result<()> {
     let counters = lab.count("websocket");
+    let id = request.number();
     let Some(_held) = lab
         .stats
         .try_hold(&lab.stats.websockets, lab.config.max_parked)
     else {
-        // Answer the upgrade with 503 by refusing in the handshake.
-        let _ = handshake(lab, stream, |_| -> Result<(), _> {
-            Err((503, "too many connections (--max-parked)".into()))
-        });
-        return Ok(());
+        return HttpError::all_held(lab.config.max_parked).reply(request, &counters);
     };
-    // 2. The handshake: path, Origin and `since` (or a Socket.IO transport: its own lesson).
-    let (socket, route) = match handshake(lab, stream, |request| check_request(lab, request)) {
-        Ok(accepted) => accepted,
-        Err(e) => {
-            counters.error();
-            return Err(e);
+    // 2. The checks: path, Origin and `since` (or a framework's transport: its own lesson).
+    let route = match check_request(lab, &request, path, query) {
+        Ok(route) => route,
+        Err((status, message)) => {
+            log::debug!("ws {id} handshake refused with {status}: {message}");
+            return HttpError::new(status, message).reply(request, &counters);
         }
     };
-    // The teacher's view counts the socket under the lesson it belongs to.
-    let ip = socket.get_ref().peer_addr().ok().map(|a| a.ip());
+    if request.header("Sec-WebSocket-Version") != Some("13") {
+        return HttpError::new(426, "this server speaks WebSocket version 13")
+            .with_header("Sec-WebSocket-Version", "13")
+            .reply(request, &counters);
+    }
+    let key = match request.header("Sec-WebSocket-Key") {
+        Some(key)
+            if data_encoding::BASE64
+                .decode(key.as_bytes())
+                .is_ok_and(|k| k.len() == 16) =>
+        {
+            key.to_string()
+        }
+        _ => {
+            let message = "Sec-WebSocket-Key must be 16 bytes in base64";
+            return HttpError::bad_request(message).reply(request, &counters);
+        }
+    };
+    // The 101, and the socket leaves HTTP for good.
+    let (mut stream, pending) = request.into_stream()?;
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(answer.as_bytes())?;
+    counters.wrote(answer.len());
+    // From now on the socket blocks until a frame arrives; the writer's pings find dead peers.
+    stream.set_read_timeout(None)?;
+    serve(lab, stream, pending, route, id, &counters)
+}
+
+/// Step 3 (`pending`: frames the client sent right behind its handshake, already read).
+fn serve(
+    lab: &Lab,
+    stream: TcpStream,
+    pending: Vec<u8>,
+    route: Route,
+    id: u64,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let _thread = lab.stats.websocket_threads.enter();
+    // (The teacher's view counts the socket under the lesson its path belongs to:
+    // `server::handle` did, as for any request.)
+    let config = ws_config(lab);
     let since = match route {
         Route::Events(since) => since,
         Route::SocketIo(session) => {
-            let _in_progress = lab.activity.begin("socket_io", ip);
+            let socket =
+                WebSocket::from_partially_read(stream, pending, Role::Server, Some(config));
             return crate::lessons::socket_io::websocket::serve(lab, socket, id, session);
         }
         Route::Atmosphere(accepted) => {
-            let _in_progress = lab.activity.begin("atmosphere", ip);
+            let socket =
+                WebSocket::from_partially_read(stream, pending, Role::Server, Some(config));
             return crate::lessons::atmosphere::websocket::serve(lab, socket, id, accepted);
         }
     };
-    let _in_progress = lab.activity.begin("websocket", ip);
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
     let (backlog, subscription) = lab.hub.subscribe(since);
     log::debug!("ws {id} open, from event {since}");
 
     // 3. Split: the reader keeps this thread, the writer gets its own.
-    let read_half = socket.get_ref().try_clone()?;
-    let write_half = socket.get_ref().try_clone()?;
-    drop(socket);
-    let config = ws_config(lab);
-    let reader = WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config));
-    let writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(config));
+    let read_half = ReadOnly(stream.try_clone()?);
+    let reader = WebSocket::from_partially_read(read_half, pending, Role::Server, Some(config));
+    let writer = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
     let (to_writer, from_reader) = unbounded();
     let last_heard = AtomicU64::new(0);
     let started = Instant::now();
 
     // Scoped threads may borrow the lab; the scope ends when both halves have.
-    let (last_heard, counters) = (&last_heard, &counters);
+    let last_heard = &last_heard;
     thread::scope(|scope| -> io::Result<()> {
         let writer_thread = thread::Builder::new()
             .name(format!("ws-{id}-writer"))
@@ -273,32 +192,6 @@ fn serve(lab: &Lab, stream: TcpStream, id: u64) -> io::Result<()> {
     })
 }
 
-/// Step 2, with `decide` choosing to accept (and reading what the path needs) or to refuse.
-fn handshake<T>(
-    lab: &Lab,
-    stream: TcpStream,
-    decide: impl FnOnce(&Request) -> Result<T, (u16, String)>,
-) -> io::Result<(WebSocket<TcpStream>, T)> {
-    // A client that connects and says nothing must not hold the thread forever.
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut accepted = None;
-    // tungstenite's callback: accept with its response, or refuse with an HTTP answer.
-    #[allow(clippy::result_large_err)] // the error type is tungstenite's, not ours to shrink
-    let callback = |request: &Request, response: Response| match decide(request) {
-        Ok(route) => {
-            accepted = Some(route);
-            Ok(response)
-        }
-        Err((status, message)) => Err(refuse(status, &message)),
-    };
-    let socket = tungstenite::accept_hdr_with_config(stream, callback, Some(ws_config(lab)))
-        .map_err(|e| io::Error::other(format!("handshake refused or failed: {e}")))?;
-    // From now on the socket blocks until a frame arrives; pings find dead peers.
-    socket.get_ref().set_read_timeout(None)?;
-    let accepted = accepted.ok_or_else(|| io::Error::other("accepted without a route"))?;
-    Ok((socket, accepted))
-}
-
 /// What an accepted handshake leads to.
 enum Route {
     /// This lesson's `/events/ws`, from `since` (or now).
@@ -323,21 +216,21 @@ pub(crate) fn ws_config(lab: &Lab) -> WebSocketConfig {
 }
 
 /// The handshake's checks: the path, the page's `Origin`, and `since`.
-fn check_request(lab: &Lab, request: &Request) -> Result<Route, (u16, String)> {
-    let path = request.uri().path();
-    let query = Query::parse(request.uri().query().unwrap_or(""));
-    let origin = request
-        .headers()
-        .get("Origin")
-        .map(|o| o.to_str().unwrap_or(""));
-    let host = request.headers().get("Host").and_then(|h| h.to_str().ok());
-    // The frameworks' transports share this port: their own lessons check them.
+fn check_request(
+    lab: &Lab,
+    request: &Request,
+    path: &str,
+    query: &Query,
+) -> Result<Route, (u16, String)> {
+    let origin = request.header("Origin");
+    let host = request.header("Host");
+    // The frameworks' transports upgrade here too: their own lessons check them.
     if path == "/socket.io/" {
-        return crate::lessons::socket_io::websocket::check(lab, &query, origin, host)
+        return crate::lessons::socket_io::websocket::check(lab, query, origin, host)
             .map(Route::SocketIo);
     }
     if path.starts_with(crate::lessons::atmosphere::PREFIX) {
-        return crate::lessons::atmosphere::websocket::check(lab, path, &query, origin, host)
+        return crate::lessons::atmosphere::websocket::check(lab, path, query, origin, host)
             .map(Route::Atmosphere);
     }
     if path != "/events/ws" {
@@ -360,22 +253,6 @@ fn check_request(lab: &Lab, request: &Request) -> Result<Route, (u16, String)> {
             .map(|since| Route::Events(Some(since)))
             .map_err(|e| (400, e.message)),
     }
-}
-
-fn refuse(status: u16, message: &str) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(json!({ "error": message }).to_string()));
-    *response.status_mut() = tungstenite::http::StatusCode::from_u16(status)
-        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
-    let headers = response.headers_mut();
-    headers.insert(
-        "Content-Type",
-        "application/json".parse().expect("a header value"),
-    );
-    if status == 503 {
-        // As every other refusal beyond --max-parked: when to try again.
-        headers.insert("Retry-After", "2".parse().expect("a header value"));
-    }
-    response
 }
 
 /// The reading half: reads go to the socket, writes go nowhere. tungstenite would answer

@@ -112,7 +112,7 @@ impl ChildLab {
             std::fs::File::create(path).expect("a log file")
         });
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_reverse-ajax-lab"))
-            .args(["--addr", &addr.to_string(), "--ws-addr", "127.0.0.1:0"])
+            .args(["--addr", &addr.to_string()])
             .args(["--other-addr", "127.0.0.1:0"])
             .args(["--generator", "off"])
             .args(extra)

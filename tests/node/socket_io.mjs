@@ -203,18 +203,18 @@ const scenarios = {
     done({ transport: "polling", id: ack.id });
   },
 
-  // No transportOptions: the client probes a WebSocket on the HTTP port, which tiny_http
-  // cannot upgrade; the probe fails and the session carries on over polling.
-  async fallback() {
+  // Default options, as a user writes it: `io(url)`. The client opens with polling, probes
+  // a WebSocket on the same port, and upgrades.
+  async defaults() {
     const socket = io(url + "/lab", { auth: { name: "node" }, reconnection: false });
-    const upgradeError = next(socket.io.engine, "upgradeError"); // the probe starts at once
+    const upgraded = next(socket.io.engine, "upgrade"); // the probe starts at once
     await next(socket, "connect");
-    const [error] = await upgradeError;
-    check(socket.io.engine.transport.name === "polling", "still polling after the failed probe");
-    const text = "after the fallback " + Date.now();
+    await upgraded;
+    check(socket.io.engine.transport.name === "websocket", "upgraded to websocket");
+    const text = "after the upgrade " + Date.now();
     const [event] = await Promise.all([eventWithData(socket, text), publishByRest(text)]);
     socket.close();
-    done({ upgradeError: String(error.message || error), transport: "polling", event });
+    done({ transport: socket.io.engine.transport.name, event });
   },
 
   // Many sessions come and go (the Rust test then checks the lab is back to its baseline).

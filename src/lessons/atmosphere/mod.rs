@@ -30,8 +30,9 @@
 //!    hub from the resource's cursor (the backlog is the cache: what the client missed while
 //!    away), then parks until the broadcast, writes it in its transport's framing, and moves
 //!    the cursor.
-//! 4. The HTTP port cannot upgrade (tiny_http), so a WebSocket asked for here is refused and
-//!    atmosphere.js falls back; the same URL on the WebSocket port upgrades.
+//! 4. The websocket transport is the same URL with the WebSocket handshake: the connection's
+//!    thread sees `Upgrade: websocket` and hands it to `websocket::serve` (through the
+//!    WebSocket lesson's `upgrade`, which checks the handshake for every endpoint).
 //! 5. `sweep` (thread `atmosphere-sweeper`): a resource with no connection for
 //!    `--atmosphere-timeout` (60 s) is forgotten, and with it the cursor.
 //!
@@ -47,10 +48,12 @@
 pub mod protocol;
 pub mod websocket;
 
+use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, Event, Subscription, Wake};
 use crate::lab::Lab;
 use crate::lessons::long_polling::thread_name;
+use crate::request::Method;
 use crate::stats::LessonCounters;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use protocol::{Params, Transport, PADDING};
@@ -59,7 +62,6 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tiny_http::{Method, Request};
 
 /// Where the broadcasters are: `/atmosphere/NAME`. The broadcaster `lab` is the hub.
 pub const PREFIX: &str = "/atmosphere/";
@@ -373,14 +375,13 @@ pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Res
             stream(lab, request, &broadcaster, &params, &counters)
         }
         (Method::Get, Transport::WebSocket) => {
-            // Step 4: a browser's WebSocket fails on any answer but 101, and the client
-            // falls back to its `fallbackTransport`.
-            let message = format!(
-                "this port cannot upgrade to a WebSocket (tiny_http); the same URL upgrades on \
-                 the WebSocket port {}",
-                lab.websocket_port()
-            );
-            HttpError::new(501, message).reply(request, &counters)
+            // Step 4: the websocket transport is a handshake (`Upgrade: websocket`), which
+            // never reaches here (`lessons::websocket::upgrade` takes it).
+            let message =
+                "the websocket transport needs the WebSocket handshake (Upgrade: websocket)";
+            HttpError::new(426, message)
+                .with_header("Upgrade", "websocket")
+                .reply(request, &counters)
         }
         (Method::Get, Transport::Close) => {
             // The old clients' goodbye: forget the resource now rather than at the sweep.
@@ -401,12 +402,12 @@ pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Res
 /// its heartbeat.
 fn receive(
     lab: &Lab,
-    mut request: Request,
+    request: Request,
     broadcaster: &Broadcaster,
     params: &Params,
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let body = match http::read_body(&mut request, lab.config.max_body) {
+    let body = match http::read_body(&request, lab.config.max_body) {
         Ok(body) => body,
         Err(error) => return error.reply(request, counters),
     };
@@ -511,8 +512,7 @@ fn long_poll(
     written
 }
 
-/// A long poll's answer. Held past `--idle-timeout`, tiny_http has stopped reading the
-/// connection: say `Connection: close` (as chapter 4's `Answer::write` does).
+/// A long poll's answer: the connection stays open for the next poll.
 fn answer(
     lab: &Lab,
     request: Request,
@@ -520,10 +520,8 @@ fn answer(
     body: &str,
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let mut headers = vec![("Cache-Control", "no-cache")];
-    if http::outlasts_the_reader(arrived.elapsed(), lab.config.idle_timeout) {
-        headers.push(("Connection", "close"));
-    }
+    let _ = (lab, arrived);
+    let headers = [("Cache-Control", "no-cache")];
     http::write_response(
         request,
         200,

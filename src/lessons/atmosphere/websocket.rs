@@ -39,6 +39,14 @@ pub fn check(
     if origin.is_some_and(|origin| !lab.is_own_origin(origin, host)) {
         return Err((403, "this Origin may not open the lab's WebSocket".into()));
     }
+    // The page's "websocket refused": what a proxy that drops `Upgrade` does to a handshake,
+    // so the client's fallback transport can be watched.
+    if query.get("no-upgrade").is_some() {
+        return Err((
+            501,
+            "no-upgrade: this handshake is refused on purpose".into(),
+        ));
+    }
     let params = Params::parse(query).map_err(|e| (400, e))?;
     if params.transport != protocol::Transport::WebSocket {
         return Err((400, "X-Atmosphere-Transport must be websocket here".into()));

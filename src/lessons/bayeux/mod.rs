@@ -41,9 +41,11 @@
 
 pub mod message;
 
+use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
 use crate::hub::{Subscription, Wake};
 use crate::lab::Lab;
+use crate::request::Method;
 use crate::stats::LessonCounters;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use message::Message;
@@ -52,7 +54,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tiny_http::{Method, Request};
 
 /// The server's advice (`--bayeux-*` flags).
 #[derive(Clone, Debug)]
@@ -173,11 +174,10 @@ impl Bayeux {
 }
 
 /// Step 1: `/cometd` and every path under it.
-pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("bayeux");
-    let arrived = Instant::now();
     let cors = lab.cors_with_credentials(&request);
-    let mut headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if *request.method() == Method::Options {
         let mut preflight = headers.clone();
         preflight.extend([
@@ -215,7 +215,7 @@ pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> 
     };
     let body = match &callback {
         Some(_) => query.get("message").unwrap_or("").to_string(),
-        None => match http::read_body(&mut request, lab.config.max_body) {
+        None => match http::read_body(&request, lab.config.max_body) {
             Ok(body) => body,
             Err(error) => return error.reply(request, &counters),
         },
@@ -240,11 +240,6 @@ pub fn handle(lab: &Lab, mut request: Request, query: &Query) -> io::Result<()> 
     };
     // 2, 3. Every message; a connect waits for its deliveries (BLOCKS, see hold_connect).
     let replies = process(lab, batch, transport, &counters);
-    // A connect held past `--idle-timeout` (the 20 s hold, against a shorter one) sends the
-    // client's next connect to a new connection: this one may no longer be listened to.
-    if http::outlasts_the_reader(arrived.elapsed(), lab.config.idle_timeout) {
-        headers.push(("Connection", "close"));
-    }
     answer(
         request,
         200,

@@ -62,8 +62,10 @@ pub use engine_io::Packet as EngineIoPacket;
 pub use packet::{Kind, Packet};
 pub use session::Session;
 
+use crate::connection::Request;
 use crate::http::{self, Query};
 use crate::lab::Lab;
+use crate::request::Method;
 use crate::stats::LessonCounters;
 use crossbeam_channel::Receiver;
 use serde_json::json;
@@ -72,7 +74,6 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tiny_http::{Method, Request};
 
 /// The Engine.IO server's settings (`--socket-io-*` flags).
 #[derive(Clone, Debug)]
@@ -299,8 +300,8 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     }
     match query.get("transport") {
         Some("polling") => {}
-        // The WebSocket transport lives on the WebSocket port: tiny_http cannot hand one
-        // upgraded connection to a reader and a writer thread (chapter 11).
+        // The WebSocket transport is a handshake (`Upgrade: websocket`), which the
+        // WebSocket lesson hands to `websocket::serve`; a plain GET for it is refused.
         _ => return refuse(lab, request, UNKNOWN_TRANSPORT, &counters),
     }
     if let Some(origin) = http::header(&request, "Origin") {
@@ -437,13 +438,8 @@ fn poll(
     );
     counters.delivered(delivery.events);
     let body = engine_io::encode_payload(&delivery.packets);
-    // Held longer than --idle-timeout (a ping interval above it), the connection is no longer
-    // read by tiny_http: say close, as chapter 4's long poll does, so the next GET comes on a
-    // new connection.
-    let mut headers = lab.cors_with_credentials(&request);
-    if http::outlasts_the_reader(arrived.elapsed(), lab.config.idle_timeout) {
-        headers.push(("Connection", "close".into()));
-    }
+    let headers = lab.cors_with_credentials(&request);
+    log::trace!("socket.io GET held {} ms", arrived.elapsed().as_millis());
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let content_type = "text/plain; charset=UTF-8";
     http::write_response(
@@ -459,7 +455,7 @@ fn poll(
 /// A POST: packets from the client, answered `ok`.
 fn post(
     lab: &Lab,
-    mut request: Request,
+    request: Request,
     session: &Arc<Session>,
     counters: &LessonCounters,
 ) -> io::Result<()> {
@@ -481,7 +477,7 @@ fn post(
         }
         state.polling_post = true;
     }
-    let body = http::read_body(&mut request, lab.socket_io.settings.max_payload);
+    let body = http::read_body(&request, lab.socket_io.settings.max_payload);
     session.state().polling_post = false;
     let body = match body {
         Ok(body) => body,

@@ -1,0 +1,691 @@
+//! One connection, one thread: how the lab serves HTTP.
+//!
+//! ```text
+//! accept:   client 127.0.0.1:51000 connects → conn-3 (an idle thread, or a new one)
+//! conn-3:   reads  GET /events/long-poll?since=4 HTTP/1.1   ← the head, with httparse
+//!           routes it: the long poll parks *this* thread, holding the request
+//!   (time passes: event 5 is published; the hub wakes conn-3)
+//! conn-3:   writes HTTP/1.1 200 OK ... {"events":[{"id":5,...}],"last":5}
+//!           reads  GET /events/long-poll?since=5 HTTP/1.1   ← the same connection, again
+//!   (30 s pass with no request: the idle timeout)
+//! conn-3:   closes the connection, and waits in the pool for the next one
+//! ```
+//!
+//! 1. `accept_loop`: accept a connection and give it a thread from the `Pool`: the thread
+//!    that went idle last, or a new `conn-N` (with `--handlers N` at most N: a servlet
+//!    container's `maxThreads`). Near the process's limits, or at the descriptor limit
+//!    itself, the accept thread answers at the `Door` instead: `/stats` and the pages, and
+//!    503 for the rest.
+//! 2. `serve`: read a request head (`crate::request`), its body, and hand the `Request` to
+//!    the route's `match`. The `Request` owns the connection while the lesson answers.
+//! 3. When the answer is complete (`ResponseWriter::keep_alive`) the connection comes back to
+//!    this thread, which reads the next request; after a stream, `Connection: close`, or a
+//!    refusal, it is closed. A request handed elsewhere (`--parking queue`'s waiting room)
+//!    takes the connection along; when answered there it comes back to the pool, and a
+//!    thread reads its next request.
+//!
+//! A parked thread is not reading its socket, so it cannot see its client leave by itself:
+//! `Request::client_left` looks, without blocking, and parked long polls and streams look
+//! once a second (`LOOK_EVERY`).
+//!
+//! **What it costs**: one thread per open connection, idle keep-alive connections included
+//! (until `--idle-timeout`), and one descriptor. The servlet container of the articles did
+//! exactly this, and so does the Rust Book's final chapter.
+
+use crate::request::{self, Body, Framing, Head, HeadRead, Method, Refusal};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How often a parked thread looks at its socket to see whether its client left.
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// What the connection threads need to know, and what they call.
+pub struct Settings {
+    /// A connection with no next request head for this long is closed.
+    pub idle_timeout: Duration,
+    /// A write that cannot finish in this long fails (a client that stopped reading).
+    pub write_timeout: Duration,
+    /// The largest body read before routing; a larger one is left unread (`Body::TooLarge`).
+    pub body_limit: usize,
+    /// `--handlers N`: at most N connection threads (0: as many as the limits allow).
+    pub handlers: usize,
+}
+
+/// The route: called on the connection's thread for every request.
+pub type Handler = Box<dyn Fn(Request) + Send + Sync>;
+
+/// What the door answers while the lab cannot take a connection: `Some((status, content
+/// type, body))` for `/stats` and the pages, `None` (503) for the rest.
+pub type DoorAnswer = Box<dyn Fn(&Head) -> Option<(u16, &'static str, Vec<u8>)> + Send + Sync>;
+
+/// The connection threads: idle ones waiting for a connection, and how many are alive.
+pub struct Pool {
+    settings: Settings,
+    handler: Handler,
+    idle: Mutex<Vec<(u64, crossbeam_channel::Sender<Open>)>>,
+    /// Signalled when a thread joins the idle stack (a fixed pool's accept loop waits).
+    went_idle: Condvar,
+    /// Connection threads alive, busy or idle.
+    pub alive: AtomicUsize,
+    /// Connections open now (each has a thread, or waits in the waiting room).
+    pub open: AtomicUsize,
+    next_thread: AtomicU64,
+    next_connection: AtomicU64,
+    /// What the door did.
+    pub door: DoorCounts,
+}
+
+/// What the door answered and refused.
+#[derive(Default)]
+pub struct DoorCounts {
+    /// `/stats` and pages answered at the door.
+    pub answered: AtomicU64,
+    /// Connections refused there with 503.
+    pub refused: AtomicU64,
+    /// `accept` failures (the descriptor limit, mostly), each followed by a back-off.
+    pub accept_errors: AtomicU64,
+}
+
+impl Pool {
+    pub fn new(settings: Settings, handler: Handler) -> Arc<Pool> {
+        Arc::new(Pool {
+            settings,
+            handler,
+            idle: Mutex::new(Vec::new()),
+            went_idle: Condvar::new(),
+            alive: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            next_thread: AtomicU64::new(1),
+            next_connection: AtomicU64::new(1),
+            door: DoorCounts::default(),
+        })
+    }
+
+    /// Give `open` a thread: the one that went idle last, else a new one. (Handed out newest
+    /// first, so under a steady load the same few threads stay busy and the others, left
+    /// alone, end after 10 s idle: the pool is as large as the load needs.)
+    fn serve(self: &Arc<Pool>, open: Open) {
+        let newest = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let open = match newest {
+            // Room for one: never blocks. A thread that ended cannot be on the stack.
+            Some((_, worker)) => match worker.send(open) {
+                Ok(()) => return,
+                Err(e) => e.into_inner(),
+            },
+            None => open,
+        };
+        let n = self.next_thread.fetch_add(1, Relaxed);
+        let pool = self.clone();
+        self.alive.fetch_add(1, Relaxed);
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{n}"))
+            .spawn(move || {
+                let mut next = Some(open);
+                while let Some(open) = next {
+                    pool.serve_connection(open);
+                    // BLOCKS: idle, until the accept loop hands this thread a connection,
+                    // or 10 s pass and it ends.
+                    next = pool.wait_for_work(n);
+                }
+                pool.alive.fetch_sub(1, Relaxed);
+                pool.went_idle.notify_one();
+            });
+        if let Err(e) = spawned {
+            self.alive.fetch_sub(1, Relaxed);
+            // The connection went down with the closure, and is closed.
+            log::error!("no thread for a connection: {e} (raise ulimit -u, or lower --max-parked)");
+        }
+    }
+
+    /// A fixed pool (`--handlers N`), all N threads busy: wait until one is free. Every
+    /// connection behind this one waits too, publishes included: parked long polls can hold
+    /// all N, and then the publish that would wake them cannot get in (chapter 4, Pitfalls).
+    fn wait_for_a_free_thread(&self) {
+        let size = self.settings.handlers;
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while idle.is_empty() && self.alive.load(Relaxed) >= size {
+            // BLOCKS: until a connection thread finishes a connection (or one ends, idle).
+            idle = self
+                .went_idle
+                .wait_timeout(idle, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Called by thread `n` when its connection is closed: its next one, or `None` after
+    /// 10 s idle (it then ends).
+    fn wait_for_work(&self, n: u64) -> Option<Open> {
+        let (worker, work) = crossbeam_channel::bounded(1);
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((n, worker));
+        self.went_idle.notify_one();
+        // BLOCKS: until `serve` sends a connection, or 10 s pass.
+        let until = Instant::now() + Duration::from_secs(10);
+        if let Ok(open) = crate::workarounds::recv_deadline(&work, until) {
+            return Some(open);
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match idle.iter().position(|(m, _)| *m == n) {
+            Some(at) => {
+                idle.remove(at);
+                None
+            }
+            // Taken off the stack just as the wait ended: the connection is on its way.
+            None => {
+                drop(idle);
+                work.recv().ok()
+            }
+        }
+    }
+
+    /// Step 2 and 3: requests one after another on one connection, on this thread.
+    fn serve_connection(self: &Arc<Pool>, mut open: Open) {
+        let id = open.id;
+        loop {
+            // BLOCKS: until a request head arrives, the client closes, or --idle-timeout.
+            let idle = self.settings.idle_timeout;
+            let head = match request::read_head(&mut open.stream, &mut open.pending, idle) {
+                Ok(HeadRead::Head(head, length)) => {
+                    open.pending.drain(..length);
+                    head
+                }
+                Ok(HeadRead::Closed) => {
+                    log::debug!("conn {id} closed: the client left, or was idle");
+                    return;
+                }
+                Ok(HeadRead::Refused(refusal)) => return open.refuse(refusal),
+                Err(e) => {
+                    log::debug!("conn {id} read failed: {e}");
+                    return;
+                }
+            };
+            let framing = match Framing::of(&head) {
+                Ok(framing) => framing,
+                Err(refusal) => return open.refuse(refusal),
+            };
+            // `Expect: 100-continue`: the client waits for word before it sends its body.
+            if let Some(expect) = head.header("Expect") {
+                if !expect.eq_ignore_ascii_case("100-continue") {
+                    let message = format!("Expect: {expect} is not supported");
+                    return open.refuse(Refusal {
+                        status: 417,
+                        message,
+                    });
+                }
+                let too_large =
+                    matches!(framing, Framing::Length(n) if n > self.settings.body_limit as u64);
+                if head.minor_version == 1 && framing != Framing::None && !too_large {
+                    let _ = open.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+            }
+            let wait = self.settings.idle_timeout.min(request::HEAD_DEADLINE);
+            let body = match request::read_body(
+                &mut open.stream,
+                &mut open.pending,
+                &framing,
+                self.settings.body_limit,
+                wait,
+            ) {
+                Ok(body) => body,
+                Err(refusal) => return open.refuse(refusal),
+            };
+            // The connection can serve another request only if this one's body was read
+            // whole and the client did not ask to close.
+            open.reusable = false;
+            open.body_unread = body == Body::TooLarge;
+            let number = REQUESTS.fetch_add(1, Relaxed);
+            log::debug!("conn {id} req {number}: {} {}", head.method, head.target);
+            let home = Arc::new(Home(Mutex::new(Slot::Waiting(None))));
+            let request = Request {
+                head,
+                body,
+                number,
+                connection: Connection {
+                    open: Some(open),
+                    home: home.clone(),
+                },
+            };
+            (self.handler)(request);
+            // Step 3: did the connection come back, and may it serve another request?
+            match home.after_the_handler() {
+                Some(back) if back.reusable => open = back,
+                Some(back) => return back.close(),
+                None => {
+                    log::debug!("conn {id} handed on (waiting room or WebSocket)");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Requests numbered across the process, for the logs (`req-17`).
+static REQUESTS: AtomicU64 = AtomicU64::new(1);
+
+/// An accepted connection, with what this thread has read of it.
+pub struct Open {
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    /// Bytes read past the current request: the start of the next one (pipelining).
+    pending: Vec<u8>,
+    /// Set once a complete answer was written that leaves the connection usable.
+    reusable: bool,
+    /// The request's body was too large and left unread.
+    body_unread: bool,
+    pool: Arc<Pool>,
+}
+
+impl Open {
+    /// Answer a request that broke the rules, and close.
+    fn refuse(mut self, refusal: Refusal) {
+        log::debug!(
+            "conn {} refused with {}: {}",
+            self.id,
+            refusal.status,
+            refusal.message
+        );
+        let body = serde_json::json!({ "error": refusal.message }).to_string();
+        let answer = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            refusal.status,
+            crate::http::reason(refusal.status),
+            body.len()
+        );
+        let _ = self.stream.write_all(answer.as_bytes());
+        self.body_unread = true;
+        self.close();
+    }
+
+    /// Close: our side first, then, if the client may still be sending (a body we did not
+    /// read, a refused head), read and discard until it closes (2 s and 16 MiB at most). Closing a socket with
+    /// unread bytes makes the kernel send a reset, and the client might lose our answer.
+    fn close(mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        if self.body_unread {
+            let until = Instant::now() + Duration::from_secs(2);
+            let mut sink = [0u8; 16 * 1024];
+            let mut drained = 0;
+            while drained < 16 << 20 {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                // BLOCKS: until the client sends more, closes its side, or the second passes.
+                match self.stream.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        }
+        log::debug!("conn {} closed by the lab", self.id);
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.pool.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Where a connection goes when its request is answered: back to the thread that read it,
+/// if that thread still waits (the handler answered on it), else to the pool.
+struct Home(Mutex<Slot>);
+
+enum Slot {
+    /// The reading thread is still in the handler; the connection comes back here.
+    Waiting(Option<Open>),
+    /// The reading thread has moved on: a reusable connection goes to the pool.
+    Away,
+}
+
+impl Home {
+    fn come_back(&self, open: Open) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *slot {
+            Slot::Waiting(place) => *place = Some(open),
+            Slot::Away if open.reusable => {
+                let pool = open.pool.clone();
+                drop(slot);
+                pool.serve(open);
+            }
+            Slot::Away => {
+                drop(slot);
+                open.close();
+            }
+        }
+    }
+
+    /// The handler has returned: the connection, if it came back; else the handler gave it
+    /// away, and from now on it comes back to the pool.
+    fn after_the_handler(&self) -> Option<Open> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *slot, Slot::Away) {
+            Slot::Waiting(back) => back,
+            Slot::Away => None,
+        }
+    }
+}
+
+/// The connection, owned by the request (and then by its writer) while a lesson answers.
+/// Dropped, it goes home (`Home`).
+struct Connection {
+    open: Option<Open>,
+    home: Arc<Home>,
+}
+
+impl Connection {
+    fn open(&self) -> &Open {
+        self.open
+            .as_ref()
+            .expect("a connection is open until dropped")
+    }
+    fn open_mut(&mut self) -> &mut Open {
+        self.open
+            .as_mut()
+            .expect("a connection is open until dropped")
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.home.come_back(open);
+        }
+    }
+}
+
+/// One request: its head, its body (read before routing), and the connection to answer on.
+pub struct Request {
+    head: Head,
+    body: Body,
+    number: u64,
+    connection: Connection,
+}
+
+impl Request {
+    pub fn method(&self) -> &Method {
+        &self.head.method
+    }
+
+    /// The request target: path and query (`/events/poll?since=4`).
+    pub fn url(&self) -> &str {
+        &self.head.target
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.header(name)
+    }
+
+    pub fn remote_addr(&self) -> Option<&SocketAddr> {
+        Some(&self.connection.open().peer)
+    }
+
+    /// This request's number, for the logs.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The body, read before routing (`Body::TooLarge` past the server's limit).
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// Will the connection close after this answer (the client said so, or spoke HTTP/1.0)?
+    pub fn wants_close(&self) -> bool {
+        self.head.wants_close()
+    }
+
+    /// A `HEAD` request: answered as `GET`, without the body.
+    pub fn is_head(&self) -> bool {
+        self.head.method == Method::Head
+    }
+
+    /// Has the client closed its connection? Looks at the socket without blocking: a read
+    /// that would wait means the client is still there; 0 bytes (its FIN) or an error (its
+    /// reset) means it left. Bytes waiting (a pipelined request) mean it is still there.
+    pub fn client_left(&self) -> bool {
+        peek_says_gone(&self.connection.open().stream)
+    }
+
+    /// Take the connection to write the answer on.
+    pub fn into_writer(self) -> ResponseWriter {
+        ResponseWriter {
+            head_only: self.is_head(),
+            keep_alive_allowed: !self.wants_close(),
+            connection: self.connection,
+        }
+    }
+
+    /// Take the socket itself (a WebSocket upgrade), with any bytes the client already sent
+    /// past the head. The connection never comes back to HTTP. (A copy of the socket's
+    /// descriptor is made and the original closed: still one descriptor in all.)
+    pub fn into_stream(mut self) -> io::Result<(TcpStream, Vec<u8>)> {
+        let mut open = self.connection.open.take().expect("open until dropped");
+        let pending = std::mem::take(&mut open.pending);
+        let stream = open.stream.try_clone()?;
+        drop(open);
+        Ok((stream, pending))
+    }
+}
+
+/// The connection while an answer is written: writes go straight to the socket (no buffer:
+/// each `write` is on the wire when it returns). Dropped, the connection goes home, to be
+/// read again only if `keep_alive` was called.
+pub struct ResponseWriter {
+    connection: Connection,
+    head_only: bool,
+    keep_alive_allowed: bool,
+}
+
+impl ResponseWriter {
+    /// The request was `HEAD`: write the head only.
+    pub fn head_only(&self) -> bool {
+        self.head_only
+    }
+
+    /// May the answer leave the connection open? (Not if the client asked to close.)
+    pub fn may_keep_alive(&self) -> bool {
+        self.keep_alive_allowed && !self.connection.open().body_unread
+    }
+
+    /// Has the client closed its connection? (`Request::client_left`)
+    pub fn client_left(&self) -> bool {
+        peek_says_gone(&self.connection.open().stream)
+    }
+
+    /// The answer is complete and framed by its length: the connection may serve the next
+    /// request (if `may_keep_alive`).
+    pub fn keep_alive(&mut self) {
+        if self.may_keep_alive() {
+            self.connection.open_mut().reusable = true;
+        }
+    }
+}
+
+impl Write for ResponseWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // BLOCKS: while the socket's send buffer is full, up to --write-timeout.
+        (&self.connection.open().stream).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)`: one non-blocking look at the socket.
+#[cfg(all(unix, not(lab_portable)))]
+fn peek_says_gone(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    // SAFETY: a valid descriptor and a one-byte buffer we own.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            io::Error::last_os_error().kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    }
+}
+
+/// The portable look, with std alone: non-blocking for one peek. (Only the thread holding the
+/// request uses the socket meanwhile.)
+#[cfg(any(not(unix), lab_portable))]
+fn peek_says_gone(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let gone = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    };
+    let _ = stream.set_nonblocking(false);
+    gone
+}
+
+/// Step 1: the accept loop of one listener (the HTTP port, the other origin's port).
+pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
+    let mut spare = Spare::take();
+    let mut back_off = Duration::from_millis(10);
+    loop {
+        if pool.settings.handlers > 0 {
+            pool.wait_for_a_free_thread();
+        }
+        // BLOCKS: until a client connects.
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => {
+                back_off = Duration::from_millis(10);
+                accepted
+            }
+            Err(e) => {
+                pool.door.accept_errors.fetch_add(1, Relaxed);
+                if is_out_of_descriptors(&e) {
+                    // The door: give back the spare descriptor, take the waiting client
+                    // with it, answer it, and take the spare again.
+                    drop(spare.take());
+                    if let Ok((stream, _)) = listener.accept() {
+                        answer_at_the_door(&pool, stream, &door, "no descriptor left");
+                    }
+                    spare = Spare::take();
+                }
+                log::debug!("accept failed: {e}; trying again in {back_off:?}");
+                // BLOCKS: a short back-off, so the loop does not spin while descriptors
+                // are given back.
+                thread::sleep(back_off);
+                back_off = (back_off * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(pool.settings.write_timeout));
+        // The gate: near the descriptor or thread limit, no new thread; the door answers.
+        if let Some(why) = crate::limits::capacity().near_limit() {
+            answer_at_the_door(&pool, stream, &door, &why);
+            continue;
+        }
+        let id = pool.next_connection.fetch_add(1, Relaxed);
+        log::debug!("conn {id} from {peer}");
+        pool.open.fetch_add(1, Relaxed);
+        let open = Open {
+            stream,
+            peer,
+            id,
+            pending: Vec::new(),
+            reusable: false,
+            body_unread: false,
+            pool: pool.clone(),
+        };
+        pool.serve(open);
+    }
+}
+
+/// One descriptor kept in reserve, so that at the descriptor limit the accept thread can
+/// still take a connection and answer it.
+struct Spare;
+
+impl Spare {
+    fn take() -> Option<std::net::UdpSocket> {
+        std::net::UdpSocket::bind("127.0.0.1:0").ok()
+    }
+}
+
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        true
+    }
+}
+
+/// The door, on the accept thread: read the head briefly (100 ms), answer `/stats` and the
+/// pages, refuse the rest with 503 and `Retry-After`, and close. No thread is started.
+fn answer_at_the_door(pool: &Pool, mut stream: TcpStream, door: &DoorAnswer, why: &str) {
+    let mut buffer = Vec::new();
+    let head = match request::read_head(&mut stream, &mut buffer, Duration::from_millis(100)) {
+        Ok(HeadRead::Head(head, _)) => Some(head),
+        _ => None,
+    };
+    let answer = head
+        .as_ref()
+        .filter(|h| h.method == Method::Get)
+        .and_then(door);
+    let (status, content_type, body, extra) = match answer {
+        Some((status, content_type, body)) => {
+            pool.door.answered.fetch_add(1, Relaxed);
+            (status, content_type, body, "X-Lab-Door: answered\r\n")
+        }
+        None => {
+            pool.door.refused.fetch_add(1, Relaxed);
+            log::debug!("refused a connection at the door: {why}");
+            let message = format!("the lab is near its limits ({why}); retry shortly");
+            let body = serde_json::json!({ "error": message }).to_string();
+            let content_type = "application/json";
+            (503, content_type, body.into_bytes(), "Retry-After: 2\r\n")
+        }
+    };
+    let mut wire = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\n{extra}Cache-Control: no-store\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n",
+        crate::http::reason(status),
+        body.len()
+    )
+    .into_bytes();
+    wire.extend(body);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
+    let _ = stream.write_all(&wire);
+    let _ = stream.shutdown(Shutdown::Write);
+}
