@@ -252,7 +252,12 @@ impl Pool {
                     home: home.clone(),
                 },
             };
-            (self.handler)(request);
+            // The route, on this thread. A lesson that panics loses its connection (closed
+            // as the request unwinds), never the thread or the lab.
+            let route = std::panic::AssertUnwindSafe(|| (self.handler)(request));
+            if std::panic::catch_unwind(route).is_err() {
+                log::error!("conn {id} req {number}: the handler panicked; connection closed");
+            }
             // Step 3: did the connection come back, and may it serve another request?
             match home.after_the_handler() {
                 Some(back) if back.reusable => open = back,
@@ -297,7 +302,7 @@ impl Open {
             "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nConnection: close\r\n\
              Content-Length: {}\r\n\r\n{body}",
             refusal.status,
-            crate::http::reason(refusal.status),
+            request::reason(refusal.status),
             body.len()
         );
         let _ = self.stream.write_all(answer.as_bytes());
@@ -651,11 +656,16 @@ fn is_out_of_descriptors(error: &io::Error) -> bool {
     }
 }
 
-/// The door, on the accept thread: read the head briefly (100 ms), answer `/stats` and the
-/// pages, refuse the rest with 503 and `Retry-After`, and close. No thread is started.
+/// How long the door waits for a head. Every connection behind this one waits too, so it is
+/// short: a client's request follows its connect within a millisecond on a LAN.
+const DOOR_WAIT: Duration = Duration::from_millis(50);
+
+/// The door, on the accept thread: read the head briefly (`DOOR_WAIT`), answer `/stats` and
+/// the pages, refuse the rest with 503 and `Retry-After`, and close. No thread is started.
 fn answer_at_the_door(pool: &Pool, mut stream: TcpStream, door: &DoorAnswer, why: &str) {
     let mut buffer = Vec::new();
-    let head = match request::read_head(&mut stream, &mut buffer, Duration::from_millis(100)) {
+    // BLOCKS: at most DOOR_WAIT (twice, once the head has begun), for the head.
+    let head = match request::read_head(&mut stream, &mut buffer, DOOR_WAIT) {
         Ok(HeadRead::Head(head, _)) => Some(head),
         _ => None,
     };
@@ -680,7 +690,7 @@ fn answer_at_the_door(pool: &Pool, mut stream: TcpStream, door: &DoorAnswer, why
     let mut wire = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\n{extra}Cache-Control: no-store\r\n\
          Connection: close\r\nContent-Length: {}\r\n\r\n",
-        crate::http::reason(status),
+        request::reason(status),
         body.len()
     )
     .into_bytes();

@@ -79,25 +79,7 @@ impl HttpError {
     }
 }
 
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        417 => "Expectation Failed",
-        426 => "Upgrade Required",
-        413 => "Payload Too Large",
-        414 => "URI Too Long",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
+pub use crate::request::reason;
 
 /// The status line and headers, as they go on the wire. `Cache-Control: no-store` unless the
 /// caller names its own: a cached poll would show old events as new.

@@ -139,6 +139,27 @@ impl Head {
     }
 }
 
+/// The reason phrase of a status the lab sends (`404` → `Not Found`).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        417 => "Expectation Failed",
+        426 => "Upgrade Required",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
 /// A request the lab will not serve: the status, and why. The connection is closed after it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {

@@ -372,8 +372,9 @@ fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
 fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
     let s = &lab.stats;
     json!({
-        // Not counting the thread answering this request.
-        "connections": s.connections.get().saturating_sub(1) + s.websockets.get(),
+        // Requests being handled (WebSockets included: an upgraded request is handled until
+        // its socket closes), not counting the one answering this.
+        "connections": s.connections.get().saturating_sub(1),
         "parked": s.parked.get(),
         "streams": s.streams.get(),
         "websockets": s.websockets.get(),
