@@ -124,7 +124,8 @@ pub fn student_urls(addr: SocketAddr, path: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every address of this machine's interfaces (Linux and the BSDs: `getifaddrs`).
+/// Every address of this machine's interfaces (Linux, macOS and the BSDs: `getifaddrs`).
+#[cfg(all(unix, not(lab_portable)))]
 pub fn interface_addresses() -> Vec<IpAddr> {
     let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -159,6 +160,23 @@ pub fn interface_addresses() -> Vec<IpAddr> {
     }
     // SAFETY: `list` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(list) };
+    found
+}
+
+/// The portable fallback, with std alone: loopback, and the address the system would send
+/// from towards the outside world. (Connecting a UDP socket only chooses a route: no packet
+/// is sent. 192.0.2.1 is TEST-NET-1, reserved for documentation.)
+#[cfg(any(not(unix), lab_portable))]
+pub fn interface_addresses() -> Vec<IpAddr> {
+    let mut found = vec![IpAddr::from([127, 0, 0, 1])];
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| socket.connect("192.0.2.1:9").map(|()| socket))
+        .and_then(|socket| socket.local_addr());
+    if let Ok(local) = routed {
+        if !local.ip().is_unspecified() {
+            found.push(local.ip());
+        }
+    }
     found
 }
 
@@ -263,6 +281,13 @@ impl Drop for Share {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interface_addresses_include_loopback_on_either_build() {
+        let found = interface_addresses();
+        assert!(found.iter().any(|ip| ip.is_loopback()), "{found:?}");
+        assert!(found.iter().all(|ip| !ip.is_unspecified()), "{found:?}");
+    }
 
     #[test]
     fn a_loopback_lab_has_one_url_and_an_open_one_has_one_per_interface() {

@@ -699,3 +699,38 @@ fn answer_at_the_door(pool: &Pool, mut stream: TcpStream, door: &DoorAnswer, why
     let _ = stream.write_all(&wire);
     let _ = stream.shutdown(Shutdown::Write);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The look a parked thread takes (`Request::client_left`), on both builds: the system's
+    /// `recv` with flags, and the std-only fallback (`--cfg lab_portable`).
+    #[test]
+    fn a_peek_tells_a_client_that_left_from_one_that_waits_or_sends() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!peek_says_gone(&server), "connected and quiet");
+        client.write_all(b"GET").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // BLOCKS (the test): until the bytes are there.
+        assert_eq!(server.peek(&mut [0u8; 8]).unwrap(), 3);
+        assert!(
+            !peek_says_gone(&server),
+            "a pipelined request is no departure"
+        );
+        // The look leaves the socket as it was: a blocking read still reads.
+        let mut got = [0u8; 3];
+        (&server).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"GET");
+        drop(client);
+        let until = Instant::now() + Duration::from_secs(10);
+        while !peek_says_gone(&server) {
+            assert!(Instant::now() < until, "the client's FIN was never seen");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -138,6 +138,7 @@ pub fn is_lab_host(host: &str) -> bool {
 }
 
 /// This machine's host name (`gethostname`), if it has one.
+#[cfg(all(unix, not(lab_portable)))]
 pub fn machine_name() -> Option<String> {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
@@ -148,4 +149,14 @@ pub fn machine_name() -> Option<String> {
     let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
     let name = String::from_utf8_lossy(&buffer[..end]).into_owned();
     (!name.is_empty()).then_some(name)
+}
+
+/// The portable fallback: the name the environment gives (`COMPUTERNAME` on Windows,
+/// `HOSTNAME` in most shells).
+#[cfg(any(not(unix), lab_portable))]
+pub fn machine_name() -> Option<String> {
+    ["COMPUTERNAME", "HOSTNAME"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok())
+        .filter(|name| !name.is_empty())
 }

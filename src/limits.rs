@@ -73,7 +73,12 @@ pub fn capacity() -> &'static Capacity {
         } else {
             fitting
         };
-        if cap < measured.fd_limit && lower_descriptor_limit(cap) {
+        if cap < measured.fd_limit {
+            // The gate keeps to the lower figure even where the system's limit cannot be
+            // lowered (`accept` then meets the gate before any limit of the system's).
+            if !lower_descriptor_limit(cap) {
+                log::debug!("the descriptor limit stays; the gate keeps to {cap}");
+            }
             measured.fd_limit = cap;
         }
         let capacity: &'static Capacity = Box::leak(Box::new(measured));
@@ -203,7 +208,7 @@ impl Capacity {
     fn give_memory_back(busiest: u64, threads: u64) {
         let before = crate::stats::resident_kib();
         // SAFETY: no arguments but a size to keep; glibc locks its arenas itself.
-        #[cfg(target_env = "gnu")]
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         unsafe {
             libc::malloc_trim(0);
         }
@@ -256,6 +261,7 @@ const WANTED_FDS: u64 = 65536;
 /// `WANTED_FDS` where the process is allowed to (root, or `CAP_SYS_RESOURCE`). Returns the
 /// soft limit before and after.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+#[cfg(all(unix, not(lab_portable)))]
 fn raise_descriptor_limit() -> (u64, u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -287,6 +293,7 @@ fn raise_descriptor_limit() -> (u64, u64) {
 }
 
 /// Lower the soft descriptor limit (always allowed).
+#[cfg(all(unix, not(lab_portable)))]
 fn lower_descriptor_limit(max: u64) -> bool {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -299,6 +306,19 @@ fn lower_descriptor_limit(max: u64) -> bool {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
         }
     }
+}
+
+/// The portable fallback: no descriptor limit to read or raise (Windows has none of this
+/// kind); the lab assumes `WANTED_FDS` and keeps to it itself.
+#[cfg(any(not(unix), lab_portable))]
+fn raise_descriptor_limit() -> (u64, u64) {
+    (WANTED_FDS, WANTED_FDS)
+}
+
+/// The portable fallback: nothing to lower; the gate keeps to the lower figure by itself.
+#[cfg(any(not(unix), lab_portable))]
+fn lower_descriptor_limit(_max: u64) -> bool {
+    false
 }
 
 #[cfg(test)]
