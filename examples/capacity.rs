@@ -8,10 +8,9 @@
 //! cargo run --release --example capacity -- --close      # Connection: close (see below)
 //! ```
 //!
-//! Clients send keep-alive requests, as browsers do: tiny_http then keeps one thread and a
-//! second file descriptor per connection, reading for the next request, beside the parked
-//! handler thread. With `--close` tiny_http lets go of the connection after parsing the
-//! request, and only the parked thread and one descriptor remain.
+//! Clients send keep-alive requests, as browsers do: each connection has one thread (parked
+//! while its request is held) and one descriptor. With `--close` the requests say
+//! `Connection: close`: the same while held; the difference is only after the answer.
 //!
 //! The lab runs as a child process (this same binary with `--serve`), so its threads, file
 //! descriptors and memory are its own: the report reads `/stats` and the child's
@@ -218,8 +217,8 @@ fn run_step(
     ))
 }
 
-/// Send the request as a browser would (keep-alive: tiny_http then keeps a thread reading
-/// the connection for its next request), or with `Connection: close`.
+/// Send the request as a browser would (keep-alive: the connection's thread reads its next
+/// request after the answer), or with `Connection: close`.
 fn open(addr: SocketAddr, path: &str, keep_alive: bool) -> std::io::Result<TcpStream> {
     use std::io::Write;
     let mut socket = TcpStream::connect(addr)?;

@@ -13,8 +13,8 @@
 //! Kinds: `idle` (connect, send nothing), `long-poll`, `stream` (SSE), `websocket`. The lab
 //! runs as a child process with its default limits (plus `--lab-args`); this process raises
 //! its own descriptor limit to hold its half of every connection. Its log (errors only) goes
-//! to `/tmp/lab-bench-PID.log`; `LAB_RUST_LOG=info` there shows the supervisor replacing
-//! tiny_http and the door opening and closing.
+//! to `/tmp/lab-bench-PID.log`; `LAB_RUST_LOG=debug` there shows each connection's life and
+//! the door refusing near the limits.
 
 mod common;
 
@@ -75,7 +75,7 @@ struct Sample {
 }
 
 /// Threads, descriptors and memory, read from `/proc` (not from `/stats`: a request would
-/// itself keep tiny_http's pool busy).
+/// itself take a connection thread).
 fn sample(lab: &ChildLab) -> Option<Sample> {
     let pid = lab.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -92,9 +92,8 @@ fn sample(lab: &ChildLab) -> Option<Sample> {
     })
 }
 
-/// The lab's threads by name, digits left out (`handler ×3601, http-tiny ×10`): what was
-/// left behind. The lab names all of its own, and tiny_http's after the server they belong
-/// to (`http-tiny-N`, `other-tiny-N`; Linux cuts names to 15 letters).
+/// The lab's threads by name, digits left out (`conn ×3601, ws-writer ×10`): what was left
+/// behind. The lab names every thread it starts.
 fn thread_names(lab: &ChildLab) -> String {
     let mut counts = std::collections::BTreeMap::new();
     let tasks = std::fs::read_dir(format!("/proc/{}/task", lab.pid()));
@@ -213,7 +212,7 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
     check(&mut peak);
     drop(sockets);
     // Back to baseline: threads and descriptors within a handful, in at most 60 s (idle
-    // connections wait for --idle-timeout; tiny_http's idle pool threads go after 5 s).
+    // connections wait for --idle-timeout; idle connection threads end after 10 s).
     let started = Instant::now();
     let mut after = sample(lab);
     while started.elapsed() < Duration::from_secs(60) {

@@ -164,11 +164,8 @@ impl Capacity {
     fn sample(&self) {
         self.sampled_at.store(now_ms(), Relaxed);
         // Far from the limits, one cheap `stat`. Near them, the count is taken by listing every
-        // descriptor, as it always was, and its cost is wanted there: it paces the accept
-        // loop while a flood arrives. Measured with `flood` (12,000 long polls): counted
-        // cheaply near the limit too, requests went through faster, tiny_http's pool (a
-        // thread per connection, unchecked) outran the thread budget, and the lab died at
-        // 16,264 threads. A server that owned its accept loop would pace it explicitly.
+        // descriptor, as it always was: exact where it matters, and its cost paces the
+        // accept loop while a flood arrives (the gate is asked for every connection).
         let near = self.fds_now.load(Relaxed) * 100 > self.fd_limit * 60
             || self.threads_now.load(Relaxed) * 100 > self.thread_budget * 60;
         let fds = if near {

@@ -157,7 +157,7 @@ pub fn resident_kib() -> Option<u64> {
         .and_then(|n| n.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Open file descriptors (tiny_http holds two per connection); `None` off Linux.
+/// Open file descriptors (one per connection, two per WebSocket); `None` off Linux.
 ///
 /// Linux 6.2 and later report the count as the size of `/proc/self/fd`: one `stat`, however
 /// many are open. Listing the directory instead costs a kernel lookup per descriptor, and the

@@ -120,8 +120,9 @@ fn a_stream_outlives_the_idle_timeout() {
 }
 
 /// A client that closes its connection is noticed within seconds, not at the heartbeat: the
-/// departures thread wakes its stream (`workarounds::departures`). Before, the first heartbeat
-/// into the closed connection still succeeded, and only the second one failed.
+/// parked stream looks at its socket once a second (`ChunkedStream::client_left`). Without
+/// that, the first heartbeat into the closed connection still succeeds, and only the second
+/// one fails.
 #[test]
 fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_next_heartbeat() {
     let lab = start_lab_with(|c| c.heartbeat = Duration::from_secs(60));

@@ -125,7 +125,7 @@ fn threads_and_descriptors_return_to_the_exact_baseline() {
     let baseline = lab.resources();
     assert!(
         baseline.0 >= 3,
-        "accept, pump and tiny_http's pool: {baseline:?}"
+        "the accept threads and the monitor: {baseline:?}"
     );
 
     // Quick requests of every kind.
@@ -194,10 +194,9 @@ fn a_busy_port_says_what_to_do() {
     );
 }
 
-/// tiny_http 0.12's thread pool can leave a freshly accepted connection queued when two arrive
-/// together, until some pool thread finishes its connection; keep-alive streams never do.
-/// The lab's pump (see `workarounds::spawn_pump`) bounds that wait. Without it this test hangs a
-/// connection within a few rounds.
+/// Connections that arrive together, each holding a keep-alive stream, are all served: each
+/// gets a thread of its own at once. (tiny_http 0.12's pool could leave one queued behind
+/// busy threads for minutes; this test caught it.)
 #[test]
 fn simultaneous_keep_alive_streams_are_all_served() {
     use std::io::{BufRead, BufReader, Write};

@@ -86,10 +86,9 @@ fn two_hundred_parked_clients_all_receive_the_same_event() {
     wait_for_baseline(addr);
 }
 
-/// A parked request sleeps on its subscription, not on its socket, and tiny_http (which reads
-/// the FIN) cannot tell it: the departures thread reads the kernel's table of connections
-/// and wakes it (`workarounds::departures`). So a client that hangs up frees its thread and
-/// subscription within seconds, not at its 60 s deadline; one that stays is left alone.
+/// A parked request sleeps on its subscription, not on its socket: so it wakes once a second
+/// and looks at its socket (`Request::client_left`). A client that hangs up frees its thread
+/// and subscription within seconds, not at its 60 s deadline; one that stays is left alone.
 #[test]
 fn a_client_that_hangs_up_is_released_long_before_its_deadline() {
     let lab = start_lab();

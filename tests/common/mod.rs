@@ -185,8 +185,7 @@ impl ChildLab {
     }
 
     /// The names of the lab's threads, from `/proc` (no request). The lab names every thread
-    /// it starts (`ws-N`, `ws-N-writer`, `handler-N`, ...); tiny_http's pool threads take
-    /// the name of the thread that started them.
+    /// it starts (`conn-N`, `ws-N-writer`, `accept`, ...).
     pub fn thread_names(&self) -> Vec<String> {
         let tasks = format!("/proc/{}/task", self.child.id());
         std::fs::read_dir(tasks)
@@ -232,7 +231,7 @@ pub fn near_miss_origins(port: u16) -> Vec<String> {
 
 /// Close `leaving` (one of two held clients, counted in `/stats` under `gauge`) and wait
 /// until the lab lets go of it: within 10 s, long before any deadline or heartbeat the tests
-/// set (`workarounds::departures`).
+/// set (the parked thread's look at its socket, `Request::client_left`).
 pub fn hang_up_and_see_it_let_go(addr: SocketAddr, leaving: impl Sized, gauge: &str) {
     wait_until("both clients are held", || stats(addr)[gauge] == 2);
     let hung_up = Instant::now();
