@@ -30,6 +30,11 @@ fn main() {
             .unwrap_or(default)
     };
     let minutes = number("--minutes", 2);
+    // `--seconds N` instead of minutes: the test command's smoke run (tests/benchmarks.rs).
+    let length = match args.iter().any(|a| a == "--seconds") {
+        true => Duration::from_secs(number("--seconds", 10)),
+        false => Duration::from_secs(minutes * 60),
+    };
     let clients = number("--clients", 60);
     let rate = number("--rate", 20).max(1);
     let lab = ChildLab::start(&["--heartbeat", "2"]);
@@ -38,7 +43,10 @@ fn main() {
         .as_str()
         .unwrap()
         .to_string();
-    println!("soak: {minutes} min, {clients} clients joining and leaving, {rate} events/s\n");
+    println!(
+        "soak: {} s, {clients} clients joining and leaving, {rate} events/s\n",
+        length.as_secs()
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let sessions = Arc::new(AtomicU64::new(0));
     let owed = Arc::new(AtomicU64::new(0));
@@ -85,7 +93,7 @@ fn main() {
     // Sample the lab every 10 s.
     let started = Instant::now();
     let (mut threads, mut fds, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-    while started.elapsed() < Duration::from_secs(minutes * 60) {
+    while started.elapsed() < length {
         std::thread::sleep(Duration::from_secs(10));
         let pid = lab.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

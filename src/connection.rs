@@ -579,6 +579,10 @@ fn peek_says_gone(stream: &TcpStream) -> bool {
 pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
     let mut spare = Spare::take();
     let mut back_off = Duration::from_millis(10);
+    let mut door = Door {
+        answer: door,
+        last_visit: None,
+    };
     loop {
         if pool.settings.handlers > 0 {
             pool.wait_for_a_free_thread();
@@ -596,7 +600,7 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
                     // with it, answer it, and take the spare again.
                     drop(spare.take());
                     if let Ok((stream, _)) = listener.accept() {
-                        answer_at_the_door(&pool, stream, &door, "no descriptor left");
+                        door.answer(&pool, stream, "no descriptor left");
                     }
                     spare = Spare::take();
                 }
@@ -612,7 +616,7 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
         let _ = stream.set_write_timeout(Some(pool.settings.write_timeout));
         // The gate: near the descriptor or thread limit, no new thread; the door answers.
         if let Some(why) = crate::limits::capacity().near_limit() {
-            answer_at_the_door(&pool, stream, &door, &why);
+            door.answer(&pool, stream, &why);
             continue;
         }
         let id = pool.next_connection.fetch_add(1, Relaxed);
@@ -656,16 +660,48 @@ fn is_out_of_descriptors(error: &io::Error) -> bool {
     }
 }
 
-/// How long the door waits for a head. Every connection behind this one waits too, so it is
-/// short: a client's request follows its connect within a millisecond on a LAN.
+/// How long the door waits for a head when it has been quiet. Every connection behind this
+/// one waits too, so it is short: a client's request follows its connect within a
+/// millisecond on a LAN.
 const DOOR_WAIT: Duration = Duration::from_millis(50);
 
-/// The door, on the accept thread: read the head briefly (`DOOR_WAIT`), answer `/stats` and
-/// the pages, refuse the rest with 503 and `Retry-After`, and close. No thread is started.
-fn answer_at_the_door(pool: &Pool, mut stream: TcpStream, door: &DoorAnswer, why: &str) {
+/// The door, on the accept thread: it answers `/stats` and the pages and refuses the rest
+/// with 503 and `Retry-After`, then closes. No thread is started.
+struct Door {
+    answer: DoorAnswer,
+    /// When it last answered: a door busy within the last second is in a flood.
+    last_visit: Option<Instant>,
+}
+
+impl Door {
+    /// Read the head briefly and answer. In a flood the door does not wait: a client that
+    /// waited in the backlog behind thousands has long sent its request, and one that has
+    /// sent nothing yet (an idle flood's) is refused at once instead of holding up everyone
+    /// behind it for `DOOR_WAIT`.
+    fn answer(&mut self, pool: &Pool, stream: TcpStream, why: &str) {
+        let flooded = self
+            .last_visit
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        self.last_visit = Some(Instant::now());
+        let wait = match flooded {
+            true => Duration::from_millis(1),
+            false => DOOR_WAIT,
+        };
+        answer_at_the_door(pool, stream, &self.answer, why, wait);
+    }
+}
+
+/// Answer one connection at the door (`Door::answer`), waiting at most `wait` for its head.
+fn answer_at_the_door(
+    pool: &Pool,
+    mut stream: TcpStream,
+    door: &DoorAnswer,
+    why: &str,
+    wait: Duration,
+) {
     let mut buffer = Vec::new();
-    // BLOCKS: at most DOOR_WAIT (twice, once the head has begun), for the head.
-    let head = match request::read_head(&mut stream, &mut buffer, DOOR_WAIT) {
+    // BLOCKS: at most `wait` (twice, once the head has begun), for the head.
+    let head = match request::read_head(&mut stream, &mut buffer, wait) {
         Ok(HeadRead::Head(head, _)) => Some(head),
         _ => None,
     };

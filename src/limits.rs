@@ -234,6 +234,12 @@ impl Capacity {
         None
     }
 
+    /// How many held connections the gate can let in: 80 % of the descriptor limit, less a
+    /// few dozen for the lab's own (listeners, files, Redis).
+    pub fn holdable(&self) -> usize {
+        (self.fd_limit * GATE_PERCENT / 100).saturating_sub(32) as usize
+    }
+
     /// Descriptors in use now, counted afresh.
     pub fn fds_fresh(&self) -> u64 {
         self.sample();
@@ -247,6 +253,7 @@ impl Capacity {
             "fd_limit_at_start": self.fd_limit_at_start,
             "thread_budget": self.thread_budget,
             "gate_percent": GATE_PERCENT,
+            "holdable": self.holdable(),
         })
     }
 }

@@ -39,7 +39,7 @@ pub struct RunningLab {
 impl RunningLab {
     /// Step 1: bind, start the generator and the accept thread. Returns once the port is open,
     /// so a test can connect at once. `Err` is a message that tells the user what to do.
-    pub fn start(config: Config) -> Result<RunningLab, String> {
+    pub fn start(mut config: Config) -> Result<RunningLab, String> {
         let addr = config.socket_addr()?;
         let listener = bind(addr).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => format!(
@@ -57,11 +57,24 @@ impl RunningLab {
         }
         let capacity = crate::limits::capacity();
         log::info!(
-            "descriptor limit {} (was {}), thread budget {}",
+            "descriptor limit {} (was {}), thread budget {}: up to {} connections held",
             capacity.fd_limit,
             capacity.fd_limit_at_start,
-            capacity.thread_budget
+            capacity.thread_budget,
+            capacity.holdable()
         );
+        // A --max-parked the machine cannot honour is lowered now, and said, rather than met
+        // as a failure deep in the accept loop.
+        if config.max_parked > capacity.holdable() {
+            log::info!(
+                "--max-parked {} is more than this machine can hold (descriptor limit {}, the \
+                 gate at 80 %): lowered to {}",
+                config.max_parked,
+                capacity.fd_limit,
+                capacity.holdable()
+            );
+            config.max_parked = capacity.holdable();
+        }
         // The "other origin": the same lab on a second port, for the cross-origin lessons
         // wherever the browser comes from (LESSONS.md, "Teaching with the lab").
         let other_addr = match &config.other_addr {

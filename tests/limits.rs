@@ -12,8 +12,9 @@ fn stats(lab: &ChildLab) -> serde_json::Value {
     common::stats(lab.addr)
 }
 
-/// Near 80 % of its descriptors the lab answers new connections at the door: requests for
-/// events get 503, at once and without a thread, while `/stats` and the pages still answer. When the clients leave,
+/// Before its descriptors run out the lab refuses requests for events with 503 (at
+/// `--max-parked`, lowered at start to what the descriptors allow, or at the gate, 80 % of
+/// them, or at the door), while `/stats` and the pages still answer. When the clients leave,
 /// it takes new ones again, and its threads and descriptors return to the baseline.
 #[test]
 fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answers_stats() {
@@ -42,8 +43,12 @@ fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answer
         streams.len()
     );
     let s = stats(&lab);
-    let refusals =
-        s["refused_near_limits"].as_u64().unwrap() + s["door"]["refused"].as_u64().unwrap();
+    // Refused by whichever comes first: `--max-parked`, which the lab lowered at start to
+    // what it can hold (`limits.holdable`), the gate, or the door.
+    assert_eq!(s["max_parked"], s["limits"]["holdable"], "{s}");
+    let refusals = s["refused_near_limits"].as_u64().unwrap()
+        + s["door"]["refused"].as_u64().unwrap()
+        + s["lessons"]["fetch_streaming"]["errors"].as_u64().unwrap();
     assert!(refusals >= 1, "{s}");
     assert!(
         s["fds"].as_u64().unwrap() < 200,
@@ -146,4 +151,26 @@ fn near_its_descriptor_limit_the_lab_refuses_upgrades_with_503() {
     assert_eq!(refusal.1.unwrap(), "2");
     drop((held, refused));
     wait_until("upgrades succeed again", || upgrade() == Ok(101));
+}
+
+/// `--max-parked` means what it says and never lowers what the lab can hold: with 20,000 and
+/// with 100,000 the lab starts, chooses the same descriptor budget, and lowers a value above
+/// what it can hold to that (`limits.holdable`), saying so at start. (It once did the
+/// opposite: the larger the value, the smaller the descriptor limit, down to none.)
+#[test]
+fn a_large_max_parked_starts_the_lab_and_never_lowers_its_budget() {
+    let small = ChildLab::start(&["--max-parked", "20000"]);
+    let large = ChildLab::start(&["--max-parked", "100000"]);
+    let (a, b) = (stats(&small), stats(&large));
+    assert_eq!(a["limits"]["fd_limit"], b["limits"]["fd_limit"], "{a} {b}");
+    let holdable = b["limits"]["holdable"].as_u64().unwrap();
+    assert!(holdable >= 500, "{b}");
+    assert!(holdable < b["limits"]["fd_limit"].as_u64().unwrap());
+    assert_eq!(
+        b["max_parked"].as_u64(),
+        Some(holdable),
+        "lowered to what it can hold"
+    );
+    assert!(a["max_parked"].as_u64() <= Some(20_000));
+    assert_eq!(get(large.addr, "/events/poll").unwrap().status, 200);
 }

@@ -1,0 +1,138 @@
+//! Every benchmark example runs, in a smoke size: a few clients for a few seconds, against
+//! its own lab (a child process), and prints its figures and exits 0. The figures are not
+//! judged here (benchmarks print; tests do not time); that the benchmarks still run is. The
+//! full sizes are the manual commands in README.md and LESSONS.md, chapter 13.
+//!
+//! The examples are built by the test command (`scripts/test` runs `cargo build --examples`
+//! first); run alone, `cargo build --examples && cargo test --test benchmarks`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/debug/examples/NAME`, beside this test binary's `deps/`.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("this test's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --examples` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Run benchmark `name` with `args` (in a scratch directory, so files it writes land there);
+/// panic with its output unless it exits 0. Returns what it printed.
+fn run(name: &str, args: &[&str]) -> String {
+    let scratch = std::env::temp_dir().join(format!("lab-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let output = Command::new(example(name))
+        .args(args)
+        .current_dir(&scratch)
+        .output()
+        .expect("the benchmark starts");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{name} {args:?} exited with {}:\n{printed}",
+        output.status
+    );
+    printed
+}
+
+#[test]
+fn compare_prints_a_row_for_every_technique() {
+    let printed = run(
+        "compare",
+        &["--clients", "2", "--seconds", "2", "--speed", "10"],
+    );
+    for row in [
+        "HTTP polling",
+        "piggyback",
+        "XHR long polling",
+        "forever iframe",
+        "fetch streaming",
+        "Server-Sent Events",
+        "WebSocket",
+    ] {
+        let line = printed.lines().find(|l| l.starts_with(row));
+        let line = line.unwrap_or_else(|| panic!("no {row} row:\n{printed}"));
+        assert!(line.contains("p99") && line.contains("lost"), "{line}");
+    }
+}
+
+/// The capacity benchmark in both parking modes: every connection of the step is held.
+#[test]
+fn capacity_holds_every_connection_of_its_step_in_both_parking_modes() {
+    for parking in ["thread", "queue"] {
+        let printed = run("capacity", &["--steps", "20", "--parking", parking]);
+        let row = printed
+            .lines()
+            .find(|l| l.trim_start().starts_with("20 "))
+            .unwrap_or_else(|| panic!("no row for 20 ({parking}):\n{printed}"));
+        let held: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(held[1], "20", "all 20 held ({parking}): {row}");
+    }
+}
+
+#[test]
+fn latency_measures_every_technique() {
+    for technique in ["long-poll", "stream", "sse", "ws", "socket.io"] {
+        let printed = run(
+            "latency",
+            &[technique, "4", "--events", "4", "--gap-ms", "100"],
+        );
+        assert!(
+            printed.contains("latency p50") && printed.contains("per delivered event"),
+            "{technique}:\n{printed}"
+        );
+    }
+}
+
+#[test]
+fn flood_holds_a_small_flood_of_every_kind_and_comes_back_to_baseline() {
+    let printed = run("flood", &["--connections", "30"]);
+    for kind in ["idle", "long-poll", "stream", "websocket"] {
+        let row = printed
+            .lines()
+            .find(|l| l.starts_with(&format!("| {kind} |")))
+            .unwrap_or_else(|| panic!("no {kind} row:\n{printed}"));
+        assert!(row.contains("yes, in"), "{kind} did not come back: {row}");
+    }
+}
+
+#[test]
+fn soak_loses_nothing_in_a_short_run() {
+    let printed = run("soak", &["--seconds", "4", "--clients", "6", "--rate", "5"]);
+    assert!(
+        printed.contains("lost, repeated or reordered an event 0"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn scale_out_carries_every_event_to_both_labs_through_the_tests_redis() {
+    let redis = common::RedisServer::start();
+    let printed = run("scale_out", &["--bench", "2", "--redis", &redis.url()]);
+    let line = printed
+        .lines()
+        .find(|l| l.contains("through one Redis"))
+        .unwrap_or_else(|| panic!("no figures:\n{printed}"));
+    // "... lab A has up to N, lab B up to N (expected N)": all three the same.
+    let numbers: Vec<&str> = line
+        .rsplit_once("lab A has up to ")
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(numbers.len(), 3, "{line}");
+    assert!(numbers.iter().all(|n| *n == numbers[0]), "{line}");
+}
