@@ -7,7 +7,12 @@
 //! cargo run --release --example latency -- long-poll 1000 --queue   # --parking queue
 //! cargo run --release --example latency -- socket.io 1000  # Socket.IO's /lab over its websocket transport
 //! cargo run --release --example latency -- sse 1000 --redis redis://127.0.0.1:6379  # through Redis
+//! cargo run --release --example latency -- long-poll 1000 --against peer  # and the Node peer
 //! ```
+//!
+//! `--against peer` measures the lab and a single-threaded Node server speaking the same
+//! contract (bench/peer/server.mjs, node:http and `ws`; `npm ci` there runs by itself the first
+//! time), two rounds each, interleaved, and prints both and the ratio of their p99.
 //!
 //! The lab runs as a child process (so its CPU and memory are its own). Every client lives in
 //! this process's one reading thread: non-blocking sockets watched by `epoll`, each read stamped
@@ -37,7 +42,7 @@ fn main() {
     let events: u64 = flag(&args, "--events").unwrap_or(20);
     let gap_ms: u64 = flag(&args, "--gap-ms").unwrap_or(200);
     if !TECHNIQUES.split(' ').any(|t| t == technique) {
-        eprintln!("usage: latency TECHNIQUE CLIENTS [--events N] [--gap-ms MS] [--queue] [--redis URL]; TECHNIQUE: {TECHNIQUES}");
+        eprintln!("usage: latency TECHNIQUE CLIENTS [--events N] [--gap-ms MS] [--queue] [--redis URL] [--against peer]; TECHNIQUE: {TECHNIQUES}");
         std::process::exit(2);
     }
     // This process holds one end of every connection.
@@ -64,25 +69,180 @@ fn main() {
     if let Some(url) = redis {
         lab_args.extend(["--redis", url.as_str()]);
     }
-    let lab = ChildLab::start(&lab_args);
-    let addr = lab.addr;
-    let ws_addr = lab.websocket_addr();
-    let rss_before = proc_field(lab.pid(), "VmRSS:");
+    let run = Run {
+        technique: technique.clone(),
+        clients,
+        events,
+        gap_ms,
+    };
+    let against_peer = args
+        .iter()
+        .position(|a| a == "--against")
+        .and_then(|i| args.get(i + 1))
+        .is_some_and(|who| who == "peer");
+    if !against_peer {
+        let lab = ChildLab::start(&lab_args);
+        let measured = measure(&run, lab.addr, lab.websocket_addr(), lab.pid());
+        println!("{technique} ({parking} parking): {clients} clients, {events} events {gap_ms} ms apart, delivered {}, lost {}", measured.delivered, measured.lost);
+        measured.print();
+        return;
+    }
+    // `--against peer`: the lab and the single-threaded Node peer (bench/peer), two rounds
+    // each, interleaved (lab, peer, lab, peer), so a slow moment of the machine falls on both.
+    if technique == "socket.io" {
+        eprintln!("--against peer: the peer speaks long-poll, stream, sse and ws only");
+        std::process::exit(2);
+    }
+    println!("{technique}: {clients} clients, {events} events {gap_ms} ms apart; the lab ({parking} parking) against the Node peer, interleaved");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=2 {
+        let lab = ChildLab::start(&lab_args);
+        let measured = measure(&run, lab.addr, lab.websocket_addr(), lab.pid());
+        println!(
+            "round {round}, lab:  delivered {}, lost {}",
+            measured.delivered, measured.lost
+        );
+        measured.print();
+        ours.push(measured);
+        drop(lab);
+        let peer = Peer::start();
+        let measured = measure(&run, peer.addr, peer.addr, peer.pid());
+        println!(
+            "round {round}, peer: delivered {}, lost {}",
+            measured.delivered, measured.lost
+        );
+        measured.print();
+        theirs.push(measured);
+    }
+    let mean = |all: &[Measured], f: fn(&Measured) -> f64| {
+        all.iter().map(f).sum::<f64>() / all.len() as f64
+    };
+    let (p50, p99) = (|m: &Measured| m.p50_ms, |m: &Measured| m.p99_ms);
+    let (lab50, lab99) = (mean(&ours, p50), mean(&ours, p99));
+    let (peer50, peer99) = (mean(&theirs, p50), mean(&theirs, p99));
+    println!(
+        "\nmean of the rounds: lab p50 {lab50:.2} ms, p99 {lab99:.2} ms; peer p50 {peer50:.2} ms, p99 {peer99:.2} ms; \
+         p99 lab / peer {:.2}x ({})",
+        lab99 / peer99,
+        if lab99 <= peer99 { "the lab at or ahead" } else { "the lab behind" }
+    );
+}
 
+/// What one run asks for.
+struct Run {
+    technique: String,
+    clients: usize,
+    events: u64,
+    gap_ms: u64,
+}
+
+/// What one run measured of one server.
+struct Measured {
+    delivered: usize,
+    lost: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu: f64,
+    kib_per_connection: f64,
+    threads: serde_json::Value,
+    requests_per_event: f64,
+    bytes_per_event: f64,
+}
+
+impl Measured {
+    fn print(&self) {
+        println!(
+            "  latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            self.p50_ms, self.p99_ms, self.max_ms
+        );
+        println!(
+            "  server: CPU {:.0} %, {:.1} KiB resident per held connection, {} threads; {:.2} requests and {:.0} bytes per delivered event",
+            self.cpu * 100.0,
+            self.kib_per_connection,
+            self.threads,
+            self.requests_per_event,
+            self.bytes_per_event,
+        );
+    }
+}
+
+/// The Node peer (bench/peer/server.mjs) as a child process on a free port, killed when
+/// dropped. Installs its one package (`ws`) with `npm ci` the first time.
+struct Peer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Peer {
+    fn start() -> Peer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/peer");
+        if !dir.join("node_modules/ws").exists() {
+            let installed = std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status();
+            if !installed.is_ok_and(|s| s.success()) {
+                eprintln!("the peer needs Node.js and `npm ci` in {}", dir.display());
+                std::process::exit(2);
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = std::process::Command::new("node")
+            .arg("server.mjs")
+            .arg(addr.to_string())
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node starts (Node.js 20 or later)");
+        let end = Instant::now() + Duration::from_secs(30);
+        while client::get(addr, "/stats").is_err() {
+            assert!(Instant::now() < end, "the peer did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Peer { child, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connect every client, wait until all are held, publish `events`, and measure.
+fn measure(run: &Run, addr: SocketAddr, ws_addr: SocketAddr, pid: u32) -> Measured {
+    let Run {
+        technique,
+        clients,
+        events,
+        gap_ms,
+    } = run;
+    let (technique, clients, events, gap_ms) = (technique.as_str(), *clients, *events, *gap_ms);
+    let rss_before = proc_field(pid, "VmRSS:");
     // Connect every client and send its first request.
     // SAFETY: epoll_create1 takes no pointers.
     let epoll = unsafe { libc::epoll_create1(0) };
     assert!(epoll >= 0, "epoll_create1");
     let mut conns: Vec<Conn> = (0..clients)
         .map(|i| {
-            let target = match technique.as_str() {
+            let target = match technique {
                 "ws" | "socket.io" => ws_addr,
                 _ => addr,
             };
             let mut socket = TcpStream::connect(target).expect("connect");
             socket.set_nodelay(true).unwrap();
             socket
-                .write_all(first_request(&technique, addr, ws_addr).as_bytes())
+                .write_all(first_request(technique, addr, ws_addr).as_bytes())
                 .unwrap();
             socket.set_nonblocking(true).unwrap();
             let mut event = libc::epoll_event {
@@ -102,8 +262,8 @@ fn main() {
             }
         })
         .collect();
-    let held = |lab: &ChildLab| {
-        let s = client::get(lab.addr, "/stats").unwrap().json();
+    let held = || {
+        let s = client::get(addr, "/stats").unwrap().json();
         if technique == "socket.io" {
             // Held once its CONNECT to /lab has subscribed it to the hub.
             return s["subscribers"].as_u64().unwrap_or(0);
@@ -113,18 +273,18 @@ fn main() {
             + s["websockets"].as_u64().unwrap_or(0)
     };
     let end = Instant::now() + Duration::from_secs(120);
-    while held(&lab) < clients as u64 {
+    while held() < clients as u64 {
         assert!(Instant::now() < end, "the clients did not all subscribe");
         pump_reads(
             epoll,
             &mut conns,
-            &technique,
+            technique,
             addr,
             Duration::from_millis(20),
         );
     }
-    let rss_held = proc_field(lab.pid(), "VmRSS:");
-    let cpu_before = cpu_ticks(lab.pid());
+    let rss_held = proc_field(pid, "VmRSS:");
+    let cpu_before = cpu_ticks(pid);
     let started = Instant::now();
 
     // Publish on a second thread; read everything on this one.
@@ -140,19 +300,19 @@ fn main() {
         pump_reads(
             epoll,
             &mut conns,
-            &technique,
+            technique,
             addr,
             Duration::from_millis(50),
         );
     }
     publisher.join().unwrap();
-    let cpu = (cpu_ticks(lab.pid()) - cpu_before) as f64 / 100.0 / started.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - cpu_before) as f64 / 100.0 / started.elapsed().as_secs_f64();
 
     let mut latencies: Vec<u128> = conns.iter().flat_map(|c| c.seen.iter().copied()).collect();
     latencies.sort_unstable();
     let lost = clients as u64 * events - latencies.len() as u64;
     let stats = client::get(addr, "/stats").unwrap().json();
-    let lesson = match technique.as_str() {
+    let lesson = match technique {
         "long-poll" => "long_polling",
         "stream" => "fetch_streaming",
         "ws" => "websocket",
@@ -161,22 +321,19 @@ fn main() {
     };
     let counters = &stats["lessons"][lesson];
     let delivered = latencies.len().max(1) as f64;
-    let ms = |p| percentile_ms(&latencies, p).map_or("-".into(), |v| format!("{v:.2} ms"));
-    println!("{technique} ({parking} parking): {clients} clients, {events} events {gap_ms} ms apart, delivered {}, lost {lost}", latencies.len());
-    println!(
-        "  latency p50 {}  p99 {}  max {}",
-        ms(0.5),
-        ms(0.99),
-        ms(1.0)
-    );
-    println!(
-        "  server: CPU {:.0} %, {:.1} KiB resident per held connection, {} threads; {:.2} requests and {:.0} bytes per delivered event",
-        cpu * 100.0,
-        rss_held.saturating_sub(rss_before) as f64 / clients as f64,
-        stats["threads"],
-        counters["requests"].as_f64().unwrap_or(0.0) / delivered,
-        counters["bytes"].as_f64().unwrap_or(0.0) / delivered,
-    );
+    let ms = |p| percentile_ms(&latencies, p).unwrap_or(f64::NAN);
+    Measured {
+        delivered: latencies.len(),
+        lost,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        max_ms: ms(1.0),
+        cpu,
+        kib_per_connection: rss_held.saturating_sub(rss_before) as f64 / clients as f64,
+        threads: stats["threads"].clone(),
+        requests_per_event: counters["requests"].as_f64().unwrap_or(0.0) / delivered,
+        bytes_per_event: counters["bytes"].as_f64().unwrap_or(0.0) / delivered,
+    }
 }
 
 /// One client: its socket, bytes not yet understood, its cursor, and the latencies it saw.

@@ -136,3 +136,29 @@ fn scale_out_carries_every_event_to_both_labs_through_the_tests_redis() {
     assert_eq!(numbers.len(), 3, "{line}");
     assert!(numbers.iter().all(|n| *n == numbers[0]), "{line}");
 }
+
+/// `latency --against peer`: the lab and the single-threaded Node peer (bench/peer, installed
+/// with `npm ci` by the benchmark itself), interleaved, with the ratio of their p99.
+#[test]
+fn latency_against_the_node_peer_prints_both_and_their_ratio() {
+    let printed = run(
+        "latency",
+        &[
+            "sse",
+            "4",
+            "--events",
+            "4",
+            "--gap-ms",
+            "100",
+            "--against",
+            "peer",
+        ],
+    );
+    assert_eq!(printed.matches("round ").count(), 4, "{printed}");
+    assert!(printed.contains("p99 lab / peer"), "{printed}");
+    assert_eq!(
+        printed.matches("lost 0").count(),
+        4,
+        "nothing lost: {printed}"
+    );
+}
