@@ -163,17 +163,11 @@ impl Capacity {
 
     fn sample(&self) {
         self.sampled_at.store(now_ms(), Relaxed);
-        // Far from the limits, one cheap `stat`. Near them, the count is taken by listing every
-        // descriptor, as it always was: exact where it matters, and its cost paces the
-        // accept loop while a flood arrives (the gate is asked for every connection).
-        let near = self.fds_now.load(Relaxed) * 100 > self.fd_limit * 60
-            || self.threads_now.load(Relaxed) * 100 > self.thread_budget * 60;
-        let fds = if near {
-            crate::stats::open_fds_by_listing()
-        } else {
-            crate::stats::open_fds()
-        };
-        if let Some(fds) = fds {
+        // One cheap `stat` (exact on Linux 6.2 and later; older kernels get the listing).
+        // Listing thousands of descriptors near the limits, as the lab once did, took
+        // milliseconds per connection on the accept thread: an idle flood then held `/stats`
+        // up for seconds in the backlog (measured with `flood`).
+        if let Some(fds) = crate::stats::open_fds() {
             self.fds_now.store(fds, Relaxed);
         }
         if let Some(threads) = crate::stats::live_threads() {
@@ -190,8 +184,16 @@ impl Capacity {
         let close = |now: u64, limit: u64| now * 100 > limit * 60;
         let near = close(self.fds_now.load(Relaxed), self.fd_limit)
             || close(self.threads_now.load(Relaxed), self.thread_budget);
-        let age = now_ms().saturating_sub(self.sampled_at.load(Relaxed));
-        if age > if near { 2 } else { 10 } {
+        let (now, then) = (now_ms(), self.sampled_at.load(Relaxed));
+        // One thread samples; the others use the figures as they are. (A thousand long polls
+        // woken by one event all ask at once: each reading /proc would cost them all.)
+        let stale = now.saturating_sub(then) > if near { 2 } else { 10 };
+        if stale
+            && self
+                .sampled_at
+                .compare_exchange(then, now, Relaxed, Relaxed)
+                .is_ok()
+        {
             self.sample();
         }
         self.verdict(self.fds_now.load(Relaxed), self.threads_now.load(Relaxed))

@@ -82,18 +82,31 @@ fn a_flood_of_idle_connections_meets_the_door_which_answers_stats_and_refuses_th
     wait_until("the flood has taken the descriptors past the gate", || {
         lab.fds_from_proc() > 160
     });
-    // The teacher's view answers, from the door.
-    let started = std::time::Instant::now();
-    let answer = get(addr, "/stats").unwrap();
-    let took = started.elapsed();
-    assert_eq!(answer.status, 200, "{answer:?}");
+    // The teacher's view answers, from the door, within 2 s. (While the door is flooded it
+    // takes only what a connection has sent by the time it is accepted, so a request that
+    // was not yet there is refused with 503 and asked again, as a client would.)
+    let through_the_door = |path: &str| {
+        let started = std::time::Instant::now();
+        loop {
+            let answer = get(addr, path).unwrap();
+            if answer.status == 200 {
+                return (answer, started.elapsed());
+            }
+            assert_eq!(answer.status, 503, "{answer:?}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{path}"
+            );
+        }
+    };
+    let (answer, took) = through_the_door("/stats");
     assert!(answer.header("X-Lab-Door").is_some(), "{answer:?}");
     assert!(
         took < std::time::Duration::from_secs(2),
         "/stats took {took:?}"
     );
-    assert_eq!(get(addr, "/lessons/sse").unwrap().status, 200);
-    assert_eq!(get(addr, "/assets/lab.js").unwrap().status, 200);
+    through_the_door("/lessons/sse");
+    through_the_door("/assets/lab.js");
     // Requests for events, and anything else, are refused cleanly.
     let refused = get(addr, "/events/long-poll?timeout=5").unwrap();
     assert_eq!(refused.status, 503);
