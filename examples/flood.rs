@@ -117,18 +117,31 @@ fn thread_names(lab: &ChildLab) -> String {
 }
 
 /// How long `path` takes to answer now (None: it did not, within 5 s).
-fn answer_ms(addr: SocketAddr, path: &str) -> Option<f64> {
+/// How a probe of `/stats` or a page fared during a flood.
+enum Probe {
+    /// Answered 200 after this many ms.
+    Answered(f64),
+    /// Refused (503: at the door, in a flood, before its request had arrived).
+    Refused,
+    /// No answer within 5 s.
+    Unanswered,
+}
+
+fn answer_ms(addr: SocketAddr, path: &str) -> Probe {
     let started = Instant::now();
-    let mut socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    socket
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .ok()?;
+    let Ok(mut socket) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return Probe::Unanswered;
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut head = [0u8; 12];
-    socket.read_exact(&mut head).ok()?;
-    (&head[9..12] == b"200").then(|| started.elapsed().as_secs_f64() * 1000.0)
+    if socket.write_all(request.as_bytes()).is_err() || socket.read_exact(&mut head).is_err() {
+        return Probe::Unanswered;
+    }
+    match &head[9..12] {
+        b"200" => Probe::Answered(started.elapsed().as_secs_f64() * 1000.0),
+        _ => Probe::Refused,
+    }
 }
 
 fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
@@ -151,6 +164,7 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
     let mut failed = 0;
     let (mut worst_stats, mut worst_page) = (0.0f64, 0.0f64);
     let (mut unanswered_stats, mut unanswered_page) = (0, 0);
+    let (mut refused_stats, mut refused_page) = (0, 0);
     let mut peak = Sample {
         threads: 0,
         fds: 0,
@@ -158,12 +172,14 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
     };
     let mut check = |peak: &mut Sample| {
         match answer_ms(addr, "/stats") {
-            Some(ms) => worst_stats = worst_stats.max(ms),
-            None => unanswered_stats += 1,
+            Probe::Answered(ms) => worst_stats = worst_stats.max(ms),
+            Probe::Refused => refused_stats += 1,
+            Probe::Unanswered => unanswered_stats += 1,
         }
         match answer_ms(addr, "/lessons/sse") {
-            Some(ms) => worst_page = worst_page.max(ms),
-            None => unanswered_page += 1,
+            Probe::Answered(ms) => worst_page = worst_page.max(ms),
+            Probe::Refused => refused_page += 1,
+            Probe::Unanswered => unanswered_page += 1,
         }
         if let Some(s) = sample(lab) {
             peak.threads = peak.threads.max(s.threads);
@@ -239,17 +255,20 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
     };
     let mib = |kib: u64| kib as f64 / 1024.0;
     let after_rss = after.map_or(0, |a| a.rss_kib);
-    let during = |worst: f64, unanswered: usize| {
-        if unanswered == 0 {
-            format!("{worst:.0}")
-        } else {
-            format!("{worst:.0} ({unanswered} unanswered)")
+    let during = |worst: f64, refused: usize, unanswered: usize| {
+        let mut text = format!("{worst:.0}");
+        if refused > 0 {
+            text.push_str(&format!(" ({refused} refused)"));
         }
+        if unanswered > 0 {
+            text.push_str(&format!(" ({unanswered} unanswered)"));
+        }
+        text
     };
     format!(
         "| {kind} | {held} | {refused} | {pending} | {failed} | {} | {} | {} | {} | {back} | {:.0} → {:.0} → {:.0} |",
-        during(worst_stats, unanswered_stats),
-        during(worst_page, unanswered_page),
+        during(worst_stats, refused_stats, unanswered_stats),
+        during(worst_page, refused_page, unanswered_page),
         peak.threads,
         peak.fds,
         mib(before.rss_kib),

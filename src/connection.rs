@@ -581,8 +581,7 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
     let mut back_off = Duration::from_millis(10);
     let mut door = Door {
         answer: door,
-        window: Instant::now(),
-        visits: 0,
+        last_silent: None,
     };
     loop {
         if pool.settings.handlers > 0 {
@@ -670,38 +669,39 @@ const DOOR_WAIT: Duration = Duration::from_millis(50);
 /// with 503 and `Retry-After`, then closes. No thread is started.
 struct Door {
     answer: DoorAnswer,
-    /// Connections it took in the current 100 ms: more than 16 is a flood.
-    window: Instant,
-    visits: u32,
+    /// When a connection last sent the door nothing in time: within the last second, the
+    /// door is being flooded with silent connections.
+    last_silent: Option<Instant>,
 }
 
 impl Door {
-    /// Read the head briefly and answer. In a flood (more than 16 connections at the door in
-    /// 100 ms) it does not wait for a head: it reads what has arrived, and once more after
-    /// 200 µs (a request follows its connect by tens of microseconds). A client that waited
-    /// in the backlog has long sent its request; one that has sent nothing (an idle flood's)
-    /// is refused at once instead of holding up everyone behind it. (Not with a 1 ms socket
-    /// timeout: the kernel rounds it up to its tick, 4 ms here, and eleven thousand of those
-    /// held `/stats` up for seconds, measured with `flood`.)
+    /// Read the head briefly and answer. While silent connections flood it (one came in the
+    /// last second) the door does not wait for a head: it reads what has arrived, and once
+    /// more after 200 µs (a request follows its connect by tens of microseconds). A client
+    /// that waited in the backlog has long sent its request; one that has sent nothing (an
+    /// idle flood's) is refused at once instead of holding up everyone behind it for
+    /// `DOOR_WAIT`. (Not with a 1 ms socket timeout: the kernel rounds it up to its tick, 4 ms
+    /// here. Measured with `flood`: waiting 50 ms for each of ten thousand silent
+    /// connections left `/stats` unanswered for the rest of the flood.)
     fn answer(&mut self, pool: &Pool, stream: TcpStream, why: &str) {
-        if self.window.elapsed() > Duration::from_millis(100) {
-            (self.window, self.visits) = (Instant::now(), 0);
+        let flooded = self
+            .last_silent
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if !answer_at_the_door(pool, stream, &self.answer, why, !flooded) {
+            self.last_silent = Some(Instant::now());
         }
-        self.visits += 1;
-        let flooded = self.visits > 16;
-        answer_at_the_door(pool, stream, &self.answer, why, !flooded);
     }
 }
 
 /// Answer one connection at the door (`Door::answer`): waiting up to `DOOR_WAIT` for its
-/// head if `patient`, else taking only what has arrived already.
+/// head if `patient`, else taking only what has arrived already. `false`: it sent no head.
 fn answer_at_the_door(
     pool: &Pool,
     mut stream: TcpStream,
     door: &DoorAnswer,
     why: &str,
     patient: bool,
-) {
+) -> bool {
     let mut buffer = Vec::new();
     let head = if patient {
         // BLOCKS: at most DOOR_WAIT (twice, once the head has begun), for the head.
@@ -726,6 +726,7 @@ fn answer_at_the_door(
             .flatten()
             .map(|(head, _)| head)
     };
+    let spoke = head.is_some();
     let answer = head
         .as_ref()
         .filter(|h| h.method == Method::Get)
@@ -755,6 +756,7 @@ fn answer_at_the_door(
     let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
     let _ = stream.write_all(&wire);
     let _ = stream.shutdown(Shutdown::Write);
+    spoke
 }
 
 #[cfg(test)]
