@@ -292,7 +292,7 @@ impl Subscription {
     /// Step 3: wait for the next events after our cursor, or `None` at the deadline.
     pub fn wait_for_events(&mut self, deadline: Instant) -> Option<Backlog> {
         loop {
-            // BLOCKS: the handler thread sleeps here, holding its request, until `publish`
+            // BLOCKS: the connection's thread sleeps here, holding its request, until `publish`
             // sends into our channel or the deadline passes. (Not crossbeam's own
             // `recv_deadline`, which spins and yields first: see `workarounds`.)
             let first = crate::workarounds::recv_deadline(&self.rx, deadline).ok()?;

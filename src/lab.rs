@@ -1,4 +1,4 @@
-//! What every handler thread shares: the lab's configuration, its hub, its counters and its
+//! What every connection thread shares: the lab's configuration, its hub, its counters and its
 //! addresses. Every lesson takes a `&Lab`; `server` builds one and hands it to each thread.
 
 use crate::hub::Hub;
@@ -8,7 +8,7 @@ use crate::Config;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// What every handler thread shares: the configuration, the hub and the counters.
+/// What every connection thread shares: the configuration, the hub and the counters.
 pub struct Lab {
     pub config: Config,
     pub hub: Arc<Hub>,

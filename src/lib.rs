@@ -106,7 +106,7 @@ pub struct Config {
 /// `--parking thread|queue`: see `waiting_room`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParkingMode {
-    /// Each parked long poll keeps its handler thread asleep on a subscription.
+    /// Each parked long poll keeps its connection thread asleep on a subscription.
     Thread,
     /// Parked long polls wait in a list; one dispatcher thread answers them all.
     Queue,

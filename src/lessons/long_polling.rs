@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! GET /events/long-poll?since=4&timeout=30 HTTP/1.1
-//!   (time passes: the handler thread req-9 is parked, holding the request)
+//!   (time passes: the connection's thread, serving req-9, is parked holding the request)
 //!   (the generator publishes event 5; the hub wakes req-9)
 //! HTTP/1.1 200 OK
 //! Content-Type: application/json
@@ -22,8 +22,8 @@
 //!    while the client was between polls) are answered at once: nothing is lost.
 //! 3. Otherwise take a place under `--max-parked` (or answer 503 with `Retry-After`) and
 //!    *park*: the thread sleeps on its subscription channel, holding the request. (With
-//!    `--parking queue` the request goes to the waiting room instead and the thread ends: see
-//!    `crate::waiting_room`.)
+//!    `--parking queue` the request goes to the waiting room instead and the thread goes back
+//!    to the pool: see `crate::waiting_room`.)
 //! 4. Wake on an event or the deadline. A parked thread is not reading its socket, so it
 //!    wakes once a second too, and looks (`Request::client_left`): a client that closed its
 //!    connection is answered at once, as at the deadline, and the thread is free.
@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
     // 1–3. Read the input; answer at once if events are waiting, else park.
-    let answer = Answer::new(lab, AnswerForm::Json);
+    let answer = Answer::new(AnswerForm::Json);
     match park(lab, request, query, answer.clone(), &counters) {
         // 5. (Events were already waiting.)
         Parking::Ready(request, backlog, cursor) => {
@@ -93,8 +93,7 @@ pub enum AnswerForm {
 
 impl Answer {
     /// An answer for a request arriving now.
-    pub fn new(lab: &Lab, form: AnswerForm) -> Answer {
-        let _ = lab;
+    pub fn new(form: AnswerForm) -> Answer {
         Answer {
             form,
             arrived: Instant::now(),
@@ -292,11 +291,11 @@ pub fn thread_name() -> String {
 }
 
 thread_local! {
-    /// The request this handler thread is serving now (handler threads serve one after another).
+    /// The request this connection thread is serving now (they serve one after another).
     static REQUEST_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Called by the server as a handler thread takes a request, for the logs.
+/// Called by the server as a connection thread takes a request, for the logs.
 pub fn set_request_id(id: u64) {
     REQUEST_ID.with(|cell| cell.set(id));
 }

@@ -43,7 +43,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         Err(e) => return e.reply(request, &counters),
     };
     // 2. Events already waiting, or park (as XHR long polling does).
-    let answer = Answer::new(lab, AnswerForm::Script(callback));
+    let answer = Answer::new(AnswerForm::Script(callback));
     match park(lab, request, query, answer.clone(), &counters) {
         // 3. Write the script.
         Parking::Ready(request, backlog, cursor) => {
