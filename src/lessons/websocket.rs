@@ -79,12 +79,6 @@ enum ToWriter {
 pub fn upgrade(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Result<()> {
     let counters = lab.count("websocket");
     let id = request.number();
-    let Some(_held) = lab
-        .stats
-        .try_hold(&lab.stats.websockets, lab.config.max_parked)
-    else {
-        return HttpError::all_held(lab.config.max_parked).reply(request, &counters);
-    };
     // 2. The checks: path, Origin and `since` (or a framework's transport: its own lesson).
     let route = match check_request(lab, &request, path, query) {
         Ok(route) => route,
@@ -110,6 +104,13 @@ pub fn upgrade(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Re
             let message = "Sec-WebSocket-Key must be 16 bytes in base64";
             return HttpError::bad_request(message).reply(request, &counters);
         }
+    };
+    // A place under --max-parked, taken only by a handshake that will be accepted.
+    let Some(_held) = lab
+        .stats
+        .try_hold(&lab.stats.websockets, lab.config.max_parked)
+    else {
+        return HttpError::all_held(lab.config.max_parked).reply(request, &counters);
     };
     // The 101, and the socket leaves HTTP for good.
     let (mut stream, pending) = request.into_stream()?;
