@@ -619,6 +619,7 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
             door.answer(&pool, stream, &why);
             continue;
         }
+        crate::limits::capacity().accepted();
         let id = pool.next_connection.fetch_add(1, Relaxed);
         log::debug!("conn {id} from {peer}");
         pool.open.fetch_add(1, Relaxed);

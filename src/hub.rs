@@ -4,11 +4,20 @@
 //! event to the browser, never in which events exist.
 //!
 //! 1. `publish` gives the event the next id (from 1) and keeps it in a bounded history ring.
-//! 2. It offers the event to every subscriber's bounded channel with `try_send`: the hub never
-//!    blocks on a slow client, and a full channel simply does not get the event.
-//! 3. A full channel raises the subscriber's `lagged` flag; the `Subscription` then refills
-//!    from the history ring, and only when the ring has moved past its cursor does it report
-//!    `missed`.
+//! 2. It rings one bell for every waiting subscriber (`Condvar::notify_all`): each woken
+//!    thread reads the events after its own cursor from the ring, and a subscriber whose
+//!    cursor the ring has moved past is told how many it `missed`.
+//! 3. A subscriber that must also wait for something else (a WebSocket's reader, a framework's
+//!    own queue) gets its own bounded channel (`subscribe_with_channel`) and `select!`s on
+//!    both. The hub offers it the event with `try_send`: the hub never blocks on a slow
+//!    client. A full channel raises the subscriber's `lagged` flag, and it refills from the
+//!    ring.
+//!
+//! Why a bell and not a channel each: with a thousand parked threads, a thousand channel sends
+//! are a thousand wake-up system calls, made one after another by the publishing thread. On
+//! the lab's 2-core machine half the threads were running 24–42 ms after the first send; after
+//! one `notify_all` (one call), 3–5 ms (`cargo run --release --example latency -- wakes
+//! 1000`, LESSONS.md chapter 13). Java calls the same idea `Object.notifyAll`.
 //!
 //! The servlet originals kept one `BlockingQueue` that every poll drained. That queue is kept
 //! here too (`drain_shared_queue`), bounded, so the polling lesson can show how it splits events
@@ -35,7 +44,8 @@ impl Event {
     }
 }
 
-/// The hub's end of a subscription: the channel, and a flag raised when an event did not fit.
+/// The hub's end of a subscription with a channel: the channel, and a flag raised when an
+/// event did not fit.
 struct Subscriber {
     tx: Sender<Arc<Event>>,
     lagged: Arc<AtomicBool>,
@@ -57,7 +67,8 @@ impl Backlog {
 
 pub struct Hub {
     state: Mutex<State>,
-    /// Signalled whenever an event is added (a publisher through the broker waits for its own).
+    /// The bell: rung (`notify_all`) whenever an event is added. Subscriptions without a
+    /// channel wait on it, and so does a publisher through the broker waiting for its own.
     added: Condvar,
     /// With `--redis`: ids come from the broker, and events arrive through `apply`.
     broker: OnceLock<Arc<crate::broker::Broker>>,
@@ -70,7 +81,10 @@ pub struct Hub {
 struct State {
     last_id: u64,
     history: VecDeque<Arc<Event>>,
+    /// Subscriptions with a channel, by id.
     subscribers: BTreeMap<u64, Subscriber>,
+    /// Subscriptions that wait on the bell (they need no entry: the bell rings for all).
+    bell_subscribers: usize,
     next_subscriber: u64,
     /// The servlet's single queue, drained by whichever poll comes first.
     shared_queue: VecDeque<Arc<Event>>,
@@ -87,6 +101,7 @@ impl Hub {
                 last_id: 0,
                 history: VecDeque::with_capacity(history_size),
                 subscribers: BTreeMap::new(),
+                bell_subscribers: 0,
                 next_subscriber: 1,
                 shared_queue: VecDeque::new(),
             }),
@@ -152,13 +167,12 @@ impl Hub {
         state.history.iter().rev().find(|e| e.id == id).cloned()
     }
 
-    /// Step 1 and 2: number (or take `id`), remember, fan out. Never blocks on a subscriber.
+    /// Step 1, 2 and 3: number (or take `id`), remember, ring the bell, send to the channels.
+    /// Never blocks on a subscriber.
     ///
-    /// The fan-out happens outside the state lock: each send may wake a parked thread (a
-    /// futex call, microseconds each, a thousand per event at a thousand clients), and the
-    /// woken threads, done answering, lock the hub to unsubscribe; holding the lock through
-    /// the wake-ups made them queue behind it. Publishers still take turns (`fan_out`), so
-    /// every subscriber receives events in id order.
+    /// The sends happen outside the state lock: each may wake a parked thread (a system call),
+    /// and holding the lock through them would make the woken threads queue behind it.
+    /// Publishers still take turns (`fan_out`), so every channel receives events in id order.
     fn add(&self, id: Option<u64>, data: String) -> Option<Arc<Event>> {
         let _turn = self.fan_out.lock().unwrap_or_else(|p| p.into_inner());
         let (event, subscribers) = {
@@ -188,7 +202,9 @@ impl Hub {
                 .collect();
             (event, subscribers)
         };
+        // Step 2. Every thread waiting on the bell wakes: one call, however many there are.
         self.added.notify_all();
+        // Step 3. The channels, one `try_send` (and perhaps one wake-up) each.
         let mut delivered = 0;
         let mut gone = Vec::new();
         for (id, tx, lagged) in subscribers {
@@ -205,7 +221,7 @@ impl Hub {
                 state.subscribers.remove(&id);
             }
         }
-        log::debug!("event {} → {} subscribers", event.id, delivered);
+        log::debug!("event {}: bell rung, {} channels", event.id, delivered);
         Some(event)
     }
 
@@ -219,8 +235,27 @@ impl Hub {
         backlog(&self.lock(), cursor)
     }
 
-    /// Subscribe and read the backlog under one lock, so no event can fall between the two.
+    /// Subscribe (on the bell) and read the backlog under one lock, so no event can fall
+    /// between the two. For a thread that waits for events and nothing else: a long poll, a
+    /// stream.
     pub fn subscribe(self: &Arc<Self>, cursor: u64) -> (Backlog, Subscription) {
+        let mut state = self.lock();
+        let backlog = backlog(&state, cursor);
+        state.bell_subscribers += 1;
+        let cursor = backlog.last(cursor);
+        drop(state);
+        let subscription = Subscription {
+            hub: self.clone(),
+            channel: None,
+            cursor,
+        };
+        (backlog, subscription)
+    }
+
+    /// Subscribe with a bounded channel of our own, for a thread that waits for events *or*
+    /// something else (`Subscription::wait_for_events_or`): a WebSocket's writer, a
+    /// framework's session. The backlog is read under the same lock.
+    pub fn subscribe_with_channel(self: &Arc<Self>, cursor: u64) -> (Backlog, Subscription) {
         let (tx, rx) = bounded(self.buffer_size);
         let mut state = self.lock();
         let backlog = backlog(&state, cursor);
@@ -235,10 +270,8 @@ impl Hub {
         let cursor = backlog.last(cursor);
         drop(state);
         let subscription = Subscription {
-            id,
             hub: self.clone(),
-            rx,
-            lagged,
+            channel: Some(Channel { id, rx, lagged }),
             cursor,
         };
         (backlog, subscription)
@@ -246,7 +279,8 @@ impl Hub {
 
     /// How many subscriptions are open (parked long polls, streams, WebSockets).
     pub fn subscriber_count(&self) -> usize {
-        self.lock().subscribers.len()
+        let state = self.lock();
+        state.subscribers.len() + state.bell_subscribers
     }
 
     /// The servlet original's behaviour: take whatever is queued, leaving nothing for others.
@@ -278,38 +312,73 @@ pub enum Wake<T> {
     Deadline,
 }
 
-/// A subscriber's end of the fan-out: a bounded channel plus the cursor of what it has seen.
-/// Dropping it unsubscribes, so a handler that ends for any reason frees its place in the hub.
+/// A subscriber's end of the fan-out: the cursor of what it has seen, and, if it asked for
+/// one, a channel. Dropping it unsubscribes, so a handler that ends for any reason frees its
+/// place in the hub.
 pub struct Subscription {
-    id: u64,
     hub: Arc<Hub>,
-    rx: Receiver<Arc<Event>>,
-    lagged: Arc<AtomicBool>,
+    channel: Option<Channel>,
     cursor: u64,
 }
 
+/// A subscription's own channel (`Hub::subscribe_with_channel`).
+struct Channel {
+    id: u64,
+    rx: Receiver<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+}
+
 impl Subscription {
-    /// Step 3: wait for the next events after our cursor, or `None` at the deadline.
+    /// Wait for the next events after our cursor, or `None` at the deadline.
     pub fn wait_for_events(&mut self, deadline: Instant) -> Option<Backlog> {
+        let Some(rx) = self.channel.as_ref().map(|c| c.rx.clone()) else {
+            return self.wait_on_the_bell(deadline);
+        };
         loop {
-            // BLOCKS: the connection's thread sleeps here, holding its request, until `publish`
-            // sends into our channel or the deadline passes. (Not crossbeam's own
-            // `recv_deadline`, which spins and yields first: see `workarounds`.)
-            let first = crate::workarounds::recv_deadline(&self.rx, deadline).ok()?;
+            // BLOCKS: until `publish` sends into our channel or the deadline passes. (Not
+            // crossbeam's own `recv_deadline`, which spins and yields first: `workarounds`.)
+            let first = crate::workarounds::recv_deadline(&rx, deadline).ok()?;
             if let Some(batch) = self.take_batch(first) {
                 return Some(batch);
             }
         }
     }
 
+    /// The events after our cursor, read from the ring once the bell has rung for them.
+    fn wait_on_the_bell(&mut self, deadline: Instant) -> Option<Backlog> {
+        let mut state = self.hub.lock();
+        while state.last_id <= self.cursor {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // BLOCKS: the connection's thread sleeps here, holding its request, until
+            // `publish` rings the bell (`notify_all`) or the deadline passes.
+            state = self
+                .hub
+                .added
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let batch = backlog(&state, self.cursor);
+        self.cursor = batch.last(self.cursor);
+        Some(batch)
+    }
+
     /// Like `wait_for_events`, but also wakes for a message on `other` (the WebSocket writer
-    /// waits on events and on what its reader thread hands it).
+    /// waits on events and on what its reader thread hands it). Only a subscription with a
+    /// channel can wait on two things (`Hub::subscribe_with_channel`).
     pub fn wait_for_events_or<T>(&mut self, other: &Receiver<T>, deadline: Instant) -> Wake<T> {
+        let rx = match &self.channel {
+            Some(channel) => channel.rx.clone(),
+            None => panic!("wait_for_events_or needs Hub::subscribe_with_channel"),
+        };
         loop {
             let timeout = deadline.saturating_duration_since(Instant::now());
             // BLOCKS: until an event, a message on `other`, or the deadline.
             crossbeam_channel::select! {
-                recv(self.rx) -> event => match event {
+                recv(rx) -> event => match event {
                     Ok(first) => {
                         if let Some(batch) = self.take_batch(first) {
                             return Wake::Events(batch);
@@ -329,9 +398,10 @@ impl Subscription {
     /// The first event plus whatever else is queued, refilled from history after an overflow;
     /// `None` if everything was already delivered.
     fn take_batch(&mut self, first: Arc<Event>) -> Option<Backlog> {
+        let channel = self.channel.as_ref()?;
         let mut events = vec![first];
-        events.extend(self.rx.try_iter());
-        let batch = if self.lagged.swap(false, Ordering::AcqRel) {
+        events.extend(channel.rx.try_iter());
+        let batch = if channel.lagged.swap(false, Ordering::AcqRel) {
             // Our channel overflowed while we were slow: the ring still has the rest.
             self.hub.since(self.cursor)
         } else {
@@ -360,7 +430,11 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.lock().subscribers.remove(&self.id);
+        let mut state = self.hub.lock();
+        match &self.channel {
+            Some(channel) => drop(state.subscribers.remove(&channel.id)),
+            None => state.bell_subscribers -= 1,
+        }
     }
 }
 
@@ -415,9 +489,9 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_subscriber_refills_from_history() {
+    fn a_slow_subscriber_with_a_channel_refills_from_history() {
         let hub = Hub::new(100, 2);
-        let (_, mut sub) = hub.subscribe(0);
+        let (_, mut sub) = hub.subscribe_with_channel(0);
         for i in 0..10 {
             hub.publish(format!("e{i}")).unwrap();
         }
@@ -429,31 +503,69 @@ mod tests {
 
     #[test]
     fn a_subscriber_past_the_ring_is_told_what_it_missed() {
-        let hub = Hub::new(4, 2);
-        let (_, mut sub) = hub.subscribe(0);
-        for i in 0..10 {
-            hub.publish(format!("e{i}")).unwrap();
+        for with_channel in [false, true] {
+            let hub = Hub::new(4, 2);
+            let (_, mut sub) = subscribe(&hub, 0, with_channel);
+            for i in 0..10 {
+                hub.publish(format!("e{i}")).unwrap();
+            }
+            let batch = sub.wait_for_events(soon()).unwrap();
+            assert_eq!(batch.missed, 6);
+            assert_eq!(batch.events.first().unwrap().id, 7);
+            assert_eq!(sub.cursor(), 10);
         }
-        let batch = sub.wait_for_events(soon()).unwrap();
-        assert_eq!(batch.missed, 6);
-        assert_eq!(batch.events.first().unwrap().id, 7);
-        assert_eq!(sub.cursor(), 10);
     }
 
     #[test]
     fn dropping_a_subscription_unsubscribes() {
         let hub = Hub::new(4, 2);
-        let (_, sub) = hub.subscribe(0);
+        let (_, on_the_bell) = hub.subscribe(0);
+        let (_, with_channel) = hub.subscribe_with_channel(0);
+        assert_eq!(hub.subscriber_count(), 2);
+        drop(on_the_bell);
         assert_eq!(hub.subscriber_count(), 1);
-        drop(sub);
+        drop(with_channel);
         assert_eq!(hub.subscriber_count(), 0);
     }
 
+    #[test]
+    fn one_bell_wakes_every_waiting_thread() {
+        let hub = Hub::new(8, 2);
+        let waiting: Vec<_> = (0..8)
+            .map(|_| {
+                let (_, mut sub) = hub.subscribe(0);
+                std::thread::spawn(move || sub.wait_for_events(soon()).map(|b| b.events.len()))
+            })
+            .collect();
+        hub.publish("one").unwrap();
+        for thread in waiting {
+            assert_eq!(thread.join().unwrap(), Some(1));
+        }
+    }
+
+    #[test]
+    fn a_bell_subscription_times_out_with_nothing_new() {
+        let hub = Hub::new(8, 2);
+        hub.publish("before").unwrap();
+        let (backlog, mut sub) = hub.subscribe(1);
+        assert!(backlog.events.is_empty());
+        let at = Instant::now() + Duration::from_millis(50);
+        assert!(sub.wait_for_events(at).is_none());
+        assert!(Instant::now() >= at);
+    }
+
+    fn subscribe(hub: &Arc<Hub>, cursor: u64, with_channel: bool) -> (Backlog, Subscription) {
+        match with_channel {
+            true => hub.subscribe_with_channel(cursor),
+            false => hub.subscribe(cursor),
+        }
+    }
+
     /// Many publishers and subscribers at once, on a seeded random schedule: every
-    /// subscription, taken at any moment with any cursor, sees every id after its cursor
-    /// exactly once and in order, backlog first, then live (with refills after overflow).
-    /// Reading the backlog and registering the subscriber under two separate locks lets an
-    /// event published between them reach neither: this test then finds a gap.
+    /// subscription, of either kind, taken at any moment with any cursor, sees every id after
+    /// its cursor exactly once and in order, backlog first, then live (with refills after
+    /// overflow). Reading the backlog and registering the subscriber under two separate locks
+    /// lets an event published between them reach neither: this test then finds a gap.
     #[test]
     fn concurrent_publishers_and_subscribers_never_lose_or_repeat_an_event() {
         const PUBLISHERS: u64 = 3;
@@ -490,7 +602,7 @@ mod tests {
                         // Any cursor up to now, taken at any moment.
                         let now = hub.last_id();
                         let cursor = now.saturating_sub(next() % 50);
-                        let (backlog, mut sub) = hub.subscribe(cursor);
+                        let (backlog, mut sub) = subscribe(&hub, cursor, seed % 2 == 0);
                         assert_eq!(backlog.missed, 0);
                         let mut expected = cursor + 1;
                         let check = |expected: &mut u64, events: &[Arc<Event>]| {

@@ -8,8 +8,9 @@
 //! ```text
 //! generator thread ──► hub (ids, history ring, subscribers) ──► lesson handlers ──► browser
 //!       ▲                       ▲                                   │
-//! POST /publish,           crossbeam channels            one thread per request; long-poll and
-//! WebSocket messages      (one per subscriber)           streaming threads park holding the request
+//! POST /publish,           one bell (notify_all),        one thread per request; long-poll and
+//! WebSocket messages      a channel where a thread       streaming threads park holding the request
+//!                         also waits for another
 //! ```
 //!
 //! `cargo run` serves every lesson on <http://127.0.0.1:8080/>; `cargo run --example NAME`
@@ -61,7 +62,8 @@ pub struct Config {
     pub generator: Option<RangeInclusive<u64>>,
     /// Events the hub remembers for cursors (`since`, `Last-Event-ID`).
     pub history: usize,
-    /// Events buffered per subscriber before it must refill from history.
+    /// Events buffered per subscription with a channel (a WebSocket, a framework's session)
+    /// before it must refill from history.
     pub buffer: usize,
     /// Largest request body accepted; larger gets 413.
     pub max_body: usize,

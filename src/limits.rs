@@ -199,6 +199,15 @@ impl Capacity {
         self.verdict(self.fds_now.load(Relaxed), self.threads_now.load(Relaxed))
     }
 
+    /// The accept loop let a connection through the gate: one descriptor more, and perhaps
+    /// one thread. Counted at once, until the next sample counts for real, so that a flood
+    /// faster than the samples (180 connections opened within one 10 ms sample) still meets
+    /// the gate instead of slipping past it between two samples.
+    pub fn accepted(&self) {
+        self.fds_now.fetch_add(1, Relaxed);
+        self.threads_now.fetch_add(1, Relaxed);
+    }
+
     /// Step 4. Freed memory stays with the allocator: glibc keeps the pages of its arenas for the
     /// next allocation, so after a flood of 12,000 connections the lab kept about 100 MiB it no
     /// longer used (`flood`, chapter 13). `malloc_trim` returns whatever whole pages are free.

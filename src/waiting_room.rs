@@ -138,7 +138,7 @@ impl WaitingRoom {
 /// Step 2: the `dispatcher` thread, started by the server in `--parking queue` mode.
 pub fn dispatch(lab: Arc<Lab>) {
     let room = &lab.waiting_room;
-    let (_, mut subscription) = lab.hub.subscribe(lab.hub.last_id());
+    let (_, mut subscription) = lab.hub.subscribe_with_channel(lab.hub.last_id());
     loop {
         let deadline = room.earliest_deadline();
         // BLOCKS: until an event is published, a request arrives, or a deadline passes.

@@ -93,7 +93,50 @@ fn latency_measures_every_technique() {
             printed.contains("latency p50") && printed.contains("per delivered event"),
             "{technique}:\n{printed}"
         );
+        assert!(
+            printed.contains("delivered 16, lost 0"),
+            "{technique}:\n{printed}"
+        );
     }
+}
+
+/// `--throughput` at a size that every step passes: it climbs the rates up to `--max-rate`,
+/// delivers every event of every step, and names the top rate as the highest that passed.
+#[test]
+fn latency_throughput_climbs_the_rates_and_names_the_highest_that_passed() {
+    let printed = run(
+        "latency",
+        &[
+            "sse",
+            "4",
+            "--throughput",
+            "--seconds",
+            "1",
+            "--max-rate",
+            "30",
+        ],
+    );
+    for rate in ["20/s", "25/s", "30/s"] {
+        let step = printed
+            .lines()
+            .find(|l| l.trim_start().starts_with(rate))
+            .unwrap_or_else(|| panic!("no {rate} step:\n{printed}"));
+        assert!(step.contains("lost 0,"), "{step}");
+    }
+    assert!(
+        printed.contains("highest rate that passed every round: lab 30/s"),
+        "{printed}"
+    );
+}
+
+/// `latency wakes N`: both ways of waking parked threads, three rounds each, timed.
+#[test]
+fn latency_wakes_times_a_send_each_against_one_notify_all() {
+    let printed = run("latency", &["wakes", "50"]);
+    for way in ["a channel send each, round 3", "one notify_all, round 3"] {
+        assert!(printed.contains(way), "{way}:\n{printed}");
+    }
+    assert!(printed.contains("woken threads running: p50"), "{printed}");
 }
 
 #[test]

@@ -21,7 +21,7 @@
 //! 2. Subscribe and read the backlog under one lock. Events already past the cursor (published
 //!    while the client was between polls) are answered at once: nothing is lost.
 //! 3. Otherwise take a place under `--max-parked` (or answer 503 with `Retry-After`) and
-//!    *park*: the thread sleeps on its subscription channel, holding the request. (With
+//!    *park*: the thread sleeps on the hub's bell, holding the request. (With
 //!    `--parking queue` the request goes to the waiting room instead and the thread goes back
 //!    to the pool: see `crate::waiting_room`.)
 //! 4. Wake on an event or the deadline. A parked thread is not reading its socket, so it
@@ -150,7 +150,7 @@ pub struct ParkedRequest<'lab> {
 }
 
 impl ParkedRequest<'_> {
-    /// Step 4. BLOCKS until the hub sends an event into our subscription, the deadline
+    /// Step 4. BLOCKS until the hub rings its bell for an event after our cursor, the deadline
     /// passes, or the client closes its connection. Returns the request to answer, the events
     /// (none at the deadline, or when the client left), and the cursor they follow.
     pub fn wait_for_events(self) -> (Request, Backlog, u64) {
@@ -202,7 +202,8 @@ pub fn wait_or_notice_leaving(
             true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
             false => deadline,
         };
-        // BLOCKS: until `Hub::publish` sends into our subscription, or the step ends.
+        // BLOCKS: until `Hub::publish` rings the bell (or sends into our channel), or the step
+        // ends.
         if let Some(backlog) = subscription.wait_for_events(step) {
             return Wake::Events(backlog);
         }

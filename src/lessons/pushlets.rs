@@ -353,7 +353,7 @@ fn follow_the_hub(lab: &Lab, session: &Session) {
     if wanted && feed.is_none() {
         // (A data channel may hold the old one for its wait: it drops it when it hands back
         // and finds this one in the slot.)
-        *feed = Some(lab.hub.subscribe(lab.hub.last_id()).1);
+        *feed = Some(lab.hub.subscribe_with_channel(lab.hub.last_id()).1);
     } else if !wanted {
         *feed = None;
     }

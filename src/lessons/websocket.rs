@@ -154,7 +154,7 @@ fn serve(
     };
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
-    let (backlog, subscription) = lab.hub.subscribe(since);
+    let (backlog, subscription) = lab.hub.subscribe_with_channel(since);
     log::debug!("ws {id} open, from event {since}");
 
     // 3. Split: the reader keeps this thread, the writer gets its own.

@@ -260,7 +260,7 @@ impl Attached {
     fn subscribe(&self) -> (Backlog, Subscription) {
         let cursor = self.resource.state().cursor;
         let hub = &self.broadcaster.hub;
-        hub.subscribe(cursor.min(hub.last_id()))
+        hub.subscribe_with_channel(cursor.min(hub.last_id()))
     }
 
     /// A clone of this connection's stop line (the WebSocket's reader uses it).

@@ -427,7 +427,7 @@ fn subscribe(lab: &Lab, client: &Client, message: &Message, subscribing: bool) -
     let had_hub = std::mem::replace(&mut state.hub, covers_hub);
     drop(state);
     if covers_hub && !had_hub {
-        let (_, subscription) = lab.hub.subscribe(lab.hub.last_id());
+        let (_, subscription) = lab.hub.subscribe_with_channel(lab.hub.last_id());
         *client.feed() = Some(subscription);
     } else if !covers_hub {
         *client.feed() = None; // (a held connect drops the one it holds)

@@ -135,7 +135,7 @@ fn connect(
         }
     };
     // Subscribe and read the backlog under one lock: nothing slips in between.
-    let (backlog, subscription) = lab.hub.subscribe(cursor);
+    let (backlog, subscription) = lab.hub.subscribe_with_channel(cursor);
     let (socket, recovered) = if backlog.missed > 0 {
         // The ring has moved past the offset: this is a new socket after all.
         let fresh = Socket {
