@@ -23,9 +23,13 @@ fn main() {
     });
     let mut shared = match Config::from_env_and_args(args) {
         Ok(config) => config,
-        Err(e) => {
+        Err(reverse_ajax_lab::CliError::Help(text)) => {
+            println!("{text}\nThis example also takes --bench [SECONDS].");
+            std::process::exit(0);
+        }
+        Err(reverse_ajax_lab::CliError::Usage(message)) => {
             eprintln!(
-                "{e:?}\nusage: cargo run --example scale_out [-- --redis URL] [--bench SECONDS]"
+                "{message}usage: cargo run --example scale_out [-- --redis URL] [--bench SECONDS]"
             );
             std::process::exit(2);
         }

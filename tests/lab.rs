@@ -238,21 +238,36 @@ fn simultaneous_keep_alive_streams_are_all_served() {
     }
 }
 
-/// The binary as a user runs it: help on stdout and exit 0; every usage error on stderr, exit 2.
+/// The binary as a user runs it: help and the version on stdout and exit 0; every usage error
+/// on stderr, exit 2, whether the value came from a flag (`--addr X` or `--addr=X`) or its
+/// `LAB_*` variable.
 #[test]
 fn help_goes_to_stdout_and_usage_errors_exit_2() {
     use std::process::Command;
     let lab = env!("CARGO_BIN_EXE_reverse-ajax-lab");
     let help = Command::new(lab).arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&help.stdout).contains("--generator MIN..MAX"));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--generator <MIN..MAX>"), "{text}");
+    assert!(
+        text.contains("LAB_MAX_PARKED"),
+        "every flag has its variable: {text}"
+    );
     assert!(help.stderr.is_empty());
-    let cases: [(&[&str], Option<&str>, &str); 5] = [
-        (&["--addr", "nonsense"], None, "--addr \"nonsense\""),
-        (&[], Some("nonsense"), "LAB_ADDR \"nonsense\""),
+    let version = Command::new(lab).arg("--version").output().unwrap();
+    assert_eq!(version.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let cases: [(&[&str], Option<&str>, &str); 6] = [
+        (&["--addr", "nonsense"], None, "(or LAB_ADDR) \"nonsense\""),
+        (&["--addr=nonsense"], None, "(or LAB_ADDR) \"nonsense\""),
+        (&[], Some("nonsense"), "(or LAB_ADDR) \"nonsense\""),
         (&["--generator", "5..1"], None, "MIN (5) exceeds MAX (1)"),
-        (&["--nope"], None, "unknown option"),
-        (&["--history"], None, "needs a value"),
+        (&["--nope"], None, "unexpected argument '--nope'"),
+        (
+            &["--history"],
+            None,
+            "a value is required for '--history <N>'",
+        ),
     ];
     for (args, lab_addr, message) in cases {
         let mut command = Command::new(lab);
