@@ -7,7 +7,6 @@
 //! environment variable (`--max-parked` is `LAB_MAX_PARKED`); a flag beats its variable. Help
 //! goes to stdout (exit 0), usage errors to stderr (exit 2).
 
-use crate::lessons;
 use clap::{Parser, ValueEnum};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;
@@ -61,7 +60,7 @@ pub struct Config {
     /// Serve one lesson alone (the examples); `None` serves them all.
     pub only: Option<&'static str>,
     /// The Socket.IO lesson's Engine.IO timings (`--socket-io-*`).
-    pub socket_io: lessons::socket_io::Settings,
+    pub socket_io: SocketIoSettings,
     /// A Pushlets session with no listener and no request for this long expires.
     pub pushlets_timeout: Duration,
     /// `--redis URL`: events go through this Redis (the scale-out lesson); `None`: the hub
@@ -73,7 +72,46 @@ pub struct Config {
     /// An Atmosphere resource with no connection for this long is forgotten, with its cursor.
     pub atmosphere_timeout: Duration,
     /// The Bayeux lesson's advice (`--bayeux-*`).
-    pub bayeux: lessons::bayeux::Settings,
+    pub bayeux: BayeuxSettings,
+}
+
+/// The Engine.IO server's settings (`--socket-io-*` flags; `lessons::socket_io`).
+#[derive(Clone, Debug)]
+pub struct SocketIoSettings {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// The largest polling body or WebSocket message accepted, in bytes.
+    pub max_payload: usize,
+}
+
+impl Default for SocketIoSettings {
+    fn default() -> SocketIoSettings {
+        SocketIoSettings {
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            connect_timeout: Duration::from_millis(45_000),
+            max_payload: 1_000_000,
+        }
+    }
+}
+
+/// The Bayeux server's advice (`--bayeux-*` flags; `lessons::bayeux`).
+#[derive(Clone, Debug)]
+pub struct BayeuxSettings {
+    /// How long a `/meta/connect` is held when nothing is delivered.
+    pub timeout: Duration,
+    /// A client that sends no connect for this long after its last answer expires.
+    pub max_interval: Duration,
+}
+
+impl Default for BayeuxSettings {
+    fn default() -> BayeuxSettings {
+        BayeuxSettings {
+            timeout: Duration::from_secs(20),
+            max_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `--parking thread|queue`: see `waiting_room`.
@@ -107,8 +145,8 @@ impl Default for Config {
             parking: ParkingMode::Thread,
             departures: true,
             only: None,
-            socket_io: lessons::socket_io::Settings::default(),
-            bayeux: lessons::bayeux::Settings::default(),
+            socket_io: SocketIoSettings::default(),
+            bayeux: BayeuxSettings::default(),
             pushlets_timeout: Duration::from_secs(60),
             atmosphere_timeout: Duration::from_secs(60),
             redis: None,
@@ -276,13 +314,13 @@ impl Config {
             departures: flags.departures,
             handlers: flags.handlers,
             max_body: flags.max_body,
-            socket_io: lessons::socket_io::Settings {
+            socket_io: SocketIoSettings {
                 ping_interval: flags.socket_io_ping_interval,
                 ping_timeout: flags.socket_io_ping_timeout,
                 connect_timeout: flags.socket_io_connect_timeout,
                 ..defaults.socket_io
             },
-            bayeux: lessons::bayeux::Settings {
+            bayeux: BayeuxSettings {
                 timeout: flags.bayeux_timeout,
                 max_interval: flags.bayeux_max_interval,
             },

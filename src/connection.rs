@@ -794,3 +794,19 @@ mod tests {
         }
     }
 }
+
+/// `req-17`: the request this connection thread is serving, for the log. (Connection threads
+/// serve one request after another, so their own names, `conn-N`, say less.)
+pub fn request_label() -> String {
+    format!("req-{}", REQUEST_ID.with(|id| id.get()))
+}
+
+thread_local! {
+    /// The request this connection thread is serving now (they serve one after another).
+    static REQUEST_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Called by the server as a connection thread takes a request, for the logs.
+pub fn set_request_id(id: u64) {
+    REQUEST_ID.with(|cell| cell.set(id));
+}

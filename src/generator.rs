@@ -1,14 +1,14 @@
 //! The event generator: the servlets' "Event generator" thread. It sleeps a random time in a
 //! range (0–5 s by default, like the original) and publishes `At <time>`.
 
-use crate::hub::Hub;
+use crate::lab::Lab;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Start the named generator thread. It runs for the life of the process.
-pub fn spawn(hub: Arc<Hub>, range_ms: RangeInclusive<u64>) -> std::io::Result<()> {
+pub fn spawn(lab: Arc<Lab>, range_ms: RangeInclusive<u64>) -> std::io::Result<()> {
     let mut random = XorShift::seeded();
     thread::Builder::new()
         .name("generator".into())
@@ -17,7 +17,7 @@ pub fn spawn(hub: Arc<Hub>, range_ms: RangeInclusive<u64>) -> std::io::Result<()
             let pause = range_ms.start() + random.next() % span;
             // BLOCKS: sleeps until the next event is due; nothing else wakes it.
             thread::sleep(Duration::from_millis(pause));
-            if let Err(e) = hub.publish(format!("At {}", utc_now())) {
+            if let Err(e) = lab.publish(format!("At {}", utc_now())) {
                 log::debug!("generator: {e}"); // (only with --redis)
             }
         })?;

@@ -481,7 +481,6 @@ pub fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request.header(name)
 }
 
-/// An expected ending (the client left) rather than a fault worth a warning.
 /// Did a write fail because the client stopped reading (`--write-timeout` ran out)? The
 /// socket's send timeout shows as `WouldBlock` on Unix and `TimedOut` elsewhere.
 pub fn is_write_timeout(error: &io::Error) -> bool {
@@ -491,6 +490,7 @@ pub fn is_write_timeout(error: &io::Error) -> bool {
     )
 }
 
+/// An expected ending (the client left) rather than a fault worth a warning.
 pub fn is_disconnect(error: &io::Error) -> bool {
     matches!(
         error.kind(),

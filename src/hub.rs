@@ -27,7 +27,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// One published event: a monotonic id and any Unicode text.
@@ -70,8 +70,6 @@ pub struct Hub {
     /// The bell: rung (`notify_all`) whenever an event is added. Subscriptions without a
     /// channel wait on it, and so does a publisher through the broker waiting for its own.
     added: Condvar,
-    /// With `--redis`: ids come from the broker, and events arrive through `apply`.
-    broker: OnceLock<Arc<crate::broker::Broker>>,
     /// Publishers take turns fanning out (see `publish`).
     fan_out: Mutex<()>,
     history_size: usize,
@@ -95,7 +93,6 @@ impl Hub {
     pub fn new(history_size: usize, buffer_size: usize) -> Arc<Hub> {
         Arc::new(Hub {
             added: Condvar::new(),
-            broker: OnceLock::new(),
             fan_out: Mutex::new(()),
             state: Mutex::new(State {
                 last_id: 0,
@@ -118,28 +115,11 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Feed this hub from a broker from now on (`--redis`; see `broker`).
-    pub fn use_broker(&self, broker: Arc<crate::broker::Broker>) {
-        let _ = self.broker.set(broker);
-    }
-
-    /// The broker, when there is one (`/stats`).
-    pub fn broker(&self) -> Option<&Arc<crate::broker::Broker>> {
-        self.broker.get()
-    }
-
-    /// Publish an event: numbered here (step 1), or, with a broker, numbered by Redis and
-    /// brought back by the broker's reader (`apply`). Only a broker can fail.
-    pub fn publish(
-        &self,
-        data: impl Into<String>,
-    ) -> Result<Arc<Event>, crate::broker::Unavailable> {
-        match self.broker.get() {
-            Some(broker) => broker.publish(self, data.into()),
-            None => Ok(self
-                .add(None, data.into())
-                .expect("a local id is always new")),
-        }
+    /// Publish an event numbered here (step 1). (With `--redis`, `Lab::publish` goes through
+    /// the broker instead, which numbers it in Redis and brings it back through `apply`.)
+    pub fn publish(&self, data: impl Into<String>) -> Arc<Event> {
+        self.add(None, data.into())
+            .expect("a local id is always new")
     }
 
     /// An event numbered elsewhere (the broker's reader): added and fanned out like a local
@@ -303,7 +283,10 @@ fn backlog(state: &State, cursor: u64) -> Backlog {
     Backlog { events, missed }
 }
 
-/// What woke `Subscription::wait_for_events_or`.
+/// Why a parked thread woke without events or a deadline: its client closed the connection.
+pub struct ClientLeft;
+
+/// What woke `Subscription::wait_for_events_or` (or `wait_or_notice_leaving`).
 pub enum Wake<T> {
     Events(Backlog),
     Other(T),
@@ -340,6 +323,34 @@ impl Subscription {
             let first = crate::workarounds::recv_deadline(&rx, deadline).ok()?;
             if let Some(batch) = self.take_batch(first) {
                 return Some(batch);
+            }
+        }
+    }
+
+    /// Wait for events until `deadline` as a parked request does: when `look` is set
+    /// (`--departures on`), in steps of `connection::LOOK_EVERY`, asking `client_left` (a look
+    /// at the socket, which nobody reads while the thread sleeps here) between steps.
+    pub fn wait_or_notice_leaving(
+        &mut self,
+        client_left: impl Fn() -> bool,
+        look: bool,
+        deadline: Instant,
+    ) -> Wake<ClientLeft> {
+        loop {
+            let step = match look {
+                true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+                false => deadline,
+            };
+            // BLOCKS: until `Hub::publish` rings the bell (or sends into our channel), or the
+            // step ends.
+            if let Some(backlog) = self.wait_for_events(step) {
+                return Wake::Events(backlog);
+            }
+            if !look || Instant::now() >= deadline {
+                return Wake::Deadline;
+            }
+            if client_left() {
+                return Wake::Other(ClientLeft);
             }
         }
     }
@@ -453,7 +464,7 @@ mod tests {
         assert_eq!(batch.events.len(), 1);
         assert_eq!(hub.last_id(), 5);
         // A local publish after it goes on from there.
-        assert_eq!(hub.publish("six").unwrap().id, 6);
+        assert_eq!(hub.publish("six").id, 6);
     }
 
     #[test]
@@ -478,7 +489,7 @@ mod tests {
     fn ids_start_at_one_and_history_is_bounded() {
         let hub = Hub::new(3, 8);
         for i in 0..5 {
-            hub.publish(format!("e{i}")).unwrap();
+            hub.publish(format!("e{i}"));
         }
         let backlog = hub.since(0);
         let ids: Vec<u64> = backlog.events.iter().map(|e| e.id).collect();
@@ -493,7 +504,7 @@ mod tests {
         let hub = Hub::new(100, 2);
         let (_, mut sub) = hub.subscribe_with_channel(0);
         for i in 0..10 {
-            hub.publish(format!("e{i}")).unwrap();
+            hub.publish(format!("e{i}"));
         }
         let batch = sub.wait_for_events(soon()).unwrap();
         let ids: Vec<u64> = batch.events.iter().map(|e| e.id).collect();
@@ -507,7 +518,7 @@ mod tests {
             let hub = Hub::new(4, 2);
             let (_, mut sub) = subscribe(&hub, 0, with_channel);
             for i in 0..10 {
-                hub.publish(format!("e{i}")).unwrap();
+                hub.publish(format!("e{i}"));
             }
             let batch = sub.wait_for_events(soon()).unwrap();
             assert_eq!(batch.missed, 6);
@@ -537,7 +548,7 @@ mod tests {
                 std::thread::spawn(move || sub.wait_for_events(soon()).map(|b| b.events.len()))
             })
             .collect();
-        hub.publish("one").unwrap();
+        hub.publish("one");
         for thread in waiting {
             assert_eq!(thread.join().unwrap(), Some(1));
         }
@@ -546,7 +557,7 @@ mod tests {
     #[test]
     fn a_bell_subscription_times_out_with_nothing_new() {
         let hub = Hub::new(8, 2);
-        hub.publish("before").unwrap();
+        hub.publish("before");
         let (backlog, mut sub) = hub.subscribe(1);
         assert!(backlog.events.is_empty());
         let at = Instant::now() + Duration::from_millis(50);
@@ -577,7 +588,7 @@ mod tests {
                 let hub = hub.clone();
                 std::thread::spawn(move || {
                     for i in 0..PER_PUBLISHER {
-                        hub.publish(format!("p{p}-{i}")).unwrap();
+                        hub.publish(format!("p{p}-{i}"));
                         if i % 64 == 0 {
                             std::thread::yield_now();
                         }

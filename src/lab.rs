@@ -1,7 +1,8 @@
 //! What every connection thread shares: the lab's configuration, its hub, its counters and its
 //! addresses. Every lesson takes a `&Lab`; `server` builds one and hands it to each thread.
 
-use crate::hub::Hub;
+use crate::broker::{Broker, Unavailable};
+use crate::hub::{Event, Hub};
 use crate::stats::{LessonCounters, Stats};
 use crate::waiting_room::WaitingRoom;
 use crate::Config;
@@ -12,6 +13,8 @@ use std::sync::Arc;
 pub struct Lab {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// `--redis`: the broker every publish goes through (see `Lab::publish`).
+    pub broker: Option<Arc<Broker>>,
     pub stats: Stats,
     /// Long polls held without a thread (`--parking queue`).
     pub waiting_room: WaitingRoom,
@@ -38,6 +41,32 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The handshake every WebSocket endpoint shares (`ws::accept`), with this lab's limits
+    /// and counters, once the endpoint has `checked` its request.
+    pub fn accept_websocket<T>(
+        &self,
+        request: crate::connection::Request,
+        checked: Result<T, (u16, String)>,
+    ) -> std::io::Result<Option<(T, crate::ws::Upgraded<'_>)>> {
+        let counters = self.count("websocket");
+        crate::ws::accept(
+            &self.stats,
+            self.config.max_parked,
+            &counters,
+            request,
+            checked,
+        )
+    }
+
+    /// Publish an event: numbered by the hub here, or, with `--redis`, numbered in Redis and
+    /// brought back into the hub by the broker's reader (chapter 19). Only a broker can fail.
+    pub fn publish(&self, data: impl Into<String>) -> Result<Arc<Event>, Unavailable> {
+        match &self.broker {
+            Some(broker) => broker.publish(&self.hub, data.into()),
+            None => Ok(self.hub.publish(data)),
+        }
+    }
+
     /// Is `origin` one of the lab's own pages? Its HTTP address under either loopback name,
     /// or, in a classroom, the name the browser itself used to reach the lab: `host` is the
     /// request's `Host` header, and its host part with the lab's HTTP port is the lab's own

@@ -34,6 +34,7 @@ pub mod stats;
 pub mod stream;
 pub mod waiting_room;
 pub mod workarounds;
+pub mod ws;
 
 pub use config::{CliError, Config, ParkingMode};
 pub use hub::{Event, Hub, Subscription};

@@ -105,14 +105,15 @@ impl RunningLab {
         };
 
         let hub = Hub::new(config.history, config.buffer);
-        if let Some(url) = &config.redis {
-            let broker = crate::broker::Broker::start(url, hub.clone(), config.history)?;
-            hub.use_broker(broker);
-        }
-        if let Some(range) = config.generator.clone() {
-            crate::generator::spawn(hub.clone(), range)
-                .map_err(|e| format!("cannot start the generator thread: {e}"))?;
-        }
+        let broker = match &config.redis {
+            Some(url) => Some(crate::broker::Broker::start(
+                url,
+                hub.clone(),
+                config.history,
+            )?),
+            None => None,
+        };
+        let generator = config.generator.clone();
         let socket_io = config.socket_io.clone();
         let bayeux = config.bayeux.clone();
         let lab = Arc::new(Lab {
@@ -122,6 +123,7 @@ impl RunningLab {
             activity: Arc::default(),
             config,
             hub,
+            broker,
             stats: Stats::default(),
             waiting_room: WaitingRoom::default(),
             addr,
@@ -131,6 +133,10 @@ impl RunningLab {
             pushlets: Default::default(),
             atmosphere: Default::default(),
         });
+        if let Some(range) = generator {
+            crate::generator::spawn(lab.clone(), range)
+                .map_err(|e| format!("cannot start the generator thread: {e}"))?;
+        }
         lessons::atmosphere::spawn_sweeper(lab.clone())
             .map_err(|e| format!("cannot start the Atmosphere sweeper thread: {e}"))?;
         lessons::pushlets::spawn_sweeper(lab.clone())
@@ -206,7 +212,7 @@ fn spawn_accept(
 fn handle(lab: &Lab, request: Request) {
     let id = request.number();
     let _connection = lab.stats.connections.enter();
-    lessons::long_polling::set_request_id(id);
+    crate::connection::set_request_id(id);
     // The gate: near the descriptor or thread limit, take no new request for events (pages
     // and /stats still answer).
     if http::asks_for_events(request.url()) {
@@ -260,10 +266,22 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let query = Query::parse(query);
 
-    // A WebSocket handshake, on any path: the WebSocket lesson reads it (and hands the
-    // frameworks' paths to their lessons).
+    // A WebSocket handshake: the upgrade `match`. Each endpoint checks its own request, then
+    // shares the handshake itself (`ws::accept`).
     if request.head().is_websocket_upgrade() {
-        return lessons::websocket::upgrade(lab, request, path, &query);
+        return match path {
+            "/events/ws" => lessons::websocket::upgrade(lab, request, &query),
+            "/socket.io/" => lessons::socket_io::websocket::upgrade(lab, request, &query),
+            p if p.starts_with(lessons::atmosphere::PREFIX) => {
+                lessons::atmosphere::websocket::upgrade(lab, request, path, &query)
+            }
+            _ => {
+                let message =
+                    "the WebSocket endpoints are /events/ws, /socket.io/ and /atmosphere/NAME";
+                let refused: Result<(), _> = Err((404, message.into()));
+                lab.accept_websocket(request, refused).map(|_| ())
+            }
+        };
     }
 
     if let Some(owner) = lessons::owner_of(path) {
@@ -360,7 +378,7 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
 fn publish(lab: &Lab, request: Request) -> io::Result<()> {
     let counters = lab.count("publish");
     match read_event_data(lab, &request) {
-        Ok(data) => match lab.hub.publish(data) {
+        Ok(data) => match lab.publish(data) {
             Ok(event) => http::write_json(request, &json!({ "id": event.id }), &counters),
             // Only with --redis: the broker is down or too slow.
             Err(e) => HttpError::retry_later(e.to_string()).reply(request, &counters),
@@ -403,7 +421,7 @@ fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),
         "events_published": lab.hub.last_id(),
-        "broker": lab.hub.broker().map(|b| b.to_json()),
+        "broker": lab.broker.as_ref().map(|b| b.to_json()),
         // As the browser reached the lab: its Host, never the bind address (a classroom).
         "websocket": format!(
             "ws://{}:{}/events/ws",

@@ -22,11 +22,12 @@
 //!    (`ChunkedStream::client_left`), instead of waiting for the second heartbeat after it
 //!    left (the first write into a closed connection still succeeds; the reset comes back).
 
+use crate::connection::request_label;
 use crate::connection::Request;
 use crate::http::{ChunkedStream, HttpError};
+use crate::hub::ClientLeft;
 use crate::hub::{Event, Wake};
 use crate::lab::Lab;
-use crate::lessons::long_polling::{thread_name, wait_or_notice_leaving, ClientLeft};
 use crate::stats::LessonCounters;
 use std::io;
 use std::time::Instant;
@@ -65,7 +66,7 @@ pub fn serve(
         return error.reply(request, counters);
     };
     let (backlog, mut subscription) = lab.hub.subscribe(since);
-    let me = thread_name();
+    let me = request_label();
 
     // 2. The head and the prelude.
     let mut stream =
@@ -98,7 +99,7 @@ pub fn serve(
         // the client closes its connection (looked for once a second).
         let look = lab.config.departures;
         let left = || stream.client_left();
-        let woke = wait_or_notice_leaving(&mut subscription, left, look, wake_at);
+        let woke = subscription.wait_or_notice_leaving(left, look, wake_at);
         let written = match woke {
             Wake::Other(ClientLeft) | Wake::OtherGone => {
                 lab.stats

@@ -11,13 +11,10 @@ use std::time::Instant;
 
 /// crossbeam's `recv`, `recv_timeout` and `recv_deadline` do not sleep at once
 /// on an empty channel: they spin, then call `sched_yield` four times, in case a message is
-/// about to come. With a few threads that is cheap; with a thousand parked long polls woken by
-/// one event on two cores, every handler that finishes yields four times on its way back to
-/// sleep, each yield a context switch while others wait to run. `perf record -e
-/// sched:sched_switch` on the lab during `latency long-poll 1000` counted 146,000 switches in
-/// 4 s, 96,000 of them these yields (a quarter of the lab's CPU). crossbeam's `Select` registers and
-/// sleeps with no spin, so this waits through `Select`: the switches halved, and long poll's
-/// p50 / p99 went from 42 / 88 to 35 / 71 ms (medians of three interleaved runs; CPU 58 → 49 %).
+/// about to come. With a few threads that is cheap; with hundreds of threads with channels
+/// (WebSocket writers, framework sessions) going back to sleep after one event, every yield is
+/// a context switch while others wait to run (LESSONS.md chapter 13 has the measurement).
+/// crossbeam's `Select` registers and sleeps with no spin, so this waits through `Select`.
 /// Test: `crossbeam_recv_yields_before_sleeping_and_recv_deadline_does_not` (below).
 ///
 /// Receive from `rx`, or `Err` at `deadline` (or when every sender is gone), going to sleep at

@@ -46,9 +46,9 @@
 //! <http://127.0.0.1:8080/lessons/long_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll?timeout=60'` and publish from another shell.
 
-use crate::connection::Request;
+use crate::connection::{request_label, Request};
 use crate::http::{self, HttpError, Query};
-use crate::hub::{Backlog, Subscription, Wake};
+use crate::hub::{Backlog, ClientLeft, Subscription, Wake};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use crate::stats::{Held, LessonCounters};
@@ -113,7 +113,7 @@ impl Answer {
         let answer = events_answer(backlog, cursor);
         log::debug!(
             "{} answered after {} ms",
-            thread_name(),
+            request_label(),
             self.arrived.elapsed().as_millis()
         );
         match &self.form {
@@ -163,10 +163,10 @@ impl ParkedRequest<'_> {
             _held,
         } = self;
         let cursor = subscription.cursor();
-        let me = thread_name();
+        let me = request_label();
         log::debug!("{me} parked after event {cursor}");
         let left = || request.client_left();
-        match wait_or_notice_leaving(&mut subscription, left, look, deadline) {
+        match subscription.wait_or_notice_leaving(left, look, deadline) {
             Wake::Events(backlog) => {
                 log::debug!("{me} woken by {} events", backlog.events.len());
                 (request, backlog, cursor)
@@ -181,37 +181,6 @@ impl ParkedRequest<'_> {
                 log::debug!("{me} deadline passed, answering empty");
                 (request, Backlog::default(), cursor)
             }
-        }
-    }
-}
-
-/// Why a parked thread woke without events or a deadline: its client closed the connection.
-pub struct ClientLeft;
-
-/// Step 4, shared with the streams (`crate::stream`): wait for events until `deadline`, in
-/// steps of `connection::LOOK_EVERY`, asking `client_left` (a look at the socket) between
-/// steps when `look` is set (`--departures on`).
-pub fn wait_or_notice_leaving(
-    subscription: &mut Subscription,
-    client_left: impl Fn() -> bool,
-    look: bool,
-    deadline: Instant,
-) -> Wake<ClientLeft> {
-    loop {
-        let step = match look {
-            true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
-            false => deadline,
-        };
-        // BLOCKS: until `Hub::publish` rings the bell (or sends into our channel), or the step
-        // ends.
-        if let Some(backlog) = subscription.wait_for_events(step) {
-            return Wake::Events(backlog);
-        }
-        if !look || Instant::now() >= deadline {
-            return Wake::Deadline;
-        }
-        if client_left() {
-            return Wake::Other(ClientLeft);
         }
     }
 }
@@ -283,20 +252,4 @@ pub fn park<'lab>(
         departed: &lab.stats.departed,
         _held: held,
     })
-}
-
-/// `req-17`: the request this connection thread is serving, for the log. (Connection threads
-/// serve one request after another, so their own names, `conn-N`, say less.)
-pub fn thread_name() -> String {
-    format!("req-{}", REQUEST_ID.with(|id| id.get()))
-}
-
-thread_local! {
-    /// The request this connection thread is serving now (they serve one after another).
-    static REQUEST_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Called by the server as a connection thread takes a request, for the logs.
-pub fn set_request_id(id: u64) {
-    REQUEST_ID.with(|cell| cell.set(id));
 }

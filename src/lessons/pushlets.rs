@@ -372,7 +372,7 @@ fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<()
         return Err((400, "data is longer than --max-body".into()));
     }
     if subject == HUB_SUBJECT {
-        let event = lab.hub.publish(data).map_err(|e| (503, e.to_string()))?;
+        let event = lab.publish(data).map_err(|e| (503, e.to_string()))?;
         log::debug!("pushlets session {} published event {}", from.id, event.id);
         return Ok(());
     }

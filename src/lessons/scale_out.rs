@@ -44,7 +44,7 @@ pub fn handle(lab: &Lab, request: Request) -> io::Result<()> {
     let value = json!({
         "http": format!("http://{public}:{}", lab.addr.port()),
         "websocket": format!("ws://{public}:{}/events/ws", lab.websocket_port()),
-        "broker": lab.hub.broker().map(|b| b.to_json()),
+        "broker": lab.broker.as_ref().map(|b| b.to_json()),
         "events_published": lab.hub.last_id(),
         "peers": lab.config.peers,
     });

@@ -25,11 +25,12 @@
 //! ```
 //!
 //! 1. The connection's thread reads the handshake like any request; `Upgrade: websocket`
-//!    sends it here (`upgrade`) instead of to the route's `match`.
-//! 2. `check_request` checks the path and the `Origin` (cross-site WebSocket hijacking:
-//!    browsers send cookies with a WebSocket handshake from *any* page, so the server must
-//!    refuse foreign origins) and reads `since`; then the lab writes the `101` itself and takes
-//!    the socket from the HTTP layer (`Request::into_stream`), to run tungstenite on it.
+//!    sends it to the server's upgrade `match`, and `/events/ws` comes here (`upgrade`).
+//! 2. `check_request` checks the `Origin` (cross-site WebSocket hijacking: browsers send
+//!    cookies with a WebSocket handshake from *any* page, so the server must refuse foreign
+//!    origins) and reads `since`; then `ws::accept` checks the protocol's headers, writes the
+//!    `101` and takes the socket from the HTTP layer (`Request::into_stream`), to run
+//!    tungstenite on it.
 //! 3. Two threads per connection. `read_frames` (thread `ws-N`) blocks on the socket: it
 //!    publishes the client's text frames and hands pongs, close replies and errors to the
 //!    writer; it never writes itself, so frames from two threads can never interleave.
@@ -49,19 +50,20 @@
 //! watch the 101 and the raw frames arrive.
 
 use crate::connection::Request;
-use crate::http::{HttpError, Query};
+use crate::http::Query;
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
+use crate::ws::{close_frame, drain, frame_size, ReadOnly, Upgraded};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::json;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Message, WebSocket};
 
 /// What the reader hands the writer.
@@ -75,83 +77,26 @@ enum ToWriter {
     CloseAndDrain(CloseFrame),
 }
 
-/// Steps 1 and 2: a request with `Upgrade: websocket`, on any path, from the route.
-pub fn upgrade(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Result<()> {
-    let counters = lab.count("websocket");
-    let id = request.number();
-    // 2. The checks: path, Origin and `since` (or a framework's transport: its own lesson).
-    let route = match check_request(lab, &request, path, query) {
-        Ok(route) => route,
-        Err((status, message)) => {
-            log::debug!("ws {id} handshake refused with {status}: {message}");
-            return HttpError::new(status, message).reply(request, &counters);
-        }
+/// Steps 1 and 2: `GET /events/ws` with `Upgrade: websocket` (the server's upgrade `match`).
+pub fn upgrade(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+    // 2. Our checks (`Origin`, `since`), then the handshake every endpoint shares.
+    let checked = check_request(lab, &request, query);
+    let Some((since, upgraded)) = lab.accept_websocket(request, checked)? else {
+        return Ok(()); // refused, and answered
     };
-    if request.header("Sec-WebSocket-Version") != Some("13") {
-        return HttpError::new(426, "this server speaks WebSocket version 13")
-            .with_header("Sec-WebSocket-Version", "13")
-            .reply(request, &counters);
-    }
-    let key = match request.header("Sec-WebSocket-Key") {
-        Some(key)
-            if data_encoding::BASE64
-                .decode(key.as_bytes())
-                .is_ok_and(|k| k.len() == 16) =>
-        {
-            key.to_string()
-        }
-        _ => {
-            let message = "Sec-WebSocket-Key must be 16 bytes in base64";
-            return HttpError::bad_request(message).reply(request, &counters);
-        }
-    };
-    // A place under --max-parked, taken only by a handshake that will be accepted.
-    let Some(_held) = lab
-        .stats
-        .try_hold(&lab.stats.websockets, lab.config.max_parked)
-    else {
-        return HttpError::all_held(lab.config.max_parked).reply(request, &counters);
-    };
-    // The 101, and the socket leaves HTTP for good.
-    let (mut stream, pending) = request.into_stream()?;
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
-    );
-    stream.write_all(answer.as_bytes())?;
-    counters.wrote(answer.len());
-    // From now on the socket blocks until a frame arrives; the writer's pings find dead peers.
-    stream.set_read_timeout(None)?;
-    serve(lab, stream, pending, route, id, &counters)
+    serve(lab, upgraded, since)
 }
 
-/// Step 3 (`pending`: frames the client sent right behind its handshake, already read).
-fn serve(
-    lab: &Lab,
-    stream: TcpStream,
-    pending: Vec<u8>,
-    route: Route,
-    id: u64,
-    counters: &LessonCounters,
-) -> io::Result<()> {
-    let _thread = lab.stats.websocket_threads.enter();
-    // (The teacher's view counts the socket under the lesson its path belongs to:
-    // `server::handle` did, as for any request.)
-    let config = ws_config(lab);
-    let since = match route {
-        Route::Events(since) => since,
-        Route::SocketIo(session) => {
-            let socket =
-                WebSocket::from_partially_read(stream, pending, Role::Server, Some(config));
-            return crate::lessons::socket_io::websocket::serve(lab, socket, id, session);
-        }
-        Route::Atmosphere(accepted) => {
-            let socket =
-                WebSocket::from_partially_read(stream, pending, Role::Server, Some(config));
-            return crate::lessons::atmosphere::websocket::serve(lab, socket, id, accepted);
-        }
-    };
+/// Step 3.
+fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()> {
+    let Upgraded {
+        stream,
+        pending,
+        id,
+        place: _place,
+    } = upgraded;
+    let counters = &lab.count("websocket");
+    let config = crate::ws::config(lab.config.max_body);
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
     let (backlog, subscription) = lab.hub.subscribe_with_channel(since);
@@ -193,53 +138,14 @@ fn serve(
     })
 }
 
-/// What an accepted handshake leads to.
-enum Route {
-    /// This lesson's `/events/ws`, from `since` (or now).
-    Events(Option<u64>),
-    /// A Socket.IO WebSocket transport: a new session, or the upgrade of this one.
-    SocketIo(crate::lessons::socket_io::websocket::Accepted),
-    /// An Atmosphere client on its websocket transport.
-    Atmosphere(crate::lessons::atmosphere::websocket::Accepted),
-}
-
-/// Limits, and buffers sized for the lab's small frames: tungstenite's defaults (128 KiB to
-/// read into, 128 KiB to gather writes in) cost about 100 KiB of resident memory per
-/// connection once touched (measured: `flood`, chapter 13). 4 KiB reads a small frame in one
-/// go (a bigger one takes several reads); a write buffer of 0 sends each frame at once, which
-/// our writer wants anyway (it flushes after every frame).
-pub(crate) fn ws_config(lab: &Lab) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(lab.config.max_body))
-        .max_frame_size(Some(lab.config.max_body))
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-}
-
-/// The handshake's checks: the path, the page's `Origin`, and `since`.
+/// The handshake's checks: the page's `Origin`, and `since`.
 fn check_request(
     lab: &Lab,
     request: &Request,
-    path: &str,
     query: &Query,
-) -> Result<Route, (u16, String)> {
+) -> Result<Option<u64>, (u16, String)> {
     let origin = request.header("Origin");
     let host = request.header("Host");
-    // The frameworks' transports upgrade here too: their own lessons check them.
-    if path == "/socket.io/" {
-        return crate::lessons::socket_io::websocket::check(lab, query, origin, host)
-            .map(Route::SocketIo);
-    }
-    if path.starts_with(crate::lessons::atmosphere::PREFIX) {
-        return crate::lessons::atmosphere::websocket::check(lab, path, query, origin, host)
-            .map(Route::Atmosphere);
-    }
-    if path != "/events/ws" {
-        return Err((
-            404,
-            "the WebSocket endpoints are /events/ws, /socket.io/ and /atmosphere/NAME".into(),
-        ));
-    }
     if let Some(origin) = origin {
         if !lab.is_own_origin(origin, host) {
             log::debug!("ws handshake refused: foreign Origin {origin:?}");
@@ -248,31 +154,11 @@ fn check_request(
     }
     // No Origin at all: not a browser (browsers always send one), so no hijacking risk.
     match query.get("since") {
-        None => Ok(Route::Events(None)),
+        None => Ok(None),
         // Validated here; taken as at most the newest id once subscribed.
         Some(text) => crate::http::parse_cursor(text, u64::MAX)
-            .map(|since| Route::Events(Some(since)))
+            .map(Some)
             .map_err(|e| (400, e.message)),
-    }
-}
-
-/// The reading half: reads go to the socket, writes go nowhere. tungstenite would answer
-/// pings and closes from inside `read`; here the writer thread does that, so only one thread
-/// ever writes to the socket.
-pub(crate) struct ReadOnly(pub(crate) TcpStream);
-
-impl Read for ReadOnly {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for ReadOnly {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -292,7 +178,7 @@ fn read_frames(
         last_heard.store(started.elapsed().as_millis() as u64, Relaxed);
         match message {
             Ok(Message::Text(text)) => {
-                match lab.hub.publish(text.as_str()) {
+                match lab.publish(text.as_str()) {
                     Ok(event) => log::debug!("ws {id} published event {}", event.id),
                     // (Only with --redis: the frame is not published; the socket lives on.)
                     Err(e) => log::warn!("ws {id}: the client's frame was not published: {e}"),
@@ -326,38 +212,6 @@ fn read_frames(
                 return;
             }
         }
-    }
-}
-
-/// A graceful end to a close we started: read and discard whatever the client still sends
-/// (the rest of a message we refused, then its own close frame) until it closes its side,
-/// for at most two seconds. Closing a socket with unread bytes in it makes the kernel send a
-/// reset instead of a FIN, and the client would see "connection reset" (a browser: 1006)
-/// instead of our close code. (`a_close_the_server_starts_ends_cleanly_without_a_reset`)
-pub(crate) fn drain(socket: &mut ReadOnly, id: u64) {
-    let stream = &mut socket.0;
-    let until = Instant::now() + Duration::from_secs(2);
-    let mut buffer = [0u8; 16 * 1024];
-    let mut drained = 0;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        // BLOCKS: until the client sends more, closes its side (0), or the two seconds pass.
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-    log::debug!("ws {id} drained {drained} bytes after our close");
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: reason.to_string().into(),
     }
 }
 
@@ -458,14 +312,4 @@ fn send_events(w: &mut Writing<'_>, batch: &Backlog) -> Result<(), tungstenite::
         w.counters.wrote(bytes);
     }
     Ok(())
-}
-
-/// A server frame's size on the wire: 2 header bytes, 2 or 8 more for longer payloads.
-pub fn frame_size(payload: usize) -> usize {
-    payload
-        + match payload {
-            0..=125 => 2,
-            126..=65535 => 4,
-            _ => 10,
-        }
 }

@@ -31,8 +31,8 @@
 //!    away), then parks until the broadcast, writes it in its transport's framing, and moves
 //!    the cursor.
 //! 4. The websocket transport is the same URL with the WebSocket handshake: the connection's
-//!    thread sees `Upgrade: websocket` and hands it to `websocket::serve` (through the
-//!    WebSocket lesson's `upgrade`, which checks the handshake for every endpoint).
+//!    thread sees `Upgrade: websocket`, and the server's upgrade `match` hands it to
+//!    `websocket::upgrade` (our checks, then the handshake every endpoint shares, `ws::accept`).
 //! 5. `sweep` (thread `atmosphere-sweeper`): a resource with no connection for
 //!    `--atmosphere-timeout` (60 s) is forgotten, and with it the cursor.
 //!
@@ -48,11 +48,11 @@
 pub mod protocol;
 pub mod websocket;
 
+use crate::connection::request_label;
 use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, Event, Subscription, Wake};
 use crate::lab::Lab;
-use crate::lessons::long_polling::thread_name;
 use crate::request::Method;
 use crate::stats::LessonCounters;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -135,10 +135,17 @@ impl Broadcaster {
         self.resources.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publish a client's message to everyone suspended here (and to the hub's other
-    /// lessons, for `lab`).
-    fn broadcast(&self, message: &str) -> Result<Arc<Event>, crate::broker::Unavailable> {
-        self.hub.publish(message)
+    /// Publish a client's message to everyone suspended here (and, for `lab`, through the
+    /// lab, so the other lessons and, with `--redis`, the other labs get it too).
+    fn broadcast(
+        &self,
+        lab: &Lab,
+        message: &str,
+    ) -> Result<Arc<Event>, crate::broker::Unavailable> {
+        if Arc::ptr_eq(&self.hub, &lab.hub) {
+            return lab.publish(message);
+        }
+        Ok(self.hub.publish(message))
     }
 }
 
@@ -376,7 +383,7 @@ pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Res
         }
         (Method::Get, Transport::WebSocket) => {
             // Step 4: the websocket transport is a handshake (`Upgrade: websocket`), which
-            // never reaches here (`lessons::websocket::upgrade` takes it).
+            // never reaches here (the server's upgrade `match` takes it to `websocket::upgrade`).
             let message =
                 "the websocket transport needs the WebSocket handshake (Upgrade: websocket)";
             HttpError::new(426, message)
@@ -421,7 +428,7 @@ fn receive(
     if body.is_empty() {
         return HttpError::bad_request("an empty message").reply(request, counters);
     }
-    match broadcaster.broadcast(&body) {
+    match broadcaster.broadcast(lab, &body) {
         Ok(event) => {
             log::debug!(
                 "atmosphere resource {} broadcast event {} on {}",
@@ -456,7 +463,7 @@ fn long_poll(
         return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
     let (backlog, mut subscription) = attached.subscribe();
-    let me = thread_name();
+    let me = request_label();
     let mut events = backlog;
     if events.events.is_empty() && events.missed == 0 {
         log::debug!(
@@ -568,7 +575,7 @@ fn stream(
         &[("Cache-Control", "no-cache")],
         counters,
     )?;
-    let me = thread_name();
+    let me = request_label();
     let uuid = &attached.resource.uuid;
     log::debug!(
         "{me} streams to atmosphere resource {uuid} ({})",

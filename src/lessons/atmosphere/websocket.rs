@@ -14,10 +14,11 @@
 
 use super::protocol::{self, Params, PADDING};
 use super::{attach, message, missed, Attached, Broadcaster, Stop};
+use crate::connection::Request;
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
-use crate::lessons::websocket::{close_frame, drain, ws_config, ReadOnly};
 use crate::stats::LessonCounters;
+use crate::ws::{close_frame, drain, ReadOnly};
 use crossbeam_channel::Sender;
 use std::io;
 use std::net::{Shutdown, TcpStream};
@@ -64,13 +65,30 @@ pub struct Accepted {
     params: Params,
 }
 
-/// One Atmosphere WebSocket, from the handshake message to the close.
-pub fn serve(
+/// `/atmosphere/NAME` with `Upgrade: websocket` (the server's upgrade `match`): our checks,
+/// then the handshake every WebSocket endpoint shares (`ws::accept`).
+pub fn upgrade(
     lab: &Lab,
-    socket: WebSocket<TcpStream>,
-    id: u64,
-    accepted: Accepted,
+    request: Request,
+    path: &str,
+    query: &crate::http::Query,
 ) -> io::Result<()> {
+    let checked = check(
+        lab,
+        path,
+        query,
+        request.header("Origin"),
+        request.header("Host"),
+    );
+    let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
+        return Ok(()); // refused, and answered
+    };
+    let (socket, id, _place) = upgraded.into_websocket(crate::ws::config(lab.config.max_body));
+    serve(lab, socket, id, accepted)
+}
+
+/// One Atmosphere WebSocket, from the handshake message to the close.
+fn serve(lab: &Lab, socket: WebSocket<TcpStream>, id: u64, accepted: Accepted) -> io::Result<()> {
     let Accepted {
         broadcaster,
         params,
@@ -87,9 +105,9 @@ pub fn serve(
     )))?;
     let write_half = socket.get_ref().try_clone()?;
     drop(socket);
-    let reader =
-        WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(ws_config(lab)));
-    let mut writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(ws_config(lab)));
+    let config = crate::ws::config(lab.config.max_body);
+    let reader = WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config));
+    let mut writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(config));
     let Some(stop_line) = attached.stop_line() else {
         return Ok(()); // superseded before it began
     };
@@ -131,7 +149,7 @@ pub fn serve(
                 log::debug!("ws {id} (atmosphere) writer done: {why}");
                 let _ = writer.get_ref().shutdown(Shutdown::Write);
             })?;
-        read_messages(&broadcaster, reader, stop_line, &uuid, id);
+        read_messages(lab, &broadcaster, reader, stop_line, &uuid, id);
         // BLOCKS: until the writer has written its last frame.
         let _ = writer_thread.join();
         Ok(())
@@ -152,7 +170,7 @@ fn write_messages(
         let frame = protocol::frame(text, track);
         let bytes = frame.len();
         socket.send(Message::text(frame))?;
-        counters.wrote(crate::lessons::websocket::frame_size(bytes));
+        counters.wrote(crate::ws::frame_size(bytes));
         Ok(())
     };
     if attached.handshake {
@@ -185,6 +203,7 @@ fn write_messages(
 
 /// The reader (`ws-N`): each text frame is a message for the hub, but the heartbeat.
 fn read_messages(
+    lab: &Lab,
     broadcaster: &Broadcaster,
     mut socket: WebSocket<ReadOnly>,
     stop: Sender<Stop>,
@@ -196,7 +215,7 @@ fn read_messages(
         match socket.read() {
             Ok(Message::Text(text)) if text.as_str() == PADDING => continue,
             Ok(Message::Text(text)) if text.is_empty() => continue,
-            Ok(Message::Text(text)) => match broadcaster.broadcast(text.as_str()) {
+            Ok(Message::Text(text)) => match broadcaster.broadcast(lab, text.as_str()) {
                 Ok(event) => {
                     log::debug!("atmosphere resource {uuid} published event {}", event.id)
                 }

@@ -55,23 +55,8 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The server's advice (`--bayeux-*` flags).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// How long a `/meta/connect` is held when nothing is delivered.
-    pub timeout: Duration,
-    /// A client that sends no connect for this long after its last answer expires.
-    pub max_interval: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            timeout: Duration::from_secs(20),
-            max_interval: Duration::from_secs(10),
-        }
-    }
-}
+/// The server's advice: the flags' (`crate::config`).
+pub use crate::config::BayeuxSettings as Settings;
 
 /// The hub's channel.
 pub const HUB_CHANNEL: &str = "/lab/events";
@@ -461,7 +446,7 @@ fn publish(lab: &Lab, client: &Arc<Client>, message: &Message, channel: &str) ->
                 None,
             );
         };
-        match lab.hub.publish(text) {
+        match lab.publish(text) {
             Ok(event) => {
                 log::debug!("bayeux client {} published event {}", client.id, event.id)
             }

@@ -31,7 +31,7 @@
 //! 1. `handle` (HTTP): the handshake (`GET` without `sid`) makes a `Session`; a `GET` with
 //!    `sid` parks on it (`Session::wait_for_packets`); a `POST` carries `\x1e`-separated
 //!    packets from the client. One GET and one POST at a time: a second is a protocol error.
-//! 2. `websocket::serve` (the lab's WebSocket port, path `/socket.io/`): a new session on a
+//! 2. `websocket::upgrade` (`/socket.io/` with `Upgrade: websocket`): a new session on a
 //!    WebSocket, or the upgrade of a polling one (`2probe`, `3probe`, `6`, `5`).
 //! 3. `receive`: every packet from the client, whatever its transport: pongs, closes, and
 //!    Socket.IO packets (with their binary attachments), handed to `namespaces`.
@@ -75,26 +75,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The Engine.IO server's settings (`--socket-io-*` flags).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// The largest polling body or WebSocket message accepted, in bytes.
-    pub max_payload: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            ping_interval: Duration::from_millis(25_000),
-            ping_timeout: Duration::from_millis(20_000),
-            connect_timeout: Duration::from_millis(45_000),
-            max_payload: 1_000_000,
-        }
-    }
-}
+/// The Engine.IO server's settings: the flags' (`crate::config`).
+pub use crate::config::SocketIoSettings as Settings;
 
 /// How long a `/lab` socket whose session ended abnormally can still be recovered.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(120);
@@ -300,8 +282,8 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     }
     match query.get("transport") {
         Some("polling") => {}
-        // The WebSocket transport is a handshake (`Upgrade: websocket`), which the
-        // WebSocket lesson hands to `websocket::serve`; a plain GET for it is refused.
+        // The WebSocket transport is a handshake (`Upgrade: websocket`), which the server's
+        // upgrade `match` hands to `websocket::upgrade`; a plain GET for it is refused.
         _ => return refuse(lab, request, UNKNOWN_TRANSPORT, &counters),
     }
     if let Some(origin) = http::header(&request, "Origin") {

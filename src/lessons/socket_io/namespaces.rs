@@ -243,7 +243,7 @@ fn event(
     match name {
         "publish" => {
             let reply = match args.first().and_then(Value::as_str) {
-                Some(text) if text.len() <= lab.config.max_body => match lab.hub.publish(text) {
+                Some(text) if text.len() <= lab.config.max_body => match lab.publish(text) {
                     Ok(event) => json!({ "id": event.id }),
                     Err(e) => json!({ "error": e.to_string() }),
                 },

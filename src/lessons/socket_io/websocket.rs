@@ -20,9 +20,10 @@
 
 use super::session::{hold_limit, Closer, Session, Transport};
 use super::EngineIoPacket;
+use crate::connection::Request;
 use crate::http::Query;
 use crate::lab::Lab;
-use crate::lessons::websocket::{close_frame, drain, ReadOnly};
+use crate::ws::{close_frame, drain, ReadOnly};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use std::io;
 use std::net::{Shutdown, TcpStream};
@@ -91,14 +92,22 @@ enum Probe {
 }
 
 fn config(lab: &Lab) -> WebSocketConfig {
-    let max = lab.socket_io.settings.max_payload;
-    crate::lessons::websocket::ws_config(lab)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+    crate::ws::config(lab.socket_io.settings.max_payload)
+}
+
+/// `/socket.io/` with `Upgrade: websocket` (the server's upgrade `match`): our checks, then
+/// the handshake every WebSocket endpoint shares (`ws::accept`).
+pub fn upgrade(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+    let checked = check(lab, query, request.header("Origin"), request.header("Host"));
+    let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
+        return Ok(()); // refused, and answered
+    };
+    let (socket, id, _place) = upgraded.into_websocket(crate::ws::config(lab.config.max_body));
+    serve(lab, socket, id, accepted)
 }
 
 /// One Socket.IO WebSocket: a new session, the upgrade of a polling one, or a spare.
-pub fn serve(
+fn serve(
     lab: &Lab,
     mut socket: WebSocket<TcpStream>,
     id: u64,
@@ -277,7 +286,7 @@ fn write_packets(
                 }
                 return format!("write failed: {e}");
             }
-            counters.wrote(crate::lessons::websocket::frame_size(bytes));
+            counters.wrote(crate::ws::frame_size(bytes));
         }
         if delivery.ended {
             let _ = socket.close(Some(close_frame(CloseCode::Normal, "")));
