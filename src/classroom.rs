@@ -184,8 +184,8 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 /// back in URLs: an IP address, `localhost` or this machine's name. Else the bind address,
 /// or `127.0.0.1` when that is `0.0.0.0`.
 pub fn public_host(host_header: Option<&str>, bound: SocketAddr) -> String {
-    if let Some(host) = host_header.map(crate::lab::host_of) {
-        if crate::lab::is_lab_host(host) {
+    if let Some(host) = host_header.map(host_of) {
+        if is_lab_host(host) {
             return host.to_string();
         }
     }
@@ -276,6 +276,49 @@ impl Drop for Share {
             }
         }
     }
+}
+
+/// The host part of a `Host` header: `192.168.1.5:8080` → `192.168.1.5`, `[::1]:8080` →
+/// `[::1]`, `localhost` → `localhost`.
+pub fn host_of(authority: &str) -> &str {
+    let authority = authority.trim();
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+/// A host a browser may use for the lab: an IP address (`[v6]` too), `localhost`, or this
+/// machine's own name.
+pub fn is_lab_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || host == "localhost"
+        || machine_name().is_some_and(|name| host.eq_ignore_ascii_case(&name))
+}
+
+/// This machine's host name (`gethostname`), if it has one.
+#[cfg(all(unix, not(lab_portable)))]
+pub fn machine_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return None;
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    let name = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The portable fallback: the name the environment gives (`COMPUTERNAME` on Windows,
+/// `HOSTNAME` in most shells).
+#[cfg(any(not(unix), lab_portable))]
+pub fn machine_name() -> Option<String> {
+    ["COMPUTERNAME", "HOSTNAME"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok())
+        .filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! What every connection thread shares: the lab's configuration, its hub, its counters and its
-//! addresses. Every lesson takes a `&Lab`; `server` builds one and hands it to each thread.
+//! What every connection thread shares, the core: the lab's configuration, its hub (and broker),
+//! its counters and its addresses. Every lesson takes a `&Lab`; `server` builds one and hands
+//! it to each thread. What a lesson owns (a framework's sessions, the waiting room) is not
+//! here: `server` holds it (`LessonState`) and hands each lesson its own, so `Lab` imports no
+//! lesson and no lesson imports another's state.
 
 use crate::broker::{Broker, Unavailable};
 use crate::hub::{Event, Hub};
 use crate::stats::{LessonCounters, Stats};
-use crate::waiting_room::WaitingRoom;
 use crate::Config;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +18,6 @@ pub struct Lab {
     /// `--redis`: the broker every publish goes through (see `Lab::publish`).
     pub broker: Option<Arc<Broker>>,
     pub stats: Stats,
-    /// Long polls held without a thread (`--parking queue`).
-    pub waiting_room: WaitingRoom,
     /// Where the HTTP server really listens (port 0 resolved).
     pub addr: SocketAddr,
     /// `ws://HOST:PORT/events/ws`: the WebSocket lesson, on the HTTP port itself.
@@ -30,14 +30,6 @@ pub struct Lab {
     pub activity: Arc<crate::classroom::Activity>,
     /// The connection threads (`connection::Pool`): what `/stats` reads of them.
     pub connections: std::sync::OnceLock<Arc<crate::connection::Pool>>,
-    /// Every Socket.IO session (`lessons::socket_io`).
-    pub socket_io: crate::lessons::socket_io::SocketIo,
-    /// Every Bayeux client (`lessons::bayeux`).
-    pub bayeux: crate::lessons::bayeux::Bayeux,
-    /// The Atmosphere broadcaster's resources (`lessons::atmosphere`).
-    pub atmosphere: crate::lessons::atmosphere::Broadcasters,
-    /// Every Pushlets session (`lessons::pushlets`).
-    pub pushlets: crate::lessons::pushlets::Pushlets,
 }
 
 impl Lab {
@@ -86,10 +78,10 @@ impl Lab {
         if self.config.peers.iter().any(|peer| peer == origin) {
             return true;
         }
-        let Some(host) = host.map(host_of) else {
+        let Some(host) = host.map(crate::classroom::host_of) else {
             return false;
         };
-        is_lab_host(host) && origin == format!("http://{host}:{port}")
+        crate::classroom::is_lab_host(host) && origin == format!("http://{host}:{port}")
     }
 
     /// CORS for the frameworks' HTTP transports (Socket.IO's polling, Bayeux): the lab's own
@@ -145,47 +137,4 @@ pub fn random_id() -> String {
         }
     }
     data_encoding::BASE64URL_NOPAD.encode(&bytes)
-}
-
-/// The host part of a `Host` header: `192.168.1.5:8080` → `192.168.1.5`, `[::1]:8080` →
-/// `[::1]`, `localhost` → `localhost`.
-pub fn host_of(authority: &str) -> &str {
-    let authority = authority.trim();
-    if authority.starts_with('[') {
-        return authority.split_inclusive(']').next().unwrap_or(authority);
-    }
-    authority.split(':').next().unwrap_or(authority)
-}
-
-/// A host a browser may use for the lab: an IP address (`[v6]` too), `localhost`, or this
-/// machine's own name.
-pub fn is_lab_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<std::net::IpAddr>().is_ok()
-        || host == "localhost"
-        || machine_name().is_some_and(|name| host.eq_ignore_ascii_case(&name))
-}
-
-/// This machine's host name (`gethostname`), if it has one.
-#[cfg(all(unix, not(lab_portable)))]
-pub fn machine_name() -> Option<String> {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
-    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    if result != 0 {
-        return None;
-    }
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    let name = String::from_utf8_lossy(&buffer[..end]).into_owned();
-    (!name.is_empty()).then_some(name)
-}
-
-/// The portable fallback: the name the environment gives (`COMPUTERNAME` on Windows,
-/// `HOSTNAME` in most shells).
-#[cfg(any(not(unix), lab_portable))]
-pub fn machine_name() -> Option<String> {
-    ["COMPUTERNAME", "HOSTNAME"]
-        .into_iter()
-        .find_map(|name| std::env::var(name).ok())
-        .filter(|name| !name.is_empty())
 }

@@ -32,7 +32,6 @@ pub mod request;
 pub mod server;
 pub mod stats;
 pub mod stream;
-pub mod waiting_room;
 pub mod workarounds;
 pub mod ws;
 

@@ -21,7 +21,6 @@ use crate::lessons::{self, LESSONS};
 use crate::listener::bind;
 use crate::request::Method;
 use crate::stats::{self, Stats};
-use crate::waiting_room::WaitingRoom;
 use crate::{Config, ParkingMode};
 use serde_json::json;
 use std::io;
@@ -114,8 +113,13 @@ impl RunningLab {
             None => None,
         };
         let generator = config.generator.clone();
-        let socket_io = config.socket_io.clone();
-        let bayeux = config.bayeux.clone();
+        let state = Arc::new(LessonState {
+            socket_io: Arc::new(lessons::socket_io::SocketIo::new(config.socket_io.clone())),
+            bayeux: Arc::new(lessons::bayeux::Bayeux::new(config.bayeux.clone())),
+            atmosphere: Arc::default(),
+            pushlets: Arc::default(),
+            waiting_room: Arc::default(),
+        });
         let lab = Arc::new(Lab {
             websocket_url: format!("ws://{addr}/events/ws"),
             other_addr,
@@ -125,32 +129,27 @@ impl RunningLab {
             hub,
             broker,
             stats: Stats::default(),
-            waiting_room: WaitingRoom::default(),
             addr,
             connections: Default::default(),
-            socket_io: lessons::socket_io::SocketIo::new(socket_io),
-            bayeux: lessons::bayeux::Bayeux::new(bayeux),
-            pushlets: Default::default(),
-            atmosphere: Default::default(),
         });
         if let Some(range) = generator {
             crate::generator::spawn(lab.clone(), range)
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
         }
-        lessons::atmosphere::spawn_sweeper(lab.clone())
+        lessons::atmosphere::spawn_sweeper(lab.clone(), state.atmosphere.clone())
             .map_err(|e| format!("cannot start the Atmosphere sweeper thread: {e}"))?;
-        lessons::pushlets::spawn_sweeper(lab.clone())
+        lessons::pushlets::spawn_sweeper(lab.clone(), state.pushlets.clone())
             .map_err(|e| format!("cannot start the Pushlets sweeper thread: {e}"))?;
-        lessons::bayeux::spawn_sweeper(lab.clone())
+        lessons::bayeux::spawn_sweeper(state.bayeux.clone())
             .map_err(|e| format!("cannot start the Bayeux sweeper thread: {e}"))?;
-        lessons::socket_io::spawn_heartbeat(lab.clone())
+        lessons::socket_io::spawn_heartbeat(state.socket_io.clone())
             .map_err(|e| format!("cannot start the Socket.IO heartbeat thread: {e}"))?;
 
         if lab.config.parking == ParkingMode::Queue {
-            let dispatcher_lab = lab.clone();
+            let (dispatcher_lab, room) = (lab.clone(), state.waiting_room.clone());
             thread::Builder::new()
                 .name("dispatcher".into())
-                .spawn(move || crate::waiting_room::dispatch(dispatcher_lab))
+                .spawn(move || lessons::long_polling::waiting_room::dispatch(dispatcher_lab, room))
                 .map_err(|e| format!("cannot start the dispatcher thread: {e}"))?;
         }
         // The connection threads, shared by every listener. (They hold the lab; the lab
@@ -161,16 +160,16 @@ impl RunningLab {
             body_limit: lab.config.max_body.max(lab.config.socket_io.max_payload),
             handlers: lab.config.handlers,
         };
-        let handler_lab = lab.clone();
+        let (handler_lab, handler_state) = (lab.clone(), state.clone());
         let pool = Pool::new(
             settings,
-            Box::new(move |request| handle(&handler_lab, request)),
+            Box::new(move |request| handle(&handler_lab, &handler_state, request)),
         );
         let _ = lab.connections.set(pool.clone());
-        let accept = spawn_accept("accept", listener, &pool, &lab)?;
-        spawn_accept("accept-other", other, &pool, &lab)?;
+        let accept = spawn_accept("accept", listener, &pool, &lab, &state)?;
+        spawn_accept("accept-other", other, &pool, &lab, &state)?;
         if let Some(alias) = ws_alias {
-            spawn_accept("accept-ws", alias, &pool, &lab)?;
+            spawn_accept("accept-ws", alias, &pool, &lab, &state)?;
         }
         Ok(RunningLab { lab, accept })
     }
@@ -190,17 +189,35 @@ impl RunningLab {
     }
 }
 
+/// What the lessons own, held here and handed to each as it serves: only `server` knows them
+/// all (as only mini-redis's `cmd` module knows every command), and no lesson imports the
+/// module that holds it.
+pub struct LessonState {
+    /// Every Socket.IO session (`lessons::socket_io`).
+    pub socket_io: Arc<lessons::socket_io::SocketIo>,
+    /// Every Bayeux client (`lessons::bayeux`).
+    pub bayeux: Arc<lessons::bayeux::Bayeux>,
+    /// The Atmosphere broadcasters and their resources (`lessons::atmosphere`).
+    pub atmosphere: Arc<lessons::atmosphere::Broadcasters>,
+    /// Every Pushlets session (`lessons::pushlets`).
+    pub pushlets: Arc<lessons::pushlets::Pushlets>,
+    /// Long polls held without a thread (`--parking queue`; `lessons::long_polling`).
+    pub waiting_room: Arc<lessons::long_polling::waiting_room::WaitingRoom>,
+}
+
 /// Step 1: an accept thread for `listener`, answering at the door from `lab`.
 fn spawn_accept(
     name: &str,
     listener: TcpListener,
     pool: &Arc<Pool>,
     lab: &Arc<Lab>,
+    state: &Arc<LessonState>,
 ) -> Result<thread::JoinHandle<()>, String> {
     let pool = pool.clone();
     let door_lab: Weak<Lab> = Arc::downgrade(lab);
+    let door_state = state.clone();
     let door: connection::DoorAnswer =
-        Box::new(move |head| answer_at_the_door(&*door_lab.upgrade()?, head));
+        Box::new(move |head| answer_at_the_door(&*door_lab.upgrade()?, &door_state, head));
     thread::Builder::new()
         .name(name.into())
         .spawn(move || connection::accept_loop(listener, pool, door))
@@ -209,7 +226,7 @@ fn spawn_accept(
 
 /// Step 2: one request, start to end, on its connection's thread: route it, and log how it
 /// ended.
-fn handle(lab: &Lab, request: Request) {
+fn handle(lab: &Lab, state: &LessonState, request: Request) {
     let id = request.number();
     let _connection = lab.stats.connections.enter();
     crate::connection::set_request_id(id);
@@ -249,7 +266,7 @@ fn handle(lab: &Lab, request: Request) {
         lab.activity
             .begin(lesson, request.remote_addr().map(|a| a.ip()))
     });
-    match route(lab, request) {
+    match route(lab, state, request) {
         Ok(()) => log::debug!("req {id} done"),
         Err(e) if http::is_disconnect(&e) => log::debug!("req {id} gone: {e}"),
         Err(e) if http::is_write_timeout(&e) => {
@@ -261,7 +278,7 @@ fn handle(lab: &Lab, request: Request) {
 }
 
 /// Step 3: the whole routing table. Each arm names the lesson that owns the path.
-fn route(lab: &Lab, request: Request) -> io::Result<()> {
+fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let query = Query::parse(query);
@@ -271,9 +288,12 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
     if request.head().is_websocket_upgrade() {
         return match path {
             "/events/ws" => lessons::websocket::upgrade(lab, request, &query),
-            "/socket.io/" => lessons::socket_io::websocket::upgrade(lab, request, &query),
+            "/socket.io/" => {
+                lessons::socket_io::websocket::upgrade(lab, &state.socket_io, request, &query)
+            }
             p if p.starts_with(lessons::atmosphere::PREFIX) => {
-                lessons::atmosphere::websocket::upgrade(lab, request, path, &query)
+                let broadcasters = &state.atmosphere;
+                lessons::atmosphere::websocket::upgrade(lab, broadcasters, request, path, &query)
             }
             _ => {
                 let message =
@@ -302,7 +322,7 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
     };
     match (method, path) {
         (Method::Get, "/") => index(lab, request),
-        (Method::Get, "/stats") => stats_page(lab, request),
+        (Method::Get, "/stats") => stats_page(lab, state, request),
         (Method::Get, "/teacher") => asset(lab, request, "text/html; charset=utf-8", TEACHER_HTML),
         (Method::Post, "/publish") => publish(lab, request),
         (Method::Get, "/assets/lab.js") => {
@@ -321,9 +341,11 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
         (Method::Get, "/events/cors") => lessons::cors::handle(lab, request, &query),
         (Method::Options, "/events/cors") => lessons::cors::preflight(lab, request),
         (Method::Post, "/events/piggyback") => lessons::piggyback::handle(lab, request, &query),
-        (Method::Get, "/events/long-poll") => lessons::long_polling::handle(lab, request, &query),
+        (Method::Get, "/events/long-poll") => {
+            lessons::long_polling::handle(lab, &state.waiting_room, request, &query)
+        }
         (Method::Get, "/events/long-poll-script") => {
-            lessons::script_long_polling::handle(lab, request, &query)
+            lessons::script_long_polling::handle(lab, &state.waiting_room, request, &query)
         }
         (Method::Get, "/events/iframe") => lessons::forever_iframe::handle(lab, request, &query),
         (Method::Get, "/events/multipart") => {
@@ -336,22 +358,22 @@ fn route(lab: &Lab, request: Request) -> io::Result<()> {
             lessons::socket_io::official_client(lab, request)
         }
         (_, p) if p == "/cometd" || p.starts_with("/cometd/") => {
-            lessons::bayeux::handle(lab, request, &query)
+            lessons::bayeux::handle(lab, &state.bayeux, request, &query)
         }
         (Method::Get, p) if p.starts_with("/vendor/cometd/") => {
             lessons::bayeux::official_client(lab, request, &p["/vendor/cometd/".len()..])
         }
         (Method::Get | Method::Post, "/pushlet/pushlet.srv") => {
-            lessons::pushlets::handle(lab, request, &query)
+            lessons::pushlets::handle(lab, &state.pushlets, request, &query)
         }
         (Method::Get, "/scale-out") => lessons::scale_out::handle(lab, request),
         (Method::Get, "/vendor/atmosphere.js") => {
             lessons::atmosphere::official_client(lab, request)
         }
         (_, p) if p.starts_with("/atmosphere/") => {
-            lessons::atmosphere::handle(lab, request, p, &query)
+            lessons::atmosphere::handle(lab, &state.atmosphere, request, p, &query)
         }
-        (_, "/socket.io/") => lessons::socket_io::handle(lab, request, &query),
+        (_, "/socket.io/") => lessons::socket_io::handle(lab, &state.socket_io, request, &query),
         (Method::Get, "/events/ws") => {
             let counters = lab.count("websocket");
             let message = "a WebSocket endpoint: send the handshake (Upgrade: websocket)";
@@ -393,14 +415,14 @@ fn read_event_data(lab: &Lab, request: &Request) -> Result<String, HttpError> {
 }
 
 /// `GET /stats`: what the server holds now, and what each lesson has cost.
-fn stats_page(lab: &Lab, request: Request) -> io::Result<()> {
+fn stats_page(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
     let counters = lab.count("stats");
-    let value = stats_json(lab, http::header(&request, "Host"));
+    let value = stats_json(lab, state, http::header(&request, "Host"));
     http::write_json(request, &value, &counters)
 }
 
 /// What `/stats` shows; `host` is the `Host` the browser sent.
-fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
+fn stats_json(lab: &Lab, state: &LessonState, host: Option<&str>) -> serde_json::Value {
     let s = &lab.stats;
     json!({
         // Requests being handled (WebSockets included: an upgraded request is handled until
@@ -413,10 +435,10 @@ fn stats_json(lab: &Lab, host: Option<&str>) -> serde_json::Value {
         // Open TCP connections, idle keep-alive ones included (each has its thread).
         "open_connections": lab.connections.get().map_or(0, |p| p.open.load(Relaxed)),
         "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),
-        "socket_io_sessions": lab.socket_io.session_count(),
-        "bayeux_clients": lab.bayeux.client_count(),
-        "pushlets_sessions": lab.pushlets.session_count(),
-        "atmosphere": lab.atmosphere.to_json(),
+        "socket_io_sessions": state.socket_io.session_count(),
+        "bayeux_clients": state.bayeux.client_count(),
+        "pushlets_sessions": state.pushlets.session_count(),
+        "atmosphere": state.atmosphere.to_json(),
         "subscribers": lab.hub.subscriber_count(),
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),
@@ -536,6 +558,7 @@ fn lab_js(lab: &Lab) -> String {
 /// `None` (503) for the rest.
 fn answer_at_the_door(
     lab: &Lab,
+    state: &LessonState,
     head: &crate::request::Head,
 ) -> Option<(u16, &'static str, Vec<u8>)> {
     const HTML: &str = "text/html; charset=utf-8";
@@ -543,7 +566,7 @@ fn answer_at_the_door(
     let path = head.target.split('?').next().unwrap_or("");
     match path {
         "/stats" => {
-            let json = stats_json(lab, head.header("Host")).to_string();
+            let json = stats_json(lab, state, head.header("Host")).to_string();
             Some((200, "application/json", json.into_bytes()))
         }
         "/" => page(&index_html(lab)),

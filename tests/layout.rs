@@ -3,8 +3,10 @@
 //!
 //! - every lesson is whole: its module, its page, its example, its tests and its chapter,
 //!   under one name;
-//! - no module imports one that imports it back, except the circles still being taken apart,
-//!   which are named here so that none can grow and none can come back once gone.
+//! - no module imports one that imports it back: leaves first (stats, http, ws, the codecs,
+//!   classroom), then the hub and the broker, then `Lab` (the core: config, hub, broker,
+//!   counters), then the lessons, each handed its own state, and at the top `server`, the
+//!   only module that knows every lesson.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -211,49 +213,29 @@ fn units_on_circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<
     search.found
 }
 
-/// The one circle left (2026-12-02): `Lab` holds every framework's state and the waiting room,
-/// and each imports `Lab` back; `classroom` and the
-/// lessons' shared module use `Lab` too. Taking it apart (the frameworks own their state,
-/// `server` holds them) empties this list; a unit that joins it, or a new circle, fails the
-/// test. (Gone from it: hub ↔ broker, `Lab::publish` choosing between them; the WebSocket
-/// lesson ↔ the frameworks' WebSocket modules, the helpers now in `ws` and the dispatch in
-/// `server`'s upgrade `match`; `stream` borrowing the long-polling lesson's helpers; `config`
-/// naming the frameworks' settings, which it now owns.)
-const STILL_ON_THE_CIRCLE: &[&str] = &[
-    "classroom",
-    "lab",
-    "lessons",
-    "lessons::atmosphere",
-    "lessons::bayeux",
-    "lessons::long_polling",
-    "lessons::pushlets",
-    "lessons::socket_io",
-    "waiting_room",
-];
-
 #[test]
-fn no_module_imports_one_that_imports_it_back_beyond_the_circle_being_taken_apart() {
+fn no_module_imports_one_that_imports_it_back() {
     let graph = imports();
     assert!(
         graph["broker"].contains("hub") && !graph["hub"].contains("broker"),
         "the broker calls the hub; the hub knows no broker: {graph:?}"
     );
+    // Only `server` knows every lesson, and nothing imports `server` back.
+    let lessons: Vec<&String> = graph["server"]
+        .iter()
+        .filter(|u| u.starts_with("lessons"))
+        .collect();
+    assert!(!lessons.is_empty(), "{graph:?}");
+    let importers: Vec<&String> = graph
+        .iter()
+        .filter(|(_, uses)| uses.contains("server"))
+        .map(|(unit, _)| unit)
+        .collect();
+    assert!(importers.is_empty(), "{importers:?} import server");
     let circles = units_on_circles(&graph);
-    let allowed: BTreeSet<String> = STILL_ON_THE_CIRCLE.iter().map(|u| u.to_string()).collect();
-    for circle in &circles {
-        let beyond: Vec<&String> = circle.difference(&allowed).collect();
-        assert!(
-            beyond.is_empty(),
-            "{beyond:?} now import a module that imports them back (the circle: {circle:?}); \
-             the imports: {graph:?}"
-        );
-    }
-    // A unit that left the circle leaves the list too, so it cannot come back unnoticed.
-    let on_circles: BTreeSet<String> = circles.into_iter().flatten().collect();
-    let gone: Vec<&String> = allowed.difference(&on_circles).collect();
     assert!(
-        gone.is_empty(),
-        "{gone:?} are no longer on a circle: take them out of STILL_ON_THE_CIRCLE"
+        circles.is_empty(),
+        "modules that import one that imports them back: {circles:?}; the imports: {graph:?}"
     );
 }
 

@@ -228,19 +228,19 @@ impl Alarm {
         let _ = self.tx.send(());
     }
 
-    /// Start the thread `name` running `keep_time` (once: a second call does nothing).
+    /// Start the thread `name` running `keep_time` with this alarm's wake-ups (once: a
+    /// second call does nothing).
     pub fn spawn(
         &self,
         name: &str,
-        lab: std::sync::Arc<crate::lab::Lab>,
-        keep_time: fn(&crate::lab::Lab, &crossbeam_channel::Receiver<()>),
+        keep_time: impl FnOnce(&crossbeam_channel::Receiver<()>) + Send + 'static,
     ) -> std::io::Result<()> {
         let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Ok(());
         };
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || keep_time(&lab, &rx))?;
+            .spawn(move || keep_time(&rx))?;
         Ok(())
     }
 }

@@ -141,7 +141,7 @@ fn fields(pairs: &[(&str, &str)]) -> Fields {
 }
 
 /// Step 1: everything on `/pushlet/pushlet.srv`.
-pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("pushlets");
     let format = match query.get("p_format").unwrap_or("js") {
         "js" => Format::Js {
@@ -158,7 +158,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         "join" | "join-listen" => None,
         _ => match query
             .get("p_id")
-            .and_then(|id| lab.pushlets.sessions().get(id).cloned())
+            .and_then(|id| pushlets.sessions().get(id).cloned())
         {
             Some(session) => {
                 session.state().last_seen = Instant::now();
@@ -183,15 +183,15 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     }
     match (event.as_str(), session) {
         ("join", _) => {
-            let session = join(lab);
+            let session = join(pushlets);
             let ack = fields(&[("p_event", "join-ack"), ("p_id", &session.id)]);
             answer(request, 200, &format, &[ack], &counters)
         }
         ("join-listen", _) => {
-            let session = join(lab);
+            let session = join(pushlets);
             if let Some(subject) = query.get("p_subject") {
                 if let Err(reason) = subscribe(lab, &session, subject, query.get("p_label")) {
-                    lab.pushlets.end(&session, "bad subject");
+                    pushlets.end(&session, "bad subject");
                     let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
                     return answer(request, 400, &format, &[nack], &counters);
                 }
@@ -261,7 +261,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         }
         ("publish", Some(session)) => {
             let subject = query.get("p_subject").unwrap_or("");
-            let (status, reply) = match publish(lab, &session, subject, query) {
+            let (status, reply) = match publish(lab, pushlets, &session, subject, query) {
                 Ok(()) => (
                     200,
                     fields(&[("p_event", "publish-ack"), ("p_id", &session.id)]),
@@ -278,7 +278,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
             answer(request, 200, &format, &[ack], &counters)
         }
         ("leave", Some(session)) => {
-            lab.pushlets.end(&session, "left");
+            pushlets.end(&session, "left");
             let ack = fields(&[("p_event", "leave-ack"), ("p_id", &session.id)]);
             answer(request, 200, &format, &[ack], &counters)
         }
@@ -290,7 +290,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     }
 }
 
-fn join(lab: &Lab) -> Arc<Session> {
+fn join(pushlets: &Pushlets) -> Arc<Session> {
     let (queue_tx, queue_rx) = bounded(QUEUE);
     let session = Arc::new(Session {
         id: crate::lab::random_id(),
@@ -306,10 +306,10 @@ fn join(lab: &Lab) -> Arc<Session> {
         }),
         feed: Mutex::new(None),
     });
-    lab.pushlets
+    pushlets
         .sessions()
         .insert(session.id.clone(), session.clone());
-    lab.pushlets.sweeper.ring();
+    pushlets.sweeper.ring();
     log::debug!("pushlets session {} joined", session.id);
     session
 }
@@ -363,7 +363,13 @@ fn follow_the_hub(lab: &Lab, session: &Session) {
 
 /// `publish`: to the hub on `/lab/events` (field `data`), else to every matching session. A
 /// refusal says its status: 400 for bad input, 503 when the broker (`--redis`) is away.
-fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<(), (u16, String)> {
+fn publish(
+    lab: &Lab,
+    pushlets: &Pushlets,
+    from: &Session,
+    subject: &str,
+    query: &Query,
+) -> Result<(), (u16, String)> {
     if !is_subject(subject) {
         return Err((400, "p_subject must be a path like /chat/room1".into()));
     }
@@ -382,13 +388,13 @@ fn publish(lab: &Lab, from: &Session, subject: &str, query: &Query) -> Result<()
         ("p_from", &from.id),
         ("data", data),
     ]);
-    let sessions: Vec<Arc<Session>> = lab.pushlets.sessions().values().cloned().collect();
+    let sessions: Vec<Arc<Session>> = pushlets.sessions().values().cloned().collect();
     for session in sessions {
         if session.subscribed_to(subject) {
             if let Err(TrySendError::Full(_)) =
                 session.queue_tx.try_send(Queued::Event(event.clone()))
             {
-                lab.pushlets.end(&session, "slow consumer (queue full)");
+                pushlets.end(&session, "slow consumer (queue full)");
             }
         }
     }
@@ -648,19 +654,17 @@ fn answer(
 }
 
 /// Start the sweeper thread (once, with the lab).
-pub fn spawn_sweeper(lab: Arc<Lab>) -> io::Result<()> {
-    lab.clone()
-        .pushlets
-        .sweeper
-        .spawn("pushlets-sweeper", lab, sweep)
+pub fn spawn_sweeper(lab: Arc<Lab>, pushlets: Arc<Pushlets>) -> io::Result<()> {
+    let alarm = &pushlets.clone().sweeper;
+    alarm.spawn("pushlets-sweeper", move |wake| sweep(&lab, &pushlets, wake))
 }
 
 /// Step 5: expire sessions nobody listens for.
-fn sweep(lab: &Lab, wake: &Receiver<()>) {
+fn sweep(lab: &Lab, pushlets: &Pushlets, wake: &Receiver<()>) {
     loop {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(3600);
-        let sessions: Vec<Arc<Session>> = lab.pushlets.sessions().values().cloned().collect();
+        let sessions: Vec<Arc<Session>> = pushlets.sessions().values().cloned().collect();
         for session in sessions {
             let state = session.state();
             if state.listening {
@@ -670,7 +674,7 @@ fn sweep(lab: &Lab, wake: &Receiver<()>) {
             let expires = state.last_seen + lab.config.pushlets_timeout;
             drop(state);
             if expires <= now {
-                lab.pushlets.end(
+                pushlets.end(
                     &session,
                     "no listener and no request for the session timeout",
                 );

@@ -32,10 +32,11 @@
 use crate::connection::Request;
 use crate::http::Query;
 use crate::lab::Lab;
+use crate::lessons::long_polling::waiting_room::WaitingRoom;
 use crate::lessons::long_polling::{park, Answer, AnswerForm, Parking};
 use std::io;
 
-pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("script_long_polling");
     // 1. The callback, validated before anything is held.
     let callback = match query.callback() {
@@ -44,7 +45,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     };
     // 2. Events already waiting, or park (as XHR long polling does).
     let answer = Answer::new(AnswerForm::Script(callback));
-    match park(lab, request, query, answer.clone(), &counters) {
+    match park(lab, room, request, query, answer.clone(), &counters) {
         // 3. Write the script.
         Parking::Ready(request, backlog, cursor) => {
             answer.write(request, &backlog, cursor, &counters)

@@ -282,7 +282,11 @@ impl Attached {
 }
 
 /// Step 2: the resource this request belongs to, and a connection attached to it.
-pub fn attach(lab: &Lab, broadcaster: &Arc<Broadcaster>, params: &Params) -> Attached {
+pub fn attach(
+    broadcasters: &Broadcasters,
+    broadcaster: &Arc<Broadcaster>,
+    params: &Params,
+) -> Attached {
     let known = match params.tracking_id.as_str() {
         "0" => None,
         id if params.protocol => broadcaster.resources().get(id).cloned(),
@@ -306,7 +310,7 @@ pub fn attach(lab: &Lab, broadcaster: &Arc<Broadcaster>, params: &Params) -> Att
             broadcaster
                 .resources()
                 .insert(resource.uuid.clone(), resource.clone());
-            lab.atmosphere.sweeper.ring();
+            broadcasters.sweeper.ring();
             log::debug!(
                 "atmosphere resource {} created on {}",
                 resource.uuid,
@@ -352,9 +356,15 @@ fn missed(count: u64) -> String {
 }
 
 /// Step 1: everything on `/atmosphere/NAME`.
-pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Result<()> {
+pub fn handle(
+    lab: &Lab,
+    broadcasters: &Broadcasters,
+    request: Request,
+    path: &str,
+    query: &Query,
+) -> io::Result<()> {
     let counters = lab.count("atmosphere");
-    let broadcaster = match lab.atmosphere.lookup(lab, path) {
+    let broadcaster = match broadcasters.lookup(lab, path) {
         Ok(broadcaster) => broadcaster,
         Err((status, message)) => return HttpError::new(status, message).reply(request, &counters),
     };
@@ -376,10 +386,10 @@ pub fn handle(lab: &Lab, request: Request, path: &str, query: &Query) -> io::Res
     match (request.method(), params.transport) {
         (Method::Post, _) => receive(lab, request, &broadcaster, &params, &counters),
         (Method::Get, Transport::LongPolling) => {
-            long_poll(lab, request, &broadcaster, &params, &counters)
+            long_poll(lab, broadcasters, request, &broadcaster, &params, &counters)
         }
         (Method::Get, Transport::Streaming | Transport::Sse) => {
-            stream(lab, request, &broadcaster, &params, &counters)
+            stream(lab, broadcasters, request, &broadcaster, &params, &counters)
         }
         (Method::Get, Transport::WebSocket) => {
             // Step 4: the websocket transport is a handshake (`Upgrade: websocket`), which
@@ -445,13 +455,14 @@ fn receive(
 /// Step 3, long polling: the handshake at once; after it, held until the broadcast.
 fn long_poll(
     lab: &Lab,
+    broadcasters: &Broadcasters,
     request: Request,
     broadcaster: &Arc<Broadcaster>,
     params: &Params,
     counters: &LessonCounters,
 ) -> io::Result<()> {
     let arrived = Instant::now();
-    let attached = attach(lab, broadcaster, params);
+    let attached = attach(broadcasters, broadcaster, params);
     if attached.handshake {
         let body = protocol::frame(
             &protocol::handshake(&attached.resource.uuid),
@@ -542,6 +553,7 @@ fn answer(
 /// Step 3, streaming and SSE: one response, a message per chunk (or per `data:` event).
 fn stream(
     lab: &Lab,
+    broadcasters: &Broadcasters,
     request: Request,
     broadcaster: &Arc<Broadcaster>,
     params: &Params,
@@ -553,7 +565,7 @@ fn stream(
     else {
         return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
-    let attached = attach(lab, broadcaster, params);
+    let attached = attach(broadcasters, broadcaster, params);
     let (backlog, mut subscription) = attached.subscribe();
     let sse = params.transport == Transport::Sse;
     let framed = |text: &str| {
@@ -636,21 +648,20 @@ pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
 }
 
 /// Start the sweeper thread (once, with the lab).
-pub fn spawn_sweeper(lab: Arc<Lab>) -> io::Result<()> {
-    lab.clone()
-        .atmosphere
-        .sweeper
-        .spawn("atmosphere-sweeper", lab, sweep)
+pub fn spawn_sweeper(lab: Arc<Lab>, broadcasters: Arc<Broadcasters>) -> io::Result<()> {
+    let alarm = &broadcasters.clone().sweeper;
+    alarm.spawn("atmosphere-sweeper", move |wake| {
+        sweep(&lab, &broadcasters, wake)
+    })
 }
 
 /// Step 5: forget resources nobody has connected for in `--atmosphere-timeout`.
-fn sweep(lab: &Lab, wake: &Receiver<()>) {
+fn sweep(lab: &Lab, broadcasters: &Broadcasters, wake: &Receiver<()>) {
     loop {
         let now = Instant::now();
         let timeout = lab.config.atmosphere_timeout;
         let mut next = now + Duration::from_secs(3600);
-        let resources: Vec<(Arc<Broadcaster>, Arc<Resource>)> = lab
-            .atmosphere
+        let resources: Vec<(Arc<Broadcaster>, Arc<Resource>)> = broadcasters
             .all()
             .into_iter()
             .flat_map(|b| {

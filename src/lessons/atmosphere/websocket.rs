@@ -13,7 +13,7 @@
 //! stops when the reader reports the client gone or a newer connection takes over.
 
 use super::protocol::{self, Params, PADDING};
-use super::{attach, message, missed, Attached, Broadcaster, Stop};
+use super::{attach, message, missed, Attached, Broadcaster, Broadcasters, Stop};
 use crate::connection::Request;
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
@@ -32,6 +32,7 @@ use tungstenite::{Message, WebSocket};
 /// The handshake's checks for `/atmosphere/lab`: our own origin, and the websocket transport.
 pub fn check(
     lab: &Lab,
+    broadcasters: &Broadcasters,
     path: &str,
     query: &crate::http::Query,
     origin: Option<&str>,
@@ -52,7 +53,7 @@ pub fn check(
     if params.transport != protocol::Transport::WebSocket {
         return Err((400, "X-Atmosphere-Transport must be websocket here".into()));
     }
-    let broadcaster = lab.atmosphere.lookup(lab, path)?;
+    let broadcaster = broadcasters.lookup(lab, path)?;
     Ok(Accepted {
         broadcaster,
         params,
@@ -69,12 +70,14 @@ pub struct Accepted {
 /// then the handshake every WebSocket endpoint shares (`ws::accept`).
 pub fn upgrade(
     lab: &Lab,
+    broadcasters: &Broadcasters,
     request: Request,
     path: &str,
     query: &crate::http::Query,
 ) -> io::Result<()> {
     let checked = check(
         lab,
+        broadcasters,
         path,
         query,
         request.header("Origin"),
@@ -84,17 +87,23 @@ pub fn upgrade(
         return Ok(()); // refused, and answered
     };
     let (socket, id, _place) = upgraded.into_websocket(crate::ws::config(lab.config.max_body));
-    serve(lab, socket, id, accepted)
+    serve(lab, broadcasters, socket, id, accepted)
 }
 
 /// One Atmosphere WebSocket, from the handshake message to the close.
-fn serve(lab: &Lab, socket: WebSocket<TcpStream>, id: u64, accepted: Accepted) -> io::Result<()> {
+fn serve(
+    lab: &Lab,
+    broadcasters: &Broadcasters,
+    socket: WebSocket<TcpStream>,
+    id: u64,
+    accepted: Accepted,
+) -> io::Result<()> {
     let Accepted {
         broadcaster,
         params,
     } = accepted;
     let counters = lab.count("atmosphere");
-    let attached = attach(lab, &broadcaster, &params);
+    let attached = attach(broadcasters, &broadcaster, &params);
     let (backlog, subscription) = attached.subscribe();
     let uuid = attached.resource.uuid.clone();
     log::debug!("ws {id} is atmosphere resource {uuid}");

@@ -159,7 +159,7 @@ impl Bayeux {
 }
 
 /// Step 1: `/cometd` and every path under it.
-pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("bayeux");
     let cors = lab.cors_with_credentials(&request);
     let headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -224,7 +224,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         "long-polling"
     };
     // 2, 3. Every message; a connect waits for its deliveries (BLOCKS, see hold_connect).
-    let replies = process(lab, batch, transport, &counters);
+    let replies = process(lab, bayeux, batch, transport, &counters);
     answer(
         request,
         200,
@@ -260,6 +260,7 @@ fn answer(
 /// Step 2: the batch's messages in order; a `/meta/connect` is held and answered last.
 fn process(
     lab: &Lab,
+    bayeux: &Bayeux,
     batch: Vec<Message>,
     transport: &str,
     counters: &LessonCounters,
@@ -277,13 +278,13 @@ fn process(
             continue;
         };
         if channel == "/meta/handshake" {
-            replies.push(handshake(lab, &message, transport));
+            replies.push(handshake(bayeux, &message, transport));
             continue;
         }
         let client = message
             .get("clientId")
             .and_then(Value::as_str)
-            .and_then(|id| lab.bayeux.client(id));
+            .and_then(|id| bayeux.client(id));
         let Some(client) = client else {
             replies.push(message::error(
                 &message,
@@ -305,22 +306,24 @@ fn process(
                 channel == "/meta/subscribe",
             )),
             "/meta/disconnect" => {
-                lab.bayeux.forget(&client, "disconnected");
+                bayeux.forget(&client, "disconnected");
                 replies.push(message::reply(&message, true));
             }
             meta if meta.starts_with("/meta/") => {
                 replies.push(message::error(&message, 400, "unknown meta channel", None))
             }
-            _ => replies.push(publish(lab, &client, &message, &channel)),
+            _ => replies.push(publish(lab, bayeux, &client, &message, &channel)),
         }
     }
     if let Some((client, message)) = connect {
-        replies.extend(hold_connect(lab, &client, &message, transport, counters));
+        replies.extend(hold_connect(
+            lab, bayeux, &client, &message, transport, counters,
+        ));
     }
     replies
 }
 
-fn handshake(lab: &Lab, message: &Message, transport: &str) -> Message {
+fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
     let offered: Vec<&str> = message
         .get("supportedConnectionTypes")
         .and_then(Value::as_array)
@@ -336,7 +339,7 @@ fn handshake(lab: &Lab, message: &Message, transport: &str) -> Message {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let (queue_tx, queue_rx) = bounded(QUEUE);
-    let settings = &lab.bayeux.settings;
+    let settings = &bayeux.settings;
     let client = Arc::new(Client {
         id: crate::lab::random_id(),
         queue_tx,
@@ -354,10 +357,8 @@ fn handshake(lab: &Lab, message: &Message, transport: &str) -> Message {
         }),
         feed: Mutex::new(None),
     });
-    lab.bayeux
-        .clients()
-        .insert(client.id.clone(), client.clone());
-    lab.bayeux.sweeper.ring();
+    bayeux.clients().insert(client.id.clone(), client.clone());
+    bayeux.sweeper.ring();
     log::debug!("bayeux client {} handshaken (acks: {acks})", client.id);
     let mut reply = message::reply(message, true);
     reply.insert("clientId".into(), json!(client.id));
@@ -425,7 +426,13 @@ fn subscribe(lab: &Lab, client: &Client, message: &Message, subscribing: bool) -
 
 /// A publish: to the hub on `/lab/events`, back to the sender on `/service/**`, to every
 /// matching subscriber elsewhere. Acked without `data`.
-fn publish(lab: &Lab, client: &Arc<Client>, message: &Message, channel: &str) -> Message {
+fn publish(
+    lab: &Lab,
+    bayeux: &Bayeux,
+    client: &Arc<Client>,
+    message: &Message,
+    channel: &str,
+) -> Message {
     if message::is_wildcard(channel) {
         return message::error(message, 400, "cannot publish to a wildcard channel", None);
     }
@@ -455,11 +462,11 @@ fn publish(lab: &Lab, client: &Arc<Client>, message: &Message, channel: &str) ->
     } else if channel.starts_with("/service/") {
         // A service answers the sender only: here, an echo.
         if !client.deliver(message::delivery(channel, data)) {
-            lab.bayeux.forget(client, "slow consumer");
+            bayeux.forget(client, "slow consumer");
         }
     } else {
         let delivery = message::delivery(channel, data);
-        let clients: Vec<Arc<Client>> = lab.bayeux.clients().values().cloned().collect();
+        let clients: Vec<Arc<Client>> = bayeux.clients().values().cloned().collect();
         for other in clients {
             let subscribed = other
                 .state()
@@ -467,7 +474,7 @@ fn publish(lab: &Lab, client: &Arc<Client>, message: &Message, channel: &str) ->
                 .iter()
                 .any(|s| message::matches(s, channel));
             if subscribed && !other.deliver(delivery.clone()) {
-                lab.bayeux.forget(&other, "slow consumer");
+                bayeux.forget(&other, "slow consumer");
             }
         }
     }
@@ -477,6 +484,7 @@ fn publish(lab: &Lab, client: &Arc<Client>, message: &Message, channel: &str) ->
 /// Step 3: the connect. **BLOCKS** (after the first) until a delivery or the timeout.
 fn hold_connect(
     lab: &Lab,
+    bayeux: &Bayeux,
     client: &Arc<Client>,
     message: &Message,
     transport: &str,
@@ -520,7 +528,7 @@ fn hold_connect(
     if !first && client_timeout != Some(0) {
         if let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) {
             log::debug!("bayeux client {} connect parked ({transport})", client.id);
-            let deadline = Instant::now() + lab.bayeux.settings.timeout;
+            let deadline = Instant::now() + bayeux.settings.timeout;
             deliveries = wait_for_deliveries(client, deadline);
         }
     }
@@ -534,7 +542,7 @@ fn hold_connect(
     let mut state = client.state();
     state.connect_held = false;
     state.connects += 1;
-    state.expires = Instant::now() + lab.bayeux.settings.max_interval;
+    state.expires = Instant::now() + bayeux.settings.max_interval;
     let mut reply = message::reply(message, !state.gone);
     if state.gone {
         reply.insert("error".into(), json!("402::Unknown client"));
@@ -543,7 +551,7 @@ fn hold_connect(
             json!({ "reconnect": "handshake", "interval": 0 }),
         );
     } else {
-        reply.insert("advice".into(), advice(&lab.bayeux.settings));
+        reply.insert("advice".into(), advice(&bayeux.settings));
     }
     let mut out: Vec<Message> = Vec::new();
     if state.acks {
@@ -562,7 +570,7 @@ fn hold_connect(
         out.extend(deliveries);
     }
     drop(state);
-    lab.bayeux.sweeper.ring();
+    bayeux.sweeper.ring();
     out.push(reply);
     out
 }
@@ -606,19 +614,17 @@ fn wait_for_deliveries(client: &Client, deadline: Instant) -> Vec<Message> {
 }
 
 /// Start the sweeper thread (once, with the lab).
-pub fn spawn_sweeper(lab: Arc<Lab>) -> io::Result<()> {
-    lab.clone()
-        .bayeux
-        .sweeper
-        .spawn("bayeux-sweeper", lab, sweep)
+pub fn spawn_sweeper(bayeux: Arc<Bayeux>) -> io::Result<()> {
+    let alarm = &bayeux.clone().sweeper;
+    alarm.spawn("bayeux-sweeper", move |wake| sweep(&bayeux, wake))
 }
 
 /// Step 5: expire clients that stopped connecting.
-fn sweep(lab: &Lab, wake: &Receiver<()>) {
+fn sweep(bayeux: &Bayeux, wake: &Receiver<()>) {
     loop {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(3600);
-        let clients: Vec<Arc<Client>> = lab.bayeux.clients().values().cloned().collect();
+        let clients: Vec<Arc<Client>> = bayeux.clients().values().cloned().collect();
         for client in clients {
             let state = client.state();
             if state.connect_held {
@@ -626,7 +632,7 @@ fn sweep(lab: &Lab, wake: &Receiver<()>) {
             }
             if state.expires <= now {
                 drop(state);
-                lab.bayeux.forget(&client, "no connect within maxInterval");
+                bayeux.forget(&client, "no connect within maxInterval");
             } else {
                 next = next.min(state.expires);
             }

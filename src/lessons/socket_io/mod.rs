@@ -272,7 +272,7 @@ fn refuse(
 }
 
 /// Step 1: everything on `/socket.io/` over HTTP.
-pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("socket_io");
     if *request.method() == Method::Options {
         return preflight(lab, request, &counters);
@@ -295,10 +295,10 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         if *request.method() != Method::Get {
             return refuse(lab, request, BAD_HANDSHAKE_METHOD, &counters);
         }
-        return handshake(lab, request, &counters);
+        return handshake(lab, socket_io, request, &counters);
     };
-    let Some(session) = lab.socket_io.session(sid) else {
-        if *request.method() == Method::Get && lab.socket_io.last_get(sid) {
+    let Some(session) = socket_io.session(sid) else {
+        if *request.method() == Method::Get && socket_io.last_get(sid) {
             // The GET that raced the client's own close: answered as if it had come first.
             let noop = EngineIoPacket::Noop.encode();
             return reply(
@@ -313,8 +313,8 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         return refuse(lab, request, UNKNOWN_SID, &counters);
     };
     match *request.method() {
-        Method::Get => poll(lab, request, &session, &counters),
-        Method::Post => post(lab, request, &session, &counters),
+        Method::Get => poll(lab, socket_io, request, &session, &counters),
+        Method::Post => post(lab, socket_io, request, &session, &counters),
         _ => refuse(lab, request, BAD_REQUEST, &counters),
     }
 }
@@ -329,13 +329,15 @@ fn preflight(lab: &Lab, request: Request, counters: &LessonCounters) -> io::Resu
 }
 
 /// The handshake: a new session, and its open packet as the answer.
-fn handshake(lab: &Lab, request: Request, counters: &LessonCounters) -> io::Result<()> {
-    let session = lab.socket_io.open(Transport::Polling);
+fn handshake(
+    lab: &Lab,
+    socket_io: &SocketIo,
+    request: Request,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let session = socket_io.open(Transport::Polling);
     log::debug!("socket.io session {} opened on polling", session.sid);
-    let open = lab
-        .socket_io
-        .open_packet(&session, Transport::Polling)
-        .encode();
+    let open = socket_io.open_packet(&session, Transport::Polling).encode();
     reply(
         lab,
         request,
@@ -349,6 +351,7 @@ fn handshake(lab: &Lab, request: Request, counters: &LessonCounters) -> io::Resu
 /// A held GET: the session's parked long poll.
 fn poll(
     lab: &Lab,
+    socket_io: &SocketIo,
     request: Request,
     session: &Arc<Session>,
     counters: &LessonCounters,
@@ -362,7 +365,7 @@ fn poll(
         }
         if state.pong_due.is_some_and(|due| due <= Instant::now()) {
             drop(state);
-            close(lab, session, Closer::Server, "ping timeout");
+            close(socket_io, session, Closer::Server, "ping timeout");
             return refuse(lab, request, UNKNOWN_SID, counters);
         }
         if state.upgrading {
@@ -386,7 +389,7 @@ fn poll(
             // Two GETs at once: the client is confused (or two tabs share a sid).
             drop(state);
             close(
-                lab,
+                socket_io,
                 session,
                 Closer::Server,
                 "a second GET while one was held",
@@ -409,7 +412,7 @@ fn poll(
     };
     log::debug!("socket.io {} GET parked", session.sid);
     let arrived = Instant::now();
-    let deadline = arrived + session::hold_limit(&lab.socket_io.settings);
+    let deadline = arrived + session::hold_limit(&socket_io.settings);
     // BLOCKS: until the outbox or the hub has something for this session, or the deadline.
     let delivery = session.wait_for_packets(deadline, true);
     session.state().polling_get = false;
@@ -437,6 +440,7 @@ fn poll(
 /// A POST: packets from the client, answered `ok`.
 fn post(
     lab: &Lab,
+    socket_io: &SocketIo,
     request: Request,
     session: &Arc<Session>,
     counters: &LessonCounters,
@@ -450,7 +454,7 @@ fn post(
         if state.polling_post {
             drop(state);
             close(
-                lab,
+                socket_io,
                 session,
                 Closer::Server,
                 "a second POST while one was read",
@@ -459,7 +463,7 @@ fn post(
         }
         state.polling_post = true;
     }
-    let body = http::read_body(&request, lab.socket_io.settings.max_payload);
+    let body = http::read_body(&request, socket_io.settings.max_payload);
     session.state().polling_post = false;
     let body = match body {
         Ok(body) => body,
@@ -469,7 +473,7 @@ fn post(
             } else {
                 "an unreadable body"
             };
-            close(lab, session, Closer::Server, why);
+            close(socket_io, session, Closer::Server, why);
             let error = if error.status == 413 {
                 TOO_LARGE
             } else {
@@ -481,13 +485,13 @@ fn post(
     let packets = match engine_io::decode_payload(&body) {
         Ok(packets) => packets,
         Err(e) => {
-            close(lab, session, Closer::Server, &e.to_string());
+            close(socket_io, session, Closer::Server, &e.to_string());
             return refuse(lab, request, BAD_REQUEST, counters);
         }
     };
     for packet in packets {
-        if let Err(why) = receive(lab, session, packet) {
-            close(lab, session, Closer::Server, &why);
+        if let Err(why) = receive(lab, socket_io, session, packet) {
+            close(socket_io, session, Closer::Server, &why);
             return refuse(lab, request, BAD_REQUEST, counters);
         }
     }
@@ -496,16 +500,21 @@ fn post(
 
 /// Step 3: one packet from the client, from either transport. `Err` is a protocol error:
 /// the caller closes the session.
-pub fn receive(lab: &Lab, session: &Arc<Session>, packet: EngineIoPacket) -> Result<(), String> {
+pub fn receive(
+    lab: &Lab,
+    socket_io: &SocketIo,
+    session: &Arc<Session>,
+    packet: EngineIoPacket,
+) -> Result<(), String> {
     match packet {
         EngineIoPacket::Pong(_) => {
             let mut state = session.state();
             state.pong_due = None;
-            state.next_ping = Instant::now() + lab.socket_io.settings.ping_interval;
+            state.next_ping = Instant::now() + socket_io.settings.ping_interval;
             Ok(())
         }
         EngineIoPacket::Close => {
-            close(lab, session, Closer::Client, "the client closed");
+            close(socket_io, session, Closer::Client, "the client closed");
             Ok(())
         }
         EngineIoPacket::Message(text) => {
@@ -521,7 +530,7 @@ pub fn receive(lab: &Lab, session: &Arc<Session>, packet: EngineIoPacket) -> Res
             if session.state().binary.is_some() {
                 return Err("a packet where an attachment was due".into());
             }
-            namespaces::receive(lab, session, packet, Vec::new())
+            namespaces::receive(lab, socket_io, session, packet, Vec::new())
         }
         EngineIoPacket::Binary(bytes) => {
             let complete = {
@@ -539,7 +548,7 @@ pub fn receive(lab: &Lab, session: &Arc<Session>, packet: EngineIoPacket) -> Res
             };
             match complete {
                 Some((packet, attachments)) => {
-                    namespaces::receive(lab, session, packet, attachments)
+                    namespaces::receive(lab, socket_io, session, packet, attachments)
                 }
                 None => Ok(()),
             }
@@ -559,7 +568,7 @@ pub fn receive(lab: &Lab, session: &Arc<Session>, packet: EngineIoPacket) -> Res
 }
 
 /// Step 5: end a session. Idempotent: the first caller wins.
-pub fn close(lab: &Lab, session: &Arc<Session>, closer: Closer, why: &str) {
+pub fn close(socket_io: &SocketIo, session: &Arc<Session>, closer: Closer, why: &str) {
     let sockets = {
         let mut state = session.state();
         if state.closed {
@@ -568,15 +577,15 @@ pub fn close(lab: &Lab, session: &Arc<Session>, closer: Closer, why: &str) {
         state.closed = true;
         let polling = state.transport == Transport::Polling && !state.upgrading;
         if closer == Closer::Client && polling && !state.polling_get {
-            lab.socket_io.remember_closed(&session.sid);
+            socket_io.remember_closed(&session.sid);
         }
         std::mem::take(&mut state.sockets)
     };
-    lab.socket_io.sessions().remove(&session.sid);
+    socket_io.sessions().remove(&session.sid);
     // A `/lab` socket not left on purpose (its DISCONNECT removes it) can be recovered.
     for (_, socket) in sockets {
         if let Some(pid) = socket.pid.clone() {
-            lab.socket_io.keep_for_recovery(pid, socket);
+            socket_io.keep_for_recovery(pid, socket);
         }
     }
     session.end(closer);
@@ -592,20 +601,20 @@ pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
 }
 
 /// Start the heartbeat thread (once, with the lab).
-pub fn spawn_heartbeat(lab: Arc<Lab>) -> io::Result<()> {
-    lab.clone()
-        .socket_io
-        .heartbeat
-        .spawn("socket.io-heartbeat", lab, heartbeat)
+pub fn spawn_heartbeat(socket_io: Arc<SocketIo>) -> io::Result<()> {
+    let alarm = &socket_io.clone().heartbeat;
+    alarm.spawn("socket.io-heartbeat", move |wake| {
+        heartbeat(&socket_io, wake)
+    })
 }
 
 /// Step 4: ping every session when due, close the silent ones.
-fn heartbeat(lab: &Lab, wake: &Receiver<()>) {
-    let settings = &lab.socket_io.settings;
+fn heartbeat(socket_io: &SocketIo, wake: &Receiver<()>) {
+    let settings = &socket_io.settings;
     loop {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(3600);
-        for session in lab.socket_io.all_sessions() {
+        for session in socket_io.all_sessions() {
             let mut state = session.state();
             if state.closed {
                 continue;
@@ -620,14 +629,14 @@ fn heartbeat(lab: &Lab, wake: &Receiver<()>) {
                 } else {
                     "no CONNECT within the connect timeout"
                 };
-                close(lab, &session, Closer::Server, why);
+                close(socket_io, &session, Closer::Server, why);
                 continue;
             }
             if state.pong_due.is_none() && state.next_ping <= now {
                 state.pong_due = Some(now + settings.ping_timeout);
                 drop(state);
                 if !session.send(vec![EngineIoPacket::Ping(String::new())]) {
-                    close(lab, &session, Closer::Server, "slow consumer");
+                    close(socket_io, &session, Closer::Server, "slow consumer");
                 }
                 state = session.state();
             }

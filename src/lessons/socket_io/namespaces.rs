@@ -14,6 +14,7 @@
 
 use super::packet::{Kind, Packet};
 use super::session::{Closer, Session, Socket};
+use super::SocketIo;
 use crate::lab::Lab;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -27,13 +28,14 @@ const MAX_NAME: usize = 32;
 /// One Socket.IO packet (with its attachments) from the client.
 pub fn receive(
     lab: &Lab,
+    socket_io: &SocketIo,
     session: &Arc<Session>,
     packet: Packet,
     attachments: Vec<Vec<u8>>,
 ) -> Result<(), String> {
     let namespace = packet.namespace.as_str();
     match packet.kind {
-        Kind::Connect => connect(lab, session, namespace, packet.data.clone()),
+        Kind::Connect => connect(lab, socket_io, session, namespace, packet.data.clone()),
         Kind::Disconnect => {
             let left = session.state().sockets.remove(namespace);
             if left.is_some() && namespace == "/lab" {
@@ -45,7 +47,7 @@ pub fn receive(
         Kind::Event | Kind::BinaryEvent => {
             let socket = session.state().sockets.get(namespace).cloned();
             match socket {
-                Some(socket) => event(lab, session, &socket, &packet, attachments),
+                Some(socket) => event(lab, socket_io, session, &socket, &packet, attachments),
                 // Socket.IO ignores events for a namespace the client has not joined.
                 None => Ok(()),
             }
@@ -61,6 +63,7 @@ pub fn receive(
             let said = json!({ "question": question, "answer": answer });
             send(
                 lab,
+                socket_io,
                 session,
                 &Packet::event(namespace, vec![json!("answered"), said], 0),
                 &[],
@@ -74,6 +77,7 @@ pub fn receive(
 /// CONNECT: join a namespace (or be refused with CONNECT_ERROR).
 fn connect(
     lab: &Lab,
+    socket_io: &SocketIo,
     session: &Arc<Session>,
     namespace: &str,
     auth: Option<Value>,
@@ -90,9 +94,10 @@ fn connect(
             rooms: BTreeSet::new(),
         };
         let answer = json!({ "sid": socket.id });
-        joined(lab, session, namespace, socket, answer);
+        joined(lab, socket_io, session, namespace, socket, answer);
         send(
             lab,
+            socket_io,
             session,
             &Packet::event(namespace, vec![json!("auth"), auth], 0),
             &[],
@@ -100,13 +105,14 @@ fn connect(
         return Ok(());
     }
     if namespace != "/lab" {
-        refuse_connect(lab, session, namespace, "Invalid namespace");
+        refuse_connect(lab, socket_io, session, namespace, "Invalid namespace");
         return Ok(());
     }
     let name = auth["name"].as_str().map(str::trim).unwrap_or("");
     if name.is_empty() || name.chars().count() > MAX_NAME {
         refuse_connect(
             lab,
+            socket_io,
             session,
             namespace,
             "a name (1 to 32 characters) is required",
@@ -115,8 +121,7 @@ fn connect(
     }
     // Recovery: a known pid and an offset the hub's ring still covers.
     let recovered = match (auth["pid"].as_str(), auth["offset"].as_str()) {
-        (Some(pid), Some(offset)) => lab
-            .socket_io
+        (Some(pid), Some(offset)) => socket_io
             .recover(pid)
             .zip(crate::http::whole_number(offset))
             .map(|(socket, offset)| (socket, offset.min(lab.hub.last_id()))),
@@ -155,7 +160,7 @@ fn connect(
         session.sid,
         socket.name
     );
-    joined(lab, session, namespace, socket, answer);
+    joined(lab, socket_io, session, namespace, socket, answer);
     if recovered && !backlog.events.is_empty() {
         // Every missed event, in order, as one group: before anything the feed brings.
         let group = backlog
@@ -164,7 +169,7 @@ fn connect(
             .map(|e| super::session::lab_event(e))
             .collect();
         if !session.send(group) {
-            super::close(lab, session, Closer::Server, "slow consumer");
+            super::close(socket_io, session, Closer::Server, "slow consumer");
         }
     }
     session.install_feed(subscription);
@@ -176,39 +181,64 @@ fn recovered_pid(auth: &Value, socket: &Socket) -> bool {
 }
 
 /// The socket joins `namespace`, and the CONNECT is answered with `answer`.
-fn joined(lab: &Lab, session: &Arc<Session>, namespace: &str, socket: Socket, answer: Value) {
+fn joined(
+    lab: &Lab,
+    socket_io: &SocketIo,
+    session: &Arc<Session>,
+    namespace: &str,
+    socket: Socket,
+    answer: Value,
+) {
     {
         let mut state = session.state();
         state.connect_due = None;
         state.sockets.insert(namespace.to_string(), socket);
     }
     let connected = Packet::new(Kind::Connect, namespace, Some(answer));
-    send(lab, session, &connected, &[]);
+    send(lab, socket_io, session, &connected, &[]);
 }
 
-fn refuse_connect(lab: &Lab, session: &Arc<Session>, namespace: &str, message: &str) {
+fn refuse_connect(
+    lab: &Lab,
+    socket_io: &SocketIo,
+    session: &Arc<Session>,
+    namespace: &str,
+    message: &str,
+) {
     log::debug!("socket.io {} refused {namespace}: {message}", session.sid);
     let error = Packet::new(
         Kind::ConnectError,
         namespace,
         Some(json!({ "message": message })),
     );
-    send(lab, session, &error, &[]);
+    send(lab, socket_io, session, &error, &[]);
 }
 
 /// Queue a packet; a client that does not read its outbox is closed.
-fn send(lab: &Lab, session: &Arc<Session>, packet: &Packet, attachments: &[Vec<u8>]) {
+fn send(
+    lab: &Lab,
+    socket_io: &SocketIo,
+    session: &Arc<Session>,
+    packet: &Packet,
+    attachments: &[Vec<u8>],
+) {
     if !session.emit(packet, attachments) {
         lab.stats
             .slow_consumers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        super::close(lab, session, Closer::Server, "slow consumer (outbox full)");
+        super::close(
+            socket_io,
+            session,
+            Closer::Server,
+            "slow consumer (outbox full)",
+        );
     }
 }
 
 /// An EVENT on a joined namespace.
 fn event(
     lab: &Lab,
+    socket_io: &SocketIo,
     session: &Arc<Session>,
     socket: &Socket,
     packet: &Packet,
@@ -221,6 +251,7 @@ fn event(
         if let Some(id) = packet.ack_id {
             send(
                 lab,
+                socket_io,
                 session,
                 &Packet::ack(namespace, id, reply, attachments.len()),
                 attachments,
@@ -233,7 +264,7 @@ fn event(
                 let mut back = vec![json!("message-back")];
                 back.extend(args);
                 let reply = Packet::event(namespace, back, attachments.len());
-                send(lab, session, &reply, &attachments);
+                send(lab, socket_io, session, &reply, &attachments);
             }
             "message-with-ack" => ack(args, &attachments),
             _ => {}
@@ -277,7 +308,7 @@ fn event(
             let reply = match (room, text) {
                 (Some(room), Some(text)) if socket.rooms.contains(&room) => {
                     let said = json!({ "room": room, "from": socket.name, "text": text });
-                    json!({ "delivered": say_to_room(lab, &room, &said) })
+                    json!({ "delivered": say_to_room(lab, socket_io, &room, &said) })
                 }
                 (Some(_), Some(_)) => json!({ "error": "join the room first" }),
                 _ => json!({ "error": "say takes {\"room\", \"text\"}" }),
@@ -290,7 +321,7 @@ fn event(
             let id = session.ask(question.clone());
             let mut asking = Packet::event("/lab", vec![json!("question"), question], 0);
             asking.ack_id = Some(id);
-            send(lab, session, &asking, &[]);
+            send(lab, socket_io, session, &asking, &[]);
             ack(vec![json!({ "asked": id })], &[]);
         }
         // Unknown events are ignored, as Socket.IO does with no listener.
@@ -305,17 +336,17 @@ fn room_name(text: &str) -> Option<String> {
 }
 
 /// `"said"` to every `/lab` socket in the room (the sender's too); how many got it.
-fn say_to_room(lab: &Lab, room: &str, said: &Value) -> usize {
+fn say_to_room(lab: &Lab, socket_io: &SocketIo, room: &str, said: &Value) -> usize {
     let packet = Packet::event("/lab", vec![json!("said"), said.clone()], 0);
     let mut delivered = 0;
-    for member in lab.socket_io.all_sessions() {
+    for member in socket_io.all_sessions() {
         let in_room = member
             .state()
             .sockets
             .get("/lab")
             .is_some_and(|s| s.rooms.contains(room));
         if in_room {
-            send(lab, &member, &packet, &[]);
+            send(lab, socket_io, &member, &packet, &[]);
             delivered += 1;
         }
     }

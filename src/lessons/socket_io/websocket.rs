@@ -19,7 +19,7 @@
 //! options over the connection's when it creates that transport).
 
 use super::session::{hold_limit, Closer, Session, Transport};
-use super::EngineIoPacket;
+use super::{EngineIoPacket, SocketIo};
 use crate::connection::Request;
 use crate::http::Query;
 use crate::lab::Lab;
@@ -54,6 +54,7 @@ pub enum Accepted {
 /// socket with the same sid is a spare).
 pub fn check(
     lab: &Lab,
+    socket_io: &SocketIo,
     query: &Query,
     origin: Option<&str>,
     host: Option<&str>,
@@ -70,8 +71,7 @@ pub fn check(
     let Some(sid) = query.get("sid") else {
         return Ok(Accepted::New);
     };
-    let session = lab
-        .socket_io
+    let session = socket_io
         .session(sid)
         .ok_or((400, "Session ID unknown".to_string()))?;
     let mut state = session.state();
@@ -91,24 +91,26 @@ enum Probe {
     Upgraded,
 }
 
-fn config(lab: &Lab) -> WebSocketConfig {
-    crate::ws::config(lab.socket_io.settings.max_payload)
+fn config(socket_io: &SocketIo) -> WebSocketConfig {
+    crate::ws::config(socket_io.settings.max_payload)
 }
 
 /// `/socket.io/` with `Upgrade: websocket` (the server's upgrade `match`): our checks, then
 /// the handshake every WebSocket endpoint shares (`ws::accept`).
-pub fn upgrade(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
-    let checked = check(lab, query, request.header("Origin"), request.header("Host"));
+pub fn upgrade(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) -> io::Result<()> {
+    let (origin, host) = (request.header("Origin"), request.header("Host"));
+    let checked = check(lab, socket_io, query, origin, host);
     let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
     };
     let (socket, id, _place) = upgraded.into_websocket(crate::ws::config(lab.config.max_body));
-    serve(lab, socket, id, accepted)
+    serve(lab, socket_io, socket, id, accepted)
 }
 
 /// One Socket.IO WebSocket: a new session, the upgrade of a polling one, or a spare.
 fn serve(
     lab: &Lab,
+    socket_io: &SocketIo,
     mut socket: WebSocket<TcpStream>,
     id: u64,
     accepted: Accepted,
@@ -125,8 +127,8 @@ fn serve(
             return Ok(());
         }
         Accepted::New => {
-            let session = lab.socket_io.open(Transport::WebSocket);
-            let open = lab.socket_io.open_packet(&session, Transport::WebSocket);
+            let session = socket_io.open(Transport::WebSocket);
+            let open = socket_io.open_packet(&session, Transport::WebSocket);
             session.send(vec![open]);
             session
         }
@@ -139,8 +141,9 @@ fn serve(
     let read_half = socket.get_ref().try_clone()?;
     let write_half = socket.get_ref().try_clone()?;
     drop(socket);
-    let reader = WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config(lab)));
-    let writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(config(lab)));
+    let reader =
+        WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config(socket_io)));
+    let writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(config(socket_io)));
     let (to_writer, from_reader) = unbounded();
     let session = &session;
     let counters = &counters;
@@ -150,12 +153,19 @@ fn serve(
             .spawn_scoped(scope, move || {
                 let _thread = lab.stats.websocket_threads.enter();
                 let mut writer = writer;
-                let why =
-                    write_packets(lab, &mut writer, session, upgrading, &from_reader, counters);
+                let why = write_packets(
+                    lab,
+                    socket_io,
+                    &mut writer,
+                    session,
+                    upgrading,
+                    &from_reader,
+                    counters,
+                );
                 log::debug!("ws {id} (socket.io) writer done: {why}");
                 let _ = writer.get_ref().shutdown(Shutdown::Write);
             })?;
-        read_packets(lab, reader, session, upgrading, to_writer, id);
+        read_packets(lab, socket_io, reader, session, upgrading, to_writer, id);
         // BLOCKS: until the writer has written its last frame.
         let _ = writer_thread.join();
         Ok(())
@@ -166,6 +176,7 @@ fn serve(
 /// the upgrade, which are this transport's own business.
 fn read_packets(
     lab: &Lab,
+    socket_io: &SocketIo,
     mut socket: WebSocket<ReadOnly>,
     session: &Arc<Session>,
     mut upgrading: bool,
@@ -182,7 +193,7 @@ fn read_packets(
             Ok(_) => continue,
             Err(tungstenite::Error::Capacity(e)) => {
                 super::close(
-                    lab,
+                    socket_io,
                     session,
                     Closer::Server,
                     &format!("over maxPayload: {e}"),
@@ -195,7 +206,7 @@ fn read_packets(
             Ok(packet) => packet,
             Err(e) if upgrading => break e.to_string(),
             Err(e) => {
-                super::close(lab, session, Closer::Server, &e.to_string());
+                super::close(socket_io, session, Closer::Server, &e.to_string());
                 return drain(socket.get_mut(), id);
             }
         };
@@ -218,8 +229,8 @@ fn read_packets(
             }
             continue;
         }
-        if let Err(why) = super::receive(lab, session, packet) {
-            super::close(lab, session, Closer::Server, &why);
+        if let Err(why) = super::receive(lab, socket_io, session, packet) {
+            super::close(socket_io, session, Closer::Server, &why);
             return drain(socket.get_mut(), id);
         }
     };
@@ -228,7 +239,7 @@ fn read_packets(
         // The probe failed: the session goes on polling, as if this socket never came.
         session.settle_upgrade(false);
     } else {
-        super::close(lab, session, Closer::Client, &ending);
+        super::close(socket_io, session, Closer::Client, &ending);
     }
     // Dropping `to_writer` tells a writer still waiting for the upgrade.
 }
@@ -236,6 +247,7 @@ fn read_packets(
 /// The writer (`ws-N-writer`): the probe's answer, then the session's packets.
 fn write_packets(
     lab: &Lab,
+    socket_io: &SocketIo,
     socket: &mut WebSocket<TcpStream>,
     session: &Arc<Session>,
     upgrading: bool,
@@ -263,7 +275,7 @@ fn write_packets(
         // A GET that was held until now hands the feed over; the writer picks it up.
     }
     loop {
-        let deadline = Instant::now() + hold_limit(&lab.socket_io.settings);
+        let deadline = Instant::now() + hold_limit(&socket_io.settings);
         // BLOCKS: until the outbox or the hub has something for this session.
         let delivery = session.wait_for_packets(deadline, false);
         counters.delivered(delivery.events);
@@ -276,7 +288,7 @@ fn write_packets(
             };
             let bytes = message.len();
             if let Err(e) = socket.send(message) {
-                super::close(lab, session, Closer::Client, "a write failed");
+                super::close(socket_io, session, Closer::Client, "a write failed");
                 if let tungstenite::Error::Io(io) = &e {
                     if crate::http::is_write_timeout(io) {
                         lab.stats

@@ -23,7 +23,7 @@
 //! 3. Otherwise take a place under `--max-parked` (or answer 503 with `Retry-After`) and
 //!    *park*: the thread sleeps on the hub's bell, holding the request. (With
 //!    `--parking queue` the request goes to the waiting room instead and the thread goes back
-//!    to the pool: see `crate::waiting_room`.)
+//!    to the pool: see `waiting_room`.)
 //! 4. Wake on an event or the deadline. A parked thread is not reading its socket, so it
 //!    wakes once a second too, and looks (`Request::client_left`): a client that closed its
 //!    connection is answered at once, as at the deadline, and the thread is free.
@@ -46,6 +46,8 @@
 //! <http://127.0.0.1:8080/lessons/long_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll?timeout=60'` and publish from another shell.
 
+pub mod waiting_room;
+
 use crate::connection::{request_label, Request};
 use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, ClientLeft, Subscription, Wake};
@@ -55,12 +57,13 @@ use crate::stats::{Held, LessonCounters};
 use crate::ParkingMode;
 use std::io;
 use std::time::{Duration, Instant};
+use waiting_room::WaitingRoom;
 
-pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
     // 1–3. Read the input; answer at once if events are waiting, else park.
     let answer = Answer::new(AnswerForm::Json);
-    match park(lab, request, query, answer.clone(), &counters) {
+    match park(lab, room, request, query, answer.clone(), &counters) {
         // 5. (Events were already waiting.)
         Parking::Ready(request, backlog, cursor) => {
             answer.write(request, &backlog, cursor, &counters)
@@ -200,6 +203,7 @@ pub enum Parking<'lab> {
 /// events already waiting, park, or refuse.
 pub fn park<'lab>(
     lab: &'lab Lab,
+    room: &WaitingRoom,
     request: Request,
     query: &Query,
     answer: Answer,
@@ -237,7 +241,6 @@ pub fn park<'lab>(
     let deadline = Instant::now() + Duration::from_secs(timeout);
     if lab.config.parking == ParkingMode::Queue {
         drop(subscription); // the dispatcher's one subscription serves the whole room
-        let room = &lab.waiting_room;
         return room.hold(lab, request, cursor, deadline, answer, counters.clone());
     }
     // ...or on this thread.

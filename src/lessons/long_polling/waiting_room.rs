@@ -33,11 +33,11 @@
 //! fresh sockets, but one client whose socket buffer is full would stall the rest (a real
 //! server would write without blocking).
 
+use super::{Answer, Parking};
 use crate::connection::Request;
 use crate::http::HttpError;
 use crate::hub::Wake;
 use crate::lab::Lab;
-use crate::lessons::long_polling::{Answer, Parking};
 use crate::stats::LessonCounters;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -136,8 +136,7 @@ impl WaitingRoom {
 }
 
 /// Step 2: the `dispatcher` thread, started by the server in `--parking queue` mode.
-pub fn dispatch(lab: Arc<Lab>) {
-    let room = &lab.waiting_room;
+pub fn dispatch(lab: Arc<Lab>, room: Arc<WaitingRoom>) {
     let (_, mut subscription) = lab.hub.subscribe_with_channel(lab.hub.last_id());
     loop {
         let deadline = room.earliest_deadline();
