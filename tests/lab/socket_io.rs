@@ -2,7 +2,7 @@
 //! the official `socket.io-client` from npm in Node (`tests/node/socket_io.mjs`) and in
 //! Chromium, and the lesson page.
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::{start_lab_with, stats, wait_until, ChildLab};

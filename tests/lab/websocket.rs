@@ -1,6 +1,6 @@
 //! WebSocket: push, client publish, limits, Origin, pings, close, resume, and threads freed.
 
-mod common;
+use crate::common;
 
 use common::{
     browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,

@@ -1,6 +1,6 @@
 //! Every technique side by side: the compare page runs a client of every lesson in one tab.
 
-mod common;
+use crate::common;
 
 use common::{browser::Browser, start_lab, stats, wait_until};
 

@@ -1,6 +1,6 @@
 //! The foundation every lesson stands on: publishing, /stats, pages, and bad input.
 
-mod common;
+use crate::common;
 
 use common::{start_lab, start_lab_with, stats, wait_for_baseline, wait_until};
 use reverse_ajax_lab::client::{get, post, request};

@@ -1,6 +1,6 @@
 //! Multipart streaming: one MIME part per event, closed by the next boundary.
 
-mod common;
+use crate::common;
 
 use common::{browser::Browser, deadline, marker, start_lab, stats, wait_until};
 use reverse_ajax_lab::client::{publish, Stream};

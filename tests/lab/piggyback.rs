@@ -1,6 +1,6 @@
 //! Piggyback polling: events come only on the back of a real request.
 
-mod common;
+use crate::common;
 
 use common::{browser::Browser, ids, marker, start_lab};
 use reverse_ajax_lab::client::{post, publish};

@@ -2,7 +2,7 @@
 //! from the cache after a drop, the refused WebSocket on the HTTP port, bad input, the
 //! WebSocket port; the official atmosphere.js in Node and in Chromium; the lesson page.
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::{deadline, start_lab_with, stats, wait_until};

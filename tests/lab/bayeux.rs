@@ -2,7 +2,7 @@
 //! subscriptions with wildcards, publishing, errors, the ack extension, expiry), then the
 //! official `cometd` client in Node (`tests/node/bayeux.mjs`) and in Chromium, and the page.
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::{start_lab_with, stats, wait_until};

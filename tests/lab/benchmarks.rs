@@ -6,7 +6,7 @@
 //! The examples are built by the test command (`scripts/test` runs `cargo build --examples`
 //! first); run alone, `cargo build --examples && cargo test --test benchmarks`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! HTTP polling: the claims of `src/lessons/polling.rs`, over real sockets.
 
-mod common;
+use crate::common;
 
 use common::{browser::Browser, ids, marker, start_lab, stats, wait_for_baseline};
 use reverse_ajax_lab::client::{get, publish};

@@ -1,6 +1,6 @@
 //! XHR long polling: parked requests, woken by events, bounded by deadlines and a limit.
 
-mod common;
+use crate::common;
 
 use common::{
     browser::Browser, ids, marker, start_lab, start_lab_with, stats, wait_for_baseline, wait_until,

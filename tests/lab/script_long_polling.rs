@@ -1,6 +1,6 @@
 //! Script-tag long polling: held script requests, validated callbacks, cross-origin pages.
 
-mod common;
+use crate::common;
 
 use common::{
     assert_is_script, browser::Browser, marker, start_lab, stats, wait_for_baseline, wait_until,

@@ -3,7 +3,7 @@
 //! a test can be a student's laptop: a browser at `http://127.0.0.2:PORT`, and clients whose
 //! packets come *from* other addresses (their sockets bound there before connecting).
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::{start_lab_with, wait_until};

@@ -3,7 +3,7 @@
 //! `Expect: 100-continue`, HTTP/1.0, and the timeouts. Every refusal changes nothing and the
 //! lab lives on.
 
-mod common;
+use crate::common;
 
 use common::{start_lab, start_lab_with, stats, wait_until};
 use reverse_ajax_lab::client;

@@ -1,6 +1,6 @@
 //! CORS: the lab's own origins may read across origins; others may not; preflights answered.
 
-mod common;
+use crate::common;
 
 use common::{browser::Browser, ids, marker, start_lab};
 use reverse_ajax_lab::client::{publish, request};

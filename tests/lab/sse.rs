@@ -1,6 +1,6 @@
 //! Server-Sent Events: framing, resume from Last-Event-ID, and EventSource in Chromium.
 
-mod common;
+use crate::common;
 
 use common::{
     browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,

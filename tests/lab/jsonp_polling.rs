@@ -1,6 +1,6 @@
 //! JSONP polling: the answer is a script calling a validated callback, across origins.
 
-mod common;
+use crate::common;
 
 use common::{assert_is_script, browser::Browser, marker, start_lab};
 use reverse_ajax_lab::client::{get, publish};

@@ -1,6 +1,6 @@
 //! Fetch streaming: one NDJSON line per event, each its own chunk, flushed at once.
 
-mod common;
+use crate::common;
 
 use common::{
     browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,

@@ -2,7 +2,7 @@
 //! against the real binary with a small descriptor limit (`--max-fds`), so each test's
 //! numbers are the lab's alone.
 
-mod common;
+use crate::common;
 
 use common::{wait_until, ChildLab};
 use reverse_ajax_lab::client::{get, Stream};

@@ -40,7 +40,7 @@ fn every_lesson_has_its_module_page_example_tests_and_chapter() {
         for part in [
             format!("html/{name}.html"),
             format!("examples/{name}.rs"),
-            format!("tests/{name}.rs"),
+            format!("tests/lab/{name}.rs"),
         ] {
             if !root().join(&part).is_file() {
                 missing.push(part);

@@ -1,7 +1,7 @@
 //! Pushlets: sessions, subjects, the three modes of the data channel, both formats, the
 //! original's unescaped script output and ours, expiry; the page in Chromium.
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::{start_lab_with, stats, wait_until};

@@ -1,6 +1,6 @@
 //! Forever iframe: an endless HTML page, one escaped script per event.
 
-mod common;
+use crate::common;
 
 use common::{
     browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,

@@ -2,7 +2,7 @@
 //! between them losing nothing, Redis killed and restarted mid-stream, a slow broker, a lab
 //! that joins late; Socket.IO's sessions need the lab that made them; the page in Chromium.
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::{deadline, ids, start_lab_with, stats, wait_until, RedisServer};

@@ -1,7 +1,7 @@
 //! The buffering trap: a response written through an 8 KiB buffer holds small events until the stream ends,
 //! while the hand-framed stream delivers each at once.
 
-mod common;
+use crate::common;
 
 use common::{browser::Browser, deadline, marker, start_lab, stats, wait_for_baseline, wait_until};
 use reverse_ajax_lab::client::{self, publish, Stream};
