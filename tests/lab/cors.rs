@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{browser::Browser, ids, marker, start_lab};
+use common::{browser::Browser, ids, start_lab};
 use reverse_ajax_lab::client::{publish, request};
 
 /// What Chromium sends before the page's fetch with its `X-Lab-Client` header.
@@ -118,9 +118,7 @@ fn page_reads_across_origins_in_chromium() {
     let mut page = browser.open(&url);
     page.wait_for_log("blocked: no Access-Control-Allow-Origin");
     page.wait_for_log("[client] no event");
-    let text = marker("cors");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(lab.addr(), &mut page, None, "cors");
     // The custom header makes the browser preflight: one for `/events/cors`, one for
     // `?since=0` two seconds later, so two within three seconds of the page opening...
     let count = |lesson: &str| {

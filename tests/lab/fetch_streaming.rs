@@ -3,8 +3,7 @@
 use crate::common;
 
 use common::{
-    browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
-    wait_until,
+    browser::Browser, deadline, start_lab, start_lab_with, stats, wait_for_baseline, wait_until,
 };
 use reverse_ajax_lab::client::{get, publish, Stream};
 use std::time::Duration;
@@ -87,12 +86,7 @@ fn page_reads_the_stream_in_chromium() {
     let lab = start_lab();
     let browser = Browser::launch();
     let mut page = browser.open(&lab.url("/lessons/fetch_streaming"));
-    wait_until("the page's stream is open", || {
-        stats(lab.addr())["streams"] == 1
-    });
-    let text = marker("ndjson");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("streams"), "ndjson");
 }
 
 /// From a cursor the ring has moved past: a `{"missed": k}` line first, then what it kept.

@@ -3,8 +3,7 @@
 use crate::common;
 
 use common::{
-    browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
-    wait_until,
+    browser::Browser, deadline, start_lab, start_lab_with, stats, wait_for_baseline, wait_until,
 };
 use reverse_ajax_lab::client::{publish, Stream};
 use std::time::Duration;
@@ -65,12 +64,7 @@ fn page_runs_each_script_as_it_arrives_in_chromium() {
     let browser = Browser::launch();
     let mut page = browser.open(&lab.url("/lessons/forever_iframe"));
     page.wait_for_log("[client] iframe connecting");
-    wait_until("the iframe's stream is open", || {
-        stats(lab.addr())["streams"] == 1
-    });
-    let text = marker("iframe");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("streams"), "iframe");
     // Hostile data stays data: shown as text, never run.
     publish(lab.addr(), "</script><script>parent.pwned=1</script>").unwrap();
     page.wait_for_log("[event] </script><script>parent.pwned=1</script>");

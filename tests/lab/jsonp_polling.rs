@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{assert_is_script, browser::Browser, marker, start_lab};
+use common::{assert_is_script, browser::Browser, start_lab};
 use reverse_ajax_lab::client::{get, publish};
 
 #[test]
@@ -59,7 +59,5 @@ fn page_polls_cross_origin_in_chromium() {
     let mut page = browser.open(&url);
     page.wait_for_log("blocked by the same-origin policy");
     page.wait_for_log("[client] no event");
-    let text = marker("jsonp");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(lab.addr(), &mut page, None, "jsonp");
 }

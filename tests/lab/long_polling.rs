@@ -155,12 +155,7 @@ fn page_shows_events_in_chromium() {
     let browser = Browser::launch();
     let mut page = browser.open(&lab.url("/lessons/long_polling"));
     page.wait_for_log("[client] request #1 waiting...");
-    wait_until("the page's request is parked", || {
-        stats(lab.addr())["parked"] == 1
-    });
-    let text = marker("long");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("parked"), "long");
     page.wait_for_log("[client] request #2 waiting...");
 }
 

@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{browser::Browser, deadline, marker, start_lab, stats, wait_until};
+use common::{browser::Browser, deadline, start_lab, stats, wait_until};
 use reverse_ajax_lab::client::{publish, Stream};
 
 #[test]
@@ -67,12 +67,12 @@ fn page_reads_the_parts_with_fetch_in_chromium() {
     let lab = start_lab();
     let browser = Browser::launch();
     let mut page = browser.open(&lab.url("/lessons/multipart_streaming"));
-    wait_until("the page's stream is open", || {
-        stats(lab.addr())["streams"] == 1
-    });
-    let text = marker("multipart");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(
+        lab.addr(),
+        &mut page,
+        Some("streams"),
+        "multipart",
+    );
 }
 
 /// From a cursor the ring has moved past: a `{"missed": k}` part first, then what it kept.

@@ -116,9 +116,7 @@ fn page_shows_events_in_chromium() {
     let browser = Browser::launch();
     let mut page = browser.open(&lab.url("/lessons/polling"));
     page.wait_for_log("[client] no event");
-    let text = marker("polled");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(lab.addr(), &mut page, None, "polled");
     page.wait_for_log("[client] 1 events");
 }
 

@@ -2,9 +2,7 @@
 
 use crate::common;
 
-use common::{
-    assert_is_script, browser::Browser, marker, start_lab, stats, wait_for_baseline, wait_until,
-};
+use common::{assert_is_script, browser::Browser, start_lab, stats, wait_for_baseline, wait_until};
 use reverse_ajax_lab::client::{get, publish};
 use std::thread;
 
@@ -76,11 +74,6 @@ fn page_chains_script_tags_cross_origin_in_chromium() {
     let url = common::on_localhost(&lab, "/lessons/script_long_polling");
     let mut page = browser.open(&url);
     page.wait_for_log("[client] script #1 waiting...");
-    wait_until("the page's script is parked", || {
-        stats(lab.addr())["parked"] == 1
-    });
-    let text = marker("script");
-    publish(lab.addr(), &text).unwrap();
-    page.wait_for_log(&format!("[event] {text}"));
+    common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("parked"), "script");
     page.wait_for_log("[client] script #2 waiting...");
 }

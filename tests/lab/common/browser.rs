@@ -241,3 +241,24 @@ impl Page {
         }
     }
 }
+
+/// What every lesson page's test in Chromium checks in the end: wait until the lab holds the
+/// page's connection (`held`: "parked", "streams" or "subscribers" in `/stats`, at least
+/// one; `None` for a page that polls), publish a marker named `name`, and wait for the page
+/// to log `[event] <marker>`. Returns the marker.
+pub fn page_shows_a_published_event(
+    addr: SocketAddr,
+    page: &mut Page,
+    held: Option<&str>,
+    name: &str,
+) -> String {
+    if let Some(held) = held {
+        super::wait_until(&format!("the page's connection is held ({held})"), || {
+            super::stats(addr)[held].as_u64().unwrap_or(0) >= 1
+        });
+    }
+    let text = super::marker(name);
+    client::publish(addr, &text).unwrap();
+    page.wait_for_log(&format!("[event] {text}"));
+    text
+}
