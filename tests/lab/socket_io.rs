@@ -40,6 +40,15 @@ fn send(addr: SocketAddr, sid: &str, body: &str) -> reverse_ajax_lab::client::Re
     post(addr, &path, "text/plain;charset=UTF-8", body).unwrap()
 }
 
+/// A lab, and a polling session that has joined `/lab` as `name`.
+fn joined_lab(name: &str) -> (RunningLab, String) {
+    let lab = lab();
+    let sid = handshake(lab.addr());
+    send(lab.addr(), &sid, &format!(r#"40/lab,{{"name":"{name}"}}"#));
+    poll_until(lab.addr(), &sid, "40/lab,");
+    (lab, sid)
+}
+
 /// Poll until an answer holds `needle` (pings are answered on the way); the answers seen.
 fn poll_until(addr: SocketAddr, sid: &str, needle: &str) -> String {
     let end = Instant::now() + Duration::from_secs(20);
@@ -223,7 +232,8 @@ fn malformed_packets_end_only_their_own_session() {
         "4abc",                           // an unknown Socket.IO type
         "42{}",                           // an event that is not an array
         r#"42abc["message-with-ack",1]"#, // an ack id that is not a number
-        "43/lab,99[1]",                   // an ACK for no question asked
+        r#"511-["message"]"#,             // more attachments than maxAttachments (10)
+        r#"42/custom,["message"]"#,       // an event for a namespace not joined
         "9",                              // an unknown Engine.IO type
         "b!!!",                           // bad base64
         "5",                              // an upgrade over polling
@@ -249,6 +259,62 @@ fn malformed_packets_end_only_their_own_session() {
     // The bystander never noticed.
     assert_eq!(stats(addr)["socket_io_sessions"], 1);
     poll_until(addr, &bystander, "40/lab,");
+}
+
+/// The server asks (`ask-me`), the client's ack answers. An ack for no question waiting is
+/// ignored, as the real server does, and at most 16 questions wait at once: the next
+/// `ask-me` is refused in its ack instead of growing the session's list.
+#[test]
+fn acks_for_no_question_are_ignored_and_waiting_questions_are_bounded() {
+    let (lab, sid) = joined_lab("asker");
+    let addr = lab.addr();
+    // An ack nobody asked for: ignored, and the session lives on.
+    assert_eq!(send(addr, &sid, "43/lab,99[1]").status, 200);
+    // Sixteen questions, never answered: each asked, its ack says so.
+    for n in 1..=16 {
+        send(
+            addr,
+            &sid,
+            &format!(r#"42/lab,{n}["ask-me","question {n}"]"#),
+        );
+        poll_until(addr, &sid, &format!(r#"43/lab,{n}[{{"asked":"#));
+    }
+    // The seventeenth is refused: the list does not grow.
+    send(addr, &sid, r#"42/lab,17["ask-me","one too many"]"#);
+    let seen = poll_until(addr, &sid, "43/lab,17[");
+    assert!(
+        seen.contains("questions are waiting for your answers"),
+        "{seen}"
+    );
+    // Answering one (the server asked with ack id 1) makes room again, and comes back.
+    send(addr, &sid, r#"43/lab,1["my answer"]"#);
+    poll_until(addr, &sid, "my answer");
+    send(addr, &sid, r#"42/lab,18["ask-me","room again"]"#);
+    poll_until(addr, &sid, r#"43/lab,18[{"asked":"#);
+    assert_eq!(stats(addr)["socket_io_sessions"], 1, "it lived through it");
+}
+
+/// Rooms per socket are bounded (32), and the join ack names the room and the count, never
+/// the whole list (at 480 rooms one answer was 611 KB).
+#[test]
+fn rooms_per_socket_are_bounded_and_the_join_ack_stays_small() {
+    let (lab, sid) = joined_lab("roomy");
+    let addr = lab.addr();
+    for n in 1..=32 {
+        send(addr, &sid, &format!(r#"42/lab,{n}["join","room {n}"]"#));
+        let seen = poll_until(addr, &sid, &format!("43/lab,{n}["));
+        assert!(seen.contains(&format!(r#""rooms":{n}"#)), "{seen}");
+    }
+    send(addr, &sid, r#"42/lab,33["join","room 33"]"#);
+    let seen = poll_until(addr, &sid, "43/lab,33[");
+    assert!(seen.contains("at most 32 rooms per socket"), "{seen}");
+    // Joining one it is in already is fine; leaving makes room.
+    send(addr, &sid, r#"42/lab,34["leave","room 1"]"#);
+    let seen = poll_until(addr, &sid, "43/lab,34[");
+    assert!(seen.contains(r#""room":"room 1","rooms":31"#), "{seen}");
+    send(addr, &sid, r#"42/lab,35["join","room 33"]"#);
+    let seen = poll_until(addr, &sid, "43/lab,35[");
+    assert!(seen.contains(r#""rooms":32"#), "{seen}");
 }
 
 #[test]

@@ -83,7 +83,8 @@ const scenarios = {
   // An emit to a room reaches its members only.
   async rooms() {
     const [a, b, c] = await Promise.all([lab(), lab(), lab()].map((s) => connected(s, true)));
-    await a.emitWithAck("join", "r1");
+    const joined = await a.emitWithAck("join", "r1");
+    check(joined.room === "r1" && joined.rooms === 1, `join ack ${JSON.stringify(joined)}`);
     await b.emitWithAck("join", "r1");
     await c.emitWithAck("join", "r2");
     const cGot = [];
@@ -100,7 +101,7 @@ const scenarios = {
     await cHears;
     check(cGot.length === 1 && cGot[0].room === "r2", `c got ${JSON.stringify(cGot)}`);
     const left = await b.emitWithAck("leave", "r1");
-    check(left.rooms.length === 0, `rooms after leaving ${JSON.stringify(left)}`);
+    check(left.room === "r1" && left.rooms === 0, `rooms after leaving ${JSON.stringify(left)}`);
     const again = await a.emitWithAck("say", { room: "r1", text: "alone" });
     check(again.delivered === 1, `after b left, delivered to ${again.delivered}`);
     const refused = await c.emitWithAck("say", { room: "r1", text: "not a member" });

@@ -11,9 +11,12 @@
 //!   `"message-back"` and the same arguments (attachments too), `"message-with-ack"` is acked
 //!   with its arguments.
 //! - Any other namespace: CONNECT_ERROR `{"message": "Invalid namespace"}`.
+//!
+//! Any packet but CONNECT for a namespace the client has not joined is a protocol error: the
+//! real server closes the connection ("invalid state"), and so does this one.
 
 use super::packet::{Kind, Packet};
-use super::session::{Closer, Session, Socket};
+use super::session::{Closer, Session, Socket, MAX_ASKED};
 use super::SocketIo;
 use crate::lab::Lab;
 use serde_json::{json, Value};
@@ -24,6 +27,8 @@ use std::sync::Arc;
 const REFERENCE_NAMESPACES: &[&str] = &["/", "/custom"];
 /// Longest chat name and room name.
 const MAX_NAME: usize = 32;
+/// Rooms one `/lab` socket may be in at once.
+const MAX_ROOMS: usize = 32;
 
 /// One Socket.IO packet (with its attachments) from the client.
 pub fn receive(
@@ -34,6 +39,12 @@ pub fn receive(
     attachments: Vec<Vec<u8>>,
 ) -> Result<(), String> {
     let namespace = packet.namespace.as_str();
+    let joined = session.state().sockets.contains_key(namespace);
+    if !joined && !matches!(packet.kind, Kind::Connect | Kind::ConnectError) {
+        return Err(format!(
+            "a packet for {namespace}, which this client has not joined"
+        ));
+    }
     match packet.kind {
         Kind::Connect => connect(lab, socket_io, session, namespace, packet.data.clone()),
         Kind::Disconnect => {
@@ -48,17 +59,20 @@ pub fn receive(
             let socket = session.state().sockets.get(namespace).cloned();
             match socket {
                 Some(socket) => event(lab, socket_io, session, &socket, &packet, attachments),
-                // Socket.IO ignores events for a namespace the client has not joined.
-                None => Ok(()),
+                None => Err(format!("an event for {namespace}, which this client left")),
             }
         }
         Kind::Ack | Kind::BinaryAck => {
             let id = packet.ack_id.ok_or("an ACK without an id")?;
-            let question = session
-                .state()
-                .asked
-                .remove(&id)
-                .ok_or_else(|| format!("an ACK {id} for no question asked"))?;
+            // An ack for no question waiting (never asked, answered already, or forgotten
+            // after `ASK_TIMEOUT`) is ignored, as the real server's `onack` does.
+            let Some((question, _)) = session.state().asked.remove(&id) else {
+                log::debug!(
+                    "socket.io {} ACK {id} for no question waiting: ignored",
+                    session.sid
+                );
+                return Ok(());
+            };
             let answer = packet.args().into_iter().next().unwrap_or(Value::Null);
             let said = json!({ "question": question, "answer": answer });
             send(
@@ -288,12 +302,18 @@ fn event(
                 Some(room) => {
                     let mut state = session.state();
                     let socket = state.sockets.get_mut("/lab").expect("joined /lab");
-                    if name == "join" {
-                        socket.rooms.insert(room);
+                    let full = socket.rooms.len() >= MAX_ROOMS && !socket.rooms.contains(&room);
+                    if name == "join" && full {
+                        json!({ "error": format!("at most {MAX_ROOMS} rooms per socket") })
                     } else {
-                        socket.rooms.remove(&room);
+                        if name == "join" {
+                            socket.rooms.insert(room.clone());
+                        } else {
+                            socket.rooms.remove(&room);
+                        }
+                        // The room and how many: never the whole list, which grows with it.
+                        json!({ "room": room, "rooms": socket.rooms.len() })
                     }
-                    json!({ "rooms": socket.rooms })
                 }
                 None => json!({ "error": "a room is a name of 1 to 32 characters" }),
             };
@@ -318,7 +338,11 @@ fn event(
         "ask-me" => {
             // The other direction: the server asks, the client's ack answers.
             let question = args.first().cloned().unwrap_or(Value::Null);
-            let id = session.ask(question.clone());
+            let Some(id) = session.ask(question.clone()) else {
+                let error = format!("{MAX_ASKED} questions are waiting for your answers already");
+                ack(vec![json!({ "error": error })], &[]);
+                return Ok(());
+            };
             let mut asking = Packet::event("/lab", vec![json!("question"), question], 0);
             asking.ack_id = Some(id);
             send(lab, socket_io, session, &asking, &[]);

@@ -51,6 +51,10 @@ impl fmt::Display for BadPacket {
 }
 
 /// Event names the protocol keeps for itself; a client may not emit them.
+/// The most binary attachments one packet may announce: the real parser's `maxAttachments`
+/// (socket.io-parser 4). More is a parse error, and the session closes.
+pub const MAX_ATTACHMENTS: u64 = 10;
+
 const RESERVED_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
@@ -134,7 +138,7 @@ impl Packet {
                 .split_once('-')
                 .ok_or(BadPacket("binary packet without an attachment count"))?;
             attachments = crate::http::whole_number(count)
-                .filter(|&n| n <= 64)
+                .filter(|&n| n <= MAX_ATTACHMENTS)
                 .ok_or(BadPacket("bad attachment count"))? as usize;
             rest = after;
         }
@@ -213,6 +217,14 @@ impl Packet {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn at_most_ten_attachments_as_the_real_parser() {
+        let ten = Packet::decode(r#"510-["x"]"#).unwrap();
+        assert_eq!(ten.attachments, 10);
+        assert!(Packet::decode(r#"511-["x"]"#).is_err());
+        assert!(Packet::decode(r#"664-["x"]"#).is_err());
+    }
 
     #[test]
     fn the_main_namespace_is_left_out_and_others_end_with_a_comma() {

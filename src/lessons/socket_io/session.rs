@@ -27,6 +27,11 @@ use std::time::{Duration, Instant};
 
 /// Groups the outbox holds before the client counts as a slow consumer and is closed.
 pub const OUTBOX: usize = 256;
+/// Questions to the client (`ask-me`) waiting for its ack at once, per session.
+pub const MAX_ASKED: usize = 16;
+/// How long a question waits for its ack before it is forgotten (a late answer is then
+/// ignored, as an ack for an unknown id is).
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a transport finds in the outbox.
 #[derive(Debug)]
@@ -83,8 +88,9 @@ pub struct State {
     pub sockets: BTreeMap<String, Socket>,
     /// A binary packet waiting for its attachments.
     pub binary: Option<(Packet, Vec<Vec<u8>>)>,
-    /// Server-to-client acks we wait for: ack id → the question asked.
-    pub asked: HashMap<u64, Value>,
+    /// Server-to-client acks we wait for: ack id → the question asked, and when. At most
+    /// `MAX_ASKED`, each forgotten after `ASK_TIMEOUT` (socket.io's `timeout()` on an emit).
+    pub asked: HashMap<u64, (Value, Instant)>,
     pub next_ack_id: u64,
 }
 
@@ -329,13 +335,20 @@ impl Session {
         }
     }
 
-    /// The next ack id for a question to the client.
-    pub fn ask(&self, question: Value) -> u64 {
+    /// The next ack id for a question to the client; `None` while `MAX_ASKED` questions are
+    /// still waiting for their answer (those older than `ASK_TIMEOUT` are forgotten first).
+    pub fn ask(&self, question: Value) -> Option<u64> {
         let mut state = self.state();
+        state
+            .asked
+            .retain(|_, (_, asked_at)| asked_at.elapsed() < ASK_TIMEOUT);
+        if state.asked.len() >= MAX_ASKED {
+            return None;
+        }
         let id = state.next_ack_id;
         state.next_ack_id += 1;
-        state.asked.insert(id, question);
-        id
+        state.asked.insert(id, (question, Instant::now()));
+        Some(id)
     }
 }
 
