@@ -131,6 +131,7 @@ const scenarios = {
     const nameless = io(url + "/lab", { reconnection: false, ...toLab });
     const [refusal] = await next(nameless, "connect_error");
     check(/name/.test(refusal.message), `refusal: ${refusal.message}`);
+    check(refusal.data && refusal.data.field === "name" && refusal.data.max === 32, `refusal data: ${JSON.stringify(refusal.data)}`);
     const nowhere = io(url + "/nowhere", { reconnection: false, ...toLab });
     const [invalid] = await next(nowhere, "connect_error");
     check(invalid.message === "Invalid namespace", `unknown namespace: ${invalid.message}`);

@@ -119,18 +119,20 @@ fn connect(
         return Ok(());
     }
     if namespace != "/lab" {
-        refuse_connect(lab, socket_io, session, namespace, "Invalid namespace");
+        // As the real server: an unknown namespace is refused with a message only.
+        let refusal = json!({ "message": "Invalid namespace" });
+        refuse_connect(lab, socket_io, session, namespace, refusal);
         return Ok(());
     }
     let name = auth["name"].as_str().map(str::trim).unwrap_or("");
     if name.is_empty() || name.chars().count() > MAX_NAME {
-        refuse_connect(
-            lab,
-            socket_io,
-            session,
-            namespace,
-            "a name (1 to 32 characters) is required",
-        );
+        // A refusal by the namespace's own check (socket.io's middleware, `next(err)`):
+        // `{message, data}`, the client's `err.data` saying what to fix.
+        let refusal = json!({
+            "message": "a name (1 to 32 characters) is required",
+            "data": { "field": "name", "min": 1, "max": MAX_NAME },
+        });
+        refuse_connect(lab, socket_io, session, namespace, refusal);
         return Ok(());
     }
     // Recovery: a known pid and an offset the hub's ring still covers.
@@ -217,14 +219,10 @@ fn refuse_connect(
     socket_io: &SocketIo,
     session: &Arc<Session>,
     namespace: &str,
-    message: &str,
+    refusal: Value,
 ) {
-    log::debug!("socket.io {} refused {namespace}: {message}", session.sid);
-    let error = Packet::new(
-        Kind::ConnectError,
-        namespace,
-        Some(json!({ "message": message })),
-    );
+    log::debug!("socket.io {} refused {namespace}: {refusal}", session.sid);
+    let error = Packet::new(Kind::ConnectError, namespace, Some(refusal));
     send(lab, socket_io, session, &error, &[]);
 }
 
