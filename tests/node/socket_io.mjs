@@ -90,20 +90,30 @@ const scenarios = {
     const cGot = [];
     c.on("said", (s) => cGot.push(s));
     const bHears = next(b, "said");
+    const aGot = [];
+    a.on("said", (s) => aGot.push(s));
     const reply = await a.emitWithAck("say", { room: "r1", text: "hello r1" });
-    check(reply.delivered === 2, `delivered to ${reply.delivered}`);
+    check(reply.delivered === 1, `to the room but the sender: delivered to ${reply.delivered}`);
     const [heard] = await bHears;
     check(heard.text === "hello r1" && heard.room === "r1", `b heard ${JSON.stringify(heard)}`);
-    // c's own message to r2 is queued after anything r1 sent it: had it been sent r1's,
-    // it would have come first.
-    const cHears = next(c, "said");
-    await c.emitWithAck("say", { room: "r2", text: "hello r2" });
-    await cHears;
-    check(cGot.length === 1 && cGot[0].room === "r2", `c got ${JSON.stringify(cGot)}`);
+    // The ack to c's own message to r2 is queued after anything sent to c before it: had r1's
+    // message reached c, it would have come first. (c never hears its own.)
+    const toR2 = await c.emitWithAck("say", { room: "r2", text: "hello r2" });
+    check(toR2.delivered === 0, `r2 has no one else: ${toR2.delivered}`);
+    check(cGot.length === 0, `c got ${JSON.stringify(cGot)}`);
     const left = await b.emitWithAck("leave", "r1");
     check(left.room === "r1" && left.rooms === 0, `rooms after leaving ${JSON.stringify(left)}`);
     const again = await a.emitWithAck("say", { room: "r1", text: "alone" });
-    check(again.delivered === 1, `after b left, delivered to ${again.delivered}`);
+    check(again.delivered === 0, `after b left, delivered to ${again.delivered}`);
+    // broadcast: everyone but the sender; except: not the members of a room.
+    const bAll = next(b, "said");
+    const all = await a.emitWithAck("say", { text: "to all" });
+    check(all.delivered === 2, `broadcast delivered to ${all.delivered}`);
+    const [heardAll] = await bAll;
+    check(heardAll.text === "to all" && heardAll.room === null, `b heard ${JSON.stringify(heardAll)}`);
+    const butR2 = await a.emitWithAck("say", { text: "not r2", except: "r2" });
+    check(butR2.delivered === 1, `except r2 delivered to ${butR2.delivered}`);
+    check(aGot.length === 0, `the sender never hears itself: ${JSON.stringify(aGot)}`);
     const refused = await c.emitWithAck("say", { room: "r1", text: "not a member" });
     check(refused.error, "saying to a room one has not joined is refused");
     [a, b, c].forEach((s) => s.close());

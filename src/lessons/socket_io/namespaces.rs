@@ -2,8 +2,9 @@
 //!
 //! - `/lab`, the lesson's own: the hub's events arrive as `"event"` with `{"id", "data"}` and
 //!   the id again as the recovery offset; `emit("publish", text, ack)` publishes to the hub and
-//!   is acked `{"id": N}`; `join`/`leave` rooms and `say` to one (`"said"` reaches only its
-//!   members); `ask-me` makes the *server* emit a `"question"` with an ack id, and the client's
+//!   is acked `{"id": N}`; `join`/`leave` rooms; `say` as socket.io's server-side broadcasts,
+//!   never back to the sender: to a room's other members (`socket.to(room)`), to everyone
+//!   else (`socket.broadcast`), leaving out a room's members (`except`); `ask-me` makes the *server* emit a `"question"` with an ack id, and the client's
 //!   ack comes back as `"answered"`. CONNECT needs an auth payload with a `name`; without one
 //!   it is refused with CONNECT_ERROR.
 //! - `/` and `/custom` behave as the protocol's reference server for its conformance suite:
@@ -318,18 +319,33 @@ fn event(
             ack(vec![reply], &[]);
         }
         "say" => {
-            let room = args
-                .first()
-                .and_then(|a| a["room"].as_str())
-                .and_then(room_name);
-            let text = args.first().and_then(|a| a["text"].as_str());
-            let reply = match (room, text) {
-                (Some(room), Some(text)) if socket.rooms.contains(&room) => {
-                    let said = json!({ "room": room, "from": socket.name, "text": text });
-                    json!({ "delivered": say_to_room(lab, socket_io, &room, &said) })
+            // socket.io's server-side broadcasts, never back to the sender (who has its ack):
+            // `{room, text}` is `socket.to(room).emit`, `{text}` alone `socket.broadcast.emit`,
+            // and `except` leaves out a room's members (`.except(room)`).
+            let said_args = args.first().cloned().unwrap_or(Value::Null);
+            let room = said_args["room"].as_str().map(room_name);
+            let except = said_args["except"].as_str().map(room_name);
+            let text = said_args["text"].as_str();
+            let reply = match (room, except, text) {
+                (Some(None), _, _) | (_, Some(None), _) => {
+                    json!({ "error": "a room is a name of 1 to 32 characters" })
                 }
-                (Some(_), Some(_)) => json!({ "error": "join the room first" }),
-                _ => json!({ "error": "say takes {\"room\", \"text\"}" }),
+                (Some(Some(room)), _, Some(_)) if !socket.rooms.contains(&room) => {
+                    json!({ "error": "join the room first" })
+                }
+                (room, except, Some(text)) => {
+                    let (room, except) = (room.flatten(), except.flatten());
+                    let said = json!({ "room": room, "from": socket.name, "text": text });
+                    let audience = Audience {
+                        sender: &session.sid,
+                        room: room.as_deref(),
+                        except: except.as_deref(),
+                    };
+                    json!({ "delivered": say(lab, socket_io, &audience, &said) })
+                }
+                _ => {
+                    json!({ "error": "say takes {\"text\"} and may name a \"room\" and an \"except\"" })
+                }
             };
             ack(vec![reply], &[]);
         }
@@ -357,17 +373,29 @@ fn room_name(text: &str) -> Option<String> {
     (!text.is_empty() && text.chars().count() <= MAX_NAME).then(|| text.to_string())
 }
 
-/// `"said"` to every `/lab` socket in the room (the sender's too); how many got it.
-fn say_to_room(lab: &Lab, socket_io: &SocketIo, room: &str, said: &Value) -> usize {
+/// Who hears a `say`: every `/lab` socket but the sender's, in `room` if one is named, and
+/// not in `except`.
+struct Audience<'a> {
+    sender: &'a str,
+    room: Option<&'a str>,
+    except: Option<&'a str>,
+}
+
+/// `"said"` to the audience; how many got it.
+fn say(lab: &Lab, socket_io: &SocketIo, audience: &Audience<'_>, said: &Value) -> usize {
     let packet = Packet::event("/lab", vec![json!("said"), said.clone()], 0);
     let mut delivered = 0;
     for member in socket_io.all_sessions() {
-        let in_room = member
-            .state()
-            .sockets
-            .get("/lab")
-            .is_some_and(|s| s.rooms.contains(room));
-        if in_room {
+        if member.sid == audience.sender {
+            continue;
+        }
+        let hears = member.state().sockets.get("/lab").is_some_and(|s| {
+            audience.room.is_none_or(|room| s.rooms.contains(room))
+                && !audience
+                    .except
+                    .is_some_and(|except| s.rooms.contains(except))
+        });
+        if hears {
             send(lab, socket_io, &member, &packet, &[]);
             delivered += 1;
         }
