@@ -300,7 +300,11 @@ fn event(
             let reply = match args.first().and_then(Value::as_str).and_then(room_name) {
                 Some(room) => {
                     let mut state = session.state();
-                    let socket = state.sockets.get_mut("/lab").expect("joined /lab");
+                    // The socket may have left `/lab` since this event was read (a DISCONNECT
+                    // on the other transport during an upgrade): nothing to join then.
+                    let Some(socket) = state.sockets.get_mut("/lab") else {
+                        return Ok(());
+                    };
                     let full = socket.rooms.len() >= MAX_ROOMS && !socket.rooms.contains(&room);
                     if name == "join" && full {
                         json!({ "error": format!("at most {MAX_ROOMS} rooms per socket") })
