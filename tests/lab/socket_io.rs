@@ -503,6 +503,14 @@ fn the_official_client_reaches_only_its_room() {
     );
 }
 
+/// `disconnect-me`: the server ends the socket; the official client says "io server
+/// disconnect" and stays disconnected, and the session's other namespace lives on.
+#[test]
+fn the_official_client_is_told_io_server_disconnect_when_the_server_ends_its_socket() {
+    let summary = run_official("server-disconnect");
+    assert_eq!(summary["reason"], "io server disconnect");
+}
+
 #[test]
 fn the_official_client_meets_the_reference_namespace_binary_and_refusals() {
     let summary = run_official("namespaces");
@@ -613,6 +621,9 @@ fn the_lesson_page_upgrades_receives_events_and_chats() {
         "document.getElementById('recovered').textContent === 'yes'",
     );
     page.wait_for_log("[event] while broken");
+    // The server ends the socket: the page is told, and does not come back by itself.
+    page.eval("document.getElementById('disconnect-me').click()");
+    page.wait_for_log("[client] disconnect: io server disconnect");
 }
 
 #[test]

@@ -121,6 +121,28 @@ const scenarios = {
   },
 
   // The reference namespace /custom, binary attachments, and refused CONNECTs.
+  // The server ends the socket (socket.disconnect() on its side): the client is told
+  // "io server disconnect", does not reconnect by itself, and its session's other
+  // namespaces are untouched.
+  async "server-disconnect"() {
+    // Reconnection on (the default), so staying disconnected is the client's own rule.
+    const socket = await connected(lab({ reconnection: true }), false);
+    const other = io(url + "/custom", toLab); // the same manager: one session, two namespaces
+    await next(other, "connect");
+    const bye = next(socket, "disconnect");
+    const ack = await socket.emitWithAck("disconnect-me");
+    check(ack.disconnecting === true, `ack ${JSON.stringify(ack)}`);
+    const [reason] = await bye;
+    check(reason === "io server disconnect", `reason: ${reason}`);
+    check(!socket.connected && !socket.active, "it does not reconnect by itself");
+    const echo = next(other, "message-back");
+    other.emit("message", "still here");
+    const [said] = await echo;
+    check(said === "still here", `the other namespace answered ${said}`);
+    other.close();
+    done({ reason });
+  },
+
   async namespaces() {
     const custom = io(url + "/custom", { auth: { token: "abc" }, reconnection: false, ...toLab });
     const [auth] = await next(custom, "auth");

@@ -4,7 +4,8 @@
 //!   the id again as the recovery offset; `emit("publish", text, ack)` publishes to the hub and
 //!   is acked `{"id": N}`; `join`/`leave` rooms; `say` as socket.io's server-side broadcasts,
 //!   never back to the sender: to a room's other members (`socket.to(room)`), to everyone
-//!   else (`socket.broadcast`), leaving out a room's members (`except`); `ask-me` makes the *server* emit a `"question"` with an ack id, and the client's
+//!   else (`socket.broadcast`), leaving out a room's members (`except`); `disconnect-me`
+//!   makes the server end the socket (DISCONNECT: "io server disconnect"); `ask-me` makes the *server* emit a `"question"` with an ack id, and the client's
 //!   ack comes back as `"answered"`. CONNECT needs an auth payload with a `name`; without one
 //!   it is refused with CONNECT_ERROR.
 //! - `/` and `/custom` behave as the protocol's reference server for its conformance suite:
@@ -352,6 +353,22 @@ fn event(
                 }
             };
             ack(vec![reply], &[]);
+        }
+        "disconnect-me" => {
+            // A server-initiated disconnect, as `socket.disconnect()` on the server: the ack,
+            // then DISCONNECT for `/lab`. The client reports "io server disconnect" and, by
+            // socket.io's rule, does not reconnect by itself. The session (and any other
+            // namespace on it) stays.
+            ack(vec![json!({ "disconnecting": true })], &[]);
+            let bye = Packet::new(Kind::Disconnect, "/lab", None);
+            send(lab, socket_io, session, &bye, &[]);
+            if session.state().sockets.remove("/lab").is_some() {
+                session.clear_feed();
+            }
+            log::debug!(
+                "socket.io {} disconnected from /lab by the server",
+                session.sid
+            );
         }
         "ask-me" => {
             // The other direction: the server asks, the client's ack answers.
