@@ -53,9 +53,16 @@ fn both_labs_give_each_event_the_same_id() {
         published.push(publish(via, &format!("event {n}")).unwrap());
     }
     assert_eq!(published, (1..=6).collect::<Vec<u64>>());
-    // Read your writes: each lab has the event before its publish is answered.
-    let on_a = get(a.addr(), "/events/poll?since=0").unwrap().json();
+    // Read your writes: each lab has its own event before its publish is answered (the last,
+    // 6, went through B: B has it now; A reads it from Redis a moment later).
+    assert_eq!(
+        poll_ids(b.addr(), 5),
+        vec![6],
+        "B has its own write at once"
+    );
+    wait_until("lab A has all six", || poll_ids(a.addr(), 0).len() == 6);
     wait_until("lab B has all six", || poll_ids(b.addr(), 0).len() == 6);
+    let on_a = get(a.addr(), "/events/poll?since=0").unwrap().json();
     let on_b = get(b.addr(), "/events/poll?since=0").unwrap().json();
     assert_eq!(on_a, on_b);
     assert_eq!(stats(a.addr())["broker"]["url"], redis.url());
