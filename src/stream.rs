@@ -8,7 +8,7 @@
 //! Transfer-Encoding: chunked
 //!
 //! 2c\r\n{"data":"At ...","id":5}\n\r\n      ← one chunk per event, written at once
-//!   (time passes: the thread is parked on its subscription)
+//!   (time passes: the thread is parked on the hub's bell)
 //! 1\r\n\n\r\n                                 ← a heartbeat after 15 s of silence
 //! ```
 //!
@@ -95,7 +95,7 @@ pub fn serve(
             return stream.finish();
         }
         let wake_at = Instant::now() + lab.config.heartbeat;
-        // BLOCKS: until `Hub::publish` sends into our subscription, the heartbeat is due, or
+        // BLOCKS: on the hub's bell, until `Hub::publish` rings it, the heartbeat is due, or
         // the client closes its connection (looked for once a second).
         let look = lab.config.departures;
         let left = || stream.client_left();

@@ -120,17 +120,7 @@ impl Answer {
             self.arrived.elapsed().as_millis()
         );
         match &self.form {
-            AnswerForm::Json => {
-                let body = answer.to_string();
-                http::write_response(
-                    request,
-                    200,
-                    "application/json",
-                    &[],
-                    body.as_bytes(),
-                    counters,
-                )
-            }
+            AnswerForm::Json => http::write_json(request, &answer, counters),
             AnswerForm::Script(callback) => {
                 http::write_jsonp(request, callback, &answer, &[], counters)
             }
@@ -169,6 +159,9 @@ impl ParkedRequest<'_> {
         let me = request_label();
         log::debug!("{me} parked after event {cursor}");
         let left = || request.client_left();
+        // BLOCKS: this thread sleeps on the hub's bell, holding the request, until
+        // `Hub::publish` rings it (one `notify_all` for every parked thread), the deadline
+        // passes, or (looked for once a second) the client has closed its connection.
         match subscription.wait_or_notice_leaving(left, look, deadline) {
             Wake::Events(backlog) => {
                 log::debug!("{me} woken by {} events", backlog.events.len());
