@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A whole answer.
@@ -38,7 +38,11 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Response> {
-    let stream = open(addr, method, path, headers, body)?;
+    read_response(open(addr, method, path, headers, body)?)
+}
+
+/// Read a whole answer from `stream`.
+fn read_response(stream: TcpStream) -> io::Result<Response> {
     stream.set_read_timeout(Some(Duration::from_secs(150)))?;
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_head(&mut reader)?;
@@ -97,7 +101,42 @@ pub fn open(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr)?;
+    send(TcpStream::connect(addr)?, addr, method, path, headers, body)
+}
+
+/// A connection to `addr` from the local address `from` (on Linux any 127.x.y.z is this
+/// machine: a test plays several clients, or a proxy and its clients, on one machine).
+pub fn connect_from(from: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// `request`, from the local address `from` (`connect_from`).
+pub fn request_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<Response> {
+    let stream = send(connect_from(from, addr)?, addr, "GET", path, headers, b"")?;
+    read_response(stream)
+}
+
+/// Send the request head and body on `stream`, connected to `addr`.
+fn send(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -165,7 +204,21 @@ pub struct Stream {
 impl Stream {
     /// Open `GET path` and read the head; the body stays on the socket.
     pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::Result<Stream> {
-        let stream = open(addr, "GET", path, headers, b"")?;
+        Stream::read_from(open(addr, "GET", path, headers, b"")?)
+    }
+
+    /// `open`, from the local address `from` (`connect_from`).
+    pub fn open_from(
+        from: IpAddr,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<Stream> {
+        let stream = send(connect_from(from, addr)?, addr, "GET", path, headers, b"")?;
+        Stream::read_from(stream)
+    }
+
+    fn read_from(stream: TcpStream) -> io::Result<Stream> {
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut reader = BufReader::new(stream);
         let (status, headers) = read_head(&mut reader)?;

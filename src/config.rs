@@ -73,6 +73,11 @@ pub struct Config {
     pub atmosphere_timeout: Duration,
     /// The Bayeux lesson's advice (`--bayeux-*`).
     pub bayeux: BayeuxSettings,
+    /// `--trust-proxy IP`: requests whose TCP peer is one of these addresses come through a
+    /// proxy, and its `X-Forwarded-For`, `X-Forwarded-Host` and `X-Forwarded-Proto` say who
+    /// the client is and how it reached the lab (the behind_a_proxy lesson). From anyone
+    /// else, those headers are ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The Engine.IO server's settings (`--socket-io-*` flags; `lessons::socket_io`).
@@ -151,6 +156,7 @@ impl Default for Config {
             atmosphere_timeout: Duration::from_secs(60),
             redis: None,
             peers: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -273,6 +279,15 @@ struct Flags {
     #[arg(long = "peer", env = "LAB_PEER", value_name = "URL", value_delimiter = ',',
           value_parser = peer)]
     peers: Vec<String>,
+    /// The address of a proxy in front of the lab (nginx: 127.0.0.1); its X-Forwarded-For,
+    /// -Host and -Proto then count, from it only (chapter on proxies); repeat for more
+    #[arg(
+        long = "trust-proxy",
+        env = "LAB_TRUST_PROXY",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// `--generator`'s value: a range of milliseconds, or `off`.
@@ -328,6 +343,7 @@ impl Config {
             atmosphere_timeout: flags.atmosphere_timeout,
             redis: flags.redis,
             peers: flags.peers,
+            trusted_proxies: flags.trusted_proxies,
             ..defaults
         };
         // A bad address is a usage error too.
@@ -462,6 +478,14 @@ mod tests {
             config.unwrap().peers,
             ["http://127.0.0.1:1", "http://localhost:2"]
         );
+        let config = parse(&["--trust-proxy", "127.0.0.3", "--trust-proxy=::1"]).unwrap();
+        assert_eq!(
+            config.trusted_proxies,
+            [
+                "127.0.0.3".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
     }
 
     /// The defaults the help shows are the defaults `cargo run` uses: the flags with nothing
@@ -485,6 +509,7 @@ mod tests {
         assert!(usage_error(&["--heartbeat", "0"]).contains("at least 1 second"));
         assert!(usage_error(&["--peer", "127.0.0.1:1"]).contains("http://"));
         assert!(usage_error(&["--history"]).contains("--history"));
+        assert!(usage_error(&["--trust-proxy", "nginx"]).contains("--trust-proxy"));
     }
 
     #[test]

@@ -207,9 +207,15 @@ pub fn write_jsonp(
 ///
 /// Nothing buffers between a frame and the socket: a buffer there would hold small events
 /// back until it filled (see the buffering lesson).
+///
+/// To an HTTP/1.0 client (nginx talks HTTP/1.0 to its upstream unless told otherwise) there
+/// is no chunked coding (RFC 9112 §6.1: a server must not send `Transfer-Encoding` to it):
+/// the bytes go out as they are, and the end of the connection ends the body.
 pub struct ChunkedStream {
     writer: crate::connection::ResponseWriter,
     counters: LessonCounters,
+    /// HTTP/1.1: chunk frames; HTTP/1.0: the bytes alone, ended by closing.
+    chunked: bool,
 }
 
 impl ChunkedStream {
@@ -222,15 +228,43 @@ impl ChunkedStream {
         headers: &[(&str, &str)],
         counters: &LessonCounters,
     ) -> io::Result<ChunkedStream> {
+        ChunkedStream::open(request, content_type, headers, true, counters)
+    }
+
+    /// The same stream without `X-Accel-Buffering: no`: what a server that never thought of
+    /// proxies sends. The behind_a_proxy lesson shows what nginx then does with it.
+    pub fn start_unmarked(
+        request: Request,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        counters: &LessonCounters,
+    ) -> io::Result<ChunkedStream> {
+        ChunkedStream::open(request, content_type, headers, false, counters)
+    }
+
+    fn open(
+        request: Request,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        tell_proxies_not_to_buffer: bool,
+        counters: &LessonCounters,
+    ) -> io::Result<ChunkedStream> {
+        let chunked = request.head().minor_version >= 1;
         let mut text = head(200, content_type, headers);
-        text.push_str("X-Accel-Buffering: no\r\n");
-        text.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+        if tell_proxies_not_to_buffer {
+            text.push_str("X-Accel-Buffering: no\r\n");
+        }
+        if chunked {
+            text.push_str("Transfer-Encoding: chunked\r\n");
+        }
+        text.push_str("Connection: close\r\n\r\n");
         let mut writer = request.into_writer();
         writer.write_all(text.as_bytes())?;
         counters.wrote(text.len());
         Ok(ChunkedStream {
             writer,
             counters: counters.clone(),
+            chunked,
         })
     }
 
@@ -246,9 +280,7 @@ impl ChunkedStream {
         }
         // One write per frame: with three small writes, Nagle's algorithm (were it on) and
         // the peer's delayed ACK could hold the tail of the frame back for up to 200 ms.
-        let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
-        frame.extend_from_slice(data);
-        frame.extend_from_slice(b"\r\n");
+        let frame = self.frame(data);
         // BLOCKS: while the client's receive buffer and our send buffer are full, up to
         // --write-timeout.
         self.writer.write_all(&frame)?;
@@ -268,9 +300,7 @@ impl ChunkedStream {
         }
         let mut frames = Vec::new();
         for data in chunks.into_iter().filter(|data| !data.is_empty()) {
-            frames.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            frames.extend_from_slice(data);
-            frames.extend_from_slice(b"\r\n");
+            frames.extend_from_slice(&self.frame(data));
         }
         if frames.is_empty() {
             return Ok(());
@@ -287,9 +317,21 @@ impl ChunkedStream {
         self.writer.client_left()
     }
 
-    /// The zero-length chunk that ends the body.
+    /// `data` as one chunk frame (size in hex, CRLF, the bytes, CRLF), or as itself to an
+    /// HTTP/1.0 client.
+    fn frame(&self, data: &[u8]) -> Vec<u8> {
+        if !self.chunked {
+            return data.to_vec();
+        }
+        let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+        frame.extend_from_slice(data);
+        frame.extend_from_slice(b"\r\n");
+        frame
+    }
+
+    /// The zero-length chunk that ends the body (HTTP/1.0: closing the connection ends it).
     pub fn finish(mut self) -> io::Result<()> {
-        if !self.writer.head_only() {
+        if !self.writer.head_only() && self.chunked {
             self.writer.write_all(b"0\r\n\r\n")?;
             self.counters.wrote(5);
         }

@@ -5,6 +5,7 @@
 //! lesson and no lesson imports another's state.
 
 use crate::broker::{Broker, Unavailable};
+use crate::forwarded::Client;
 use crate::hub::{Event, Hub};
 use crate::stats::{LessonCounters, Stats};
 use crate::Config;
@@ -59,14 +60,49 @@ impl Lab {
         }
     }
 
+    /// Who sent `request`, and how its browser reached the lab: the connection's own peer
+    /// and `Host`, or what a `--trust-proxy` proxy says (`crate::forwarded`).
+    pub fn client(&self, request: &crate::connection::Request) -> Client {
+        let peer = request
+            .remote_addr()
+            .map_or(self.addr.ip(), |address| address.ip());
+        Client::of(request.head(), peer, &self.config.trusted_proxies)
+    }
+
+    /// The lab's address as `client`'s browser reaches it, for URLs handed to that browser:
+    /// `http://HOST:PORT` (`ws://` with `websocket`), from its `Host`, never from the bind
+    /// address (a classroom); behind a trusted proxy, the proxy's scheme and authority
+    /// (`wss://192.168.1.5:8443`).
+    pub fn base_url(&self, client: &Client, websocket: bool) -> String {
+        let scheme = match (websocket, client.https) {
+            (false, false) => "http",
+            (false, true) => "https",
+            (true, false) => "ws",
+            (true, true) => "wss",
+        };
+        match client.host.as_deref() {
+            Some(authority)
+                if client.via_proxy
+                    && crate::classroom::is_lab_host(crate::classroom::host_of(authority)) =>
+            {
+                format!("{scheme}://{authority}")
+            }
+            host => {
+                let host = crate::classroom::public_host(host, self.addr);
+                format!("{scheme}://{host}:{}", self.addr.port())
+            }
+        }
+    }
+
     /// Is `origin` one of the lab's own pages? Its HTTP address under either loopback name,
-    /// or, in a classroom, the name the browser itself used to reach the lab: `host` is the
-    /// request's `Host` header, and its host part with the lab's HTTP port is the lab's own
-    /// origin as that browser sees it (`http://192.168.1.5:8080`). Only a host that is an IP
-    /// address, `localhost` or this machine's own name counts: a DNS name anyone can point at
-    /// the lab's address would let their page in (DNS rebinding). (The WebSocket handshake,
-    /// CORS, Socket.IO and Bayeux all ask.)
-    pub fn is_own_origin(&self, origin: &str, host: Option<&str>) -> bool {
+    /// or, in a classroom, the name the browser itself used to reach the lab: the host part of
+    /// `client.host` (the request's `Host`) with the lab's HTTP port is the lab's own origin as
+    /// that browser sees it (`http://192.168.1.5:8080`). Behind a trusted proxy, the origin is
+    /// the proxy's, as the proxy reports it (`https://192.168.1.5:8443`). Only a host that is
+    /// an IP address, `localhost` or this machine's own name counts: a DNS name anyone can
+    /// point at the lab's address would let their page in (DNS rebinding). (The WebSocket
+    /// handshake, CORS, Socket.IO and Bayeux all ask.)
+    pub fn is_own_origin(&self, origin: &str, client: &Client) -> bool {
         let port = self.addr.port();
         if origin == format!("http://{}", self.addr)
             || origin == format!("http://127.0.0.1:{port}")
@@ -78,10 +114,18 @@ impl Lab {
         if self.config.peers.iter().any(|peer| peer == origin) {
             return true;
         }
-        let Some(host) = host.map(crate::classroom::host_of) else {
+        let Some(authority) = client.host.as_deref() else {
             return false;
         };
-        crate::classroom::is_lab_host(host) && origin == format!("http://{host}:{port}")
+        let host = crate::classroom::host_of(authority);
+        if !crate::classroom::is_lab_host(host) {
+            return false;
+        }
+        if client.via_proxy {
+            origin == format!("{}://{authority}", client.scheme())
+        } else {
+            origin == format!("http://{host}:{port}")
+        }
     }
 
     /// CORS for the frameworks' HTTP transports (Socket.IO's polling, Bayeux): the lab's own
@@ -92,9 +136,9 @@ impl Lab {
         &self,
         request: &crate::connection::Request,
     ) -> Vec<(&'static str, String)> {
-        let host = crate::http::header(request, "Host");
+        let client = self.client(request);
         match crate::http::header(request, "Origin") {
-            Some(origin) if self.is_own_origin(origin, host) => vec![
+            Some(origin) if self.is_own_origin(origin, &client) => vec![
                 ("Access-Control-Allow-Origin", origin.to_string()),
                 ("Access-Control-Allow-Credentials", "true".into()),
                 ("Vary", "Origin".into()),

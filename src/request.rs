@@ -105,7 +105,7 @@ impl Head {
     }
 
     /// Every value of header `name`, comma-separated lists split, trimmed.
-    fn list(&self, name: &str) -> Vec<&str> {
+    pub fn list(&self, name: &str) -> Vec<&str> {
         self.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))

@@ -244,11 +244,13 @@ fn handle(lab: &Lab, state: &LessonState, request: Request) {
     }
     // A classroom's fair share: each client address holds at most --max-per-client requests
     // for events at once (the held ones are what can pile up).
-    let _share = match (http::asks_for_events(request.url()), request.remote_addr()) {
-        (true, Some(peer)) => match lab.shares.take(peer.ip(), lab.config.max_per_client) {
+    // (Behind a trusted proxy, the client is the one the proxy names: `Lab::client`.)
+    let client = lab.client(&request);
+    let _share = match http::asks_for_events(request.url()) {
+        true => match lab.shares.take(client.ip, lab.config.max_per_client) {
             Some(share) => Some(share),
             None => {
-                log::debug!("req {id} refused: {} holds its share already", peer.ip());
+                log::debug!("req {id} refused: {} holds its share already", client.ip);
                 let message = format!(
                     "this address already holds {} connections for events (--max-per-client); \
                      close some tabs",
@@ -258,14 +260,12 @@ fn handle(lab: &Lab, state: &LessonState, request: Request) {
                 return;
             }
         },
-        _ => None,
+        false => None,
     };
     // The teacher's view: which lesson this is, and from whom.
     let path = request.url().split('?').next().unwrap_or("");
-    let _in_progress = lessons::lesson_of(path).map(|lesson| {
-        lab.activity
-            .begin(lesson, request.remote_addr().map(|a| a.ip()))
-    });
+    let _in_progress =
+        lessons::lesson_of(path).map(|lesson| lab.activity.begin(lesson, Some(client.ip)));
     match route(lab, state, request) {
         Ok(()) => log::debug!("req {id} done"),
         Err(e) if http::is_disconnect(&e) => log::debug!("req {id} gone: {e}"),
@@ -354,6 +354,10 @@ fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
         (Method::Get, "/events/stream") => lessons::fetch_streaming::handle(lab, request, &query),
         (Method::Get, "/events/buffered") => lessons::buffering::handle(lab, request, &query),
         (Method::Get, "/events/sse") => lessons::sse::handle(lab, request, &query),
+        (Method::Get, "/events/sse-unmarked") => {
+            lessons::behind_a_proxy::unmarked_sse(lab, request, &query)
+        }
+        (Method::Get, "/behind-a-proxy") => lessons::behind_a_proxy::who_is_who(lab, request),
         (Method::Get, "/vendor/socket.io.min.js") => {
             lessons::socket_io::official_client(lab, request)
         }
@@ -417,12 +421,16 @@ fn read_event_data(lab: &Lab, request: &Request) -> Result<String, HttpError> {
 /// `GET /stats`: what the server holds now, and what each lesson has cost.
 fn stats_page(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
     let counters = lab.count("stats");
-    let value = stats_json(lab, state, http::header(&request, "Host"));
+    let value = stats_json(lab, state, &lab.client(&request));
     http::write_json(request, &value, &counters)
 }
 
-/// What `/stats` shows; `host` is the `Host` the browser sent.
-fn stats_json(lab: &Lab, state: &LessonState, host: Option<&str>) -> serde_json::Value {
+/// What `/stats` shows to `client`.
+fn stats_json(
+    lab: &Lab,
+    state: &LessonState,
+    client: &crate::forwarded::Client,
+) -> serde_json::Value {
     let s = &lab.stats;
     json!({
         // Requests being handled (WebSockets included: an upgraded request is handled until
@@ -444,12 +452,9 @@ fn stats_json(lab: &Lab, state: &LessonState, host: Option<&str>) -> serde_json:
         "fds": stats::open_fds(),
         "events_published": lab.hub.last_id(),
         "broker": lab.broker.as_ref().map(|b| b.to_json()),
-        // As the browser reached the lab: its Host, never the bind address (a classroom).
-        "websocket": format!(
-            "ws://{}:{}/events/ws",
-            crate::classroom::public_host(host, lab.addr),
-            lab.addr.port()
-        ),
+        // As the browser reached the lab: its Host, never the bind address (a classroom), or
+        // its proxy's (`--trust-proxy`).
+        "websocket": format!("{}/events/ws", lab.base_url(client, true)),
         "other_port": lab.other_addr.port(),
         "activity": lab.activity.to_json(),
         "clients": lab.shares.snapshot().len(),
@@ -566,7 +571,9 @@ fn answer_at_the_door(
     let path = head.target.split('?').next().unwrap_or("");
     match path {
         "/stats" => {
-            let json = stats_json(lab, state, head.header("Host")).to_string();
+            // The door does not know the peer: no proxy is trusted here.
+            let client = crate::forwarded::Client::of(head, lab.addr.ip(), &[]);
+            let json = stats_json(lab, state, &client).to_string();
             Some((200, "application/json", json.into_bytes()))
         }
         "/" => page(&index_html(lab)),

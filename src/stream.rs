@@ -57,6 +57,30 @@ pub fn serve(
     framing: &Framing,
     counters: &LessonCounters,
 ) -> io::Result<()> {
+    serve_marked_or_not(lab, request, since, close_after, framing, counters, true)
+}
+
+/// `serve` without the `X-Accel-Buffering: no` that tells a proxy not to collect the stream
+/// (`ChunkedStream::start_unmarked`; the behind_a_proxy lesson).
+pub fn serve_unmarked(
+    lab: &Lab,
+    request: Request,
+    since: u64,
+    framing: &Framing,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    serve_marked_or_not(lab, request, since, None, framing, counters, false)
+}
+
+fn serve_marked_or_not(
+    lab: &Lab,
+    request: Request,
+    since: u64,
+    close_after: Option<u64>,
+    framing: &Framing,
+    counters: &LessonCounters,
+    marked: bool,
+) -> io::Result<()> {
     // 1. A place, and a subscription from the cursor.
     let Some(_held) = lab
         .stats
@@ -69,8 +93,12 @@ pub fn serve(
     let me = request_label();
 
     // 2. The head and the prelude.
-    let mut stream =
-        ChunkedStream::start(request, framing.content_type, framing.headers, counters)?;
+    let start = if marked {
+        ChunkedStream::start
+    } else {
+        ChunkedStream::start_unmarked
+    };
+    let mut stream = start(request, framing.content_type, framing.headers, counters)?;
     stream.write_chunk(framing.prelude.as_bytes())?;
     log::debug!("{me} streaming from event {since}");
 

@@ -58,7 +58,7 @@ pub fn preflight(lab: &Lab, request: Request) -> io::Result<()> {
     // Counted apart, so `/stats` shows how rarely the browser asks (once per Max-Age).
     let counters = lab.count("cors_preflight");
     let origin = http::header(&request, "Origin").unwrap_or("").to_string();
-    if !lab.is_own_origin(&origin, http::header(&request, "Host")) {
+    if !lab.is_own_origin(&origin, &lab.client(&request)) {
         let message = format!("origin {origin:?} may not read the lab's events");
         return HttpError::new(403, message).reply(request, &counters);
     }
@@ -96,7 +96,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     counters.delivered(backlog.events.len());
     let body = events_answer(&backlog, since).to_string();
     let origin = http::header(&request, "Origin").unwrap_or("").to_string();
-    let allow = lab.is_own_origin(&origin, http::header(&request, "Host"));
+    let allow = lab.is_own_origin(&origin, &lab.client(&request));
     let headers: Vec<(&str, &str)> = if allow {
         vec![("Access-Control-Allow-Origin", &origin), ("Vary", "Origin")]
     } else {

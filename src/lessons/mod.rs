@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 pub mod atmosphere;
 pub mod bayeux;
+pub mod behind_a_proxy;
 pub mod buffering;
 pub mod compare;
 pub mod cors;
@@ -122,7 +123,7 @@ pub const LESSONS: &[Lesson] = &[
         title: "WebSocket",
         idea: "One handshake, then a full-duplex socket: events pushed as frames, your messages sent back.",
         page: include_str!("../../html/websocket.html"),
-        // On its own port (`/stats` says which); the HTTP port points there.
+        // A handshake on the HTTP port (`Upgrade: websocket`); a plain GET is told so (426).
         endpoints: &[("GET", "/events/ws")],
     },
     Lesson {
@@ -130,7 +131,7 @@ pub const LESSONS: &[Lesson] = &[
         title: "Socket.IO (Engine.IO 4, Socket.IO 5)",
         idea: "A session that starts on long polling and upgrades to a WebSocket, carrying named events, acks and rooms.",
         page: include_str!("../../html/socket_io.html"),
-        // Polling here; the websocket transport on the WebSocket port, same path.
+        // Polling, and the websocket transport's handshake, at the same path.
         endpoints: &[("GET, POST, OPTIONS", "/socket.io/")],
     },
     Lesson {
@@ -152,7 +153,7 @@ pub const LESSONS: &[Lesson] = &[
         title: "Atmosphere",
         idea: "One broadcaster over every transport: the client tries WebSocket, falls back to SSE, streaming or long polling, and resumes by its tracking id.",
         page: include_str!("../../html/atmosphere.html"),
-        // Every transport here; the websocket transport on the WebSocket port, same path.
+        // Every transport here, the websocket transport's handshake too.
         endpoints: &[("GET, POST, DELETE", "/atmosphere/lab")],
     },
     Lesson {
@@ -162,6 +163,14 @@ pub const LESSONS: &[Lesson] = &[
         page: include_str!("../../html/scale_out.html"),
         // Run with --redis (and --peer); without it, the page says how.
         endpoints: &[("GET", "/scale-out")],
+    },
+    Lesson {
+        name: "behind_a_proxy",
+        title: "Behind a proxy (nginx)",
+        idea: "A real nginx in front: streams it buffers, holds it cuts, WebSockets it drops, and the lines that make it pass everything on.",
+        page: include_str!("../../html/behind_a_proxy.html"),
+        // Its page is meant to be opened through nginx (`cargo run --example behind_a_proxy`).
+        endpoints: &[("GET", "/events/sse-unmarked"), ("GET", "/behind-a-proxy")],
     },
     // Every lesson above at once, in one tab.
     compare::LESSON,

@@ -39,11 +39,10 @@ use std::io;
 /// Step 1: this lab as a scale-out page needs it.
 pub fn handle(lab: &Lab, request: Request) -> io::Result<()> {
     let counters = lab.count("scale_out");
-    let host = http::header(&request, "Host");
-    let public = crate::classroom::public_host(host, lab.addr);
+    let client = lab.client(&request);
     let value = json!({
-        "http": format!("http://{public}:{}", lab.addr.port()),
-        "websocket": format!("ws://{public}:{}/events/ws", lab.websocket_port()),
+        "http": lab.base_url(&client, false),
+        "websocket": format!("{}/events/ws", lab.base_url(&client, true)),
         "broker": lab.broker.as_ref().map(|b| b.to_json()),
         "events_published": lab.hub.last_id(),
         "peers": lab.config.peers,
@@ -51,7 +50,7 @@ pub fn handle(lab: &Lab, request: Request) -> io::Result<()> {
     // A peer's page reads this too: name its origin (only the lab's own and its peers').
     let mut headers = vec![("Vary", "Origin".to_string())];
     if let Some(origin) = http::header(&request, "Origin") {
-        if lab.is_own_origin(origin, host) {
+        if lab.is_own_origin(origin, &client) {
             headers.push(("Access-Control-Allow-Origin", origin.to_string()));
         }
     }

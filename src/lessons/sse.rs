@@ -82,7 +82,16 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
             Err(e) => return e.reply(request, &counters),
         },
     };
-    let framing = Framing {
+    let framing = framing();
+    // From here this thread holds the response until the client leaves: it BLOCKS on its
+    // subscription in `stream::serve`, woken by each publish (write a block) or by the
+    // heartbeat interval (write a comment); the first failed write ends it.
+    stream::serve(lab, request, since, close_after, &framing, &counters)
+}
+
+/// How SSE puts events on the wire (the behind_a_proxy lesson sends the same stream).
+pub fn framing() -> Framing {
+    Framing {
         content_type: "text/event-stream; charset=utf-8",
         headers: &[("Cache-Control", "no-cache")],
         // 2. The reconnect delay, and a comment for humans reading with curl.
@@ -90,11 +99,7 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         frame: sse_frame,
         missed: |k| format!("event: missed\ndata: {k}\n\n"),
         heartbeat: ": heartbeat\n\n",
-    };
-    // From here this thread holds the response until the client leaves: it BLOCKS on its
-    // subscription in `stream::serve`, woken by each publish (write a block) or by the
-    // heartbeat interval (write a comment); the first failed write ends it.
-    stream::serve(lab, request, since, close_after, &framing, &counters)
+    }
 }
 
 /// 3. One event block: its id, one `data:` line per line of text, a blank line.

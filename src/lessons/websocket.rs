@@ -145,9 +145,8 @@ fn check_request(
     query: &Query,
 ) -> Result<Option<u64>, (u16, String)> {
     let origin = request.header("Origin");
-    let host = request.header("Host");
     if let Some(origin) = origin {
-        if !lab.is_own_origin(origin, host) {
+        if !lab.is_own_origin(origin, &lab.client(request)) {
             log::debug!("ws handshake refused: foreign Origin {origin:?}");
             return Err((403, "this Origin may not open the lab's WebSocket".into()));
         }

@@ -11,7 +11,6 @@ use reverse_ajax_lab::RunningLab;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
 const LAB: &str = "/atmosphere/lab";
@@ -296,23 +295,10 @@ fn a_resource_away_longer_than_the_timeout_is_forgotten() {
 
 fn ws(lab: &RunningLab, origin: Option<&str>) -> Result<tungstenite::WebSocket<TcpStream>, u16> {
     let port = lab.lab.websocket_port();
-    let address = format!("127.0.0.1:{port}");
-    let target = format!("ws://{address}{}", url("websocket", "0", false));
-    let mut request = target.into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
-    }
-    let stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    match tungstenite::client(request, stream) {
-        Ok((socket, _)) => Ok(socket),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
-            Err(response.status().as_u16())
-        }
+    let target = format!("ws://127.0.0.1:{port}{}", url("websocket", "0", false));
+    match common::websocket_handshake(&target, origin) {
+        Ok(socket) => Ok(socket),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
         Err(e) => panic!("{e}"),
     }
 }

@@ -300,3 +300,33 @@ fn an_unknown_expectation_gets_417() {
         "POST /publish HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx";
     assert_eq!(status_of(lab.addr(), request), 417);
 }
+
+#[test]
+fn a_stream_to_an_http_1_0_client_is_not_chunked_and_ends_with_the_connection() {
+    // RFC 9112 §6.1: no Transfer-Encoding to an HTTP/1.0 client (nginx's default to its
+    // upstream); the body is the bytes themselves, ended by closing.
+    let lab = start_lab();
+    let id = client::publish(lab.addr(), "for an old client").unwrap();
+    let mut socket = TcpStream::connect(lab.addr()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let ask = format!("GET /events/stream?since={} HTTP/1.0\r\n\r\n", id - 1);
+    socket.write_all(ask.as_bytes()).unwrap();
+    let mut text = String::new();
+    let mut buffer = [0u8; 4096];
+    while !text.contains("for an old client") {
+        let n = socket.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed early: {text:?}");
+        text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(head.contains("Connection: close"), "{head}");
+    // The NDJSON line itself, no chunk size before it.
+    assert!(body.starts_with("{\""), "{body:?}");
+}

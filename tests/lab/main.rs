@@ -10,6 +10,7 @@ mod common;
 
 mod atmosphere;
 mod bayeux;
+mod behind_a_proxy;
 mod benchmarks;
 mod buffering;
 mod classroom;

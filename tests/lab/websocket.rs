@@ -11,7 +11,6 @@ use reverse_ajax_lab::RunningLab;
 use serde_json::Value;
 use std::net::TcpStream;
 use std::time::Duration;
-use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
@@ -23,29 +22,7 @@ fn connect(
     query: &str,
     origin: Option<&str>,
 ) -> Result<Socket, tungstenite::Error> {
-    let url = format!("{}{query}", lab.lab.websocket_url);
-    let mut request = url.as_str().into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
-    }
-    let addr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    tungstenite::client(request, stream)
-        .map(|(socket, _)| socket)
-        .map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(e) => e,
-            tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-        })
+    common::websocket_handshake(&format!("{}{query}", lab.lab.websocket_url), origin)
 }
 
 /// The next text frame as JSON, skipping pings.

@@ -36,9 +36,9 @@ pub fn check(
     path: &str,
     query: &crate::http::Query,
     origin: Option<&str>,
-    host: Option<&str>,
+    client: &crate::forwarded::Client,
 ) -> Result<Accepted, (u16, String)> {
-    if origin.is_some_and(|origin| !lab.is_own_origin(origin, host)) {
+    if origin.is_some_and(|origin| !lab.is_own_origin(origin, client)) {
         return Err((403, "this Origin may not open the lab's WebSocket".into()));
     }
     // The page's "websocket refused": what a proxy that drops `Upgrade` does to a handshake,
@@ -81,7 +81,7 @@ pub fn upgrade(
         path,
         query,
         request.header("Origin"),
-        request.header("Host"),
+        &lab.client(&request),
     );
     let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered

@@ -173,7 +173,8 @@ pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io
         return http::write_no_content(request, &preflight, &counters);
     }
     let origin = http::header(&request, "Origin");
-    let foreign = origin.is_some_and(|o| !lab.is_own_origin(o, http::header(&request, "Host")));
+    let client = lab.client(&request);
+    let foreign = origin.is_some_and(|o| !lab.is_own_origin(o, &client));
     if foreign && *request.method() == Method::Post {
         return HttpError::new(403, "this Origin may not use the lab's Bayeux server")
             .reply(request, &counters);

@@ -287,7 +287,7 @@ pub fn handle(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) 
         _ => return refuse(lab, request, UNKNOWN_TRANSPORT, &counters),
     }
     if let Some(origin) = http::header(&request, "Origin") {
-        if !lab.is_own_origin(origin, http::header(&request, "Host")) {
+        if !lab.is_own_origin(origin, &lab.client(&request)) {
             return refuse(lab, request, FORBIDDEN, &counters);
         }
     }

@@ -57,7 +57,7 @@ pub fn check(
     socket_io: &SocketIo,
     query: &Query,
     origin: Option<&str>,
-    host: Option<&str>,
+    client: &crate::forwarded::Client,
 ) -> Result<Accepted, (u16, String)> {
     if query.get("EIO") != Some("4") {
         return Err((400, "Unsupported protocol version".into()));
@@ -65,7 +65,7 @@ pub fn check(
     if query.get("transport") != Some("websocket") {
         return Err((400, "Transport unknown".into()));
     }
-    if origin.is_some_and(|origin| !lab.is_own_origin(origin, host)) {
+    if origin.is_some_and(|origin| !lab.is_own_origin(origin, client)) {
         return Err((403, "Forbidden".into()));
     }
     let Some(sid) = query.get("sid") else {
@@ -98,8 +98,8 @@ fn config(socket_io: &SocketIo) -> WebSocketConfig {
 /// `/socket.io/` with `Upgrade: websocket` (the server's upgrade `match`): our checks, then
 /// the handshake every WebSocket endpoint shares (`ws::accept`).
 pub fn upgrade(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) -> io::Result<()> {
-    let (origin, host) = (request.header("Origin"), request.header("Host"));
-    let checked = check(lab, socket_io, query, origin, host);
+    let client = lab.client(&request);
+    let checked = check(lab, socket_io, query, request.header("Origin"), &client);
     let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
     };

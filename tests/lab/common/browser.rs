@@ -41,6 +41,11 @@ fn chromium() -> String {
 impl Browser {
     /// Start headless Chromium with a fresh profile and the DevTools port on a free port.
     pub fn launch() -> Browser {
+        Browser::launch_with(&[])
+    }
+
+    /// `launch`, with more command-line flags (a certificate to trust, say).
+    pub fn launch_with(extra: &[String]) -> Browser {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         let profile = std::env::temp_dir().join(format!(
@@ -65,6 +70,7 @@ impl Browser {
                 "--remote-debugging-address=127.0.0.1",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

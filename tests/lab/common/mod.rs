@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod browser;
+pub mod nginx;
 
 use reverse_ajax_lab::client;
 use reverse_ajax_lab::{Config, RunningLab};
@@ -353,6 +354,33 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A WebSocket handshake to `url` (`ws://HOST:PORT/path`) over a new blocking connection
+/// (reads time out after 20 s), as a page of `origin` makes it (`None`: not a browser): the
+/// socket, or the error the server answered with (`Error::Http` carries its status).
+pub fn websocket_handshake(
+    url: &str,
+    origin: Option<&str>,
+) -> Result<tungstenite::WebSocket<std::net::TcpStream>, tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+    }
+    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+    let stream = std::net::TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    tungstenite::client(request, stream)
+        .map(|(socket, _)| socket)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+        })
 }
 
 /// A port nobody listens on now (the kernel's pick, given back at once).

@@ -1,0 +1,164 @@
+//! A real nginx in front of a lab, on free ports, with the config the behind_a_proxy lesson
+//! writes (`nginx_config`), and a self-signed certificate for its HTTP/2 port. The test
+//! command (scripts/test) installs Debian's nginx and openssl when they are missing.
+
+use super::{free_port, wait_until};
+use reverse_ajax_lab::client;
+use reverse_ajax_lab::lessons::behind_a_proxy::{nginx_config, NginxSetup, Tls};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Nginx {
+    child: Child,
+    /// nginx's HTTP/1.1 port.
+    pub addr: SocketAddr,
+    /// Its HTTP/2 port (TLS), when started with one.
+    pub tls: Option<SocketAddr>,
+    /// The certificate's public key hash, for Chromium's
+    /// `--ignore-certificate-errors-spki-list` (trust this certificate, and only it).
+    pub spki: Option<String>,
+    dir: PathBuf,
+}
+
+/// nginx's binary: on PATH, or where Debian puts it (`/usr/sbin`, not on every user's PATH).
+fn nginx_binary() -> String {
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v nginx"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return "nginx".into();
+    }
+    if Path::new("/usr/sbin/nginx").exists() {
+        return "/usr/sbin/nginx".into();
+    }
+    panic!("nginx not found: the README's test command (scripts/test) installs Debian's nginx");
+}
+
+impl Nginx {
+    /// nginx in front of `lab`, its setup first changed by `tweak` (a short timeout, a
+    /// `proxy_bind`...).
+    pub fn start(lab: SocketAddr, tweak: impl FnOnce(&mut NginxSetup)) -> Nginx {
+        Nginx::start_with(lab, false, tweak)
+    }
+
+    /// `start`, with an HTTP/2 port over TLS too (a certificate made now by openssl).
+    pub fn start_with_tls(lab: SocketAddr) -> Nginx {
+        Nginx::start_with(lab, true, |_| {})
+    }
+
+    fn start_with(lab: SocketAddr, tls: bool, tweak: impl FnOnce(&mut NginxSetup)) -> Nginx {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "lab-nginx-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut setup = NginxSetup::for_lab(lab, dir.clone());
+        setup.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut spki = None;
+        if tls {
+            let (certificate, key, hash) = self_signed_certificate(&dir);
+            setup.tls = Some(Tls {
+                listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                certificate,
+                key,
+            });
+            spki = Some(hash);
+        }
+        tweak(&mut setup);
+        let config = dir.join("nginx.conf");
+        std::fs::write(&config, nginx_config(&setup)).unwrap();
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let nginx = Nginx {
+            child,
+            addr: setup.listen,
+            tls: setup.tls.as_ref().map(|t| t.listen),
+            spki,
+            dir,
+        };
+        wait_until("nginx answers (its error.log says why not)", || {
+            client::get(nginx.addr, "/stats").is_ok_and(|r| r.status == 200)
+        });
+        nginx
+    }
+
+    /// Chromium's flags to trust this nginx's certificate.
+    pub fn chromium_flags(&self) -> Vec<String> {
+        let spki = self.spki.as_deref().expect("started with TLS");
+        vec![format!("--ignore-certificate-errors-spki-list={spki}")]
+    }
+
+    /// nginx's error log so far (for a failing test's message).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker, then itself (SIGKILL would leave the worker).
+        // SAFETY: kill takes no pointers; the pid is our own child's, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A certificate for 127.0.0.1 made by openssl in `dir`: its file, its key's file, and the
+/// base64 SHA-256 of its public key (what Chromium's spki list takes).
+fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let (certificate, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs (scripts/test installs it)");
+    assert!(made.success(), "openssl made no certificate");
+    let pipeline = format!(
+        "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        certificate.display()
+    );
+    let hash = Command::new("sh")
+        .args(["-c", &pipeline])
+        .output()
+        .expect("openssl hashes the key");
+    let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+    assert!(!hash.is_empty(), "no key hash from openssl");
+    (certificate, key, hash)
+}
