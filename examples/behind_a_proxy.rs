@@ -13,7 +13,9 @@
 
 mod common;
 
-use reverse_ajax_lab::lessons::behind_a_proxy::{nginx_config, NginxSetup, Tls};
+use reverse_ajax_lab::lessons::behind_a_proxy::{
+    nginx_binary, nginx_config, NginxSetup, RunningNginx, Tls,
+};
 use reverse_ajax_lab::{CliError, Config};
 use std::net::SocketAddr;
 
@@ -92,11 +94,22 @@ mod measure {
     use reverse_ajax_lab::client;
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    use std::process::{Child, Command};
     use std::time::{Duration, Instant};
 
+    /// Events published per technique and per route.
+    const EVENTS: usize = 20;
+
     /// The techniques measured, as `Reader::connect` asks for each.
-    const TECHNIQUES: [&str; 4] = ["long-poll", "sse", "stream", "ws"];
+    const TECHNIQUES: [&str; 8] = [
+        "polling",
+        "long-poll",
+        "script-long-poll",
+        "iframe",
+        "multipart",
+        "stream",
+        "sse",
+        "ws",
+    ];
 
     pub fn run(clients: usize) {
         let lab = reverse_ajax_lab::RunningLab::start(Config {
@@ -107,20 +120,27 @@ mod measure {
             ..Config::default()
         })
         .expect("the lab starts");
-        let nginx = Nginx::start(lab.addr());
+        let nginx = start_nginx(lab.addr());
         println!(
-            "{clients} clients per technique, 20 events 100 ms apart; the lab on {}, nginx on {}",
+            "{clients} clients per technique, {EVENTS} events 100 ms apart; the lab on {}, nginx on {}",
             lab.addr(),
             nginx.addr
         );
-        println!("| technique | direct p50/p99 ms | through nginx p50/p99 ms | bytes/event direct | through nginx |");
-        println!("| --- | --- | --- | --- | --- |");
+        println!("| technique | direct p50/p99 ms | through nginx p50/p99 ms | bytes/event direct | through nginx | lost direct/through |");
+        println!("| --- | --- | --- | --- | --- | --- |");
         for technique in TECHNIQUES {
             let direct = once(technique, clients, lab.addr(), lab.addr());
             let proxied = once(technique, clients, nginx.addr, lab.addr());
             println!(
-                "| {technique} | {:.1}/{:.1} | {:.1}/{:.1} | {:.0} | {:.0} |",
-                direct.p50, direct.p99, proxied.p50, proxied.p99, direct.bytes, proxied.bytes
+                "| {technique} | {:.1}/{:.1} | {:.1}/{:.1} | {:.0} | {:.0} | {}/{} |",
+                direct.p50,
+                direct.p99,
+                proxied.p50,
+                proxied.p99,
+                direct.bytes,
+                proxied.bytes,
+                direct.lost,
+                proxied.lost
             );
         }
     }
@@ -130,6 +150,8 @@ mod measure {
         p99: f64,
         /// Bytes each client received per event (heads, framing and all).
         bytes: f64,
+        /// Events some client never received.
+        lost: usize,
     }
 
     /// `clients` clients of `technique` on `target`; 20 events published on `lab`.
@@ -142,34 +164,54 @@ mod measure {
         for _ in 0..clients {
             let (done, start, technique) = (done.clone(), start.clone(), technique.to_string());
             std::thread::spawn(move || {
-                let result = Reader::connect(&technique, target, since).map(|mut reader| {
-                    start.wait();
-                    reader.read_events(20)
-                });
-                let _ = done.send(result);
+                let reader = Reader::connect(&technique, target, since);
+                start.wait();
+                let _ = done.send(reader.map(|mut reader| reader.read_events(EVENTS)));
             });
         }
-        // Everyone connected and asked (a held long poll, a stream's head, a handshake).
+        // Everyone connected and asked; the held techniques wait until the lab holds them all
+        // (the polls hold nothing: a moment for their first answers).
         start.wait();
-        std::thread::sleep(Duration::from_millis(500)); // the last requests reach the lab
-        for n in 0..20 {
+        let held = |s: &serde_json::Value| {
+            ["parked", "streams", "websockets"]
+                .iter()
+                .map(|k| s[k].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end
+            && held(&client::get(lab, "/stats").unwrap().json()) < clients as u64
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for n in 0..EVENTS {
             let sent = common::now_micros();
             client::publish(lab, &format!("@@{sent}@@ event {n}")).unwrap();
             std::thread::sleep(Duration::from_millis(100));
         }
         let mut latencies = Vec::new();
         let mut bytes = 0usize;
+        let mut lost = 0;
         for _ in 0..clients {
             let (seen, read) = finished.recv().unwrap().expect("a client connects");
+            lost += EVENTS - seen.len().min(EVENTS);
             latencies.extend(seen);
             bytes += read;
         }
         latencies.sort_unstable();
-        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        let at = |q: f64| {
+            let last = latencies.len().saturating_sub(1);
+            latencies
+                .get((last as f64 * q) as usize)
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
         Figures {
             p50: at(0.5),
             p99: at(0.99),
-            bytes: bytes as f64 / (clients * 20) as f64,
+            bytes: bytes as f64 / (clients * EVENTS) as f64,
+            lost,
         }
     }
 
@@ -187,10 +229,13 @@ mod measure {
             let mut socket = TcpStream::connect(target)?;
             socket.set_nodelay(true)?;
             socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {target}\r\n\r\n");
             let request = match technique {
-                "long-poll" => long_poll(target, since),
-                "sse" => format!("GET /events/sse?since={since} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
-                "stream" => format!("GET /events/stream?since={since} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+                "polling" | "long-poll" | "script-long-poll" => ask(technique, target, since),
+                "iframe" => get(&format!("/events/iframe?since={since}")),
+                "multipart" => get(&format!("/events/multipart?since={since}")),
+                "stream" => get(&format!("/events/stream?since={since}")),
+                "sse" => get(&format!("/events/sse?since={since}")),
                 _ => format!(
                     "GET /events/ws?since={since} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\n\
                      Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -208,7 +253,14 @@ mod measure {
         }
 
         /// Read until `count` markers have come: each one's latency in µs, and the bytes read.
+        /// A stream's markers are stamped as they come; a polling technique's answer is read
+        /// whole (by its `Content-Length`), stamped, and followed by the next request: at once
+        /// for a long poll, 100 ms later for a poll.
         fn read_events(&mut self, count: usize) -> (Vec<u128>, usize) {
+            let asks = matches!(
+                self.technique.as_str(),
+                "polling" | "long-poll" | "script-long-poll"
+            );
             let mut seen = Vec::new();
             let mut text = String::new();
             let mut buffer = [0u8; 16384];
@@ -221,23 +273,22 @@ mod measure {
                 let arrived = common::now_micros();
                 self.read += n;
                 text.push_str(&String::from_utf8_lossy(&buffer[..n]));
-                // Every whole marker so far; keep what follows the last one.
-                while let Some(open) = text.find("@@") {
-                    let Some(close) = text[open + 2..].find("@@") else {
-                        break;
-                    };
-                    if let Ok(sent) = text[open + 2..open + 2 + close].parse::<u128>() {
-                        seen.push(arrived.saturating_sub(sent));
-                        self.since += 1;
-                    }
-                    text.drain(..open + 2 + close + 2);
+                if !asks {
+                    stamp(&mut text, arrived, &mut seen);
+                    continue;
                 }
-                // A long poll's answer is whole when its body has come: ask again.
-                if self.technique == "long-poll" && text.contains("\"last\":") {
-                    text.clear();
-                    let next = long_poll(self.target, self.since);
+                // Whole answers only: head, then Content-Length bytes.
+                while let Some(end) = whole_answer(&text) {
+                    let mut answer: String = text.drain(..end).collect();
+                    let before = seen.len();
+                    stamp(&mut answer, arrived, &mut seen);
+                    self.since += (seen.len() - before) as u64;
+                    if self.technique == "polling" {
+                        std::thread::sleep(Duration::from_millis(100)); // the poll interval
+                    }
+                    let next = ask(&self.technique, self.target, self.since);
                     if self.socket.write_all(next.as_bytes()).is_err() {
-                        break;
+                        return (seen, self.read);
                     }
                 }
             }
@@ -245,64 +296,53 @@ mod measure {
         }
     }
 
-    fn long_poll(target: SocketAddr, since: u64) -> String {
-        format!("GET /events/long-poll?since={since}&timeout=60 HTTP/1.1\r\nHost: {target}\r\n\r\n")
-    }
-
-    /// nginx with the lesson's config, on a free port, for as long as this lives.
-    struct Nginx {
-        child: Child,
-        addr: SocketAddr,
-    }
-
-    impl Nginx {
-        fn start(lab: SocketAddr) -> Nginx {
-            let dir =
-                std::env::temp_dir().join(format!("lab-nginx-measure-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut setup = NginxSetup::for_lab(lab, dir.clone());
-            setup.listen = SocketAddr::from(([127, 0, 0, 1], port));
-            std::fs::write(dir.join("nginx.conf"), nginx_config(&setup)).unwrap();
-            let child = Command::new("nginx")
-                .arg("-p")
-                .arg(&dir)
-                .arg("-c")
-                .arg(dir.join("nginx.conf"))
-                .spawn()
-                .expect("nginx runs (Debian: apt-get install nginx)");
-            let end = Instant::now() + Duration::from_secs(30);
-            while client::get(setup.listen, "/stats").is_err() {
-                assert!(
-                    Instant::now() < end,
-                    "nginx did not start; see {}",
-                    dir.display()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Nginx {
-                child,
-                addr: setup.listen,
-            }
-        }
-    }
-
-    impl Drop for Nginx {
-        fn drop(&mut self) {
-            // SIGTERM: nginx's master stops its workers, then itself (a SIGKILL would leave
-            // the workers running).
-            #[cfg(unix)]
-            // SAFETY: kill takes no pointers; the pid is our own child's, not yet reaped.
-            unsafe {
-                libc::kill(self.child.id() as i32, libc::SIGTERM)
+    /// Stamp every whole `@@micros@@` marker in `text` as arrived at `arrived`, keeping what
+    /// follows the last one.
+    fn stamp(text: &mut String, arrived: u128, seen: &mut Vec<u128>) {
+        while let Some(open) = text.find("@@") {
+            let Some(close) = text[open + 2..].find("@@") else {
+                return;
             };
-            #[cfg(not(unix))]
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Ok(sent) = text[open + 2..open + 2 + close].parse::<u128>() {
+                seen.push(arrived.saturating_sub(sent));
+            }
+            text.drain(..open + 2 + close + 2);
         }
+    }
+
+    /// Where the first whole answer in `text` ends, if it has all come.
+    fn whole_answer(text: &str) -> Option<usize> {
+        let head_end = text.find("\r\n\r\n")? + 4;
+        let length: usize = text[..head_end].lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })?;
+        (text.len() >= head_end + length).then_some(head_end + length)
+    }
+
+    /// A polling technique's request from `since`.
+    fn ask(technique: &str, target: SocketAddr, since: u64) -> String {
+        let path = match technique {
+            "polling" => format!("/events/poll?since={since}"),
+            "long-poll" => format!("/events/long-poll?since={since}&timeout=60"),
+            _ => format!("/events/long-poll-script?callback=f&since={since}&timeout=60"),
+        };
+        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\n\r\n")
+    }
+
+    /// nginx with the lesson's config on a free port, its files in a scratch folder.
+    fn start_nginx(lab: SocketAddr) -> RunningNginx {
+        let dir = std::env::temp_dir().join(format!("lab-nginx-measure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut setup = NginxSetup::for_lab(lab, dir);
+        setup.listen = SocketAddr::from(([127, 0, 0, 1], port));
+        RunningNginx::start(&setup, nginx_binary())
+            .expect("nginx runs (Debian: apt-get install nginx)")
     }
 }

@@ -133,6 +133,70 @@ impl NginxSetup {
     }
 }
 
+/// The nginx binary to start: Debian's `/usr/sbin/nginx` when it is there (`/usr/sbin` is not
+/// on every user's `PATH`), else `nginx` from the `PATH`.
+pub fn nginx_binary() -> &'static str {
+    if std::path::Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+/// nginx running with `nginx_config`'s config, stopped when dropped: what the tests and
+/// `--measure` start. (The example only prints the command: you start your nginx yourself.)
+pub struct RunningNginx {
+    child: std::process::Child,
+    /// Where it listens for HTTP/1.1.
+    pub addr: SocketAddr,
+}
+
+impl RunningNginx {
+    /// Write the config into `setup.dir`, start `binary` (`nginx`, or its path) with it, and
+    /// return once it answers `GET /stats` (passed on to the lab), within 30 s.
+    pub fn start(setup: &NginxSetup, binary: &str) -> io::Result<RunningNginx> {
+        let config = setup.dir.join("nginx.conf");
+        std::fs::write(&config, nginx_config(setup))?;
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(&setup.dir)
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let nginx = RunningNginx {
+            child,
+            addr: setup.listen,
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while !crate::client::get(nginx.addr, "/stats").is_ok_and(|r| r.status == 200) {
+            if std::time::Instant::now() > end {
+                let log = std::fs::read_to_string(setup.dir.join("error.log")).unwrap_or_default();
+                return Err(io::Error::other(format!("nginx did not answer: {log}")));
+            }
+            // BLOCKS: 20 ms between tries while nginx starts.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for RunningNginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker, then itself (a SIGKILL would leave the
+        // worker running, holding the port).
+        #[cfg(all(unix, not(lab_portable)))]
+        // SAFETY: kill takes no pointers; the pid is our own child's, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        #[cfg(any(not(unix), lab_portable))]
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A path in an nginx config: quoted, with `"` and `\` escaped.
 fn quoted(path: &std::path::Path) -> String {
     let text = path.display().to_string();

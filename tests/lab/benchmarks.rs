@@ -205,3 +205,25 @@ fn latency_against_the_node_peer_prints_both_and_their_ratio() {
         "nothing lost: {printed}"
     );
 }
+
+#[test]
+fn behind_a_proxy_measures_every_technique_direct_and_through_nginx_losing_nothing() {
+    // Its own lab in-process and its own nginx (scripts/test installs it) on free ports.
+    let printed = run("behind_a_proxy", &["--measure", "3"]);
+    for technique in [
+        "polling",
+        "long-poll",
+        "script-long-poll",
+        "iframe",
+        "multipart",
+        "stream",
+        "sse",
+        "ws",
+    ] {
+        let row = printed
+            .lines()
+            .find(|l| l.starts_with(&format!("| {technique} |")))
+            .unwrap_or_else(|| panic!("no row for {technique}:\n{printed}"));
+        assert!(row.ends_with("| 0/0 |"), "lost events: {row}");
+    }
+}

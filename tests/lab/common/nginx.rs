@@ -1,40 +1,24 @@
 //! A real nginx in front of a lab, on free ports, with the config the behind_a_proxy lesson
-//! writes (`nginx_config`), and a self-signed certificate for its HTTP/2 port. The test
+//! writes (`RunningNginx`), and a self-signed certificate for its HTTP/2 port. The test
 //! command (scripts/test) installs Debian's nginx and openssl when they are missing.
 
-use super::{free_port, wait_until};
-use reverse_ajax_lab::client;
-use reverse_ajax_lab::lessons::behind_a_proxy::{nginx_config, NginxSetup, Tls};
+use super::free_port;
+use reverse_ajax_lab::lessons::behind_a_proxy::{nginx_binary, NginxSetup, RunningNginx, Tls};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 pub struct Nginx {
-    child: Child,
+    /// Stopped (dropped) first, then its folder removed.
+    running: Option<RunningNginx>,
     /// nginx's HTTP/1.1 port.
     pub addr: SocketAddr,
     /// Its HTTP/2 port (TLS), when started with one.
     pub tls: Option<SocketAddr>,
     /// The certificate's public key hash, for Chromium's
     /// `--ignore-certificate-errors-spki-list` (trust this certificate, and only it).
-    pub spki: Option<String>,
+    spki: Option<String>,
     dir: PathBuf,
-}
-
-/// nginx's binary: on PATH, or where Debian puts it (`/usr/sbin`, not on every user's PATH).
-fn nginx_binary() -> String {
-    let on_path = Command::new("sh")
-        .args(["-c", "command -v nginx"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if on_path {
-        return "nginx".into();
-    }
-    if Path::new("/usr/sbin/nginx").exists() {
-        return "/usr/sbin/nginx".into();
-    }
-    panic!("nginx not found: the README's test command (scripts/test) installs Debian's nginx");
 }
 
 impl Nginx {
@@ -72,28 +56,18 @@ impl Nginx {
             spki = Some(hash);
         }
         tweak(&mut setup);
-        let config = dir.join("nginx.conf");
-        std::fs::write(&config, nginx_config(&setup)).unwrap();
-        let child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        let nginx = Nginx {
-            child,
+        let running = RunningNginx::start(&setup, nginx_binary()).unwrap_or_else(|e| {
+            panic!(
+                "nginx did not start ({e}); the README's test command (scripts/test) installs it"
+            )
+        });
+        Nginx {
+            running: Some(running),
             addr: setup.listen,
             tls: setup.tls.as_ref().map(|t| t.listen),
             spki,
             dir,
-        };
-        wait_until("nginx answers (its error.log says why not)", || {
-            client::get(nginx.addr, "/stats").is_ok_and(|r| r.status == 200)
-        });
-        nginx
+        }
     }
 
     /// Chromium's flags to trust this nginx's certificate.
@@ -101,27 +75,11 @@ impl Nginx {
         let spki = self.spki.as_deref().expect("started with TLS");
         vec![format!("--ignore-certificate-errors-spki-list={spki}")]
     }
-
-    /// nginx's error log so far (for a failing test's message).
-    pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM: the master stops its worker, then itself (SIGKILL would leave the worker).
-        // SAFETY: kill takes no pointers; the pid is our own child's, not yet reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if std::time::Instant::now() > end {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.wait();
+        drop(self.running.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
