@@ -35,7 +35,8 @@ pub struct Client {
     pub host: Option<String>,
     /// The browser reached the lab (or its proxy) over TLS.
     pub https: bool,
-    /// The request came through a trusted proxy, and its headers were read.
+    /// The request came through a trusted proxy: its peer is trusted and it carries at least
+    /// one `X-Forwarded-*` header (a trusted machine's own direct request carries none).
     pub via_proxy: bool,
 }
 
@@ -49,8 +50,11 @@ impl Client {
             https: false,
             via_proxy: false,
         };
-        // 1. Only a trusted proxy's word counts.
-        if !trusted.contains(&peer) {
+        // 1. Only a trusted proxy's word counts, and only if it said something.
+        let said = ["X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"]
+            .iter()
+            .any(|name| head.header(name).is_some());
+        if !trusted.contains(&peer) || !said {
             return direct;
         }
         // 2. The last entry, which the proxy wrote. One that is not an address (or none at
@@ -162,6 +166,10 @@ mod tests {
             Client::of(&head(&[]), ip("127.0.0.3"), &trusted).ip,
             ip("127.0.0.3")
         );
+        let no_address = head(&[("X-Forwarded-Host", "127.0.0.1:8081")]);
+        let client = Client::of(&no_address, ip("127.0.0.3"), &trusted);
+        assert_eq!(client.ip, ip("127.0.0.3"));
+        assert!(client.via_proxy);
     }
 
     #[test]
@@ -174,10 +182,15 @@ mod tests {
         let client = Client::of(&proxied, ip("127.0.0.1"), &[ip("127.0.0.1")]);
         assert_eq!(client.host.as_deref(), Some("192.168.1.5:8443"));
         assert_eq!(client.scheme(), "https");
-        // A proxy that sets neither: the Host it sent, over http.
-        let bare = head(&[("Host", "127.0.0.1:8080")]);
-        let client = Client::of(&bare, ip("127.0.0.1"), &[ip("127.0.0.1")]);
+        // Only X-Forwarded-For: the Host it sent, over http.
+        let only_for = head(&[("Host", "127.0.0.1:8080"), ("X-Forwarded-For", "10.0.0.2")]);
+        let client = Client::of(&only_for, ip("127.0.0.1"), &[ip("127.0.0.1")]);
         assert_eq!(client.host.as_deref(), Some("127.0.0.1:8080"));
         assert_eq!(client.scheme(), "http");
+        assert!(client.via_proxy);
+        // None at all: the trusted machine's own direct request, not a proxied one.
+        let direct = head(&[("Host", "127.0.0.1:8080")]);
+        let client = Client::of(&direct, ip("127.0.0.1"), &[ip("127.0.0.1")]);
+        assert!(!client.via_proxy);
     }
 }

@@ -480,7 +480,7 @@ fn stats_json(
 /// `GET /`: every lesson (or the one an example serves) with its one-line idea.
 fn index(lab: &Lab, request: Request) -> io::Result<()> {
     let counters = lab.count("index");
-    let body = index_html(lab);
+    let body = index_html(lab, Some(&lab.client(&request)));
     http::write_response(
         request,
         200,
@@ -491,7 +491,8 @@ fn index(lab: &Lab, request: Request) -> io::Result<()> {
     )
 }
 
-fn index_html(lab: &Lab) -> String {
+/// The index for `client` (`None` at the door, where the peer is not known).
+fn index_html(lab: &Lab, client: Option<&crate::forwarded::Client>) -> String {
     let mut items = String::new();
     for lesson in LESSONS
         .iter()
@@ -508,9 +509,14 @@ fn index_html(lab: &Lab) -> String {
             idea = http::escape_html(lesson.idea),
         ));
     }
-    // Listening on every interface: the addresses students can type, with QR codes.
-    let urls = crate::classroom::student_urls(lab.addr, "/");
-    let classroom = if lab.addr.ip().is_unspecified() {
+    // Listening on every interface: the addresses students can type, with QR codes. Behind a
+    // trusted proxy, the one address that matters is the proxy's, as this browser used it.
+    let through_proxy = client.filter(|c| c.via_proxy && c.host.is_some());
+    let urls = match through_proxy {
+        Some(client) => vec![format!("{}/", lab.base_url(client, false))],
+        None => crate::classroom::student_urls(lab.addr, "/"),
+    };
+    let classroom = if lab.addr.ip().is_unspecified() || through_proxy.is_some() {
         let mut list = String::from(
             "<section id=\"classroom\"><h2>Open the lab from another machine</h2><ul class=\"urls\">\n",
         );
@@ -576,7 +582,7 @@ fn answer_at_the_door(
             let json = stats_json(lab, state, &client).to_string();
             Some((200, "application/json", json.into_bytes()))
         }
-        "/" => page(&index_html(lab)),
+        "/" => page(&index_html(lab, None)),
         "/teacher" => page(TEACHER_HTML),
         "/assets/lab.js" => Some((200, "application/javascript", lab_js(lab).into_bytes())),
         "/assets/lab.css" => Some((200, "text/css", lessons::LAB_CSS.as_bytes().to_vec())),

@@ -327,6 +327,9 @@ fn with_trust_proxy_the_lab_believes_its_proxy_and_nobody_else() {
     assert_eq!(seen["via_proxy"], false);
     assert_eq!(seen["origin"], format!("http://{}", lab.addr()));
 
+    // The index hands out the address the browser used: nginx's.
+    let index = request_from(alice, nginx.addr, "/", &[]).unwrap().body;
+    assert!(index.contains(&format!("href=\"{page}/\"")), "{index}");
     // The page's origin through nginx opens the WebSocket; a forged one does not.
     assert!(websocket_through(nginx.addr, "/events/ws", &page).is_ok());
     match websocket_through(nginx.addr, "/events/ws", "http://evil.example") {
