@@ -291,13 +291,16 @@ fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
             "/socket.io/" => {
                 lessons::socket_io::websocket::upgrade(lab, &state.socket_io, request, &query)
             }
+            p if p == "/cometd" || p.starts_with("/cometd/") => {
+                lessons::bayeux::websocket::upgrade(lab, &state.bayeux, request)
+            }
             p if p.starts_with(lessons::atmosphere::PREFIX) => {
                 let broadcasters = &state.atmosphere;
                 lessons::atmosphere::websocket::upgrade(lab, broadcasters, request, path, &query)
             }
             _ => {
-                let message =
-                    "the WebSocket endpoints are /events/ws, /socket.io/ and /atmosphere/NAME";
+                let message = "the WebSocket endpoints are /events/ws, /socket.io/, /cometd and \
+                               /atmosphere/NAME";
                 let refused: Result<(), _> = Err((404, message.into()));
                 lab.accept_websocket(request, refused).map(|_| ())
             }

@@ -72,14 +72,14 @@ fn the_handshake_gives_an_id_the_connection_types_and_advice() {
     assert_eq!(reply["id"], "7", "the id is echoed");
     assert_eq!(
         reply["supportedConnectionTypes"],
-        json!(["long-polling", "callback-polling"])
+        json!(["websocket", "long-polling", "callback-polling"])
     );
     assert_eq!(reply["advice"]["reconnect"], "retry");
     assert_eq!(reply["advice"]["timeout"], 2000);
     assert!(reply["clientId"].as_str().unwrap().len() >= 20);
     let refused = send(
         lab.addr(),
-        json!([{"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["websocket"]}]),
+        json!([{"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["flash"]}]),
     );
     assert_eq!(refused[0]["successful"], false);
     assert!(refused[0]["error"].as_str().unwrap().starts_with("400::"));
@@ -372,23 +372,40 @@ fn official_client(addr: SocketAddr, scenario: &str) -> Value {
 }
 
 #[test]
-fn the_official_client_falls_back_to_long_polling_and_does_everything() {
+fn the_official_client_stays_on_websocket_with_its_defaults_and_does_everything() {
     let lab = lab();
     let summary = official_client(lab.addr(), "basics");
-    // Its WebSocket attempt on the HTTP port fails; long polling takes over.
+    // Its first choice, WebSocket at /cometd, is taken.
     assert_eq!(
-        summary["handshakes"][0],
-        json!({"successful": false, "transport": "websocket"})
-    );
-    assert_eq!(
-        summary["handshakes"][1],
-        json!({"successful": true, "transport": "long-polling"})
+        summary["handshakes"],
+        json!([{"successful": true, "transport": "websocket"}])
     );
     assert_eq!(summary["echo"], json!({"hello": "service"}));
     wait_until("both clients are gone", || {
         let s = stats(lab.addr());
-        s["bayeux_clients"] == 0 && s["subscribers"] == 0 && s["parked"] == 0
+        s["bayeux_clients"] == 0
+            && s["subscribers"] == 0
+            && s["parked"] == 0
+            && s["websockets"] == 0
     });
+}
+
+#[test]
+fn the_official_client_falls_back_to_long_polling_where_websocket_is_refused() {
+    // nginx's defaults (`/bare/`) drop the upgrade headers: the lab sees a plain GET.
+    let lab = lab();
+    let nginx = common::nginx::Nginx::start(lab.addr(), |_| {});
+    let args = [
+        "fallback".to_string(),
+        format!("http://{}/bare", nginx.addr),
+    ];
+    let summary = common::run_node("bayeux.mjs", "cometd", &args);
+    assert_eq!(
+        summary["handshakes"],
+        json!([{"successful": false, "transport": "websocket"},
+               {"successful": true, "transport": "long-polling"}])
+    );
+    assert_eq!(summary["transport"], "long-polling");
 }
 
 #[test]
@@ -396,7 +413,7 @@ fn the_official_client_handshakes_again_when_the_lab_has_forgotten_it() {
     let lab = lab();
     let summary = official_client(lab.addr(), "rehandshake");
     assert_eq!(summary["unknown"][0], "402::Unknown client");
-    // (Its first attempt, on a WebSocket, fails; then one handshake, and one more.)
+    // (Over long polling: the stall is XMLHttpRequest's. One handshake, and one more.)
     let successful = summary["handshakes"]
         .as_array()
         .unwrap()
@@ -440,8 +457,7 @@ fn the_lesson_page_subscribes_publishes_and_receives() {
 }
 
 #[test]
-fn the_official_client_runs_in_chromium_with_long_polling_and_with_callback_polling_across_origins()
-{
+fn the_official_client_runs_in_chromium_on_websocket_and_with_callback_polling_across_origins() {
     let lab = lab();
     let browser = Browser::launch();
     let mut page = browser.open(&format!(
@@ -449,10 +465,13 @@ fn the_official_client_runs_in_chromium_with_long_polling_and_with_callback_poll
         lab.addr()
     ));
     page.wait_for(
-        "long polling",
-        "document.getElementById('transport').textContent === 'long-polling'",
+        "websocket",
+        "document.getElementById('transport').textContent === 'websocket'",
     );
-    wait_until("its connect is held", || stats(lab.addr())["parked"] == 1);
+    wait_until("its connect is held, on its socket", || {
+        let s = stats(lab.addr());
+        s["parked"] == 1 && s["websockets"] == 1
+    });
     publish(lab.addr(), "to the official client").unwrap();
     page.wait_for_log("[event] to the official client");
     // Served from localhost, talking to 127.0.0.1 by JSONP.
@@ -518,4 +537,243 @@ fn a_connect_held_past_the_idle_timeout_keeps_its_connection() {
     );
     let third = connection.get(&connect("3")).unwrap();
     assert!(third.body.contains("\"id\":\"3\""), "{}", third.body);
+}
+
+// ---- The websocket transport, by hand ------------------------------------------------------
+
+type Socket = tungstenite::WebSocket<std::net::TcpStream>;
+
+/// A WebSocket to the lab's `/cometd`.
+fn open_socket(addr: SocketAddr) -> Socket {
+    common::websocket_handshake(
+        &format!("ws://{addr}/cometd"),
+        Some(&format!("http://{addr}")),
+    )
+    .unwrap()
+}
+
+fn send_frame(socket: &mut Socket, batch: Value) {
+    socket
+        .send(tungstenite::Message::text(batch.to_string()))
+        .unwrap();
+}
+
+/// The next batch the lab sends.
+fn next_batch(socket: &mut Socket) -> Vec<Value> {
+    loop {
+        match socket.read().unwrap() {
+            tungstenite::Message::Text(text) => {
+                return serde_json::from_str::<Value>(text.as_str())
+                    .unwrap()
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Handshake (with the ack extension when `acks`) and a first connect on `socket`; the id.
+fn handshake_on(socket: &mut Socket, acks: bool) -> String {
+    send_frame(
+        socket,
+        json!([{"channel": "/meta/handshake", "version": "1.0", "id": "1",
+                "supportedConnectionTypes": ["websocket"], "ext": {"ack": acks}}]),
+    );
+    let reply = next_batch(socket);
+    assert_eq!(reply[0]["successful"], true, "{reply:?}");
+    let client = reply[0]["clientId"].as_str().unwrap().to_string();
+    ws_connect(socket, &client, json!({"ack": 0}));
+    let first = next_batch(socket);
+    assert_eq!(
+        first.last().unwrap()["channel"],
+        "/meta/connect",
+        "{first:?}"
+    );
+    send_frame(
+        socket,
+        json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/lab/events", "id": "s"}]),
+    );
+    assert_eq!(next_batch(socket)[0]["successful"], true);
+    client
+}
+
+fn ws_connect(socket: &mut Socket, client: &str, ext: Value) {
+    send_frame(
+        socket,
+        json!([{"channel": "/meta/connect", "clientId": client, "id": "c",
+                "connectionType": "websocket", "ext": ext}]),
+    );
+}
+
+#[test]
+fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_its_timeout() {
+    let lab = lab();
+    let addr = lab.addr();
+    let mut socket = open_socket(addr);
+    let client = handshake_on(&mut socket, false);
+    ws_connect(&mut socket, &client, json!({}));
+    wait_until("the connect is held, and counted as parked", || {
+        stats(addr)["parked"] == 1
+    });
+    let started = Instant::now();
+    let id = publish(addr, "over the socket").unwrap();
+    // The delivery comes alone, while the connect stays held.
+    let batch = next_batch(&mut socket);
+    assert_eq!(
+        batch,
+        vec![json!({"channel": "/lab/events", "data": {"data": "over the socket", "id": id}})]
+    );
+    assert_eq!(stats(addr)["parked"], 1, "the connect is still held");
+    // The connect's own answer comes at the advised timeout (2 s here).
+    let batch = next_batch(&mut socket);
+    assert_eq!(batch.len(), 1, "{batch:?}");
+    assert_eq!(batch[0]["channel"], "/meta/connect");
+    assert_eq!(batch[0]["successful"], true);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    // A publish from the socket reaches the hub, and a service answers the sender.
+    send_frame(
+        &mut socket,
+        json!([{"channel": "/service/echo", "clientId": client, "data": "ping", "id": "e"}]),
+    );
+    let mut got = next_batch(&mut socket);
+    if got[0]["channel"] != "/service/echo" {
+        got = next_batch(&mut socket);
+    }
+    assert!(
+        got.iter()
+            .any(|m| m["channel"] == "/service/echo" && m["data"] == "ping"),
+        "{got:?}"
+    );
+    drop(socket);
+    wait_until("the socket and its held connect are let go", || {
+        let s = stats(addr);
+        s["websockets"] == 0 && s["parked"] == 0
+    });
+    // Without connects, the client expires after maxInterval, as over HTTP.
+    wait_until("the client expires", || stats(addr)["bayeux_clients"] == 0);
+    common::wait_for_baseline(addr);
+}
+
+#[test]
+fn under_the_ack_extension_the_websocket_delivers_with_connect_answers_and_resends_on_a_new_socket()
+{
+    let lab = lab();
+    let addr = lab.addr();
+    let mut socket = open_socket(addr);
+    let client = handshake_on(&mut socket, true);
+    ws_connect(&mut socket, &client, json!({"ack": 0}));
+    wait_until("the connect is held", || stats(addr)["parked"] == 1);
+    let id = publish(addr, "numbered").unwrap();
+    // The delivery rides on the connect's answer, which numbers the batch.
+    let batch = next_batch(&mut socket);
+    assert_eq!(batch.len(), 2, "{batch:?}");
+    assert_eq!(batch[0]["data"]["id"], id);
+    assert_eq!(batch[1]["channel"], "/meta/connect");
+    let number = batch[1]["ext"]["ack"].as_u64().unwrap();
+    // The socket breaks before the client could acknowledge it; on a new socket, the next
+    // connect names the batch before: the event comes again, at once.
+    drop(socket);
+    let mut socket = open_socket(addr);
+    ws_connect(&mut socket, &client, json!({"ack": number - 1}));
+    let again = next_batch(&mut socket);
+    assert_eq!(again[0]["data"]["id"], id, "{again:?}");
+    assert_eq!(again.last().unwrap()["channel"], "/meta/connect");
+    // Acknowledged: the next connect is held, empty, until its timeout.
+    let last = again.last().unwrap()["ext"]["ack"].as_u64().unwrap();
+    ws_connect(&mut socket, &client, json!({"ack": last}));
+    let started = Instant::now();
+    let quiet = next_batch(&mut socket);
+    assert_eq!(quiet.len(), 1, "nothing sent again: {quiet:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[test]
+fn the_bayeux_websocket_refuses_a_foreign_origin_and_answers_bad_batches_with_errors() {
+    let lab = lab();
+    let addr = lab.addr();
+    match common::websocket_handshake(&format!("ws://{addr}/cometd"), Some("http://evil.example")) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected a 403, got {:?}", other.map(|_| "a socket")),
+    }
+    let mut socket = open_socket(addr);
+    socket.send(tungstenite::Message::text("not json")).unwrap();
+    let error = next_batch(&mut socket);
+    assert_eq!(error[0]["successful"], false);
+    assert!(
+        error[0]["error"].as_str().unwrap().starts_with("400::"),
+        "{error:?}"
+    );
+    // An unknown client: 402 with the advice to handshake; the socket lives on.
+    ws_connect(&mut socket, "nobody", json!({}));
+    let unknown = next_batch(&mut socket);
+    assert_eq!(unknown[0]["error"], "402::Unknown client");
+    assert_eq!(unknown[0]["advice"]["reconnect"], "handshake");
+    let client = handshake_on(&mut socket, false);
+    assert!(client.len() >= 20);
+    // A connect over the socket that names an HTTP connection type is refused.
+    send_frame(
+        &mut socket,
+        json!([{"channel": "/meta/connect", "clientId": client, "id": "x",
+                "connectionType": "long-polling"}]),
+    );
+    let refused = next_batch(&mut socket);
+    assert!(
+        refused[0]["error"].as_str().unwrap().starts_with("400::"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_disconnect_answers_the_held_connect_with_the_advice_not_to_reconnect() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    connect(addr, &client, json!({}));
+    let held = std::thread::spawn({
+        let client = client.clone();
+        move || connect(addr, &client, json!({}))
+    });
+    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
+    let goodbye = send(
+        addr,
+        json!([{"channel": "/meta/disconnect", "clientId": client, "id": "d"}]),
+    );
+    assert_eq!(goodbye[0]["successful"], true);
+    let last = held.join().unwrap();
+    let reply = last.last().unwrap();
+    assert_eq!(reply["channel"], "/meta/connect");
+    assert_eq!(reply["successful"], true, "{reply}");
+    assert_eq!(reply["advice"]["reconnect"], "none", "{reply}");
+    // Gone: a later connect is told to handshake again.
+    let after = connect(addr, &client, json!({}));
+    assert_eq!(after[0]["error"], "402::Unknown client");
+    assert_eq!(after[0]["advice"]["reconnect"], "handshake");
+}
+
+#[test]
+fn the_cost_scenario_measures_both_transports_and_the_websocket_needs_no_request_per_event() {
+    // The book's figures come from this scenario at 50 events; a smoke size here.
+    let lab = lab();
+    let args = [
+        "cost".to_string(),
+        format!("http://{}", lab.addr()),
+        "5".into(),
+    ];
+    let figures = common::run_node("bayeux.mjs", "cometd", &args);
+    assert_eq!(figures["websocket"]["requests_per_event"], 0.0, "{figures}");
+    assert!(
+        figures["long-polling"]["requests_per_event"]
+            .as_f64()
+            .unwrap()
+            >= 0.8
+    );
+    let ws = figures["websocket"]["bytes_per_event"].as_u64().unwrap();
+    let lp = figures["long-polling"]["bytes_per_event"].as_u64().unwrap();
+    assert!(ws > 0 && ws < lp, "{figures}");
 }

@@ -15,11 +15,13 @@ async function publishByRest(text) {
   check(response.ok, `POST /publish answered ${response.status}`);
   return (await response.json()).id;
 }
-/** A client with the ack extension, handshaken (websocket first: the library's default). */
-function client(handshakes) {
+/** A client with the ack extension, handshaken (websocket first: the library's default;
+ * `http` turns WebSocket off, for the scenarios that tamper with XMLHttpRequest). */
+function client(handshakes, { http = false } = {}) {
   const cometd = new CometD();
   cometd.registerExtension("ack", new AckExtension());
   cometd.configure({ url: url + "/cometd", logLevel: "warn" });
+  if (http) cometd.websocketEnabled = false;
   return new Promise((resolve) => {
     cometd.addListener("/meta/handshake", (reply) => {
       handshakes.push({ successful: reply.successful, transport: reply.failure ? reply.failure.connectionType : cometd.getTransport().type });
@@ -53,8 +55,8 @@ function waitFor(list, what, filter) {
 }
 
 const scenarios = {
-  // The WebSocket attempt fails (the HTTP port cannot upgrade), long polling takes over;
-  // wildcards, the hub both ways, a service, client-to-client channels, unsubscribe.
+  // With default options: the websocket transport at /cometd; wildcards, the hub both ways,
+  // a service, client-to-client channels, unsubscribe.
   async basics() {
     const handshakes = [];
     const a = await client(handshakes);
@@ -99,6 +101,7 @@ const scenarios = {
     const cometd = new CometD();
     cometd.registerExtension("ack", new AckExtension());
     cometd.configure({ url: url + "/cometd", logLevel: "warn" });
+    cometd.websocketEnabled = false; // the stall below is one of XMLHttpRequest's
     const events = [];
     const unknown = [];
     cometd.addListener("/meta/connect", (reply) => {
@@ -137,7 +140,7 @@ const scenarios = {
 // naming the batch before it, and the lab sends the event again. Nothing lost, nothing twice.
 scenarios.ack = async function () {
   const handshakes = [];
-  const cometd = await client(handshakes);
+  const cometd = await client(handshakes, { http: true });
   const events = [];
   await subscribe(cometd, "/lab/events", (m) => events.push(m.data));
   const XHR = globalThis.window.XMLHttpRequest; // cometd-nodejs-client's, set by adapt()
@@ -166,6 +169,58 @@ scenarios.ack = async function () {
   check(ids.filter((x) => x === id).length === 1, `the event arrived once: ${ids}`);
   await new Promise((resolve) => cometd.disconnect(resolve));
   done({ dropped: JSON.parse(dropped).length, ids });
+};
+
+// What a delivery costs, per transport (the book's figures: chapter 16):
+//   node tests/node/bayeux.mjs cost http://127.0.0.1:8080 [EVENTS]
+// One client without acks, subscribed to /lab/events, EVENTS events (default 50) published by
+// REST 100 ms apart; the lab's own counters (/stats) before and after: requests and bytes the
+// Bayeux lesson served per event. Run it against a lab with --generator off and no other
+// Bayeux client.
+scenarios.cost = async function () {
+  const count = Number(process.argv[4] || 50);
+  const bayeux = async () => (await (await fetch(url + "/stats")).json()).lessons.bayeux || {};
+  const figures = {};
+  for (const transport of ["websocket", "long-polling"]) {
+    const cometd = new CometD();
+    cometd.configure({ url: url + "/cometd", logLevel: "warn" });
+    if (transport !== "websocket") cometd.websocketEnabled = false;
+    await new Promise((resolve) => {
+      cometd.addListener("/meta/handshake", (reply) => reply.successful && resolve());
+      cometd.handshake();
+    });
+    check(cometd.getTransport().type === transport, `on ${cometd.getTransport().type}`);
+    const events = [];
+    await subscribe(cometd, "/lab/events", (m) => events.push(m.data));
+    const before = await bayeux();
+    for (let n = 0; n < count; n++) {
+      await publishByRest("xxxxxxx");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await waitFor(events, `all ${count} events`, () => events.length >= count);
+    const after = await bayeux();
+    figures[transport] = {
+      requests_per_event: ((after.requests || 0) - (before.requests || 0)) / count,
+      bytes_per_event: Math.round(((after.bytes || 0) - (before.bytes || 0)) / count),
+    };
+    await new Promise((resolve) => cometd.disconnect(resolve));
+  }
+  done(figures);
+};
+
+// Where WebSocket is refused (here a proxy that drops the upgrade headers: the lab answers
+// the plain GET with an error), the client falls back to long polling and works on.
+scenarios.fallback = async function () {
+  const handshakes = [];
+  const cometd = await client(handshakes);
+  const events = [];
+  await subscribe(cometd, "/lab/events", (m) => events.push(m.data));
+  const text = "after the fallback " + Date.now();
+  await publishByRest(text);
+  await waitFor(events, "an event over long polling", (e) => e.data === text);
+  const transport = cometd.getTransport().type;
+  await new Promise((resolve) => cometd.disconnect(resolve));
+  done({ handshakes, transport });
 };
 
 run(scenarios);

@@ -26,20 +26,27 @@
 //!    `clientId` gets `402::Unknown client` with the advice to handshake again.
 //! 3. `hold_connect`: a `/meta/connect` in the batch is answered last. The first is answered
 //!    at once; later ones park on the client's queue and its hub feed until a delivery or the
-//!    advised timeout. One connect at a time per client: a second is refused.
+//!    advised timeout. One connect at a time per client: a second is refused. A connect held
+//!    when its client disconnects is told `reconnect: none`.
 //! 4. The `ack` extension: every connect answer is a numbered batch; the client names the last
-//!    batch it got on its next connect, and anything after it is sent again.
+//!    batch it got on its next connect, and anything after it is sent again, at once.
 //! 5. `sweep`: one thread expires clients that stop connecting for `maxInterval` after their
 //!    last connect answer, freeing their subscriptions.
+//! 6. `websocket`: the same messages over a WebSocket at `/cometd` (the official client's
+//!    first choice): replies at once, the connect held by a writer thread that sends each
+//!    delivery as it comes.
 //!
-//! **What it costs**: a request per delivery batch, as long polling, plus a request per
-//! subscribe or publish; every message carries its channel and usually an id; the client id
-//! ties a client to the server that knows it (sticky sessions again).
+//! **What it costs**: over long polling a request per delivery batch, plus a request per
+//! subscribe or publish; over WebSocket a frame per delivery (63 bytes for a small event
+//! against 322 over long polling: LESSONS.md, chapter 16) and two threads per client; every
+//! message carries its channel and usually an id; the client id ties a client to the server
+//! that knows it (sticky sessions again).
 //!
 //! **Try it**: `cargo run --example bayeux`, open <http://127.0.0.1:8080/lessons/bayeux> in two
 //! tabs; or by hand: `curl -s -d '[{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["long-polling"]}]' http://127.0.0.1:8080/cometd`.
 
 pub mod message;
+pub mod websocket;
 
 use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
@@ -60,8 +67,9 @@ pub use crate::config::BayeuxSettings as Settings;
 
 /// The hub's channel.
 pub const HUB_CHANNEL: &str = "/lab/events";
-/// The connection types served (WebSocket is not: see LESSONS.md, chapter 16).
-const CONNECTION_TYPES: &[&str] = &["long-polling", "callback-polling"];
+/// The connection types served: `websocket` at `/cometd` itself (`websocket.rs`), and the two
+/// HTTP ones.
+const CONNECTION_TYPES: &[&str] = &["websocket", "long-polling", "callback-polling"];
 /// Deliveries queued for a client before it counts as a slow consumer and is dropped.
 const QUEUE: usize = 1024;
 
@@ -82,6 +90,8 @@ struct ClientState {
     /// When it expires if no connect comes (none while one is held).
     expires: Instant,
     gone: bool,
+    /// Gone by its own `/meta/disconnect` (its held connect is told not to reconnect).
+    disconnected: bool,
     /// A subscription covers `/lab/events`: the client has a hub feed.
     hub: bool,
     /// The ack extension: numbered batches not yet acknowledged.
@@ -266,6 +276,23 @@ fn process(
     transport: &str,
     counters: &LessonCounters,
 ) -> Vec<Message> {
+    let (mut replies, connect) = process_messages(lab, bayeux, batch, transport);
+    if let Some((client, message)) = connect {
+        replies.extend(hold_connect(
+            lab, bayeux, &client, &message, transport, counters,
+        ));
+    }
+    replies
+}
+
+/// Every message of a batch but its `/meta/connect`, which comes back, with its client, for
+/// the transport to hold (an HTTP request holds its thread; a WebSocket its writer).
+fn process_messages(
+    lab: &Lab,
+    bayeux: &Bayeux,
+    batch: Vec<Message>,
+    transport: &str,
+) -> (Vec<Message>, Option<(Arc<Client>, Message)>) {
     let mut replies = Vec::new();
     let mut connect = None;
     for message in batch {
@@ -307,6 +334,7 @@ fn process(
                 channel == "/meta/subscribe",
             )),
             "/meta/disconnect" => {
+                client.state().disconnected = true;
                 bayeux.forget(&client, "disconnected");
                 replies.push(message::reply(&message, true));
             }
@@ -316,12 +344,7 @@ fn process(
             _ => replies.push(publish(lab, bayeux, &client, &message, &channel)),
         }
     }
-    if let Some((client, message)) = connect {
-        replies.extend(hold_connect(
-            lab, bayeux, &client, &message, transport, counters,
-        ));
-    }
-    replies
+    (replies, connect)
 }
 
 fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
@@ -331,7 +354,7 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
         .map(|types| types.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if !offered.iter().any(|t| CONNECTION_TYPES.contains(t)) && !offered.contains(&transport) {
-        let text = "no common connection type (long-polling, callback-polling)";
+        let text = "no common connection type (websocket, long-polling, callback-polling)";
         return message::error(message, 400, text, None);
     }
     let acks = message
@@ -351,6 +374,7 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
             connect_held: false,
             expires: Instant::now() + settings.max_interval + settings.timeout,
             gone: false,
+            disconnected: false,
             hub: false,
             acks,
             unacked: VecDeque::new(),
@@ -491,52 +515,83 @@ fn hold_connect(
     transport: &str,
     counters: &LessonCounters,
 ) -> Vec<Message> {
-    let connection_type = message.get("connectionType").and_then(Value::as_str);
-    if connection_type.is_some_and(|t| !CONNECTION_TYPES.contains(&t)) {
-        return vec![message::error(
-            message,
-            400,
-            "unsupported connectionType",
-            None,
-        )];
-    }
-    let acked = message
-        .get("ext")
-        .and_then(|ext| ext.get("ack"))
-        .and_then(Value::as_u64);
-    let first = {
-        let mut state = client.state();
-        if state.connect_held {
-            return vec![message::error(
-                message,
-                409,
-                "a /meta/connect is already held for this client",
-                Some("retry"),
-            )];
-        }
-        state.connect_held = true;
-        // 4. Acknowledged batches are done with.
-        if let Some(acked) = acked {
-            state.unacked.retain(|(batch, _)| *batch > acked);
-        }
-        state.connects == 0
+    let at_once = match begin_connect(client, message, transport) {
+        Ok(at_once) => at_once,
+        Err(refused) => return vec![refused],
     };
-    let client_timeout = message
-        .get("advice")
-        .and_then(|a| a.get("timeout"))
-        .and_then(Value::as_u64);
     let mut deliveries = Vec::new();
-    if !first && client_timeout != Some(0) {
+    if !at_once && !asks_not_to_wait(message) {
         if let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) {
             log::debug!("bayeux client {} connect parked ({transport})", client.id);
             let deadline = Instant::now() + bayeux.settings.timeout;
             deliveries = wait_for_deliveries(client, deadline);
         }
     }
-    // Whatever else is queued rides along.
-    for outgoing in client.queue_rx.try_iter() {
-        if let Outgoing::Message(m) = outgoing {
-            deliveries.push(m);
+    finish_connect(bayeux, client, message, deliveries, counters)
+}
+
+/// A connect's checks, and the client marked as holding one: `Ok(true)` when it is to be
+/// answered at once (the client's first connect, or one that left a batch unacknowledged,
+/// sent again now), or the refusal to answer with.
+fn begin_connect(client: &Client, message: &Message, transport: &str) -> Result<bool, Message> {
+    let connection_type = message.get("connectionType").and_then(Value::as_str);
+    let allowed = match transport {
+        "websocket" => &["websocket"][..],
+        _ => &["long-polling", "callback-polling"][..],
+    };
+    if connection_type.is_some_and(|t| !allowed.contains(&t)) {
+        return Err(message::error(
+            message,
+            400,
+            "unsupported connectionType",
+            None,
+        ));
+    }
+    let acked = message
+        .get("ext")
+        .and_then(|ext| ext.get("ack"))
+        .and_then(Value::as_u64);
+    let mut state = client.state();
+    if state.connect_held {
+        return Err(message::error(
+            message,
+            409,
+            "a /meta/connect is already held for this client",
+            Some("retry"),
+        ));
+    }
+    state.connect_held = true;
+    // 4. Acknowledged batches are done with; the rest goes again, at once.
+    if let Some(acked) = acked {
+        state.unacked.retain(|(batch, _)| *batch > acked);
+    }
+    Ok(state.connects == 0 || !state.unacked.is_empty())
+}
+
+/// The client's `advice: {timeout: 0}`: answer at once (CometD sends it after a handshake).
+fn asks_not_to_wait(message: &Message) -> bool {
+    message
+        .get("advice")
+        .and_then(|a| a.get("timeout"))
+        .and_then(Value::as_u64)
+        == Some(0)
+}
+
+/// The connect's answer: `deliveries` and whatever else is queued, the reply with its advice,
+/// numbered as a batch under the ack extension; the client no longer holds a connect.
+fn finish_connect(
+    bayeux: &Bayeux,
+    client: &Client,
+    message: &Message,
+    mut deliveries: Vec<Message>,
+    counters: &LessonCounters,
+) -> Vec<Message> {
+    // Whatever else is ready rides along: queued deliveries and hub events.
+    loop {
+        match wait_once(client, Instant::now()) {
+            Woken::Deliveries(more) => deliveries.extend(more),
+            Woken::Nudged => continue,
+            Woken::TimeUp | Woken::Ended => break,
         }
     }
     counters.delivered(deliveries.len());
@@ -544,8 +599,14 @@ fn hold_connect(
     state.connect_held = false;
     state.connects += 1;
     state.expires = Instant::now() + bayeux.settings.max_interval;
-    let mut reply = message::reply(message, !state.gone);
-    if state.gone {
+    let mut reply = message::reply(message, !state.gone || state.disconnected);
+    if state.disconnected {
+        // It said goodbye: its last connect ends, and it is told not to come back.
+        reply.insert(
+            "advice".into(),
+            json!({ "reconnect": "none", "interval": 0 }),
+        );
+    } else if state.gone {
         reply.insert("error".into(), json!("402::Unknown client"));
         reply.insert(
             "advice".into(),
@@ -576,41 +637,65 @@ fn hold_connect(
     out
 }
 
-/// The parked wait: the client's queue and, when subscribed to the hub, its feed.
+/// The parked wait: the client's queue and, when subscribed to the hub, its feed, until a
+/// delivery or `deadline` (a nudge that changes nothing waits on).
 fn wait_for_deliveries(client: &Client, deadline: Instant) -> Vec<Message> {
     loop {
-        let feed = client.feed().take();
-        let woke = match feed {
-            Some(mut subscription) => {
-                // BLOCKS: until a publish on a subscribed channel, a hub event, or the deadline.
-                let woke = subscription.wait_for_events_or(&client.queue_rx, deadline);
-                let keep = {
-                    let state = client.state();
-                    state.hub && !state.gone
-                };
-                let mut slot = client.feed();
-                if keep && slot.is_none() {
-                    *slot = Some(subscription);
-                }
-                woke
-            }
-            // BLOCKS: until a publish on a subscribed channel, or the deadline.
-            None => match crate::workarounds::recv_deadline(&client.queue_rx, deadline) {
-                Ok(outgoing) => Wake::Other(outgoing),
-                Err(RecvTimeoutError::Timeout) => Wake::Deadline,
-                Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
-            },
+        return match wait_once(client, deadline) {
+            Woken::Deliveries(deliveries) => deliveries,
+            Woken::Nudged if Instant::now() < deadline => continue,
+            _ => Vec::new(),
         };
-        return match woke {
-            Wake::Events(batch) => batch
+    }
+}
+
+/// What woke a thread waiting for a client's deliveries.
+enum Woken {
+    Deliveries(Vec<Message>),
+    /// Something changed (a subscription, a connect to take, a closing socket): look again.
+    Nudged,
+    TimeUp,
+    /// The client is gone (disconnected, expired, dropped).
+    Ended,
+}
+
+/// One wait on the client's queue and its hub feed. **BLOCKS** until one of them has
+/// something, or `deadline`.
+fn wait_once(client: &Client, deadline: Instant) -> Woken {
+    let feed = client.feed().take();
+    let woke = match feed {
+        Some(mut subscription) => {
+            // BLOCKS: until a publish on a subscribed channel, a hub event, or the deadline.
+            let woke = subscription.wait_for_events_or(&client.queue_rx, deadline);
+            let keep = {
+                let state = client.state();
+                state.hub && !state.gone
+            };
+            let mut slot = client.feed();
+            if keep && slot.is_none() {
+                *slot = Some(subscription);
+            }
+            woke
+        }
+        // BLOCKS: until a publish on a subscribed channel, or the deadline.
+        None => match crate::workarounds::recv_deadline(&client.queue_rx, deadline) {
+            Ok(outgoing) => Wake::Other(outgoing),
+            Err(RecvTimeoutError::Timeout) => Wake::Deadline,
+            Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
+        },
+    };
+    match woke {
+        Wake::Events(batch) => Woken::Deliveries(
+            batch
                 .events
                 .iter()
                 .map(|e| message::delivery(HUB_CHANNEL, e.to_json()))
                 .collect(),
-            Wake::Other(Outgoing::Message(m)) => vec![m],
-            Wake::Other(Outgoing::Wake) if Instant::now() < deadline => continue,
-            _ => Vec::new(),
-        };
+        ),
+        Wake::Other(Outgoing::Message(m)) => Woken::Deliveries(vec![m]),
+        Wake::Other(Outgoing::Wake) => Woken::Nudged,
+        Wake::Deadline => Woken::TimeUp,
+        Wake::Other(Outgoing::End) | Wake::OtherGone => Woken::Ended,
     }
 }
 
