@@ -150,7 +150,8 @@ fn wildcards_cover_one_segment_or_any_depth_and_services_answer_the_sender_only(
         got(&one),
         vec![
             json!({"channel": "/chat/room1", "data": {"t": 2}}),
-            json!({"channel": "/service/echo", "data": "only for one"})
+            // The echo service answers its caller under the request's id.
+            json!({"channel": "/service/echo", "data": "only for one", "id": "p3"})
         ]
     );
     assert_eq!(got(&deep).len(), 2, "/chat/** covers both");
@@ -207,47 +208,149 @@ fn bad_input_gets_bayeux_errors_and_changes_nothing() {
             .unwrap_or("")
             .to_string()
     };
-    assert_eq!(
-        error(json!([{"channel": "/meta/connect", "connectionType": "long-polling"}])),
-        "402::Unknown client"
+    // CometD's error strings: CODE:REASON:NAME.
+    let unknown_connect = send(
+        addr,
+        json!([{"channel": "/meta/connect", "connectionType": "long-polling"}]),
     );
+    assert_eq!(unknown_connect[0]["error"], "402::session_unknown");
+    assert_eq!(unknown_connect[0]["advice"]["reconnect"], "handshake");
+    // The advice to handshake rides on connect replies only, as CometD's.
     let unknown = send(
         addr,
         json!([{"channel": "/chat/x", "clientId": "nobody", "data": 1}]),
     );
-    assert_eq!(unknown[0]["advice"]["reconnect"], "handshake");
-    assert!(error(json!([{"channel": "no-slash", "clientId": client}])).starts_with("400::"));
-    assert!(
-        error(json!([{"channel": "/chat/*", "clientId": client, "data": 1}])).starts_with("400::")
+    assert_eq!(unknown[0]["error"], "402::session_unknown");
+    assert!(unknown[0]["advice"].is_null(), "{unknown:?}");
+    assert_eq!(error(json!([{"clientId": client}])), "400::channel_missing");
+    assert_eq!(
+        error(json!([{"channel": "no-slash", "clientId": client}])),
+        "405::channel_invalid"
     );
-    assert!(
-        error(json!([{"channel": "/chat/x", "clientId": client}])).starts_with("400::"),
-        "no data"
+    assert_eq!(
+        error(json!([{"channel": "/chat/*", "clientId": client, "data": 1}])),
+        "400::channel_wild"
     );
-    assert!(error(json!([{"channel": "/meta/nope", "clientId": client}])).starts_with("400::"));
-    assert!(error(
-        json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/meta/connect"}])
-    )
-    .starts_with("403::"));
-    // A second connect while one is held is refused; the held one is undisturbed.
-    connect(addr, &client, json!({}));
-    subscribe(addr, &client, "/lab/events");
-    let held = std::thread::spawn({
-        let client = client.clone();
-        move || connect(addr, &client, json!({}))
-    });
-    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
-    assert!(connect(addr, &client, json!({}))[0]["error"]
-        .as_str()
-        .unwrap()
-        .starts_with("409::"));
-    let id = publish(addr, "still delivered").unwrap();
-    assert_eq!(deliveries(&held.join().unwrap())[0]["data"]["id"], id);
+    assert_eq!(
+        error(json!([{"channel": "/chat/x", "clientId": client}])),
+        "400::data_missing"
+    );
+    assert_eq!(
+        error(json!([{"channel": "/meta/nope", "clientId": client}])),
+        "400::meta_channel_unknown"
+    );
+    assert_eq!(
+        error(json!([{"channel": "/meta/subscribe", "clientId": client}])),
+        "403::subscription_missing"
+    );
+    assert_eq!(
+        error(json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": 7}])),
+        "403::subscription_invalid"
+    );
+    assert_eq!(
+        error(
+            json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/meta/connect"}])
+        ),
+        "403::subscribe_failed"
+    );
     assert_eq!(
         stats(addr)["bayeux_clients"],
         1,
         "the client is still known"
     );
+}
+
+#[test]
+fn a_newer_connect_answers_the_held_one_and_is_held_in_its_place() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    connect(addr, &client, json!({}));
+    subscribe(addr, &client, "/lab/events");
+    let older = std::thread::spawn({
+        let client = client.clone();
+        move || connect(addr, &client, json!({}))
+    });
+    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
+    // The client's network lost the older request; it connects again.
+    let newer = std::thread::spawn({
+        let client = client.clone();
+        move || connect(addr, &client, json!({}))
+    });
+    // The older one is answered at once, empty and successful (no 409)...
+    let answered = older.join().unwrap();
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert_eq!(answered[0]["successful"], true);
+    // ...and the newer one holds the client's place: it gets the next delivery.
+    wait_until("the newer connect is parked", || stats(addr)["parked"] == 1);
+    let id = publish(addr, "to the newer connect").unwrap();
+    assert_eq!(deliveries(&newer.join().unwrap())[0]["data"]["id"], id);
+}
+
+#[test]
+fn services_answer_the_caller_under_its_request_id_and_the_policy_denies_with_reasons() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    connect(addr, &client, json!({}));
+    // A remote call: /service/time answers the caller, under the request's id.
+    let call = send(
+        addr,
+        json!([{"channel": "/service/time", "clientId": client, "data": {}, "id": "41"}]),
+    );
+    assert_eq!(call[0]["successful"], true);
+    let answer = connect(addr, &client, json!({}));
+    let time = deliveries(&answer)[0];
+    assert_eq!(time["channel"], "/service/time");
+    assert_eq!(time["id"], "41");
+    let millis = time["data"]["millis"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(now.abs_diff(millis) < 60_000, "{time}");
+    // A service without a handler answers nothing but the publish's reply.
+    let none = send(
+        addr,
+        json!([{"channel": "/service/nothing", "clientId": client, "data": {}, "id": "42"}]),
+    );
+    assert_eq!(none[0]["successful"], true);
+    // The policy: /secret/** cannot be subscribed to, /announce/** cannot be published to.
+    let secret = subscribe(addr, &client, "/secret/plans");
+    assert_eq!(secret["error"], "403:secret_channel:subscribe_denied");
+    let announce = send(
+        addr,
+        json!([{"channel": "/announce/all", "clientId": client, "data": "x", "id": "43"}]),
+    );
+    assert_eq!(announce[0]["error"], "403:read_only_channel:publish_denied");
+    assert_eq!(
+        subscribe(addr, &client, "/announce/all")["successful"],
+        true
+    );
+}
+
+#[test]
+fn a_client_that_never_acknowledges_is_dropped_before_its_resends_outgrow_the_bound() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, true);
+    connect(addr, &client, json!({"ack": 0}));
+    subscribe(addr, &client, "/lab/events");
+    for n in 0..300 {
+        publish(addr, &format!("event {n}")).unwrap();
+    }
+    // It gets them all once, and never acknowledges the batch...
+    let first = connect(addr, &client, json!({"ack": 0}));
+    assert_eq!(deliveries(&first).len(), 300);
+    // ...so its next connect, naming batch 0 again, is its last.
+    let dropped = connect(addr, &client, json!({"ack": 0}));
+    assert_eq!(
+        dropped[0]["error"], "402::session_unknown",
+        "{:?}",
+        dropped[0]
+    );
+    assert_eq!(dropped[0]["advice"]["reconnect"], "handshake");
+    wait_until("the client is gone", || stats(addr)["bayeux_clients"] == 0);
 }
 
 #[test]
@@ -293,7 +396,7 @@ fn a_client_that_stops_connecting_expires_and_frees_its_subscription() {
         s["bayeux_clients"] == 0 && s["subscribers"] == 0
     });
     let replies = connect(addr, &client, json!({}));
-    assert_eq!(replies[0]["error"], "402::Unknown client");
+    assert_eq!(replies[0]["error"], "402::session_unknown");
     assert_eq!(replies[0]["advice"]["reconnect"], "handshake");
 }
 
@@ -412,7 +515,7 @@ fn the_official_client_falls_back_to_long_polling_where_websocket_is_refused() {
 fn the_official_client_handshakes_again_when_the_lab_has_forgotten_it() {
     let lab = lab();
     let summary = official_client(lab.addr(), "rehandshake");
-    assert_eq!(summary["unknown"][0], "402::Unknown client");
+    assert_eq!(summary["unknown"][0], "402::session_unknown");
     // (Over long polling: the stall is XMLHttpRequest's. One handshake, and one more.)
     let successful = summary["handshakes"]
         .as_array()
@@ -641,13 +744,17 @@ fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_i
         &mut socket,
         json!([{"channel": "/service/echo", "clientId": client, "data": "ping", "id": "e"}]),
     );
+    // Its reply (successful, no data) and the service's answer (the data, the same id), in
+    // either order.
     let mut got = next_batch(&mut socket);
-    if got[0]["channel"] != "/service/echo" {
-        got = next_batch(&mut socket);
-    }
+    got.extend(next_batch(&mut socket));
     assert!(
         got.iter()
-            .any(|m| m["channel"] == "/service/echo" && m["data"] == "ping"),
+            .any(|m| m["id"] == "e" && m["successful"] == true),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m["id"] == "e" && m["data"] == "ping"),
         "{got:?}"
     );
     drop(socket);
@@ -712,7 +819,7 @@ fn the_bayeux_websocket_refuses_a_foreign_origin_and_answers_bad_batches_with_er
     // An unknown client: 402 with the advice to handshake; the socket lives on.
     ws_connect(&mut socket, "nobody", json!({}));
     let unknown = next_batch(&mut socket);
-    assert_eq!(unknown[0]["error"], "402::Unknown client");
+    assert_eq!(unknown[0]["error"], "402::session_unknown");
     assert_eq!(unknown[0]["advice"]["reconnect"], "handshake");
     let client = handshake_on(&mut socket, false);
     assert!(client.len() >= 20);
@@ -752,7 +859,7 @@ fn a_disconnect_answers_the_held_connect_with_the_advice_not_to_reconnect() {
     assert_eq!(reply["advice"]["reconnect"], "none", "{reply}");
     // Gone: a later connect is told to handshake again.
     let after = connect(addr, &client, json!({}));
-    assert_eq!(after[0]["error"], "402::Unknown client");
+    assert_eq!(after[0]["error"], "402::session_unknown");
     assert_eq!(after[0]["advice"]["reconnect"], "handshake");
 }
 
@@ -776,4 +883,94 @@ fn the_cost_scenario_measures_both_transports_and_the_websocket_needs_no_request
     let ws = figures["websocket"]["bytes_per_event"].as_u64().unwrap();
     let lp = figures["long-polling"]["bytes_per_event"].as_u64().unwrap();
     assert!(ws > 0 && ws < lp, "{figures}");
+}
+
+#[test]
+fn advice_is_sent_on_the_handshake_and_then_only_when_it_changes_or_the_client_asks() {
+    let lab = lab();
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    // The client's first connect carries advice of its own (`timeout: 0`): ours comes back.
+    let first = send(
+        addr,
+        json!([{"channel": "/meta/connect", "clientId": client, "id": "1",
+                "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+    );
+    assert_eq!(first[0]["advice"]["timeout"], 2000, "{first:?}");
+    // Unchanged since: not repeated (the reply held for the timeout, with nothing to deliver).
+    let quiet = connect(addr, &client, json!({}));
+    assert!(quiet[0]["advice"].is_null(), "{quiet:?}");
+    assert_eq!(quiet[0]["successful"], true);
+    // Other replies never carry it.
+    assert!(subscribe(addr, &client, "/chat/x")["advice"].is_null());
+}
+
+/// POST a batch with a `Cookie` header; the answer.
+fn send_with_cookie(
+    addr: SocketAddr,
+    cookie: &str,
+    batch: Value,
+) -> reverse_ajax_lab::client::Response {
+    request(
+        addr,
+        "POST",
+        "/cometd",
+        &[("Content-Type", "application/json"), ("Cookie", cookie)],
+        batch.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_browsers_second_client_is_told_to_poll_while_its_first_holds_the_connect() {
+    let lab = lab();
+    let addr = lab.addr();
+    // The handshake gives the browser its cookie.
+    let handshake_batch = json!([{"channel": "/meta/handshake", "version": "1.0",
+                                  "supportedConnectionTypes": ["long-polling"]}]);
+    let answer = post(
+        addr,
+        "/cometd",
+        "application/json",
+        &handshake_batch.to_string(),
+    )
+    .unwrap();
+    let set_cookie = answer.header("Set-Cookie").unwrap().to_string();
+    assert!(set_cookie.starts_with("BAYEUX_BROWSER=") && set_cookie.contains("HttpOnly"));
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let first_tab = answer.json()[0]["clientId"].as_str().unwrap().to_string();
+    // A second tab of the same browser (the same cookie) handshakes too: no new cookie.
+    let second = send_with_cookie(addr, &cookie, handshake_batch.clone());
+    assert!(second.header("Set-Cookie").is_none());
+    let second_tab = second.json()[0]["clientId"].as_str().unwrap().to_string();
+    let connect_as = |client: &str| json!([{"channel": "/meta/connect", "clientId": client, "connectionType": "long-polling"}]);
+    for tab in [&first_tab, &second_tab] {
+        send_with_cookie(addr, &cookie, connect_as(tab)); // the first connects: at once
+    }
+    // The first tab's connect is held...
+    let held = std::thread::spawn({
+        let (cookie, batch) = (cookie.clone(), connect_as(&first_tab));
+        move || send_with_cookie(addr, &cookie, batch)
+    });
+    wait_until("the first tab's connect is held", || {
+        stats(addr)["parked"] == 1
+    });
+    // ...so the second's is answered at once, with the advice to poll.
+    let started = Instant::now();
+    let polled = send_with_cookie(addr, &cookie, connect_as(&second_tab)).json();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(polled[0]["successful"], true);
+    assert_eq!(polled[0]["advice"]["multiple-clients"], true, "{polled}");
+    assert_eq!(polled[0]["advice"]["interval"], 2000);
+    // Another browser (no cookie) is held as usual.
+    let other = handshake(addr, false);
+    connect(addr, &other, json!({}));
+    subscribe(addr, &other, "/lab/events");
+    let other_held = std::thread::spawn(move || connect(addr, &other, json!({})));
+    wait_until("both browsers hold a connect", || {
+        stats(addr)["parked"] == 2
+    });
+    publish(addr, "to all").unwrap();
+    assert_eq!(held.join().unwrap().status, 200);
+    assert!(!deliveries(&other_held.join().unwrap()).is_empty());
 }

@@ -75,6 +75,15 @@ const scenarios = {
     await subscribe(a, "/service/echo", (m) => echoes.push(m.data));
     await publish(a, "/service/echo", { hello: "service" });
     await waitFor(echoes, "the echo", (e) => e.hello === "service");
+    // Remote calls: the services answer under the call's id, which is how remoteCall finds
+    // its callback.
+    const time = await new Promise((resolve) => a.remoteCall("time", {}, 5000, resolve));
+    check(time.successful !== false && time.data.millis > 0, `time: ${JSON.stringify(time)}`);
+    const echoed = await new Promise((resolve) => a.remoteCall("echo", { n: 7 }, 5000, resolve));
+    check(echoed.data.n === 7, `echo: ${JSON.stringify(echoed)}`);
+    // The policy: /secret/** refuses a subscription with CometD's error string.
+    const secret = await subscribe(a, "/secret/plans", () => {});
+    check(!secret.successful && secret.error === "403:secret_channel:subscribe_denied", `secret: ${JSON.stringify(secret)}`);
     // Two clients on chat channels.
     const b = await client([]);
     const bGot = [];

@@ -111,10 +111,23 @@ pub fn reply(message: &Message, successful: bool) -> Message {
     reply
 }
 
-/// A failed reply with Bayeux's error string, `CODE::text`, and the advice to follow.
-pub fn error(message: &Message, code: u16, text: &str, reconnect: Option<&str>) -> Message {
+/// A failed reply with Bayeux's error string, `CODE::name` (CometD's names, in snake case:
+/// `402::session_unknown`), and the advice to follow.
+pub fn error(message: &Message, code: u16, name: &str, reconnect: Option<&str>) -> Message {
+    denied(message, code, "", name, reconnect)
+}
+
+/// `error` with the middle part Bayeux's error string has room for, its arguments: CometD
+/// puts the reason there (`403:read_only:publish_denied`).
+pub fn denied(
+    message: &Message,
+    code: u16,
+    reason: &str,
+    name: &str,
+    reconnect: Option<&str>,
+) -> Message {
     let mut reply = reply(message, false);
-    reply.insert("error".into(), json!(format!("{code}::{text}")));
+    reply.insert("error".into(), json!(format!("{code}:{reason}:{name}")));
     if let Some(reconnect) = reconnect {
         reply.insert(
             "advice".into(),

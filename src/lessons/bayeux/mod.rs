@@ -38,7 +38,7 @@
 //!
 //! **What it costs**: over long polling a request per delivery batch, plus a request per
 //! subscribe or publish; over WebSocket a frame per delivery (63 bytes for a small event
-//! against 322 over long polling: LESSONS.md, chapter 16) and two threads per client; every
+//! against 247 over long polling: LESSONS.md, chapter 16) and two threads per client; every
 //! message carries its channel and usually an id; the client id ties a client to the server
 //! that knows it (sticky sessions again).
 //!
@@ -59,7 +59,7 @@ use message::Message;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The server's advice: the flags' (`crate::config`).
@@ -72,6 +72,14 @@ pub const HUB_CHANNEL: &str = "/lab/events";
 const CONNECTION_TYPES: &[&str] = &["websocket", "long-polling", "callback-polling"];
 /// Deliveries queued for a client before it counts as a slow consumer and is dropped.
 const QUEUE: usize = 1024;
+/// Under the ack extension: deliveries sent and not yet acknowledged before the client counts
+/// as one that never acknowledges, and is dropped (rather than sent an ever larger batch).
+const MAX_UNACKED: usize = 256;
+/// The cookie that tells one browser's clients (its tabs) apart from another's.
+const BROWSER_COOKIE: &str = "BAYEUX_BROWSER";
+/// How often a browser's second client polls while its first holds the connect (CometD's
+/// `multiSessionInterval`): the browser's few connections per host are not all held.
+const MULTI_SESSION_INTERVAL_MS: u64 = 2000;
 
 /// What a held connect finds in its client's queue.
 enum Outgoing {
@@ -87,6 +95,13 @@ struct ClientState {
     /// Connects answered so far (the first is answered at once).
     connects: u64,
     connect_held: bool,
+    /// The advice last sent: a connect reply repeats it only when it changes, or when the
+    /// client's connect carries advice of its own (it may have forgotten ours: a reload).
+    last_advice: Option<Value>,
+    /// Another client of the same browser holds a connect: this one polls instead.
+    multiple_clients: bool,
+    /// A newer connect has come: the held one is to be answered now, and gives way.
+    superseded: bool,
     /// When it expires if no connect comes (none while one is held).
     expires: Instant,
     gone: bool,
@@ -109,6 +124,8 @@ pub struct Client {
     /// The hub subscription, while a subscription covers `/lab/events` (taken by a held
     /// connect for its wait).
     feed: Mutex<Option<Subscription>>,
+    /// Rung when a held connect is answered (a newer one waits for that to take its place).
+    released: Condvar,
 }
 
 impl Client {
@@ -133,6 +150,9 @@ impl Client {
 pub struct Bayeux {
     pub settings: Settings,
     clients: Mutex<HashMap<String, Arc<Client>>>,
+    /// Per browser (its `BAYEUX_BROWSER` cookie), the client holding a connect over HTTP now:
+    /// an entry lives only while one is held.
+    browsers: Mutex<HashMap<String, String>>,
     sweeper: super::Alarm,
 }
 
@@ -141,6 +161,7 @@ impl Bayeux {
         Bayeux {
             settings,
             clients: Mutex::new(HashMap::new()),
+            browsers: Mutex::new(HashMap::new()),
             sweeper: super::Alarm::default(),
         }
     }
@@ -158,6 +179,22 @@ impl Bayeux {
         self.clients().get(id).cloned()
     }
 
+    /// The browser's place for `client`'s held connect, or `None` when another client of the
+    /// same browser holds one (given back when the place is dropped).
+    fn browser_place<'a>(&'a self, browser: &str, client: &str) -> Option<BrowserPlace<'a>> {
+        let mut browsers = self.browsers.lock().unwrap_or_else(|p| p.into_inner());
+        match browsers.get(browser) {
+            Some(holder) if holder != client => None,
+            _ => {
+                browsers.insert(browser.to_string(), client.to_string());
+                Some(BrowserPlace {
+                    bayeux: self,
+                    browser: browser.to_string(),
+                })
+            }
+        }
+    }
+
     /// Forget a client: its subscriptions and feed go, a held connect is answered.
     fn forget(&self, client: &Client, why: &str) {
         self.clients().remove(&client.id);
@@ -166,6 +203,39 @@ impl Bayeux {
         let _ = client.queue_tx.try_send(Outgoing::End);
         log::debug!("bayeux client {} gone: {why}", client.id);
     }
+}
+
+/// A browser's one held connect (`Bayeux::browser_place`).
+struct BrowserPlace<'a> {
+    bayeux: &'a Bayeux,
+    browser: String,
+}
+
+impl Drop for BrowserPlace<'_> {
+    fn drop(&mut self) {
+        let mut browsers = self
+            .bayeux
+            .browsers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        browsers.remove(&self.browser);
+    }
+}
+
+/// The `BAYEUX_BROWSER` cookie of a request, if it has one that could be ours (base64url,
+/// as `random_id` makes them).
+fn browser_cookie(request: &Request) -> Option<String> {
+    http::header(request, "Cookie")?
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == BROWSER_COOKIE)
+        .map(|(_, value)| value.to_string())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Step 1: `/cometd` and every path under it.
@@ -218,14 +288,14 @@ pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io
     };
     let batch = match message::parse_batch(&body) {
         Ok(batch) if batch.len() > message::MAX_BATCH => {
-            let error =
-                json!([{ "successful": false, "error": "413::too many messages in one batch" }]);
+            let error = json!([{ "successful": false, "error": "413::batch_too_large" }]);
             return answer(request, 413, callback, &error, &headers, &counters);
         }
         Ok(batch) => batch,
         Err(message::BadBatch(why)) => {
             counters.error();
-            let error = json!([{ "successful": false, "error": format!("400::{why}") }]);
+            log::debug!("bayeux batch refused: {why}");
+            let error = json!([{ "successful": false, "error": "400::batch_invalid" }]);
             return answer(request, 400, callback, &error, &headers, &counters);
         }
     };
@@ -234,8 +304,22 @@ pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io
     } else {
         "long-polling"
     };
+    // The browser's cookie: given with a handshake to a browser that has none, so that two
+    // of its clients (tabs) holding connects at once can be told apart (`hold_connect`).
+    let mut browser = browser_cookie(&request);
+    let mut headers = headers;
+    let cookie;
+    let handshaking = batch
+        .iter()
+        .any(|m| message::channel(m) == Some("/meta/handshake"));
+    if browser.is_none() && handshaking {
+        let id = crate::lab::random_id();
+        cookie = format!("{BROWSER_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax");
+        headers.push(("Set-Cookie", cookie.as_str()));
+        browser = Some(id);
+    }
     // 2, 3. Every message; a connect waits for its deliveries (BLOCKS, see hold_connect).
-    let replies = process(lab, bayeux, batch, transport, &counters);
+    let replies = process(lab, bayeux, batch, transport, browser.as_deref(), &counters);
     answer(
         request,
         200,
@@ -274,15 +358,28 @@ fn process(
     bayeux: &Bayeux,
     batch: Vec<Message>,
     transport: &str,
+    browser: Option<&str>,
     counters: &LessonCounters,
 ) -> Vec<Message> {
     let (mut replies, connect) = process_messages(lab, bayeux, batch, transport);
     if let Some((client, message)) = connect {
-        replies.extend(hold_connect(
-            lab, bayeux, &client, &message, transport, counters,
-        ));
+        let connect = Connect {
+            client: &client,
+            message: &message,
+            transport,
+            browser,
+        };
+        replies.extend(hold_connect(lab, bayeux, connect, counters));
     }
     replies
+}
+
+/// A connect to hold over HTTP: whose, the message, the transport, the browser it came from.
+struct Connect<'a> {
+    client: &'a Arc<Client>,
+    message: &'a Message,
+    transport: &'a str,
+    browser: Option<&'a str>,
 }
 
 /// Every message of a batch but its `/meta/connect`, which comes back, with its client, for
@@ -297,12 +394,11 @@ fn process_messages(
     let mut connect = None;
     for message in batch {
         let Some(channel) = message::channel(&message).map(str::to_string) else {
-            replies.push(message::error(
-                &message,
-                400,
-                "a valid channel is required",
-                None,
-            ));
+            let missing = message.get("channel").is_none_or(Value::is_null);
+            replies.push(match missing {
+                true => message::error(&message, 400, "channel_missing", None),
+                false => message::error(&message, 405, "channel_invalid", None),
+            });
             continue;
         };
         if channel == "/meta/handshake" {
@@ -314,19 +410,19 @@ fn process_messages(
             .and_then(Value::as_str)
             .and_then(|id| bayeux.client(id));
         let Some(client) = client else {
-            replies.push(message::error(
-                &message,
-                402,
-                "Unknown client",
-                Some("handshake"),
-            ));
+            // The advice to handshake again goes on connect replies only (as CometD's).
+            let advice = (channel == "/meta/connect").then_some("handshake");
+            replies.push(message::error(&message, 402, "session_unknown", advice));
             continue;
         };
         match channel.as_str() {
             "/meta/connect" if connect.is_none() => connect = Some((client, message)),
-            "/meta/connect" => {
-                replies.push(message::error(&message, 400, "one connect per batch", None))
-            }
+            "/meta/connect" => replies.push(message::error(
+                &message,
+                400,
+                "connect_twice_in_batch",
+                None,
+            )),
             "/meta/subscribe" | "/meta/unsubscribe" => replies.push(subscribe(
                 lab,
                 &client,
@@ -339,7 +435,7 @@ fn process_messages(
                 replies.push(message::reply(&message, true));
             }
             meta if meta.starts_with("/meta/") => {
-                replies.push(message::error(&message, 400, "unknown meta channel", None))
+                replies.push(message::error(&message, 400, "meta_channel_unknown", None))
             }
             _ => replies.push(publish(lab, bayeux, &client, &message, &channel)),
         }
@@ -354,8 +450,7 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
         .map(|types| types.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if !offered.iter().any(|t| CONNECTION_TYPES.contains(t)) && !offered.contains(&transport) {
-        let text = "no common connection type (websocket, long-polling, callback-polling)";
-        return message::error(message, 400, text, None);
+        return message::error(message, 400, "connection_type_unsupported", None);
     }
     let acks = message
         .get("ext")
@@ -372,6 +467,9 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
             subscriptions: BTreeSet::new(),
             connects: 0,
             connect_held: false,
+            superseded: false,
+            multiple_clients: false,
+            last_advice: Some(advice(settings)),
             expires: Instant::now() + settings.max_interval + settings.timeout,
             gone: false,
             disconnected: false,
@@ -381,6 +479,7 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
             batch: 0,
         }),
         feed: Mutex::new(None),
+        released: Condvar::new(),
     });
     bayeux.clients().insert(client.id.clone(), client.clone());
     bayeux.sweeper.ring();
@@ -411,15 +510,30 @@ fn advice(settings: &Settings) -> Value {
 /// `/meta/subscribe` and `/meta/unsubscribe`: one channel or an array of them.
 fn subscribe(lab: &Lab, client: &Client, message: &Message, subscribing: bool) -> Message {
     let channels: Vec<&str> = match message.get("subscription") {
+        None | Some(Value::Null) => {
+            return message::error(message, 403, "subscription_missing", None);
+        }
         Some(Value::String(one)) => vec![one.as_str()],
         Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
         _ => vec![],
     };
     if channels.is_empty() || channels.iter().any(|c| !message::is_channel(c)) {
-        return message::error(message, 400, "subscription must name channels", None);
+        return message::error(message, 403, "subscription_invalid", None);
     }
     if channels.iter().any(|c| c.starts_with("/meta/")) {
-        return message::error(message, 403, "meta channels cannot be subscribed to", None);
+        return message::error(message, 403, "subscribe_failed", None);
+    }
+    if subscribing {
+        if let Some((channel, reason)) = channels
+            .iter()
+            .find_map(|c| authorize(Operation::Subscribe, c).err().map(|r| (c, r)))
+        {
+            log::debug!(
+                "bayeux client {} denied subscribing to {channel}",
+                client.id
+            );
+            return message::denied(message, 403, reason, "subscribe_denied", None);
+        }
     }
     let mut state = client.state();
     for channel in &channels {
@@ -459,11 +573,15 @@ fn publish(
     channel: &str,
 ) -> Message {
     if message::is_wildcard(channel) {
-        return message::error(message, 400, "cannot publish to a wildcard channel", None);
+        return message::error(message, 400, "channel_wild", None);
     }
     let Some(data) = message.get("data").cloned() else {
-        return message::error(message, 400, "a publish needs data", None);
+        return message::error(message, 400, "data_missing", None);
     };
+    if let Err(reason) = authorize(Operation::Publish, channel) {
+        log::debug!("bayeux client {} denied publishing to {channel}", client.id);
+        return message::denied(message, 403, reason, "publish_denied", None);
+    }
     if channel == HUB_CHANNEL {
         let text = match &data {
             Value::String(text) => Some(text.clone()),
@@ -471,23 +589,28 @@ fn publish(
             _ => None,
         };
         let Some(text) = text.filter(|t| t.len() <= lab.config.max_body) else {
-            return message::error(
-                message,
-                400,
-                "data must be text (or {\"data\": text})",
-                None,
-            );
+            return message::error(message, 400, "data_invalid", None);
         };
         match lab.publish(text) {
             Ok(event) => {
                 log::debug!("bayeux client {} published event {}", client.id, event.id)
             }
-            Err(e) => return message::error(message, 503, &e.to_string(), None),
+            Err(e) => {
+                log::debug!("bayeux publish not taken: {e}");
+                return message::error(message, 503, "broker_unavailable", None);
+            }
         }
     } else if channel.starts_with("/service/") {
-        // A service answers the sender only: here, an echo.
-        if !client.deliver(message::delivery(channel, data)) {
-            bayeux.forget(client, "slow consumer");
+        // A service answers the sender alone, under the request's id (what CometD's
+        // `remoteCall` waits for); a service with no handler answers nothing.
+        if let Some(answer) = service(channel, data) {
+            let mut delivery = message::delivery(channel, answer);
+            if let Some(id) = message.get("id") {
+                delivery.insert("id".into(), id.clone());
+            }
+            if !client.deliver(delivery) {
+                bayeux.forget(client, "slow consumer");
+            }
         }
     } else {
         let delivery = message::delivery(channel, data);
@@ -506,21 +629,69 @@ fn publish(
     message::reply(message, true)
 }
 
+/// The services: handlers on the server for `/service/NAME`, each answering the caller.
+/// `echo` sends the data back; `time` the server's clock.
+fn service(channel: &str, data: Value) -> Option<Value> {
+    match channel {
+        "/service/echo" => Some(data),
+        "/service/time" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Some(json!({ "millis": now.as_millis() as u64 }))
+        }
+        _ => None,
+    }
+}
+
+/// What a client may do on a channel, as CometD's `SecurityPolicy` and channel authorizers
+/// decide it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Operation {
+    Subscribe,
+    Publish,
+}
+
+/// The lab's policy: `/secret/**` cannot be subscribed to, `/announce/**` is read-only for
+/// clients (the server alone speaks there). `Err` is the reason CometD puts in the middle of
+/// its error string.
+fn authorize(operation: Operation, channel: &str) -> Result<(), &'static str> {
+    let under = |prefix: &str| channel == prefix || channel.starts_with(&format!("{prefix}/"));
+    match operation {
+        Operation::Subscribe if under("/secret") => Err("secret_channel"),
+        Operation::Publish if under("/announce") => Err("read_only_channel"),
+        _ => Ok(()),
+    }
+}
+
 /// Step 3: the connect. **BLOCKS** (after the first) until a delivery or the timeout.
 fn hold_connect(
     lab: &Lab,
     bayeux: &Bayeux,
-    client: &Arc<Client>,
-    message: &Message,
-    transport: &str,
+    connect: Connect<'_>,
     counters: &LessonCounters,
 ) -> Vec<Message> {
-    let at_once = match begin_connect(client, message, transport) {
+    let Connect {
+        client,
+        message,
+        transport,
+        browser,
+    } = connect;
+    let at_once = match begin_connect(bayeux, client, message, transport) {
         Ok(at_once) => at_once,
         Err(refused) => return vec![refused],
     };
     let mut deliveries = Vec::new();
     if !at_once && !asks_not_to_wait(message) {
+        // One held connect per browser: another client (tab) of the same browser holding one
+        // already, this one is answered at once and told to poll (`multiple-clients`).
+        let place = browser.map(|b| bayeux.browser_place(b, &client.id));
+        let shared = matches!(place, Some(None));
+        client.state().multiple_clients = shared;
+        if shared {
+            log::debug!("bayeux client {} shares its browser: polls", client.id);
+            return finish_connect(bayeux, client, message, deliveries, counters);
+        }
         if let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) {
             log::debug!("bayeux client {} connect parked ({transport})", client.id);
             let deadline = Instant::now() + bayeux.settings.timeout;
@@ -533,7 +704,12 @@ fn hold_connect(
 /// A connect's checks, and the client marked as holding one: `Ok(true)` when it is to be
 /// answered at once (the client's first connect, or one that left a batch unacknowledged,
 /// sent again now), or the refusal to answer with.
-fn begin_connect(client: &Client, message: &Message, transport: &str) -> Result<bool, Message> {
+fn begin_connect(
+    bayeux: &Bayeux,
+    client: &Client,
+    message: &Message,
+    transport: &str,
+) -> Result<bool, Message> {
     let connection_type = message.get("connectionType").and_then(Value::as_str);
     let allowed = match transport {
         "websocket" => &["websocket"][..],
@@ -543,7 +719,7 @@ fn begin_connect(client: &Client, message: &Message, transport: &str) -> Result<
         return Err(message::error(
             message,
             400,
-            "unsupported connectionType",
+            "connection_type_unsupported",
             None,
         ));
     }
@@ -553,17 +729,41 @@ fn begin_connect(client: &Client, message: &Message, transport: &str) -> Result<
         .and_then(Value::as_u64);
     let mut state = client.state();
     if state.connect_held {
-        return Err(message::error(
-            message,
-            409,
-            "a /meta/connect is already held for this client",
-            Some("retry"),
-        ));
+        // A newer connect: the held one is answered now and this one takes its place (its
+        // request may be lost on the way, which the client could not know).
+        state.superseded = true;
+        let _ = client.queue_tx.try_send(Outgoing::Wake);
+        let until = Instant::now() + Duration::from_secs(5);
+        while state.connect_held {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(message::error(message, 409, "connect_held", Some("retry")));
+            }
+            // BLOCKS: until the held connect is answered (`finish_connect` rings), or 5 s.
+            state = client
+                .released
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.superseded = false;
     }
     state.connect_held = true;
-    // 4. Acknowledged batches are done with; the rest goes again, at once.
+    // 4. Acknowledged batches are done with; the rest goes again, at once. A client that
+    //    never acknowledges is dropped before its resends outgrow MAX_UNACKED.
     if let Some(acked) = acked {
         state.unacked.retain(|(batch, _)| *batch > acked);
+    }
+    if state.unacked.len() > MAX_UNACKED {
+        state.connect_held = false;
+        drop(state);
+        bayeux.forget(client, "it never acknowledges its deliveries");
+        return Err(message::error(
+            message,
+            402,
+            "session_unknown",
+            Some("handshake"),
+        ));
     }
     Ok(state.connects == 0 || !state.unacked.is_empty())
 }
@@ -597,9 +797,13 @@ fn finish_connect(
     counters.delivered(deliveries.len());
     let mut state = client.state();
     state.connect_held = false;
+    client.released.notify_all();
     state.connects += 1;
     state.expires = Instant::now() + bayeux.settings.max_interval;
     let mut reply = message::reply(message, !state.gone || state.disconnected);
+    if state.gone && !state.disconnected {
+        reply.insert("error".into(), json!("402::session_unknown"));
+    }
     if state.disconnected {
         // It said goodbye: its last connect ends, and it is told not to come back.
         reply.insert(
@@ -607,13 +811,22 @@ fn finish_connect(
             json!({ "reconnect": "none", "interval": 0 }),
         );
     } else if state.gone {
-        reply.insert("error".into(), json!("402::Unknown client"));
         reply.insert(
             "advice".into(),
             json!({ "reconnect": "handshake", "interval": 0 }),
         );
     } else {
-        reply.insert("advice".into(), advice(&bayeux.settings));
+        let mut now = advice(&bayeux.settings);
+        if state.multiple_clients {
+            now["multiple-clients"] = json!(true);
+            now["interval"] = json!(MULTI_SESSION_INTERVAL_MS);
+        }
+        if message.get("advice").is_some() || state.last_advice.as_ref() != Some(&now) {
+            reply.insert("advice".into(), now);
+        }
+    }
+    if let Some(sent) = reply.get("advice") {
+        state.last_advice = Some(sent.clone());
     }
     let mut out: Vec<Message> = Vec::new();
     if state.acks {
@@ -643,7 +856,7 @@ fn wait_for_deliveries(client: &Client, deadline: Instant) -> Vec<Message> {
     loop {
         return match wait_once(client, deadline) {
             Woken::Deliveries(deliveries) => deliveries,
-            Woken::Nudged if Instant::now() < deadline => continue,
+            Woken::Nudged if Instant::now() < deadline && !client.state().superseded => continue,
             _ => Vec::new(),
         };
     }

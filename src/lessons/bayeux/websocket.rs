@@ -141,14 +141,15 @@ fn read_batches(
             };
             let batch = match message::parse_batch(text.as_str()) {
                 Ok(batch) if batch.len() > message::MAX_BATCH => {
-                    let error = "413::too many messages in one batch";
+                    let error = "413::batch_too_large";
                     let _ = send(writer, &[refusal(error)], counters);
                     continue;
                 }
                 Ok(batch) => batch,
                 Err(message::BadBatch(why)) => {
                     counters.error();
-                    let _ = send(writer, &[refusal(&format!("400::{why}"))], counters);
+                    log::debug!("ws {id} (bayeux) batch refused: {why}");
+                    let _ = send(writer, &[refusal("400::batch_invalid")], counters);
                     continue;
                 }
             };
@@ -160,8 +161,8 @@ fn read_batches(
                         .as_ref()
                         .is_some_and(|(c, w)| c.id != client.id && !w.is_finished()) =>
                 {
-                    let text = "this WebSocket serves another client";
-                    replies.push(message::error(&connect, 400, text, None));
+                    let name = "socket_serves_another_client";
+                    replies.push(message::error(&connect, 400, name, None));
                     None
                 }
                 other => other,
@@ -262,6 +263,7 @@ fn write_deliveries(
             if held.take().is_some() {
                 let mut state = client.state();
                 state.connect_held = false;
+                client.released.notify_all();
                 state.expires = Instant::now() + bayeux.settings.max_interval;
             }
             return Ok(());
@@ -272,7 +274,13 @@ fn write_deliveries(
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(message) = next {
-            match begin_connect(client, &message, "websocket") {
+            // A new connect while one is held: the held one is answered first.
+            if let Some(connect) = held.take() {
+                let out = std::mem::take(&mut waiting);
+                let answer = finish_connect(bayeux, client, &connect.message, out, counters);
+                send(writer, &answer, counters)?;
+            }
+            match begin_connect(bayeux, client, &message, "websocket") {
                 Err(refused) => send(writer, &[refused], counters)?,
                 Ok(at_once)
                     if at_once || super::asks_not_to_wait(&message) || !waiting.is_empty() =>
@@ -312,7 +320,17 @@ fn write_deliveries(
                 counters.delivered(deliveries.len());
                 send(writer, &deliveries, counters)?;
             }
-            Woken::Nudged => {}
+            Woken::Nudged => {
+                // A newer connect over HTTP takes over: answer this one now.
+                if client.state().superseded {
+                    if let Some(connect) = held.take() {
+                        let out = std::mem::take(&mut waiting);
+                        let answer =
+                            finish_connect(bayeux, client, &connect.message, out, counters);
+                        send(writer, &answer, counters)?;
+                    }
+                }
+            }
             Woken::TimeUp => {
                 if let Some(connect) = held.take() {
                     let out = std::mem::take(&mut waiting);
