@@ -535,10 +535,23 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
             },
         };
         match woke {
-            Wake::Events(batch) => events.extend(batch.events.iter().map(|e| hub_event(e))),
+            Wake::Events(batch) => {
+                // The ring moved past this session's place: say how many it lost.
+                if batch.missed > 0 {
+                    let missed = batch.missed.to_string();
+                    events.push(fields(&[
+                        ("p_event", "data"),
+                        ("p_subject", HUB_SUBJECT),
+                        ("missed", &missed),
+                    ]));
+                }
+                events.extend(batch.events.iter().map(|e| hub_event(e)))
+            }
             Wake::Other(Queued::Event(e)) => events.push(e),
             Wake::Other(Queued::End) => ended = true,
-            Wake::Other(Queued::Wake) if Instant::now() < deadline => continue,
+            // "Look again" (a subscription changed): even past the deadline, once more, for
+            // what is ready now (a poll must not answer a heartbeat over waiting events).
+            Wake::Other(Queued::Wake) => continue,
             _ => {}
         }
         break;

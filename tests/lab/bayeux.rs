@@ -974,3 +974,28 @@ fn a_browsers_second_client_is_told_to_poll_while_its_first_holds_the_connect() 
     assert_eq!(held.join().unwrap().status, 200);
     assert!(!deliveries(&other_held.join().unwrap()).is_empty());
 }
+
+#[test]
+fn a_client_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
+    // A ring of 8 and a feed of 4: twenty events while the client is away lose twelve.
+    let lab = start_lab_with(|c| {
+        c.history = 8;
+        c.buffer = 4;
+        c.bayeux.timeout = Duration::from_millis(2000);
+    });
+    let addr = lab.addr();
+    let client = handshake(addr, false);
+    connect(addr, &client, json!({}));
+    subscribe(addr, &client, "/lab/events");
+    for n in 1..=20 {
+        publish(addr, &format!("event {n}")).unwrap();
+    }
+    let replies = connect(addr, &client, json!({}));
+    let got = deliveries(&replies);
+    assert_eq!(got[0]["data"], json!({"missed": 12}), "{got:?}");
+    let ids: Vec<u64> = got[1..]
+        .iter()
+        .map(|d| d["data"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (13..=20).collect::<Vec<u64>>());
+}

@@ -354,3 +354,32 @@ fn in_chromium_the_originals_output_runs_an_events_code_and_ours_does_not() {
         });
     }
 }
+
+#[test]
+fn a_session_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
+    // A ring of 8 and a feed of 4: twenty events while nobody reads lose twelve.
+    let lab = start_lab_with(|c| {
+        c.history = 8;
+        c.buffer = 4;
+    });
+    let addr = lab.addr();
+    let id = join(addr);
+    subscribe(addr, &id, "/lab");
+    let listen = get(
+        addr,
+        &format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=xml"),
+    )
+    .unwrap();
+    assert!(listen.body.contains("listen-ack"), "{}", listen.body);
+    for n in 1..=20 {
+        publish(addr, &format!("event {n}")).unwrap();
+    }
+    let poll = get(
+        addr,
+        &format!("{SRV}?p_event=refresh&p_id={id}&p_mode=poll&p_format=xml"),
+    )
+    .unwrap();
+    assert!(poll.body.contains("missed=\"12\""), "{}", poll.body);
+    assert!(poll.body.contains("data=\"event 20\""), "{}", poll.body);
+    assert!(!poll.body.contains("data=\"event 12\""), "{}", poll.body);
+}

@@ -898,13 +898,22 @@ fn wait_once(client: &Client, deadline: Instant) -> Woken {
         },
     };
     match woke {
-        Wake::Events(batch) => Woken::Deliveries(
-            batch
-                .events
-                .iter()
-                .map(|e| message::delivery(HUB_CHANNEL, e.to_json()))
-                .collect(),
-        ),
+        Wake::Events(batch) => {
+            // The ring moved past this client's place: say how many it lost, first.
+            let missed = (batch.missed > 0)
+                .then(|| message::delivery(HUB_CHANNEL, json!({ "missed": batch.missed })));
+            Woken::Deliveries(
+                missed
+                    .into_iter()
+                    .chain(
+                        batch
+                            .events
+                            .iter()
+                            .map(|e| message::delivery(HUB_CHANNEL, e.to_json())),
+                    )
+                    .collect(),
+            )
+        }
         Wake::Other(Outgoing::Message(m)) => Woken::Deliveries(vec![m]),
         Wake::Other(Outgoing::Wake) => Woken::Nudged,
         Wake::Deadline => Woken::TimeUp,
