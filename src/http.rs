@@ -377,6 +377,17 @@ impl Query {
         self.0.get(name).map(String::as_str)
     }
 
+    /// Every parameter, by name (a name given twice keeps its last value).
+    pub fn all(&self) -> Vec<(&str, &str)> {
+        let mut all: Vec<(&str, &str)> = self
+            .0
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        all.sort();
+        all
+    }
+
     /// `since=N`: events with id > N. Absent means "from now", i.e. `now` (the newest id).
     /// A cursor *ahead* of `now` cannot come from this run (the lab restarted and its ids began
     /// again at 1): it is taken as `now`, and the answer's `last` resynchronises the client,

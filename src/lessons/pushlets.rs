@@ -22,15 +22,19 @@
 //!
 //! 1. `handle`: one URL, `p_event` says what the request is. Control events are answered at
 //!    once with their ack; `listen` (and `join-listen`, and `refresh` in pull and poll modes)
-//!    open the data channel.
+//!    open the data channel. The session keeps the format named at `join` and the mode named
+//!    at `listen`: the original AJAX client names them only there.
 //! 2. `Session`: a bounded queue of events for the client and, while a subscription covers
 //!    `/lab/events`, a hub subscription (its feed). Publishing to any other subject puts the
 //!    event in the queue of every session with a matching subscription.
 //! 3. `data_channel`: write the events as they come (`stream`), or once then a `refresh`
-//!    (`pull`: held up to the heartbeat interval; `poll`: at once). With nothing to say, a
-//!    `hb` (heartbeat) event.
+//!    (`pull`: held up to 20 s; `poll`: at once), the refresh asking the client to wait a
+//!    random 2–6 s (pull) or 6–10 s (poll), the original's defaults. With nothing to say, a
+//!    `hb` (heartbeat) event. A published event is the request's own fields; each session
+//!    receives it with its matching subscription's `p_sid` and `p_label`.
 //! 4. Formats: `js` is a page for a hidden iframe, each event a `parent.push(...)` call;
-//!    `xml` is a stream of `<event .../>` elements. The original wrote field values into the
+//!    `xml` is a stream of `<event .../>` elements; `xml-strict` (the original AJAX client's)
+//!    one `<pushlet>` document per answer. The original wrote field values into the
 //!    script unescaped, so an event containing `");` ran code in the page: `lab_mode=original`
 //!    shows that; the lab escapes every value for where it lands.
 //! 5. `sweep`: a session whose client has no data channel open and makes no request for
@@ -59,11 +63,15 @@ use std::time::{Duration, Instant};
 pub const HUB_SUBJECT: &str = "/lab/events";
 /// Events queued for a session before its client counts as a slow consumer.
 const QUEUE: usize = 256;
-/// How long `pull` holds a refresh, and `stream` waits before a heartbeat.
+/// How long `pull` holds a refresh, and `stream` waits before a heartbeat (the original's
+/// `queue.read.timeout.millis`).
 const HOLD: Duration = Duration::from_secs(20);
-/// The pause a `refresh` event asks for: pull and poll modes.
-const PULL_WAIT_MS: u64 = 0;
-const POLL_WAIT_MS: u64 = 2000;
+/// The pause a `refresh` event asks for, a random one in these ranges (ms), as the original's
+/// defaults (`pull.refresh.wait.*`, `poll.refresh.wait.*`): clients spread out their refreshes.
+const PULL_WAIT_MS: (u64, u64) = (2000, 6000);
+const POLL_WAIT_MS: (u64, u64) = (6000, 10000);
+/// Subscriptions one session may hold.
+const MAX_SUBSCRIPTIONS: usize = 32;
 
 /// A Pushlets event: ordered fields (`p_event` first), all text.
 pub type Fields = Vec<(String, String)>;
@@ -77,8 +85,12 @@ enum Queued {
 }
 
 struct State {
-    /// Subscription id → (subject, label).
+    /// Subscription id → (subjects, comma-separated as the client gave them; label).
     subscriptions: BTreeMap<u64, (String, Option<String>)>,
+    /// The format chosen at `join` (the original answers every later request in it), and the
+    /// mode chosen at `listen` (a `refresh` carrying only `p_id` is answered in it).
+    format: Option<String>,
+    mode: Option<String>,
     next_sid: u64,
     /// A data channel is open (no expiry meanwhile).
     listening: bool,
@@ -101,11 +113,43 @@ impl Session {
     }
 
     fn subscribed_to(&self, subject: &str) -> bool {
+        self.matching(subject).is_some()
+    }
+
+    /// The first subscription that covers `subject` (one of its comma-separated subjects is
+    /// a prefix of it): its id and label, which a data event carries as `p_sid`, `p_label`.
+    fn matching(&self, subject: &str) -> Option<(u64, Option<String>)> {
         self.state()
             .subscriptions
-            .values()
-            .any(|(s, _)| subject.starts_with(s.as_str()))
+            .iter()
+            .find(|(_, (subjects, _))| subjects.split(',').any(|s| subject.starts_with(s)))
+            .map(|(sid, (_, label))| (*sid, label.clone()))
     }
+}
+
+/// `event` as `session` receives it: with the id and label of its subscription that matched.
+fn for_session(session: &Session, mut event: Fields) -> Fields {
+    let subject = event
+        .iter()
+        .find(|(n, _)| n == "p_subject")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    if let Some((sid, label)) = session.matching(&subject) {
+        event.push(("p_sid".into(), sid.to_string()));
+        if let Some(label) = label {
+            event.push(("p_label".into(), label));
+        }
+    }
+    event
+}
+
+/// A random wait in `range` (ms), for a `refresh` event.
+fn refresh_wait(range: (u64, u64)) -> u64 {
+    let spread = range.1 - range.0;
+    let random = crate::lab::random_id()
+        .bytes()
+        .fold(0u64, |n, b| n.wrapping_mul(31).wrapping_add(u64::from(b)));
+    range.0 + random % (spread + 1)
 }
 
 /// Every Pushlets session.
@@ -143,17 +187,28 @@ fn fields(pairs: &[(&str, &str)]) -> Fields {
 /// Step 1: everything on `/pushlet/pushlet.srv`.
 pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("pushlets");
-    let format = match query.get("p_format").unwrap_or("js") {
+    let event = query.get("p_event").unwrap_or("").to_string();
+    let known = query
+        .get("p_id")
+        .and_then(|id| pushlets.sessions().get(id).cloned());
+    // The format: asked for, else the session's (the original client names it only at join).
+    let remembered = known.as_ref().and_then(|s| s.state().format.clone());
+    let format_name = query
+        .get("p_format")
+        .map(str::to_string)
+        .or(remembered)
+        .unwrap_or_else(|| "js".into());
+    let format = match format_name.as_str() {
         "js" => Format::Js {
             original: query.get("lab_mode") == Some("original"),
         },
         "xml" => Format::Xml,
+        "xml-strict" => Format::XmlStrict,
         other => {
-            let message = format!("p_format must be js or xml, not {other:?}");
+            let message = format!("p_format must be js, xml or xml-strict, not {other:?}");
             return HttpError::bad_request(message).reply(request, &counters);
         }
     };
-    let event = query.get("p_event").unwrap_or("").to_string();
     let session = match event.as_str() {
         "join" | "join-listen" => None,
         _ => match query
@@ -173,7 +228,14 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
             }
         },
     };
-    let mode = query.get("p_mode").unwrap_or("stream");
+    // The mode: asked for, else the session's (a refresh names only its p_id), else stream.
+    let remembered = session.as_ref().and_then(|s| s.state().mode.clone());
+    let mode = query
+        .get("p_mode")
+        .map(str::to_string)
+        .or(remembered)
+        .unwrap_or_else(|| "stream".into());
+    let mode = mode.as_str();
     if !["stream", "pull", "poll"].contains(&mode) {
         let nack = fields(&[
             ("p_event", "nack"),
@@ -181,50 +243,70 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
         ]);
         return answer(request, 400, &format, &[nack], &counters);
     }
+    let name = format.name();
     match (event.as_str(), session) {
         ("join", _) => {
-            let session = join(pushlets);
-            let ack = fields(&[("p_event", "join-ack"), ("p_id", &session.id)]);
+            let session = join(pushlets, name);
+            let ack = fields(&[
+                ("p_event", "join-ack"),
+                ("p_id", &session.id),
+                ("p_format", name),
+            ]);
             answer(request, 200, &format, &[ack], &counters)
         }
-        ("join-listen", _) => {
-            let session = join(pushlets);
+        ("join-listen" | "listen", session) => {
+            let joining = session.is_none();
+            let session = session.unwrap_or_else(|| join(pushlets, name));
+            session.state().mode = Some(mode.to_string());
+            let ack_name = if joining {
+                "join-listen-ack"
+            } else {
+                "listen-ack"
+            };
+            let mut ack = fields(&[
+                ("p_event", ack_name),
+                ("p_id", &session.id),
+                ("p_mode", mode),
+                ("p_format", name),
+            ]);
+            // A subject to subscribe to, with its label, as a subscribe would.
             if let Some(subject) = query.get("p_subject") {
-                if let Err(reason) = subscribe(lab, &session, subject, query.get("p_label")) {
-                    pushlets.end(&session, "bad subject");
-                    let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
-                    return answer(request, 400, &format, &[nack], &counters);
+                match subscribe(lab, &session, subject, query.get("p_label")) {
+                    Ok(sid) => {
+                        ack.push(("p_sid".into(), sid.to_string()));
+                        if let Some(label) = query.get("p_label") {
+                            ack.push(("p_label".into(), label.to_string()));
+                        }
+                    }
+                    Err(reason) => {
+                        if joining {
+                            pushlets.end(&session, "bad subject");
+                        }
+                        let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
+                        return answer(request, 400, &format, &[nack], &counters);
+                    }
                 }
             }
-            let ack = fields(&[
-                ("p_event", "join-listen-ack"),
-                ("p_id", &session.id),
-                ("p_mode", mode),
-            ]);
-            data_channel(lab, request, &session, mode, format, Some(ack), &counters)
-        }
-        ("listen", Some(session)) => {
-            let ack = fields(&[
-                ("p_event", "listen-ack"),
-                ("p_id", &session.id),
-                ("p_mode", mode),
-            ]);
             data_channel(lab, request, &session, mode, format, Some(ack), &counters)
         }
         ("refresh", Some(session)) => {
-            data_channel(lab, request, &session, mode, format, None, &counters)
+            let ack = fields(&[("p_event", "refresh-ack"), ("p_id", &session.id)]);
+            data_channel(lab, request, &session, mode, format, Some(ack), &counters)
         }
         ("subscribe", Some(session)) => {
             let subject = query.get("p_subject").unwrap_or("");
             match subscribe(lab, &session, subject, query.get("p_label")) {
                 Ok(sid) => {
                     let sid = sid.to_string();
-                    let ack = fields(&[
+                    let mut ack = fields(&[
                         ("p_event", "subscribe-ack"),
                         ("p_id", &session.id),
                         ("p_subject", subject),
                         ("p_sid", &sid),
                     ]);
+                    if let Some(label) = query.get("p_label") {
+                        ack.push(("p_label".into(), label.to_string()));
+                    }
                     answer(request, 200, &format, &[ack], &counters)
                 }
                 Err(reason) => {
@@ -290,7 +372,7 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
     }
 }
 
-fn join(pushlets: &Pushlets) -> Arc<Session> {
+fn join(pushlets: &Pushlets, format: &str) -> Arc<Session> {
     let (queue_tx, queue_rx) = bounded(QUEUE);
     let session = Arc::new(Session {
         id: crate::lab::random_id(),
@@ -298,6 +380,8 @@ fn join(pushlets: &Pushlets) -> Arc<Session> {
         queue_rx,
         state: Mutex::new(State {
             subscriptions: BTreeMap::new(),
+            format: Some(format.to_string()),
+            mode: None,
             next_sid: 1,
             listening: false,
             last_seen: Instant::now(),
@@ -312,6 +396,11 @@ fn join(pushlets: &Pushlets) -> Arc<Session> {
     pushlets.sweeper.ring();
     log::debug!("pushlets session {} joined", session.id);
     session
+}
+
+/// A subscription's subjects: paths, comma-separated (`/chat/a,/chat/b`).
+fn is_subject_list(subjects: &str) -> bool {
+    subjects.len() <= 512 && subjects.split(',').all(is_subject)
 }
 
 /// A subject is a path; a subscription receives every subject it is a prefix of.
@@ -329,11 +418,14 @@ fn subscribe(
     subject: &str,
     label: Option<&str>,
 ) -> Result<u64, &'static str> {
-    if !is_subject(subject) {
-        return Err("p_subject must be a path like /lab/events");
+    if !is_subject_list(subject) {
+        return Err("p_subject must be a path like /lab/events, or several, comma-separated");
     }
     let sid = {
         let mut state = session.state();
+        if state.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return Err("too many subscriptions for one session (32)");
+        }
         let sid = state.next_sid;
         state.next_sid += 1;
         let label = label.map(|l| l.chars().take(64).collect());
@@ -373,29 +465,52 @@ fn publish(
     if !is_subject(subject) {
         return Err((400, "p_subject must be a path like /chat/room1".into()));
     }
-    let data = query.get("data").unwrap_or("");
-    if data.len() > lab.config.max_body {
-        return Err((400, "data is longer than --max-body".into()));
+    let size: usize = query.all().iter().map(|(n, v)| n.len() + v.len()).sum();
+    if size > lab.config.max_body {
+        return Err((400, "the event is longer than --max-body".into()));
     }
     if subject == HUB_SUBJECT {
+        // The hub's events are text: its field `data`.
+        let Some(data) = query.get("data") else {
+            return Err((400, "an event on /lab/events needs data (its text)".into()));
+        };
         let event = lab.publish(data).map_err(|e| (503, e.to_string()))?;
         log::debug!("pushlets session {} published event {}", from.id, event.id);
         return Ok(());
     }
-    let event = fields(&[
-        ("p_event", "data"),
-        ("p_subject", subject),
-        ("p_from", &from.id),
-        ("data", data),
-    ]);
-    let sessions: Vec<Arc<Session>> = pushlets.sessions().values().cloned().collect();
-    for session in sessions {
-        if session.subscribed_to(subject) {
-            if let Err(TrySendError::Full(_)) =
-                session.queue_tx.try_send(Queued::Event(event.clone()))
-            {
-                pushlets.end(&session, "slow consumer (queue full)");
-            }
+    // The event is the request itself, every field of it (`nick=bob&msg=hi` arrives as
+    // `nick` and `msg`), as the original passes the request's event on, but for what only
+    // the transport needs; marked as data, from this session.
+    let mut event = fields(&[("p_event", "data"), ("p_subject", subject)]);
+    for (name, value) in query.all() {
+        if ![
+            "p_event",
+            "p_subject",
+            "p_id",
+            "p_format",
+            "p_mode",
+            "lab_mode",
+        ]
+        .contains(&name)
+        {
+            event.push((name.to_string(), value.to_string()));
+        }
+    }
+    event.push(("p_from".into(), from.id.clone()));
+    // `p_to`: to that one session alone, subscribed or not (the original's unicast).
+    let targets: Vec<Arc<Session>> = match query.get("p_to") {
+        Some(to) => pushlets.sessions().get(to).cloned().into_iter().collect(),
+        None => pushlets
+            .sessions()
+            .values()
+            .filter(|s| s.subscribed_to(subject))
+            .cloned()
+            .collect(),
+    };
+    for session in targets {
+        let event = for_session(&session, event.clone());
+        if let Err(TrySendError::Full(_)) = session.queue_tx.try_send(Queued::Event(event)) {
+            pushlets.end(&session, "slow consumer (queue full)");
         }
     }
     Ok(())
@@ -449,11 +564,11 @@ fn run_channel(
         out.write_chunk(format.event(ack).as_bytes())?;
     }
     let refresh = |out: &mut http::ChunkedStream| -> io::Result<()> {
-        let wait = if mode == "poll" {
+        let wait = refresh_wait(if mode == "poll" {
             POLL_WAIT_MS
         } else {
             PULL_WAIT_MS
-        };
+        });
         let url = format!(
             "/pushlet/pushlet.srv?p_event=refresh&p_id={}&p_mode={mode}&p_format={}",
             session.id,
@@ -467,8 +582,12 @@ fn run_channel(
         out.write_chunk(format.event(&refresh).as_bytes())?;
         out.write_chunk(format.end().as_bytes())
     };
-    // Pull and poll: the listen-ack alone, then come back by refresh.
-    if ack.is_some() && mode != "stream" {
+    // Pull and poll: the listen-ack alone, then come back by refresh (a refresh-ack is
+    // followed by the events, as any refresh).
+    let listening = ack
+        .as_ref()
+        .is_some_and(|ack| ack[0].1.ends_with("listen-ack"));
+    if listening && mode != "stream" {
         refresh(&mut out)?;
         return out.finish();
     }
@@ -545,7 +664,12 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
                         ("missed", &missed),
                     ]));
                 }
-                events.extend(batch.events.iter().map(|e| hub_event(e)))
+                events.extend(
+                    batch
+                        .events
+                        .iter()
+                        .map(|e| for_session(session, hub_event(e))),
+                )
             }
             Wake::Other(Queued::Event(e)) => events.push(e),
             Wake::Other(Queued::End) => ended = true,
@@ -569,10 +693,12 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
 /// Step 4: how events are written.
 enum Format {
     /// A page for a hidden iframe; `original`: the values unescaped, as the servlet did.
-    Js {
-        original: bool,
-    },
+    Js { original: bool },
+    /// A stream of `<event .../>` elements (not one document: it has no root).
     Xml,
+    /// One whole XML document per answer, `<pushlet>` around its events: what the original
+    /// AJAX client (ajax-pushlet-client.js) asks for and parses.
+    XmlStrict,
 }
 
 impl Format {
@@ -580,6 +706,7 @@ impl Format {
         match self {
             Format::Js { .. } => "js",
             Format::Xml => "xml",
+            Format::XmlStrict => "xml-strict",
         }
     }
 
@@ -587,6 +714,7 @@ impl Format {
         match self {
             Format::Js { .. } => "text/html; charset=utf-8",
             Format::Xml => "text/plain; charset=utf-8",
+            Format::XmlStrict => "text/xml; charset=utf-8",
         }
     }
 
@@ -598,6 +726,7 @@ impl Format {
                 "padding ".repeat(128)
             ),
             Format::Xml => String::new(),
+            Format::XmlStrict => "<pushlet>".into(),
         }
     }
 
@@ -605,6 +734,7 @@ impl Format {
         match self {
             Format::Js { .. } => "</body></html>\n",
             Format::Xml => "",
+            Format::XmlStrict => "</pushlet>",
         }
     }
 
@@ -629,7 +759,7 @@ impl Format {
                     .collect();
                 format!("<script>parent.push({});</script>\n", args.join(", "))
             }
-            Format::Xml => {
+            Format::Xml | Format::XmlStrict => {
                 let attributes: Vec<String> = event
                     .iter()
                     .map(|(n, v)| format!("{}=\"{}\"", escape_html(n), escape_html(v)))

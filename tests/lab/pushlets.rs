@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 const SRV: &str = "/pushlet/pushlet.srv";
 
 fn lab() -> RunningLab {
-    // Short, for the expiry test; longer than poll mode's 2 s pause between refreshes.
-    start_lab_with(|c| c.pushlets_timeout = Duration::from_secs(4))
+    // Short, for the expiry test; longer than poll mode's longest pause between refreshes
+    // (10 s, the original's default).
+    start_lab_with(|c| c.pushlets_timeout = Duration::from_secs(12))
 }
 
 /// A control event in XML; the answer's body.
@@ -43,6 +44,15 @@ fn subscribe(addr: SocketAddr, id: &str, subject: &str) {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("p_event=\"subscribe-ack\""), "{body}");
+}
+
+/// The `p_wait` of the refresh event in `body`.
+fn p_wait(body: &str) -> u64 {
+    body.split("p_wait=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no p_wait in {body}"))
 }
 
 /// Read a stream until `needle` (or panic at the deadline); what was read.
@@ -164,7 +174,9 @@ fn pull_holds_until_an_event_then_asks_for_a_refresh_and_poll_answers_at_once() 
         body.contains("data=\"for the pull\"") && body.contains("p_event=\"refresh\""),
         "{body}"
     );
-    // poll: answered at once, a heartbeat when nothing happened, and a pause to wait.
+    // The pause a pull asks for: the original's default, 2 to 6 s, chosen at random.
+    assert!((2000..=6000).contains(&p_wait(&body)), "{body}");
+    // poll: answered at once, a heartbeat when nothing happened, and a pause of 6 to 10 s.
     let started = Instant::now();
     let poll = get(
         addr,
@@ -172,8 +184,9 @@ fn pull_holds_until_an_event_then_asks_for_a_refresh_and_poll_answers_at_once() 
     )
     .unwrap();
     assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(poll.body.contains("p_event=\"hb\""), "{}", poll.body);
     assert!(
-        poll.body.contains("p_event=\"hb\"") && poll.body.contains("p_wait=\"2000\""),
+        (6000..=10000).contains(&p_wait(&poll.body)),
         "{}",
         poll.body
     );
@@ -382,4 +395,141 @@ fn a_session_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
     assert!(poll.body.contains("missed=\"12\""), "{}", poll.body);
     assert!(poll.body.contains("data=\"event 20\""), "{}", poll.body);
     assert!(!poll.body.contains("data=\"event 12\""), "{}", poll.body);
+}
+
+/// One answer as the original ajax-pushlet-client.js reads it: a whole XML document (its
+/// Xparse takes the root, `<pushlet>`, and each child element is an event), each event's
+/// attributes unescaped.
+fn xml_strict_events(
+    addr: SocketAddr,
+    query: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let answer = get(addr, &format!("{SRV}?{query}")).unwrap();
+    assert_eq!(answer.status, 200, "{query}: {}", answer.body);
+    assert_eq!(
+        answer.header("Content-Type"),
+        Some("text/xml; charset=utf-8")
+    );
+    let body = answer.body.trim();
+    let inner = body
+        .strip_prefix("<pushlet>")
+        .and_then(|b| b.strip_suffix("</pushlet>"))
+        .unwrap_or_else(|| panic!("not one <pushlet> document: {body}"));
+    let unescape = |v: &str| {
+        v.replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    inner
+        .split("<event ")
+        .skip(1)
+        .map(|element| {
+            let attributes = element.trim_end().trim_end_matches("/>");
+            attributes
+                .split("\" ")
+                .filter_map(|pair| pair.split_once("=\""))
+                .map(|(n, v)| (n.trim().to_string(), unescape(v.trim_end_matches('"'))))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unchanged() {
+    let lab = lab();
+    let addr = lab.addr();
+    // Exactly the requests ajax-pushlet-client.js v1.7 makes: the format and mode only at
+    // join (and the mode at listen); every later request names only its p_id.
+    let joined = xml_strict_events(addr, "p_event=join&p_format=xml-strict&p_mode=pull");
+    assert_eq!(joined[0]["p_event"], "join-ack");
+    assert_eq!(joined[0]["p_format"], "xml-strict");
+    let alice = joined[0]["p_id"].clone();
+    let listened = xml_strict_events(
+        addr,
+        &format!("p_event=listen&p_mode=pull&p_subject=%2Flab&p_id={alice}"),
+    );
+    assert_eq!(listened[0]["p_event"], "listen-ack");
+    assert_eq!(listened[0]["p_sid"], "1");
+    assert_eq!(listened[1]["p_event"], "refresh");
+    let wait: u64 = listened[1]["p_wait"].parse().unwrap();
+    assert!(
+        (2000..=6000).contains(&wait),
+        "the original's pull wait: {wait}"
+    );
+    // Bob: join-listen on two subjects at once, comma-separated; then a labelled one.
+    let bob_joined = xml_strict_events(
+        addr,
+        "p_event=join-listen&p_format=xml-strict&p_mode=pull&p_subject=%2Fchat%2Fa%2C%2Fchat%2Fb",
+    );
+    assert_eq!(bob_joined[0]["p_event"], "join-listen-ack");
+    let bob = bob_joined[0]["p_id"].clone();
+    let subscribed = xml_strict_events(
+        addr,
+        &format!("p_event=subscribe&p_subject=%2Fnews&p_label=headlines&p_id={bob}"),
+    );
+    assert_eq!(subscribed[0]["p_event"], "subscribe-ack");
+    assert_eq!(subscribed[0]["p_sid"], "2");
+    assert_eq!(subscribed[0]["p_label"], "headlines");
+    // Alice publishes her own fields; a second event to /news, and one to Bob alone.
+    let published = xml_strict_events(
+        addr,
+        &format!(
+            "p_event=publish&p_subject=%2Fchat%2Fb&nick=alice&msg=hi%20%3Cthere%3E&p_id={alice}"
+        ),
+    );
+    assert_eq!(published[0]["p_event"], "publish-ack");
+    xml_strict_events(
+        addr,
+        &format!("p_event=publish&p_subject=%2Fnews&title=rain&p_id={alice}"),
+    );
+    xml_strict_events(
+        addr,
+        &format!("p_event=publish&p_subject=%2Fprivate&p_to={bob}&note=psst&p_id={alice}"),
+    );
+    // Bob's refresh names only his p_id: answered in pull mode, in xml-strict.
+    let refreshed = xml_strict_events(addr, &format!("p_event=refresh&p_id={bob}"));
+    assert_eq!(refreshed[0]["p_event"], "refresh-ack");
+    let data: Vec<_> = refreshed
+        .iter()
+        .filter(|e| e["p_event"] == "data")
+        .collect();
+    assert_eq!(data.len(), 3, "{refreshed:?}");
+    assert_eq!(data[0]["p_subject"], "/chat/b");
+    assert_eq!(data[0]["nick"], "alice");
+    assert_eq!(data[0]["msg"], "hi <there>");
+    assert_eq!(data[0]["p_from"], alice);
+    assert_eq!(data[0]["p_sid"], "1");
+    assert_eq!(data[1]["title"], "rain");
+    assert_eq!(data[1]["p_sid"], "2");
+    assert_eq!(data[1]["p_label"], "headlines");
+    assert_eq!(data[2]["p_subject"], "/private");
+    assert_eq!(data[2]["note"], "psst");
+    assert_eq!(refreshed.last().unwrap()["p_event"], "refresh");
+    // Alice hears the hub on /lab: a hub event, with her subscription's id.
+    let id = publish(addr, "from the hub").unwrap();
+    let hers = xml_strict_events(addr, &format!("p_event=refresh&p_id={alice}"));
+    let hub: Vec<_> = hers.iter().filter(|e| e["p_event"] == "data").collect();
+    assert_eq!(hub[0]["p_subject"], "/lab/events");
+    assert_eq!(hub[0]["id"], id.to_string());
+    assert_eq!(hub[0]["p_sid"], "1");
+    let left = xml_strict_events(addr, &format!("p_event=leave&p_id={alice}"));
+    assert_eq!(left[0]["p_event"], "leave-ack");
+}
+
+#[test]
+fn a_session_holds_at_most_32_subscriptions() {
+    let lab = lab();
+    let addr = lab.addr();
+    let id = join(addr);
+    for n in 0..32 {
+        subscribe(addr, &id, &format!("/s{n}"));
+    }
+    let (status, body) = control(
+        addr,
+        &format!("p_event=subscribe&p_id={id}&p_subject=/one-more"),
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("too many subscriptions"), "{body}");
 }
