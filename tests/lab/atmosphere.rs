@@ -432,6 +432,12 @@ fn the_lesson_page_client_works_on_every_transport() {
     for transport in ["sse", "streaming", "long-polling", "websocket"] {
         chat_over(&browser, &lab, &format!("transport={transport}"), transport);
     }
+    // The page shows the broadcaster's filter chain.
+    let mut page = browser.open(&format!("http://{}/lessons/atmosphere", lab.addr()));
+    page.wait_for(
+        "the filter chain is shown",
+        "document.getElementById('filters').textContent === 'at most 50 a second'",
+    );
 }
 
 #[test]
@@ -500,4 +506,102 @@ fn the_lesson_page_falls_back_chats_resumes_and_draws_its_connections() {
     let ids = page.eval("JSON.stringify(seen.ids)");
     let ids: Vec<u64> = serde_json::from_str(ids.as_str().unwrap()).unwrap();
     assert_eq!(ids.iter().filter(|i| **i == away).count(), 1, "{ids:?}");
+}
+
+// ---- Broadcasters: filters, rooms, heartbeats ---------------------------------------------
+
+#[test]
+fn a_rooms_filter_chain_masks_words_and_limits_the_rate() {
+    let lab = lab();
+    let addr = lab.addr();
+    let room =
+        |transport: &str| url(transport, "0", true).replace("/atmosphere/lab", "/atmosphere/chat");
+    let mut listener = Stream::open(addr, &room("streaming"), &[]).unwrap();
+    listener
+        .read_until(deadline(), |t| t.ends_with("|X|"))
+        .unwrap();
+    // The word mask: whole words, any case.
+    let posted = post(
+        addr,
+        &room("long-polling"),
+        "text/plain",
+        "Darn, what the HECK? darning",
+    )
+    .unwrap();
+    assert_eq!(posted.status, 204);
+    let text = listener
+        .read_until(deadline(), |t| t.contains("darning"))
+        .unwrap();
+    assert!(text.contains("****, what the ****? darning"), "{text}");
+    // The rate limit: 20 a second to the room; more are refused with 429 and never broadcast.
+    let statuses: Vec<u16> = (0..25)
+        .map(|n| {
+            post(
+                addr,
+                &room("long-polling"),
+                "text/plain",
+                &format!("burst {n}"),
+            )
+            .unwrap()
+            .status
+        })
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 204).count() <= 20,
+        "{statuses:?}"
+    );
+    // /stats shows each broadcaster's chain.
+    let filters = stats(addr)["atmosphere"]["filters"]["chat"].clone();
+    assert_eq!(
+        filters,
+        serde_json::json!(["mask darn, heck", "at most 20 a second"])
+    );
+}
+
+#[test]
+fn at_most_16_rooms_besides_lab_and_an_empty_room_is_freed() {
+    let lab = lab(); // --atmosphere-timeout 2 s
+    let addr = lab.addr();
+    let room = |n: usize| {
+        url("long-polling", "0", true).replace("/atmosphere/lab", &format!("/atmosphere/r{n}"))
+    };
+    assert_eq!(
+        get(addr, &url("long-polling", "0", true)).unwrap().status,
+        200
+    );
+    for n in 0..16 {
+        assert_eq!(get(addr, &room(n)).unwrap().status, 200, "room {n}");
+    }
+    assert_eq!(get(addr, &room(16)).unwrap().status, 503, "a 17th room");
+    // Their resources expire, then each empty room is freed after the timeout again.
+    wait_until("every room is freed", || {
+        stats(addr)["atmosphere"]["broadcasters"] == serde_json::json!(["lab"])
+    });
+    assert_eq!(
+        get(addr, &room(16)).unwrap().status,
+        200,
+        "room for a new one"
+    );
+}
+
+#[test]
+fn the_clients_x_heartbeat_server_sets_the_streams_heartbeat() {
+    // The lab's own heartbeat is 60 s here; the client asks for one every second.
+    let lab = start_lab_with(|c| {
+        c.atmosphere_timeout = Duration::from_secs(2);
+        c.heartbeat = Duration::from_secs(60);
+    });
+    let addr = lab.addr();
+    let path = format!("{}&X-Heartbeat-Server=1", url("streaming", "0", true));
+    let mut stream = Stream::open(addr, &path, &[]).unwrap();
+    let started = std::time::Instant::now();
+    // The handshake, then the padding `1|X` as heartbeats: two of them within a few seconds.
+    let text = stream
+        .read_until(deadline(), |t| t.matches("1|X").count() >= 2)
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+    // Out of range: 400.
+    let bad = format!("{}&X-Heartbeat-Server=0", url("streaming", "0", true));
+    assert_eq!(get(addr, &bad).unwrap().status, 400);
 }

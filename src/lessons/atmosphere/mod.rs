@@ -128,6 +128,94 @@ pub struct Broadcaster {
     pub name: String,
     hub: Arc<crate::hub::Hub>,
     resources: Mutex<HashMap<String, Arc<Resource>>>,
+    /// The broadcaster's filter chain, applied in order to every message broadcast to it.
+    filters: Vec<Filter>,
+    /// A room (not `lab`) with no resource at all since then: freed after
+    /// `--atmosphere-timeout` of that (`sweep`).
+    empty_since: Mutex<Option<Instant>>,
+}
+
+/// One link of a broadcaster's filter chain (Atmosphere's `BroadcastFilter`): a message goes
+/// on changed, or is refused with why.
+#[derive(Debug)]
+pub enum Filter {
+    /// Words (whole, any case) replaced by asterisks.
+    Mask(&'static [&'static str]),
+    /// At most `per_second` messages a second to this broadcaster; more are refused.
+    RateLimit {
+        per_second: u32,
+        window: Mutex<(Instant, u32)>,
+    },
+}
+
+/// Why a filter refused a message.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl Filter {
+    fn name(&self) -> String {
+        match self {
+            Filter::Mask(words) => format!("mask {}", words.join(", ")),
+            Filter::RateLimit { per_second, .. } => format!("at most {per_second} a second"),
+        }
+    }
+
+    fn apply(&self, message: String) -> Result<String, Refused> {
+        match self {
+            Filter::Mask(words) => Ok(mask(&message, words)),
+            Filter::RateLimit { per_second, window } => {
+                let mut window = window.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                if now.duration_since(window.0) >= Duration::from_secs(1) {
+                    *window = (now, 0);
+                }
+                if window.1 >= *per_second {
+                    return Err(Refused(format!(
+                        "more than {per_second} messages a second to this broadcaster"
+                    )));
+                }
+                window.1 += 1;
+                Ok(message)
+            }
+        }
+    }
+}
+
+/// `text` with each of `words` (a whole word, any case) replaced by as many asterisks.
+fn mask(text: &str, words: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if words.iter().any(|w| w.eq_ignore_ascii_case(word)) {
+            out.extend(std::iter::repeat_n('*', word.chars().count()));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// The chain each broadcaster gets: the hub (`lab`) a rate limit, so a loop in one page
+/// cannot flood every lesson; a room a word mask too, as a chat would.
+fn filters_for(name: &str) -> Vec<Filter> {
+    let limit = |per_second| Filter::RateLimit {
+        per_second,
+        window: Mutex::new((Instant::now(), 0)),
+    };
+    match name {
+        "lab" => vec![limit(50)],
+        _ => vec![Filter::Mask(&["darn", "heck"]), limit(20)],
+    }
 }
 
 impl Broadcaster {
@@ -137,16 +225,26 @@ impl Broadcaster {
 
     /// Publish a client's message to everyone suspended here (and, for `lab`, through the
     /// lab, so the other lessons and, with `--redis`, the other labs get it too).
-    fn broadcast(
-        &self,
-        lab: &Lab,
-        message: &str,
-    ) -> Result<Arc<Event>, crate::broker::Unavailable> {
+    fn broadcast(&self, lab: &Lab, message: &str) -> Result<Arc<Event>, BroadcastError> {
+        // The filter chain first: each link may change the message or refuse it.
+        let mut message = message.to_string();
+        for filter in &self.filters {
+            message = filter.apply(message).map_err(BroadcastError::Filtered)?;
+        }
         if Arc::ptr_eq(&self.hub, &lab.hub) {
-            return lab.publish(message);
+            return lab.publish(message).map_err(BroadcastError::Unavailable);
         }
         Ok(self.hub.publish(message))
     }
+}
+
+/// Why a broadcast did not happen.
+#[derive(Debug)]
+pub enum BroadcastError {
+    /// A filter refused it (429).
+    Filtered(Refused),
+    /// The broker is away (`--redis`; 503).
+    Unavailable(crate::broker::Unavailable),
 }
 
 /// Every broadcaster, created on first use.
@@ -178,9 +276,16 @@ impl Broadcasters {
         }
         let mut named = self.named();
         if let Some(broadcaster) = named.get(name) {
+            // A request is coming: the room is not to be freed under it (`sweep` looks
+            // again under the same lock).
+            *broadcaster
+                .empty_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(broadcaster.clone());
         }
-        if name != "lab" && named.len() > MAX_NAMED {
+        let rooms = named.keys().filter(|n| *n != "lab").count();
+        if name != "lab" && rooms >= MAX_NAMED {
             return Err((503, format!("{MAX_NAMED} broadcasters exist already")));
         }
         let hub = if name == "lab" {
@@ -192,6 +297,8 @@ impl Broadcasters {
             name: name.to_string(),
             hub,
             resources: Mutex::default(),
+            filters: filters_for(name),
+            empty_since: Mutex::new(None),
         });
         named.insert(name.to_string(), broadcaster.clone());
         Ok(broadcaster)
@@ -219,7 +326,20 @@ impl Broadcasters {
             }
         }
         names.sort();
-        json!({ "resources": count, "connected": connected, "broadcasters": names })
+        let filters: serde_json::Map<String, serde_json::Value> = self
+            .all()
+            .iter()
+            .map(|b| {
+                let chain: Vec<String> = b.filters.iter().map(Filter::name).collect();
+                (b.name.clone(), json!(chain))
+            })
+            .collect();
+        json!({
+            "resources": count,
+            "connected": connected,
+            "broadcasters": names,
+            "filters": filters,
+        })
     }
 }
 
@@ -448,7 +568,12 @@ fn receive(
             );
             http::write_no_content(request, &[], counters)
         }
-        Err(e) => HttpError::retry_later(e.to_string()).reply(request, counters),
+        Err(BroadcastError::Filtered(Refused(why))) => HttpError::new(429, why)
+            .with_header("Retry-After", "1")
+            .reply(request, counters),
+        Err(BroadcastError::Unavailable(e)) => {
+            HttpError::retry_later(e.to_string()).reply(request, counters)
+        }
     }
 }
 
@@ -611,7 +736,9 @@ fn stream(
         }
         write(&backlog, &mut out)?;
         loop {
-            let heartbeat_due = Instant::now() + lab.config.heartbeat;
+            // The client's `X-Heartbeat-Server`, else the lab's `--heartbeat`.
+            let heartbeat_due =
+                Instant::now() + params.server_heartbeat.unwrap_or(lab.config.heartbeat);
             // BLOCKS: until `Hub::publish` wakes the subscription, a newer connection or a
             // drop stops this one, or the heartbeat is due.
             match subscription.wait_for_events_or(&attached.stop, heartbeat_due) {
@@ -687,7 +814,42 @@ fn sweep(lab: &Lab, broadcasters: &Broadcasters, wake: &Receiver<()>) {
                 next = next.min(expires);
             }
         }
-        // BLOCKS: until the next resource may expire, or a new one wakes us.
+        // Rooms with no resource left, empty for the timeout too, are freed, ring and all
+        // (`lab` is the hub: it stays).
+        for broadcaster in broadcasters.all() {
+            if broadcaster.name == "lab" {
+                continue;
+            }
+            let empty = broadcaster.resources().is_empty();
+            let mut since = broadcaster
+                .empty_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match (*since, empty) {
+                (_, false) => *since = None,
+                (None, true) => {
+                    *since = Some(now);
+                    next = next.min(now + timeout);
+                }
+                (Some(at), true) if at + timeout <= now => {
+                    drop(since);
+                    let mut named = broadcasters.named();
+                    // Under the map's lock, as `lookup` works: still empty, and no request
+                    // looked it up meanwhile (that would have cleared `empty_since`).
+                    let still = broadcaster
+                        .empty_since
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some();
+                    if still && broadcaster.resources().is_empty() {
+                        named.remove(&broadcaster.name);
+                        log::debug!("atmosphere broadcaster {} freed", broadcaster.name);
+                    }
+                }
+                (Some(at), true) => next = next.min(at + timeout),
+            }
+        }
+        // BLOCKS: until the next resource or room may expire, or a new one wakes us.
         let _ = wake.recv_deadline(next);
     }
 }

@@ -62,6 +62,9 @@ pub struct Params {
     pub protocol: bool,
     /// `X-Atmosphere-TrackMessageSize=true`: every message prefixed with its length.
     pub track_size: bool,
+    /// `X-Heartbeat-Server=N`: the client asks the server for a heartbeat every N seconds
+    /// (1 to 300) on a connection that is quiet; `None`: the lab's `--heartbeat`.
+    pub server_heartbeat: Option<std::time::Duration>,
 }
 
 impl Params {
@@ -81,11 +84,19 @@ impl Params {
         if tracking_id.is_empty() || !well_formed {
             return Err("X-Atmosphere-tracking-id is 0 or the id the server gave".into());
         }
+        let server_heartbeat = match query.get("X-Heartbeat-Server") {
+            None => None,
+            Some(text) => match crate::http::whole_number(text) {
+                Some(seconds @ 1..=300) => Some(std::time::Duration::from_secs(seconds)),
+                _ => return Err("X-Heartbeat-Server is a number of seconds, 1 to 300".into()),
+            },
+        };
         Ok(Params {
             tracking_id: tracking_id.to_string(),
             transport,
             protocol: query.get("X-atmo-protocol") == Some("true"),
             track_size: query.get("X-Atmosphere-TrackMessageSize") == Some("true"),
+            server_heartbeat,
         })
     }
 }

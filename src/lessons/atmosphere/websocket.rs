@@ -128,12 +128,12 @@ fn serve(
             .spawn_scoped(scope, move || {
                 let _thread = lab.stats.websocket_threads.enter();
                 let ending = write_messages(
-                    lab,
                     &mut writer,
                     attached,
                     backlog,
                     subscription,
                     params.track_size,
+                    params.server_heartbeat.unwrap_or(lab.config.heartbeat),
                     counters,
                 );
                 let why = match ending {
@@ -167,12 +167,12 @@ fn serve(
 
 /// The writer (`ws-N-writer`): the handshake, the backlog, then every broadcast as it comes.
 fn write_messages(
-    lab: &Lab,
     socket: &mut WebSocket<TcpStream>,
     attached: &Attached,
     backlog: Backlog,
     mut subscription: Subscription,
     track: bool,
+    heartbeat: std::time::Duration,
     counters: &LessonCounters,
 ) -> Result<String, tungstenite::Error> {
     let mut send = |text: &str| -> Result<(), tungstenite::Error> {
@@ -196,7 +196,8 @@ fn write_messages(
             counters.streamed(1);
         }
         batch = loop {
-            let heartbeat_due = Instant::now() + lab.config.heartbeat;
+            // The client's `X-Heartbeat-Server`, else the lab's `--heartbeat`.
+            let heartbeat_due = Instant::now() + heartbeat;
             // BLOCKS: until `Hub::publish` wakes the subscription, the reader reports the
             // client gone, a newer connection or a drop stops this one, or the heartbeat is due.
             match subscription.wait_for_events_or(&attached.stop, heartbeat_due) {
@@ -228,7 +229,13 @@ fn read_messages(
                 Ok(event) => {
                     log::debug!("atmosphere resource {uuid} published event {}", event.id)
                 }
-                Err(e) => log::warn!("atmosphere resource {uuid}: not published: {e}"),
+                // A filter's refusal drops the message (as Atmosphere's ABORT does).
+                Err(super::BroadcastError::Filtered(why)) => {
+                    log::debug!("atmosphere resource {uuid}: message refused: {}", why.0)
+                }
+                Err(super::BroadcastError::Unavailable(e)) => {
+                    log::warn!("atmosphere resource {uuid}: not published: {e}")
+                }
             },
             Ok(Message::Close(_)) => break "the client closed the socket".to_string(),
             Ok(_) => continue,
