@@ -237,6 +237,7 @@ fn malformed_packets_end_only_their_own_session() {
         "9",                              // an unknown Engine.IO type
         "b!!!",                           // bad base64
         "5",                              // an upgrade over polling
+        "2",                              // a ping from the client (Engine.IO 3's direction)
     ] {
         let sid = handshake(addr);
         send(addr, &sid, r#"40/lab,{"name":"x"}"#);

@@ -553,13 +553,10 @@ pub fn receive(
                 None => Ok(()),
             }
         }
-        // A client pinging (Engine.IO v3 did it) is answered, and harmless.
-        EngineIoPacket::Ping(data) => {
-            if !session.send(vec![EngineIoPacket::Pong(data)]) {
-                return Err("slow consumer".into());
-            }
-            Ok(())
-        }
+        // In Engine.IO 4 the server pings and the client pongs; a client that pings (as v3
+        // clients did) speaks another protocol, and the real server closes its session.
+        // (The upgrade's `2probe` is the WebSocket reader's, before any packet comes here.)
+        EngineIoPacket::Ping(_) => Err("a ping from the client (Engine.IO 3's direction)".into()),
         EngineIoPacket::Noop => Ok(()),
         EngineIoPacket::Open(_) | EngineIoPacket::Upgrade => {
             Err("an open or upgrade packet where none belongs".into())
