@@ -236,9 +236,20 @@ fn the_teacher_view_counts_the_browsers_and_what_they_hold() {
         get_from("127.0.0.8", addr, "/events/long-poll?timeout=60"),
     ];
     let _stream = get_from("127.0.0.9", addr, "/events/sse");
+    // The frameworks are rows too: a Pushlets stream and an Atmosphere stream.
+    let _pushlets = get_from(
+        "127.0.0.10",
+        addr,
+        "/pushlet/pushlet.srv?p_event=join-listen&p_subject=/lab&p_mode=stream&p_format=xml",
+    );
+    let _atmosphere = get_from(
+        "127.0.0.11",
+        addr,
+        "/atmosphere/lab?X-Atmosphere-Transport=streaming&X-atmo-protocol=true&X-Atmosphere-tracking-id=0",
+    );
     wait_until("all are held", || {
         let s = stats_at(addr);
-        s["parked"] == 3 && s["streams"] == 1
+        s["parked"] == 3 && s["streams"] == 3
     });
     let browser = Browser::launch();
     let mut page = browser.open(&format!("http://127.0.0.2:{}/teacher", lab.addr().port()));
@@ -259,6 +270,16 @@ fn the_teacher_view_counts_the_browsers_and_what_they_hold() {
         "SSE: one browser, one held",
         &format!("{} === '1' && {} === '1'", row("sse", 1), row("sse", 2)),
     );
+    for framework in ["pushlets", "atmosphere"] {
+        page.wait_for(
+            &format!("{framework}: one browser, one held"),
+            &format!(
+                "{} === '1' && {} === '1'",
+                row(framework, 1),
+                row(framework, 2)
+            ),
+        );
+    }
     // The publish box reaches every student.
     page.eval("document.querySelector('#publish input').value = 'to the room'; document.querySelector('#publish').requestSubmit()");
     wait_until("the teacher's event is published", || {
