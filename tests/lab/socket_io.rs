@@ -647,3 +647,37 @@ fn the_official_browser_bundle_chats_with_the_lab() {
     page.wait_for_log("[ack] publish");
     page.wait_for_log("[event] from the bundle");
 }
+
+/// The CONNECT answer for /lab: its `pid`.
+fn lab_pid(addr: SocketAddr, sid: &str, auth: &str) -> String {
+    assert_eq!(send(addr, sid, &format!("40/lab,{auth}")).body, "ok");
+    let connected = poll_until(addr, sid, "40/lab,");
+    let answer: Value =
+        serde_json::from_str(connected.trim().rsplit("40/lab,").next().unwrap()).unwrap();
+    answer["pid"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_session_closed_for_a_protocol_error_is_not_recovered_and_one_the_client_closed_is() {
+    let lab = lab();
+    let addr = lab.addr();
+    let offset = publish(addr, "before").unwrap();
+    // The client closes its session ("1"): its /lab socket can be recovered by its pid.
+    let first = handshake(addr);
+    let pid = lab_pid(addr, &first, r#"{"name":"t"}"#);
+    assert_eq!(send(addr, &first, "1").body, "ok");
+    let again = handshake(addr);
+    let auth = format!(r#"{{"name":"t","pid":"{pid}","offset":"{offset}"}}"#);
+    assert_eq!(lab_pid(addr, &again, &auth), pid, "recovered");
+    // A packet that breaks the protocol ends the session, and nothing is kept to recover.
+    let broken = handshake(addr);
+    let pid = lab_pid(addr, &broken, r#"{"name":"t"}"#);
+    assert_eq!(send(addr, &broken, "4abc").status, 400);
+    let after = handshake(addr);
+    let auth = format!(r#"{{"name":"t","pid":"{pid}","offset":"{offset}"}}"#);
+    assert_ne!(
+        lab_pid(addr, &after, &auth),
+        pid,
+        "not recovered after a parse error"
+    );
+}

@@ -485,13 +485,13 @@ fn post(
     let packets = match engine_io::decode_payload(&body) {
         Ok(packets) => packets,
         Err(e) => {
-            close(socket_io, session, Closer::Server, &e.to_string());
+            close(socket_io, session, Closer::ProtocolError, &e.to_string());
             return refuse(lab, request, BAD_REQUEST, counters);
         }
     };
     for packet in packets {
         if let Err(why) = receive(lab, socket_io, session, packet) {
-            close(socket_io, session, Closer::Server, &why);
+            close(socket_io, session, Closer::ProtocolError, &why);
             return refuse(lab, request, BAD_REQUEST, counters);
         }
     }
@@ -579,7 +579,13 @@ pub fn close(socket_io: &SocketIo, session: &Arc<Session>, closer: Closer, why: 
         std::mem::take(&mut state.sockets)
     };
     socket_io.sessions().remove(&session.sid);
-    // A `/lab` socket not left on purpose (its DISCONNECT removes it) can be recovered.
+    // A `/lab` socket not left on purpose (its DISCONNECT removes it) can be recovered, but
+    // not after a protocol error.
+    let sockets = if closer == Closer::ProtocolError {
+        Default::default()
+    } else {
+        sockets
+    };
     for (_, socket) in sockets {
         if let Some(pid) = socket.pid.clone() {
             socket_io.keep_for_recovery(pid, socket);

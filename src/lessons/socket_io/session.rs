@@ -66,9 +66,13 @@ pub struct Socket {
 /// Who ended the session, which decides what the transport still says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Closer {
-    /// The server (ping timeout, protocol error, slow consumer): a `1` (close) packet is sent,
-    /// and a `/lab` socket may be recovered.
+    /// The server (ping timeout, slow consumer): a `1` (close) packet is sent, and a `/lab`
+    /// socket may be recovered.
     Server,
+    /// The server, for a packet it could not parse or that broke the protocol: as `Server`,
+    /// but nothing is kept for recovery (the real server recovers only after a transport
+    /// close or error, a ping timeout or its own forced close, never after a parse error).
+    ProtocolError,
     /// The client asked (`1`) or its transport went away.
     Client,
 }
@@ -211,7 +215,7 @@ impl Session {
     /// The session is over; tell whoever holds the transport.
     pub fn end(&self, closer: Closer) {
         let last = match closer {
-            Closer::Server => Outgoing::Packets(vec![EioPacket::Close]),
+            Closer::Server | Closer::ProtocolError => Outgoing::Packets(vec![EioPacket::Close]),
             Closer::Client => Outgoing::End,
         };
         // A full outbox: its reader is stuck anyway; the transport ends on its own deadline.

@@ -206,7 +206,7 @@ fn read_packets(
             Ok(packet) => packet,
             Err(e) if upgrading => break e.to_string(),
             Err(e) => {
-                super::close(socket_io, session, Closer::Server, &e.to_string());
+                super::close(socket_io, session, Closer::ProtocolError, &e.to_string());
                 return drain(socket.get_mut(), id);
             }
         };
@@ -230,7 +230,7 @@ fn read_packets(
             continue;
         }
         if let Err(why) = super::receive(lab, socket_io, session, packet) {
-            super::close(socket_io, session, Closer::Server, &why);
+            super::close(socket_io, session, Closer::ProtocolError, &why);
             return drain(socket.get_mut(), id);
         }
     };
