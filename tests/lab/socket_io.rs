@@ -681,3 +681,26 @@ fn a_session_closed_for_a_protocol_error_is_not_recovered_and_one_the_client_clo
         "not recovered after a parse error"
     );
 }
+
+#[test]
+fn a_held_get_whose_client_leaves_closes_its_session_instead_of_swallowing_packets() {
+    // Pings far apart: only the departure can end this session soon.
+    let lab = start_lab_with(|c| {
+        c.socket_io.ping_interval = Duration::from_secs(60);
+        c.socket_io.ping_timeout = Duration::from_secs(60);
+    });
+    let addr = lab.addr();
+    let sid = handshake(addr);
+    assert_eq!(send(addr, &sid, r#"40/lab,{"name":"gone"}"#).body, "ok");
+    poll_until(addr, &sid, "40/lab,");
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let held = reverse_ajax_lab::client::open(addr, "GET", &path, &[], b"").unwrap();
+    wait_until("the GET is parked", || stats(addr)["parked"] == 1);
+    drop(held); // the tab is closed
+    wait_until("the session is closed and the GET let go", || {
+        let s = stats(addr);
+        s["socket_io_sessions"] == 0 && s["parked"] == 0
+    });
+    // Its sid is gone: a poll with it is refused.
+    assert_eq!(poll(addr, &sid).status, 400);
+}

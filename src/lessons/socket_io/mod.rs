@@ -413,8 +413,29 @@ fn poll(
     log::debug!("socket.io {} GET parked", session.sid);
     let arrived = Instant::now();
     let deadline = arrived + session::hold_limit(&socket_io.settings);
-    // BLOCKS: until the outbox or the hub has something for this session, or the deadline.
-    let delivery = session.wait_for_packets(deadline, true);
+    // Held in slices of a second (with --departures on), to see the client leave: packets
+    // written into a connection whose client has gone would be lost, so the session is
+    // closed instead, as the real engine.io does ("poll connection closed prematurely").
+    let delivery = loop {
+        let slice = match lab.config.departures {
+            true => (Instant::now() + Duration::from_secs(1)).min(deadline),
+            false => deadline,
+        };
+        // BLOCKS: until the outbox or the hub has something for this session, or the slice
+        // ends (at the deadline at the latest).
+        let delivery = session.wait_for_packets(slice, true);
+        if !delivery.nothing || Instant::now() >= deadline {
+            break delivery;
+        }
+        if request.client_left() {
+            // (Closed while the GET still counts as held: not the race of a client's own
+            // close packet, which `close` remembers to answer a late GET.)
+            let why = "the held GET's client left (poll connection closed prematurely)";
+            close(socket_io, session, Closer::Client, why);
+            session.state().polling_get = false;
+            return Ok(());
+        }
+    };
     session.state().polling_get = false;
     log::debug!(
         "socket.io {} GET answered with {} packet(s)",

@@ -125,6 +125,8 @@ pub struct Delivery {
     pub ended: bool,
     /// Hub events among the packets (for the lesson's counters).
     pub events: usize,
+    /// Nothing came before the deadline (the packets are a noop the wait added).
+    pub nothing: bool,
 }
 
 impl Session {
@@ -328,6 +330,7 @@ impl Session {
         if front.contains(&EioPacket::Close) {
             ended = true;
         }
+        let nothing = front.is_empty() && !ended;
         if front.is_empty() {
             // The deadline, or the session ended by the client: a noop ends the held GET.
             front.push(EioPacket::Noop);
@@ -336,6 +339,7 @@ impl Session {
             packets: front,
             ended,
             events: delivery_events,
+            nothing,
         }
     }
 
