@@ -447,6 +447,8 @@ fn stats_json(
         "open_connections": lab.connections.get().map_or(0, |p| p.open.load(Relaxed)),
         "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),
         "socket_io_sessions": state.socket_io.session_count(),
+        // Socket.IO's dynamic namespaces (`/room-*`) alive now.
+        "socket_io_namespaces": lessons::socket_io::namespaces::dynamic_namespaces(&state.socket_io),
         "bayeux_clients": state.bayeux.client_count(),
         "pushlets_sessions": state.pushlets.session_count(),
         "atmosphere": state.atmosphere.to_json(),

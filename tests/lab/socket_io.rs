@@ -704,3 +704,42 @@ fn a_held_get_whose_client_leaves_closes_its_session_instead_of_swallowing_packe
     // Its sid is gone: a poll with it is refused.
     assert_eq!(poll(addr, &sid).status, 400);
 }
+
+#[test]
+fn dynamic_namespaces_are_made_by_their_first_connect_behind_a_token_middleware() {
+    let lab = lab();
+    let ws_port = port_of(&lab.lab.websocket_url);
+    let summary = official_client(lab.addr(), ws_port, "dynamic-namespaces");
+    assert_eq!(summary["refusal"]["reason"], "token");
+    assert_eq!(summary["delivered"], 1);
+    // Gone with their last socket.
+    wait_until("the rooms are gone with their sockets", || {
+        stats(lab.addr())["socket_io_namespaces"] == serde_json::json!([])
+    });
+}
+
+#[test]
+fn at_most_16_dynamic_namespaces_live_at_once() {
+    let lab = lab();
+    let addr = lab.addr();
+    let sid = handshake(addr);
+    for n in 0..16 {
+        send(
+            addr,
+            &sid,
+            &format!(r#"40/room-r{n},{{"token":"let-me-in"}}"#),
+        );
+    }
+    let all = poll_until(addr, &sid, "40/room-r15,");
+    assert!(all.contains("40/room-r0,"), "{all}");
+    send(addr, &sid, r#"40/room-one-more,{"token":"let-me-in"}"#);
+    let refused = poll_until(addr, &sid, "44/room-one-more,");
+    assert!(refused.contains("too many rooms"), "{refused}");
+    assert_eq!(
+        stats(addr)["socket_io_namespaces"]
+            .as_array()
+            .unwrap()
+            .len(),
+        16
+    );
+}

@@ -171,6 +171,30 @@ const scenarios = {
     done({ auth, binary: [...Buffer.from(gotBytes)], refusal: refusal.message });
   },
 
+  // Dynamic namespaces (/room-*): made by their first CONNECT, behind a middleware that
+  // wants a token; a say reaches the room's other sockets only.
+  async "dynamic-namespaces"() {
+    const room = (name, auth) => io(url + "/room-" + name, { auth, reconnection: false, forceNew: true, ...toLab });
+    const stranger = room("blue", { name: "stranger" });
+    const [refused] = await next(stranger, "connect_error");
+    check(refused.message === "not authorized" && refused.data && refused.data.reason === "token", `refusal: ${JSON.stringify({ message: refused.message, data: refused.data })}`);
+    const alice = room("blue", { token: "let-me-in", name: "alice" });
+    const bob = room("blue", { token: "let-me-in", name: "bob" });
+    const carol = room("green", { token: "let-me-in", name: "carol" });
+    await Promise.all([next(alice, "connect"), next(bob, "connect"), next(carol, "connect")]);
+    const stats = await (await fetch(url + "/stats")).json();
+    check(JSON.stringify(stats.socket_io_namespaces) === JSON.stringify(["/room-blue", "/room-green"]), `namespaces: ${JSON.stringify(stats.socket_io_namespaces)}`);
+    let carolHeard = false;
+    carol.on("said", () => { carolHeard = true; });
+    const heard = next(bob, "said");
+    const ack = await alice.emitWithAck("say", { text: "hi blue" });
+    const [said] = await heard;
+    check(said.from === "alice" && said.text === "hi blue", `said: ${JSON.stringify(said)}`);
+    check(ack.delivered === 1 && !carolHeard, `ack ${JSON.stringify(ack)}, carol heard: ${carolHeard}`);
+    [stranger, alice, bob, carol].forEach((s) => s.close());
+    done({ refusal: refused.data, delivered: ack.delivered, namespaces: stats.socket_io_namespaces });
+  },
+
   // A forced transport close, events published meanwhile, and the recovery.
   async recovery() {
     const socket = lab({ reconnection: true, reconnectionDelay: 300, reconnectionDelayMax: 300 });

@@ -12,6 +12,11 @@
 //!   CONNECT is answered with `"auth"` and the auth payload, `"message"` with
 //!   `"message-back"` and the same arguments (attachments too), `"message-with-ack"` is acked
 //!   with its arguments.
+//! - `/room-NAME` (NAME: 1 to 32 letters, digits or `-`): dynamic namespaces, as
+//!   `io.of(/^\/room-[\w-]+$/)` makes them: created by their first CONNECT, gone with their
+//!   last socket, at most 16 at once. Their middleware (socket.io's `use`) checks the auth
+//!   payload's `token` (`let-me-in`, this lab's teaching password) and refuses a CONNECT
+//!   without it with `{message, data}`. A `say` goes to every other socket in the namespace.
 //! - Any other namespace: CONNECT_ERROR `{"message": "Invalid namespace"}`.
 //!
 //! Any packet but CONNECT for a namespace the client has not joined is a protocol error: the
@@ -31,6 +36,35 @@ const REFERENCE_NAMESPACES: &[&str] = &["/", "/custom"];
 const MAX_NAME: usize = 32;
 /// Rooms one `/lab` socket may be in at once.
 const MAX_ROOMS: usize = 32;
+/// Dynamic namespaces (`/room-*`) alive at once.
+const MAX_DYNAMIC: usize = 16;
+/// The token the dynamic namespaces' middleware asks for in the auth payload.
+pub const ROOM_TOKEN: &str = "let-me-in";
+
+/// A dynamic namespace's name: `/room-` and 1 to 32 letters, digits or `-`.
+fn is_dynamic(namespace: &str) -> bool {
+    namespace.strip_prefix("/room-").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= MAX_NAME
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
+/// The dynamic namespaces with a socket in them now (they exist while one does).
+pub fn dynamic_namespaces(socket_io: &SocketIo) -> BTreeSet<String> {
+    socket_io
+        .all_sessions()
+        .iter()
+        .flat_map(|s| {
+            s.state()
+                .sockets
+                .keys()
+                .filter(|n| is_dynamic(n))
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
 
 /// One Socket.IO packet (with its attachments) from the client.
 pub fn receive(
@@ -118,6 +152,41 @@ fn connect(
             &Packet::event(namespace, vec![json!("auth"), auth], 0),
             &[],
         );
+        return Ok(());
+    }
+    if is_dynamic(namespace) {
+        // The namespace's middleware: the auth payload must carry the token.
+        if auth["token"].as_str() != Some(ROOM_TOKEN) {
+            let refusal = json!({
+                "message": "not authorized",
+                "data": { "reason": "token", "expected": "auth: {token}" },
+            });
+            refuse_connect(lab, socket_io, session, namespace, refusal);
+            return Ok(());
+        }
+        // Made by its first CONNECT; at most MAX_DYNAMIC at once.
+        let alive = dynamic_namespaces(socket_io);
+        if !alive.contains(namespace) && alive.len() >= MAX_DYNAMIC {
+            let refusal = json!({
+                "message": "too many rooms",
+                "data": { "max": MAX_DYNAMIC },
+            });
+            refuse_connect(lab, socket_io, session, namespace, refusal);
+            return Ok(());
+        }
+        let socket = Socket {
+            id: crate::lab::random_id(),
+            pid: None,
+            name: auth["name"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(MAX_NAME)
+                .collect(),
+            rooms: BTreeSet::new(),
+        };
+        let answer = json!({ "sid": socket.id });
+        joined(lab, socket_io, session, namespace, socket, answer);
         return Ok(());
     }
     if namespace != "/lab" {
@@ -272,6 +341,30 @@ fn event(
             );
         }
     };
+    if is_dynamic(namespace) {
+        // `say` to everyone else in this namespace (`socket.broadcast` there).
+        if name == "say" {
+            let text = args.first().and_then(|a| a["text"].as_str());
+            let reply = match text {
+                Some(text) => {
+                    let said = json!({ "from": socket.name, "text": text });
+                    let packet = Packet::event(namespace, vec![json!("said"), said], 0);
+                    let mut delivered = 0;
+                    for member in socket_io.all_sessions() {
+                        let there = member.state().sockets.contains_key(namespace);
+                        if member.sid != session.sid && there {
+                            send(lab, socket_io, &member, &packet, &[]);
+                            delivered += 1;
+                        }
+                    }
+                    json!({ "delivered": delivered })
+                }
+                None => json!({ "error": "say takes {\"text\"}" }),
+            };
+            ack(vec![reply], &[]);
+        }
+        return Ok(());
+    }
     if namespace != "/lab" {
         match name {
             "message" => {
