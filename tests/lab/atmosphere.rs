@@ -605,3 +605,60 @@ fn the_clients_x_heartbeat_server_sets_the_streams_heartbeat() {
     let bad = format!("{}&X-Heartbeat-Server=0", url("streaming", "0", true));
     assert_eq!(get(addr, &bad).unwrap().status, 400);
 }
+
+#[test]
+fn a_message_written_to_one_resource_reaches_it_alone_now_or_on_its_next_poll() {
+    let lab = lab();
+    let addr = lab.addr();
+    // Two streaming clients; their ids come in their handshakes.
+    let open = || {
+        let mut stream = Stream::open(addr, &url("streaming", "0", true), &[]).unwrap();
+        let text = stream
+            .read_until(deadline(), |t| t.ends_with("|X|"))
+            .unwrap();
+        let id = text.split('|').nth(1).unwrap().to_string();
+        (stream, id)
+    };
+    let ((mut alice, _), (mut bob, bob_id)) = (open(), open());
+    let to = |target: &str| {
+        format!(
+            "{}&X-Atmosphere-Target={target}",
+            url("long-polling", "0", true)
+        )
+    };
+    assert_eq!(
+        post(addr, &to(&bob_id), "text/plain", "for bob only")
+            .unwrap()
+            .status,
+        204
+    );
+    bob.read_until(deadline(), |t| t.contains("for bob only"))
+        .unwrap();
+    // A broadcast after it reaches both: Alice's stream never carried Bob's message.
+    post(
+        addr,
+        &url("long-polling", "0", true),
+        "text/plain",
+        "for everyone",
+    )
+    .unwrap();
+    let alice_text = alice
+        .read_until(deadline(), |t| t.contains("for everyone"))
+        .unwrap();
+    assert!(!alice_text.contains("for bob only"), "{alice_text}");
+    // A long-polling client away between polls gets it on its next poll, first.
+    let carol = handshake(addr, true);
+    assert_eq!(
+        post(addr, &to(&carol), "text/plain", "while away")
+            .unwrap()
+            .status,
+        204
+    );
+    let answer = get(addr, &url("long-polling", &carol, true)).unwrap();
+    assert!(answer.body.contains("while away"), "{}", answer.body);
+    // An unknown resource: 404.
+    assert_eq!(
+        post(addr, &to("nobody"), "text/plain", "x").unwrap().status,
+        404
+    );
+}

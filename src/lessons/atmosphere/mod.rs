@@ -69,6 +69,8 @@ pub const PREFIX: &str = "/atmosphere/";
 const MAX_NAMED: usize = 16;
 /// The cache (ring) of a named broadcaster other than `lab`.
 const NAMED_HISTORY: usize = 256;
+/// Messages written to one resource and waiting for its next connection, at most.
+const MAX_DIRECT: usize = 32;
 
 /// Why a connection stops before its client leaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +81,8 @@ pub enum Stop {
     Dropped,
     /// The WebSocket's reader saw the client close or go.
     ClientGone,
+    /// Not a stop: messages for this resource alone are waiting (`Resource::take_direct`).
+    Direct,
 }
 
 /// One client, across its connections: what Atmosphere calls an `AtmosphereResource`, found
@@ -98,11 +102,19 @@ struct ResourceState {
     /// The lab sends the handshake again on the next long poll (after a drop it caused).
     handshake_again: bool,
     last_seen: Instant,
+    /// Messages written to this resource alone (`Broadcaster::write_to`), not yet written to
+    /// a connection; at most `MAX_DIRECT`.
+    direct: std::collections::VecDeque<String>,
 }
 
 impl Resource {
     fn state(&self) -> MutexGuard<'_, ResourceState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The messages written to this resource alone, taken to be written now.
+    fn take_direct(&self) -> Vec<String> {
+        self.state().direct.drain(..).collect()
     }
 
     /// Events up to `id` have been written to this client.
@@ -344,6 +356,25 @@ impl Broadcasters {
 }
 
 impl Broadcaster {
+    /// `AtmosphereResource.write`: a message to the resource `uuid` alone, past the filters
+    /// and the cache: written on its connection now, or on its next one. `Err`: its status
+    /// and why.
+    fn write_to(&self, uuid: &str, message: String) -> Result<(), (u16, String)> {
+        let Some(resource) = self.resources().get(uuid).cloned() else {
+            return Err((404, format!("no resource {uuid:?} on this broadcaster")));
+        };
+        let mut state = resource.state();
+        if state.direct.len() >= MAX_DIRECT {
+            let why = format!("{MAX_DIRECT} messages already wait for that resource");
+            return Err((503, why));
+        }
+        state.direct.push_back(message);
+        if let Some((_, line)) = &state.connection {
+            let _ = line.try_send(Stop::Direct);
+        }
+        Ok(())
+    }
+
     /// Stop the connection holding `uuid` now; `false` if none does.
     fn drop_connection(&self, uuid: &str) -> bool {
         let Some(resource) = self.resources().get(uuid).cloned() else {
@@ -423,6 +454,7 @@ pub fn attach(
                 transport: params.transport,
                 handshake_again: false,
                 last_seen: Instant::now(),
+                direct: Default::default(),
             }),
         });
         // Without the protocol the client never learns its id: nothing to find again.
@@ -558,6 +590,13 @@ fn receive(
     if body.is_empty() {
         return HttpError::bad_request("an empty message").reply(request, counters);
     }
+    // The lab's own `X-Atmosphere-Target=UUID`: to that resource alone.
+    if let Some(target) = query_target(&request) {
+        return match broadcaster.write_to(&target, body) {
+            Ok(()) => http::write_no_content(request, &[], counters),
+            Err((status, why)) => HttpError::new(status, why).reply(request, counters),
+        };
+    }
     match broadcaster.broadcast(lab, &body) {
         Ok(event) => {
             log::debug!(
@@ -575,6 +614,14 @@ fn receive(
             HttpError::retry_later(e.to_string()).reply(request, counters)
         }
     }
+}
+
+/// `X-Atmosphere-Target` in the request's query, if any.
+fn query_target(request: &Request) -> Option<String> {
+    let query = request.url().split_once('?')?.1;
+    Query::parse(query)
+        .get("X-Atmosphere-Target")
+        .map(str::to_string)
 }
 
 /// Step 3, long polling: the handshake at once; after it, held until the broadcast.
@@ -601,6 +648,15 @@ fn long_poll(
     let (backlog, mut subscription) = attached.subscribe();
     let me = request_label();
     let mut events = backlog;
+    // Messages for this resource alone go first, in an answer of their own.
+    let direct = attached.resource.take_direct();
+    if !direct.is_empty() {
+        let body: String = direct
+            .iter()
+            .map(|m| protocol::frame(m, params.track_size))
+            .collect();
+        return answer(lab, request, arrived, &body, counters);
+    }
     if events.events.is_empty() && events.missed == 0 {
         log::debug!(
             "{me} parked for atmosphere resource {}",
@@ -615,6 +671,15 @@ fn long_poll(
                 // An error, so the client treats it as a lost connection and reconnects.
                 return HttpError::new(503, "dropped by the lab, as a proxy might")
                     .reply(request, counters);
+            }
+            Wake::Other(Stop::Direct) => {
+                let body: String = attached
+                    .resource
+                    .take_direct()
+                    .iter()
+                    .map(|m| protocol::frame(m, params.track_size))
+                    .collect();
+                return answer(lab, request, arrived, &body, counters);
             }
             _ => {}
         }
@@ -735,14 +800,22 @@ fn stream(
             out.write_chunk(framed(&protocol::handshake(uuid)).as_bytes())?;
         }
         write(&backlog, &mut out)?;
+        let direct = |out: &mut http::ChunkedStream| -> io::Result<()> {
+            for message in attached.resource.take_direct() {
+                out.write_chunk(framed(&message).as_bytes())?;
+            }
+            Ok(())
+        };
+        direct(&mut out)?;
         loop {
             // The client's `X-Heartbeat-Server`, else the lab's `--heartbeat`.
             let heartbeat_due =
                 Instant::now() + params.server_heartbeat.unwrap_or(lab.config.heartbeat);
             // BLOCKS: until `Hub::publish` wakes the subscription, a newer connection or a
-            // drop stops this one, or the heartbeat is due.
+            // drop stops this one, a message for this resource alone, or the heartbeat is due.
             match subscription.wait_for_events_or(&attached.stop, heartbeat_due) {
                 Wake::Events(batch) => write(&batch, &mut out)?,
+                Wake::Other(Stop::Direct) => direct(&mut out)?,
                 Wake::Other(stop) => return Ok(stop),
                 // (Never without a stop sent first; ended all the same.)
                 Wake::OtherGone => return Ok(Stop::Dropped),

@@ -195,6 +195,10 @@ fn write_messages(
             attached.resource.wrote(event.id);
             counters.streamed(1);
         }
+        // Messages for this resource alone (`X-Atmosphere-Target`).
+        for direct in attached.resource.take_direct() {
+            send(&direct)?;
+        }
         batch = loop {
             // The client's `X-Heartbeat-Server`, else the lab's `--heartbeat`.
             let heartbeat_due = Instant::now() + heartbeat;
@@ -202,6 +206,11 @@ fn write_messages(
             // client gone, a newer connection or a drop stops this one, or the heartbeat is due.
             match subscription.wait_for_events_or(&attached.stop, heartbeat_due) {
                 Wake::Events(batch) => break batch,
+                Wake::Other(Stop::Direct) => {
+                    for direct in attached.resource.take_direct() {
+                        send(&direct)?;
+                    }
+                }
                 Wake::Other(stop) => return Ok(format!("{stop:?}")),
                 // (Never without a stop sent first; ended all the same.)
                 Wake::OtherGone => return Ok("stopped".into()),
