@@ -577,6 +577,12 @@ fn the_official_client_runs_in_chromium_on_websocket_and_with_callback_polling_a
     });
     publish(lab.addr(), "to the official client").unwrap();
     page.wait_for_log("[event] to the official client");
+    // A remote call from the console, as chapter 16's Try This does it.
+    page.eval("cometd.remoteCall('time', {}, 5000, (m) => { window.timeReply = m; })");
+    page.wait_for(
+        "the time service answers the remote call",
+        "window.timeReply !== undefined && window.timeReply.data.millis > 0",
+    );
     // Served from localhost, talking to 127.0.0.1 by JSONP.
     let url = common::on_localhost(
         &lab,
