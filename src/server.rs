@@ -380,6 +380,9 @@ fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
         (_, p) if p.starts_with("/atmosphere/") => {
             lessons::atmosphere::handle(lab, &state.atmosphere, request, p, &query)
         }
+        (Method::Post, "/socket.io/kick") => {
+            lessons::socket_io::kick(lab, &state.socket_io, request, &query)
+        }
         (_, "/socket.io/") => lessons::socket_io::handle(lab, &state.socket_io, request, &query),
         (Method::Get, "/events/ws") => {
             let counters = lab.count("websocket");
@@ -449,6 +452,8 @@ fn stats_json(
         "socket_io_sessions": state.socket_io.session_count(),
         // Socket.IO's dynamic namespaces (`/room-*`) alive now.
         "socket_io_namespaces": lessons::socket_io::namespaces::dynamic_namespaces(&state.socket_io),
+        // Who is on Socket.IO's `/lab` (the first 100), for the teacher's kick.
+        "socket_io_lab": lessons::socket_io::namespaces::lab_sockets(&state.socket_io, 100),
         "bayeux_clients": state.bayeux.client_count(),
         "pushlets_sessions": state.pushlets.session_count(),
         "atmosphere": state.atmosphere.to_json(),

@@ -132,7 +132,7 @@ pub const LESSONS: &[Lesson] = &[
         idea: "A session that starts on long polling and upgrades to a WebSocket, carrying named events, acks and rooms.",
         page: include_str!("../../html/socket_io.html"),
         // Polling, and the websocket transport's handshake, at the same path.
-        endpoints: &[("GET, POST, OPTIONS", "/socket.io/")],
+        endpoints: &[("GET, POST, OPTIONS", "/socket.io/"), ("POST", "/socket.io/kick")],
     },
     Lesson {
         name: "bayeux",

@@ -743,3 +743,51 @@ fn at_most_16_dynamic_namespaces_live_at_once() {
         16
     );
 }
+
+#[test]
+fn the_teacher_kicks_a_student_and_the_official_client_hears_io_server_disconnect() {
+    let summary = run_official("kick");
+    assert_eq!(summary["reason"], "io server disconnect");
+}
+
+#[test]
+fn only_the_labs_own_machine_may_kick() {
+    // A lab on every interface; a "student" at 127.0.0.5 is not the lab's machine.
+    let lab = start_lab_with(|c| c.addr = "0.0.0.0:0".into());
+    let addr = SocketAddr::from(([127, 0, 0, 1], lab.addr().port()));
+    let student: std::net::IpAddr = [127, 0, 0, 5].into();
+    let answer = reverse_ajax_lab::client::connect_from(student, addr).and_then(|stream| {
+        use std::io::{Read, Write};
+        let mut stream = stream;
+        write!(
+            stream,
+            "POST /socket.io/kick?id=x HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    });
+    assert!(answer.unwrap().starts_with("HTTP/1.1 403"));
+    // From the lab's own machine: an unknown socket is 404, not 403.
+    let here = post(addr, "/socket.io/kick?id=x", "text/plain", "").unwrap();
+    assert_eq!(here.status, 404);
+}
+
+#[test]
+fn the_teachers_view_lists_socket_io_students_and_its_kick_button_disconnects_one() {
+    let lab = lab();
+    let browser = Browser::launch();
+    let mut student = browser.open(&format!("http://{}/lessons/socket_io", lab.addr()));
+    student.wait_for_log("[client] joined /lab");
+    let mut teacher = browser.open(&format!("http://{}/teacher", lab.addr()));
+    teacher.wait_for(
+        "the student is listed",
+        "document.querySelector('#socket-io-lab li')?.textContent.startsWith('tab-')",
+    );
+    teacher.eval("document.querySelector('#socket-io-lab li button').click()");
+    student.wait_for_log("[client] disconnect: io server disconnect");
+    teacher.wait_for(
+        "the list is empty again",
+        "document.querySelectorAll('#socket-io-lab li').length === 0",
+    );
+}

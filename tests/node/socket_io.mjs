@@ -143,6 +143,24 @@ const scenarios = {
     done({ reason });
   },
 
+  // The teacher's kick (POST /socket.io/kick?id=, from the lab's machine): the student's
+  // client hears "io server disconnect", as from socket.disconnect() on a real server.
+  async kick() {
+    const socket = await connected(lab({ reconnection: true, auth: { name: "kicked" } }), false);
+    const stats = await (await fetch(url + "/stats")).json();
+    const me = stats.socket_io_lab.find((s) => s.name === "kicked");
+    check(me && me.id === socket.id, `listed: ${JSON.stringify(stats.socket_io_lab)}`);
+    const bye = next(socket, "disconnect");
+    const kicked = await fetch(url + "/socket.io/kick?id=" + encodeURIComponent(socket.id), { method: "POST" });
+    check(kicked.status === 204, `kick answered ${kicked.status}`);
+    const [reason] = await bye;
+    check(reason === "io server disconnect" && !socket.active, `reason: ${reason}`);
+    const again = await fetch(url + "/socket.io/kick?id=" + encodeURIComponent(socket.id), { method: "POST" });
+    check(again.status === 404, `a second kick answered ${again.status}`);
+    socket.io.engine.close();
+    done({ reason });
+  },
+
   async namespaces() {
     const custom = io(url + "/custom", { auth: { token: "abc" }, reconnection: false, ...toLab });
     const [auth] = await next(custom, "auth");

@@ -616,6 +616,34 @@ pub fn close(socket_io: &SocketIo, session: &Arc<Session>, closer: Closer, why: 
     log::debug!("socket.io session {} closed: {why}", session.sid);
 }
 
+/// `POST /socket.io/kick?id=SOCKET`: the teacher's view ends a student's `/lab` socket (the
+/// client hears "io server disconnect"). Only from the lab's own machine (`127.0.0.1`, `::1`,
+/// or one of its interfaces' addresses), where the teacher sits: a student's browser gets 403.
+pub fn kick(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) -> io::Result<()> {
+    let counters = lab.count("socket_io");
+    let client = lab.client(&request);
+    let localhost = [
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    let from_here = !client.via_proxy
+        && (localhost.contains(&client.ip)
+            || crate::classroom::interface_addresses().contains(&client.ip));
+    if !from_here {
+        return http::HttpError::new(403, "only the lab's own machine (the teacher) may kick")
+            .reply(request, &counters);
+    }
+    let Some(id) = query.get("id") else {
+        return http::HttpError::bad_request("kick needs id=SOCKET").reply(request, &counters);
+    };
+    if namespaces::kick(lab, socket_io, id) {
+        log::info!("socket.io socket {id} kicked from the teacher's view");
+        http::write_no_content(request, &[], &counters)
+    } else {
+        http::HttpError::new(404, "no /lab socket with that id").reply(request, &counters)
+    }
+}
+
 /// `GET /vendor/socket.io.min.js`: the official browser client, from `node_modules` when
 /// `npm ci` has put it there (in the current directory or the lab's source folder), for the
 /// page's `?client=official`. The lab itself never needs it.

@@ -66,6 +66,54 @@ pub fn dynamic_namespaces(socket_io: &SocketIo) -> BTreeSet<String> {
         .collect()
 }
 
+/// A server-initiated disconnect of `/lab`, as `socket.disconnect()` on the server:
+/// DISCONNECT for `/lab`, and the socket goes. The client reports "io server disconnect" and
+/// does not reconnect by itself; the session (and its other namespaces) stays.
+pub fn disconnect_from_lab(lab: &Lab, socket_io: &SocketIo, session: &Arc<Session>) -> bool {
+    let bye = Packet::new(Kind::Disconnect, "/lab", None);
+    let joined = session.state().sockets.contains_key("/lab");
+    if !joined {
+        return false;
+    }
+    send(lab, socket_io, session, &bye, &[]);
+    if session.state().sockets.remove("/lab").is_some() {
+        session.clear_feed();
+    }
+    log::debug!(
+        "socket.io {} disconnected from /lab by the server",
+        session.sid
+    );
+    true
+}
+
+/// Who is on `/lab` now, for the teacher's view: each socket's id and chat name (at most
+/// `limit` of them).
+pub fn lab_sockets(socket_io: &SocketIo, limit: usize) -> Vec<Value> {
+    socket_io
+        .all_sessions()
+        .iter()
+        .filter_map(|s| {
+            let state = s.state();
+            state
+                .sockets
+                .get("/lab")
+                .map(|socket| json!({ "id": socket.id, "name": socket.name }))
+        })
+        .take(limit)
+        .collect()
+}
+
+/// The teacher's kick: end the `/lab` socket whose id is `socket_id`. `false` if none is.
+pub fn kick(lab: &Lab, socket_io: &SocketIo, socket_id: &str) -> bool {
+    let session = socket_io.all_sessions().into_iter().find(|s| {
+        s.state()
+            .sockets
+            .get("/lab")
+            .is_some_and(|socket| socket.id == socket_id)
+    });
+    session.is_some_and(|session| disconnect_from_lab(lab, socket_io, &session))
+}
+
 /// One Socket.IO packet (with its attachments) from the client.
 pub fn receive(
     lab: &Lab,
@@ -453,15 +501,7 @@ fn event(
             // socket.io's rule, does not reconnect by itself. The session (and any other
             // namespace on it) stays.
             ack(vec![json!({ "disconnecting": true })], &[]);
-            let bye = Packet::new(Kind::Disconnect, "/lab", None);
-            send(lab, socket_io, session, &bye, &[]);
-            if session.state().sockets.remove("/lab").is_some() {
-                session.clear_feed();
-            }
-            log::debug!(
-                "socket.io {} disconnected from /lab by the server",
-                session.sid
-            );
+            disconnect_from_lab(lab, socket_io, session);
         }
         "ask-me" => {
             // The other direction: the server asks, the client's ack answers.
