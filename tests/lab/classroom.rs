@@ -36,11 +36,7 @@ fn stats_at(addr: SocketAddr) -> Value {
 
 /// `GET path` on `to`, sent from the address `from` (a student's machine).
 fn get_from(from: &str, to: SocketAddr, path: &str) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let source: SocketAddr = format!("{from}:0").parse().unwrap();
-    socket.bind(&source.into()).unwrap();
-    socket.connect(&to.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
+    let mut stream = client::connect_from(from.parse().unwrap(), to).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {to}\r\n\r\n").unwrap();
     stream
 }
