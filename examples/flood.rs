@@ -14,7 +14,7 @@
 //! runs as a child process with its default limits (plus `--lab-args`); this process raises
 //! its own descriptor limit to hold its half of every connection. Its log (errors only) goes
 //! to `/tmp/lab-bench-PID.log`; `LAB_RUST_LOG=debug` there shows each connection's life and
-//! the door refusing near the limits.
+//! the accept thread refusing near the limits.
 
 mod common;
 
@@ -121,7 +121,7 @@ fn thread_names(lab: &ChildLab) -> String {
 enum Probe {
     /// Answered 200 after this many ms.
     Answered(f64),
-    /// Refused (503: at the door, in a flood, before its request had arrived).
+    /// Refused (503: on the accept thread, in a flood, before its request had arrived).
     Refused,
     /// No answer within 5 s.
     Unanswered,

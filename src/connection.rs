@@ -14,7 +14,7 @@
 //! 1. `accept_loop`: accept a connection and give it a thread from the `Pool`: the thread
 //!    that went idle last, or a new `conn-N` (with `--handlers N` at most N: a servlet
 //!    container's `maxThreads`). Near the process's limits, or at the descriptor limit
-//!    itself, the accept thread answers at the `Door` instead: `/stats` and the pages, and
+//!    itself, the accept thread answers itself instead (`AcceptThreadAnswerer`): `/stats` and the pages, and
 //!    503 for the rest.
 //! 2. `serve`: read a request head (`crate::request`), its body, and hand the `Request` to
 //!    the route's `match`. The `Request` owns the connection while the lesson answers.
@@ -58,9 +58,10 @@ pub struct Settings {
 /// The route: called on the connection's thread for every request.
 pub type Handler = Box<dyn Fn(Request) + Send + Sync>;
 
-/// What the door answers while the lab cannot take a connection: `Some((status, content
+/// Whon the accept thread answers while the lab cannot take a connection: `Some((status, content
 /// type, body))` for `/stats` and the pages, `None` (503) for the rest.
-pub type DoorAnswer = Box<dyn Fn(&Head) -> Option<(u16, &'static str, Vec<u8>)> + Send + Sync>;
+pub type AcceptThreadAnswer =
+    Box<dyn Fn(&Head) -> Option<(u16, &'static str, Vec<u8>)> + Send + Sync>;
 
 /// The connection threads: idle ones waiting for a connection, and how many are alive.
 pub struct Pool {
@@ -75,14 +76,14 @@ pub struct Pool {
     pub open: AtomicUsize,
     next_thread: AtomicU64,
     next_connection: AtomicU64,
-    /// What the door did.
-    pub door: DoorCounts,
+    /// Whon the accept thread did.
+    pub accept_thread: AcceptThreadCounts,
 }
 
-/// What the door answered and refused.
+/// Whon the accept thread answered and refused.
 #[derive(Default)]
-pub struct DoorCounts {
-    /// `/stats` and pages answered at the door.
+pub struct AcceptThreadCounts {
+    /// `/stats` and pages answered on the accept thread.
     pub answered: AtomicU64,
     /// Connections refused there with 503.
     pub refused: AtomicU64,
@@ -101,7 +102,7 @@ impl Pool {
             open: AtomicUsize::new(0),
             next_thread: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
-            door: DoorCounts::default(),
+            accept_thread: AcceptThreadCounts::default(),
         })
     }
 
@@ -576,11 +577,11 @@ fn peek_says_gone(stream: &TcpStream) -> bool {
 }
 
 /// Step 1: the accept loop of one listener (the HTTP port, the other origin's port).
-pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
+pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, answer: AcceptThreadAnswer) {
     let mut spare = Spare::take();
     let mut back_off = Duration::from_millis(10);
-    let mut door = Door {
-        answer: door,
+    let mut answerer = AcceptThreadAnswerer {
+        answer,
         last_silent: None,
     };
     loop {
@@ -594,13 +595,13 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
                 accepted
             }
             Err(e) => {
-                pool.door.accept_errors.fetch_add(1, Relaxed);
+                pool.accept_thread.accept_errors.fetch_add(1, Relaxed);
                 if is_out_of_descriptors(&e) {
-                    // The door: give back the spare descriptor, take the waiting client
+                    // On the accept thread: give back the spare descriptor, take the waiting client
                     // with it, answer it, and take the spare again.
                     drop(spare.take());
                     if let Ok((stream, _)) = listener.accept() {
-                        door.answer(&pool, stream, "no descriptor left");
+                        answerer.answer(&pool, stream, "no descriptor left");
                     }
                     spare = Spare::take();
                 }
@@ -614,9 +615,9 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, door: DoorAnswer) {
         };
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(pool.settings.write_timeout));
-        // The gate: near the descriptor or thread limit, no new thread; the door answers.
+        // The gate: near the descriptor or thread limit, no new thread; the accept thread answers.
         if let Some(why) = crate::limits::capacity().near_limit() {
-            door.answer(&pool, stream, &why);
+            answerer.answer(&pool, stream, &why);
             continue;
         }
         crate::limits::capacity().accepted();
@@ -661,52 +662,52 @@ fn is_out_of_descriptors(error: &io::Error) -> bool {
     }
 }
 
-/// How long the door waits for a head when it has been quiet. Every connection behind this
+/// How long the accept thread waits for a head when it has been quiet. Every connection behind this
 /// one waits too, so it is short: a client's request follows its connect within a
 /// millisecond on a LAN.
-const DOOR_WAIT: Duration = Duration::from_millis(50);
+const ACCEPT_THREAD_WAIT: Duration = Duration::from_millis(50);
 
-/// The door, on the accept thread: it answers `/stats` and the pages and refuses the rest
+/// The accept thread's own answer: it answers `/stats` and the pages and refuses the rest
 /// with 503 and `Retry-After`, then closes. No thread is started.
-struct Door {
-    answer: DoorAnswer,
-    /// When a connection last sent the door nothing in time: within the last second, the
-    /// door is being flooded with silent connections.
+struct AcceptThreadAnswerer {
+    answer: AcceptThreadAnswer,
+    /// When a connection last sent the accept thread nothing in time: within the last second, the
+    /// accept thread is being flooded with silent connections.
     last_silent: Option<Instant>,
 }
 
-impl Door {
+impl AcceptThreadAnswerer {
     /// Read the head briefly and answer. While silent connections flood it (one came in the
-    /// last second) the door does not wait for a head: it reads what has arrived, and once
+    /// last second) the accept thread does not wait for a head: it reads what has arrived, and once
     /// more after 200 µs (a request follows its connect by tens of microseconds). A client
     /// that waited in the backlog has long sent its request; one that has sent nothing (an
     /// idle flood's) is refused at once instead of holding up everyone behind it for
-    /// `DOOR_WAIT`. (Not with a 1 ms socket timeout: the kernel rounds it up to its tick, 4 ms
+    /// `ACCEPT_THREAD_WAIT`. (Not with a 1 ms socket timeout: the kernel rounds it up to its tick, 4 ms
     /// here. Measured with `flood`: waiting 50 ms for each of ten thousand silent
     /// connections left `/stats` unanswered for the rest of the flood.)
     fn answer(&mut self, pool: &Pool, stream: TcpStream, why: &str) {
         let flooded = self
             .last_silent
             .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
-        if !answer_at_the_door(pool, stream, &self.answer, why, !flooded) {
+        if !answer_on_the_accept_thread(pool, stream, &self.answer, why, !flooded) {
             self.last_silent = Some(Instant::now());
         }
     }
 }
 
-/// Answer one connection at the door (`Door::answer`): waiting up to `DOOR_WAIT` for its
+/// Answer one connection on the accept thread (`AcceptThreadAnswerer::answer`): waiting up to `ACCEPT_THREAD_WAIT` for its
 /// head if `patient`, else taking only what has arrived already. `false`: it sent no head.
-fn answer_at_the_door(
+fn answer_on_the_accept_thread(
     pool: &Pool,
     mut stream: TcpStream,
-    door: &DoorAnswer,
+    answer: &AcceptThreadAnswer,
     why: &str,
     patient: bool,
 ) -> bool {
     let mut buffer = Vec::new();
     let head = if patient {
-        // BLOCKS: at most DOOR_WAIT (twice, once the head has begun), for the head.
-        match request::read_head(&mut stream, &mut buffer, DOOR_WAIT) {
+        // BLOCKS: at most ACCEPT_THREAD_WAIT (twice, once the head has begun), for the head.
+        match request::read_head(&mut stream, &mut buffer, ACCEPT_THREAD_WAIT) {
             Ok(HeadRead::Head(head, _)) => Some(head),
             _ => None,
         }
@@ -731,15 +732,20 @@ fn answer_at_the_door(
     let answer = head
         .as_ref()
         .filter(|h| h.method == Method::Get)
-        .and_then(door);
+        .and_then(answer);
     let (status, content_type, body, extra) = match answer {
         Some((status, content_type, body)) => {
-            pool.door.answered.fetch_add(1, Relaxed);
-            (status, content_type, body, "X-Lab-Door: answered\r\n")
+            pool.accept_thread.answered.fetch_add(1, Relaxed);
+            (
+                status,
+                content_type,
+                body,
+                "X-Lab-Answered-On: accept-thread\r\n",
+            )
         }
         None => {
-            pool.door.refused.fetch_add(1, Relaxed);
-            log::debug!("refused a connection at the door: {why}");
+            pool.accept_thread.refused.fetch_add(1, Relaxed);
+            log::debug!("refused a connection on the accept thread: {why}");
             let message = format!("the lab is near its limits ({why}); retry shortly");
             let body = serde_json::json!({ "error": message }).to_string();
             let content_type = "application/json";

@@ -4,7 +4,7 @@
 //!
 //! - **File descriptors** (`ulimit -n`): one per connection (a WebSocket two: its reader and
 //!   writer each hold one). At the limit `accept` fails; the accept loop backs off and answers
-//!   at the door with a descriptor it keeps spare (`connection::accept_loop`).
+//!   on the accept thread with a descriptor it keeps spare (`connection::accept_loop`).
 //! - **Threads**: one per connection (a WebSocket two). Each costs about four memory mappings
 //!   (stack, guard page, and their neighbours), and Linux allows `vm.max_map_count` (65,530
 //!   here) mappings per process; past that a thread cannot start. `pid_max` and `threads-max`
@@ -17,7 +17,7 @@
 //!          descriptor fits the budget (the 1,024: idle threads, the lab's own)
 //! monitor: every 100 ms, how many descriptors and threads the process holds now
 //! accept:  a connection arrives while descriptors > 80 % or threads > 80 % of budget
-//!          → the door: /stats and the pages answered, the rest 503, no thread started
+//!          → the accept thread answers itself: /stats and the pages, the rest 503, no thread started
 //! ```
 //!
 //! 1. `Capacity::measure`: raise the soft descriptor limit to the hard one (and the hard one

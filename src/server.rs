@@ -205,7 +205,7 @@ pub struct LessonState {
     pub waiting_room: Arc<lessons::long_polling::waiting_room::WaitingRoom>,
 }
 
-/// Step 1: an accept thread for `listener`, answering at the door from `lab`.
+/// Step 1: an accept thread for `listener`, answering on the accept thread from `lab`.
 fn spawn_accept(
     name: &str,
     listener: TcpListener,
@@ -214,13 +214,14 @@ fn spawn_accept(
     state: &Arc<LessonState>,
 ) -> Result<thread::JoinHandle<()>, String> {
     let pool = pool.clone();
-    let door_lab: Weak<Lab> = Arc::downgrade(lab);
-    let door_state = state.clone();
-    let door: connection::DoorAnswer =
-        Box::new(move |head| answer_at_the_door(&*door_lab.upgrade()?, &door_state, head));
+    let answer_lab: Weak<Lab> = Arc::downgrade(lab);
+    let answer_state = state.clone();
+    let answer: connection::AcceptThreadAnswer = Box::new(move |head| {
+        answer_on_the_accept_thread(&*answer_lab.upgrade()?, &answer_state, head)
+    });
     thread::Builder::new()
         .name(name.into())
-        .spawn(move || connection::accept_loop(listener, pool, door))
+        .spawn(move || connection::accept_loop(listener, pool, answer))
         .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }
 
@@ -474,10 +475,10 @@ fn stats_json(
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
         "slow_consumers": s.slow_consumers.load(Relaxed),
         "departed": s.departed.load(Relaxed),
-        "door": lab.connections.get().map(|p| json!({
-            "answered": p.door.answered.load(Relaxed),
-            "refused": p.door.refused.load(Relaxed),
-            "accept_errors": p.door.accept_errors.load(Relaxed),
+        "accept_thread": lab.connections.get().map(|p| json!({
+            "answered": p.accept_thread.answered.load(Relaxed),
+            "refused": p.accept_thread.refused.load(Relaxed),
+            "accept_errors": p.accept_thread.accept_errors.load(Relaxed),
         })),
         "limits": crate::limits::capacity().to_json(),
         "refused_near_limits": s.refused_near_limits.load(Relaxed),
@@ -501,7 +502,7 @@ fn index(lab: &Lab, request: Request) -> io::Result<()> {
     )
 }
 
-/// The index for `client` (`None` at the door, where the peer is not known).
+/// The index for `client` (`None` on the accept thread, where the peer is not known).
 fn index_html(lab: &Lab, client: Option<&crate::forwarded::Client>) -> String {
     let mut items = String::new();
     for lesson in LESSONS
@@ -565,7 +566,7 @@ fn lesson_page(lab: &Lab, request: Request, name: &str) -> io::Result<()> {
     }
 }
 
-/// The teacher's view (`/teacher`), served by the route and at the door.
+/// The teacher's view (`/teacher`), served by the route and on the accept thread.
 const TEACHER_HTML: &str = include_str!("../html/teacher.html");
 
 /// The pages' script, the other origin's port first (`lab.otherOrigin()` needs it).
@@ -574,10 +575,10 @@ fn lab_js(lab: &Lab) -> String {
     format!("const LAB_OTHER_PORT = {port};\n{}", lessons::LAB_JS)
 }
 
-/// What the lab answers at the door, while it cannot give a connection a thread
+/// What the lab answers on the accept thread, while it cannot give a connection a thread
 /// (`connection::accept_loop`): `/stats` and the pages, so the teacher still sees the lab;
 /// `None` (503) for the rest.
-fn answer_at_the_door(
+fn answer_on_the_accept_thread(
     lab: &Lab,
     state: &LessonState,
     head: &crate::request::Head,
@@ -587,7 +588,7 @@ fn answer_at_the_door(
     let path = head.target.split('?').next().unwrap_or("");
     match path {
         "/stats" => {
-            // The door does not know the peer: no proxy is trusted here.
+            // The accept thread does not know the peer: no proxy is trusted here.
             let client = crate::forwarded::Client::of(head, lab.addr.ip(), &[]);
             let json = stats_json(lab, state, &client).to_string();
             Some((200, "application/json", json.into_bytes()))

@@ -1,4 +1,4 @@
-//! Nothing kills the lab: near its own limits it refuses, at the door, without a thread. Run
+//! Nothing kills the lab: near its own limits it refuses, on the accept thread, without a thread. Run
 //! against the real binary with a small descriptor limit (`--max-fds`), so each test's
 //! numbers are the lab's alone.
 
@@ -14,7 +14,7 @@ fn stats(lab: &ChildLab) -> serde_json::Value {
 
 /// Before its descriptors run out the lab refuses requests for events with 503 (at
 /// `--max-parked`, lowered at start to what the descriptors allow, or at the gate, 80 % of
-/// them, or at the door), while `/stats` and the pages still answer. When the clients leave,
+/// them, or on the accept thread), while `/stats` and the pages still answer. When the clients leave,
 /// it takes new ones again, and its threads and descriptors return to the baseline.
 #[test]
 fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answers_stats() {
@@ -44,10 +44,10 @@ fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answer
     );
     let s = stats(&lab);
     // Refused by whichever comes first: `--max-parked`, which the lab lowered at start to
-    // what it can hold (`limits.holdable`), the gate, or the door.
+    // what it can hold (`limits.holdable`), the gate, or the accept thread.
     assert_eq!(s["max_parked"], s["limits"]["holdable"], "{s}");
     let refusals = s["refused_near_limits"].as_u64().unwrap()
-        + s["door"]["refused"].as_u64().unwrap()
+        + s["accept_thread"]["refused"].as_u64().unwrap()
         + s["lessons"]["fetch_streaming"]["errors"].as_u64().unwrap();
     assert!(refusals >= 1, "{s}");
     assert!(
@@ -67,28 +67,30 @@ fn near_its_descriptor_limit_the_lab_refuses_clients_for_events_and_still_answer
 }
 
 /// A flood of connections that send nothing: each takes a connection thread until the gate
-/// (80 % of the descriptors), then the accept thread answers the rest at the door with no
+/// (80 % of the descriptors), then the accept thread answers the rest on the accept thread with no
 /// thread: `/stats` and the pages at once, 503 and `Retry-After` for everything else. When
 /// the flood leaves, events are served again.
 #[test]
-fn a_flood_of_idle_connections_meets_the_door_which_answers_stats_and_refuses_the_rest() {
+fn a_flood_of_idle_connections_is_answered_on_the_accept_thread_which_serves_stats_and_refuses_the_rest(
+) {
     let lab = ChildLab::start(&["--max-fds", "200", "--idle-timeout", "60"]);
     let addr = lab.addr;
     // 180 connections: past the gate (160 descriptors, with the lab's own ten or so),
-    // whichever of them the door meets first.
+    // whichever of them the accept thread meets first.
     let flood: Vec<TcpStream> = (0..180)
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
     // Until the flood has been accepted up to the gate, /stats gets a thread of its own;
-    // from then on the door answers it.
+    // from then on the accept thread answers it.
     wait_until("the flood has taken the descriptors to the gate", || {
-        get(addr, "/stats").is_ok_and(|a| a.status == 200 && a.header("X-Lab-Door").is_some())
+        get(addr, "/stats")
+            .is_ok_and(|a| a.status == 200 && a.header("X-Lab-Answered-On").is_some())
     });
     assert!(lab.fds_from_proc() >= 150, "the gate is at 160 descriptors");
-    // The teacher's view answers, from the door, within 2 s. (While the door is flooded it
+    // The teacher's view answers, from the accept thread, within 2 s. (While the accept thread is flooded it
     // takes only what a connection has sent by the time it is accepted, so a request that
     // was not yet there is refused with 503 and asked again, as a client would.)
-    let through_the_door = |path: &str| {
+    let on_the_accept_thread = |path: &str| {
         let started = std::time::Instant::now();
         loop {
             let answer = get(addr, path).unwrap();
@@ -102,33 +104,37 @@ fn a_flood_of_idle_connections_meets_the_door_which_answers_stats_and_refuses_th
             );
         }
     };
-    let (answer, took) = through_the_door("/stats");
-    assert!(answer.header("X-Lab-Door").is_some(), "{answer:?}");
+    let (answer, took) = on_the_accept_thread("/stats");
+    assert!(answer.header("X-Lab-Answered-On").is_some(), "{answer:?}");
     assert!(
         took < std::time::Duration::from_secs(2),
         "/stats took {took:?}"
     );
-    through_the_door("/lessons/sse");
-    through_the_door("/assets/lab.js");
+    on_the_accept_thread("/lessons/sse");
+    on_the_accept_thread("/assets/lab.js");
     // Requests for events, and anything else, are refused cleanly.
     let refused = get(addr, "/events/long-poll?timeout=5").unwrap();
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("Retry-After"), Some("2"));
     assert_eq!(refused.header("Connection"), Some("close"));
     let refused = reverse_ajax_lab::client::post(addr, "/publish", "text/plain", "x").unwrap();
-    assert_eq!(refused.status, 503, "publishing is not done at the door");
+    assert_eq!(
+        refused.status, 503,
+        "publishing is not done on the accept thread"
+    );
     // The flood leaves: events are served again, by connection threads.
     drop(flood);
-    wait_until("events are served again, not at the door", || {
-        get(addr, "/events/poll").is_ok_and(|r| r.status == 200 && r.header("X-Lab-Door").is_none())
+    wait_until("events are served again, not on the accept thread", || {
+        get(addr, "/events/poll")
+            .is_ok_and(|r| r.status == 200 && r.header("X-Lab-Answered-On").is_none())
     });
     let s = stats(&lab);
-    assert!(s["door"]["answered"].as_u64() >= Some(3), "{s}");
-    assert!(s["door"]["refused"].as_u64() >= Some(2), "{s}");
+    assert!(s["accept_thread"]["answered"].as_u64() >= Some(3), "{s}");
+    assert!(s["accept_thread"]["refused"].as_u64() >= Some(2), "{s}");
 }
 
 /// A WebSocket handshake meets the same gate: with the descriptors past 80 % (streams held
-/// until the lab refuses), an upgrade is answered 503 with `Retry-After` at the door, with
+/// until the lab refuses), an upgrade is answered 503 with `Retry-After` on the accept thread, with
 /// the handshake read first (so the client reads the 503, not a reset). When the clients
 /// leave, upgrades succeed again.
 #[test]
