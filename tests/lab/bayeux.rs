@@ -1005,3 +1005,22 @@ fn a_client_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
         .collect();
     assert_eq!(ids, (13..=20).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_is_dropped() {
+    // maxInterval a minute: only the bound can drop it this soon.
+    let lab = start_lab_with(|c| {
+        c.bayeux.timeout = Duration::from_millis(2000);
+        c.bayeux.max_interval = Duration::from_secs(60);
+    });
+    let addr = lab.addr();
+    let mut socket = open_socket(addr);
+    // Handshaken with acks, its first connect answered, subscribed: and no connect after.
+    let _client = handshake_on(&mut socket, true);
+    for n in 0..1300 {
+        publish(addr, &format!("pile {n}")).unwrap();
+    }
+    wait_until("the client is dropped as a slow consumer", || {
+        stats(addr)["bayeux_clients"] == 0
+    });
+}

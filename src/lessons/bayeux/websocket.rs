@@ -310,6 +310,13 @@ fn write_deliveries(
         match wait_once(client, due) {
             Woken::Deliveries(deliveries) if acks => {
                 waiting.extend(deliveries);
+                // Bounded as the client's queue is: a client that stops connecting while
+                // deliveries pile up is a slow consumer, and goes.
+                if waiting.len() > super::QUEUE {
+                    bayeux.forget(client, "slow consumer (deliveries waiting for a connect)");
+                    waiting.clear();
+                    continue;
+                }
                 if let Some(connect) = held.take() {
                     let out = std::mem::take(&mut waiting);
                     let answer = finish_connect(bayeux, client, &connect.message, out, counters);
