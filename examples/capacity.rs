@@ -71,15 +71,13 @@ fn main() {
         baseline.fds,
         baseline.rss_kib / 1024
     );
-    println!(
-        "{:>6} {:>6} {:>7} {:>6} {:>10} {:>10} {:>10} {:>5}",
-        "N", "held", "threads", "fds", "KiB/conn", "p50", "p99", "lost"
-    );
+    println!("\n| N | held | threads | fds | KiB per connection | fan-out p50 | p99 | lost |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &n in &steps {
         match run_step(addr, lab.pid(), &technique, n, keep_alive, &baseline) {
             Ok(row) => println!("{row}"),
             Err(why) => {
-                println!("{n:>6}  stopped: {why}");
+                println!("| {n} | stopped: {why} |");
                 println!("the lab's last words ({}):", lab.log_path().display());
                 for line in lab.last_words(3) {
                     println!("  {line}");
@@ -208,7 +206,7 @@ fn run_step(
     let at = |p: f64| percentile_ms(&latencies, p);
     let ms = |value: Option<f64>| value.map_or("-".into(), |ms| format!("{ms:.1} ms"));
     Ok(format!(
-        "{n:>6} {:>6} {:>7} {:>6} {per_connection:>10.1} {:>10} {:>10} {lost:>5}",
+        "| {n} | {} | {} | {} | {per_connection:.1} | {} | {} | {lost} |",
         held.held,
         held.threads,
         held.fds,

@@ -5,11 +5,13 @@
 //! cargo run --release --example compare                         # 100 clients, about a minute
 //! cargo run --release --example compare -- --clients 50 --seconds 30 --speed 10
 //! cargo run --release --example compare -- --only long-poll,long-poll-servlet,sse
+//! cargo run --release --example compare -- --markdown           # the book's table on stdout too
 //! ```
 //!
 //! The lab runs as a child process. For each technique in turn, `--clients` simulated clients
 //! connect over real sockets while this program publishes events on the generator's schedule
-//! (a uniform pause of 0–5 s), sped up `--speed` times so a run takes about `--seconds`: at
+//! (a uniform pause of 0–5 s), sped up `--speed` times; the run takes about `--seconds`,
+//! shared equally among the techniques chosen (`--only`). At
 //! `--speed 10` events come every 0–500 ms and pollers poll every 200 ms instead of 2 s, which
 //! keeps every ratio (empty answers, requests and bytes per event) and divides polling's
 //! latency by ten. Push techniques' latency is not scaled.
@@ -79,21 +81,11 @@ fn main() {
         .expect("a WebSocket URL")
         .to_string();
 
-    // Each technique gets an equal share of the run: a publishing window, then a drain in
-    // which clients may still collect what was published (a poll interval, a piggyback pause).
-    let share = Duration::from_secs(seconds) / 9;
     let drain_for = |key: &str| match key {
         "piggyback" => Duration::from_millis(20_000 / speed + 300),
         "polling" | "polling-servlet" => Duration::from_millis(2 * 2000 / speed + 300),
         _ => Duration::from_millis(300),
     };
-    println!(
-        "{clients} clients per technique, events every 0-{} ms (speed {speed}), polls every {} ms, \
-         about {:.0} s per technique\n",
-        5000 / speed,
-        2000 / speed,
-        share.as_secs_f64()
-    );
 
     let only: Option<Vec<String>> = args
         .iter()
@@ -107,8 +99,19 @@ fn main() {
                 .is_none_or(|only| only.iter().any(|o| o == key))
         })
         .collect();
+    // Each chosen technique gets an equal share of the run: a publishing window, then a
+    // drain in which clients may still collect what was published (a poll interval, a
+    // piggyback pause). `--seconds 300 --only polling` is 300 s of polling.
+    let share = Duration::from_secs(seconds) / chosen.len().max(1) as u32;
     let mut rows = Vec::new();
     let started = Instant::now();
+    println!(
+        "{clients} clients per technique, events every 0-{} ms (speed {speed}), polls every {} ms, \
+         about {:.0} s per technique\n",
+        5000 / speed,
+        2000 / speed,
+        share.as_secs_f64()
+    );
     for (key, title) in chosen {
         eprintln!("[{:5.1} s] {key}", started.elapsed().as_secs_f64());
         let drain = drain_for(key);
@@ -124,6 +127,9 @@ fn main() {
     let _ = std::fs::create_dir_all(&out);
     let markdown = markdown(&rows, clients, speed);
     let svg = svg(&rows);
+    if args.iter().any(|a| a == "--markdown") {
+        println!("\n{markdown}");
+    }
     if std::fs::write(out.join("compare.md"), markdown).is_ok()
         && std::fs::write(out.join("compare.svg"), svg).is_ok()
     {

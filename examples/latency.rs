@@ -8,6 +8,7 @@
 //! cargo run --release --example latency -- socket.io 1000  # Socket.IO's /lab over its websocket transport
 //! cargo run --release --example latency -- sse 1000 --redis redis://127.0.0.1:6379  # through Redis
 //! cargo run --release --example latency -- long-poll 1000 --against peer  # and the Node peer
+//! cargo run --release --example latency -- ws 1000 --against peer --markdown  # and a table row
 //! cargo run --release --example latency -- sse 1000 --throughput --against peer
 //! cargo run --release --example latency -- wakes 1000      # what waking 1,000 threads costs
 //! ```
@@ -124,7 +125,7 @@ fn main() {
     let events: u64 = flag(&args, "--events").unwrap_or(20);
     let gap_ms: u64 = flag(&args, "--gap-ms").unwrap_or(200);
     if !TECHNIQUES.split(' ').any(|t| t == technique) {
-        eprintln!("usage: latency TECHNIQUE CLIENTS [--events N] [--gap-ms MS] [--queue] [--redis URL] [--against peer] [--throughput [--seconds S] [--max-rate R]]; TECHNIQUE: {TECHNIQUES}; or: latency wakes THREADS");
+        eprintln!("usage: latency TECHNIQUE CLIENTS [--events N] [--gap-ms MS] [--queue] [--redis URL] [--against peer [--markdown]] [--throughput [--seconds S] [--max-rate R]]; TECHNIQUE: {TECHNIQUES}; or: latency wakes THREADS");
         std::process::exit(2);
     }
     // This process holds one end of every connection.
@@ -143,7 +144,7 @@ fn main() {
         "--heartbeat",
         "120",
     ];
-    // Through a broker (chapter 19): every publish goes to Redis and back.
+    // Through a broker (chapter 20): every publish goes to Redis and back.
     let redis = args
         .iter()
         .position(|a| a == "--redis")
@@ -260,6 +261,23 @@ fn main() {
         lab99 / peer99,
         if lab99 <= peer99 { "the lab at or ahead" } else { "the lab behind" }
     );
+    // `--markdown`: the same means as one row of the book's table (scripts/figures prints
+    // its header).
+    if args.iter().any(|a| a == "--markdown") {
+        let kib = mean(&ours, |m| m.kib_per_connection);
+        let threads: Vec<String> = ours.iter().map(|m| m.threads.to_string()).collect();
+        let label = match parking {
+            "queue" => format!("{technique}, `--parking queue`"),
+            _ => technique.clone(),
+        };
+        let requests = mean(&ours, |m| m.requests_per_event);
+        let bytes = mean(&ours, |m| m.bytes_per_event);
+        println!(
+            "| {label} | {lab50:.1} / {lab99:.1} ms | {peer50:.1} / {peer99:.1} ms | {:.2}× | {kib:.1} KiB | {} | {requests:.2} / {bytes:.0} |",
+            lab99 / peer99,
+            threads.join(", ")
+        );
+    }
 }
 
 /// What one run asks for.
