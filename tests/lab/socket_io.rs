@@ -512,6 +512,27 @@ fn the_official_client_is_told_io_server_disconnect_when_the_server_ends_its_soc
     assert_eq!(summary["reason"], "io server disconnect");
 }
 
+/// Where a proxy drops the upgrade headers (nginx's defaults, `/bare/`), the official client
+/// with default options keeps the session it opened on polling: the probe fails, and events
+/// still arrive. Socket.IO starts on polling for exactly this.
+#[test]
+fn the_official_client_stays_on_polling_when_the_upgrade_is_refused() {
+    let lab = lab();
+    let nginx = common::nginx::Nginx::start(lab.addr(), |_| {});
+    let summary = official_client(nginx.addr, nginx.addr.port(), "fallback");
+    assert_eq!(summary["transport"], "polling", "{summary}");
+    assert!(
+        summary["upgradeError"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{summary}"
+    );
+    assert!(summary["event"]["id"].as_u64().is_some(), "{summary}");
+    wait_until("the session has ended", || {
+        stats(lab.addr())["socket_io_sessions"] == 0
+    });
+}
+
 #[test]
 fn the_official_client_meets_the_reference_namespace_binary_and_refusals() {
     let summary = run_official("namespaces");

@@ -293,6 +293,21 @@ const scenarios = {
     done({ transport: socket.io.engine.transport.name, event });
   },
 
+  // Default options again, behind a proxy that drops the upgrade headers (nginx's defaults,
+  // at /bare/ in front of the lab): the WebSocket probe fails, the client reports
+  // `upgradeError`, and the session it already has on polling carries on, events included.
+  async fallback() {
+    const socket = io(url + "/lab", { path: "/bare/socket.io/", auth: { name: "node" }, reconnection: false });
+    const refused = next(socket.io.engine, "upgradeError"); // the probe starts at once
+    await next(socket, "connect");
+    const [error] = await refused;
+    const text = "after the refused upgrade " + Date.now();
+    const [event] = await Promise.all([eventWithData(socket, text), publishByRest(text)]);
+    const transport = socket.io.engine.transport.name;
+    socket.close();
+    done({ transport, upgradeError: error.message, event });
+  },
+
   // Many sessions come and go (the Rust test then checks the lab is back to its baseline).
   async sessions() {
     const count = Number(process.env.SESSIONS || 200);
