@@ -656,17 +656,19 @@ struct Conn {
     upgraded: bool,
 }
 
+/// Every client starts "from now" (no `since`): with `--redis`, a lab starts with the
+/// stream's history in its ring, events of an earlier run that are not this run's to time.
 fn first_request(technique: &str, addr: SocketAddr, ws_addr: SocketAddr) -> String {
     match technique {
-        "long-poll" => long_poll_request(addr, 0),
-        "stream" => format!("GET /events/stream?since=0 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
-        "sse" => format!("GET /events/sse?since=0 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        "long-poll" => format!("GET /events/long-poll?timeout=60 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        "stream" => format!("GET /events/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        "sse" => format!("GET /events/sse HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
         "socket.io" => format!(
             "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {ws_addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ),
         _ => format!(
-            "GET /events/ws?since=0 HTTP/1.1\r\nHost: {ws_addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET /events/ws HTTP/1.1\r\nHost: {ws_addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ),
     }

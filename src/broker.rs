@@ -25,7 +25,7 @@
 //!    ids never go backwards for it.
 //!
 //! **What it costs**: a round trip to Redis per publish and a hop through the reader before
-//! any client hears of it (chapter 19 measures both); one connection per publisher (up to
+//! any client hears of it (chapter 20 measures both); one connection per publisher (up to
 //! four) and one per reader.
 
 use crate::hub::{Event, Hub};

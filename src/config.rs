@@ -237,7 +237,7 @@ struct Flags {
           value_parser = on_or_off, action = clap::ArgAction::Set)]
     departures: bool,
     /// A fixed pool of N connection threads, a servlet container's maxThreads (0: as many as
-    /// the connections need; chapter 4)
+    /// the connections need; chapter 5)
     #[arg(long, env = "LAB_HANDLERS", value_name = "N", default_value_t = 0)]
     handlers: usize,
     /// Largest request body
@@ -271,7 +271,7 @@ struct Flags {
     #[arg(long, env = "LAB_ATMOSPHERE_TIMEOUT", value_name = "SECONDS", default_value = "60",
           value_parser = seconds)]
     atmosphere_timeout: Duration,
-    /// Share events with other labs through Redis (redis://127.0.0.1:6379; chapter 19)
+    /// Share events with other labs through Redis (redis://127.0.0.1:6379; chapter 20)
     #[arg(long, env = "LAB_REDIS", value_name = "URL")]
     redis: Option<String>,
     /// Another lab on the same Redis (http://127.0.0.1:8090), whose pages may read this one;

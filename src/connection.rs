@@ -144,7 +144,7 @@ impl Pool {
 
     /// A fixed pool (`--handlers N`), all N threads busy: wait until one is free. Every
     /// connection behind this one waits too, publishes included: parked long polls can hold
-    /// all N, and then the publish that would wake them cannot get in (chapter 4, Pitfalls).
+    /// all N, and then the publish that would wake them cannot get in (chapter 5, Pitfalls).
     fn wait_for_a_free_thread(&self) {
         let size = self.settings.handlers;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

@@ -52,7 +52,7 @@ impl Lab {
     }
 
     /// Publish an event: numbered by the hub here, or, with `--redis`, numbered in Redis and
-    /// brought back into the hub by the broker's reader (chapter 19). Only a broker can fail.
+    /// brought back into the hub by the broker's reader (chapter 20). Only a broker can fail.
     pub fn publish(&self, data: impl Into<String>) -> Result<Arc<Event>, Unavailable> {
         match &self.broker {
             Some(broker) => broker.publish(&self.hub, data.into()),

@@ -126,7 +126,7 @@ pub fn accept<'lab, T>(
 
 /// Limits, and buffers sized for the lab's small frames: tungstenite's defaults (128 KiB to
 /// read into, 128 KiB to gather writes in) cost about 100 KiB of resident memory per
-/// connection once touched (measured: `flood`, chapter 13). 4 KiB reads a small frame in one
+/// connection once touched (measured with `flood`, LESSONS.md Appendix A). 4 KiB reads a small frame in one
 /// go (a bigger one takes several reads); a write buffer of 0 sends each frame at once, which
 /// our writers want anyway (they flush after every frame).
 pub fn config(max_message: usize) -> WebSocketConfig {

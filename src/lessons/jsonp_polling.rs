@@ -17,8 +17,9 @@
 //! ```
 //!
 //! 1. Validate the callback: a dotted path of plain identifiers, nothing else. The name is
-//!    written into JavaScript the page will run; reflecting `alert(1)//` raw would let any site
-//!    that links here run code in the page's origin (reflected XSS).
+//!    reflected into our answer. The calling page runs whatever we send anyway, so the risk
+//!    is to *this server's* origin: a raw `<script>…` name in a link, its answer taken for
+//!    HTML (opened directly, or sniffed), would run as our page: reflected XSS.
 //! 2. Read the cursor and the events after it, as HTTP polling does.
 //! 3. Write `/**/F(json);`: the leading comment defuses old content-sniffing attacks that
 //!    began the body with attacker bytes, `nosniff` stops the browser treating the answer as

@@ -43,7 +43,7 @@
 //!
 //! **What it costs**: a request per control event; in `pull` mode a request per batch and a
 //! pause (`p_wait`) before the next; in `poll` mode mostly empty answers; in `stream` mode one
-//! held response, as chapter 7's forever iframe.
+//! held response, as chapter 8's forever iframe.
 //!
 //! **Try it**: `cargo run --example pushlets`, open <http://127.0.0.1:8080/lessons/pushlets>;
 //! or `curl -N 'http://127.0.0.1:8080/pushlet/pushlet.srv?p_event=join-listen&p_subject=/lab&p_mode=stream&p_format=xml'`.
@@ -720,7 +720,7 @@ impl Format {
 
     fn start(&self) -> String {
         match self {
-            // Padded, as chapter 7's iframe: some browsers render nothing before 1 KiB.
+            // Padded, as chapter 8's iframe: some browsers render nothing before 1 KiB.
             Format::Js { .. } => format!(
                 "<!doctype html><html><head><meta charset=\"utf-8\"></head><body>\n<!-- {} -->\n",
                 "padding ".repeat(128)

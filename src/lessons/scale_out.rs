@@ -1,6 +1,6 @@
 //! # Scale-out: two labs behind one address share their events through Redis, and cursors let a client move between them.
 //!
-//! One server holds only so many connections (chapter 13). Run two, and an event published
+//! One server holds only so many connections (chapter 14). Run two, and an event published
 //! on one must reach the clients of both, with the same id everywhere, or a client that moves
 //! from one server to the other could not say where it left off. A broker does that:
 //! `--redis URL` (see `crate::broker`) numbers every event in Redis and feeds every lab's hub
@@ -25,7 +25,7 @@
 //!    lab: the "sticky sessions" a load balancer is asked for.
 //!
 //! **What it costs**: a Redis round trip per publish and one more hop before delivery
-//! (chapter 19 measures both); a broker that must be up for anyone to publish.
+//! (chapter 20 measures both); a broker that must be up for anyone to publish.
 //!
 //! **Try it**: `redis-server --port 6379 --save ''` in one shell, `cargo run --example
 //! scale_out` in another, open <http://127.0.0.1:8080/lessons/scale_out>.

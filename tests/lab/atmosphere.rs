@@ -331,7 +331,7 @@ fn the_websocket_port_checks_the_origin_and_carries_messages_both_ways() {
 // ---- The official client, in Node ------------------------------------------------------
 
 fn run_official(scenario: &str) -> Value {
-    // A held request cannot see its client leave (chapter 4): short holds and heartbeats let
+    // A held request cannot see its client leave (chapter 5): short holds and heartbeats let
     // the lab find out soon after the client closes.
     let lab = start_lab_with(|c| {
         c.long_poll_timeout = Duration::from_secs(2);

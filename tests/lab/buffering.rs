@@ -84,7 +84,7 @@ fn page_shows_the_difference_in_chromium() {
     }
 }
 
-/// Chapter 6's pitfall: every hand-framed stream asks proxies in front not to buffer it.
+/// Chapter 7's pitfall: every hand-framed stream asks proxies in front not to buffer it.
 #[test]
 fn every_stream_asks_proxies_not_to_buffer() {
     let lab = common::start_lab();

@@ -408,7 +408,7 @@ fn a_keep_alive_connection_serves_the_next_poll_after_a_long_hold() {
 }
 
 /// `--handlers 2`: a fixed pool of handler threads, as in a servlet container whose requests
-/// cannot be suspended (chapter 4, Pitfalls).
+/// cannot be suspended (chapter 5, Pitfalls).
 mod fixed_pool {
     use super::*;
     use reverse_ajax_lab::ParkingMode;

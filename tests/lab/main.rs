@@ -12,6 +12,7 @@ mod atmosphere;
 mod bayeux;
 mod behind_a_proxy;
 mod benchmarks;
+mod book;
 mod buffering;
 mod classroom;
 mod compare;

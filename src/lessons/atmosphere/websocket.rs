@@ -8,7 +8,7 @@
 //! ► text X                               its heartbeat, every 60 s
 //! ```
 //!
-//! As chapter 11, two threads: `ws-N` reads the client's frames and publishes them; the writer
+//! As chapter 12, two threads: `ws-N` reads the client's frames and publishes them; the writer
 //! `ws-N-writer` parks on the hub from the resource's cursor, as the HTTP transports do, and
 //! stops when the reader reports the client gone or a newer connection takes over.
 

@@ -2,7 +2,7 @@
 //!
 //! Bayeux is what Comet grew into: a handshake gives each client an id, the client subscribes
 //! to channels (with wildcards), publishes to any of them, and keeps one `/meta/connect`
-//! outstanding, which the server holds like chapter 4's long poll and answers with whatever
+//! outstanding, which the server holds like chapter 5's long poll and answers with whatever
 //! was delivered meanwhile. The server steers the client with *advice* (how long it holds a
 //! connect, how long to wait before the next, whether to retry or handshake again).
 //!

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! The same messages as over HTTP (`process_messages`), on one socket for as long as the
-//! client lives. As chapter 11, two threads: `ws-N` reads batches and answers every message
+//! client lives. As chapter 12, two threads: `ws-N` reads batches and answers every message
 //! but the connect at once; the writer `ws-N-writer` takes each `/meta/connect`, holds it for
 //! the advised timeout (counted as parked), and meanwhile sends each delivery the moment it
 //! comes, as CometD's own server does. Under the ack extension deliveries ride only on connect

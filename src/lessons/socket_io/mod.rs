@@ -4,7 +4,7 @@
 //! long polling and upgrades to a WebSocket when it can; **Socket.IO v5** runs on top of it:
 //! namespaces, named events, acknowledgements, rooms. The official `socket.io-client` speaks
 //! both; this lesson is the server side, built from the lab's own parts: a held polling GET is
-//! chapter 4's parked long poll, the `/lab` namespace's events come from the hub with their ids
+//! chapter 5's parked long poll, the `/lab` namespace's events come from the hub with their ids
 //! as Socket.IO's recovery offsets.
 //!
 //! ```text

@@ -8,7 +8,7 @@
 //!   between it and its attachments). Whoever is the transport right now drains it: a held
 //!   polling GET, or the WebSocket's writer thread;
 //! - the **feed**, the `/lab` socket's subscription to the hub, with its cursor. The transport
-//!   waits on the outbox *and* the feed, as chapter 4's long poll waits on its subscription;
+//!   waits on the outbox *and* the feed, as chapter 5's long poll waits on its subscription;
 //!   the feed is handed from a held GET to the WebSocket writer at the upgrade.
 //!
 //! The state says which transport serves the session, whether a GET or a POST is in progress

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Without `sid` the session is born here (its open packet says `"upgrades":[]`). As in
-//! chapter 11, two threads per socket: `ws-N` reads and hands each packet to `receive`; the
+//! chapter 12, two threads per socket: `ws-N` reads and hands each packet to `receive`; the
 //! writer `ws-N-writer` first answers the probe, then parks on the session like a held GET
 //! does (`Session::wait_for_packets`) and writes what it finds, text frames for text packets
 //! and binary frames for attachments.
