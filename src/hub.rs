@@ -406,6 +406,33 @@ impl Subscription {
         }
     }
 
+    /// `wait_for_events_or` as a parked request does it: when `look` is set (`--departures
+    /// on`), in steps of `connection::LOOK_EVERY`, asking `client_left` between steps. `Err`
+    /// when the client closed its connection before anything else woke us.
+    pub fn wait_for_events_or_notice_leaving<T>(
+        &mut self,
+        other: &Receiver<T>,
+        client_left: impl Fn() -> bool,
+        look: bool,
+        deadline: Instant,
+    ) -> Result<Wake<T>, ClientLeft> {
+        loop {
+            let step = match look {
+                true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+                false => deadline,
+            };
+            // BLOCKS: until an event, a message on `other`, or the step ends.
+            match self.wait_for_events_or(other, step) {
+                Wake::Deadline if look && Instant::now() < deadline => {
+                    if client_left() {
+                        return Err(ClientLeft);
+                    }
+                }
+                woke => return Ok(woke),
+            }
+        }
+    }
+
     /// The first event plus whatever else is queued, refilled from history after an overflow;
     /// `None` if everything was already delivered.
     fn take_batch(&mut self, first: Arc<Event>) -> Option<Backlog> {

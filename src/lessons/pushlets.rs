@@ -31,7 +31,9 @@
 //!    (`pull`: held up to 20 s; `poll`: at once), the refresh asking the client to wait a
 //!    random 2–6 s (pull) or 6–10 s (poll), the original's defaults. With nothing to say, a
 //!    `hb` (heartbeat) event. A published event is the request's own fields; each session
-//!    receives it with its matching subscription's `p_sid` and `p_label`.
+//!    receives it with its matching subscription's `p_sid` and `p_label`. A held response
+//!    looks once a second whether its client closed the connection, and ends if so; the
+//!    session and its queue live on for the next request.
 //! 4. Formats: `js` is a page for a hidden iframe, each event a `parent.push(...)` call;
 //!    `xml` is a stream of `<event .../>` elements; `xml-strict` (the original AJAX client's)
 //!    one `<pushlet>` document per answer. The original wrote field values into the
@@ -543,7 +545,7 @@ fn data_channel(
         return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
     session.state().listening = true;
-    let result = run_channel(request, session, mode, &format, ack, counters);
+    let result = run_channel(lab, request, session, mode, &format, ack, counters);
     let mut state = session.state();
     state.listening = false;
     state.last_seen = Instant::now();
@@ -551,6 +553,7 @@ fn data_channel(
 }
 
 fn run_channel(
+    lab: &Lab,
     request: Request,
     session: &Arc<Session>,
     mode: &str,
@@ -593,9 +596,28 @@ fn run_channel(
     }
     loop {
         let hold = if mode == "poll" { Duration::ZERO } else { HOLD };
+        let deadline = Instant::now() + hold;
         // BLOCKS (stream, pull): until the session's queue or the hub has events for it, or
-        // the hold ends (then a heartbeat).
-        let (events, ended) = wait_for_events(session, Instant::now() + hold);
+        // the hold ends (then a heartbeat); with `--departures on` in steps of a second, to
+        // look whether the client closed its connection. One that did is let go at once:
+        // nothing is taken from its queue, which waits for its next request.
+        let (events, ended) = loop {
+            let step = match lab.config.departures {
+                true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+                false => deadline,
+            };
+            let (events, ended) = wait_for_events(session, step);
+            if !events.is_empty() || ended || Instant::now() >= deadline {
+                break (events, ended);
+            }
+            if out.client_left() {
+                lab.stats
+                    .departed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::debug!("pushlets session {}: its client left", session.id);
+                return Ok(());
+            }
+        };
         let mut batch = events;
         if batch.is_empty() && !ended {
             batch.push(fields(&[("p_event", "hb")]));

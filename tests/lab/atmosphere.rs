@@ -331,8 +331,8 @@ fn the_websocket_port_checks_the_origin_and_carries_messages_both_ways() {
 // ---- The official client, in Node ------------------------------------------------------
 
 fn run_official(scenario: &str) -> Value {
-    // A held request cannot see its client leave (chapter 5): short holds and heartbeats let
-    // the lab find out soon after the client closes.
+    // Held requests look at their sockets once a second (chapter 5); short holds and
+    // heartbeats also find a client that vanished without closing, soon after it did.
     let lab = start_lab_with(|c| {
         c.long_poll_timeout = Duration::from_secs(2);
         c.heartbeat = Duration::from_secs(1);
@@ -661,4 +661,29 @@ fn a_message_written_to_one_resource_reaches_it_alone_now_or_on_its_next_poll() 
         post(addr, &to("nobody"), "text/plain", "x").unwrap().status,
         404
     );
+}
+
+/// Held long polls and streams look at their sockets once a second: a client that hangs up is
+/// let go within seconds, not at the long poll's deadline or the next heartbeat (60 s here),
+/// and its resource keeps its place for its next connection.
+#[test]
+fn held_requests_whose_client_hangs_up_are_let_go_long_before_their_deadline() {
+    let lab = start_lab_with(|c| {
+        c.long_poll_timeout = Duration::from_secs(60);
+        c.heartbeat = Duration::from_secs(60);
+    });
+    let addr = lab.addr();
+    for (transport, gauge) in [("long-polling", "parked"), ("streaming", "streams")] {
+        let hold = |id: &str| {
+            reverse_ajax_lab::client::open(addr, "GET", &url(transport, id, true), &[], b"")
+                .unwrap()
+        };
+        let (staying, leaving) = (handshake(addr, true), handshake(addr, true));
+        let held = hold(&staying);
+        let hung_up = hold(&leaving);
+        common::hang_up_and_see_it_let_go(addr, hung_up, gauge);
+        drop(held);
+        wait_until("the other is let go too", || stats(addr)[gauge] == 0);
+    }
+    assert_eq!(stats(addr)["departed"], 4);
 }

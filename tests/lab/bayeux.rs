@@ -1024,3 +1024,37 @@ fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_
         stats(addr)["bayeux_clients"] == 0
     });
 }
+
+/// A held connect sleeps on its client's queue, not on its socket: it wakes once a second and
+/// looks. One whose HTTP client hangs up is let go within seconds, not at the connect's
+/// timeout (60 s here), and nothing queued for it is lost: the next connect carries it.
+#[test]
+fn a_held_connect_whose_client_hangs_up_is_let_go_and_its_deliveries_wait() {
+    let lab = start_lab_with(|c| {
+        c.bayeux.timeout = Duration::from_secs(60);
+        c.bayeux.max_interval = Duration::from_secs(60);
+    });
+    let addr = lab.addr();
+    let (staying, leaving) = (handshake(addr, false), handshake(addr, false));
+    subscribe(addr, &leaving, "/chat/a");
+    let hold = |client: &str| {
+        connect(addr, client, json!({})); // the first: answered at once
+        let batch = json!([{"channel": "/meta/connect", "clientId": client, "id": "held",
+                            "connectionType": "long-polling"}]);
+        let headers = [("Content-Type", "application/json")];
+        let body = batch.to_string();
+        reverse_ajax_lab::client::open(addr, "POST", "/cometd", &headers, body.as_bytes()).unwrap()
+    };
+    let _held = hold(&staying);
+    let hung_up = hold(&leaving);
+    common::hang_up_and_see_it_let_go(addr, hung_up, "parked");
+    assert_eq!(stats(addr)["departed"], 1);
+    // Published after it left, delivered on its next connect.
+    send(
+        addr,
+        json!([{"channel": "/chat/a", "clientId": staying, "data": "while you were away"}]),
+    );
+    let replies = connect(addr, &leaving, json!({}));
+    let delivered = deliveries(&replies);
+    assert_eq!(delivered[0]["data"], "while you were away", "{replies:?}");
+}

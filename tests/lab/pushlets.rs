@@ -533,3 +533,25 @@ fn a_session_holds_at_most_32_subscriptions() {
     assert_eq!(status, 400);
     assert!(body.contains("too many subscriptions"), "{body}");
 }
+
+/// A held Pushlets response sleeps on its session's queue; it looks at its socket once a
+/// second, so a client that hangs up frees its thread within seconds rather than at the next
+/// heartbeat (20 s), and the session lives on for its next request.
+#[test]
+fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_heartbeat() {
+    let lab = lab();
+    let addr = lab.addr();
+    let listen = |id: &str| {
+        let path =
+            format!("{SRV}?p_event=listen&p_id={id}&p_subject=/lab&p_mode=stream&p_format=xml");
+        let mut stream = Stream::open(addr, &path, &[]).unwrap();
+        read_until(&mut stream, "listen-ack");
+        stream
+    };
+    let (staying, leaving) = (join(addr), join(addr));
+    let _held = listen(&staying);
+    let hung_up = listen(&leaving);
+    common::hang_up_and_see_it_let_go(addr, hung_up, "streams");
+    assert_eq!(stats(addr)["departed"], 1);
+    assert_eq!(stats(addr)["pushlets_sessions"], 2, "the session lives on");
+}

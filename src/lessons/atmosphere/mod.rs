@@ -29,14 +29,15 @@
 //! 3. `long_poll`, `stream` (streaming and SSE) and `websocket::serve`: each subscribes to the
 //!    hub from the resource's cursor (the backlog is the cache: what the client missed while
 //!    away), then parks until the broadcast, writes it in its transport's framing, and moves
-//!    the cursor.
+//!    the cursor. A parked long poll or stream looks once a second whether its client closed
+//!    the connection (`--departures on`), and if so ends, the cursor left where it was.
 //! 4. The websocket transport is the same URL with the WebSocket handshake: the connection's
 //!    thread sees `Upgrade: websocket`, and the server's upgrade `match` hands it to
 //!    `websocket::upgrade` (our checks, then the handshake every endpoint shares, `ws::accept`).
 //! 5. `sweep` (thread `atmosphere-sweeper`): a resource with no connection for
 //!    `--atmosphere-timeout` (60 s) is forgotten, and with it the cursor.
 //!
-//! **What it costs**: the transport's own costs (chapters 4, 8, 10, 11), plus a handshake
+//! **What it costs**: the transport's own costs (chapters 5, 10, 11 and 12), plus a handshake
 //! message per connection and, with `TrackMessageSize`, a few bytes of length per message.
 //! The cache is only as long as the hub's ring: a client away longer is told how many it
 //! missed. A written message is not a delivered one: an event written into a connection that
@@ -51,7 +52,7 @@ pub mod websocket;
 use crate::connection::request_label;
 use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
-use crate::hub::{Backlog, Event, Subscription, Wake};
+use crate::hub::{Backlog, ClientLeft, Event, Subscription, Wake};
 use crate::lab::Lab;
 use crate::request::Method;
 use crate::stats::LessonCounters;
@@ -79,7 +80,8 @@ pub enum Stop {
     Superseded,
     /// Dropped on purpose (`DELETE`, the page's button): as a proxy or a restart would.
     Dropped,
-    /// The WebSocket's reader saw the client close or go.
+    /// The client closed its connection or went: the WebSocket's reader saw it, or a held
+    /// stream looked at its socket (`ChunkedStream::client_left`).
     ClientGone,
     /// Not a stop: messages for this resource alone are waiting (`Resource::take_direct`).
     Direct,
@@ -663,9 +665,19 @@ fn long_poll(
             attached.resource.uuid
         );
         let deadline = arrived + lab.config.long_poll_timeout;
+        let left = || request.client_left();
         // BLOCKS: until `Hub::publish` wakes the subscription, a newer connection or a drop
-        // stops this one, or the deadline (then an empty answer, and the client polls again).
-        match subscription.wait_for_events_or(&attached.stop, deadline) {
+        // stops this one, the deadline (then an empty answer, and the client polls again),
+        // or (looked for once a second) the client closes its connection.
+        let Some(woke) = park(lab, &mut subscription, &attached.stop, left, deadline) else {
+            // Nothing was taken: the resource's cursor waits for its next request.
+            log::debug!(
+                "{me} atmosphere resource {}: its client left",
+                attached.resource.uuid
+            );
+            return Ok(());
+        };
+        match woke {
             Wake::Events(batch) => events = batch,
             Wake::Other(Stop::Dropped) => {
                 // An error, so the client treats it as a lost connection and reconnects.
@@ -718,6 +730,29 @@ fn long_poll(
         attached.resource.rewind(moved_to.unwrap_or(before), before);
     }
     written
+}
+
+/// Step 3's wait, as every held request of the lab waits: on the hub and the resource's
+/// `stop`, looking once a second (`--departures on`) whether the client closed its
+/// connection. `None`, counted in `/stats` as `departed`, when it did.
+fn park(
+    lab: &Lab,
+    subscription: &mut Subscription,
+    stop: &Receiver<Stop>,
+    client_left: impl Fn() -> bool,
+    deadline: Instant,
+) -> Option<Wake<Stop>> {
+    let look = lab.config.departures;
+    // BLOCKS: until an event, a stop, the deadline, or a look finds the client gone.
+    match subscription.wait_for_events_or_notice_leaving(stop, client_left, look, deadline) {
+        Ok(woke) => Some(woke),
+        Err(ClientLeft) => {
+            lab.stats
+                .departed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// A long poll's answer: the connection stays open for the next poll.
@@ -812,8 +847,14 @@ fn stream(
             let heartbeat_due =
                 Instant::now() + params.server_heartbeat.unwrap_or(lab.config.heartbeat);
             // BLOCKS: until `Hub::publish` wakes the subscription, a newer connection or a
-            // drop stops this one, a message for this resource alone, or the heartbeat is due.
-            match subscription.wait_for_events_or(&attached.stop, heartbeat_due) {
+            // drop stops this one, a message for this resource alone, the heartbeat is due, or
+            // (looked for once a second) the client closes its connection.
+            let left = || out.client_left();
+            let Some(woke) = park(lab, &mut subscription, &attached.stop, left, heartbeat_due)
+            else {
+                return Ok(Stop::ClientGone);
+            };
+            match woke {
                 Wake::Events(batch) => write(&batch, &mut out)?,
                 Wake::Other(Stop::Direct) => direct(&mut out)?,
                 Wake::Other(stop) => return Ok(stop),

@@ -26,8 +26,10 @@
 //!    `clientId` gets `402::Unknown client` with the advice to handshake again.
 //! 3. `hold_connect`: a `/meta/connect` in the batch is answered last. The first is answered
 //!    at once; later ones park on the client's queue and its hub feed until a delivery or the
-//!    advised timeout. One connect at a time per client: a second is refused. A connect held
-//!    when its client disconnects is told `reconnect: none`.
+//!    advised timeout, looking once a second whether the HTTP client closed its connection (if
+//!    so, it is let go and its queue waits for the next connect). One connect at a time per
+//!    client: a newer one answers the held one and takes its place. A connect held when its
+//!    client disconnects is told `reconnect: none`.
 //! 4. The `ack` extension: every connect answer is a numbered batch; the client names the last
 //!    batch it got on its next connect, and anything after it is sent again, at once.
 //! 5. `sweep`: one thread expires clients that stop connecting for `maxInterval` after their
@@ -318,8 +320,19 @@ pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io
         headers.push(("Set-Cookie", cookie.as_str()));
         browser = Some(id);
     }
-    // 2, 3. Every message; a connect waits for its deliveries (BLOCKS, see hold_connect).
-    let replies = process(lab, bayeux, batch, transport, browser.as_deref(), &counters);
+    // 2, 3. Every message; a connect waits for its deliveries (BLOCKS, see hold_connect),
+    // looking once a second whether its client has closed the connection.
+    let left = || request.client_left();
+    let left = lab.config.departures.then_some(&left as &dyn Fn() -> bool);
+    let replies = process(
+        lab,
+        bayeux,
+        batch,
+        transport,
+        browser.as_deref(),
+        left,
+        &counters,
+    );
     answer(
         request,
         200,
@@ -359,6 +372,7 @@ fn process(
     batch: Vec<Message>,
     transport: &str,
     browser: Option<&str>,
+    left: Option<&dyn Fn() -> bool>,
     counters: &LessonCounters,
 ) -> Vec<Message> {
     let (mut replies, connect) = process_messages(lab, bayeux, batch, transport);
@@ -368,6 +382,7 @@ fn process(
             message: &message,
             transport,
             browser,
+            left,
         };
         replies.extend(hold_connect(lab, bayeux, connect, counters));
     }
@@ -380,6 +395,9 @@ struct Connect<'a> {
     message: &'a Message,
     transport: &'a str,
     browser: Option<&'a str>,
+    /// Has the HTTP client closed its connection? Looked at once a second while the connect
+    /// is held (`--departures on`).
+    left: Option<&'a dyn Fn() -> bool>,
 }
 
 /// Every message of a batch but its `/meta/connect`, which comes back, with its client, for
@@ -676,6 +694,7 @@ fn hold_connect(
         message,
         transport,
         browser,
+        left,
     } = connect;
     let at_once = match begin_connect(bayeux, client, message, transport) {
         Ok(at_once) => at_once,
@@ -695,7 +714,23 @@ fn hold_connect(
         if let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) {
             log::debug!("bayeux client {} connect parked ({transport})", client.id);
             let deadline = Instant::now() + bayeux.settings.timeout;
-            deliveries = wait_for_deliveries(client, deadline);
+            match wait_for_deliveries(client, deadline, left) {
+                Some(ready) => deliveries = ready,
+                None => {
+                    // Its client closed the connection: nothing is taken from its queue
+                    // (what waits there goes with its next connect), and no answer is worth
+                    // writing. It expires unless it connects again, as after any connect.
+                    lab.stats
+                        .departed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log::debug!(
+                        "bayeux client {}: its held connect's client left",
+                        client.id
+                    );
+                    let_go_of_connect(bayeux, client);
+                    return Vec::new();
+                }
+            }
         }
     }
     finish_connect(bayeux, client, message, deliveries, counters)
@@ -850,14 +885,39 @@ fn finish_connect(
     out
 }
 
+/// The client no longer holds a connect (its socket is going, or its HTTP client left): a
+/// newer connect may take its place, and it expires unless one comes within `maxInterval`.
+fn let_go_of_connect(bayeux: &Bayeux, client: &Client) {
+    let mut state = client.state();
+    state.connect_held = false;
+    state.expires = Instant::now() + bayeux.settings.max_interval;
+    client.released.notify_all();
+    drop(state);
+    bayeux.sweeper.ring();
+}
+
 /// The parked wait: the client's queue and, when subscribed to the hub, its feed, until a
-/// delivery or `deadline` (a nudge that changes nothing waits on).
-fn wait_for_deliveries(client: &Client, deadline: Instant) -> Vec<Message> {
+/// delivery or `deadline` (a nudge that changes nothing waits on). With `left`, it wakes once
+/// a second to look whether the HTTP client closed its connection: `None` when it did.
+fn wait_for_deliveries(
+    client: &Client,
+    deadline: Instant,
+    left: Option<&dyn Fn() -> bool>,
+) -> Option<Vec<Message>> {
     loop {
-        return match wait_once(client, deadline) {
-            Woken::Deliveries(deliveries) => deliveries,
+        let step = match left {
+            Some(_) => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+            None => deadline,
+        };
+        // BLOCKS: until a delivery, a nudge, or the step ends (see `wait_once`).
+        return match wait_once(client, step) {
+            Woken::Deliveries(deliveries) => Some(deliveries),
             Woken::Nudged if Instant::now() < deadline && !client.state().superseded => continue,
-            _ => Vec::new(),
+            Woken::TimeUp if Instant::now() < deadline => match left.is_some_and(|left| left()) {
+                true => None,
+                false => continue,
+            },
+            _ => Some(Vec::new()),
         };
     }
 }

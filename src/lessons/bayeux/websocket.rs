@@ -261,10 +261,7 @@ fn write_deliveries(
             // The socket is going: the client is not holding a connect any more, and expires
             // unless it connects again (on a new socket, or over HTTP).
             if held.take().is_some() {
-                let mut state = client.state();
-                state.connect_held = false;
-                client.released.notify_all();
-                state.expires = Instant::now() + bayeux.settings.max_interval;
+                super::let_go_of_connect(bayeux, client);
             }
             return Ok(());
         }
