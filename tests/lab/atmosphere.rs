@@ -443,11 +443,8 @@ fn the_lesson_page_client_works_on_every_transport() {
 #[test]
 fn the_official_bundle_resumes_after_a_drop_with_nothing_lost() {
     let lab = lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&format!(
-        "http://{}/lessons/atmosphere?client=official&transport=sse",
-        lab.addr()
-    ));
+    let (_browser, mut page) =
+        common::browser::open_page(&lab, "/lessons/atmosphere?client=official&transport=sse");
     page.wait_for(
         "sse opens",
         "seen.transport === 'sse' && seen.trackingId !== null",
@@ -475,8 +472,7 @@ fn the_official_bundle_resumes_after_a_drop_with_nothing_lost() {
 #[test]
 fn the_lesson_page_falls_back_chats_resumes_and_draws_its_connections() {
     let lab = lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&format!("http://{}/lessons/atmosphere", lab.addr()));
+    let (_browser, mut page) = common::browser::open_page(&lab, "/lessons/atmosphere");
     // The default: WebSocket on this port, refused; the fallback is long polling.
     page.wait_for(
         "the fallback to long polling",

@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use common::browser::Browser;
 use common::{start_lab_with, stats, wait_until};
 use reverse_ajax_lab::client::{get, post, publish, request};
 use reverse_ajax_lab::RunningLab;
@@ -540,8 +539,7 @@ fn the_official_client_loses_nothing_when_a_connect_answer_is_lost() {
 #[test]
 fn the_lesson_page_subscribes_publishes_and_receives() {
     let lab = lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&format!("http://{}/lessons/bayeux", lab.addr()));
+    let (_browser, mut page) = common::browser::open_page(&lab, "/lessons/bayeux");
     page.wait_for(
         "a client id",
         "document.getElementById('client-id').textContent.length > 10",
@@ -562,11 +560,7 @@ fn the_lesson_page_subscribes_publishes_and_receives() {
 #[test]
 fn the_official_client_runs_in_chromium_on_websocket_and_with_callback_polling_across_origins() {
     let lab = lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&format!(
-        "http://{}/lessons/bayeux?client=official",
-        lab.addr()
-    ));
+    let (browser, mut page) = common::browser::open_page(&lab, "/lessons/bayeux?client=official");
     page.wait_for(
         "websocket",
         "document.getElementById('transport').textContent === 'websocket'",

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{browser::Browser, deadline, marker, start_lab, stats, wait_for_baseline, wait_until};
+use common::{deadline, marker, start_lab, stats, wait_for_baseline, wait_until};
 use reverse_ajax_lab::client::{self, publish, Stream};
 use std::io::{ErrorKind, Read};
 
@@ -66,9 +66,7 @@ fn bad_count_gets_400() {
 
 #[test]
 fn page_shows_the_difference_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/buffering"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("buffering");
     wait_until("both page streams are subscribed", || {
         stats(lab.addr())["subscribers"] == 2
     });

@@ -2,10 +2,10 @@
 
 use crate::common;
 
-use common::{
-    browser::Browser, deadline, start_lab, start_lab_with, stats, wait_for_baseline, wait_until,
-};
-use reverse_ajax_lab::client::{get, publish, Stream};
+use common::streams;
+
+use common::{deadline, start_lab, start_lab_with, stats, wait_until};
+use reverse_ajax_lab::client::{publish, Stream};
 use std::time::Duration;
 
 #[test]
@@ -30,69 +30,31 @@ fn promptness_each_event_is_its_own_chunk_while_the_response_is_open() {
 
 #[test]
 fn a_cursor_replays_what_was_missed_first() {
-    let lab = start_lab();
-    let addr = lab.addr();
-    for i in 1..=3 {
-        publish(addr, &format!("e{i}")).unwrap();
-    }
-    let mut stream = Stream::open(addr, "/events/stream?since=1", &[]).unwrap();
-    let text = stream
-        .read_until(deadline(), |t| t.lines().count() >= 2)
-        .unwrap();
-    let ids: Vec<u64> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(ids, vec![2, 3]);
-    publish(addr, "e4").unwrap();
-    let next = stream.next_chunk(deadline()).unwrap().unwrap();
-    assert!(next.contains("\"id\":4"));
+    streams::a_cursor_replays_what_was_missed_first("/events/stream", streams::json_ids);
 }
 
+/// With no event, a heartbeat (an empty line) comes after the interval; the heartbeats alone
+/// find a client that left.
 #[test]
 fn heartbeats_find_a_client_that_left_and_free_its_stream() {
-    let lab = start_lab_with(|c| {
-        c.heartbeat = Duration::from_millis(200);
-        c.departures = false; // the heartbeat alone must find the client gone
-    });
-    let addr = lab.addr();
-    let mut stream = Stream::open(addr, "/events/stream", &[]).unwrap();
-    // With no event, a heartbeat (an empty line) comes after the interval.
-    assert_eq!(stream.next_chunk(deadline()).unwrap().unwrap(), "\n");
-    assert_eq!(stats(addr)["streams"], 1);
-    drop(stream);
-    // The next heartbeats fail to write: the thread and the subscription are freed.
-    wait_for_baseline(addr);
+    streams::heartbeats_find_a_client_that_left("/events/stream", "\n");
 }
 
 #[test]
 fn beyond_the_limit_a_stream_gets_503() {
-    let lab = start_lab_with(|c| c.max_parked = 1);
-    let addr = lab.addr();
-    let _held = Stream::open(addr, "/events/stream", &[]).unwrap();
-    wait_until("one stream is held", || stats(addr)["streams"] == 1);
-    let refused = get(addr, "/events/stream").unwrap();
-    assert_eq!(refused.status, 503);
-    assert!(refused.header("Retry-After").is_some());
-    assert_eq!(get(addr, "/events/stream?since=zz").unwrap().status, 400);
+    streams::beyond_the_limit_a_stream_gets_503("/events/stream");
 }
 
 #[test]
 fn page_reads_the_stream_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/fetch_streaming"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("fetch_streaming");
     common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("streams"), "ndjson");
 }
 
 /// From a cursor the ring has moved past: a `{"missed": k}` line first, then what it kept.
 #[test]
 fn a_cursor_past_the_ring_gets_a_missed_line_first() {
-    let text = common::stream_past_the_ring("/events/stream");
+    let text = streams::stream_past_the_ring("/events/stream");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], r#"{"missed":6}"#);
     assert!(lines[1].contains("\"id\":7"), "{text}");

@@ -2,11 +2,10 @@
 
 use crate::common;
 
-use common::{
-    browser::Browser, deadline, start_lab, start_lab_with, stats, wait_for_baseline, wait_until,
-};
+use common::streams;
+
+use common::{deadline, start_lab, stats, wait_until};
 use reverse_ajax_lab::client::{publish, Stream};
-use std::time::Duration;
 
 #[test]
 fn each_event_is_one_script_calling_the_parent() {
@@ -45,24 +44,23 @@ fn an_event_cannot_close_the_script_element() {
 
 #[test]
 fn heartbeats_keep_the_parent_informed_and_free_a_stream_whose_client_left() {
-    let lab = start_lab_with(|c| {
-        c.heartbeat = Duration::from_millis(200);
-        c.departures = false; // the heartbeat alone must find the client gone
-    });
-    let addr = lab.addr();
-    let mut stream = Stream::open(addr, "/events/iframe", &[]).unwrap();
-    stream.next_chunk(deadline()).unwrap(); // the prelude
-    let beat = stream.next_chunk(deadline()).unwrap().unwrap();
-    assert_eq!(beat, "<script>parent.onHeartbeat()</script>\n");
-    drop(stream);
-    wait_for_baseline(addr);
+    let heartbeat = "<script>parent.onHeartbeat()</script>\n";
+    streams::heartbeats_find_a_client_that_left("/events/iframe", heartbeat);
+}
+
+#[test]
+fn beyond_the_limit_a_stream_gets_503() {
+    streams::beyond_the_limit_a_stream_gets_503("/events/iframe");
+}
+
+#[test]
+fn a_cursor_replays_what_was_missed_first() {
+    streams::a_cursor_replays_what_was_missed_first("/events/iframe", streams::json_ids);
 }
 
 #[test]
 fn page_runs_each_script_as_it_arrives_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/forever_iframe"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("forever_iframe");
     page.wait_for_log("[client] iframe connecting");
     common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("streams"), "iframe");
     // Hostile data stays data: shown as text, never run.
@@ -74,7 +72,7 @@ fn page_runs_each_script_as_it_arrives_in_chromium() {
 /// From a cursor the ring has moved past: `parent.onMissed(k)` first, then what it kept.
 #[test]
 fn a_cursor_past_the_ring_calls_on_missed_first() {
-    let text = common::stream_past_the_ring("/events/iframe");
+    let text = streams::stream_past_the_ring("/events/iframe");
     let missed = text
         .find("<script>parent.onMissed(6)</script>")
         .expect("onMissed");

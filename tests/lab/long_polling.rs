@@ -2,9 +2,7 @@
 
 use crate::common;
 
-use common::{
-    browser::Browser, ids, marker, start_lab, start_lab_with, stats, wait_for_baseline, wait_until,
-};
+use common::{ids, marker, start_lab, start_lab_with, stats, wait_for_baseline, wait_until};
 use reverse_ajax_lab::client::{self, get, publish};
 use std::io::{BufReader, Read};
 use std::net::TcpStream;
@@ -151,9 +149,7 @@ fn bad_input_gets_400() {
 
 #[test]
 fn page_shows_events_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/long_polling"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("long_polling");
     page.wait_for_log("[client] request #1 waiting...");
     common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("parked"), "long");
     page.wait_for_log("[client] request #2 waiting...");
@@ -263,9 +259,7 @@ fn a_cursor_from_a_previous_run_is_taken_as_now() {
 /// answered (green), and the next one opened at once.
 #[test]
 fn timeline_draws_a_held_long_poll_as_a_long_bar() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/long_polling"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("long_polling");
     page.wait_for_bars("a long poll has been held for 1.5 s", |bars| {
         bars.iter()
             .any(|b| b["outcome"] == "open" && b["ms"].as_u64().unwrap() >= 1500)

@@ -2,7 +2,9 @@
 
 use crate::common;
 
-use common::{browser::Browser, deadline, start_lab, stats, wait_until};
+use common::streams;
+
+use common::{deadline, start_lab, stats, wait_until};
 use reverse_ajax_lab::client::{publish, Stream};
 
 #[test]
@@ -31,42 +33,23 @@ fn each_event_is_a_whole_part_in_its_own_chunk() {
 
 #[test]
 fn heartbeats_are_parts_too_and_free_a_stream_whose_client_left() {
-    let lab = common::start_lab_with(|c| {
-        c.heartbeat = std::time::Duration::from_millis(200);
-        c.departures = false; // the heartbeat alone must find the client gone
-    });
-    let addr = lab.addr();
-    let mut stream = Stream::open(addr, "/events/multipart", &[]).unwrap();
-    stream.next_chunk(deadline()).unwrap(); // the first boundary
-    assert_eq!(
-        stream.next_chunk(deadline()).unwrap().unwrap(),
-        "Content-Type: application/json\r\n\r\n{\"heartbeat\":true}\r\n--lab-event\r\n"
-    );
-    drop(stream);
-    common::wait_for_baseline(addr);
+    let heartbeat = "Content-Type: application/json\r\n\r\n{\"heartbeat\":true}\r\n--lab-event\r\n";
+    streams::heartbeats_find_a_client_that_left("/events/multipart", heartbeat);
+}
+
+#[test]
+fn beyond_the_limit_a_stream_gets_503() {
+    streams::beyond_the_limit_a_stream_gets_503("/events/multipart");
 }
 
 #[test]
 fn a_cursor_replays_missed_parts_first() {
-    let lab = start_lab();
-    let addr = lab.addr();
-    publish(addr, "a").unwrap();
-    publish(addr, "b").unwrap();
-    let mut stream = Stream::open(addr, "/events/multipart?since=1", &[]).unwrap();
-    let text = stream
-        .read_until(deadline(), |t| t.matches("--lab-event").count() >= 2)
-        .unwrap();
-    assert!(
-        text.contains("\"id\":2") && !text.contains("\"id\":1"),
-        "{text}"
-    );
+    streams::a_cursor_replays_what_was_missed_first("/events/multipart", streams::json_ids);
 }
 
 #[test]
 fn page_reads_the_parts_with_fetch_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/multipart_streaming"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("multipart_streaming");
     common::browser::page_shows_a_published_event(
         lab.addr(),
         &mut page,
@@ -78,7 +61,7 @@ fn page_reads_the_parts_with_fetch_in_chromium() {
 /// From a cursor the ring has moved past: a `{"missed": k}` part first, then what it kept.
 #[test]
 fn a_cursor_past_the_ring_gets_a_missed_part_first() {
-    let text = common::stream_past_the_ring("/events/multipart");
+    let text = streams::stream_past_the_ring("/events/multipart");
     let missed = text.find(r#"{"missed":6}"#).expect("a missed part");
     assert!(missed < text.find("\"id\":7").expect("event 7"), "{text}");
     assert!(!text.contains("\"id\":6"), "{text}");

@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{browser::Browser, ids, marker, start_lab};
+use common::{ids, marker, start_lab};
 use reverse_ajax_lab::client::{post, publish};
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -79,9 +79,7 @@ fn piggyback_never_answers_a_request_that_asked_for_nothing() {
 
 #[test]
 fn page_brings_events_on_submit_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/piggyback"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("piggyback");
     page.eval("document.getElementById('submit').click()");
     page.wait_for_log("[server] form valid? true");
     let text = marker("piggy");

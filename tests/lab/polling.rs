@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{browser::Browser, ids, marker, start_lab, stats, wait_for_baseline};
+use common::{ids, marker, start_lab, stats, wait_for_baseline};
 use reverse_ajax_lab::client::{get, publish};
 
 #[test]
@@ -119,9 +119,7 @@ fn bad_input_gets_400_and_changes_nothing() {
 
 #[test]
 fn page_shows_events_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/polling"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("polling");
     page.wait_for_log("[client] no event");
     common::browser::page_shows_a_published_event(lab.addr(), &mut page, None, "polled");
     page.wait_for_log("[client] 1 events");
@@ -131,9 +129,7 @@ fn page_shows_events_in_chromium() {
 /// grey when empty, green when the answer carried an event.
 #[test]
 fn timeline_draws_polls_as_short_bars_mostly_empty() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/polling"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("polling");
     let empty =
         |bars: &[serde_json::Value]| bars.iter().filter(|b| b["outcome"] == "empty").count();
     let bars = page.wait_for_bars("two empty polls are drawn", |bars| empty(bars) >= 2);

@@ -24,6 +24,16 @@ fn control(addr: SocketAddr, query: &str) -> (u16, String) {
     (answer.status, answer.body)
 }
 
+/// A session joined, subscribed to `/lab` and listening in `pull` mode: its id, and the
+/// listen's answer (the ack and a refresh).
+fn listening_in_pull_mode(addr: SocketAddr) -> (String, reverse_ajax_lab::client::Response) {
+    let id = join(addr);
+    subscribe(addr, &id, "/lab");
+    let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=xml");
+    let listen = get(addr, &path).unwrap();
+    (id, listen)
+}
+
 fn join(addr: SocketAddr) -> String {
     let (status, body) = control(addr, "p_event=join");
     assert_eq!(status, 200, "{body}");
@@ -144,14 +154,8 @@ fn subjects_reach_only_sessions_subscribed_to_a_prefix_of_them() {
 fn pull_holds_until_an_event_then_asks_for_a_refresh_and_poll_answers_at_once() {
     let lab = lab();
     let addr = lab.addr();
-    let id = join(addr);
-    subscribe(addr, &id, "/lab");
     // pull: the listen-ack, and at once the refresh that says where to ask next.
-    let listen = get(
-        addr,
-        &format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=xml"),
-    )
-    .unwrap();
+    let (id, listen) = listening_in_pull_mode(addr);
     assert!(
         listen.body.contains("listen-ack") && listen.body.contains("p_event=\"refresh\""),
         "{}",
@@ -305,8 +309,7 @@ fn leaving_ends_the_stream_and_a_session_nobody_listens_for_expires() {
 #[test]
 fn the_page_streams_pulls_and_polls_in_a_hidden_iframe() {
     let lab = lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&format!("http://{}/lessons/pushlets", lab.addr()));
+    let (_browser, mut page) = common::browser::open_page(&lab, "/lessons/pushlets");
     for mode in ["stream", "pull", "poll"] {
         page.eval(&format!(
             "window.joined = null; document.getElementById('mode').value = '{mode}'; \
@@ -376,13 +379,7 @@ fn a_session_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
         c.buffer = 4;
     });
     let addr = lab.addr();
-    let id = join(addr);
-    subscribe(addr, &id, "/lab");
-    let listen = get(
-        addr,
-        &format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=xml"),
-    )
-    .unwrap();
+    let (id, listen) = listening_in_pull_mode(addr);
     assert!(listen.body.contains("listen-ack"), "{}", listen.body);
     for n in 1..=20 {
         publish(addr, &format!("event {n}")).unwrap();

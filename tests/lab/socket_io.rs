@@ -604,8 +604,7 @@ fn two_hundred_sessions_come_and_go_and_leave_no_thread_or_descriptor_behind() {
 #[test]
 fn the_lesson_page_upgrades_receives_events_and_chats() {
     let lab = lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&format!("http://{}/lessons/socket_io", lab.addr()));
+    let (_browser, mut page) = common::browser::open_page(&lab, "/lessons/socket_io");
     page.wait_for(
         "the session upgrades",
         "document.getElementById('transport').textContent === 'websocket'",
@@ -651,11 +650,8 @@ fn the_lesson_page_upgrades_receives_events_and_chats() {
 #[test]
 fn the_official_browser_bundle_chats_with_the_lab() {
     let lab = lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&format!(
-        "http://{}/lessons/socket_io?client=official",
-        lab.addr()
-    ));
+    let (_browser, mut page) =
+        common::browser::open_page(&lab, "/lessons/socket_io?client=official");
     page.wait_for("the official client loaded", "typeof io === 'function'");
     page.wait_for(
         "the session upgrades",

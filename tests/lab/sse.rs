@@ -2,6 +2,8 @@
 
 use crate::common;
 
+use common::streams;
+
 use common::{
     browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
     wait_until,
@@ -114,9 +116,7 @@ fn bad_input_gets_400() {
 
 #[test]
 fn page_resumes_without_a_gap_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/sse"));
+    let (lab, _browser, mut page) = common::browser::open_lesson("sse");
     page.wait_for_log("[client] stream open");
     // Make the server drop the stream every 3 events: the page opens a new one that says so.
     page.eval("document.getElementById('drop').click()");
@@ -162,8 +162,7 @@ fn a_last_event_id_from_a_previous_run_resumes_from_now() {
 fn timeline_draws_one_stream_with_a_tick_per_event() {
     let lab = start_lab();
     let addr = lab.addr();
-    let browser = Browser::launch();
-    let mut page = browser.open(&lab.url("/lessons/sse"));
+    let (_browser, mut page) = common::browser::open_page(&lab, "/lessons/sse");
     page.wait_for_log("stream open");
     for i in 0..3 {
         publish(addr, &format!("tick {i}")).unwrap();
@@ -205,16 +204,15 @@ fn after_a_503_the_page_reopens_the_stream_itself() {
 /// writes that fail, and its stream and subscription are freed.
 #[test]
 fn heartbeats_are_comments_and_free_a_stream_whose_client_left() {
-    let lab = start_lab_with(|c| {
-        c.heartbeat = std::time::Duration::from_millis(200);
-        c.departures = false; // the heartbeat alone must find the client gone
-    });
-    let addr = lab.addr();
-    let mut stream = Stream::open(addr, "/events/sse", &[]).unwrap();
-    stream
-        .read_until(deadline(), |t| t.contains(": heartbeat\n\n"))
-        .unwrap();
-    assert_eq!(stats(addr)["streams"], 1);
-    drop(stream);
-    wait_for_baseline(addr);
+    streams::heartbeats_find_a_client_that_left("/events/sse", ": heartbeat\n\n");
+}
+
+#[test]
+fn beyond_the_limit_a_stream_gets_503() {
+    streams::beyond_the_limit_a_stream_gets_503("/events/sse");
+}
+
+#[test]
+fn a_cursor_replays_what_was_missed_first() {
+    streams::a_cursor_replays_what_was_missed_first("/events/sse", ids_in);
 }

@@ -248,6 +248,23 @@ impl Page {
     }
 }
 
+/// A headless Chromium with `path` of `lab` open in it (keep the browser bound while the page
+/// is used).
+pub fn open_page(lab: &reverse_ajax_lab::RunningLab, path: &str) -> (Browser, Page) {
+    let browser = Browser::launch();
+    let page = browser.open(&lab.url(path));
+    (browser, page)
+}
+
+/// What every lesson's page test starts with: a lab on a free port (generator off), a headless
+/// Chromium, and the lesson's page open in it. Keep the browser bound while the page is used:
+/// dropping it ends Chromium.
+pub fn open_lesson(name: &str) -> (reverse_ajax_lab::RunningLab, Browser, Page) {
+    let lab = super::start_lab();
+    let (browser, page) = open_page(&lab, &format!("/lessons/{name}"));
+    (lab, browser, page)
+}
+
 /// What every lesson page's test in Chromium checks in the end: wait until the lab holds the
 /// page's connection (`held`: "parked", "streams" or "subscribers" in `/stats`, at least
 /// one; `None` for a page that polls), publish a marker named `name`, and wait for the page

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod nginx;
+pub mod streams;
 
 use reverse_ajax_lab::client;
 use reverse_ajax_lab::{Config, RunningLab};
@@ -250,20 +251,6 @@ pub fn stays_true_for(window: Duration, what: &str, mut condition: impl FnMut() 
         assert!(condition(), "it stopped being true that {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A stream opened at `since=0` on a lab whose ring keeps 4 of the 10 events published: the
-/// text up to event 10, which must begin with the stream's `missed` notice for events 1–6.
-pub fn stream_past_the_ring(path: &str) -> String {
-    let lab = start_lab_with(|c| c.history = 4);
-    let addr = lab.addr();
-    for i in 1..=10 {
-        client::publish(addr, &format!("e{i}")).unwrap();
-    }
-    let mut stream = client::Stream::open(addr, &format!("{path}?since=0"), &[]).unwrap();
-    stream
-        .read_until(deadline(), |t| t.contains("\"id\":10"))
-        .unwrap()
 }
 
 /// Run one scenario of a framework's official client in Node (`tests/node/SCRIPT`, which
