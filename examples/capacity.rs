@@ -78,8 +78,8 @@ fn main() {
             Ok(row) => println!("{row}"),
             Err(why) => {
                 println!("| {n} | stopped: {why} |");
-                println!("the lab's last words ({}):", lab.log_path().display());
-                for line in lab.last_words(3) {
+                println!("the end of the lab's log ({}):", lab.log_path().display());
+                for line in lab.log_tail(3) {
                     println!("  {line}");
                 }
                 break;

@@ -59,11 +59,11 @@ fn main() {
         let row = flood(&lab, kind, connections);
         println!("{row}");
         if let Some(line) = lab
-            .last_words(1)
+            .log_tail(1)
             .first()
             .filter(|l| l.contains("ERROR") || l.contains("panicked"))
         {
-            println!("  (the lab's last words: {line})");
+            println!("  (the end of the lab's log: {line})");
         }
     }
 }

@@ -520,7 +520,7 @@ impl Clients {
         let end = Instant::now() + Duration::from_secs(120);
         while held() < clients as u64 {
             assert!(Instant::now() < end, "the clients did not all subscribe");
-            all.pump_reads(Duration::from_millis(20));
+            all.read_what_arrived(Duration::from_millis(20));
         }
         all
     }
@@ -543,7 +543,7 @@ impl Clients {
             if deadline.is_some_and(|d| Instant::now() > d) {
                 break;
             }
-            self.pump_reads(Duration::from_millis(20));
+            self.read_what_arrived(Duration::from_millis(20));
         }
         let sent_for = publisher.join().unwrap();
         let seconds = started.elapsed().as_secs_f64();
@@ -573,7 +573,7 @@ impl Clients {
     }
 
     /// Wait up to `timeout` for readable sockets; read each dry, stamping what arrives.
-    fn pump_reads(&mut self, timeout: Duration) {
+    fn read_what_arrived(&mut self, timeout: Duration) {
         let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         // BLOCKS: until some socket has bytes, or the timeout.
         // SAFETY: `ready` has room for the number of events we pass.

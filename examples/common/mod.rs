@@ -81,7 +81,7 @@ impl ChildLab {
     }
 
     /// The last lines the lab logged (what it said as it failed).
-    pub fn last_words(&self, n: usize) -> Vec<String> {
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<String> = log.lines().map(String::from).collect();
         lines[lines.len().saturating_sub(n)..].to_vec()
