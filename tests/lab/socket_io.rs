@@ -533,6 +533,47 @@ fn the_official_client_stays_on_polling_when_the_upgrade_is_refused() {
     });
 }
 
+/// The client's own words for each way a connection ends, as the real server makes them: a
+/// server that stops answering (frozen: `SIGSTOP`) is a "ping timeout" once
+/// `pingInterval + pingTimeout` pass with no ping; a server that dies (`SIGKILL`) is a
+/// "transport close" on a WebSocket and a "transport error" on polling, whose held request
+/// fails.
+#[test]
+fn the_official_client_names_each_way_its_connection_ends() {
+    use std::io::BufRead;
+    for (transport, signal, reason) in [
+        ("websocket", libc::SIGSTOP, "ping timeout"),
+        ("websocket", libc::SIGKILL, "transport close"),
+        ("polling", libc::SIGKILL, "transport error"),
+    ] {
+        let lab = ChildLab::start(&[
+            "--socket-io-ping-interval",
+            "300",
+            "--socket-io-ping-timeout",
+            "200",
+        ]);
+        let mut node = std::process::Command::new("node")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("tests/node/socket_io.mjs")
+            .args(["reasons", &format!("http://{}", lab.addr)])
+            .args([&lab.addr.port().to_string(), transport])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let mut lines = std::io::BufReader::new(node.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a line").unwrap();
+        assert_eq!(first, format!("connected {transport}"), "{transport}");
+        lab.signal(signal);
+        let last = lines.map(Result::unwrap).last().unwrap_or_default();
+        assert!(node.wait().unwrap().success(), "{transport}: {last}");
+        let summary: Value = serde_json::from_str(last.trim_start_matches("ok ")).unwrap();
+        assert_eq!(summary["reason"], reason, "{transport}, signal {signal}");
+        if signal == libc::SIGSTOP {
+            lab.signal(libc::SIGCONT);
+        }
+    }
+}
+
 #[test]
 fn the_official_client_meets_the_reference_namespace_binary_and_refusals() {
     let summary = run_official("namespaces");

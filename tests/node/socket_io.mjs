@@ -308,6 +308,20 @@ const scenarios = {
     done({ transport, upgradeError: error.message, event });
   },
 
+  // How a connection ended, in the client's words. The Rust test starts the lab as a child
+  // process, and once this prints "connected" it freezes or kills the lab: the client must
+  // name what happened as it would for the real server ("ping timeout" when the pings stop,
+  // "transport close" when the WebSocket's connection closes, "transport error" when a
+  // polling request fails).
+  async reasons() {
+    const transports = [process.argv[5] || "websocket"];
+    const socket = io(url + "/lab", { auth: { name: "node" }, reconnection: false, transports });
+    await next(socket, "connect");
+    console.log("connected " + socket.io.engine.transport.name);
+    const [reason] = await next(socket, "disconnect", 20_000);
+    done({ reason, transport: socket.io.engine.transport.name });
+  },
+
   // Many sessions come and go (the Rust test then checks the lab is back to its baseline).
   async sessions() {
     const count = Number(process.env.SESSIONS || 200);

@@ -129,6 +129,14 @@ impl ChildLab {
         ChildLab { child, addr }
     }
 
+    /// Send the lab process `signal` (`libc::SIGSTOP` freezes it as a hung server would be,
+    /// `SIGCONT` thaws it, `SIGKILL` ends it as a crash would).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; it only sends a signal.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0, "kill({}, {signal})", self.child.id());
+    }
+
     /// Threads of the lab process, read from `/proc` (no request: a request is activity).
     pub fn threads_from_proc(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
