@@ -196,7 +196,8 @@ fn a_held_get_is_a_parked_request_woken_by_the_hub() {
     wait_until("the GET is parked", || stats(addr)["parked"] == 1);
     let id = publish(addr, "wake up").unwrap();
     let seen = held.join().unwrap();
-    let expected = format!(r#"42/lab,["event",{{"data":"wake up","id":{id}}},"{id}"]"#);
+    // The offset: this event, and no room message yet.
+    let expected = format!(r#"42/lab,["event",{{"data":"wake up","id":{id}}},"{id}.0"]"#);
     assert!(seen.contains(&expected), "{seen}");
 }
 
@@ -572,6 +573,18 @@ fn the_official_client_names_each_way_its_connection_ends() {
             lab.signal(libc::SIGCONT);
         }
     }
+}
+
+/// Recovery replays the room messages a socket missed, not only the hub's events: each
+/// broadcast's offset names both (`H.S`), and the socket kept for recovery goes on recording
+/// its rooms' messages while its client is away.
+#[test]
+fn the_official_client_recovers_the_room_messages_it_missed() {
+    let summary = run_official("room-recovery");
+    assert_eq!(
+        summary["heard"],
+        serde_json::json!(["before", "away 1", "away 2", "away 3", "after"])
+    );
 }
 
 #[test]

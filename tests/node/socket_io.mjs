@@ -7,8 +7,8 @@ import { io } from "socket.io-client";
 import { check, done, fail, run } from "./harness.mjs";
 
 const [, url, wsPort] = process.argv.slice(2);
-// The websocket transport lives on the lab's WebSocket port: the client's own per-transport
-// options say so.
+// The websocket transport's port, passed by the Rust test (the lab's one port: the
+// `defaults` scenario shows the client needs no option at all).
 const toLab = { transportOptions: { websocket: { port: wsPort } } };
 
 /** The next `event` on `socket` (with its arguments), or fail after `ms`. */
@@ -242,6 +242,36 @@ const scenarios = {
     check(contiguous && missed.every((id) => seen.includes(id)), `events after the break: ${seen}, missed ${missed}`);
     socket.close();
     done({ reason, missed, seen });
+  },
+
+  // Room messages are recovered too, not only hub events: b breaks its transport, a says
+  // three things to their room meanwhile, and b, recovered, hears every one, in order, once.
+  async "room-recovery"() {
+    const a = lab();
+    const b = lab({ reconnection: true, reconnectionDelay: 300, reconnectionDelayMax: 300 });
+    await Promise.all([connected(a, true), connected(b, true)]);
+    await a.emitWithAck("join", "r1");
+    await b.emitWithAck("join", "r1");
+    const heard = [];
+    b.on("said", (said) => heard.push(said.text));
+    // One before the break, so b's offset names a room message.
+    const first = next(b, "said");
+    await a.emitWithAck("say", { room: "r1", text: "before" });
+    await first;
+    const disconnected = next(b, "disconnect");
+    b.io.engine.close();
+    await disconnected;
+    for (const text of ["away 1", "away 2", "away 3"]) await a.emitWithAck("say", { room: "r1", text });
+    await next(b, "connect");
+    check(b.recovered === true, "b recovered");
+    await a.emitWithAck("say", { room: "r1", text: "after" });
+    const until = Date.now() + 10_000;
+    while (!heard.includes("after")) {
+      check(Date.now() < until, `b heard ${JSON.stringify(heard)}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    [a, b].forEach((s) => s.close());
+    done({ heard });
   },
 
   // A client that stops answering pings is closed by the server's heartbeat.

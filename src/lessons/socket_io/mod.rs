@@ -4,8 +4,9 @@
 //! long polling and upgrades to a WebSocket when it can; **Socket.IO v5** runs on top of it:
 //! namespaces, named events, acknowledgements, rooms. The official `socket.io-client` speaks
 //! both; this lesson is the server side, built from the lab's own parts: a held polling GET is
-//! chapter 5's parked long poll, the `/lab` namespace's events come from the hub with their ids
-//! as Socket.IO's recovery offsets.
+//! chapter 5's parked long poll, the `/lab` namespace's events come from the hub, and every
+//! broadcast carries Socket.IO's recovery offset (`H.S`: the hub id and the socket's room
+//! messages so far, `session::Offset`).
 //!
 //! ```text
 //! GET /socket.io/?EIO=4&transport=polling                          ← handshake
@@ -16,14 +17,14 @@
 //! 200  40/lab,{"pid":"Zk…","sid":"p3…"}                             ← CONNECT answered
 //! GET  /socket.io/?EIO=4&transport=polling&sid=Xq…
 //!   (time passes: req-12 is parked on the session's outbox and the hub)
-//! 200  42/lab,["event",{"id":7,"data":"At …"},"7"]                  ← a hub event; "7" is its offset
-//!                   ── on the WebSocket port (transportOptions.websocket.port) ──
-//! GET ws://127.0.0.1:8081/socket.io/?EIO=4&transport=websocket&sid=Xq…   101
+//! 200  42/lab,["event",{"id":7,"data":"At …"},"7.0"]                ← a hub event; "7.0" is its offset
+//!                   ── the same port, with Upgrade: websocket ──
+//! GET ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket&sid=Xq…   101
 //! ► 2probe   ◄ 3probe                                               ← the probe
 //!                   (the held GET is answered 6: noop, the client stops polling)
 //! ► 5                                                               ← upgrade: from now on the socket
 //! ► 42/lab,3["publish","hi"]   ◄ 43/lab,3[{"id":8}]                 ← an emit with an ack
-//! ◄ 42/lab,["event",{"id":8,"data":"hi"},"8"]
+//! ◄ 42/lab,["event",{"id":8,"data":"hi"},"8.0"]
 //!   (pingInterval passes)
 //! ◄ 2   ► 3                                                         ← the *server* pings in v4
 //! ```
@@ -68,7 +69,7 @@ use crate::lab::Lab;
 use crate::request::Method;
 use crate::stats::LessonCounters;
 use crossbeam_channel::Receiver;
-use serde_json::json;
+use serde_json::{json, Value};
 use session::{Closer, Socket, Transport};
 use std::collections::HashMap;
 use std::io;
@@ -196,6 +197,18 @@ impl SocketIo {
         closed
             .remove(sid)
             .is_some_and(|until| until > Instant::now())
+    }
+
+    /// A room message for the sockets kept for recovery that would have heard it: their logs
+    /// record it, and a recovery replays it.
+    fn record_for_the_absent(&self, hears: impl Fn(&Socket) -> bool, said: &Value) {
+        let mut recoverable = self.recoverable.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for kept in recoverable.values_mut() {
+            if kept.until > now && hears(&kept.socket) {
+                kept.socket.said.record(said.clone());
+            }
+        }
     }
 
     /// The socket a client asks to recover, if it is still kept.

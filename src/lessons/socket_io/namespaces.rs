@@ -1,7 +1,7 @@
 //! What the lab's Socket.IO server does with packets: its three namespaces.
 //!
 //! - `/lab`, the lesson's own: the hub's events arrive as `"event"` with `{"id", "data"}` and
-//!   the id again as the recovery offset; `emit("publish", text, ack)` publishes to the hub and
+//!   the recovery offset; `emit("publish", text, ack)` publishes to the hub and
 //!   is acked `{"id": N}`; `join`/`leave` rooms; `say` as socket.io's server-side broadcasts,
 //!   never back to the sender: to a room's other members (`socket.to(room)`), to everyone
 //!   else (`socket.broadcast`), leaving out a room's members (`except`); `disconnect-me`
@@ -23,7 +23,7 @@
 //! real server closes the connection ("invalid state"), and so does this one.
 
 use super::packet::{Kind, Packet};
-use super::session::{Closer, Session, Socket, MAX_ASKED};
+use super::session::{Closer, Offset, SaidLog, Session, Socket, MAX_ASKED};
 use super::SocketIo;
 use crate::lab::Lab;
 use serde_json::{json, Value};
@@ -190,6 +190,7 @@ fn connect(
             pid: None,
             name: String::new(),
             rooms: BTreeSet::new(),
+            said: SaidLog::default(),
         };
         let answer = json!({ "sid": socket.id });
         joined(lab, socket_io, session, namespace, socket, answer);
@@ -232,6 +233,7 @@ fn connect(
                 .take(MAX_NAME)
                 .collect(),
             rooms: BTreeSet::new(),
+            said: SaidLog::default(),
         };
         let answer = json!({ "sid": socket.id });
         joined(lab, socket_io, session, namespace, socket, answer);
@@ -254,41 +256,59 @@ fn connect(
         refuse_connect(lab, socket_io, session, namespace, refusal);
         return Ok(());
     }
-    // Recovery: a known pid and an offset the hub's ring still covers.
+    // Recovery: a known pid and an offset (`H.S`, see `session::Offset`) whose hub events the
+    // ring, and whose room messages the socket's log, still cover.
     let recovered = match (auth["pid"].as_str(), auth["offset"].as_str()) {
         (Some(pid), Some(offset)) => socket_io
             .recover(pid)
-            .zip(crate::http::whole_number(offset))
-            .map(|(socket, offset)| (socket, offset.min(lab.hub.last_id()))),
+            .zip(Offset::parse(offset))
+            .filter(|(socket, offset)| socket.said.after(offset.said).1 == 0),
         _ => None,
     };
-    let (socket, cursor) = match recovered {
-        Some((socket, offset)) => (socket, offset),
+    let (socket, offset) = match recovered {
+        Some((socket, offset)) => {
+            let hub = offset.hub.min(lab.hub.last_id());
+            let said = offset.said.min(socket.said.last());
+            (socket, Offset { hub, said })
+        }
         None => {
             let socket = Socket {
                 id: crate::lab::random_id(),
                 pid: Some(crate::lab::random_id()),
                 name: name.to_string(),
                 rooms: BTreeSet::new(),
+                said: SaidLog::default(),
             };
-            (socket, lab.hub.last_id())
+            let fresh = Offset {
+                hub: lab.hub.last_id(),
+                said: 0,
+            };
+            (socket, fresh)
         }
     };
+    let cursor = offset.hub;
     // Subscribe and read the backlog under one lock: nothing slips in between.
     let (backlog, subscription) = lab.hub.subscribe_with_channel(cursor);
-    let (socket, recovered) = if backlog.missed > 0 {
+    let (socket, recovered, offset) = if backlog.missed > 0 {
         // The ring has moved past the offset: this is a new socket after all.
         let fresh = Socket {
             pid: Some(crate::lab::random_id()),
             id: crate::lab::random_id(),
             rooms: BTreeSet::new(),
             name: name.to_string(),
+            said: SaidLog::default(),
         };
-        (fresh, false)
+        let from_now = Offset {
+            hub: lab.hub.last_id(),
+            said: 0,
+        };
+        (fresh, false, from_now)
     } else {
         let recovered = recovered_pid(&auth, &socket);
-        (socket, recovered)
+        (socket, recovered, offset)
     };
+    // The room messages it missed, from its own log (a fresh socket's is empty).
+    let (missed_said, _) = socket.said.after(offset.said);
     let answer = json!({ "sid": socket.id, "pid": socket.pid });
     log::debug!(
         "socket.io {} joined /lab as {:?} (recovered: {recovered}, from event {cursor})",
@@ -296,15 +316,33 @@ fn connect(
         socket.name
     );
     joined(lab, socket_io, session, namespace, socket, answer);
-    if recovered && !backlog.events.is_empty() {
+    let events = if recovered { &backlog.events[..] } else { &[] };
+    // What the client has been rendered so far: up to its offset.
+    session.state().rendered = Offset {
+        hub: events.last().map_or(offset.hub, |e| e.id),
+        said: offset.said,
+    };
+    if !events.is_empty() {
         // Every missed event, in order, as one group: before anything the feed brings.
-        let group = backlog
-            .events
+        let group = events
             .iter()
-            .map(|e| super::session::lab_event(e))
+            .map(|e| {
+                let stamped = Offset {
+                    hub: e.id,
+                    said: offset.said,
+                };
+                super::session::lab_event(e, stamped)
+            })
             .collect();
         if !session.send(group) {
             super::close(socket_io, session, Closer::Server, "slow consumer");
+        }
+    }
+    // Then every room message it missed, in order.
+    for (seq, said) in missed_said {
+        if !session.say(seq, said) {
+            super::close(socket_io, session, Closer::Server, "slow consumer");
+            break;
         }
     }
     session.install_feed(subscription);
@@ -535,24 +573,44 @@ struct Audience<'a> {
     except: Option<&'a str>,
 }
 
-/// `"said"` to the audience; how many got it.
+impl Audience<'_> {
+    fn includes(&self, socket: &Socket) -> bool {
+        self.room.is_none_or(|room| socket.rooms.contains(room))
+            && !self
+                .except
+                .is_some_and(|except| socket.rooms.contains(except))
+    }
+}
+
+/// `"said"` to the audience; how many got it. Each hearer's `/lab` socket numbers it in its
+/// log (the offset's `S`), and so do the sockets kept for recovery whose clients are away:
+/// a recovery replays what they missed.
 fn say(lab: &Lab, socket_io: &SocketIo, audience: &Audience<'_>, said: &Value) -> usize {
-    let packet = Packet::event("/lab", vec![json!("said"), said.clone()], 0);
     let mut delivered = 0;
     for member in socket_io.all_sessions() {
         if member.sid == audience.sender {
             continue;
         }
-        let hears = member.state().sockets.get("/lab").is_some_and(|s| {
-            audience.room.is_none_or(|room| s.rooms.contains(room))
-                && !audience
-                    .except
-                    .is_some_and(|except| s.rooms.contains(except))
-        });
-        if hears {
-            send(lab, socket_io, &member, &packet, &[]);
-            delivered += 1;
+        let seq = member
+            .state()
+            .sockets
+            .get_mut("/lab")
+            .filter(|socket| audience.includes(socket))
+            .map(|socket| socket.said.record(said.clone()));
+        let Some(seq) = seq else { continue };
+        delivered += 1;
+        if !member.say(seq, said.clone()) {
+            lab.stats
+                .slow_consumers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            super::close(
+                socket_io,
+                &member,
+                Closer::Server,
+                "slow consumer (outbox full)",
+            );
         }
     }
+    socket_io.record_for_the_absent(|socket| audience.includes(socket), said);
     delivered
 }

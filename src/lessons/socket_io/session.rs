@@ -14,6 +14,15 @@
 //! The state says which transport serves the session, whether a GET or a POST is in progress
 //! (one of each at a time), when the next ping is due and when a pong must have come, and
 //! which Socket.IO namespaces the client has joined (`Socket`).
+//!
+//! **Recovery offsets.** Socket.IO's connection-state recovery appends an offset to every
+//! broadcast a socket receives, and a reconnecting client sends back the last one it got. On
+//! `/lab` two kinds of broadcast reach a socket: hub events (numbered by the hub) and room
+//! messages (`said`, numbered per socket by its `SaidLog`). So the offset names both, `H.S`:
+//! the last hub event and the last room message rendered for this client, stamped when the
+//! transport takes the packet (`wait_for_packets`), never earlier, so an offset never claims
+//! what the client was not sent. Recovery replays the hub events after `H` from the ring and
+//! the room messages after `S` from the socket's log, which kept recording while it was away.
 
 use super::engine_io::Packet as EioPacket;
 use super::packet::Packet;
@@ -33,11 +42,17 @@ pub const MAX_ASKED: usize = 16;
 /// ignored, as an ack for an unknown id is).
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Room messages a socket keeps for recovery (the newest; older ones are dropped).
+pub const SAID_KEPT: usize = 64;
+
 /// What a transport finds in the outbox.
 #[derive(Debug)]
 pub enum Outgoing {
     /// Packets to write, in order (one Socket.IO packet and its attachments, or a ping...).
     Packets(Vec<EioPacket>),
+    /// A room message for `/lab` (`"said"`), numbered in its socket's `SaidLog`; its offset is
+    /// stamped when a transport takes it.
+    Said { seq: u64, said: Value },
     /// Nothing to write: look again (the feed changed hands or was replaced).
     Wake,
     /// The session ended and the client knows it (it asked, or its socket is gone): a held
@@ -61,6 +76,69 @@ pub struct Socket {
     /// The chat name from the auth payload (`/lab`).
     pub name: String,
     pub rooms: BTreeSet<String>,
+    /// `/lab`: the room messages sent to this socket, for recovery.
+    pub said: SaidLog,
+}
+
+/// A socket's room messages, numbered from 1, the newest `SAID_KEPT` kept: what a recovery
+/// replays after the client's offset. It records while the socket is kept for recovery too.
+#[derive(Clone, Debug, Default)]
+pub struct SaidLog {
+    last: u64,
+    kept: std::collections::VecDeque<(u64, Value)>,
+}
+
+impl SaidLog {
+    /// Number `said` and keep it; its number.
+    pub fn record(&mut self, said: Value) -> u64 {
+        self.last += 1;
+        if self.kept.len() == SAID_KEPT {
+            self.kept.pop_front();
+        }
+        self.kept.push_back((self.last, said));
+        self.last
+    }
+
+    /// The newest number given (0: none yet).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The kept messages after `seq`, in order, and how many after it are no longer kept.
+    pub fn after(&self, seq: u64) -> (Vec<(u64, Value)>, u64) {
+        let kept: Vec<(u64, Value)> = self
+            .kept
+            .iter()
+            .filter(|(n, _)| *n > seq)
+            .cloned()
+            .collect();
+        let first_kept = kept.first().map_or(self.last + 1, |(n, _)| *n);
+        (kept, first_kept.saturating_sub(seq + 1))
+    }
+}
+
+/// A recovery offset, `H.S`: the last hub event and the last room message rendered for a
+/// client (a plain `H`, from a client of an earlier build, means no room message).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offset {
+    pub hub: u64,
+    pub said: u64,
+}
+
+impl Offset {
+    pub fn parse(text: &str) -> Option<Offset> {
+        let (hub, said) = text.split_once('.').unwrap_or((text, "0"));
+        Some(Offset {
+            hub: crate::http::whole_number(hub)?,
+            said: crate::http::whole_number(said)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.hub, self.said)
+    }
 }
 
 /// Who ended the session, which decides what the transport still says.
@@ -96,6 +174,8 @@ pub struct State {
     /// `MAX_ASKED`, each forgotten after `ASK_TIMEOUT` (socket.io's `timeout()` on an emit).
     pub asked: HashMap<u64, (Value, Instant)>,
     pub next_ack_id: u64,
+    /// `/lab`: the offset of what has been rendered for the client so far.
+    pub rendered: Offset,
 }
 
 /// The `/lab` socket's subscription to the hub, passed between transports (see the module).
@@ -150,6 +230,7 @@ impl Session {
                 binary: None,
                 asked: HashMap::new(),
                 next_ack_id: 0,
+                rendered: Offset::default(),
             }),
             upgrade_settled: Condvar::new(),
             feed: Mutex::new(Feed {
@@ -199,6 +280,15 @@ impl Session {
             Err(TrySendError::Full(_)) => false,
             Err(TrySendError::Disconnected(_)) => true, // cannot happen: we hold the receiver
         }
+    }
+
+    /// Queue a room message numbered `seq` in the `/lab` socket's log. `false`: the outbox is
+    /// full (as `send`).
+    pub fn say(&self, seq: u64, said: Value) -> bool {
+        !matches!(
+            self.outbox_tx.try_send(Outgoing::Said { seq, said }),
+            Err(TrySendError::Full(_))
+        )
     }
 
     /// Queue one Socket.IO packet with its attachments, as one group.
@@ -280,6 +370,7 @@ impl Session {
     pub fn wait_for_packets(&self, deadline: Instant, gather: bool) -> Delivery {
         let mut front = Vec::new();
         let mut events = Vec::new();
+        let mut fed = Vec::new();
         let mut ended = false;
         loop {
             let (subscription, generation) = self.take_feed();
@@ -306,9 +397,12 @@ impl Session {
                         let packet = Packet::event("/lab", vec![json!("missed"), missed], 0);
                         events.push(EioPacket::Message(packet.encode()));
                     }
-                    events.extend(batch.events.iter().map(|e| lab_event(e)));
+                    fed.extend(batch.events);
                 }
                 Wake::Other(Outgoing::Packets(packets)) => front.extend(packets),
+                Wake::Other(Outgoing::Said { seq, said }) => {
+                    front.push(self.render_said(seq, said))
+                }
                 Wake::Other(Outgoing::End) => ended = true,
                 Wake::Other(Outgoing::Wake) if Instant::now() < deadline => continue,
                 Wake::Other(Outgoing::Wake) | Wake::OtherGone | Wake::Deadline => {}
@@ -317,15 +411,28 @@ impl Session {
         }
         // Whatever else is queued goes in the same answer; and always before hub events, so a
         // recovered backlog comes before anything the feed brought.
-        while (gather || !events.is_empty()) && !ended {
+        while (gather || !events.is_empty() || !fed.is_empty()) && !ended {
             match self.outbox_rx.try_recv() {
                 Ok(Outgoing::Packets(packets)) => front.extend(packets),
+                Ok(Outgoing::Said { seq, said }) => front.push(self.render_said(seq, said)),
                 Ok(Outgoing::Wake) => {}
                 Ok(Outgoing::End) => ended = true,
                 Err(_) => break,
             }
         }
-        let delivery_events = events.len();
+        // The feed's events come after the outbox's packets, each stamped with the room
+        // messages rendered before it.
+        let delivery_events = fed.len();
+        for event in &fed {
+            let mut state = self.state();
+            state.rendered.hub = state.rendered.hub.max(event.id);
+            let offset = Offset {
+                hub: event.id,
+                said: state.rendered.said,
+            };
+            drop(state);
+            events.push(lab_event(event, offset));
+        }
         front.extend(events);
         if front.contains(&EioPacket::Close) {
             ended = true;
@@ -341,6 +448,20 @@ impl Session {
             events: delivery_events,
             nothing,
         }
+    }
+
+    /// A room message as it goes out: `"said"`, the message and its offset (the hub events
+    /// rendered so far, and this message's number).
+    fn render_said(&self, seq: u64, said: Value) -> EioPacket {
+        let mut state = self.state();
+        state.rendered.said = state.rendered.said.max(seq);
+        let offset = Offset {
+            hub: state.rendered.hub,
+            said: seq,
+        };
+        drop(state);
+        let args = vec![json!("said"), said, json!(offset.to_string())];
+        EioPacket::Message(Packet::event("/lab", args, 0).encode())
     }
 
     /// The next ack id for a question to the client; `None` while `MAX_ASKED` questions are
@@ -362,12 +483,47 @@ impl Session {
 
 /// A hub event on `/lab`: the event `"event"` with `{"id", "data"}` and, last, the offset the
 /// client sends back to recover (`socket.io-client` keeps a trailing string argument).
-pub fn lab_event(event: &Event) -> EioPacket {
-    let args = vec![json!("event"), event.to_json(), json!(event.id.to_string())];
+pub fn lab_event(event: &Event, offset: Offset) -> EioPacket {
+    let args = vec![json!("event"), event.to_json(), json!(offset.to_string())];
     EioPacket::Message(Packet::event("/lab", args, 0).encode())
 }
 
 /// How long a polling GET may be held: the heartbeat's ping ends it sooner.
 pub fn hold_limit(settings: &Settings) -> Duration {
     settings.ping_interval + settings.ping_timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_names_the_hub_event_and_the_room_message_and_reads_back() {
+        let offset = Offset { hub: 7, said: 3 };
+        assert_eq!(offset.to_string(), "7.3");
+        assert_eq!(Offset::parse("7.3"), Some(offset));
+        // A plain id (an older client's) means no room message yet.
+        assert_eq!(Offset::parse("7"), Some(Offset { hub: 7, said: 0 }));
+        for bad in ["", "x", "7.", ".3", "7.3.1", "-1.0", "7.x"] {
+            assert_eq!(Offset::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_said_log_keeps_the_newest_and_says_how_many_after_a_number_it_lost() {
+        let mut log = SaidLog::default();
+        for n in 1..=(SAID_KEPT as u64 + 6) {
+            assert_eq!(log.record(json!(n)), n);
+        }
+        assert_eq!(log.last(), SAID_KEPT as u64 + 6);
+        // Everything after 10 is kept: nothing lost.
+        let (after, lost) = log.after(10);
+        assert_eq!((after.first().map(|(n, _)| *n), lost), (Some(11), 0));
+        assert_eq!(after.len(), SAID_KEPT - 4);
+        // After 2: 3 to 6 were dropped to keep the log bounded.
+        let (after, lost) = log.after(2);
+        assert_eq!((after.len(), lost), (SAID_KEPT, 4));
+        // After the last: nothing, nothing lost.
+        assert_eq!(log.after(log.last()), (Vec::new(), 0));
+    }
 }

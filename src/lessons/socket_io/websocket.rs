@@ -1,4 +1,4 @@
-//! Step 2: Engine.IO's WebSocket transport, on the lab's WebSocket port at `/socket.io/`.
+//! Step 2: Engine.IO's WebSocket transport, at `/socket.io/` on the lab's one port.
 //!
 //! ```text
 //! GET /socket.io/?EIO=4&transport=websocket&sid=Xq…   101     ← the upgrade of a polling session
@@ -14,9 +14,9 @@
 //! does (`Session::wait_for_packets`) and writes what it finds, text frames for text packets
 //! and binary frames for attachments.
 //!
-//! The official client reaches this port with its own option
-//! `transportOptions: { websocket: { port: 8081 } }` (engine.io-client merges a transport's
-//! options over the connection's when it creates that transport).
+//! The handshake is an ordinary GET with `Upgrade: websocket`: the connection's thread reads
+//! it, and the server's upgrade `match` hands it here, so the official client upgrades with
+//! its default options.
 
 use super::session::{hold_limit, Closer, Session, Transport};
 use super::{EngineIoPacket, SocketIo};
