@@ -573,9 +573,13 @@ fn run_channel(
             PULL_WAIT_MS
         });
         let url = format!(
-            "/pushlet/pushlet.srv?p_event=refresh&p_id={}&p_mode={mode}&p_format={}",
+            "/pushlet/pushlet.srv?p_event=refresh&p_id={}&p_mode={mode}&p_format={}{}",
             session.id,
-            format.name()
+            format.name(),
+            match format {
+                Format::Js { original: true } => "&lab_mode=original",
+                _ => "",
+            }
         );
         let refresh = fields(&[
             ("p_event", "refresh"),
@@ -583,6 +587,7 @@ fn run_channel(
             ("p_url", &url),
         ]);
         out.write_chunk(format.event(&refresh).as_bytes())?;
+        out.write_chunk(format.refresh_trigger(&url, wait).as_bytes())?;
         out.write_chunk(format.end().as_bytes())
     };
     // Pull and poll: the listen-ack alone, then come back by refresh (a refresh-ack is
@@ -757,6 +762,20 @@ impl Format {
             Format::Js { .. } => "</body></html>\n",
             Format::Xml => "",
             Format::XmlStrict => "</pushlet>",
+        }
+    }
+
+    /// What makes a `js` page of a pull or poll channel load the next by itself after `wait`
+    /// ms, as the original's pages did: the hidden iframe refreshes itself, and the page
+    /// around it (the original's `js-pushlet-net.html`, or ours) only hears the events. The
+    /// XML formats leave that to the client (the refresh event says where and when).
+    fn refresh_trigger(&self, url: &str, wait: u64) -> String {
+        match self {
+            Format::Js { .. } => {
+                let url = http::json_for_script(&serde_json::Value::String(url.into()));
+                format!("<script>setTimeout(function () {{ document.location.href = {url}; }}, {wait});</script>\n")
+            }
+            Format::Xml | Format::XmlStrict => String::new(),
         }
     }
 

@@ -552,3 +552,35 @@ fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_heartbeat() {
     assert_eq!(stats(addr)["departed"], 1);
     assert_eq!(stats(addr)["pushlets_sessions"], 2, "the session lives on");
 }
+
+/// A `js` page of a pull channel refreshes itself, as the original's pages did: after its
+/// events, a script sends the hidden iframe to the refresh URL once `p_wait` has passed, so
+/// the page around it only hears events (the original `js-pushlet-net.html` relied on that).
+#[test]
+fn a_js_pull_page_loads_the_next_by_itself_after_its_wait() {
+    let lab = lab();
+    let addr = lab.addr();
+    let id = join(addr);
+    subscribe(addr, &id, "/lab");
+    let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=js");
+    let page = get(addr, &path).unwrap().body;
+    let refresh_url = format!(
+        "/pushlet/pushlet.srv?p_event=refresh\\u0026p_id={id}\\u0026p_mode=pull\\u0026p_format=js"
+    );
+    let trigger = page
+        .find(&format!(
+            "setTimeout(function () {{ document.location.href = \"{refresh_url}\"; }}, "
+        ))
+        .unwrap_or_else(|| panic!("no self-refresh in {page}"));
+    let wait: u64 = page[trigger..]
+        .split("}, ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap();
+    assert!(
+        (2000..=6000).contains(&wait),
+        "the original's pull wait: {wait}"
+    );
+    assert!(page.trim_end().ends_with("</body></html>"), "{page}");
+}
