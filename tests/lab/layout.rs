@@ -33,6 +33,8 @@ fn lessons() -> Vec<String> {
 #[test]
 fn every_lesson_has_its_module_page_example_tests_and_chapter() {
     let book = std::fs::read_to_string(root().join("LESSONS.md")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let test_binary = std::fs::read_to_string(root().join("tests/lab/main.rs")).unwrap();
     let lessons = lessons();
     assert!(lessons.len() >= 18, "{lessons:?}");
     let mut missing = Vec::new();
@@ -51,6 +53,19 @@ fn every_lesson_has_its_module_page_example_tests_and_chapter() {
             .any(|l| l.starts_with("## Chapter") && l.contains(&format!("`{name}`")));
         if !chapter {
             missing.push(format!("a LESSONS.md chapter heading naming `{name}`"));
+        }
+        if !test_binary.contains(&format!("\nmod {name};\n")) {
+            missing.push(format!("`mod {name};` in tests/lab/main.rs"));
+        }
+        // The compare page is every lesson at once: it is not one of the index's lessons.
+        let listed = reverse_ajax_lab::lessons::LESSONS
+            .iter()
+            .any(|lesson| lesson.name == name);
+        if name != "compare" && !listed {
+            missing.push(format!("`{name}` in src/lessons/mod.rs's LESSONS"));
+        }
+        if name != "compare" && !readme.contains(&format!("`/lessons/{name}`")) {
+            missing.push(format!("a row for `/lessons/{name}` in README.md's table"));
         }
     }
     assert!(
