@@ -228,3 +228,20 @@ fn behind_a_proxy_measures_every_technique_direct_and_through_nginx_losing_nothi
         assert!(row.ends_with("| 0/0 |"), "lost events: {row}");
     }
 }
+
+/// `scripts/figures`, the book's one command for its tables, is valid bash, knows its parts,
+/// and refuses an unknown one before it builds or measures anything.
+#[test]
+fn the_figures_script_parses_and_refuses_an_unknown_part() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/figures");
+    let syntax = Command::new("bash").args(["-n", script]).status().unwrap();
+    assert!(syntax.success(), "bash -n {script}");
+    let refused = Command::new(script).arg("no-such-part").output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    for part in [
+        "compare", "latency", "capacity", "flood", "soak", "proxy", "redis",
+    ] {
+        assert!(said.contains(part), "{said}");
+    }
+}
