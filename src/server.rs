@@ -510,7 +510,8 @@ fn index_html(lab: &Lab, client: Option<&crate::forwarded::Client>) -> String {
         .filter(|l| lab.config.only.is_none_or(|only| only == l.name))
     {
         items.push_str(&format!(
-            "<li><a href=\"/lessons/{name}\">{title}</a> {endpoint}<br>{idea}</li>\n",
+            "<li>{chapter}. <a href=\"/lessons/{name}\">{title}</a> {endpoint}<br>{idea}</li>\n",
+            chapter = lesson.chapter,
             name = lesson.name,
             title = http::escape_html(lesson.title),
             endpoint = lesson.endpoints.first().map_or(String::new(), |e| format!(

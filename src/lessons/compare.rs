@@ -39,6 +39,7 @@ use crate::lessons::Lesson;
 /// The page, listed with the other lessons so the index links it.
 pub const LESSON: Lesson = Lesson {
     name: "compare",
+    chapter: 13,
     title: "Every technique side by side",
     idea: "One tab, every technique against the same events: timelines, requests, empty answers, bytes and latency.",
     page: include_str!("../../html/compare.html"),

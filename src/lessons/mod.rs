@@ -31,6 +31,8 @@ pub mod websocket;
 pub struct Lesson {
     /// The one name shared by `src/lessons/`, `html/`, `examples/`, `tests/` and LESSONS.md.
     pub name: &'static str,
+    /// Its chapter in LESSONS.md (the list is in the book's order).
+    pub chapter: u8,
     pub title: &'static str,
     /// The idea in one line, shown on the index.
     pub idea: &'static str,
@@ -43,6 +45,7 @@ pub struct Lesson {
 pub const LESSONS: &[Lesson] = &[
     Lesson {
         name: "polling",
+        chapter: 1,
         title: "HTTP polling",
         idea: "Ask every 2 seconds whether anything happened; most answers say no.",
         page: include_str!("../../html/polling.html"),
@@ -50,6 +53,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "jsonp_polling",
+        chapter: 2,
         title: "JSONP polling",
         idea: "Polling across origins with a script tag, because a plain XHR to another origin is blocked.",
         page: include_str!("../../html/jsonp_polling.html"),
@@ -57,6 +61,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "cors",
+        chapter: 3,
         title: "CORS polling",
         idea: "A plain fetch across origins, readable because the server names the page's origin.",
         page: include_str!("../../html/cors.html"),
@@ -64,6 +69,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "piggyback",
+        chapter: 4,
         title: "Piggyback polling",
         idea: "Never ask just for events: they ride along on requests the page makes anyway.",
         page: include_str!("../../html/piggyback.html"),
@@ -71,6 +77,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "long_polling",
+        chapter: 5,
         title: "XHR long polling (Comet)",
         idea: "Ask once; the server holds the request until an event arrives or a deadline passes.",
         page: include_str!("../../html/long_polling.html"),
@@ -78,13 +85,23 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "script_long_polling",
+        chapter: 6,
         title: "Script-tag long polling (Comet)",
         idea: "Long polling across origins: each held answer is a script that asks again.",
         page: include_str!("../../html/script_long_polling.html"),
         endpoints: &[("GET", "/events/long-poll-script")],
     },
     Lesson {
+        name: "buffering",
+        chapter: 7,
+        title: "The buffering trap",
+        idea: "The same stream through a buffered writer: nothing arrives until the stream ends.",
+        page: include_str!("../../html/buffering.html"),
+        endpoints: &[("GET", "/events/buffered")],
+    },
+    Lesson {
         name: "forever_iframe",
+        chapter: 8,
         title: "Forever iframe (Comet streaming)",
         idea: "A hidden iframe loads a page that never ends; each event is one more <script> tag.",
         page: include_str!("../../html/forever_iframe.html"),
@@ -92,6 +109,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "multipart_streaming",
+        chapter: 9,
         title: "Multipart streaming (Comet streaming)",
         idea: "One multipart/x-mixed-replace response, one part per event, read with fetch().",
         page: include_str!("../../html/multipart_streaming.html"),
@@ -99,20 +117,15 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "fetch_streaming",
+        chapter: 10,
         title: "Fetch streaming (NDJSON)",
         idea: "fetch() reads a response that never ends, one JSON event per line, as it arrives.",
         page: include_str!("../../html/fetch_streaming.html"),
         endpoints: &[("GET", "/events/stream")],
     },
     Lesson {
-        name: "buffering",
-        title: "The buffering trap",
-        idea: "The same stream through a buffered writer: nothing arrives until the stream ends.",
-        page: include_str!("../../html/buffering.html"),
-        endpoints: &[("GET", "/events/buffered")],
-    },
-    Lesson {
         name: "sse",
+        chapter: 11,
         title: "Server-Sent Events",
         idea: "The standard stream: EventSource reconnects by itself and resumes from Last-Event-ID.",
         page: include_str!("../../html/sse.html"),
@@ -120,14 +133,18 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "websocket",
+        chapter: 12,
         title: "WebSocket",
         idea: "One handshake, then a full-duplex socket: events pushed as frames, your messages sent back.",
         page: include_str!("../../html/websocket.html"),
         // A handshake on the HTTP port (`Upgrade: websocket`); a plain GET is told so (426).
         endpoints: &[("GET", "/events/ws")],
     },
+    // Every lesson above at once, in one tab.
+    compare::LESSON,
     Lesson {
         name: "socket_io",
+        chapter: 15,
         title: "Socket.IO (Engine.IO 4, Socket.IO 5)",
         idea: "A session that starts on long polling and upgrades to a WebSocket, carrying named events, acks and rooms.",
         page: include_str!("../../html/socket_io.html"),
@@ -136,6 +153,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "bayeux",
+        chapter: 16,
         title: "CometD's Bayeux protocol",
         idea: "Publish and subscribe on named channels, a client id from a handshake, and one held /meta/connect carrying every delivery.",
         page: include_str!("../../html/bayeux.html"),
@@ -143,6 +161,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "pushlets",
+        chapter: 17,
         title: "Pushlets",
         idea: "The observer pattern over HTTP: a session, subjects to subscribe to, and one data channel that streams, pulls or polls.",
         page: include_str!("../../html/pushlets.html"),
@@ -150,6 +169,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "atmosphere",
+        chapter: 18,
         title: "Atmosphere",
         idea: "One broadcaster over every transport: the client tries WebSocket, falls back to SSE, streaming or long polling, and resumes by its tracking id.",
         page: include_str!("../../html/atmosphere.html"),
@@ -158,6 +178,7 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "scale_out",
+        chapter: 20,
         title: "Scale-out through Redis",
         idea: "Two labs share one stream of events through Redis: the same ids everywhere, so a client can move with its cursor.",
         page: include_str!("../../html/scale_out.html"),
@@ -166,14 +187,13 @@ pub const LESSONS: &[Lesson] = &[
     },
     Lesson {
         name: "behind_a_proxy",
+        chapter: 21,
         title: "Behind a proxy (nginx)",
         idea: "A real nginx in front: streams it buffers, holds it cuts, WebSockets it drops, and the lines that make it pass everything on.",
         page: include_str!("../../html/behind_a_proxy.html"),
         // Its page is meant to be opened through nginx (`cargo run --example behind_a_proxy`).
         endpoints: &[("GET", "/events/sse-unmarked"), ("GET", "/behind-a-proxy")],
     },
-    // Every lesson above at once, in one tab.
-    compare::LESSON,
 ];
 
 /// Paths every run serves, whichever lessons it serves.
