@@ -584,3 +584,93 @@ fn a_js_pull_page_loads_the_next_by_itself_after_its_wait() {
     );
     assert!(page.trim_end().ends_with("</body></html>"), "{page}");
 }
+
+/// The events of a `js` page, read as the original JavaScript client reads them: every
+/// `parent.push(name, value, name, value...)` call, its pairs in a map.
+fn js_events(page: &str) -> Vec<std::collections::HashMap<String, String>> {
+    page.split("<script>parent.push(")
+        .skip(1)
+        .map(|call| {
+            let args = &call[..call.find(");</script>").expect("a whole call")];
+            let args: Vec<String> = serde_json::from_str(&format!("[{args}]")).unwrap();
+            args.chunks(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Exactly the requests the original JavaScript client (js-pushlet-client.js) builds: no
+/// `p_format` anywhere (the server's default, `js`), the mode only at listen, `p_id` last on
+/// every control request; each answer read from its `parent.push` calls.
+#[test]
+fn the_original_javascript_client_joins_listens_subscribes_publishes_and_leaves_unchanged() {
+    let lab = lab();
+    let addr = lab.addr();
+    let control = |query: &str| js_events(&get(addr, &format!("{SRV}?{query}")).unwrap().body);
+    // p_join(): the control frame loads the join.
+    let joined = control("p_event=join");
+    assert_eq!(joined[0]["p_event"], "join-ack");
+    let id = joined[0]["p_id"].clone();
+    // p_listen('/lab', 'stream'): the data frame loads the listen, and keeps it.
+    let listen = format!("{SRV}?p_id={id}&p_event=listen&p_subject=/lab&p_mode=stream");
+    let mut channel = Stream::open(addr, &listen, &[]).unwrap();
+    assert_eq!(
+        channel.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+    let page = read_until(&mut channel, "listen-ack");
+    let ack = &js_events(&page)[0];
+    assert_eq!(
+        (ack["p_event"].as_str(), ack["p_mode"].as_str()),
+        ("listen-ack", "stream")
+    );
+    assert_eq!(ack["p_sid"], "1", "its subject, /lab, subscribed");
+    // p_heartbeat(), p_subscribe('/chat', 'room'), p_publish('/chat/a', 'nick', 'ann', ...).
+    assert_eq!(
+        control(&format!("p_event=hb&p_id={id}"))[0]["p_event"],
+        "hb-ack"
+    );
+    let subscribed = control(&format!(
+        "p_event=subscribe&p_subject=/chat&p_label=room&p_id={id}"
+    ));
+    assert_eq!(subscribed[0]["p_event"], "subscribe-ack");
+    let sid = subscribed[0]["p_sid"].clone();
+    let published = control(&format!(
+        "p_event=publish&p_subject=/chat/a&nick=ann&msg=hi&p_id={id}"
+    ));
+    assert_eq!(published[0]["p_event"], "publish-ack");
+    let page = read_until(&mut channel, "ann");
+    let data = js_events(&page)
+        .into_iter()
+        .find(|e| e.get("nick").is_some_and(|n| n == "ann"))
+        .unwrap();
+    assert_eq!(
+        (
+            &data["p_event"],
+            &data["p_subject"],
+            &data["msg"],
+            &data["p_label"],
+            &data["p_sid"]
+        ),
+        (
+            &"data".to_string(),
+            &"/chat/a".to_string(),
+            &"hi".to_string(),
+            &"room".to_string(),
+            &sid
+        )
+    );
+    // p_unsubscribe(sid), then p_leave(): the data frame's page ends with an abort.
+    let unsubscribed = control(&format!("p_event=unsubscribe&p_sid={sid}&p_id={id}"));
+    assert_eq!(unsubscribed[0]["p_event"], "unsubscribe-ack");
+    assert_eq!(
+        control(&format!("p_event=leave&p_id={id}"))[0]["p_event"],
+        "leave-ack"
+    );
+    let page = read_until(&mut channel, "</html>");
+    assert!(
+        js_events(&page).iter().any(|e| e["p_event"] == "abort"),
+        "{page}"
+    );
+}
