@@ -9,7 +9,7 @@
 //! cargo run --release --example latency -- sse 1000 --redis redis://127.0.0.1:6379  # through Redis
 //! cargo run --release --example latency -- long-poll 1000 --against peer  # and the Node peer
 //! cargo run --release --example latency -- ws 1000 --against peer --markdown  # and a table row
-//! cargo run --release --example latency -- sse 1000 --throughput --against peer
+//! cargo run --release --example latency -- sse 1000 --throughput --against peer [--markdown]
 //! cargo run --release --example latency -- wakes 1000      # what waking 1,000 threads costs
 //! ```
 //!
@@ -198,6 +198,28 @@ fn main() {
                 ));
             }
         }
+        if args.iter().any(|a| a == "--markdown") {
+            let servers = [("lab", &ours), ("peer", &theirs)];
+            println!("\n| {clients} {technique} clients | highest rate that passed | server CPU there | p50 / p99 there | first rate over |");
+            println!("| --- | ---: | ---: | ---: | --- |");
+            for (server, climbs) in servers {
+                for (round, climb) in climbs.iter().enumerate() {
+                    let there = climb.at_best.map_or("-".into(), |(cpu, p50, p99)| {
+                        format!("{:.0} % | {p50:.1} / {p99:.1} ms", cpu * 100.0)
+                    });
+                    let over = climb.over.map_or("none".into(), |(rate, p99, lost)| {
+                        format!("{rate}/s: p99 {p99:.0} ms, {lost} lost")
+                    });
+                    println!(
+                        "| {server}, round {} | {}/s | {there} | {over} |",
+                        round + 1,
+                        climb.best
+                    );
+                }
+            }
+        }
+        let ours: Vec<u64> = ours.iter().map(|c| c.best).collect();
+        let theirs: Vec<u64> = theirs.iter().map(|c| c.best).collect();
         let best = |all: &[u64]| all.iter().copied().min().unwrap_or(0);
         let rounds = |all: &[u64]| {
             let each: Vec<String> = all.iter().map(|r| format!("{r}/s")).collect();
@@ -405,6 +427,17 @@ const RATES: [u64; 20] = [
 /// `--throughput`: the same clients held throughout, the rate raised step by step
 /// (`--seconds` each) until a step loses an event, misses its rate, or has a p99 of 100 ms or
 /// more. Returns the highest rate that passed (0 if none did).
+/// What one climb of the rates found: the highest rate that passed, what the server spent
+/// there, and the first rate that did not.
+#[derive(Default)]
+struct Climb {
+    best: u64,
+    /// At `best`: the server's CPU (fraction of one core), p50 and p99 in ms.
+    at_best: Option<(f64, f64, f64)>,
+    /// The first rate over: the rate, its p99, and what was lost.
+    over: Option<(u64, f64, u64)>,
+}
+
 fn throughput(
     run: &Run,
     rates: &[u64],
@@ -412,9 +445,9 @@ fn throughput(
     addr: SocketAddr,
     ws_addr: SocketAddr,
     pid: u32,
-) -> u64 {
+) -> Climb {
     let mut clients = Clients::connect(&run.technique, run.clients, addr, ws_addr);
-    let mut best = 0;
+    let mut climb = Climb::default();
     for &rate in rates {
         let events = rate * seconds;
         let step = clients.step(
@@ -437,11 +470,13 @@ fn throughput(
             if passed { "" } else { "  ← over" }
         );
         if !passed {
+            climb.over = Some((rate, step.p99_ms, step.lost));
             break;
         }
-        best = rate;
+        climb.best = rate;
+        climb.at_best = Some((step.cpu, step.p50_ms, step.p99_ms));
     }
-    best
+    climb
 }
 
 /// Every client of one run, read by this thread through one epoll set.
