@@ -126,15 +126,22 @@ pub fn accept<'lab, T>(
 
 /// Limits, and buffers sized for the lab's small frames: tungstenite's defaults (128 KiB to
 /// read into, 128 KiB to gather writes in) cost about 100 KiB of resident memory per
-/// connection once touched (measured with `flood`, LESSONS.md Appendix A). 4 KiB reads a small frame in one
-/// go (a bigger one takes several reads); a write buffer of 0 sends each frame at once, which
-/// our writers want anyway (they flush after every frame).
+/// connection once touched (measured with `flood`, LESSONS.md Appendix A). 1 KiB reads a
+/// chat line in one go (a bigger frame takes several reads; 4 KiB cost 3 KiB more per socket,
+/// measured with `latency ws 1000`); a write buffer of 0 sends each frame at once, which our
+/// writers want anyway (they flush after every frame).
 pub fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
+}
+
+/// `config` for the writing half, which never reads: its read buffer is the smallest
+/// tungstenite takes (a full one cost 4 KiB per socket, measured with `latency ws 1000`).
+pub fn writer_config(max_message: usize) -> WebSocketConfig {
+    config(max_message).read_buffer_size(64)
 }
 
 /// The reading half: reads go to the socket, writes go nowhere. tungstenite would answer

@@ -105,7 +105,8 @@ fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()
     // 3. Split: the reader keeps this thread, the writer gets its own.
     let read_half = ReadOnly(stream.try_clone()?);
     let reader = WebSocket::from_partially_read(read_half, pending, Role::Server, Some(config));
-    let writer = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
+    let writer_config = crate::ws::writer_config(lab.config.max_body);
+    let writer = WebSocket::from_raw_socket(stream, Role::Server, Some(writer_config));
     let (to_writer, from_reader) = unbounded();
     let last_heard = AtomicU64::new(0);
     let started = Instant::now();

@@ -116,7 +116,8 @@ fn serve(
     drop(socket);
     let config = crate::ws::config(lab.config.max_body);
     let reader = WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config));
-    let mut writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(config));
+    let writer_config = crate::ws::writer_config(lab.config.max_body);
+    let mut writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(writer_config));
     let Some(stop_line) = attached.stop_line() else {
         return Ok(()); // superseded before it began
     };

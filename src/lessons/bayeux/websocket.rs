@@ -84,7 +84,7 @@ pub fn upgrade(lab: &Lab, bayeux: &Bayeux, request: Request) -> io::Result<()> {
     let writer = Mutex::new(WebSocket::from_raw_socket(
         write_half,
         Role::Server,
-        Some(config),
+        Some(crate::ws::writer_config(lab.config.max_body)),
     ));
     log::debug!("ws {id} is a bayeux websocket");
     read_batches(lab, bayeux, reader, &writer, id, &counters);

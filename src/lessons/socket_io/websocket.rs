@@ -143,7 +143,8 @@ fn serve(
     drop(socket);
     let reader =
         WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config(socket_io)));
-    let writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(config(socket_io)));
+    let writer_config = config(socket_io).read_buffer_size(64); // it never reads (ws::writer_config)
+    let writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(writer_config));
     let (to_writer, from_reader) = unbounded();
     let session = &session;
     let counters = &counters;
