@@ -97,6 +97,12 @@ pub struct SocketIo {
     pub settings: Settings,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     recoverable: Mutex<HashMap<String, Recoverable>>,
+    /// Held while a room message passes the sockets, and while a `/lab` socket moves between
+    /// a session and `recoverable`: so each message meets each socket once, in one place or
+    /// the other. (Without it, a message could be logged by a socket just before it moved and
+    /// again in the recovery store, or miss a socket on its way back.) Taken before any
+    /// session's state or `recoverable`.
+    room_order: Mutex<()>,
     /// Polling sessions the client closed with no GET held, for a moment: see `last_get`.
     closed_by_client: Mutex<HashMap<String, Instant>>,
     heartbeat: super::Alarm,
@@ -108,6 +114,7 @@ impl SocketIo {
             settings,
             sessions: Mutex::new(HashMap::new()),
             recoverable: Mutex::new(HashMap::new()),
+            room_order: Mutex::new(()),
             closed_by_client: Mutex::new(HashMap::new()),
             heartbeat: super::Alarm::default(),
         }
@@ -124,6 +131,12 @@ impl SocketIo {
 
     fn session(&self, sid: &str) -> Option<Arc<Session>> {
         self.sessions().get(sid).cloned()
+    }
+
+    /// **BLOCKS** while another room message passes the sockets, or a socket moves to or from
+    /// the recovery store; the guard lets the next one go.
+    fn room_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.room_order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every session but none of their locks (to send to rooms).
@@ -600,6 +613,8 @@ pub fn receive(
 
 /// Step 5: end a session. Idempotent: the first caller wins.
 pub fn close(socket_io: &SocketIo, session: &Arc<Session>, closer: Closer, why: &str) {
+    // No room message may pass between taking the sockets and keeping them for recovery.
+    let order = socket_io.room_order();
     let sockets = {
         let mut state = session.state();
         if state.closed {
@@ -625,6 +640,7 @@ pub fn close(socket_io: &SocketIo, session: &Arc<Session>, closer: Closer, why: 
             socket_io.keep_for_recovery(pid, socket);
         }
     }
+    drop(order);
     session.end(closer);
     log::debug!("socket.io session {} closed: {why}", session.sid);
 }

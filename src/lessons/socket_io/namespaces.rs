@@ -5,8 +5,9 @@
 //!   is acked `{"id": N}`; `join`/`leave` rooms; `say` as socket.io's server-side broadcasts,
 //!   never back to the sender: to a room's other members (`socket.to(room)`), to everyone
 //!   else (`socket.broadcast`), leaving out a room's members (`except`); `disconnect-me`
-//!   makes the server end the socket (DISCONNECT: "io server disconnect"); `ask-me` makes the *server* emit a `"question"` with an ack id, and the client's
-//!   ack comes back as `"answered"`. CONNECT needs an auth payload with a `name`; without one
+//!   makes the server end the socket (DISCONNECT: "io server disconnect"); `ask-me` makes
+//!   the *server* emit a `"question"` with an ack id, and the client's ack comes back as
+//!   `"answered"`. CONNECT needs an auth payload with a `name`; without one
 //!   it is refused with CONNECT_ERROR.
 //! - `/` and `/custom` behave as the protocol's reference server for its conformance suite:
 //!   CONNECT is answered with `"auth"` and the auth payload, `"message"` with
@@ -256,6 +257,10 @@ fn connect(
         refuse_connect(lab, socket_io, session, namespace, refusal);
         return Ok(());
     }
+    // From taking the socket out of the recovery store until it sits in this session, with
+    // what it missed queued, no room message may pass (`SocketIo::room_order`): one would
+    // find the socket in neither place, or be queued before the older ones it missed.
+    let order = socket_io.room_order();
     // Recovery: a known pid and an offset (`H.S`, see `session::Offset`) whose hub events the
     // ring, and whose room messages the socket's log, still cover.
     let recovered = match (auth["pid"].as_str(), auth["offset"].as_str()) {
@@ -315,13 +320,29 @@ fn connect(
         session.sid,
         socket.name
     );
-    joined(lab, socket_io, session, namespace, socket, answer);
     let events = if recovered { &backlog.events[..] } else { &[] };
-    // What the client has been rendered so far: up to its offset.
-    session.state().rendered = Offset {
-        hub: events.last().map_or(offset.hub, |e| e.id),
-        said: offset.said,
-    };
+    {
+        let mut state = session.state();
+        if state.closed {
+            // The session ended while we looked: the socket goes back to be recovered later.
+            drop(state);
+            if let Some(pid) = socket.pid.clone() {
+                socket_io.keep_for_recovery(pid, socket);
+            }
+            return Ok(());
+        }
+        state.connect_due = None;
+        state.sockets.insert(namespace.to_string(), socket);
+        // What the client has been rendered so far: up to its offset.
+        state.rendered = Offset {
+            hub: events.last().map_or(offset.hub, |e| e.id),
+            said: offset.said,
+        };
+    }
+    // Queued in order, the guard still held: CONNECT, the missed events, the missed room
+    // messages. A full outbox closes the session, after the guard is let go (closing takes
+    // it too).
+    let mut full = !session.emit(&Packet::new(Kind::Connect, namespace, Some(answer)), &[]);
     if !events.is_empty() {
         // Every missed event, in order, as one group: before anything the feed brings.
         let group = events
@@ -334,16 +355,19 @@ fn connect(
                 super::session::lab_event(e, stamped)
             })
             .collect();
-        if !session.send(group) {
-            super::close(socket_io, session, Closer::Server, "slow consumer");
-        }
+        full |= !session.send(group);
     }
     // Then every room message it missed, in order.
     for (seq, said) in missed_said {
-        if !session.say(seq, said) {
-            super::close(socket_io, session, Closer::Server, "slow consumer");
-            break;
-        }
+        full |= !session.say(seq, said);
+    }
+    drop(order);
+    if full {
+        lab.stats
+            .slow_consumers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::close(socket_io, session, Closer::Server, "slow consumer");
+        return Ok(());
     }
     session.install_feed(subscription);
     Ok(())
@@ -587,6 +611,10 @@ impl Audience<'_> {
 /// a recovery replays what they missed.
 fn say(lab: &Lab, socket_io: &SocketIo, audience: &Audience<'_>, said: &Value) -> usize {
     let mut delivered = 0;
+    let mut slow = Vec::new();
+    // One room message at a time, and no socket moving to or from the recovery store while
+    // this one passes: each socket logs it once, live or kept (`SocketIo::room_order`).
+    let order = socket_io.room_order();
     for member in socket_io.all_sessions() {
         if member.sid == audience.sender {
             continue;
@@ -600,17 +628,98 @@ fn say(lab: &Lab, socket_io: &SocketIo, audience: &Audience<'_>, said: &Value) -
         let Some(seq) = seq else { continue };
         delivered += 1;
         if !member.say(seq, said.clone()) {
-            lab.stats
-                .slow_consumers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            super::close(
-                socket_io,
-                &member,
-                Closer::Server,
-                "slow consumer (outbox full)",
-            );
+            slow.push(member);
         }
     }
     socket_io.record_for_the_absent(|socket| audience.includes(socket), said);
+    drop(order);
+    // Closing takes `room_order` itself, so the slow consumers go after it is let go.
+    for member in slow {
+        lab.stats
+            .slow_consumers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::close(
+            socket_io,
+            &member,
+            Closer::Server,
+            "slow consumer (outbox full)",
+        );
+    }
     delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lessons::socket_io::session::Transport;
+
+    fn lab() -> Lab {
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Lab {
+            config: crate::Config::default(),
+            hub: crate::hub::Hub::new(64, 64),
+            broker: None,
+            stats: Default::default(),
+            addr,
+            websocket_url: String::new(),
+            other_addr: addr,
+            shares: Default::default(),
+            activity: Default::default(),
+            connections: Default::default(),
+        }
+    }
+
+    /// A session whose `/lab` socket (named `name`, with `auth`'s pid and offset if any) is
+    /// in room `r`.
+    fn joined_r(lab: &Lab, socket_io: &SocketIo, name: &str, auth: Value) -> Arc<Session> {
+        let session = socket_io.open(Transport::Polling);
+        let mut auth = auth;
+        auth["name"] = json!(name);
+        let connect = Packet::new(Kind::Connect, "/lab", Some(auth));
+        receive(lab, socket_io, &session, connect, vec![]).unwrap();
+        let mut state = session.state();
+        let socket = state.sockets.get_mut("/lab").expect("joined /lab");
+        socket.rooms.insert("r".into());
+        drop(state);
+        session
+    }
+
+    /// While room messages are said, a socket leaves (its session closes: it is kept for
+    /// recovery) and comes back (a new session recovers it). Its log must end up holding every
+    /// message once, in order: none logged twice by the live session and the recovery store,
+    /// none lost between them. Repeated, because the two threads race.
+    #[test]
+    fn a_socket_moving_to_and_from_recovery_logs_each_room_message_once() {
+        const SAID: u64 = 40;
+        for round in 0..200 {
+            let lab = lab();
+            let socket_io = SocketIo::new(Default::default());
+            let sender = joined_r(&lab, &socket_io, "a", json!({}));
+            let away = joined_r(&lab, &socket_io, "b", json!({}));
+            let pid = away.state().sockets["/lab"].pid.clone().unwrap();
+            let audience = Audience {
+                sender: &sender.sid,
+                room: Some("r"),
+                except: None,
+            };
+            let back = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    for n in 1..=SAID {
+                        say(&lab, &socket_io, &audience, &json!(n));
+                    }
+                });
+                super::super::close(&socket_io, &away, Closer::Client, "test");
+                let offset = format!("{}.0", lab.hub.last_id());
+                let auth = json!({ "pid": pid, "offset": offset });
+                joined_r(&lab, &socket_io, "b", auth)
+            });
+            let state = back.state();
+            let socket = &state.sockets["/lab"];
+            assert_eq!(socket.pid.as_deref(), Some(pid.as_str()), "round {round}");
+            let (logged, lost) = socket.said.after(0);
+            let logged: Vec<Value> = logged.into_iter().map(|(_, said)| said).collect();
+            let every: Vec<Value> = (1..=SAID).map(|n| json!(n)).collect();
+            assert_eq!((logged, lost), (every, 0), "round {round}");
+        }
+    }
 }
