@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::browser::Browser;
-use common::{deadline, start_lab_with, stats, wait_until};
+use common::{deadline, start_lab_with, stats, wait_for_stat, wait_until};
 use reverse_ajax_lab::client::{get, post, publish, request, Stream};
 use reverse_ajax_lab::RunningLab;
 use serde_json::Value;
@@ -63,7 +63,7 @@ fn the_handshake_names_a_tracking_id_and_a_long_poll_is_held_until_the_broadcast
 
     let addr = lab.addr();
     let held = std::thread::spawn(move || get(addr, &url("long-polling", &id, true)).unwrap());
-    wait_until("the poll is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the poll is parked");
     let published = publish(addr, "the broadcast").unwrap();
     let answer = held.join().unwrap();
     let (length, message) = answer.body.split_once('|').unwrap();

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{start_lab_with, stats, wait_until};
+use common::{assert_stat, start_lab_with, stats, wait_for_stat, wait_until};
 use reverse_ajax_lab::client::{get, post, publish, request};
 use reverse_ajax_lab::RunningLab;
 use serde_json::{json, Value};
@@ -12,9 +12,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn lab() -> RunningLab {
+    lab_holding(Duration::from_millis(2000), Duration::from_millis(1000))
+}
+
+/// A lab that holds a connect for `timeout` and forgets a client `max_interval` after its
+/// last connect.
+fn lab_holding(timeout: Duration, max_interval: Duration) -> RunningLab {
     start_lab_with(|c| {
-        c.bayeux.timeout = Duration::from_millis(2000);
-        c.bayeux.max_interval = Duration::from_millis(1000);
+        c.bayeux.timeout = timeout;
+        c.bayeux.max_interval = max_interval;
     })
 }
 
@@ -100,7 +106,7 @@ fn the_first_connect_is_answered_at_once_and_the_next_is_held_until_a_delivery()
         let client = client.clone();
         move || connect(addr, &client, json!({}))
     });
-    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the connect is parked");
     let id = publish(addr, "to the held connect").unwrap();
     let replies = held.join().unwrap();
     assert_eq!(
@@ -221,42 +227,37 @@ fn bad_input_gets_bayeux_errors_and_changes_nothing() {
     );
     assert_eq!(unknown[0]["error"], "402::session_unknown");
     assert!(unknown[0]["advice"].is_null(), "{unknown:?}");
-    assert_eq!(error(json!([{"clientId": client}])), "400::channel_missing");
-    assert_eq!(
-        error(json!([{"channel": "no-slash", "clientId": client}])),
-        "405::channel_invalid"
-    );
-    assert_eq!(
-        error(json!([{"channel": "/chat/*", "clientId": client, "data": 1}])),
-        "400::channel_wild"
-    );
-    assert_eq!(
-        error(json!([{"channel": "/chat/x", "clientId": client}])),
-        "400::data_missing"
-    );
-    assert_eq!(
-        error(json!([{"channel": "/meta/nope", "clientId": client}])),
-        "400::meta_channel_unknown"
-    );
-    assert_eq!(
-        error(json!([{"channel": "/meta/subscribe", "clientId": client}])),
-        "403::subscription_missing"
-    );
-    assert_eq!(
-        error(json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": 7}])),
-        "403::subscription_invalid"
-    );
-    assert_eq!(
-        error(
-            json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": "/meta/connect"}])
+    // Each bad message (its fields beside the client id) and CometD's error for it.
+    for (fields, want) in [
+        (json!({}), "400::channel_missing"),
+        (json!({"channel": "no-slash"}), "405::channel_invalid"),
+        (
+            json!({"channel": "/chat/*", "data": 1}),
+            "400::channel_wild",
         ),
-        "403::subscribe_failed"
-    );
-    assert_eq!(
-        stats(addr)["bayeux_clients"],
-        1,
-        "the client is still known"
-    );
+        (json!({"channel": "/chat/x"}), "400::data_missing"),
+        (
+            json!({"channel": "/meta/nope"}),
+            "400::meta_channel_unknown",
+        ),
+        (
+            json!({"channel": "/meta/subscribe"}),
+            "403::subscription_missing",
+        ),
+        (
+            json!({"channel": "/meta/subscribe", "subscription": 7}),
+            "403::subscription_invalid",
+        ),
+        (
+            json!({"channel": "/meta/subscribe", "subscription": "/meta/connect"}),
+            "403::subscribe_failed",
+        ),
+    ] {
+        let mut message = fields.clone();
+        message["clientId"] = json!(client);
+        assert_eq!(error(json!([message])), want, "{fields}");
+    }
+    assert_stat(addr, "bayeux_clients", 1, "the client is still known");
 }
 
 #[test]
@@ -270,7 +271,7 @@ fn a_newer_connect_answers_the_held_one_and_is_held_in_its_place() {
         let client = client.clone();
         move || connect(addr, &client, json!({}))
     });
-    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the connect is parked");
     // The client's network lost the older request; it connects again.
     let newer = std::thread::spawn({
         let client = client.clone();
@@ -281,7 +282,7 @@ fn a_newer_connect_answers_the_held_one_and_is_held_in_its_place() {
     assert_eq!(answered.len(), 1, "{answered:?}");
     assert_eq!(answered[0]["successful"], true);
     // ...and the newer one holds the client's place: it gets the next delivery.
-    wait_until("the newer connect is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the newer connect is parked");
     let id = publish(addr, "to the newer connect").unwrap();
     assert_eq!(deliveries(&newer.join().unwrap())[0]["data"]["id"], id);
 }
@@ -349,7 +350,7 @@ fn a_client_that_never_acknowledges_is_dropped_before_its_resends_outgrow_the_bo
         dropped[0]
     );
     assert_eq!(dropped[0]["advice"]["reconnect"], "handshake");
-    wait_until("the client is gone", || stats(addr)["bayeux_clients"] == 0);
+    wait_for_stat(addr, "bayeux_clients", 0, "the client is gone");
 }
 
 #[test]
@@ -459,10 +460,11 @@ fn long_polling_names_the_labs_other_origin_with_credentials() {
         let answer = request(addr, "POST", "/cometd", &headers, batch.as_bytes()).unwrap();
         assert_eq!(answer.status, 403, "{origin}");
     }
-    assert_eq!(
-        stats(addr)["bayeux_clients"],
+    assert_stat(
+        addr,
+        "bayeux_clients",
         1,
-        "only the allowed origin's handshake"
+        "only the allowed origin's handshake",
     );
 }
 
@@ -544,9 +546,7 @@ fn the_lesson_page_subscribes_publishes_and_receives() {
         "a client id",
         "document.getElementById('client-id').textContent.length > 10",
     );
-    wait_until("the page's connect is held", || {
-        stats(lab.addr())["parked"] == 1
-    });
+    wait_for_stat(lab.addr(), "parked", 1, "the page's connect is held");
     publish(lab.addr(), "to the page").unwrap();
     page.wait_for_log("[event] to the page");
     page.eval("document.getElementById('sub-form').requestSubmit()");
@@ -587,9 +587,7 @@ fn the_official_client_runs_in_chromium_on_websocket_and_with_callback_polling_a
         "callback polling",
         "document.getElementById('transport').textContent === 'callback-polling'",
     );
-    wait_until("both connects are held", || {
-        stats(lab.addr())["parked"] == 2
-    });
+    wait_for_stat(lab.addr(), "parked", 2, "both connects are held");
     publish(lab.addr(), "by script tag").unwrap();
     page.wait_for_log("[event] by script tag");
     page.eval("document.getElementById('channel').value = '/lab/events'; document.getElementById('data').value = 'from jsonp'; document.getElementById('pub-form').requestSubmit()");
@@ -717,9 +715,12 @@ fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_i
     let mut socket = open_socket(addr);
     let client = handshake_on(&mut socket, false);
     ws_connect(&mut socket, &client, json!({}));
-    wait_until("the connect is held, and counted as parked", || {
-        stats(addr)["parked"] == 1
-    });
+    wait_for_stat(
+        addr,
+        "parked",
+        1,
+        "the connect is held, and counted as parked",
+    );
     let started = Instant::now();
     let id = publish(addr, "over the socket").unwrap();
     // The delivery comes alone, while the connect stays held.
@@ -728,7 +729,7 @@ fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_i
         batch,
         vec![json!({"channel": "/lab/events", "data": {"data": "over the socket", "id": id}})]
     );
-    assert_eq!(stats(addr)["parked"], 1, "the connect is still held");
+    assert_stat(addr, "parked", 1, "the connect is still held");
     // The connect's own answer comes at the advised timeout (2 s here).
     let batch = next_batch(&mut socket);
     assert_eq!(batch.len(), 1, "{batch:?}");
@@ -763,7 +764,7 @@ fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_i
         s["websockets"] == 0 && s["parked"] == 0
     });
     // Without connects, the client expires after maxInterval, as over HTTP.
-    wait_until("the client expires", || stats(addr)["bayeux_clients"] == 0);
+    wait_for_stat(addr, "bayeux_clients", 0, "the client expires");
     common::wait_for_baseline(addr);
 }
 
@@ -775,7 +776,7 @@ fn under_the_ack_extension_the_websocket_delivers_with_connect_answers_and_resen
     let mut socket = open_socket(addr);
     let client = handshake_on(&mut socket, true);
     ws_connect(&mut socket, &client, json!({"ack": 0}));
-    wait_until("the connect is held", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the connect is held");
     let id = publish(addr, "numbered").unwrap();
     // The delivery rides on the connect's answer, which numbers the batch.
     let batch = next_batch(&mut socket);
@@ -846,7 +847,7 @@ fn a_disconnect_answers_the_held_connect_with_the_advice_not_to_reconnect() {
         let client = client.clone();
         move || connect(addr, &client, json!({}))
     });
-    wait_until("the connect is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the connect is parked");
     let goodbye = send(
         addr,
         json!([{"channel": "/meta/disconnect", "clientId": client, "id": "d"}]),
@@ -952,9 +953,7 @@ fn a_browsers_second_client_is_told_to_poll_while_its_first_holds_the_connect() 
         let (cookie, batch) = (cookie.clone(), connect_as(&first_tab));
         move || send_with_cookie(addr, &cookie, batch)
     });
-    wait_until("the first tab's connect is held", || {
-        stats(addr)["parked"] == 1
-    });
+    wait_for_stat(addr, "parked", 1, "the first tab's connect is held");
     // ...so the second's is answered at once, with the advice to poll.
     let started = Instant::now();
     let polled = send_with_cookie(addr, &cookie, connect_as(&second_tab)).json();
@@ -967,9 +966,7 @@ fn a_browsers_second_client_is_told_to_poll_while_its_first_holds_the_connect() 
     connect(addr, &other, json!({}));
     subscribe(addr, &other, "/lab/events");
     let other_held = std::thread::spawn(move || connect(addr, &other, json!({})));
-    wait_until("both browsers hold a connect", || {
-        stats(addr)["parked"] == 2
-    });
+    wait_for_stat(addr, "parked", 2, "both browsers hold a connect");
     publish(addr, "to all").unwrap();
     assert_eq!(held.join().unwrap().status, 200);
     assert!(!deliveries(&other_held.join().unwrap()).is_empty());
@@ -1003,10 +1000,7 @@ fn a_client_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
 #[test]
 fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_is_dropped() {
     // maxInterval a minute: only the bound can drop it this soon.
-    let lab = start_lab_with(|c| {
-        c.bayeux.timeout = Duration::from_millis(2000);
-        c.bayeux.max_interval = Duration::from_secs(60);
-    });
+    let lab = lab_holding(Duration::from_millis(2000), Duration::from_secs(60));
     let addr = lab.addr();
     let mut socket = open_socket(addr);
     // Handshaken with acks, its first connect answered, subscribed: and no connect after.
@@ -1014,9 +1008,12 @@ fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_
     for n in 0..1300 {
         publish(addr, &format!("pile {n}")).unwrap();
     }
-    wait_until("the client is dropped as a slow consumer", || {
-        stats(addr)["bayeux_clients"] == 0
-    });
+    wait_for_stat(
+        addr,
+        "bayeux_clients",
+        0,
+        "the client is dropped as a slow consumer",
+    );
 }
 
 /// A held connect sleeps on its client's queue, not on its socket: it wakes once a second and
@@ -1024,10 +1021,7 @@ fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_
 /// timeout (60 s here), and nothing queued for it is lost: the next connect carries it.
 #[test]
 fn a_held_connect_whose_client_hangs_up_is_let_go_and_its_deliveries_wait() {
-    let lab = start_lab_with(|c| {
-        c.bayeux.timeout = Duration::from_secs(60);
-        c.bayeux.max_interval = Duration::from_secs(60);
-    });
+    let lab = lab_holding(Duration::from_secs(60), Duration::from_secs(60));
     let addr = lab.addr();
     let (staying, leaving) = (handshake(addr, false), handshake(addr, false));
     subscribe(addr, &leaving, "/chat/a");

@@ -9,7 +9,7 @@ use crate::common;
 
 use common::browser::Browser;
 use common::nginx::Nginx;
-use common::{deadline, start_lab, start_lab_with, stats, wait_for_baseline, wait_until};
+use common::{deadline, start_lab, start_lab_with, stats, wait_for_baseline, wait_for_stat};
 use reverse_ajax_lab::client::{get, publish, request_from, Stream};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,9 +68,7 @@ fn an_unmarked_stream_waits_in_nginx_buffers_and_comes_in_a_burst() {
             }
         }
     });
-    wait_until("both streams are held", || {
-        stats(lab.addr())["streams"] == 2
-    });
+    wait_for_stat(lab.addr(), "streams", 2, "both streams are held");
 
     // Publish one event at a time; the next only once the marked stream has this one.
     let mut seen = String::new();
@@ -153,9 +151,7 @@ fn a_marked_stream_or_buffering_off_passes_each_event_at_once() {
         (path, stream, String::new())
     })
     .collect();
-    wait_until("the three streams are held", || {
-        stats(lab.addr())["streams"] == 3
-    });
+    wait_for_stat(lab.addr(), "streams", 3, "the three streams are held");
     // Each event must arrive before the next is published: a buffer would hold it.
     for n in 1..=3 {
         publish(lab.addr(), &format!("small {n}")).unwrap();
@@ -260,9 +256,7 @@ fn a_websocket_through_nginx_needs_upgrade_and_connection_passed_on() {
     let page = format!("http://{}", nginx.addr);
     // The recommended location passes the handshake on: events flow through nginx.
     let mut socket = websocket_through(nginx.addr, "/events/ws?since=0", &page).unwrap();
-    wait_until("the socket is held", || {
-        stats(lab.addr())["websockets"] == 1
-    });
+    wait_for_stat(lab.addr(), "websockets", 1, "the socket is held");
     let id = publish(lab.addr(), "through nginx").unwrap();
     let text = loop {
         match socket.read().unwrap() {
@@ -391,9 +385,7 @@ fn the_page_through_nginx_shows_the_buffered_stream_waiting_and_the_others_not()
         "document.getElementById('where').textContent.includes('through nginx (trusted')",
     );
     page.eval("document.getElementById('start-buffering').click()");
-    wait_until("the four streams are held", || {
-        stats(lab.addr())["streams"] == 4
-    });
+    wait_for_stat(lab.addr(), "streams", 4, "the four streams are held");
     publish(lab.addr(), "one small event").unwrap();
     page.wait_for(
         "B, C and D show the event",
@@ -431,7 +423,7 @@ fn chromium_waits_for_a_seventh_connection_on_http1_and_not_on_http2() {
         "http/1.1"
     );
     page.eval("seven()");
-    wait_until("six streams are held", || stats(lab.addr())["streams"] == 6);
+    wait_for_stat(lab.addr(), "streams", 6, "six streams are held");
     page.wait_for("six are open", "sevenOpen() === 6");
     common::stays_true_for(Duration::from_secs(1), "the seventh waits", || {
         stats(lab.addr())["streams"] == 6
@@ -443,7 +435,7 @@ fn chromium_waits_for_a_seventh_connection_on_http1_and_not_on_http2() {
         "[...held][6].readyState === EventSource.OPEN",
     );
     page.eval("closeAll()");
-    wait_until("the lab lets them go", || stats(lab.addr())["streams"] == 0);
+    wait_for_stat(lab.addr(), "streams", 0, "the lab lets them go");
     drop(page);
 
     // HTTP/2 through nginx's TLS port: all seven on one connection.
@@ -456,7 +448,5 @@ fn chromium_waits_for_a_seventh_connection_on_http1_and_not_on_http2() {
     );
     page.eval("seven()");
     page.wait_for("all seven are open", "sevenOpen() === 7");
-    wait_until("the lab holds seven streams", || {
-        stats(lab.addr())["streams"] == 7
-    });
+    wait_for_stat(lab.addr(), "streams", 7, "the lab holds seven streams");
 }

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{deadline, marker, start_lab, stats, wait_for_baseline, wait_until};
+use common::{deadline, marker, start_lab, wait_for_stat};
 use reverse_ajax_lab::client::{self, publish, Stream};
 use std::io::{ErrorKind, Read};
 
@@ -13,9 +13,7 @@ fn buffering_holds_events_that_the_hand_framed_stream_already_delivered() {
     let addr = lab.addr();
     let mut prompt = Stream::open(addr, "/events/stream", &[]).unwrap();
     let mut buffered = client::open(addr, "GET", "/events/buffered?count=3", &[], b"").unwrap();
-    wait_until("both streams are subscribed", || {
-        stats(addr)["subscribers"] == 2
-    });
+    wait_for_stat(addr, "subscribers", 2, "both streams are subscribed");
 
     for i in 1..=2 {
         publish(addr, &format!("e{i}")).unwrap();
@@ -44,9 +42,7 @@ fn buffering_holds_events_that_the_hand_framed_stream_already_delivered() {
             "{everything}"
         );
     }
-    wait_until("the buffered stream has let go", || {
-        stats(addr)["subscribers"] == 1
-    });
+    wait_for_stat(addr, "subscribers", 1, "the buffered stream has let go");
     drop(prompt);
 }
 
@@ -54,22 +50,23 @@ fn buffering_holds_events_that_the_hand_framed_stream_already_delivered() {
 fn bad_count_gets_400() {
     let lab = start_lab();
     let addr = lab.addr();
-    for path in [
+    let bad = [
         "/events/buffered?count=0",
         "/events/buffered?count=1000",
         "/events/buffered?since=q",
-    ] {
-        assert_eq!(client::get(addr, path).unwrap().status, 400, "{path}");
-    }
-    wait_for_baseline(addr);
+    ];
+    common::each_gets_400_saying_why(addr, &bad);
 }
 
 #[test]
 fn page_shows_the_difference_in_chromium() {
     let (lab, _browser, mut page) = common::browser::open_lesson("buffering");
-    wait_until("both page streams are subscribed", || {
-        stats(lab.addr())["subscribers"] == 2
-    });
+    wait_for_stat(
+        lab.addr(),
+        "subscribers",
+        2,
+        "both page streams are subscribed",
+    );
     let texts: Vec<String> = (0..5).map(|i| marker(&format!("buf{i}"))).collect();
     publish(lab.addr(), &texts[0]).unwrap();
     page.wait_for_log(&format!("[prompt] [event] {}", texts[0]));

@@ -4,7 +4,7 @@ use crate::common;
 
 use common::streams;
 
-use common::{deadline, start_lab, start_lab_with, stats, wait_until};
+use common::{deadline, start_lab, start_lab_with, stats, wait_for_stat, wait_until};
 use reverse_ajax_lab::client::{publish, Stream};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ fn promptness_each_event_is_its_own_chunk_while_the_response_is_open() {
     assert_eq!(stream.status, 200);
     assert_eq!(stream.header("Content-Type"), Some("application/x-ndjson"));
     assert_eq!(stream.header("Transfer-Encoding"), Some("chunked"));
-    wait_until("the stream is subscribed", || stats(addr)["streams"] == 1);
+    wait_for_stat(addr, "streams", 1, "the stream is subscribed");
     for i in 1..=3 {
         publish(addr, &format!("line {i}\nwith a newline")).unwrap();
         // The event arrives before the next one is even published.
@@ -105,9 +105,7 @@ fn a_stalled_reader_is_dropped_after_the_write_timeout_and_others_are_unaffected
     let addr = lab.addr();
     let _stalled = Stream::open(addr, "/events/stream", &[]).unwrap(); // never read again
     let mut lively = Stream::open(addr, "/events/stream", &[]).unwrap();
-    wait_until("both streams are subscribed", || {
-        stats(addr)["streams"] == 2
-    });
+    wait_for_stat(addr, "streams", 2, "both streams are subscribed");
     let big = "x".repeat(512 * 1024);
     let mut received = 0;
     for _ in 0..64 {

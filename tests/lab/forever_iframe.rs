@@ -4,7 +4,7 @@ use crate::common;
 
 use common::streams;
 
-use common::{deadline, start_lab, stats, wait_until};
+use common::{deadline, start_lab, wait_for_stat};
 use reverse_ajax_lab::client::{publish, Stream};
 
 #[test]
@@ -18,7 +18,7 @@ fn each_event_is_one_script_calling_the_parent() {
     );
     let prelude = stream.next_chunk(deadline()).unwrap().unwrap();
     assert!(prelude.starts_with("<!doctype html>") && prelude.len() >= 1024);
-    wait_until("subscribed", || stats(addr)["streams"] == 1);
+    wait_for_stat(addr, "streams", 1, "subscribed");
     publish(addr, "hello").unwrap();
     let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
     assert_eq!(

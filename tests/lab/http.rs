@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{start_lab, start_lab_with, stats, wait_until};
+use common::{start_lab, start_lab_with, stats, wait_for_stat, wait_until};
 use reverse_ajax_lab::client;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Send `bytes` on a new connection and read until the lab closes it (or 10 s pass).
 fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut socket = TcpStream::connect(addr).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut socket = common::connect(addr);
     socket.write_all(bytes).unwrap();
     let mut answer = Vec::new();
     let _ = socket.read_to_end(&mut answer);
@@ -156,10 +153,7 @@ fn heads_and_bodies_over_the_limits_get_414_431_and_413() {
 #[test]
 fn expect_100_continue_is_answered_before_the_body_is_sent() {
     let lab = start_lab();
-    let mut socket = TcpStream::connect(lab.addr()).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut socket = common::connect(lab.addr());
     let head =
         "POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
     socket.write_all(head.as_bytes()).unwrap();
@@ -231,10 +225,7 @@ fn http_1_0_and_connection_close_end_the_connection_after_the_answer() {
 #[test]
 fn a_keep_alive_connection_serves_request_after_request() {
     let lab = start_lab();
-    let mut socket = TcpStream::connect(lab.addr()).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut socket = common::connect(lab.addr());
     let mut reader = std::io::BufReader::new(socket.try_clone().unwrap());
     for i in 1..=3 {
         let request = format!("POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\ne{i}");
@@ -288,9 +279,12 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // Returns only when the lab closes the connection (0 bytes: its FIN).
     let read = socket.read_to_end(&mut nothing);
     assert!(matches!(read, Ok(0)), "{read:?}");
-    wait_until("no connection but the /stats one", || {
-        stats(addr)["open_connections"] == 1
-    });
+    wait_for_stat(
+        addr,
+        "open_connections",
+        1,
+        "no connection but the /stats one",
+    );
 }
 
 #[test]
@@ -307,10 +301,7 @@ fn a_stream_to_an_http_1_0_client_is_not_chunked_and_ends_with_the_connection() 
     // upstream); the body is the bytes themselves, ended by closing.
     let lab = start_lab();
     let id = client::publish(lab.addr(), "for an old client").unwrap();
-    let mut socket = TcpStream::connect(lab.addr()).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut socket = common::connect(lab.addr());
     let ask = format!("GET /events/stream?since={} HTTP/1.0\r\n\r\n", id - 1);
     socket.write_all(ask.as_bytes()).unwrap();
     let mut text = String::new();

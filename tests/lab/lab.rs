@@ -2,7 +2,9 @@
 
 use crate::common;
 
-use common::{start_lab, start_lab_with, stats, wait_for_baseline, wait_until};
+use common::{
+    assert_stat, start_lab, start_lab_with, stats, wait_for_baseline, wait_for_stat, wait_until,
+};
 use reverse_ajax_lab::client::{get, post, request};
 
 #[test]
@@ -201,7 +203,6 @@ fn a_busy_port_says_what_to_do() {
 fn simultaneous_keep_alive_streams_are_all_served() {
     use std::io::{BufRead, BufReader, Write};
     use std::sync::{Arc, Barrier};
-    use std::time::Duration;
     let lab = start_lab();
     let addr = lab.addr();
     let mut held = Vec::new();
@@ -211,10 +212,7 @@ fn simultaneous_keep_alive_streams_are_all_served() {
             .map(|_| {
                 let barrier = barrier.clone();
                 std::thread::spawn(move || {
-                    let mut socket = std::net::TcpStream::connect(addr).unwrap();
-                    socket
-                        .set_read_timeout(Some(Duration::from_secs(10)))
-                        .unwrap();
+                    let mut socket = common::connect(addr);
                     barrier.wait();
                     // No `Connection: close`: a browser's keep-alive request.
                     socket
@@ -295,9 +293,7 @@ fn a_client_that_leaves_mid_stream_does_not_stop_the_generator() {
     let mut stream = reverse_ajax_lab::client::Stream::open(addr, "/events/stream", &[]).unwrap();
     stream.next_chunk(common::deadline()).unwrap().unwrap();
     drop(stream); // leaves mid-stream: the next writes to it fail
-    wait_until("the departed stream is freed", || {
-        stats(addr)["streams"] == 0
-    });
+    wait_for_stat(addr, "streams", 0, "the departed stream is freed");
     let after = stats(addr)["events_published"].as_u64().unwrap();
     wait_until("the generator publishes on", || {
         stats(addr)["events_published"].as_u64().unwrap() >= after + 20
@@ -356,7 +352,7 @@ fn oversized_heads_get_414_or_431_and_change_nothing() {
     }
     many.push_str("Content-Length: 1\r\n\r\nx");
     assert!(raw(addr, many.as_bytes()).starts_with("431 "));
-    assert_eq!(stats(addr)["events_published"], 0, "nothing was published");
+    assert_stat(addr, "events_published", 0, "nothing was published");
     assert_eq!(
         get(addr, "/events/poll").unwrap().status,
         200,

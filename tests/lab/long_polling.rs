@@ -2,7 +2,10 @@
 
 use crate::common;
 
-use common::{ids, marker, start_lab, start_lab_with, stats, wait_for_baseline, wait_until};
+use common::{
+    assert_stat, ids, marker, start_lab, start_lab_with, stats, wait_for_baseline, wait_for_stat,
+    wait_until,
+};
 use reverse_ajax_lab::client::{self, get, publish};
 use std::io::{BufReader, Read};
 use std::net::TcpStream;
@@ -19,7 +22,7 @@ fn a_parked_client_gets_an_event_published_while_it_waits() {
     let lab = start_lab();
     let addr = lab.addr();
     let waiting = long_poll(addr, "/events/long-poll?since=0&timeout=60");
-    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the request is parked");
     assert!(!waiting.is_finished(), "held, not answered");
     publish(addr, "wake up").unwrap();
     let answer = waiting.join().unwrap();
@@ -48,7 +51,7 @@ fn the_servlet_mode_loses_events_published_between_polls() {
     let addr = lab.addr();
     publish(addr, "between").unwrap(); // nobody parked: the original drops it
     let waiting = long_poll(addr, "/events/long-poll?mode=servlet&timeout=60");
-    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the request is parked");
     publish(addr, "later").unwrap();
     let answer = waiting.join().unwrap();
     assert_eq!(ids(&answer), vec![2], "event 1 never reaches this client");
@@ -62,8 +65,7 @@ fn the_deadline_answers_an_empty_list_with_the_cursor() {
     let answer = get(addr, "/events/long-poll?since=1&timeout=1")
         .unwrap()
         .json();
-    assert_eq!(ids(&answer), Vec::<u64>::new());
-    assert_eq!(answer["last"], 1);
+    common::assert_nothing_new(&answer, 1);
     assert_eq!(stats(addr)["lessons"]["long_polling"]["empty"], 1);
 }
 
@@ -74,7 +76,7 @@ fn two_hundred_parked_clients_all_receive_the_same_event() {
     let clients: Vec<_> = (0..200)
         .map(|_| long_poll(addr, "/events/long-poll?since=0&timeout=100"))
         .collect();
-    wait_until("200 requests are parked", || stats(addr)["parked"] == 200);
+    wait_for_stat(addr, "parked", 200, "200 requests are parked");
     assert_eq!(stats(addr)["subscribers"], 200);
     publish(addr, "for everyone").unwrap();
     for client in clients {
@@ -110,7 +112,7 @@ fn beyond_the_limit_a_long_poll_gets_503_with_retry_after() {
     let held: Vec<TcpStream> = (0..2)
         .map(|_| client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap())
         .collect();
-    wait_until("two requests are parked", || stats(addr)["parked"] == 2);
+    wait_for_stat(addr, "parked", 2, "two requests are parked");
     let refused = get(addr, "/events/long-poll?timeout=60").unwrap();
     assert_eq!(refused.status, 503);
     assert!(refused.header("Retry-After").is_some());
@@ -132,19 +134,15 @@ fn beyond_the_limit_a_long_poll_gets_503_with_retry_after() {
 fn bad_input_gets_400() {
     let lab = start_lab();
     let addr = lab.addr();
-    for path in [
+    let bad = [
         "/events/long-poll?timeout=0",
         "/events/long-poll?timeout=-5",
         "/events/long-poll?timeout=99999",
         "/events/long-poll?timeout=soon",
         "/events/long-poll?since=x",
         "/events/long-poll?mode=nope",
-    ] {
-        let answer = get(addr, path).unwrap();
-        assert_eq!(answer.status, 400, "{path}");
-        assert!(answer.json()["error"].is_string());
-    }
-    wait_for_baseline(addr);
+    ];
+    common::each_gets_400_saying_why(addr, &bad);
 }
 
 #[test]
@@ -184,21 +182,15 @@ mod queue_parking {
         let clients: Vec<_> = (0..100)
             .map(|_| long_poll(addr, "/events/long-poll?since=0&timeout=100"))
             .collect();
-        wait_until("100 requests are held", || stats(addr)["parked"] == 100);
+        wait_for_stat(addr, "parked", 100, "100 requests are held");
         // Every handler thread has ended: the waiting room holds the requests.
-        wait_until("no handler thread is left", || {
-            stats(addr)["connections"] == 0
-        });
+        wait_for_stat(addr, "connections", 0, "no handler thread is left");
         publish(addr, "for everyone").unwrap();
         for client in clients {
             assert_eq!(ids(&client.join().unwrap()), vec![1]);
         }
-        wait_until("the room is empty", || stats(addr)["parked"] == 0);
-        assert_eq!(
-            stats(addr)["subscribers"],
-            1,
-            "only the dispatcher's subscription"
-        );
+        wait_for_stat(addr, "parked", 0, "the room is empty");
+        assert_stat(addr, "subscribers", 1, "only the dispatcher's subscription");
     }
 
     #[test]
@@ -209,16 +201,12 @@ mod queue_parking {
         let empty = get(addr, "/events/long-poll?since=1&timeout=1")
             .unwrap()
             .json();
-        assert_eq!(ids(&empty), Vec::<u64>::new());
-        assert_eq!(empty["last"], 1);
+        common::assert_nothing_new(&empty, 1);
         publish(addr, "between").unwrap();
         let answer = get(addr, "/events/long-poll?since=1").unwrap().json();
         assert_eq!(ids(&answer), vec![2]);
-        let script = get(
-            addr,
-            "/events/long-poll-script?callback=f&since=2&timeout=1",
-        )
-        .unwrap();
+        let empty_script = "/events/long-poll-script?callback=f&since=2&timeout=1";
+        let script = get(addr, empty_script).unwrap();
         assert_eq!(script.body, r#"/**/f({"events":[],"last":2});"#);
     }
 
@@ -230,7 +218,7 @@ mod queue_parking {
         });
         let addr = lab.addr();
         let _held = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
-        wait_until("one request is held", || stats(addr)["parked"] == 1);
+        wait_for_stat(addr, "parked", 1, "one request is held");
         let refused = get(addr, "/events/long-poll?timeout=60").unwrap();
         assert_eq!(refused.status, 503);
         assert_eq!(refused.header("Retry-After"), Some("2"));
@@ -246,7 +234,7 @@ fn a_cursor_from_a_previous_run_is_taken_as_now() {
     let answer = get(addr, "/events/poll?since=5000").unwrap().json();
     assert_eq!(answer["last"], 1, "the answer resynchronises the cursor");
     let waiting = long_poll(addr, "/events/long-poll?since=5000&timeout=60");
-    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the request is parked");
     publish(addr, "two").unwrap();
     assert_eq!(
         ids(&waiting.join().unwrap()),
@@ -350,7 +338,7 @@ fn a_long_poll_outlives_the_idle_timeout_and_an_idle_connection_does_not() {
     let addr = lab.addr();
     let idle = TcpStream::connect(addr).unwrap();
     let waiting = long_poll(addr, "/events/long-poll?timeout=10");
-    wait_until("the request is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the request is parked");
     // The idle connection is closed by the server: our read sees the end.
     let mut byte = [0u8; 1];
     idle.set_read_timeout(Some(std::time::Duration::from_secs(20)))

@@ -4,7 +4,7 @@ use crate::common;
 
 use common::streams;
 
-use common::{deadline, start_lab, stats, wait_until};
+use common::{deadline, start_lab, wait_for_stat};
 use reverse_ajax_lab::client::{publish, Stream};
 
 #[test]
@@ -20,7 +20,7 @@ fn each_event_is_a_whole_part_in_its_own_chunk() {
         stream.next_chunk(deadline()).unwrap().unwrap(),
         "--lab-event\r\n"
     );
-    wait_until("subscribed", || stats(addr)["streams"] == 1);
+    wait_for_stat(addr, "streams", 1, "subscribed");
     for i in 1..=2 {
         publish(addr, &format!("part {i}")).unwrap();
         let chunk = stream.next_chunk(deadline()).unwrap().unwrap();

@@ -7,20 +7,19 @@ use reverse_ajax_lab::client::{post, publish};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
+/// Submit the form `fields` with the cursor `since`; the JSON answer.
+fn submit(addr: std::net::SocketAddr, since: u64, fields: &str) -> serde_json::Value {
+    let path = format!("/events/piggyback?since={since}");
+    post(addr, &path, FORM, fields).unwrap().json()
+}
+
 #[test]
 fn a_form_submission_brings_the_waiting_events() {
     let lab = start_lab();
     let addr = lab.addr();
     publish(addr, "one").unwrap();
     publish(addr, "two").unwrap();
-    let answer = post(
-        addr,
-        "/events/piggyback?since=0",
-        FORM,
-        "name=Ada&email=ada%40example.org&age=36",
-    )
-    .unwrap()
-    .json();
+    let answer = submit(addr, 0, "name=Ada&email=ada%40example.org&age=36");
     assert_eq!(answer["formValid"], true);
     assert_eq!(answer["errors"], serde_json::json!({}));
     assert_eq!(ids(&answer), vec![1, 2]);
@@ -32,27 +31,13 @@ fn an_invalid_form_gets_its_errors_and_still_the_events() {
     let lab = start_lab();
     let addr = lab.addr();
     publish(addr, "one").unwrap();
-    let answer = post(
-        addr,
-        "/events/piggyback?since=0",
-        FORM,
-        "name=&email=nope&age=7",
-    )
-    .unwrap()
-    .json();
+    let answer = submit(addr, 0, "name=&email=nope&age=7");
     assert_eq!(answer["formValid"], false);
     for field in ["name", "email", "age"] {
         assert!(answer["errors"][field].is_string(), "{field}: {answer}");
     }
     assert_eq!(ids(&answer), vec![1]);
-    let answer = post(
-        addr,
-        "/events/piggyback?since=1",
-        FORM,
-        "name=Bo&email=bo%40x.org&age=200",
-    )
-    .unwrap()
-    .json();
+    let answer = submit(addr, 1, "name=Bo&email=bo%40x.org&age=200");
     assert_eq!(answer["formValid"], false);
     assert!(answer["errors"].get("name").is_none());
     assert!(answer["errors"]["age"].is_string());

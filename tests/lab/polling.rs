@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{ids, marker, start_lab, stats, wait_for_baseline};
+use common::{ids, marker, start_lab, stats};
 use reverse_ajax_lab::client::{get, publish};
 
 #[test]
@@ -21,8 +21,7 @@ fn every_poller_gets_every_event_with_a_cursor() {
     assert_eq!(first["events"][0]["data"], "event 0");
     // The next poll from the returned cursor has nothing new.
     let next = get(addr, "/events/poll?since=3").unwrap().json();
-    assert_eq!(ids(&next), Vec::<u64>::new());
-    assert_eq!(next["last"], 3);
+    common::assert_nothing_new(&next, 3);
 }
 
 #[test]
@@ -31,8 +30,7 @@ fn without_since_a_poll_starts_at_now() {
     let addr = lab.addr();
     publish(addr, "old news").unwrap();
     let answer = get(addr, "/events/poll").unwrap().json();
-    assert_eq!(ids(&answer), Vec::<u64>::new());
-    assert_eq!(answer["last"], 1);
+    common::assert_nothing_new(&answer, 1);
 }
 
 #[test]
@@ -102,19 +100,15 @@ fn bad_input_gets_400_and_changes_nothing() {
     let lab = start_lab();
     let addr = lab.addr();
     publish(addr, "kept").unwrap();
-    for path in [
+    let bad = [
         "/events/poll?since=abc",
         "/events/poll?since=-1",
         "/events/poll?since=1.5",
         "/events/poll?mode=bogus",
-    ] {
-        let answer = get(addr, path).unwrap();
-        assert_eq!(answer.status, 400, "{path}");
-        assert!(answer.json()["error"].as_str().unwrap().len() > 5, "{path}");
-    }
+    ];
+    common::each_gets_400_saying_why(addr, &bad);
     let answer = get(addr, "/events/poll?since=0").unwrap().json();
     assert_eq!(ids(&answer), vec![1]);
-    wait_for_baseline(addr);
 }
 
 #[test]

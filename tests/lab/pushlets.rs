@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::browser::Browser;
-use common::{start_lab_with, stats, wait_until};
+use common::{assert_stat, start_lab_with, stats, wait_for_stat, wait_until};
 use reverse_ajax_lab::client::{get, publish, Stream};
 use reverse_ajax_lab::RunningLab;
 use std::net::SocketAddr;
@@ -37,14 +37,7 @@ fn listening_in_pull_mode(addr: SocketAddr) -> (String, reverse_ajax_lab::client
 fn join(addr: SocketAddr) -> String {
     let (status, body) = control(addr, "p_event=join");
     assert_eq!(status, 200, "{body}");
-    let id = body
-        .split("p_id=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
-    id.to_string()
+    common::between(&body, "p_id=\"", "\"").to_string()
 }
 
 fn subscribe(addr: SocketAddr, id: &str, subject: &str) {
@@ -58,11 +51,9 @@ fn subscribe(addr: SocketAddr, id: &str, subject: &str) {
 
 /// The `p_wait` of the refresh event in `body`.
 fn p_wait(body: &str) -> u64 {
-    body.split("p_wait=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no p_wait in {body}"))
+    let wait = common::between(body, "p_wait=\"", "\"");
+    wait.parse()
+        .unwrap_or_else(|_| panic!("p_wait {wait:?} in {body}"))
 }
 
 /// Read a stream until `needle` (or panic at the deadline); what was read.
@@ -90,7 +81,7 @@ fn a_streaming_session_receives_hub_events_and_its_own_publish() {
     let id = join(addr);
     subscribe(addr, &id, "/lab");
     let mut stream = listen(addr, &id, "xml");
-    wait_until("the stream is held", || stats(addr)["streams"] == 1);
+    wait_for_stat(addr, "streams", 1, "the stream is held");
     let event = publish(addr, "to the pushlet").unwrap();
     let seen = read_until(&mut stream, "to the pushlet");
     assert!(
@@ -171,7 +162,7 @@ fn pull_holds_until_an_event_then_asks_for_a_refresh_and_poll_answers_at_once() 
             .unwrap()
         }
     });
-    wait_until("the refresh is held", || stats(addr)["streams"] == 1);
+    wait_for_stat(addr, "streams", 1, "the refresh is held");
     publish(addr, "for the pull").unwrap();
     let body = held.join().unwrap().body;
     assert!(
@@ -202,7 +193,7 @@ fn join_listen_does_both_in_one_request() {
     let path = format!("{SRV}?p_event=join-listen&p_subject=/lab&p_mode=stream&p_format=xml");
     let mut stream = Stream::open(lab.addr(), &path, &[]).unwrap();
     read_until(&mut stream, "join-listen-ack");
-    wait_until("the stream is held", || stats(lab.addr())["streams"] == 1);
+    wait_for_stat(lab.addr(), "streams", 1, "the stream is held");
     publish(lab.addr(), "joined and listening").unwrap();
     read_until(&mut stream, "joined and listening");
 }
@@ -218,7 +209,7 @@ fn the_js_format_escapes_every_value_and_the_original_did_not() {
         subscribe(addr, &id, "/lab");
         let mode = if original { "&lab_mode=original" } else { "" };
         let mut stream = listen(addr, &id, &format!("js{mode}"));
-        wait_until("the stream is held", || stats(addr)["streams"] == 1);
+        wait_for_stat(addr, "streams", 1, "the stream is held");
         control(
             addr,
             &format!("p_event=publish&p_id={id}&p_subject=/lab/events&data={encoded}"),
@@ -227,7 +218,7 @@ fn the_js_format_escapes_every_value_and_the_original_did_not() {
         let seen = seen + &read_until(&mut stream, "</script>");
         // (A stream whose client left is noticed at its next write: leave instead.)
         control(addr, &format!("p_event=leave&p_id={id}"));
-        wait_until("the stream is gone", || stats(addr)["streams"] == 0);
+        wait_for_stat(addr, "streams", 0, "the stream is gone");
         seen
     };
     let ours = frame(false);
@@ -352,7 +343,7 @@ fn in_chromium_the_originals_output_runs_an_events_code_and_ours_does_not() {
             "listening",
             "window.joined !== null && window.listeningFor === window.joined",
         );
-        wait_until("its stream is held", || stats(lab.addr())["streams"] == 1);
+        wait_for_stat(lab.addr(), "streams", 1, "its stream is held");
         publish(lab.addr(), r#""); parent.pwned = true; (""#).unwrap();
         publish(lab.addr(), "after the attack").unwrap();
         page.wait_for_log("after the attack");
@@ -365,9 +356,7 @@ fn in_chromium_the_originals_output_runs_an_events_code_and_ours_does_not() {
             "original: {original}: {channel}"
         );
         page.eval("fetch('/pushlet/pushlet.srv?p_event=leave&p_id=' + pid)");
-        wait_until("the page's session ends", || {
-            stats(lab.addr())["streams"] == 0
-        });
+        wait_for_stat(lab.addr(), "streams", 0, "the page's session ends");
     }
 }
 
@@ -550,7 +539,7 @@ fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_heartbeat() {
     let hung_up = listen(&leaving);
     common::hang_up_and_see_it_let_go(addr, hung_up, "streams");
     assert_eq!(stats(addr)["departed"], 1);
-    assert_eq!(stats(addr)["pushlets_sessions"], 2, "the session lives on");
+    assert_stat(addr, "pushlets_sessions", 2, "the session lives on");
 }
 
 /// A `js` page of a pull channel refreshes itself, as the original's pages did: after its

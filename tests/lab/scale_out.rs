@@ -148,14 +148,7 @@ fn socket_io_sessions_need_the_lab_that_made_them_and_cursors_do_not() {
     let redis = RedisServer::start();
     let (a, b) = two_labs(&redis);
     let open = get(a.addr(), "/socket.io/?EIO=4&transport=polling").unwrap();
-    let sid = open
-        .body
-        .split("\"sid\":\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
+    let sid = common::between(&open.body, "\"sid\":\"", "\"");
     // The session lives in A's memory: B has never heard of it (a load balancer must be sticky).
     let on_b = get(
         b.addr(),
@@ -189,14 +182,7 @@ fn redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
     }
 
     let joined = get(a.addr(), "/pushlet/pushlet.srv?p_event=join&p_format=xml").unwrap();
-    let pid = joined
-        .body
-        .split("p_id=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
+    let pid = common::between(&joined.body, "p_id=\"", "\"");
 
     redis.kill();
     for addr in [a.addr(), b.addr()] {

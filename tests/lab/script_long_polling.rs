@@ -2,7 +2,9 @@
 
 use crate::common;
 
-use common::{assert_is_script, browser::Browser, start_lab, stats, wait_for_baseline, wait_until};
+use common::{
+    assert_is_script, browser::Browser, start_lab, stats, wait_for_baseline, wait_for_stat,
+};
 use reverse_ajax_lab::client::{get, publish};
 use std::thread;
 
@@ -17,9 +19,7 @@ fn a_held_script_calls_the_callback_when_an_event_arrives() {
         )
         .unwrap()
     });
-    wait_until("the script request is parked", || {
-        stats(addr)["parked"] == 1
-    });
+    wait_for_stat(addr, "parked", 1, "the script request is parked");
     publish(addr, "</script><b>x</b>").unwrap();
     let answer = waiting.join().unwrap();
     assert_is_script(&answer);
@@ -37,11 +37,8 @@ fn waiting_events_and_the_deadline_are_scripts_too() {
     publish(addr, "waiting").unwrap();
     let at_once = get(addr, "/events/long-poll-script?callback=f&since=0").unwrap();
     assert!(at_once.body.starts_with("/**/f({") && at_once.body.contains("waiting"));
-    let empty = get(
-        addr,
-        "/events/long-poll-script?callback=f&since=1&timeout=1",
-    )
-    .unwrap();
+    let empty_script = "/events/long-poll-script?callback=f&since=1&timeout=1";
+    let empty = get(addr, empty_script).unwrap();
     assert_eq!(empty.body, r#"/**/f({"events":[],"last":1});"#);
 }
 

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::browser::Browser;
-use common::{start_lab_with, stats, wait_until, ChildLab};
+use common::{assert_stat, start_lab_with, stats, wait_for_stat, wait_until, ChildLab};
 use reverse_ajax_lab::client::{get, post, publish, request};
 use reverse_ajax_lab::RunningLab;
 use serde_json::Value;
@@ -13,9 +13,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn lab() -> RunningLab {
+    lab_pinging(Duration::from_millis(400), Duration::from_millis(300))
+}
+
+/// A lab that pings every session every `interval` and closes it `timeout` after a ping
+/// without a pong.
+fn lab_pinging(interval: Duration, timeout: Duration) -> RunningLab {
     start_lab_with(|c| {
-        c.socket_io.ping_interval = Duration::from_millis(400);
-        c.socket_io.ping_timeout = Duration::from_millis(300);
+        c.socket_io.ping_interval = interval;
+        c.socket_io.ping_timeout = timeout;
     })
 }
 
@@ -115,7 +121,7 @@ fn engine_io_errors_are_400_with_a_code_and_change_nothing() {
         code("/socket.io/?EIO=4&transport=polling&sid=nobody", "POST"),
         (400, 1)
     );
-    assert_eq!(stats(addr)["socket_io_sessions"], 0, "no session was made");
+    assert_stat(addr, "socket_io_sessions", 0, "no session was made");
 }
 
 #[test]
@@ -170,9 +176,7 @@ fn a_session_whose_pong_never_comes_is_closed() {
     let sid = handshake(lab.addr());
     assert_eq!(poll(lab.addr(), &sid).body, "2");
     // No pong: after pingTimeout the session is gone, and its sid unknown.
-    wait_until("the session is closed", || {
-        stats(lab.addr())["socket_io_sessions"] == 0
-    });
+    wait_for_stat(lab.addr(), "socket_io_sessions", 0, "the session is closed");
     assert_eq!(poll(lab.addr(), &sid).json()["code"], 1);
 }
 
@@ -193,7 +197,7 @@ fn a_held_get_is_a_parked_request_woken_by_the_hub() {
         let sid = sid.clone();
         move || poll_until(addr, &sid, "\"event\"")
     });
-    wait_until("the GET is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the GET is parked");
     let id = publish(addr, "wake up").unwrap();
     let seen = held.join().unwrap();
     // The offset: this event, and no room message yet.
@@ -212,7 +216,7 @@ fn a_second_get_while_one_is_held_closes_the_session() {
         let sid = sid.clone();
         move || poll(addr, &sid)
     });
-    wait_until("the first GET is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the first GET is parked");
     let second = poll(addr, &sid);
     assert_eq!(
         (second.status, second.json()["code"].as_u64()),
@@ -293,7 +297,7 @@ fn acks_for_no_question_are_ignored_and_waiting_questions_are_bounded() {
     poll_until(addr, &sid, "my answer");
     send(addr, &sid, r#"42/lab,18["ask-me","room again"]"#);
     poll_until(addr, &sid, r#"43/lab,18[{"asked":"#);
-    assert_eq!(stats(addr)["socket_io_sessions"], 1, "it lived through it");
+    assert_stat(addr, "socket_io_sessions", 1, "it lived through it");
 }
 
 /// Rooms per socket are bounded (32), and the join ack names the room and the count, never
@@ -355,10 +359,11 @@ fn connect_to_an_unknown_namespace_or_lab_without_a_name_is_refused() {
         ),
         "{seen}"
     );
-    assert_eq!(
-        stats(addr)["subscribers"],
+    assert_stat(
+        addr,
+        "subscribers",
         0,
-        "a refused CONNECT subscribes nothing"
+        "a refused CONNECT subscribes nothing",
     );
 }
 
@@ -529,9 +534,7 @@ fn the_official_client_stays_on_polling_when_the_upgrade_is_refused() {
         "{summary}"
     );
     assert!(summary["event"]["id"].as_u64().is_some(), "{summary}");
-    wait_until("the session has ended", || {
-        stats(lab.addr())["socket_io_sessions"] == 0
-    });
+    wait_for_stat(lab.addr(), "socket_io_sessions", 0, "the session has ended");
 }
 
 /// The client's own words for each way a connection ends, as the real server makes them: a
@@ -756,17 +759,14 @@ fn a_session_closed_for_a_protocol_error_is_not_recovered_and_one_the_client_clo
 #[test]
 fn a_held_get_whose_client_leaves_closes_its_session_instead_of_swallowing_packets() {
     // Pings far apart: only the departure can end this session soon.
-    let lab = start_lab_with(|c| {
-        c.socket_io.ping_interval = Duration::from_secs(60);
-        c.socket_io.ping_timeout = Duration::from_secs(60);
-    });
+    let lab = lab_pinging(Duration::from_secs(60), Duration::from_secs(60));
     let addr = lab.addr();
     let sid = handshake(addr);
     assert_eq!(send(addr, &sid, r#"40/lab,{"name":"gone"}"#).body, "ok");
     poll_until(addr, &sid, "40/lab,");
     let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     let held = reverse_ajax_lab::client::open(addr, "GET", &path, &[], b"").unwrap();
-    wait_until("the GET is parked", || stats(addr)["parked"] == 1);
+    wait_for_stat(addr, "parked", 1, "the GET is parked");
     drop(held); // the tab is closed
     wait_until("the session is closed and the GET let go", || {
         let s = stats(addr);

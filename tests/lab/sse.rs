@@ -6,7 +6,7 @@ use common::streams;
 
 use common::{
     browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
-    wait_until,
+    wait_for_stat, wait_until,
 };
 use reverse_ajax_lab::client::{get, publish, request, Stream};
 
@@ -30,7 +30,7 @@ fn framing_headers_retry_ids_and_one_data_line_per_line() {
     assert_eq!(stream.header("X-Accel-Buffering"), Some("no"));
     let prelude = stream.next_chunk(deadline()).unwrap().unwrap();
     assert!(prelude.starts_with("retry: 2000\n"), "{prelude:?}");
-    wait_until("subscribed", || stats(addr)["streams"] == 1);
+    wait_for_stat(addr, "streams", 1, "subscribed");
     publish(addr, "first line\nsecond line").unwrap();
     let block = stream.next_chunk(deadline()).unwrap().unwrap();
     assert_eq!(block, "id: 1\ndata: first line\ndata: second line\n\n");
@@ -149,7 +149,7 @@ fn a_last_event_id_from_a_previous_run_resumes_from_now() {
     let addr = lab.addr();
     publish(addr, "before").unwrap();
     let mut stream = Stream::open(addr, "/events/sse", &[("Last-Event-ID", "9000")]).unwrap();
-    wait_until("subscribed", || stats(addr)["streams"] == 1);
+    wait_for_stat(addr, "streams", 1, "subscribed");
     publish(addr, "after").unwrap();
     let text = stream
         .read_until(deadline(), |t| !ids_in(t).is_empty())
@@ -187,13 +187,11 @@ fn after_a_503_the_page_reopens_the_stream_itself() {
     let browser = Browser::launch();
     // The one place is taken before the page asks.
     let blocker = reverse_ajax_lab::client::Stream::open(addr, "/events/stream", &[]).unwrap();
-    wait_until("the blocker holds the only place", || {
-        stats(addr)["streams"] == 1
-    });
+    wait_for_stat(addr, "streams", 1, "the blocker holds the only place");
     let mut page = browser.open(&lab.url("/lessons/sse"));
     page.wait_for_log("EventSource has given up for good");
     drop(blocker);
-    wait_until("the place is free", || stats(addr)["streams"] == 0);
+    wait_for_stat(addr, "streams", 0, "the place is free");
     page.wait_for_log("stream open");
     let text = marker("after-503");
     publish(addr, &text).unwrap();

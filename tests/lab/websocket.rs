@@ -3,8 +3,8 @@
 use crate::common;
 
 use common::{
-    browser::Browser, deadline, marker, start_lab, start_lab_with, stats, wait_for_baseline,
-    wait_until,
+    assert_stat, browser::Browser, deadline, marker, start_lab, start_lab_with, stats,
+    wait_for_baseline, wait_for_stat, wait_until,
 };
 use reverse_ajax_lab::client::{get, publish};
 use reverse_ajax_lab::RunningLab;
@@ -40,7 +40,7 @@ fn next_json(socket: &mut Socket) -> Value {
 fn the_server_pushes_each_event_as_a_text_frame() {
     let lab = start_lab();
     let mut socket = connect(&lab, "", None).unwrap();
-    wait_until("subscribed", || stats(lab.addr())["websockets"] == 1);
+    wait_for_stat(lab.addr(), "websockets", 1, "subscribed");
     publish(lab.addr(), "pushed\nwith a newline").unwrap();
     let event = next_json(&mut socket);
     assert_eq!(
@@ -54,7 +54,7 @@ fn a_client_frame_is_published_to_everyone() {
     let lab = start_lab();
     let mut alice = connect(&lab, "", None).unwrap();
     let mut bob = connect(&lab, "", None).unwrap();
-    wait_until("both subscribed", || stats(lab.addr())["subscribers"] == 2);
+    wait_for_stat(lab.addr(), "subscribers", 2, "both subscribed");
     alice.send(Message::text("hello from alice")).unwrap();
     assert_eq!(next_json(&mut bob)["data"], "hello from alice");
     assert_eq!(next_json(&mut alice)["data"], "hello from alice");
@@ -76,11 +76,7 @@ fn an_oversized_message_closes_with_1009() {
         }
     };
     assert_eq!(close.unwrap().code, CloseCode::Size);
-    assert_eq!(
-        stats(lab.addr())["events_published"],
-        0,
-        "nothing was published"
-    );
+    assert_stat(lab.addr(), "events_published", 0, "nothing was published");
     wait_for_baseline(lab.addr());
     assert_eq!(stats(lab.addr())["websocket_threads"], 0);
 }
@@ -133,9 +129,7 @@ fn a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
     };
     // This one never reads, so it never answers.
     let _silent = connect(&lab, "", None).unwrap();
-    wait_until("the silent peer is dropped", || {
-        stats(lab.addr())["websockets"] == 1
-    });
+    wait_for_stat(lab.addr(), "websockets", 1, "the silent peer is dropped");
     // Five intervals and more: the lively one answered every ping and stays.
     wait_until("five pings answered", || pings.load(Ordering::Relaxed) >= 5);
     assert_eq!(stats(lab.addr())["websockets"], 1);
@@ -152,9 +146,7 @@ fn a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
 fn a_clean_close_frees_both_threads() {
     let lab = start_lab();
     let mut sockets: Vec<Socket> = (0..5).map(|_| connect(&lab, "", None).unwrap()).collect();
-    wait_until("five connected", || {
-        stats(lab.addr())["websocket_threads"] == 10
-    });
+    wait_for_stat(lab.addr(), "websocket_threads", 10, "five connected");
     for socket in &mut sockets {
         socket.close(None).unwrap();
         // Read until the server's close reply has come and the connection ends.
@@ -167,9 +159,12 @@ fn a_clean_close_frees_both_threads() {
         }
     }
     wait_for_baseline(lab.addr());
-    wait_until("no WebSocket thread left", || {
-        stats(lab.addr())["websocket_threads"] == 0
-    });
+    wait_for_stat(
+        lab.addr(),
+        "websocket_threads",
+        0,
+        "no WebSocket thread left",
+    );
 }
 
 #[test]

@@ -46,15 +46,7 @@ impl Browser {
 
     /// `launch`, with more command-line flags (a certificate to trust, say).
     pub fn launch_with(extra: &[String]) -> Browser {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let profile = std::env::temp_dir().join(format!(
-            "lab-chromium-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&profile);
-        std::fs::create_dir_all(&profile).unwrap();
+        let profile = super::fresh_temp_dir("chromium");
         let child = Command::new(chromium())
             .args([
                 "--headless",

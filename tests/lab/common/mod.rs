@@ -51,6 +51,71 @@ pub fn stats(addr: SocketAddr) -> Value {
     client::get(addr, "/stats").unwrap().json()
 }
 
+/// The techniques of the book's first three parts (chapters 1 to 12), in its order: each
+/// lesson there but buffering, which is a pitfall of streaming rather than a way to push.
+pub fn techniques() -> Vec<&'static str> {
+    reverse_ajax_lab::lessons::LESSONS
+        .iter()
+        .filter(|lesson| lesson.chapter <= 12 && lesson.name != "buffering")
+        .map(|lesson| lesson.name)
+        .collect()
+}
+
+/// Wait until `/stats` says `key` is `want` (`what` names the moment, for the timeout).
+pub fn wait_for_stat(addr: SocketAddr, key: &str, want: impl Into<Value>, what: &str) {
+    let want = want.into();
+    wait_until(&format!("{what} (/stats {key} = {want})"), || {
+        stats(addr)[key] == want
+    });
+}
+
+/// `/stats` says `key` is `want` now; `why` is what it means.
+pub fn assert_stat(addr: SocketAddr, key: &str, want: impl Into<Value>, why: &str) {
+    assert_eq!(stats(addr)[key], want.into(), "/stats {key}: {why}");
+}
+
+/// Each of `paths` is answered 400 with a JSON `error` that says what is wrong, and the lab
+/// holds nothing for any of them afterwards.
+pub fn each_gets_400_saying_why(addr: SocketAddr, paths: &[&str]) {
+    for path in paths {
+        let answer = client::get(addr, path).unwrap();
+        assert_eq!(answer.status, 400, "{path}");
+        let why = answer.json()["error"].as_str().map(str::len);
+        assert!(why.is_some_and(|len| len > 5), "{path}: {}", answer.body);
+    }
+    wait_for_baseline(addr);
+}
+
+/// A raw connection to the lab, whose reads give up after 10 s (a test that waits for bytes
+/// that never come fails instead of hanging).
+pub fn connect(addr: SocketAddr) -> std::net::TcpStream {
+    let socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+}
+
+/// A new, empty directory for this test process (`lab-{what}-{pid}-{n}` in the temp dir).
+pub fn fresh_temp_dir(what: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lab-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The text between the first `before` in `text` and the next `after` (an id in a body).
+pub fn between<'a>(text: &'a str, before: &str, after: &str) -> &'a str {
+    let rest = text
+        .split_once(before)
+        .unwrap_or_else(|| panic!("no {before:?} in {text}"))
+        .1;
+    rest.split_once(after).map_or(rest, |(found, _)| found)
+}
+
 /// Wait until the server holds nothing for clients: no connection (but the /stats one), no
 /// parked request, no stream, no subscriber.
 pub fn wait_for_baseline(addr: SocketAddr) {
@@ -90,6 +155,12 @@ pub fn ids(answer: &Value) -> Vec<u64> {
         .iter()
         .map(|e| e["id"].as_u64().unwrap())
         .collect()
+}
+
+/// An answer with no events whose cursor says `last`: nothing new, and where to ask next.
+pub fn assert_nothing_new(answer: &Value, last: u64) {
+    assert_eq!(ids(answer), Vec::<u64>::new(), "{answer}");
+    assert_eq!(answer["last"], last, "{answer}");
 }
 
 /// The lab as a child process (the real binary), so its `/stats` `threads` and `fds` are the

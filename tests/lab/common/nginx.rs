@@ -34,15 +34,7 @@ impl Nginx {
     }
 
     fn start_with(lab: SocketAddr, tls: bool, tweak: impl FnOnce(&mut NginxSetup)) -> Nginx {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lab-nginx-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = super::fresh_temp_dir("nginx");
         let mut setup = NginxSetup::for_lab(lab, dir.clone());
         setup.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut spki = None;
