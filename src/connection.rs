@@ -58,7 +58,7 @@ pub struct Settings {
 /// The route: called on the connection's thread for every request.
 pub type Handler = Box<dyn Fn(Request) + Send + Sync>;
 
-/// Whon the accept thread answers while the lab cannot take a connection: `Some((status, content
+/// What the accept thread answers while the lab cannot take a connection: `Some((status, content
 /// type, body))` for `/stats` and the pages, `None` (503) for the rest.
 pub type AcceptThreadAnswer =
     Box<dyn Fn(&Head) -> Option<(u16, &'static str, Vec<u8>)> + Send + Sync>;
@@ -186,6 +186,32 @@ impl Pool {
         }
     }
 
+    /// `Expect: 100-continue`: the client waits for word before it sends its body. Any other
+    /// expectation is refused (417).
+    fn answer_expect(
+        &self,
+        open: &mut Open,
+        head: &Head,
+        framing: &Framing,
+    ) -> Result<(), Refusal> {
+        let Some(expect) = head.header("Expect") else {
+            return Ok(());
+        };
+        if !expect.eq_ignore_ascii_case("100-continue") {
+            let message = format!("Expect: {expect} is not supported");
+            return Err(Refusal {
+                status: 417,
+                message,
+            });
+        }
+        let too_large =
+            matches!(framing, Framing::Length(n) if *n > self.settings.body_limit as u64);
+        if head.minor_version == 1 && *framing != Framing::None && !too_large {
+            let _ = open.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        Ok(())
+    }
+
     /// Step 2 and 3: requests one after another on one connection, on this thread.
     fn serve_connection(self: &Arc<Pool>, mut open: Open) {
         let id = open.id;
@@ -211,29 +237,14 @@ impl Pool {
                 Ok(framing) => framing,
                 Err(refusal) => return open.refuse(refusal),
             };
-            // `Expect: 100-continue`: the client waits for word before it sends its body.
-            if let Some(expect) = head.header("Expect") {
-                if !expect.eq_ignore_ascii_case("100-continue") {
-                    let message = format!("Expect: {expect} is not supported");
-                    return open.refuse(Refusal {
-                        status: 417,
-                        message,
-                    });
-                }
-                let too_large =
-                    matches!(framing, Framing::Length(n) if n > self.settings.body_limit as u64);
-                if head.minor_version == 1 && framing != Framing::None && !too_large {
-                    let _ = open.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-                }
+            if let Err(refusal) = self.answer_expect(&mut open, &head, &framing) {
+                return open.refuse(refusal);
             }
+            // BLOCKS (a body only): until it has come, each read at most the head's deadline.
             let wait = self.settings.idle_timeout.min(request::HEAD_DEADLINE);
-            let body = match request::read_body(
-                &mut open.stream,
-                &mut open.pending,
-                &framing,
-                self.settings.body_limit,
-                wait,
-            ) {
+            let limit = self.settings.body_limit;
+            let (stream, pending) = (&mut open.stream, &mut open.pending);
+            let body = match request::read_body(stream, pending, &framing, limit, wait) {
                 Ok(body) => body,
                 Err(refusal) => return open.refuse(refusal),
             };
@@ -290,6 +301,22 @@ pub struct Open {
 }
 
 impl Open {
+    /// A connection just accepted, counted open; nothing read from it yet.
+    fn new(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>) -> Open {
+        let id = pool.next_connection.fetch_add(1, Relaxed);
+        log::debug!("conn {id} from {peer}");
+        pool.open.fetch_add(1, Relaxed);
+        Open {
+            stream,
+            peer,
+            id,
+            pending: Vec::new(),
+            reusable: false,
+            body_unread: false,
+            pool: pool.clone(),
+        }
+    }
+
     /// Answer a request that broke the rules, and close.
     fn refuse(mut self, refusal: Refusal) {
         log::debug!(
@@ -597,13 +624,7 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, answer: AcceptThreadA
             Err(e) => {
                 pool.accept_thread.accept_errors.fetch_add(1, Relaxed);
                 if is_out_of_descriptors(&e) {
-                    // On the accept thread: give back the spare descriptor, take the waiting client
-                    // with it, answer it, and take the spare again.
-                    drop(spare.take());
-                    if let Ok((stream, _)) = listener.accept() {
-                        answerer.answer(&pool, stream, "no descriptor left");
-                    }
-                    spare = Spare::take();
+                    answer_with_the_spare(&listener, &pool, &mut answerer, &mut spare);
                 }
                 log::debug!("accept failed: {e}; trying again in {back_off:?}");
                 // BLOCKS: a short back-off, so the loop does not spin while descriptors
@@ -621,20 +642,23 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, answer: AcceptThreadA
             continue;
         }
         crate::limits::capacity().accepted();
-        let id = pool.next_connection.fetch_add(1, Relaxed);
-        log::debug!("conn {id} from {peer}");
-        pool.open.fetch_add(1, Relaxed);
-        let open = Open {
-            stream,
-            peer,
-            id,
-            pending: Vec::new(),
-            reusable: false,
-            body_unread: false,
-            pool: pool.clone(),
-        };
-        pool.serve(open);
+        pool.serve(Open::new(stream, peer, &pool));
     }
+}
+
+/// Out of descriptors, on the accept thread: give back the spare descriptor, take the
+/// waiting client with it, answer it, and take the spare again.
+fn answer_with_the_spare(
+    listener: &TcpListener,
+    pool: &Arc<Pool>,
+    answerer: &mut AcceptThreadAnswerer,
+    spare: &mut Option<std::net::UdpSocket>,
+) {
+    drop(spare.take());
+    if let Ok((stream, _)) = listener.accept() {
+        answerer.answer(pool, stream, "no descriptor left");
+    }
+    *spare = Spare::take();
 }
 
 /// One descriptor kept in reserve, so that at the descriptor limit the accept thread can

@@ -337,9 +337,11 @@ impl Subscription {
         deadline: Instant,
     ) -> Wake<ClientLeft> {
         loop {
-            let step = match look {
-                true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
-                false => deadline,
+            let next_look = Instant::now() + crate::connection::LOOK_EVERY;
+            let step = if look {
+                deadline.min(next_look)
+            } else {
+                deadline
             };
             // BLOCKS: until `Hub::publish` rings the bell (or sends into our channel), or the
             // step ends.

@@ -280,6 +280,12 @@ pub fn read_head(
     idle: Duration,
 ) -> io::Result<HeadRead> {
     let for_the_rest = HEAD_DEADLINE.min(idle);
+    let too_slow = || {
+        Ok(HeadRead::Refused(refuse(
+            408,
+            "the request head came too slowly",
+        )))
+    };
     let mut deadline = (!buffer.is_empty()).then(|| Instant::now() + for_the_rest);
     let mut chunk = [0u8; 4096];
     loop {
@@ -293,10 +299,7 @@ pub fn read_head(
             Some(deadline) => deadline.saturating_duration_since(Instant::now()),
         };
         if wait.is_zero() {
-            return Ok(HeadRead::Refused(refuse(
-                408,
-                "the request head came too slowly",
-            )));
+            return too_slow();
         }
         stream.set_read_timeout_for(wait)?;
         // BLOCKS: until the client sends bytes, closes, or `wait` passes.
@@ -308,12 +311,7 @@ pub fn read_head(
                 deadline.get_or_insert_with(|| Instant::now() + for_the_rest);
             }
             Err(e) if is_timeout(&e) && deadline.is_none() => return Ok(HeadRead::Closed),
-            Err(e) if is_timeout(&e) => {
-                return Ok(HeadRead::Refused(refuse(
-                    408,
-                    "the request head came too slowly",
-                )))
-            }
+            Err(e) if is_timeout(&e) => return too_slow(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -423,30 +421,36 @@ pub fn read_body(
         Framing::None => Ok(Body::Read(Vec::new())),
         Framing::Length(length) if *length > limit as u64 => Ok(Body::TooLarge),
         Framing::Length(length) => source.take(*length as usize).map(Body::Read),
-        Framing::Chunked => {
-            let mut body = Vec::new();
-            loop {
-                // chunk-size [; extensions] CRLF
-                let line = source.line()?;
-                let size_text = line.split(|&b| b == b';').next().unwrap_or(b"");
-                let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
-                let size = (!size_text.is_empty() && size_text.len() <= 15)
-                    .then(|| usize::from_str_radix(size_text, 16).ok())
-                    .flatten()
-                    .ok_or_else(|| refuse(400, format!("bad chunk size {size_text:?}")))?;
-                if size == 0 {
-                    // Trailer fields, until the empty line; the lab reads none of them.
-                    while !source.line()?.is_empty() {}
-                    return Ok(Body::Read(body));
-                }
-                if body.len() + size > limit {
-                    return Ok(Body::TooLarge);
-                }
-                body.extend(source.take(size)?);
-                if !source.line()?.is_empty() {
-                    return Err(refuse(400, "a chunk did not end with CRLF"));
-                }
-            }
+        Framing::Chunked => read_chunked(&mut source, limit),
+    }
+}
+
+/// A chunked body (RFC 9112 §7.1): sized chunks until one of size 0, then trailer fields.
+fn read_chunked<S: ReadWithTimeout>(
+    source: &mut Source<'_, S>,
+    limit: usize,
+) -> Result<Body, Refusal> {
+    let mut body = Vec::new();
+    loop {
+        // chunk-size [; extensions] CRLF
+        let line = source.line()?;
+        let size_text = line.split(|&b| b == b';').next().unwrap_or(b"");
+        let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
+        let size = (!size_text.is_empty() && size_text.len() <= 15)
+            .then(|| usize::from_str_radix(size_text, 16).ok())
+            .flatten()
+            .ok_or_else(|| refuse(400, format!("bad chunk size {size_text:?}")))?;
+        if size == 0 {
+            // Trailer fields, until the empty line; the lab reads none of them.
+            while !source.line()?.is_empty() {}
+            return Ok(Body::Read(body));
+        }
+        if body.len() + size > limit {
+            return Ok(Body::TooLarge);
+        }
+        body.extend(source.take(size)?);
+        if !source.line()?.is_empty() {
+            return Err(refuse(400, "a chunk did not end with CRLF"));
         }
     }
 }

@@ -231,37 +231,15 @@ fn handle(lab: &Lab, state: &LessonState, request: Request) {
     let id = request.number();
     let _connection = lab.stats.connections.enter();
     crate::connection::set_request_id(id);
-    // The gate: near the descriptor or thread limit, take no new request for events (pages
-    // and /stats still answer).
-    if http::asks_for_events(request.url()) {
-        if let Some(why) = crate::limits::capacity().near_limit() {
-            lab.stats.refused_near_limits.fetch_add(1, Relaxed);
-            log::debug!("req {id} refused near a limit: {why}");
-            let message = format!("the lab is near its limits ({why}); retry shortly");
-            let error = HttpError::retry_later(message).with_header("Connection", "close");
-            let _ = error.reply(request, &lab.count("other"));
+    // The gates (`admit`). Behind a trusted proxy, the client is the one the proxy names.
+    let client = lab.client(&request);
+    let _share = match admit(lab, &request, client.ip) {
+        Ok(share) => share,
+        Err(refusal) => {
+            log::debug!("req {id} refused: {}", refusal.message);
+            let _ = refusal.reply(request, &lab.count("other"));
             return;
         }
-    }
-    // A classroom's fair share: each client address holds at most --max-per-client requests
-    // for events at once (the held ones are what can pile up).
-    // (Behind a trusted proxy, the client is the one the proxy names: `Lab::client`.)
-    let client = lab.client(&request);
-    let _share = match http::asks_for_events(request.url()) {
-        true => match lab.shares.take(client.ip, lab.config.max_per_client) {
-            Some(share) => Some(share),
-            None => {
-                log::debug!("req {id} refused: {} holds its share already", client.ip);
-                let message = format!(
-                    "this address already holds {} connections for events (--max-per-client); \
-                     close some tabs",
-                    lab.config.max_per_client
-                );
-                let _ = HttpError::retry_later(message).reply(request, &lab.count("other"));
-                return;
-            }
-        },
-        false => None,
     };
     // The teacher's view: which lesson this is, and from whom.
     let path = request.url().split('?').next().unwrap_or("");
@@ -278,44 +256,48 @@ fn handle(lab: &Lab, state: &LessonState, request: Request) {
     }
 }
 
+/// The gates a request for events passes (pages and /stats always pass): none near the
+/// descriptor or thread limit, and at most --max-per-client held per client address at once
+/// (a classroom's fair share, given back when the `Share` drops).
+fn admit(
+    lab: &Lab,
+    request: &Request,
+    client: std::net::IpAddr,
+) -> Result<Option<crate::classroom::Share>, HttpError> {
+    if !http::asks_for_events(request.url()) {
+        return Ok(None);
+    }
+    if let Some(why) = crate::limits::capacity().near_limit() {
+        lab.stats.refused_near_limits.fetch_add(1, Relaxed);
+        let message = format!("the lab is near its limits ({why}); retry shortly");
+        return Err(HttpError::retry_later(message).with_header("Connection", "close"));
+    }
+    match lab.shares.take(client, lab.config.max_per_client) {
+        Some(share) => Ok(Some(share)),
+        None => Err(HttpError::retry_later(format!(
+            "{client} already holds {} connections for events (--max-per-client); close \
+             some tabs",
+            lab.config.max_per_client
+        ))),
+    }
+}
+
 /// Step 3: the whole routing table. Each arm names the lesson that owns the path.
 fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let query = Query::parse(query);
 
-    // A WebSocket handshake: the upgrade `match`. Each endpoint checks its own request, then
-    // shares the handshake itself (`ws::accept`).
+    // A WebSocket handshake goes to the upgrade `match`.
     if request.head().is_websocket_upgrade() {
-        return match path {
-            "/events/ws" => lessons::websocket::upgrade(lab, request, &query),
-            "/socket.io/" => {
-                lessons::socket_io::websocket::upgrade(lab, &state.socket_io, request, &query)
-            }
-            p if p == "/cometd" || p.starts_with("/cometd/") => {
-                lessons::bayeux::websocket::upgrade(lab, &state.bayeux, request)
-            }
-            p if p.starts_with(lessons::atmosphere::PREFIX) => {
-                let broadcasters = &state.atmosphere;
-                lessons::atmosphere::websocket::upgrade(lab, broadcasters, request, path, &query)
-            }
-            _ => {
-                let message = "the WebSocket endpoints are /events/ws, /socket.io/, /cometd and \
-                               /atmosphere/NAME";
-                let refused: Result<(), _> = Err((404, message.into()));
-                lab.accept_websocket(request, refused).map(|_| ())
-            }
-        };
+        return route_upgrade(lab, state, request, path, &query);
     }
 
-    if let Some(owner) = lessons::owner_of(path) {
-        if lab.config.only.is_some_and(|only| only != owner) {
-            let counters = lab.count("other");
-            let message = format!(
-                "this example serves only the {} lesson",
-                lab.config.only.unwrap_or_default()
-            );
-            return HttpError::new(404, message).reply(request, &counters);
+    // `cargo run --example NAME` serves one lesson: another's paths are 404.
+    if let Some(only) = lab.config.only {
+        if lessons::owner_of(path).is_some_and(|owner| owner != only) {
+            let message = format!("this example serves only the {only} lesson");
+            return HttpError::new(404, message).reply(request, &lab.count("other"));
         }
     }
 
@@ -385,25 +367,49 @@ fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
             lessons::socket_io::kick(lab, &state.socket_io, request, &query)
         }
         (_, "/socket.io/") => lessons::socket_io::handle(lab, &state.socket_io, request, &query),
-        (Method::Get, "/events/ws") => {
-            let counters = lab.count("websocket");
-            let message = "a WebSocket endpoint: send the handshake (Upgrade: websocket)";
-            HttpError::new(426, message)
-                .with_header("Upgrade", "websocket")
-                .with_header("Connection", "Upgrade")
-                .reply(request, &counters)
+        (Method::Get, "/events/ws") => lessons::websocket::without_upgrade(lab, request),
+        (_, path) => no_route(lab, request, path),
+    }
+}
+
+/// Step 3, for a WebSocket handshake: the upgrade `match`. Each endpoint checks its own
+/// request, then shares the handshake itself (`ws::accept`).
+fn route_upgrade(
+    lab: &Lab,
+    state: &LessonState,
+    request: Request,
+    path: &str,
+    query: &Query,
+) -> io::Result<()> {
+    match path {
+        "/events/ws" => lessons::websocket::upgrade(lab, request, query),
+        "/socket.io/" => {
+            lessons::socket_io::websocket::upgrade(lab, &state.socket_io, request, query)
         }
-        (_, path) => {
-            let counters = lab.count("other");
-            match lessons::allowed_methods(path) {
-                Some(allow) => HttpError::new(405, format!("{path} answers {allow} only"))
-                    .with_header("Allow", allow)
-                    .reply(request, &counters),
-                None => {
-                    HttpError::new(404, format!("no such path: {path}")).reply(request, &counters)
-                }
-            }
+        p if p == "/cometd" || p.starts_with("/cometd/") => {
+            lessons::bayeux::websocket::upgrade(lab, &state.bayeux, request)
         }
+        p if p.starts_with(lessons::atmosphere::PREFIX) => {
+            let broadcasters = &state.atmosphere;
+            lessons::atmosphere::websocket::upgrade(lab, broadcasters, request, path, query)
+        }
+        _ => {
+            let message = "the WebSocket endpoints are /events/ws, /socket.io/, /cometd and \
+                           /atmosphere/NAME";
+            let refused: Result<(), _> = Err((404, message.into()));
+            lab.accept_websocket(request, refused).map(|_| ())
+        }
+    }
+}
+
+/// No arm matched: 405 with `Allow` for a known path asked with another method, else 404.
+fn no_route(lab: &Lab, request: Request, path: &str) -> io::Result<()> {
+    let counters = lab.count("other");
+    match lessons::allowed_methods(path) {
+        Some(allow) => HttpError::new(405, format!("{path} answers {allow} only"))
+            .with_header("Allow", allow)
+            .reply(request, &counters),
+        None => HttpError::new(404, format!("no such path: {path}")).reply(request, &counters),
     }
 }
 

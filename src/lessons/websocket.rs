@@ -77,6 +77,16 @@ enum ToWriter {
     CloseAndDrain(CloseFrame),
 }
 
+/// `GET /events/ws` without `Upgrade: websocket` (a browser's address bar, a plain curl):
+/// 426 Upgrade Required, naming the upgrade it needs.
+pub fn without_upgrade(lab: &Lab, request: Request) -> io::Result<()> {
+    let message = "a WebSocket endpoint: send the handshake (Upgrade: websocket)";
+    crate::http::HttpError::new(426, message)
+        .with_header("Upgrade", "websocket")
+        .with_header("Connection", "Upgrade")
+        .reply(request, &lab.count("websocket"))
+}
+
 /// Steps 1 and 2: `GET /events/ws` with `Upgrade: websocket` (the server's upgrade `match`).
 pub fn upgrade(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     // 2. Our checks (`Origin`, `since`), then the handshake every endpoint shares.

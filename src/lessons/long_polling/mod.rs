@@ -147,29 +147,24 @@ impl ParkedRequest<'_> {
     /// passes, or the client closes its connection. Returns the request to answer, the events
     /// (none at the deadline, or when the client left), and the cursor they follow.
     pub fn wait_for_events(self) -> (Request, Backlog, u64) {
-        let ParkedRequest {
-            request,
-            mut subscription,
-            deadline,
-            look,
-            departed,
-            _held,
-        } = self;
+        // (`self._held`, the place under --max-parked, is given back when this returns.)
+        let (request, mut subscription, deadline) =
+            (self.request, self.subscription, self.deadline);
         let cursor = subscription.cursor();
         let me = request_label();
         log::debug!("{me} parked after event {cursor}");
-        let left = || request.client_left();
         // BLOCKS: this thread sleeps on the hub's bell, holding the request, until
         // `Hub::publish` rings it (one `notify_all` for every parked thread), the deadline
         // passes, or (looked for once a second) the client has closed its connection.
-        match subscription.wait_or_notice_leaving(left, look, deadline) {
+        match subscription.wait_or_notice_leaving(|| request.client_left(), self.look, deadline) {
             Wake::Events(backlog) => {
                 log::debug!("{me} woken by {} events", backlog.events.len());
                 (request, backlog, cursor)
             }
             Wake::Other(ClientLeft) | Wake::OtherGone => {
                 // The answer goes into a closed connection, harmlessly.
-                departed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.departed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::debug!("{me} its client closed the connection: answering empty now");
                 (request, Backlog::default(), cursor)
             }
