@@ -185,8 +185,7 @@ fn a_websocket_transport_without_the_handshake_gets_426_and_no_upgrade_is_refuse
 
 #[test]
 fn bad_requests_get_4xx_and_change_nothing() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let published = stats(addr)["events_published"].clone();
     let cases = [
         ("GET", format!("{LAB}?X-Atmosphere-Transport=pigeon"), 400),
@@ -222,8 +221,7 @@ fn bad_requests_get_4xx_and_change_nothing() {
 
 #[test]
 fn a_message_posted_by_a_client_is_broadcast_to_every_transport() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let id = handshake(addr, true);
     let mut sse = Stream::open(addr, &url("sse", "0", true), &[]).unwrap();
     sse.read_until(deadline(), |t| t.ends_with("|X|\n\n"))
@@ -604,8 +602,7 @@ fn the_clients_x_heartbeat_server_sets_the_streams_heartbeat() {
 
 #[test]
 fn a_message_written_to_one_resource_reaches_it_alone_now_or_on_its_next_poll() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     // Two streaming clients; their ids come in their handshakes.
     let open = || {
         let mut stream = Stream::open(addr, &url("streaming", "0", true), &[]).unwrap();

@@ -122,8 +122,7 @@ fn the_first_connect_is_answered_at_once_and_the_next_is_held_until_a_delivery()
 
 #[test]
 fn wildcards_cover_one_segment_or_any_depth_and_services_answer_the_sender_only() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let (one, deep, other) = (
         handshake(addr, false),
         handshake(addr, false),
@@ -184,8 +183,7 @@ fn a_publish_on_lab_events_goes_into_the_hub() {
 
 #[test]
 fn bad_input_gets_bayeux_errors_and_changes_nothing() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, false);
     // Not Bayeux at all: 400 with an error message.
     for body in ["nonsense", "[]", "[1, 2]", "\"/meta/connect\""] {
@@ -289,8 +287,7 @@ fn a_newer_connect_answers_the_held_one_and_is_held_in_its_place() {
 
 #[test]
 fn services_answer_the_caller_under_its_request_id_and_the_policy_denies_with_reasons() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, false);
     connect(addr, &client, json!({}));
     // A remote call: /service/time answers the caller, under the request's id.
@@ -426,31 +423,16 @@ fn callback_polling_answers_a_script_and_refuses_a_bad_callback() {
 
 #[test]
 fn long_polling_names_the_labs_other_origin_with_credentials() {
-    let lab = lab();
-    let addr = lab.addr();
-    let other = format!("http://localhost:{}", addr.port());
+    let addr = lab().addr();
+    let other = common::own_other_origin(addr);
     let batch = r#"[{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["long-polling"]}]"#;
     let headers = [
         ("Origin", other.as_str()),
         ("Content-Type", "application/json"),
     ];
     let answer = request(addr, "POST", "/cometd", &headers, batch.as_bytes()).unwrap();
-    assert_eq!(
-        answer.header("Access-Control-Allow-Origin"),
-        Some(other.as_str())
-    );
-    assert_eq!(
-        answer.header("Access-Control-Allow-Credentials"),
-        Some("true")
-    );
-    let preflight = request(
-        addr,
-        "OPTIONS",
-        "/cometd/handshake",
-        &[("Origin", &other)],
-        b"",
-    )
-    .unwrap();
+    common::assert_allows_with_credentials(&answer, &other);
+    let preflight = common::from_origin(addr, "OPTIONS", "/cometd/handshake", &other);
     assert_eq!(preflight.status, 204);
     for origin in common::near_miss_origins(addr.port()) {
         let headers = [
@@ -771,8 +753,7 @@ fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_i
 #[test]
 fn under_the_ack_extension_the_websocket_delivers_with_connect_answers_and_resends_on_a_new_socket()
 {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let mut socket = open_socket(addr);
     let client = handshake_on(&mut socket, true);
     ws_connect(&mut socket, &client, json!({"ack": 0}));
@@ -803,8 +784,7 @@ fn under_the_ack_extension_the_websocket_delivers_with_connect_answers_and_resen
 
 #[test]
 fn the_bayeux_websocket_refuses_a_foreign_origin_and_answers_bad_batches_with_errors() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     match common::websocket_handshake(&format!("ws://{addr}/cometd"), Some("http://evil.example")) {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
         other => panic!("expected a 403, got {:?}", other.map(|_| "a socket")),
@@ -839,8 +819,7 @@ fn the_bayeux_websocket_refuses_a_foreign_origin_and_answers_bad_batches_with_er
 
 #[test]
 fn a_disconnect_answers_the_held_connect_with_the_advice_not_to_reconnect() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, false);
     connect(addr, &client, json!({}));
     let held = std::thread::spawn({
@@ -888,8 +867,7 @@ fn the_cost_scenario_measures_both_transports_and_the_websocket_needs_no_request
 
 #[test]
 fn advice_is_sent_on_the_handshake_and_then_only_when_it_changes_or_the_client_asks() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, false);
     // The client's first connect carries advice of its own (`timeout: 0`): ours comes back.
     let first = send(
@@ -1000,8 +978,7 @@ fn a_client_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
 #[test]
 fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_is_dropped() {
     // maxInterval a minute: only the bound can drop it this soon.
-    let lab = lab_holding(Duration::from_millis(2000), Duration::from_secs(60));
-    let addr = lab.addr();
+    let addr = lab_holding(Duration::from_millis(2000), Duration::from_secs(60)).addr();
     let mut socket = open_socket(addr);
     // Handshaken with acks, its first connect answered, subscribed: and no connect after.
     let _client = handshake_on(&mut socket, true);
@@ -1021,8 +998,7 @@ fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_
 /// timeout (60 s here), and nothing queued for it is lost: the next connect carries it.
 #[test]
 fn a_held_connect_whose_client_hangs_up_is_let_go_and_its_deliveries_wait() {
-    let lab = lab_holding(Duration::from_secs(60), Duration::from_secs(60));
-    let addr = lab.addr();
+    let addr = lab_holding(Duration::from_secs(60), Duration::from_secs(60)).addr();
     let (staying, leaving) = (handshake(addr, false), handshake(addr, false));
     subscribe(addr, &leaving, "/chat/a");
     let hold = |client: &str| {

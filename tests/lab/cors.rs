@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{browser::Browser, ids, start_lab};
+use common::{ids, start_lab};
 use reverse_ajax_lab::client::{publish, request};
 
 /// What Chromium sends before the page's fetch with its `X-Lab-Client` header.
@@ -17,18 +17,10 @@ fn preflight(addr: std::net::SocketAddr, origin: &str) -> reverse_ajax_lab::clie
 
 #[test]
 fn an_own_origin_is_named_in_the_answer() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "one").unwrap();
-    let origin = format!("http://localhost:{}", addr.port());
-    let answer = request(
-        addr,
-        "GET",
-        "/events/cors?since=0",
-        &[("Origin", &origin)],
-        b"",
-    )
-    .unwrap();
+    let origin = common::own_other_origin(addr);
+    let answer = common::from_origin(addr, "GET", "/events/cors?since=0", &origin);
     assert_eq!(answer.status, 200);
     assert_eq!(
         answer.header("Access-Control-Allow-Origin"),
@@ -40,21 +32,13 @@ fn an_own_origin_is_named_in_the_answer() {
 
 #[test]
 fn a_foreign_origin_gets_the_answer_but_no_permission_to_read_it() {
-    let lab = start_lab();
-    let addr = lab.addr();
-    let answer = request(
-        addr,
-        "GET",
-        "/events/cors",
-        &[("Origin", "http://evil.example")],
-        b"",
-    )
-    .unwrap();
+    let addr = start_lab().addr();
+    let answer = common::from_origin(addr, "GET", "/events/cors", "http://evil.example");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("Access-Control-Allow-Origin"), None);
     // And the plain polling endpoint never grants it, to anyone.
-    let origin = format!("http://localhost:{}", addr.port());
-    let poll = request(addr, "GET", "/events/poll", &[("Origin", &origin)], b"").unwrap();
+    let origin = common::own_other_origin(addr);
+    let poll = common::from_origin(addr, "GET", "/events/poll", &origin);
     assert_eq!(poll.header("Access-Control-Allow-Origin"), None);
 }
 
@@ -62,7 +46,7 @@ fn a_foreign_origin_gets_the_answer_but_no_permission_to_read_it() {
 fn preflights_allow_get_with_the_lab_header_from_own_origins_only() {
     let lab = start_lab();
     let addr = lab.addr();
-    let origin = format!("http://localhost:{}", addr.port());
+    let origin = common::own_other_origin(addr);
     let ok = preflight(addr, &origin);
     assert_eq!(ok.status, 204);
     assert_eq!(
@@ -112,10 +96,7 @@ fn preflights_allow_get_with_the_lab_header_from_own_origins_only() {
 
 #[test]
 fn page_reads_across_origins_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let url = common::on_localhost(&lab, "/lessons/cors");
-    let mut page = browser.open(&url);
+    let (lab, _browser, mut page) = common::browser::open_lesson_cross_origin("cors");
     page.wait_for_log("blocked: no Access-Control-Allow-Origin");
     page.wait_for_log("[client] no event");
     common::browser::page_shows_a_published_event(lab.addr(), &mut page, None, "cors");
@@ -142,10 +123,9 @@ fn page_reads_across_origins_in_chromium() {
 /// by prefix, by host alone or ignoring the port or scheme fails here.
 #[test]
 fn near_miss_origins_get_no_permission_and_no_preflight() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for origin in common::near_miss_origins(addr.port()) {
-        let answer = request(addr, "GET", "/events/cors", &[("Origin", &origin)], b"").unwrap();
+        let answer = common::from_origin(addr, "GET", "/events/cors", &origin);
         assert_eq!(answer.status, 200, "{origin}");
         assert_eq!(
             answer.header("Access-Control-Allow-Origin"),

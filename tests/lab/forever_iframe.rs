@@ -9,8 +9,7 @@ use reverse_ajax_lab::client::{publish, Stream};
 
 #[test]
 fn each_event_is_one_script_calling_the_parent() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let mut stream = Stream::open(addr, "/events/iframe", &[]).unwrap();
     assert_eq!(
         stream.header("Content-Type"),
@@ -29,8 +28,7 @@ fn each_event_is_one_script_calling_the_parent() {
 
 #[test]
 fn an_event_cannot_close_the_script_element() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "</script><script>alert(1)</script>").unwrap();
     let mut stream = Stream::open(addr, "/events/iframe?since=0", &[]).unwrap();
     let text = stream

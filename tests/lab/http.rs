@@ -86,8 +86,7 @@ fn a_chunked_body_is_read_and_published() {
 
 #[test]
 fn heads_that_break_the_rules_get_400_and_the_lab_lives_on() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for (why, head) in [
         (
             "no Host in HTTP/1.1",
@@ -130,8 +129,7 @@ fn heads_that_break_the_rules_get_400_and_the_lab_lives_on() {
 
 #[test]
 fn heads_and_bodies_over_the_limits_get_414_431_and_413() {
-    let lab = start_lab_with(|c| c.max_body = 1024);
-    let addr = lab.addr();
+    let addr = start_lab_with(|c| c.max_body = 1024).addr();
     let target = format!(
         "GET /stats?{} HTTP/1.1\r\nHost: a\r\n\r\n",
         "a".repeat(9000)
@@ -168,8 +166,7 @@ fn expect_100_continue_is_answered_before_the_body_is_sent() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let three = format!(
         "POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\none\
          POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\ntwo\

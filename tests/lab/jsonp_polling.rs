@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{assert_is_script, browser::Browser, start_lab};
+use common::{assert_is_script, start_lab};
 use reverse_ajax_lab::client::{get, publish};
 
 #[test]
@@ -20,8 +20,7 @@ fn the_answer_is_a_script_calling_the_callback() {
 
 #[test]
 fn event_data_cannot_break_out_of_the_script() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "</script><script>alert(1)</script>").unwrap();
     let answer = get(addr, "/events/jsonp?callback=cb&since=0").unwrap();
     assert!(!answer.body.contains("</script>"), "{}", answer.body);
@@ -30,8 +29,7 @@ fn event_data_cannot_break_out_of_the_script() {
 
 #[test]
 fn a_callback_that_is_not_an_identifier_is_refused() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for callback in ["alert(1)//", "a;b", "x%3Cscript%3E", "", "1abc", "a..b"] {
         let answer = get(addr, &format!("/events/jsonp?callback={callback}")).unwrap();
         assert_eq!(answer.status, 400, "{callback:?}");
@@ -52,11 +50,8 @@ fn a_callback_that_is_not_an_identifier_is_refused() {
 
 #[test]
 fn page_polls_cross_origin_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
     // The page is on localhost; it polls 127.0.0.1, another origin.
-    let url = common::on_localhost(&lab, "/lessons/jsonp_polling");
-    let mut page = browser.open(&url);
+    let (lab, _browser, mut page) = common::browser::open_lesson_cross_origin("jsonp_polling");
     page.wait_for_log("blocked by the same-origin policy");
     page.wait_for_log("[client] no event");
     common::browser::page_shows_a_published_event(lab.addr(), &mut page, None, "jsonp");

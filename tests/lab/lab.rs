@@ -9,8 +9,7 @@ use reverse_ajax_lab::client::{get, post, request};
 
 #[test]
 fn publish_takes_text_or_json_and_numbers_from_one() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let first = post(addr, "/publish", "text/plain", "line one\nline two ✓").unwrap();
     assert_eq!(first.json()["id"], 1);
     let second = post(
@@ -29,8 +28,7 @@ fn publish_takes_text_or_json_and_numbers_from_one() {
 
 #[test]
 fn bad_input_gets_a_clear_4xx_and_the_server_lives_on() {
-    let lab = start_lab_with(|c| c.max_body = 1024);
-    let addr = lab.addr();
+    let addr = start_lab_with(|c| c.max_body = 1024).addr();
     let cases = [
         (
             "POST",
@@ -107,8 +105,7 @@ fn the_index_links_every_lesson_and_pages_are_served() {
 
 #[test]
 fn an_example_serves_its_lesson_alone() {
-    let lab = start_lab_with(|c| c.only = Some("polling"));
-    let addr = lab.addr();
+    let addr = start_lab_with(|c| c.only = Some("polling")).addr();
     let index = get(addr, "/").unwrap().body;
     assert!(index.contains("/lessons/polling"));
     assert!(!index.contains("/lessons/piggyback"));

@@ -7,8 +7,7 @@ use reverse_ajax_lab::client::{get, publish};
 
 #[test]
 fn every_poller_gets_every_event_with_a_cursor() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for i in 0..3 {
         publish(addr, &format!("event {i}")).unwrap();
     }
@@ -26,8 +25,7 @@ fn every_poller_gets_every_event_with_a_cursor() {
 
 #[test]
 fn without_since_a_poll_starts_at_now() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "old news").unwrap();
     let answer = get(addr, "/events/poll").unwrap().json();
     common::assert_nothing_new(&answer, 1);
@@ -35,8 +33,7 @@ fn without_since_a_poll_starts_at_now() {
 
 #[test]
 fn servlet_mode_splits_events_between_pollers() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "a").unwrap();
     publish(addr, "b").unwrap();
     // Whoever polls first drains the one shared queue...
@@ -75,8 +72,7 @@ fn ten_events_in_a_ring_of_four() -> reverse_ajax_lab::RunningLab {
 
 #[test]
 fn empty_answers_are_counted() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "x").unwrap();
     get(addr, "/events/poll?since=1").unwrap();
     get(addr, "/events/poll?since=1").unwrap();
@@ -97,8 +93,7 @@ fn empty_answers_are_counted() {
 
 #[test]
 fn bad_input_gets_400_and_changes_nothing() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "kept").unwrap();
     let bad = [
         "/events/poll?since=abc",

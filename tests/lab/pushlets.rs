@@ -105,8 +105,7 @@ fn a_streaming_session_receives_hub_events_and_its_own_publish() {
 
 #[test]
 fn subjects_reach_only_sessions_subscribed_to_a_prefix_of_them() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let (chat, other, sender) = (join(addr), join(addr), join(addr));
     subscribe(addr, &chat, "/chat");
     subscribe(addr, &other, "/other");
@@ -143,8 +142,7 @@ fn subjects_reach_only_sessions_subscribed_to_a_prefix_of_them() {
 
 #[test]
 fn pull_holds_until_an_event_then_asks_for_a_refresh_and_poll_answers_at_once() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     // pull: the listen-ack, and at once the refresh that says where to ask next.
     let (id, listen) = listening_in_pull_mode(addr);
     assert!(
@@ -237,8 +235,7 @@ fn the_js_format_escapes_every_value_and_the_original_did_not() {
 
 #[test]
 fn bad_requests_get_a_nack_and_change_nothing() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let id = join(addr);
     for (query, reason) in [
         ("p_event=listen&p_id=nobody".to_string(), "unknown p_id"),
@@ -506,8 +503,7 @@ fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unc
 
 #[test]
 fn a_session_holds_at_most_32_subscriptions() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let id = join(addr);
     for n in 0..32 {
         subscribe(addr, &id, &format!("/s{n}"));

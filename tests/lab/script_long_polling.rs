@@ -2,9 +2,7 @@
 
 use crate::common;
 
-use common::{
-    assert_is_script, browser::Browser, start_lab, stats, wait_for_baseline, wait_for_stat,
-};
+use common::{assert_is_script, start_lab, stats, wait_for_baseline, wait_for_stat};
 use reverse_ajax_lab::client::{get, publish};
 use std::thread;
 
@@ -32,8 +30,7 @@ fn a_held_script_calls_the_callback_when_an_event_arrives() {
 
 #[test]
 fn waiting_events_and_the_deadline_are_scripts_too() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "waiting").unwrap();
     let at_once = get(addr, "/events/long-poll-script?callback=f&since=0").unwrap();
     assert!(at_once.body.starts_with("/**/f({") && at_once.body.contains("waiting"));
@@ -44,8 +41,7 @@ fn waiting_events_and_the_deadline_are_scripts_too() {
 
 #[test]
 fn the_callback_is_validated_before_anything_is_held() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for callback in ["alert(1)//", "a;b", "", "x.1"] {
         let answer = get(
             addr,
@@ -66,10 +62,8 @@ fn the_callback_is_validated_before_anything_is_held() {
 
 #[test]
 fn page_chains_script_tags_cross_origin_in_chromium() {
-    let lab = start_lab();
-    let browser = Browser::launch();
-    let url = common::on_localhost(&lab, "/lessons/script_long_polling");
-    let mut page = browser.open(&url);
+    let (lab, _browser, mut page) =
+        common::browser::open_lesson_cross_origin("script_long_polling");
     page.wait_for_log("[client] script #1 waiting...");
     common::browser::page_shows_a_published_event(lab.addr(), &mut page, Some("parked"), "script");
     page.wait_for_log("[client] script #2 waiting...");

@@ -96,8 +96,7 @@ fn the_handshake_opens_a_session_with_the_servers_timings() {
 
 #[test]
 fn engine_io_errors_are_400_with_a_code_and_change_nothing() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let code = |path: &str, method: &str| {
         let answer = request(addr, method, path, &[], b"").unwrap();
         (answer.status, answer.json()["code"].as_u64().unwrap())
@@ -325,8 +324,7 @@ fn rooms_per_socket_are_bounded_and_the_join_ack_stays_small() {
 
 #[test]
 fn binary_attachments_travel_as_base64_over_polling() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let sid = handshake(addr);
     send(addr, &sid, "40");
     poll_until(addr, &sid, r#"42["auth",{}]"#);
@@ -385,21 +383,13 @@ fn an_answer_says_close_when_the_client_asked_for_it() {
 
 #[test]
 fn polling_names_the_labs_other_origin_and_refuses_foreign_ones() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let path = "/socket.io/?EIO=4&transport=polling";
-    let other = format!("http://localhost:{}", addr.port());
-    let answer = request(addr, "GET", path, &[("Origin", &other)], b"").unwrap();
+    let other = common::own_other_origin(addr);
+    let answer = common::from_origin(addr, "GET", path, &other);
     assert_eq!(answer.status, 200);
-    assert_eq!(
-        answer.header("Access-Control-Allow-Origin"),
-        Some(other.as_str())
-    );
-    assert_eq!(
-        answer.header("Access-Control-Allow-Credentials"),
-        Some("true")
-    );
-    let preflight = request(addr, "OPTIONS", path, &[("Origin", &other)], b"").unwrap();
+    common::assert_allows_with_credentials(&answer, &other);
+    let preflight = common::from_origin(addr, "OPTIONS", path, &other);
     assert_eq!(preflight.status, 204);
     assert_eq!(
         preflight.header("Access-Control-Allow-Origin"),
@@ -407,7 +397,7 @@ fn polling_names_the_labs_other_origin_and_refuses_foreign_ones() {
     );
     let sessions = stats(addr)["socket_io_sessions"].clone();
     for origin in common::near_miss_origins(addr.port()) {
-        let answer = request(addr, "GET", path, &[("Origin", &origin)], b"").unwrap();
+        let answer = common::from_origin(addr, "GET", path, &origin);
         assert_eq!(
             (answer.status, answer.json()["code"].as_u64()),
             (403, Some(4)),
@@ -791,8 +781,7 @@ fn dynamic_namespaces_are_made_by_their_first_connect_behind_a_token_middleware(
 
 #[test]
 fn at_most_16_dynamic_namespaces_live_at_once() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let sid = handshake(addr);
     for n in 0..16 {
         send(

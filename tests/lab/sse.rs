@@ -19,8 +19,7 @@ fn ids_in(text: &str) -> Vec<u64> {
 
 #[test]
 fn framing_headers_retry_ids_and_one_data_line_per_line() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let mut stream = Stream::open(addr, "/events/sse", &[("Accept", "text/event-stream")]).unwrap();
     assert!(stream
         .header("Content-Type")
@@ -38,8 +37,7 @@ fn framing_headers_retry_ids_and_one_data_line_per_line() {
 
 #[test]
 fn resume_after_disconnect_delivers_exactly_the_missed_events() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let mut stream = Stream::open(addr, "/events/sse?since=0", &[]).unwrap();
     publish(addr, "one").unwrap();
     publish(addr, "two").unwrap();
@@ -68,8 +66,7 @@ fn resume_after_disconnect_delivers_exactly_the_missed_events() {
 
 #[test]
 fn resuming_from_too_far_back_says_what_was_missed() {
-    let lab = start_lab_with(|c| c.history = 4);
-    let addr = lab.addr();
+    let addr = start_lab_with(|c| c.history = 4).addr();
     for i in 0..10 {
         publish(addr, &format!("e{i}")).unwrap();
     }
@@ -83,8 +80,7 @@ fn resuming_from_too_far_back_says_what_was_missed() {
 
 #[test]
 fn close_after_ends_the_stream_so_the_browser_reconnects() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for data in ["a", "b", "c"] {
         publish(addr, data).unwrap();
     }
@@ -105,8 +101,7 @@ fn close_after_ends_the_stream_so_the_browser_reconnects() {
 
 #[test]
 fn bad_input_gets_400() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let bad_header = request(addr, "GET", "/events/sse", &[("Last-Event-ID", "abc")], b"").unwrap();
     assert_eq!(bad_header.status, 400);
     assert_eq!(get(addr, "/events/sse?since=-2").unwrap().status, 400);
@@ -145,8 +140,7 @@ fn page_resumes_without_a_gap_in_chromium() {
 
 #[test]
 fn a_last_event_id_from_a_previous_run_resumes_from_now() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     publish(addr, "before").unwrap();
     let mut stream = Stream::open(addr, "/events/sse", &[("Last-Event-ID", "9000")]).unwrap();
     wait_for_stat(addr, "streams", 1, "subscribed");

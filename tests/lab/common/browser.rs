@@ -248,6 +248,15 @@ pub fn open_page(lab: &reverse_ajax_lab::RunningLab, path: &str) -> (Browser, Pa
     (browser, page)
 }
 
+/// A lesson's page served from `localhost` while its requests go to `127.0.0.1`: another
+/// origin to the browser (the cross-origin lessons). The lab, the browser and the page.
+pub fn open_lesson_cross_origin(name: &str) -> (reverse_ajax_lab::RunningLab, Browser, Page) {
+    let lab = super::start_lab();
+    let browser = Browser::launch();
+    let page = browser.open(&super::on_localhost(&lab, &format!("/lessons/{name}")));
+    (lab, browser, page)
+}
+
 /// What every lesson's page test starts with: a lab on a free port (generator off), a headless
 /// Chromium, and the lesson's page open in it. Keep the browser bound while the page is used:
 /// dropping it ends Chromium.

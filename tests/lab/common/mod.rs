@@ -12,10 +12,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A lab on a free port with the generator off: the test publishes every event itself.
+///
+/// It runs until the test process ends: its threads hold it, and dropping the handle stops
+/// nothing. So a test that needs only the address says `let addr = start_lab().addr();`, as
+/// mini-redis's tests take only the address of the server they start.
 pub fn start_lab() -> RunningLab {
     start_lab_with(|_| {})
 }
 
+/// `start_lab`, with the configuration changed by `tweak` first.
 pub fn start_lab_with(tweak: impl FnOnce(&mut Config)) -> RunningLab {
     let _ = env_logger::builder().is_test(true).try_init();
     let mut config = Config {
@@ -286,6 +291,26 @@ impl Drop for ChildLab {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The lab's own other origin: its port under the name `localhost` (its endpoints are
+/// `127.0.0.1`), as a page served from there sends it.
+pub fn own_other_origin(addr: SocketAddr) -> String {
+    format!("http://localhost:{}", addr.port())
+}
+
+/// `method path` with an `Origin`, as a browser sends it from a page of that origin.
+pub fn from_origin(addr: SocketAddr, method: &str, path: &str, origin: &str) -> client::Response {
+    client::request(addr, method, path, &[("Origin", origin)], b"").unwrap()
+}
+
+/// The answer lets `origin` read it, cookies and all (`Allow-Credentials`).
+pub fn assert_allows_with_credentials(answer: &client::Response, origin: &str) {
+    assert_eq!(answer.header("Access-Control-Allow-Origin"), Some(origin));
+    assert_eq!(
+        answer.header("Access-Control-Allow-Credentials"),
+        Some("true")
+    );
 }
 
 /// Origins that look like the lab's own and are not: other hosts that start with its names,
