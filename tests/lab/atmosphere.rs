@@ -432,10 +432,7 @@ fn the_lesson_page_client_works_on_every_transport() {
     }
     // The page shows the broadcaster's filter chain.
     let mut page = browser.open(&format!("http://{}/lessons/atmosphere", lab.addr()));
-    page.wait_for(
-        "the filter chain is shown",
-        "document.getElementById('filters').textContent === 'at most 50 a second'",
-    );
+    page.wait_for_text("filters", "at most 50 a second");
 }
 
 #[test]
@@ -479,10 +476,7 @@ fn the_lesson_page_falls_back_chats_resumes_and_draws_its_connections() {
     page.wait_for_log("◄ ");
     let id = publish(lab.addr(), "to the page").unwrap();
     page.wait_for("the event", &format!("seen.ids.includes({id})"));
-    page.eval(
-        "document.getElementById('text').value = 'from the page'; \
-         document.getElementById('publish-form').requestSubmit()",
-    );
+    page.submit("publish-form", &[("text", "from the page")]);
     page.wait_for_log("[event] from the page");
     // Long polling draws a row of requests: the failed socket, then held polls.
     page.wait_for_bars("the socket's failure and polls", |bars| {

@@ -531,11 +531,14 @@ fn the_lesson_page_subscribes_publishes_and_receives() {
     wait_for_stat(lab.addr(), "parked", 1, "the page's connect is held");
     publish(lab.addr(), "to the page").unwrap();
     page.wait_for_log("[event] to the page");
-    page.eval("document.getElementById('sub-form').requestSubmit()");
+    page.submit("sub-form", &[]);
     page.wait_for_log("\"subscription\":\"/chat/*\"");
-    page.eval("document.getElementById('data').value = 'hello room'; document.getElementById('pub-form').requestSubmit()");
+    page.submit("pub-form", &[("data", "hello room")]);
     page.wait_for_log("[/chat/room1] {\"text\":\"hello room\"}");
-    page.eval("document.getElementById('channel').value = '/service/echo'; document.getElementById('data').value = 'echo me'; document.getElementById('pub-form').requestSubmit()");
+    page.submit(
+        "pub-form",
+        &[("channel", "/service/echo"), ("data", "echo me")],
+    );
     page.wait_for_log("[/service/echo] {\"text\":\"echo me\"}");
 }
 
@@ -543,10 +546,7 @@ fn the_lesson_page_subscribes_publishes_and_receives() {
 fn the_official_client_runs_in_chromium_on_websocket_and_with_callback_polling_across_origins() {
     let lab = lab();
     let (browser, mut page) = common::browser::open_page(&lab, "/lessons/bayeux?client=official");
-    page.wait_for(
-        "websocket",
-        "document.getElementById('transport').textContent === 'websocket'",
-    );
+    page.wait_for_text("transport", "websocket");
     wait_until("its connect is held, on its socket", || {
         let s = stats(lab.addr());
         s["parked"] == 1 && s["websockets"] == 1
@@ -565,14 +565,14 @@ fn the_official_client_runs_in_chromium_on_websocket_and_with_callback_polling_a
         "/lessons/bayeux?client=official&transport=callback-polling&cross=1",
     );
     let mut page = browser.open(&url);
-    page.wait_for(
-        "callback polling",
-        "document.getElementById('transport').textContent === 'callback-polling'",
-    );
+    page.wait_for_text("transport", "callback-polling");
     wait_for_stat(lab.addr(), "parked", 2, "both connects are held");
     publish(lab.addr(), "by script tag").unwrap();
     page.wait_for_log("[event] by script tag");
-    page.eval("document.getElementById('channel').value = '/lab/events'; document.getElementById('data').value = 'from jsonp'; document.getElementById('pub-form').requestSubmit()");
+    page.submit(
+        "pub-form",
+        &[("channel", "/lab/events"), ("data", "from jsonp")],
+    );
     page.wait_for_log("[event] from jsonp");
 }
 

@@ -289,7 +289,7 @@ fn the_page_shows_each_event_arriving_from_both_labs_with_one_id() {
         "the event from both labs",
         &format!("(seen.arrivals[{id}] || []).length === 2"),
     );
-    page.eval("document.getElementById('via').value = '1'; document.getElementById('text').value = 'page via B'; document.getElementById('publish-form').requestSubmit()");
+    page.submit("publish-form", &[("via", "1"), ("text", "page via B")]);
     page.wait_for(
         "the page's own message from both labs",
         &format!("(seen.arrivals[{}] || []).length === 2", id + 1),

@@ -652,10 +652,7 @@ fn two_hundred_sessions_come_and_go_and_leave_no_thread_or_descriptor_behind() {
 fn the_lesson_page_upgrades_receives_events_and_chats() {
     let lab = lab();
     let (_browser, mut page) = common::browser::open_page(&lab, "/lessons/socket_io");
-    page.wait_for(
-        "the session upgrades",
-        "document.getElementById('transport').textContent === 'websocket'",
-    );
+    page.wait_for_text("transport", "websocket");
     page.wait_for_log("[client] joined /lab");
     publish(lab.addr(), "to the page").unwrap();
     page.wait_for_log("[event] to the page");
@@ -667,7 +664,7 @@ fn the_lesson_page_upgrades_receives_events_and_chats() {
     poll_until(lab.addr(), &other, "40/lab,");
     send(lab.addr(), &other, r#"42/lab,1["join","room1"]"#);
     poll_until(lab.addr(), &other, "43/lab,1[");
-    page.eval("document.getElementById('say').value = 'hi room'; document.getElementById('room-form').requestSubmit()");
+    page.submit("room-form", &[("say", "hi room")]);
     page.wait_for_log("[said] tab-");
     page.wait_for_log(r#"[ack] say → {"delivered":1}"#);
     poll_until(lab.addr(), &other, "hi room");
@@ -677,17 +674,14 @@ fn the_lesson_page_upgrades_receives_events_and_chats() {
         r#"42/lab,2["say",{"room":"room1","text":"hello page"}]"#,
     );
     page.wait_for_log("[said] other in room1: hello page");
-    page.eval("document.getElementById('text').value = 'from the page'; document.getElementById('publish-form').requestSubmit()");
+    page.submit("publish-form", &[("text", "from the page")]);
     page.wait_for_log("[event] from the page");
     page.eval("document.getElementById('ask').click()");
     page.wait_for_log("[answered]");
     // Break the socket: the page reconnects with its pid and offset and is recovered.
     page.eval("document.getElementById('break').click()");
     publish(lab.addr(), "while broken").unwrap();
-    page.wait_for(
-        "the socket is recovered",
-        "document.getElementById('recovered').textContent === 'yes'",
-    );
+    page.wait_for_text("recovered", "yes");
     page.wait_for_log("[event] while broken");
     // The server ends the socket: the page is told, and does not come back by itself.
     page.eval("document.getElementById('disconnect-me').click()");
@@ -700,14 +694,11 @@ fn the_official_browser_bundle_chats_with_the_lab() {
     let (_browser, mut page) =
         common::browser::open_page(&lab, "/lessons/socket_io?client=official");
     page.wait_for("the official client loaded", "typeof io === 'function'");
-    page.wait_for(
-        "the session upgrades",
-        "document.getElementById('transport').textContent === 'websocket'",
-    );
+    page.wait_for_text("transport", "websocket");
     page.wait_for_log("[client] joined /lab");
     publish(lab.addr(), "to the bundle").unwrap();
     page.wait_for_log("[event] to the bundle");
-    page.eval("document.getElementById('text').value = 'from the bundle'; document.getElementById('publish-form').requestSubmit()");
+    page.submit("publish-form", &[("text", "from the bundle")]);
     page.wait_for_log("[ack] publish");
     page.wait_for_log("[event] from the bundle");
 }

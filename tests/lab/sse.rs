@@ -131,10 +131,7 @@ fn page_resumes_without_a_gap_in_chromium() {
     }
     page.wait_for_log("[client] reconnected; the browser sent Last-Event-ID: 3");
     page.wait_for_log("[client] reconnected; the browser sent Last-Event-ID: 6");
-    page.wait_for(
-        "two reconnects are counted",
-        "document.getElementById('reconnects').textContent === '2'",
-    );
+    page.wait_for_text("reconnects", "2");
     assert!(!page.log_text().contains("gap!"), "{}", page.log_text());
 }
 

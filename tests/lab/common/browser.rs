@@ -208,6 +208,26 @@ impl Page {
         }
     }
 
+    /// Wait until the element `id` shows exactly `text`.
+    pub fn wait_for_text(&mut self, id: &str, text: &str) {
+        let check = format!("document.getElementById({id:?})?.textContent === {text:?}");
+        self.wait_for(&format!("#{id} to show {text:?}"), &check);
+    }
+
+    /// Fill in the form `form`'s fields (`(id, value)` each) and submit it, as a user would.
+    pub fn submit(&mut self, form: &str, fields: &[(&str, &str)]) {
+        let mut script = String::new();
+        for (id, value) in fields {
+            script.push_str(&format!(
+                "document.getElementById({id:?}).value = {value:?}; "
+            ));
+        }
+        script.push_str(&format!(
+            "document.getElementById({form:?}).requestSubmit()"
+        ));
+        self.eval(&script);
+    }
+
     /// The bars the page's wire timeline (`#wire`, drawn by lab.js) shows now, as the test
     /// reads them off the SVG: `{kind, outcome, ms, ticks, lane}` each.
     pub fn wire_bars(&mut self) -> Vec<Value> {
