@@ -93,8 +93,7 @@ fn without_size_tracking_each_poll_carries_one_message_and_none_is_lost() {
 
 #[test]
 fn a_dropped_stream_resumes_from_its_tracking_id_and_a_newcomer_starts_from_now() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let mut stream = Stream::open(addr, &url("streaming", "0", true), &[]).unwrap();
     assert_eq!(stream.status, 200);
     let first = stream
@@ -240,8 +239,7 @@ fn a_message_posted_by_a_client_is_broadcast_to_every_transport() {
 
 #[test]
 fn a_named_broadcaster_is_a_room_of_its_own() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let room = |transport: &str| {
         url(transport, "0", true).replace("/atmosphere/lab", "/atmosphere/room-1")
     };
@@ -500,8 +498,7 @@ fn the_lesson_page_falls_back_chats_resumes_and_draws_its_connections() {
 
 #[test]
 fn a_rooms_filter_chain_masks_words_and_limits_the_rate() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let room =
         |transport: &str| url(transport, "0", true).replace("/atmosphere/lab", "/atmosphere/chat");
     let mut listener = Stream::open(addr, &room("streaming"), &[]).unwrap();
@@ -576,11 +573,11 @@ fn at_most_16_rooms_besides_lab_and_an_empty_room_is_freed() {
 #[test]
 fn the_clients_x_heartbeat_server_sets_the_streams_heartbeat() {
     // The lab's own heartbeat is 60 s here; the client asks for one every second.
-    let lab = start_lab_with(|c| {
+    let addr = start_lab_with(|c| {
         c.atmosphere_timeout = Duration::from_secs(2);
         c.heartbeat = Duration::from_secs(60);
-    });
-    let addr = lab.addr();
+    })
+    .addr();
     let path = format!("{}&X-Heartbeat-Server=1", url("streaming", "0", true));
     let mut stream = Stream::open(addr, &path, &[]).unwrap();
     let started = std::time::Instant::now();
@@ -655,11 +652,11 @@ fn a_message_written_to_one_resource_reaches_it_alone_now_or_on_its_next_poll() 
 /// and its resource keeps its place for its next connection.
 #[test]
 fn held_requests_whose_client_hangs_up_are_let_go_long_before_their_deadline() {
-    let lab = start_lab_with(|c| {
+    let addr = start_lab_with(|c| {
         c.long_poll_timeout = Duration::from_secs(60);
         c.heartbeat = Duration::from_secs(60);
-    });
-    let addr = lab.addr();
+    })
+    .addr();
     for (transport, gauge) in [("long-polling", "parked"), ("streaming", "streams")] {
         let hold = |id: &str| {
             reverse_ajax_lab::client::open(addr, "GET", &url(transport, id, true), &[], b"")

@@ -166,8 +166,7 @@ fn wildcards_cover_one_segment_or_any_depth_and_services_answer_the_sender_only(
 
 #[test]
 fn a_publish_on_lab_events_goes_into_the_hub() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, false);
     let ack = send(
         addr,
@@ -216,8 +215,7 @@ fn bad_input_gets_bayeux_errors_and_changes_nothing() {
         addr,
         json!([{"channel": "/meta/connect", "connectionType": "long-polling"}]),
     );
-    assert_eq!(unknown_connect[0]["error"], "402::session_unknown");
-    assert_eq!(unknown_connect[0]["advice"]["reconnect"], "handshake");
+    assert_told_to_handshake_again(&unknown_connect);
     // The advice to handshake rides on connect replies only, as CometD's.
     let unknown = send(
         addr,
@@ -328,8 +326,7 @@ fn services_answer_the_caller_under_its_request_id_and_the_policy_denies_with_re
 
 #[test]
 fn a_client_that_never_acknowledges_is_dropped_before_its_resends_outgrow_the_bound() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, true);
     connect(addr, &client, json!({"ack": 0}));
     subscribe(addr, &client, "/lab/events");
@@ -352,8 +349,7 @@ fn a_client_that_never_acknowledges_is_dropped_before_its_resends_outgrow_the_bo
 
 #[test]
 fn the_ack_extension_resends_a_batch_the_client_never_acknowledged() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, true);
     let first = connect(addr, &client, json!({"ack": 0}));
     assert_eq!(first[0]["ext"]["ack"], 0);
@@ -381,8 +377,7 @@ fn the_ack_extension_resends_a_batch_the_client_never_acknowledged() {
 
 #[test]
 fn a_client_that_stops_connecting_expires_and_frees_its_subscription() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let client = handshake(addr, false);
     connect(addr, &client, json!({}));
     subscribe(addr, &client, "/lab/**");
@@ -393,8 +388,7 @@ fn a_client_that_stops_connecting_expires_and_frees_its_subscription() {
         s["bayeux_clients"] == 0 && s["subscribers"] == 0
     });
     let replies = connect(addr, &client, json!({}));
-    assert_eq!(replies[0]["error"], "402::session_unknown");
-    assert_eq!(replies[0]["advice"]["reconnect"], "handshake");
+    assert_told_to_handshake_again(&replies);
 }
 
 #[test]
@@ -576,6 +570,16 @@ fn the_official_client_runs_in_chromium_on_websocket_and_with_callback_polling_a
     page.wait_for_log("[event] from jsonp");
 }
 
+/// The replies to a message from a client the lab does not know (never handshaken, expired,
+/// or gone): CometD's `402::session_unknown`, with the advice to handshake again.
+fn assert_told_to_handshake_again(replies: &[Value]) {
+    assert_eq!(replies[0]["error"], "402::session_unknown", "{replies:?}");
+    assert_eq!(
+        replies[0]["advice"]["reconnect"], "handshake",
+        "{replies:?}"
+    );
+}
+
 /// Every byte but letters and digits as `%XX`: a batch in a query.
 fn percent_encoded(text: &str) -> String {
     text.bytes()
@@ -692,8 +696,7 @@ fn ws_connect(socket: &mut Socket, client: &str, ext: Value) {
 
 #[test]
 fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_its_timeout() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let mut socket = open_socket(addr);
     let client = handshake_on(&mut socket, false);
     ws_connect(&mut socket, &client, json!({}));
@@ -800,8 +803,7 @@ fn the_bayeux_websocket_refuses_a_foreign_origin_and_answers_bad_batches_with_er
     // An unknown client: 402 with the advice to handshake; the socket lives on.
     ws_connect(&mut socket, "nobody", json!({}));
     let unknown = next_batch(&mut socket);
-    assert_eq!(unknown[0]["error"], "402::session_unknown");
-    assert_eq!(unknown[0]["advice"]["reconnect"], "handshake");
+    assert_told_to_handshake_again(&unknown);
     let client = handshake_on(&mut socket, false);
     assert!(client.len() >= 20);
     // A connect over the socket that names an HTTP connection type is refused.
@@ -839,8 +841,7 @@ fn a_disconnect_answers_the_held_connect_with_the_advice_not_to_reconnect() {
     assert_eq!(reply["advice"]["reconnect"], "none", "{reply}");
     // Gone: a later connect is told to handshake again.
     let after = connect(addr, &client, json!({}));
-    assert_eq!(after[0]["error"], "402::session_unknown");
-    assert_eq!(after[0]["advice"]["reconnect"], "handshake");
+    assert_told_to_handshake_again(&after);
 }
 
 #[test]

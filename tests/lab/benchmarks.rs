@@ -29,6 +29,14 @@ fn example(name: &str) -> PathBuf {
 
 /// Run benchmark `name` with `args` (in a scratch directory, so files it writes land there);
 /// panic with its output unless it exits 0. Returns what it printed.
+/// The row of a printed Markdown table whose first cell is `label`.
+fn row<'a>(printed: &'a str, label: &str) -> &'a str {
+    printed
+        .lines()
+        .find(|l| l.starts_with(&format!("| {label} |")))
+        .unwrap_or_else(|| panic!("no {label} row:\n{printed}"))
+}
+
 fn run(name: &str, args: &[&str]) -> String {
     let scratch = std::env::temp_dir().join(format!("lab-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
@@ -144,10 +152,7 @@ fn latency_wakes_times_a_send_each_against_one_notify_all() {
 fn flood_holds_a_small_flood_of_every_kind_and_comes_back_to_baseline() {
     let printed = run("flood", &["--connections", "30"]);
     for kind in ["idle", "long-poll", "stream", "websocket"] {
-        let row = printed
-            .lines()
-            .find(|l| l.starts_with(&format!("| {kind} |")))
-            .unwrap_or_else(|| panic!("no {kind} row:\n{printed}"));
+        let row = row(&printed, kind);
         assert!(row.contains("yes, in"), "{kind} did not come back: {row}");
     }
 }
@@ -221,10 +226,7 @@ fn behind_a_proxy_measures_every_technique_direct_and_through_nginx_losing_nothi
         "sse",
         "ws",
     ] {
-        let row = printed
-            .lines()
-            .find(|l| l.starts_with(&format!("| {technique} |")))
-            .unwrap_or_else(|| panic!("no row for {technique}:\n{printed}"));
+        let row = row(&printed, technique);
         assert!(row.ends_with("| 0/0 |"), "lost events: {row}");
     }
 }

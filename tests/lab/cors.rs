@@ -44,8 +44,7 @@ fn a_foreign_origin_gets_the_answer_but_no_permission_to_read_it() {
 
 #[test]
 fn preflights_allow_get_with_the_lab_header_from_own_origins_only() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let origin = common::own_other_origin(addr);
     let ok = preflight(addr, &origin);
     assert_eq!(ok.status, 204);

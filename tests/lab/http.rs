@@ -37,8 +37,7 @@ const CLOSE: &str = "Connection: close\r\n";
 
 #[test]
 fn content_length_and_transfer_encoding_together_get_400_and_publish_nothing() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     // The smuggling classic: a proxy reads the length, the server the chunks (or the other
     // way round), and a second request hides in the first one's body.
     let smuggled = "POST /publish HTTP/1.1\r\nHost: lab\r\nContent-Length: 40\r\n\
@@ -56,8 +55,7 @@ fn content_length_and_transfer_encoding_together_get_400_and_publish_nothing() {
 
 #[test]
 fn a_transfer_coding_other_than_a_single_final_chunked_is_refused() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for coding in ["xchunked", "chunked, identity", "gzip, chunked", "identity"] {
         let request = format!(
             "POST /publish HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -72,8 +70,7 @@ fn a_transfer_coding_other_than_a_single_final_chunked_is_refused() {
 
 #[test]
 fn a_chunked_body_is_read_and_published() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let request = format!(
         "POST /publish HTTP/1.1\r\nHost: lab\r\n{CLOSE}Transfer-Encoding: chunked\r\n\r\n\
          6\r\nhello \r\n5;note=x\r\nworld\r\n0\r\n\r\n"
@@ -204,8 +201,7 @@ fn head_is_answered_with_the_get_headers_and_no_body() {
 
 #[test]
 fn http_1_0_and_connection_close_end_the_connection_after_the_answer() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     // read_to_end returns only because the lab closes the connection.
     for request in [
         "GET /stats HTTP/1.0\r\n\r\n".to_string(),
@@ -263,8 +259,7 @@ fn a_stalled_head_is_closed_after_its_deadline() {
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let lab = start_lab_with(|c| c.idle_timeout = Duration::from_secs(1));
-    let addr = lab.addr();
+    let addr = start_lab_with(|c| c.idle_timeout = Duration::from_secs(1)).addr();
     let mut socket = TcpStream::connect(addr).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(15)))

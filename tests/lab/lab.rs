@@ -325,8 +325,7 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 /// published, and the lab serves the next client.
 #[test]
 fn oversized_heads_get_414_or_431_and_change_nothing() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let long_target = format!(
         "POST /publish?{} HTTP/1.1\r\nHost: lab\r\nContent-Length: 1\r\n\r\nx",
         "a".repeat(9000)
@@ -361,8 +360,7 @@ fn oversized_heads_get_414_or_431_and_change_nothing() {
 /// gets 400 and closes: nothing is published, not even an empty event.
 #[test]
 fn a_bad_content_length_gets_400_and_publishes_nothing() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     for length in ["-5", "5x", " ", "1, 2"] {
         let request =
             format!("POST /publish HTTP/1.1\r\nHost: lab\r\nContent-Length: {length}\r\n\r\nhello");

@@ -7,7 +7,7 @@ use common::{
     wait_until,
 };
 use reverse_ajax_lab::client::{self, get, publish};
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::net::TcpStream;
 use std::thread;
 
@@ -93,8 +93,7 @@ fn a_client_that_hangs_up_is_released_long_before_its_deadline() {
     assert_eq!(stats(addr)["departed"], 1);
     // The one that stayed is still parked, and gets the next event.
     publish(addr, "for the one that stayed").unwrap();
-    let mut body = String::new();
-    BufReader::new(staying).read_to_string(&mut body).unwrap();
+    let body = common::read_until_closed(staying);
     assert!(body.contains("for the one that stayed"), "{body}");
     wait_for_baseline(addr);
 }
@@ -116,8 +115,7 @@ fn beyond_the_limit_a_long_poll_gets_503_with_retry_after() {
     // The held ones still get their event.
     publish(addr, "still served").unwrap();
     for socket in held {
-        let mut body = String::new();
-        BufReader::new(socket).read_to_string(&mut body).unwrap();
+        let body = common::read_until_closed(socket);
         assert!(body.contains("still served"), "{body}");
     }
     wait_for_baseline(addr);

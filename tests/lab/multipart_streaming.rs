@@ -9,8 +9,7 @@ use reverse_ajax_lab::client::{publish, Stream};
 
 #[test]
 fn each_event_is_a_whole_part_in_its_own_chunk() {
-    let lab = start_lab();
-    let addr = lab.addr();
+    let addr = start_lab().addr();
     let mut stream = Stream::open(addr, "/events/multipart", &[]).unwrap();
     assert_eq!(
         stream.header("Content-Type"),

@@ -76,8 +76,7 @@ fn listen(addr: SocketAddr, id: &str, format: &str) -> Stream {
 
 #[test]
 fn a_streaming_session_receives_hub_events_and_its_own_publish() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
     let mut stream = listen(addr, &id, "xml");
@@ -198,8 +197,7 @@ fn join_listen_does_both_in_one_request() {
 
 #[test]
 fn the_js_format_escapes_every_value_and_the_original_did_not() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let attack = r#""); parent.pwned = 1; ("</script><script>parent.pwned = 2</script>"#;
     let encoded = "%22)%3B%20parent.pwned%20%3D%201%3B%20(%22%3C%2Fscript%3E%3Cscript%3Eparent.pwned%20%3D%202%3C%2Fscript%3E";
     let frame = |original: bool| {
@@ -272,8 +270,7 @@ fn bad_requests_get_a_nack_and_change_nothing() {
 
 #[test]
 fn leaving_ends_the_stream_and_a_session_nobody_listens_for_expires() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
     let mut stream = listen(addr, &id, "xml");
@@ -421,8 +418,7 @@ fn xml_strict_events(
 
 #[test]
 fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unchanged() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     // Exactly the requests ajax-pushlet-client.js v1.7 makes: the format and mode only at
     // join (and the mode at listen); every later request names only its p_id.
     let joined = xml_strict_events(addr, "p_event=join&p_format=xml-strict&p_mode=pull");
@@ -521,8 +517,7 @@ fn a_session_holds_at_most_32_subscriptions() {
 /// heartbeat (20 s), and the session lives on for its next request.
 #[test]
 fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_heartbeat() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let listen = |id: &str| {
         let path =
             format!("{SRV}?p_event=listen&p_id={id}&p_subject=/lab&p_mode=stream&p_format=xml");
@@ -543,8 +538,7 @@ fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_heartbeat() {
 /// the page around it only hears events (the original `js-pushlet-net.html` relied on that).
 #[test]
 fn a_js_pull_page_loads_the_next_by_itself_after_its_wait() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
     let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=js");

@@ -19,10 +19,12 @@ fn lab() -> RunningLab {
 /// A lab that pings every session every `interval` and closes it `timeout` after a ping
 /// without a pong.
 fn lab_pinging(interval: Duration, timeout: Duration) -> RunningLab {
-    start_lab_with(|c| {
-        c.socket_io.ping_interval = interval;
-        c.socket_io.ping_timeout = timeout;
-    })
+    let settings = reverse_ajax_lab::config::SocketIoSettings {
+        ping_interval: interval,
+        ping_timeout: timeout,
+        ..Default::default()
+    };
+    start_lab_with(|c| c.socket_io = settings)
 }
 
 /// A polling session's handshake: its sid.
@@ -714,8 +716,7 @@ fn lab_pid(addr: SocketAddr, sid: &str, auth: &str) -> String {
 
 #[test]
 fn a_session_closed_for_a_protocol_error_is_not_recovered_and_one_the_client_closed_is() {
-    let lab = lab();
-    let addr = lab.addr();
+    let addr = lab().addr();
     let offset = publish(addr, "before").unwrap();
     // The client closes its session ("1"): its /lab socket can be recovered by its pid.
     let first = handshake(addr);

@@ -8,6 +8,7 @@ pub mod streams;
 use reverse_ajax_lab::client;
 use reverse_ajax_lab::{Config, RunningLab};
 use serde_json::Value;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,15 @@ pub fn fresh_temp_dir(what: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Everything `socket` sends until it closes (a held request's whole answer).
+pub fn read_until_closed(socket: impl std::io::Read) -> String {
+    let mut text = String::new();
+    std::io::BufReader::new(socket)
+        .read_to_string(&mut text)
+        .unwrap();
+    text
 }
 
 /// The text between the first `before` in `text` and the next `after` (an id in a body).
