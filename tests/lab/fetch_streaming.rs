@@ -8,6 +8,9 @@ use common::{deadline, start_lab, start_lab_with, stats, wait_for_stat, wait_unt
 use reverse_ajax_lab::client::{publish, Stream};
 use std::time::Duration;
 
+// The claims every stream makes (`common::streams`): heartbeats, the limit, the cursor.
+streams::stream_claims!("/events/stream", "\n", streams::json_ids);
+
 #[test]
 fn promptness_each_event_is_its_own_chunk_while_the_response_is_open() {
     let addr = start_lab().addr();
@@ -15,33 +18,13 @@ fn promptness_each_event_is_its_own_chunk_while_the_response_is_open() {
     assert_eq!(stream.status, 200);
     assert_eq!(stream.header("Content-Type"), Some("application/x-ndjson"));
     assert_eq!(stream.header("Transfer-Encoding"), Some("chunked"));
-    wait_for_stat(addr, "streams", 1, "the stream is subscribed");
-    for i in 1..=3 {
-        publish(addr, &format!("line {i}\nwith a newline")).unwrap();
-        // The event arrives before the next one is even published.
-        let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
-        assert_eq!(
-            chunk,
-            format!("{{\"data\":\"line {i}\\nwith a newline\",\"id\":{i}}}\n")
-        );
-    }
-}
-
-#[test]
-fn a_cursor_replays_what_was_missed_first() {
-    streams::a_cursor_replays_what_was_missed_first("/events/stream", streams::json_ids);
-}
-
-/// With no event, a heartbeat (an empty line) comes after the interval; the heartbeats alone
-/// find a client that left.
-#[test]
-fn heartbeats_find_a_client_that_left_and_free_its_stream() {
-    streams::heartbeats_find_a_client_that_left("/events/stream", "\n");
-}
-
-#[test]
-fn beyond_the_limit_a_stream_gets_503() {
-    streams::beyond_the_limit_a_stream_gets_503("/events/stream");
+    // A newline in the data stays inside its JSON string: one line per event.
+    let texts = ["line 1\nwith a newline", "line 2\nwith a newline"];
+    let line = |id, text: &str| {
+        let escaped = text.replace('\n', "\\n");
+        format!("{{\"data\":\"{escaped}\",\"id\":{id}}}\n")
+    };
+    streams::each_event_is_its_own_chunk(addr, &mut stream, &texts, line);
 }
 
 #[test]

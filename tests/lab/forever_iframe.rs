@@ -4,8 +4,15 @@ use crate::common;
 
 use common::streams;
 
-use common::{deadline, start_lab, wait_for_stat};
+use common::{deadline, start_lab};
 use reverse_ajax_lab::client::{publish, Stream};
+
+// The claims every stream makes (`common::streams`): heartbeats, the limit, the cursor.
+streams::stream_claims!(
+    "/events/iframe",
+    "<script>parent.onHeartbeat()</script>\n",
+    streams::json_ids
+);
 
 #[test]
 fn each_event_is_one_script_calling_the_parent() {
@@ -17,13 +24,10 @@ fn each_event_is_one_script_calling_the_parent() {
     );
     let prelude = stream.next_chunk(deadline()).unwrap().unwrap();
     assert!(prelude.starts_with("<!doctype html>") && prelude.len() >= 1024);
-    wait_for_stat(addr, "streams", 1, "subscribed");
-    publish(addr, "hello").unwrap();
-    let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
-    assert_eq!(
-        chunk,
-        "<script>parent.onEvent({\"data\":\"hello\",\"id\":1})</script>\n"
-    );
+    let script = |id, text: &str| {
+        format!("<script>parent.onEvent({{\"data\":\"{text}\",\"id\":{id}}})</script>\n")
+    };
+    streams::each_event_is_its_own_chunk(addr, &mut stream, &["hello", "again"], script);
 }
 
 #[test]
@@ -38,22 +42,6 @@ fn an_event_cannot_close_the_script_element() {
     assert_eq!(script.matches("<script>").count(), 1, "{script}");
     assert_eq!(script.matches("</script>").count(), 1, "{script}");
     assert!(script.contains(r"\u003c/script\u003e\u003cscript\u003ealert(1)"));
-}
-
-#[test]
-fn heartbeats_keep_the_parent_informed_and_free_a_stream_whose_client_left() {
-    let heartbeat = "<script>parent.onHeartbeat()</script>\n";
-    streams::heartbeats_find_a_client_that_left("/events/iframe", heartbeat);
-}
-
-#[test]
-fn beyond_the_limit_a_stream_gets_503() {
-    streams::beyond_the_limit_a_stream_gets_503("/events/iframe");
-}
-
-#[test]
-fn a_cursor_replays_what_was_missed_first() {
-    streams::a_cursor_replays_what_was_missed_first("/events/iframe", streams::json_ids);
 }
 
 #[test]

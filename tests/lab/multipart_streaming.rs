@@ -4,8 +4,15 @@ use crate::common;
 
 use common::streams;
 
-use common::{deadline, start_lab, wait_for_stat};
-use reverse_ajax_lab::client::{publish, Stream};
+use common::{deadline, start_lab};
+use reverse_ajax_lab::client::Stream;
+
+// The claims every stream makes (`common::streams`): heartbeats, the limit, the cursor.
+streams::stream_claims!(
+    "/events/multipart",
+    "Content-Type: application/json\r\n\r\n{\"heartbeat\":true}\r\n--lab-event\r\n",
+    streams::json_ids
+);
 
 #[test]
 fn each_event_is_a_whole_part_in_its_own_chunk() {
@@ -19,31 +26,11 @@ fn each_event_is_a_whole_part_in_its_own_chunk() {
         stream.next_chunk(deadline()).unwrap().unwrap(),
         "--lab-event\r\n"
     );
-    wait_for_stat(addr, "streams", 1, "subscribed");
-    for i in 1..=2 {
-        publish(addr, &format!("part {i}")).unwrap();
-        let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
-        assert_eq!(
-            chunk,
-            format!("Content-Type: application/json\r\n\r\n{{\"data\":\"part {i}\",\"id\":{i}}}\r\n--lab-event\r\n")
-        );
-    }
-}
-
-#[test]
-fn heartbeats_are_parts_too_and_free_a_stream_whose_client_left() {
-    let heartbeat = "Content-Type: application/json\r\n\r\n{\"heartbeat\":true}\r\n--lab-event\r\n";
-    streams::heartbeats_find_a_client_that_left("/events/multipart", heartbeat);
-}
-
-#[test]
-fn beyond_the_limit_a_stream_gets_503() {
-    streams::beyond_the_limit_a_stream_gets_503("/events/multipart");
-}
-
-#[test]
-fn a_cursor_replays_missed_parts_first() {
-    streams::a_cursor_replays_what_was_missed_first("/events/multipart", streams::json_ids);
+    let part = |id, text: &str| {
+        let json = format!("{{\"data\":\"{text}\",\"id\":{id}}}");
+        format!("Content-Type: application/json\r\n\r\n{json}\r\n--lab-event\r\n")
+    };
+    streams::each_event_is_its_own_chunk(addr, &mut stream, &["part 1", "part 2"], part);
 }
 
 #[test]

@@ -419,16 +419,16 @@ fn xml_strict_events(
 #[test]
 fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unchanged() {
     let addr = lab().addr();
+    let ask = |query: &str| xml_strict_events(addr, query);
     // Exactly the requests ajax-pushlet-client.js v1.7 makes: the format and mode only at
     // join (and the mode at listen); every later request names only its p_id.
-    let joined = xml_strict_events(addr, "p_event=join&p_format=xml-strict&p_mode=pull");
+    let joined = ask("p_event=join&p_format=xml-strict&p_mode=pull");
     assert_eq!(joined[0]["p_event"], "join-ack");
     assert_eq!(joined[0]["p_format"], "xml-strict");
     let alice = joined[0]["p_id"].clone();
-    let listened = xml_strict_events(
-        addr,
-        &format!("p_event=listen&p_mode=pull&p_subject=%2Flab&p_id={alice}"),
-    );
+    let listened = ask(&format!(
+        "p_event=listen&p_mode=pull&p_subject=%2Flab&p_id={alice}"
+    ));
     assert_eq!(listened[0]["p_event"], "listen-ack");
     assert_eq!(listened[0]["p_sid"], "1");
     assert_eq!(listened[1]["p_event"], "refresh");
@@ -438,37 +438,30 @@ fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unc
         "the original's pull wait: {wait}"
     );
     // Bob: join-listen on two subjects at once, comma-separated; then a labelled one.
-    let bob_joined = xml_strict_events(
-        addr,
+    let bob_joined = ask(
         "p_event=join-listen&p_format=xml-strict&p_mode=pull&p_subject=%2Fchat%2Fa%2C%2Fchat%2Fb",
     );
     assert_eq!(bob_joined[0]["p_event"], "join-listen-ack");
     let bob = bob_joined[0]["p_id"].clone();
-    let subscribed = xml_strict_events(
-        addr,
-        &format!("p_event=subscribe&p_subject=%2Fnews&p_label=headlines&p_id={bob}"),
-    );
+    let subscribed = ask(&format!(
+        "p_event=subscribe&p_subject=%2Fnews&p_label=headlines&p_id={bob}"
+    ));
     assert_eq!(subscribed[0]["p_event"], "subscribe-ack");
     assert_eq!(subscribed[0]["p_sid"], "2");
     assert_eq!(subscribed[0]["p_label"], "headlines");
     // Alice publishes her own fields; a second event to /news, and one to Bob alone.
-    let published = xml_strict_events(
-        addr,
-        &format!(
-            "p_event=publish&p_subject=%2Fchat%2Fb&nick=alice&msg=hi%20%3Cthere%3E&p_id={alice}"
-        ),
-    );
+    let published = ask(&format!(
+        "p_event=publish&p_subject=%2Fchat%2Fb&nick=alice&msg=hi%20%3Cthere%3E&p_id={alice}"
+    ));
     assert_eq!(published[0]["p_event"], "publish-ack");
-    xml_strict_events(
-        addr,
-        &format!("p_event=publish&p_subject=%2Fnews&title=rain&p_id={alice}"),
-    );
-    xml_strict_events(
-        addr,
-        &format!("p_event=publish&p_subject=%2Fprivate&p_to={bob}&note=psst&p_id={alice}"),
-    );
+    ask(&format!(
+        "p_event=publish&p_subject=%2Fnews&title=rain&p_id={alice}"
+    ));
+    ask(&format!(
+        "p_event=publish&p_subject=%2Fprivate&p_to={bob}&note=psst&p_id={alice}"
+    ));
     // Bob's refresh names only his p_id: answered in pull mode, in xml-strict.
-    let refreshed = xml_strict_events(addr, &format!("p_event=refresh&p_id={bob}"));
+    let refreshed = ask(&format!("p_event=refresh&p_id={bob}"));
     assert_eq!(refreshed[0]["p_event"], "refresh-ack");
     let data: Vec<_> = refreshed
         .iter()
@@ -488,12 +481,12 @@ fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unc
     assert_eq!(refreshed.last().unwrap()["p_event"], "refresh");
     // Alice hears the hub on /lab: a hub event, with her subscription's id.
     let id = publish(addr, "from the hub").unwrap();
-    let hers = xml_strict_events(addr, &format!("p_event=refresh&p_id={alice}"));
+    let hers = ask(&format!("p_event=refresh&p_id={alice}"));
     let hub: Vec<_> = hers.iter().filter(|e| e["p_event"] == "data").collect();
     assert_eq!(hub[0]["p_subject"], "/lab/events");
     assert_eq!(hub[0]["id"], id.to_string());
     assert_eq!(hub[0]["p_sid"], "1");
-    let left = xml_strict_events(addr, &format!("p_event=leave&p_id={alice}"));
+    let left = ask(&format!("p_event=leave&p_id={alice}"));
     assert_eq!(left[0]["p_event"], "leave-ack");
 }
 

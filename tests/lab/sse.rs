@@ -10,6 +10,9 @@ use common::{
 };
 use reverse_ajax_lab::client::{get, publish, request, Stream};
 
+// The claims every stream makes (`common::streams`): heartbeats, the limit, the cursor.
+streams::stream_claims!("/events/sse", ": heartbeat\n\n", ids_in);
+
 fn ids_in(text: &str) -> Vec<u64> {
     text.lines()
         .filter_map(|l| l.strip_prefix("id: "))
@@ -187,21 +190,4 @@ fn after_a_503_the_page_reopens_the_stream_itself() {
     let text = marker("after-503");
     publish(addr, &text).unwrap();
     page.wait_for_log(&format!("[event] {text}"));
-}
-
-/// After `--heartbeat` of silence a `: heartbeat` comment; a client that left is found by the
-/// writes that fail, and its stream and subscription are freed.
-#[test]
-fn heartbeats_are_comments_and_free_a_stream_whose_client_left() {
-    streams::heartbeats_find_a_client_that_left("/events/sse", ": heartbeat\n\n");
-}
-
-#[test]
-fn beyond_the_limit_a_stream_gets_503() {
-    streams::beyond_the_limit_a_stream_gets_503("/events/sse");
-}
-
-#[test]
-fn a_cursor_replays_what_was_missed_first() {
-    streams::a_cursor_replays_what_was_missed_first("/events/sse", ids_in);
 }

@@ -8,8 +8,31 @@
 //! - a cursor the ring has moved past gets the lesson's `missed` notice first.
 
 use super::{deadline, start_lab_with, stats, wait_for_baseline, wait_until};
+
+/// The first three claims above as three tests in the calling lesson's module, each named
+/// for its claim: `stream_claims!(path, heartbeat, ids)`, with the lesson's path, the exact
+/// bytes of its heartbeat, and how to read event ids out of its framing.
+macro_rules! stream_claims {
+    ($path:expr, $heartbeat:expr, $ids:expr) => {
+        #[test]
+        fn heartbeats_find_a_client_that_left_and_free_its_stream() {
+            crate::common::streams::heartbeats_find_a_client_that_left($path, $heartbeat);
+        }
+
+        #[test]
+        fn beyond_the_limit_a_stream_gets_503() {
+            crate::common::streams::beyond_the_limit_a_stream_gets_503($path);
+        }
+
+        #[test]
+        fn a_cursor_replays_what_was_missed_first() {
+            crate::common::streams::a_cursor_replays_what_was_missed_first($path, $ids);
+        }
+    };
+}
 use reverse_ajax_lab::client::{self, Stream};
 use std::time::Duration;
+pub(crate) use stream_claims;
 
 /// `"id":N` in every event, in order: the JSON every stream but SSE carries.
 pub fn json_ids(text: &str) -> Vec<u64> {
@@ -20,6 +43,23 @@ pub fn json_ids(text: &str) -> Vec<u64> {
             digits.parse().ok()
         })
         .collect()
+}
+
+/// Promptness, on an open `stream` whose prelude was read: once the lab holds it, each event
+/// published (`texts`, in order) arrives as one chunk of its own, `frame(id, text)`, before the
+/// next is even published.
+pub fn each_event_is_its_own_chunk(
+    addr: std::net::SocketAddr,
+    stream: &mut Stream,
+    texts: &[&str],
+    frame: impl Fn(u64, &str) -> String,
+) {
+    super::wait_for_stat(addr, "streams", 1, "the stream is held");
+    for text in texts {
+        let id = client::publish(addr, text).unwrap();
+        let chunk = stream.next_chunk(deadline()).unwrap().unwrap();
+        assert_eq!(chunk, frame(id, text), "event {id}");
+    }
 }
 
 /// After `--heartbeat` of silence, `heartbeat` arrives (after the lesson's prelude, if it has
