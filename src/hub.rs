@@ -274,12 +274,10 @@ fn backlog(state: &State, cursor: u64) -> Backlog {
     let oldest_kept = state.history.front().map_or(state.last_id + 1, |e| e.id);
     // Ids from cursor+1 up to oldest_kept-1 have left the ring.
     let missed = oldest_kept.saturating_sub(cursor + 1);
-    let events = state
-        .history
-        .iter()
-        .filter(|e| e.id > cursor)
-        .cloned()
-        .collect();
+    // The ring is in id order: find the first newer event by halving, not by walking it all
+    // (every woken thread does this under the hub's lock).
+    let first = state.history.partition_point(|e| e.id <= cursor);
+    let events = state.history.range(first..).cloned().collect();
     Backlog { events, missed }
 }
 
