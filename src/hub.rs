@@ -15,9 +15,9 @@
 //!
 //! Why a bell and not a channel each: with a thousand parked threads, a thousand channel sends
 //! are a thousand wake-up system calls, made one after another by the publishing thread. On
-//! the lab's 2-core machine half the threads were running 24–42 ms after the first send; after
-//! one `notify_all` (one call), 3–5 ms (`cargo run --release --example latency -- wakes
-//! 1000`, LESSONS.md chapter 14). Java calls the same idea `Object.notifyAll`.
+//! the lab's 2-core machine one `notify_all` (one call) has half the threads running in about
+//! half the time the sends take (`cargo run --release --example latency -- wakes 1000`; the
+//! figures are in LESSONS.md chapter 14). Java calls the same idea `Object.notifyAll`.
 //!
 //! The servlet originals kept one `BlockingQueue` that every poll drained. That queue is kept
 //! here too (`drain_shared_queue`), bounded, so the polling lesson can show how it splits events
