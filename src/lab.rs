@@ -31,6 +31,8 @@ pub struct Lab {
     pub activity: Arc<crate::classroom::Activity>,
     /// The connection threads (`connection::Pool`): what `/stats` reads of them.
     pub connections: std::sync::OnceLock<Arc<crate::connection::Pool>>,
+    /// The one thread that waits for every idle WebSocket's next frame (`watcher`).
+    pub watcher: crate::watcher::SocketWatcher,
 }
 
 impl Lab {

@@ -33,6 +33,7 @@ pub mod request;
 pub mod server;
 pub mod stats;
 pub mod stream;
+pub mod watcher;
 pub mod workarounds;
 pub mod ws;
 

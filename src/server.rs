@@ -131,7 +131,11 @@ impl RunningLab {
             stats: Stats::default(),
             addr,
             connections: Default::default(),
+            watcher: Default::default(),
         });
+        lab.watcher
+            .start()
+            .map_err(|e| format!("cannot start the socket watcher thread: {e}"))?;
         if let Some(range) = generator {
             crate::generator::spawn(lab.clone(), range)
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
@@ -453,6 +457,8 @@ fn stats_json(
         "streams": s.streams.get(),
         "websockets": s.websockets.get(),
         "websocket_threads": s.websocket_threads.get(),
+        // WebSockets whose client's frames the socket watcher waits for (`watcher`).
+        "watched_sockets": lab.watcher.watching(),
         // Open TCP connections, idle keep-alive ones included (each has its thread).
         "open_connections": lab.connections.get().map_or(0, |p| p.open.load(Relaxed)),
         "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),

@@ -10,8 +10,10 @@
 //!    (`Request::into_stream`), with whatever frames the client sent right behind its
 //!    handshake.
 //!
-//! Also here: tungstenite's configuration for the lab's small frames, the read-only half a
-//! reader thread owns, the close frame, the drain after a close we started, and frame sizes.
+//! Also here: tungstenite's configuration for the lab's small frames, the socket as a
+//! one-thread endpoint gives it to tungstenite (read only when the watcher said so), the
+//! read-only half a two-thread endpoint's reader owns, the close frame, the drain after a close
+//! we started, and frame sizes.
 
 use crate::connection::Request;
 use crate::http::HttpError;
@@ -144,7 +146,54 @@ pub fn writer_config(max_message: usize) -> WebSocketConfig {
     config(max_message).read_buffer_size(64)
 }
 
-/// The reading half: reads go to the socket, writes go nowhere. tungstenite would answer
+/// The socket of an endpoint with one thread (the lesson's `/events/ws`): the thread reads
+/// only when the socket watcher (`watcher`) has said bytes are there, one `read` per notice,
+/// which therefore cannot block. Any other read is `WouldBlock`, which tungstenite takes as
+/// "the rest has not come yet", keeping what it has of a frame. Writes go to the socket.
+pub struct ReadWhenNoticed {
+    stream: TcpStream,
+    noticed: bool,
+}
+
+impl ReadWhenNoticed {
+    pub fn new(stream: TcpStream) -> Self {
+        ReadWhenNoticed {
+            stream,
+            noticed: false,
+        }
+    }
+
+    /// The watcher's notice came: one read may go to the socket.
+    pub fn noticed(&mut self) {
+        self.noticed = true;
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl Read for ReadWhenNoticed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !std::mem::take(&mut self.noticed) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        // Returns at once: the watcher saw bytes (or the end), and only this thread reads.
+        self.stream.read(buf)
+    }
+}
+
+impl Write for ReadWhenNoticed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // BLOCKS: while the send buffer is full, up to --write-timeout.
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// The reading half of a two-thread endpoint (Socket.IO's, Atmosphere's, Bayeux's): reads go to the socket, writes go nowhere. tungstenite would answer
 /// pings and closes from inside `read`; here the writer thread does that, so only one thread
 /// ever writes to the socket.
 pub struct ReadOnly(pub TcpStream);
@@ -169,8 +218,7 @@ impl Write for ReadOnly {
 /// for at most two seconds. Closing a socket with unread bytes in it makes the kernel send a
 /// reset instead of a FIN, and the client would see "connection reset" (a browser: 1006)
 /// instead of our close code. (`a_close_the_server_starts_ends_cleanly_without_a_reset`)
-pub fn drain(socket: &mut ReadOnly, id: u64) {
-    let stream = &mut socket.0;
+pub fn drain(mut stream: &TcpStream, id: u64) {
     let until = Instant::now() + Duration::from_secs(2);
     let mut buffer = [0u8; 16 * 1024];
     let mut drained = 0;

@@ -15,7 +15,8 @@
 //! Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
 //!
 //! ◄ text {"data":"At ...","id":5}                ← the backlog after since=4, then live events
-//!   (time passes: ws-3-writer is parked on its subscription, ws-3 on the socket)
+//!   (time passes: ws 3's thread is parked on its subscription; the watcher, in poll(), on
+//!   its socket)
 //! ► text "hello"                                  ← the client's frame is published to all...
 //! ◄ text {"data":"hello","id":6}                 ← ...including back to the sender
 //! ◄ ping                                          ← every heartbeat interval
@@ -31,18 +32,23 @@
 //!    origins) and reads `since`; then `ws::accept` checks the protocol's headers, writes the
 //!    `101` and takes the socket from the HTTP layer (`Request::into_stream`), to run
 //!    tungstenite on it.
-//! 3. Two threads per connection. `read_frames` (thread `ws-N`) blocks on the socket: it
-//!    publishes the client's text frames and hands pongs, close replies and errors to the
-//!    writer; it never writes itself, so frames from two threads can never interleave.
-//!    `write_frames` (thread `ws-N-writer`) blocks on the subscription *and* the reader's
-//!    channel: it sends events, pings on an interval, answers pings, and closes.
-//! 4. Every ending (client close, server close, write error, silent peer) shuts the socket
-//!    down, which ends the other thread too; dropping the subscription and the place frees them.
+//! 3. One thread per connection, the one that read the handshake (`conn-N`; it logs as
+//!    `ws N`). It blocks on its
+//!    subscription *and* on a notice from the lab's socket watcher (`watcher`), which waits in
+//!    `poll(2)` on every idle WebSocket at once: a notice says the client sent something (or
+//!    left). Woken by an event, it writes a text frame; by a notice, it reads the frames that
+//!    are there (`read_frames`: such a read cannot block) and publishes them; by the heartbeat,
+//!    it pings. Only this thread writes to the socket, so frames can never interleave.
+//! 4. Every ending (client close, server close, write error, silent peer) ends the watch and
+//!    shuts the socket; dropping the subscription and the place frees the rest.
 //!
 //! **What it costs**: one handshake per connection (about 400 bytes both ways), then 2 bytes of
-//! frame header per small event from the server (clients mask theirs: 6 bytes); two threads and
-//! two file descriptors per client in this model (`try_clone` duplicates the socket's: a
-//! reader and a writer). Some proxies and old corporate firewalls do not pass the `Upgrade`.
+//! frame header per small event from the server (clients mask theirs: 6 bytes); one thread
+//! (about 18 KiB resident) and two file descriptors per client (the watcher keeps a copy of
+//! the socket's); one more wake-up per client frame (the watcher's). A thread per direction
+//! would need no watcher, at twice the threads (37 KiB per client, measured with
+//! `cargo run --release --example latency -- ws 1000`). Some proxies and old corporate
+//! firewalls do not pass the `Upgrade`.
 //!
 //! **Try it**: `cargo run --example websocket`, open two tabs of
 //! <http://127.0.0.1:8080/lessons/websocket> and chat; or with
@@ -54,28 +60,15 @@ use crate::http::Query;
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
-use crate::ws::{close_frame, drain, frame_size, ReadOnly, Upgraded};
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crate::ws::{close_frame, drain, frame_size, ReadWhenNoticed, Upgraded};
+use crossbeam_channel::bounded;
 use serde_json::json;
 use std::io;
-use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::net::Shutdown;
+use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role};
+use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
-
-/// What the reader hands the writer.
-enum ToWriter {
-    /// Answer a ping.
-    Pong(tungstenite::Bytes),
-    /// Echo the client's close frame; the conversation is over, shut the socket.
-    Close(CloseFrame),
-    /// Our own close (1009, 1003): send it and stop writing, but leave the reading side to
-    /// the reader, which drains what the client still sends before the socket is closed.
-    CloseAndDrain(CloseFrame),
-}
 
 /// `GET /events/ws` without `Upgrade: websocket` (a browser's address bar, a plain curl):
 /// 426 Upgrade Required, naming the upgrade it needs.
@@ -95,58 +88,6 @@ pub fn upgrade(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         return Ok(()); // refused, and answered
     };
     serve(lab, upgraded, since)
-}
-
-/// Step 3.
-fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()> {
-    let Upgraded {
-        stream,
-        pending,
-        id,
-        place: _place,
-    } = upgraded;
-    let counters = &lab.count("websocket");
-    let config = crate::ws::config(lab.config.max_body);
-    // No cursor: from now. One ahead of now (ids restarted): also now.
-    let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
-    let (backlog, subscription) = lab.hub.subscribe_with_channel(since);
-    log::debug!("ws {id} open, from event {since}");
-
-    // 3. Split: the reader keeps this thread, the writer gets its own.
-    let read_half = ReadOnly(stream.try_clone()?);
-    let reader = WebSocket::from_partially_read(read_half, pending, Role::Server, Some(config));
-    let writer_config = crate::ws::writer_config(lab.config.max_body);
-    let writer = WebSocket::from_raw_socket(stream, Role::Server, Some(writer_config));
-    let (to_writer, from_reader) = unbounded();
-    let last_heard = AtomicU64::new(0);
-    let started = Instant::now();
-
-    // Scoped threads may borrow the lab; the scope ends when both halves have.
-    let last_heard = &last_heard;
-    thread::scope(|scope| -> io::Result<()> {
-        let writer_thread = thread::Builder::new()
-            .name(format!("ws-{id}-writer"))
-            .spawn_scoped(scope, move || {
-                let _thread = lab.stats.websocket_threads.enter();
-                let ending = write_frames(Writing {
-                    lab,
-                    socket: writer,
-                    subscription,
-                    backlog,
-                    from_reader,
-                    heartbeat: lab.config.heartbeat,
-                    last_heard,
-                    started,
-                    counters,
-                });
-                log::debug!("ws {id} writer done: {ending}");
-            })?;
-        // `read_frames` owns the sender: when it returns, the writer sees it gone.
-        read_frames(lab, reader, to_writer, last_heard, started, counters, id);
-        // BLOCKS: until the writer has shut the socket and ended too.
-        let _ = writer_thread.join();
-        Ok(())
-    })
 }
 
 /// The handshake's checks: the page's `Origin`, and `since`.
@@ -172,154 +113,202 @@ fn check_request(
     }
 }
 
-/// Step 3, the reader (thread `ws-N`).
-fn read_frames(
-    lab: &Lab,
-    mut socket: WebSocket<ReadOnly>,
-    to_writer: Sender<ToWriter>,
-    last_heard: &AtomicU64,
-    started: Instant,
-    counters: &LessonCounters,
+/// One WebSocket's conversation: what its thread owns or borrows.
+struct Conversation<'a> {
+    lab: &'a Lab,
+    socket: WebSocket<ReadWhenNoticed>,
+    subscription: Subscription,
+    counters: &'a LessonCounters,
+    /// When the client last sent anything (a pong counts): silent for two heartbeats, gone.
+    last_heard: Instant,
     id: u64,
-) {
+}
+
+/// Why a conversation ended, and whether what the client still sends must be read first
+/// (after a close we started: `ws::drain`).
+struct Ended {
+    why: String,
+    drain: bool,
+}
+
+impl Ended {
+    fn shut(why: impl Into<String>) -> Ended {
+        Ended {
+            why: why.into(),
+            drain: false,
+        }
+    }
+}
+
+/// Step 3, then 4.
+fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()> {
+    let Upgraded {
+        stream,
+        pending,
+        id,
+        place: _place,
+    } = upgraded;
+    let config = crate::ws::config(lab.config.max_body);
+    // No cursor: from now. One ahead of now (ids restarted): also now.
+    let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
+    let (backlog, subscription) = lab.hub.subscribe_with_channel(since);
+    log::debug!("ws {id} open, from event {since}");
+    let socket = ReadWhenNoticed::new(stream);
+    let mut conversation = Conversation {
+        lab,
+        socket: WebSocket::from_partially_read(socket, pending, Role::Server, Some(config)),
+        subscription,
+        counters: &lab.count("websocket"),
+        last_heard: Instant::now(),
+        id,
+    };
+    let ended = converse(&mut conversation, backlog);
+    log::debug!("ws {id} done: {}", ended.why);
+    // 4. The end, whatever it was.
+    let stream = conversation.socket.get_ref().stream();
+    match ended.drain {
+        // BLOCKS: until the client closes its side, or two seconds pass.
+        true => drain(stream, id),
+        false => {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+    Ok(())
+}
+
+/// Step 3: the backlog, then whatever wakes the thread, until the conversation ends.
+fn converse(c: &mut Conversation<'_>, backlog: Backlog) -> Ended {
+    if let Err(e) = send_events(c, &backlog) {
+        return write_failed(c, e);
+    }
+    // Frames the client sent right behind its handshake are in tungstenite's buffer already:
+    // no notice will come for them.
+    if let Err(ended) = read_frames(c) {
+        return ended;
+    }
+    let (tell, noticed) = bounded::<()>(1);
+    let watch = c.lab.watcher.watch(c.socket.get_ref().stream(), move || {
+        let _ = tell.try_send(()); // (a notice already waiting says the same)
+    });
+    let watch = match watch {
+        Ok(watch) => watch,
+        Err(e) => return Ended::shut(format!("could not watch the socket: {e}")),
+    };
+    let heartbeat = c.lab.config.heartbeat;
+    let mut next_ping = Instant::now() + heartbeat;
     loop {
-        // BLOCKS: until the client sends a frame, or the socket is shut down.
-        let message = socket.read();
-        last_heard.store(started.elapsed().as_millis() as u64, Relaxed);
+        // BLOCKS: until an event, the watcher's notice (the client sent something, or left),
+        // or the next ping is due.
+        match c.subscription.wait_for_events_or(&noticed, next_ping) {
+            Wake::Events(batch) => {
+                if let Err(e) = send_events(c, &batch) {
+                    return write_failed(c, e);
+                }
+            }
+            Wake::Other(()) => {
+                log::debug!("ws {} noticed: its client sent something, or left", c.id);
+                c.socket.get_mut().noticed();
+                if let Err(ended) = read_frames(c) {
+                    return ended;
+                }
+                watch.again();
+            }
+            // (The watch holds the sender for as long as it lives.)
+            Wake::OtherGone => return Ended::shut("the watch ended"),
+            Wake::Deadline => {
+                // Heard nothing for two intervals, not even a pong: the peer is gone.
+                if c.last_heard.elapsed() > 2 * heartbeat {
+                    return Ended::shut("the peer stopped answering pings");
+                }
+                if let Err(e) = c.socket.send(Message::Ping(Vec::new().into())) {
+                    return write_failed(c, e);
+                }
+                next_ping = Instant::now() + heartbeat;
+            }
+        }
+    }
+}
+
+/// Step 3, the client's side: every frame that is there, in turn. `Ok` once the rest has not
+/// come yet; `Err` when the conversation is over.
+fn read_frames(c: &mut Conversation<'_>) -> Result<(), Ended> {
+    let id = c.id;
+    loop {
+        // Never blocks: one read of the bytes the watcher saw, else `WouldBlock`.
+        let message = match c.socket.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok(());
+            }
+            message => message,
+        };
+        c.last_heard = Instant::now();
         match message {
             Ok(Message::Text(text)) => {
-                match lab.publish(text.as_str()) {
+                match c.lab.publish(text.as_str()) {
                     Ok(event) => log::debug!("ws {id} published event {}", event.id),
                     // (Only with --redis: the frame is not published; the socket lives on.)
                     Err(e) => log::warn!("ws {id}: the client's frame was not published: {e}"),
                 }
             }
             Ok(Message::Binary(_)) => {
-                let frame = close_frame(CloseCode::Unsupported, "text frames only");
-                let _ = to_writer.send(ToWriter::CloseAndDrain(frame));
-                return drain(socket.get_mut(), id);
+                return Err(close(c, CloseCode::Unsupported, "text frames only"));
             }
-            Ok(Message::Ping(payload)) => {
-                let _ = to_writer.send(ToWriter::Pong(payload));
-            }
-            Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
+            // tungstenite has queued the pong: the next `read` sends it.
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
             Ok(Message::Close(frame)) => {
-                // The client closes: the writer echoes its code, then shuts the socket.
+                // tungstenite has queued the echo of the client's close: send it, and end.
                 let code = frame.map_or(CloseCode::Normal, |f| f.code);
-                log::debug!("ws {id} client closed with {code}");
-                let _ = to_writer.send(ToWriter::Close(close_frame(code, "")));
-                return;
+                let _ = c.socket.flush();
+                return Err(Ended::shut(format!("echoed the client's close {code}")));
             }
             Err(tungstenite::Error::Capacity(e)) => {
                 log::debug!("ws {id} message too big: {e}");
-                counters.error();
-                let frame = close_frame(CloseCode::Size, "message too big");
-                let _ = to_writer.send(ToWriter::CloseAndDrain(frame));
-                return drain(socket.get_mut(), id);
+                c.counters.error();
+                return Err(close(c, CloseCode::Size, "message too big"));
             }
-            Err(e) => {
-                log::debug!("ws {id} read ended: {e}");
-                return;
-            }
+            Err(e) => return Err(Ended::shut(format!("read ended: {e}"))),
         }
     }
 }
 
-/// Everything the writer thread owns or borrows.
-struct Writing<'a> {
-    lab: &'a Lab,
-    socket: WebSocket<TcpStream>,
-    subscription: Subscription,
-    backlog: Backlog,
-    from_reader: Receiver<ToWriter>,
-    heartbeat: Duration,
-    last_heard: &'a AtomicU64,
-    started: Instant,
-    counters: &'a LessonCounters,
-}
-
-/// Step 3, the writer (thread `ws-N-writer`). Returns why it ended; always shuts the socket
-/// (for a close we started, only its writing side: the reader drains and closes the rest).
-fn write_frames(mut w: Writing<'_>) -> String {
-    let (ending, how) = write_until_done(&mut w);
-    // 4. Shutting the socket wakes the reader's blocking read, whatever ended us.
-    let _ = w.socket.get_ref().shutdown(how);
-    ending
+/// Our own close (1009, 1003): the frame, then a graceful end (the client's reply is drained).
+fn close(c: &mut Conversation<'_>, code: CloseCode, reason: &str) -> Ended {
+    let _ = c.socket.close(Some(close_frame(code, reason)));
+    let _ = c.socket.flush();
+    Ended {
+        why: format!("closed with {code}"),
+        drain: true,
+    }
 }
 
 /// A write failed: the peer left, or (after `--write-timeout`) stopped reading.
-fn write_failed(w: &Writing<'_>, e: tungstenite::Error) -> (String, Shutdown) {
+fn write_failed(c: &Conversation<'_>, e: tungstenite::Error) -> Ended {
     if let tungstenite::Error::Io(io) = &e {
         if crate::http::is_write_timeout(io) {
-            w.lab.stats.slow_consumers.fetch_add(1, Relaxed);
+            c.lab
+                .stats
+                .slow_consumers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             log::info!("ws dropped a slow consumer: no progress for --write-timeout");
         }
     }
-    (format!("write failed: {e}"), Shutdown::Both)
-}
-
-fn write_until_done(w: &mut Writing<'_>) -> (String, Shutdown) {
-    let ending = |why: String| (why, Shutdown::Both);
-    let backlog = std::mem::take(&mut w.backlog);
-    if let Err(e) = send_events(w, &backlog) {
-        return write_failed(w, e);
-    }
-    let mut next_ping = Instant::now() + w.heartbeat;
-    loop {
-        // BLOCKS: until an event, a message from the reader, or the next ping is due.
-        match w.subscription.wait_for_events_or(&w.from_reader, next_ping) {
-            Wake::Events(batch) => {
-                if let Err(e) = send_events(w, &batch) {
-                    return write_failed(w, e);
-                }
-            }
-            Wake::Other(ToWriter::Pong(payload)) => {
-                if let Err(e) = w.socket.send(Message::Pong(payload)) {
-                    return write_failed(w, e);
-                }
-            }
-            Wake::Other(ToWriter::Close(frame)) => {
-                let code = frame.code;
-                // The echo of the client's close: nothing more comes from either side.
-                let _ = w.socket.close(Some(frame));
-                let _ = w.socket.flush();
-                return ending(format!("echoed the client's close {code}"));
-            }
-            Wake::Other(ToWriter::CloseAndDrain(frame)) => {
-                let code = frame.code;
-                // Our close frame, then a FIN; the reader reads the client's reply.
-                let _ = w.socket.close(Some(frame));
-                let _ = w.socket.flush();
-                return (format!("closed with {code}"), Shutdown::Write);
-            }
-            Wake::OtherGone => return ending("the reader ended".into()),
-            Wake::Deadline => {
-                // Heard nothing for two intervals, not even a pong: the peer is gone.
-                let heard = Duration::from_millis(w.last_heard.load(Relaxed));
-                if w.started.elapsed().saturating_sub(heard) > 2 * w.heartbeat {
-                    return ending("the peer stopped answering pings".into());
-                }
-                if let Err(e) = w.socket.send(Message::Ping(Vec::new().into())) {
-                    return write_failed(w, e);
-                }
-                next_ping = Instant::now() + w.heartbeat;
-            }
-        }
-    }
+    Ended::shut(format!("write failed: {e}"))
 }
 
 /// One text frame per event (and one for a `missed` notice).
-fn send_events(w: &mut Writing<'_>, batch: &Backlog) -> Result<(), tungstenite::Error> {
+fn send_events(c: &mut Conversation<'_>, batch: &Backlog) -> Result<(), tungstenite::Error> {
     if batch.missed > 0 {
-        w.socket
+        c.socket
             .send(Message::text(json!({ "missed": batch.missed }).to_string()))?;
     }
     for event in &batch.events {
         let text = event.to_json().to_string();
         let bytes = frame_size(text.len());
-        w.socket.send(Message::text(text))?;
-        w.counters.streamed(1);
-        w.counters.wrote(bytes);
+        // BLOCKS: while the client's receive buffer and our send buffer are full, up to
+        // --write-timeout.
+        c.socket.send(Message::text(text))?;
+        c.counters.streamed(1);
+        c.counters.wrote(bytes);
     }
     Ok(())
 }

@@ -142,11 +142,19 @@ fn a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
     drop(reader);
 }
 
+/// One thread per socket (the one that read its handshake), and one watch: a clean close
+/// gives both back.
 #[test]
-fn a_clean_close_frees_both_threads() {
+fn a_clean_close_frees_the_thread_and_the_watch() {
     let lab = start_lab();
     let mut sockets: Vec<Socket> = (0..5).map(|_| connect(&lab, "", None).unwrap()).collect();
-    wait_for_stat(lab.addr(), "websocket_threads", 10, "five connected");
+    wait_for_stat(
+        lab.addr(),
+        "watched_sockets",
+        5,
+        "five connected, five watched",
+    );
+    assert_stat(lab.addr(), "websocket_threads", 5, "one thread per socket");
     for socket in &mut sockets {
         socket.close(None).unwrap();
         // Read until the server's close reply has come and the connection ends.
@@ -165,6 +173,35 @@ fn a_clean_close_frees_both_threads() {
         0,
         "no WebSocket thread left",
     );
+    wait_for_stat(lab.addr(), "watched_sockets", 0, "no socket watched");
+}
+
+/// A frame that arrives in the same packet as the handshake is read with it, not left for a
+/// notice that never comes (the watcher sees only bytes still in the kernel).
+#[test]
+fn a_frame_sent_right_behind_the_handshake_is_published() {
+    use std::io::{Read, Write};
+    let lab = start_lab();
+    let text = marker("behind the handshake");
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut wire = format!(
+        "GET /events/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        lab.addr()
+    )
+    .into_bytes();
+    wire.extend([0x81, 0x80 | text.len() as u8]);
+    wire.extend(mask);
+    wire.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut socket = common::connect(lab.addr());
+    socket.write_all(&wire).unwrap();
+    let mut answer = [0u8; 12];
+    socket.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+    wait_until("the frame is published", || {
+        let polled = get(lab.addr(), "/events/poll?since=0").unwrap().json();
+        polled["events"][0]["data"] == text.as_str()
+    });
 }
 
 #[test]

@@ -252,7 +252,7 @@ fn read_messages(
             Err(tungstenite::Error::Capacity(e)) => {
                 log::debug!("ws {id} (atmosphere): message too large: {e}");
                 let _ = stop.try_send(Stop::ClientGone);
-                return drain(socket.get_mut(), id);
+                return drain(&socket.get_ref().0, id);
             }
             Err(e) => break format!("read ended: {e}"),
         }

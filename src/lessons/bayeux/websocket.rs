@@ -134,7 +134,7 @@ fn read_batches(
                 Ok(_) => continue,
                 Err(tungstenite::Error::Capacity(e)) => {
                     log::debug!("ws {id} (bayeux): message too large: {e}");
-                    drain(reader.get_mut(), id);
+                    drain(&reader.get_ref().0, id);
                     break "a message too large".to_string();
                 }
                 Err(e) => break format!("read ended: {e}"),

@@ -666,6 +666,7 @@ mod tests {
             shares: Default::default(),
             activity: Default::default(),
             connections: Default::default(),
+            watcher: Default::default(),
         }
     }
 

@@ -123,7 +123,7 @@ fn serve(
             log::debug!("ws {id} closed: its session upgrades or has upgraded already");
             let _ = socket.close(Some(close_frame(CloseCode::Policy, "already upgraded")));
             let _ = socket.flush();
-            drain(&mut ReadOnly(socket.get_ref().try_clone()?), id);
+            drain(socket.get_ref(), id);
             return Ok(());
         }
         Accepted::New => {
@@ -199,7 +199,7 @@ fn read_packets(
                     Closer::Server,
                     &format!("over maxPayload: {e}"),
                 );
-                return drain(socket.get_mut(), id);
+                return drain(&socket.get_ref().0, id);
             }
             Err(e) => break format!("read ended: {e}"),
         };
@@ -208,7 +208,7 @@ fn read_packets(
             Err(e) if upgrading => break e.to_string(),
             Err(e) => {
                 super::close(socket_io, session, Closer::ProtocolError, &e.to_string());
-                return drain(socket.get_mut(), id);
+                return drain(&socket.get_ref().0, id);
             }
         };
         if upgrading {
@@ -232,7 +232,7 @@ fn read_packets(
         }
         if let Err(why) = super::receive(lab, socket_io, session, packet) {
             super::close(socket_io, session, Closer::ProtocolError, &why);
-            return drain(socket.get_mut(), id);
+            return drain(&socket.get_ref().0, id);
         }
     };
     log::debug!("ws {id} (socket.io) reader done: {ending}");
