@@ -284,6 +284,12 @@ fn backlog(state: &State, cursor: u64) -> Backlog {
 /// Why a parked thread woke without events or a deadline: its client closed the connection.
 pub struct ClientLeft;
 
+/// Which of two other channels woke `Subscription::wait_for_events_or_either`.
+pub enum Either<T, U> {
+    First(T),
+    Second(U),
+}
+
 /// What woke `Subscription::wait_for_events_or` (or `wait_or_notice_leaving`).
 pub enum Wake<T> {
     Events(Backlog),
@@ -377,17 +383,34 @@ impl Subscription {
         Some(batch)
     }
 
-    /// Like `wait_for_events`, but also wakes for a message on `other` (the WebSocket writer
-    /// waits on events and on what its reader thread hands it). Only a subscription with a
+    /// Like `wait_for_events`, but also wakes for a message on `other` (a WebSocket's thread
+    /// waits on events and on the socket watcher's notice). Only a subscription with a
     /// channel can wait on two things (`Hub::subscribe_with_channel`).
     pub fn wait_for_events_or<T>(&mut self, other: &Receiver<T>, deadline: Instant) -> Wake<T> {
+        match self.wait_for_events_or_either(other, &crossbeam_channel::never::<()>(), deadline) {
+            Wake::Events(batch) => Wake::Events(batch),
+            Wake::Other(Either::First(message)) => Wake::Other(message),
+            Wake::Other(Either::Second(())) | Wake::OtherGone => Wake::OtherGone,
+            Wake::Deadline => Wake::Deadline,
+        }
+    }
+
+    /// `wait_for_events_or` on two other channels (Atmosphere's WebSocket: its connection's
+    /// stop line, and the socket watcher's notice). `OtherGone` when either has lost every
+    /// sender.
+    pub fn wait_for_events_or_either<T, U>(
+        &mut self,
+        first: &Receiver<T>,
+        second: &Receiver<U>,
+        deadline: Instant,
+    ) -> Wake<Either<T, U>> {
         let rx = match &self.channel {
             Some(channel) => channel.rx.clone(),
             None => panic!("wait_for_events_or needs Hub::subscribe_with_channel"),
         };
         loop {
             let timeout = deadline.saturating_duration_since(Instant::now());
-            // BLOCKS: until an event, a message on `other`, or the deadline.
+            // BLOCKS: until an event, a message on `first` or `second`, or the deadline.
             crossbeam_channel::select! {
                 recv(rx) -> event => match event {
                     Ok(first) => {
@@ -397,8 +420,12 @@ impl Subscription {
                     }
                     Err(_) => return Wake::Deadline,
                 },
-                recv(other) -> message => return match message {
-                    Ok(message) => Wake::Other(message),
+                recv(first) -> message => return match message {
+                    Ok(message) => Wake::Other(Either::First(message)),
+                    Err(_) => Wake::OtherGone,
+                },
+                recv(second) -> message => return match message {
+                    Ok(message) => Wake::Other(Either::Second(message)),
                     Err(_) => Wake::OtherGone,
                 },
                 default(timeout) => return Wake::Deadline,

@@ -13,9 +13,9 @@
 //!
 //! A WebSocket's thread has two things to wait for at once: the hub's events and its client's
 //! frames. A blocking `read` waits for one thing only, so a socket needed two threads, one
-//! blocked on each (chapter 12's first design, and still Socket.IO's, Atmosphere's and
-//! Bayeux's). Here the socket's thread waits on its channel alone, and this one thread waits on
-//! every idle socket at once. A servlet container does the same: Tomcat's NIO connector has a
+//! blocked on each (chapter 12's first design). Here the socket's thread waits on its channel
+//! alone, and this one thread waits on every idle socket at once: the lesson's WebSocket,
+//! Socket.IO's, Atmosphere's and Bayeux's. A servlet container does the same: Tomcat's NIO connector has a
 //! `Poller` thread that watches idle connections and hands a readable one to a worker.
 //!
 //! 1. `SocketWatcher::watch` takes a copy of the socket's descriptor (`try_clone`) and what to

@@ -10,16 +10,19 @@
 //!    (`Request::into_stream`), with whatever frames the client sent right behind its
 //!    handshake.
 //!
-//! Also here: tungstenite's configuration for the lab's small frames, the socket as a
-//! one-thread endpoint gives it to tungstenite (read only when the watcher said so), the
-//! read-only half a two-thread endpoint's reader owns, the close frame, the drain after a close
-//! we started, and frame sizes.
+//! Also here: tungstenite's configuration for the lab's small frames, the socket as an
+//! endpoint's one thread gives it to tungstenite (read only when the socket watcher has said
+//! bytes are there), the close frame, the drain after a close we started, and frame sizes.
 
 use crate::connection::Request;
 use crate::http::HttpError;
 use crate::stats::{GaugeGuard, Held, LessonCounters, Stats};
+use crate::watcher::{SocketWatcher, Watch};
+use crossbeam_channel::Receiver;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -43,14 +46,17 @@ pub struct Place<'lab> {
 }
 
 impl<'lab> Upgraded<'lab> {
-    /// The socket as tungstenite's, for an endpoint that reads and writes it in one place
-    /// until it splits it: the connection's number and the place come along.
-    pub fn into_websocket(
+    /// The socket as tungstenite's, for an endpoint with one thread (`ReadWhenNoticed`): the
+    /// connection's number and the place come along. Frames the client sent behind its
+    /// handshake are in tungstenite's buffer: read them (`next_frame`) before the first wait,
+    /// as no notice will come for them.
+    pub fn into_watched_websocket(
         self,
         config: WebSocketConfig,
-    ) -> (WebSocket<TcpStream>, u64, Place<'lab>) {
+    ) -> (WatchedSocket, u64, Place<'lab>) {
+        let stream = ReadWhenNoticed::new(self.stream);
         let socket =
-            WebSocket::from_partially_read(self.stream, self.pending, Role::Server, Some(config));
+            WebSocket::from_partially_read(stream, self.pending, Role::Server, Some(config));
         (socket, self.id, self.place)
     }
 }
@@ -110,7 +116,8 @@ pub fn accept<'lab, T>(
     );
     stream.write_all(answer.as_bytes())?;
     counters.wrote(answer.len());
-    // From now on the socket blocks until a frame arrives; the writer's pings find dead peers.
+    // From now on the thread reads only bytes the socket watcher has seen, so no read waits;
+    // pings and heartbeats find dead peers.
     stream.set_read_timeout(None)?;
     let upgraded = Upgraded {
         stream,
@@ -140,32 +147,52 @@ pub fn config(max_message: usize) -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-/// `config` for the writing half, which never reads: its read buffer is the smallest
-/// tungstenite takes (a full one cost 4 KiB per socket, measured with `latency ws 1000`).
-pub fn writer_config(max_message: usize) -> WebSocketConfig {
-    config(max_message).read_buffer_size(64)
-}
-
-/// The socket of an endpoint with one thread (the lesson's `/events/ws`): the thread reads
-/// only when the socket watcher (`watcher`) has said bytes are there, one `read` per notice,
-/// which therefore cannot block. Any other read is `WouldBlock`, which tungstenite takes as
-/// "the rest has not come yet", keeping what it has of a frame. Writes go to the socket.
+/// The socket of an endpoint with one thread: the thread reads only when the socket watcher
+/// (`watcher`) has said bytes are there, one `read` per notice, which therefore cannot block.
+/// Any other read is `WouldBlock`, which tungstenite takes as "the rest has not come yet",
+/// keeping what it has of a frame. Writes go to the socket.
 pub struct ReadWhenNoticed {
     stream: TcpStream,
-    noticed: bool,
+    /// Set by the watcher's notice, taken by the one read it lets through.
+    noticed: Arc<AtomicBool>,
 }
 
 impl ReadWhenNoticed {
     pub fn new(stream: TcpStream) -> Self {
         ReadWhenNoticed {
             stream,
-            noticed: false,
+            noticed: Arc::default(),
         }
     }
 
-    /// The watcher's notice came: one read may go to the socket.
-    pub fn noticed(&mut self) {
-        self.noticed = true;
+    /// Watch the socket: when it has bytes (or its client hung up), the watcher lets one read
+    /// through and calls `wake`, which must not block (a `try_send` to what the thread waits
+    /// on). One notice per watch: `Watch::again` once what was there has been read.
+    pub fn watch(
+        &self,
+        watcher: &SocketWatcher,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> io::Result<Watch> {
+        let noticed = self.noticed.clone();
+        watcher.watch(&self.stream, move || {
+            noticed.store(true, Ordering::SeqCst);
+            wake();
+        })
+    }
+
+    /// `watch`, the notice arriving on a channel of its own: the thread waits on the receiver
+    /// (with its subscription: `Subscription::wait_for_events_or`).
+    pub fn watch_with_channel(&self, watcher: &SocketWatcher) -> io::Result<(Watch, Receiver<()>)> {
+        let (tell, noticed) = crossbeam_channel::bounded(1);
+        let watch = self.watch(watcher, move || {
+            let _ = tell.try_send(()); // (a notice already waiting says the same)
+        })?;
+        Ok((watch, noticed))
+    }
+
+    /// A notice came that no read has taken yet: the thread checks this whenever it wakes.
+    pub fn noticed(&self) -> bool {
+        self.noticed.load(Ordering::SeqCst)
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -175,7 +202,7 @@ impl ReadWhenNoticed {
 
 impl Read for ReadWhenNoticed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !std::mem::take(&mut self.noticed) {
+        if !self.noticed.swap(false, Ordering::SeqCst) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         // Returns at once: the watcher saw bytes (or the end), and only this thread reads.
@@ -193,23 +220,26 @@ impl Write for ReadWhenNoticed {
     }
 }
 
-/// The reading half of a two-thread endpoint (Socket.IO's, Atmosphere's, Bayeux's): reads go to the socket, writes go nowhere. tungstenite would answer
-/// pings and closes from inside `read`; here the writer thread does that, so only one thread
-/// ever writes to the socket.
-pub struct ReadOnly(pub TcpStream);
-
-impl Read for ReadOnly {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+/// A write failed: if it was `--write-timeout` (the client stopped reading), count a slow
+/// consumer in `/stats`.
+pub fn count_if_slow(stats: &Stats, e: &tungstenite::Error) {
+    if let tungstenite::Error::Io(io) = e {
+        if crate::http::is_write_timeout(io) {
+            stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            log::info!("ws dropped a slow consumer: no progress for --write-timeout");
+        }
     }
 }
 
-impl Write for ReadOnly {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len()) // dropped: the writer thread sends pongs and close replies itself
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+/// A one-thread endpoint's socket, as tungstenite's.
+pub type WatchedSocket = WebSocket<ReadWhenNoticed>;
+
+/// The next frame among the bytes already read or noticed: `None` once the rest has not come
+/// yet (the next notice brings it). Never blocks.
+pub fn next_frame(socket: &mut WatchedSocket) -> Option<tungstenite::Result<tungstenite::Message>> {
+    match socket.read() {
+        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => None,
+        frame => Some(frame),
     }
 }
 

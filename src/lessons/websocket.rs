@@ -60,15 +60,13 @@ use crate::http::Query;
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
-use crate::ws::{close_frame, drain, frame_size, ReadWhenNoticed, Upgraded};
-use crossbeam_channel::bounded;
+use crate::ws::{close_frame, drain, frame_size, next_frame, Upgraded, WatchedSocket};
 use serde_json::json;
 use std::io;
 use std::net::Shutdown;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::Role;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 /// `GET /events/ws` without `Upgrade: websocket` (a browser's address bar, a plain curl):
 /// 426 Upgrade Required, naming the upgrade it needs.
@@ -116,7 +114,7 @@ fn check_request(
 /// One WebSocket's conversation: what its thread owns or borrows.
 struct Conversation<'a> {
     lab: &'a Lab,
-    socket: WebSocket<ReadWhenNoticed>,
+    socket: WatchedSocket,
     subscription: Subscription,
     counters: &'a LessonCounters,
     /// When the client last sent anything (a pong counts): silent for two heartbeats, gone.
@@ -142,21 +140,15 @@ impl Ended {
 
 /// Step 3, then 4.
 fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()> {
-    let Upgraded {
-        stream,
-        pending,
-        id,
-        place: _place,
-    } = upgraded;
     let config = crate::ws::config(lab.config.max_body);
+    let (socket, id, _place) = upgraded.into_watched_websocket(config);
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
     let (backlog, subscription) = lab.hub.subscribe_with_channel(since);
     log::debug!("ws {id} open, from event {since}");
-    let socket = ReadWhenNoticed::new(stream);
     let mut conversation = Conversation {
         lab,
-        socket: WebSocket::from_partially_read(socket, pending, Role::Server, Some(config)),
+        socket,
         subscription,
         counters: &lab.count("websocket"),
         last_heard: Instant::now(),
@@ -186,12 +178,8 @@ fn converse(c: &mut Conversation<'_>, backlog: Backlog) -> Ended {
     if let Err(ended) = read_frames(c) {
         return ended;
     }
-    let (tell, noticed) = bounded::<()>(1);
-    let watch = c.lab.watcher.watch(c.socket.get_ref().stream(), move || {
-        let _ = tell.try_send(()); // (a notice already waiting says the same)
-    });
-    let watch = match watch {
-        Ok(watch) => watch,
+    let (watch, noticed) = match c.socket.get_ref().watch_with_channel(&c.lab.watcher) {
+        Ok(watching) => watching,
         Err(e) => return Ended::shut(format!("could not watch the socket: {e}")),
     };
     let heartbeat = c.lab.config.heartbeat;
@@ -207,7 +195,6 @@ fn converse(c: &mut Conversation<'_>, backlog: Backlog) -> Ended {
             }
             Wake::Other(()) => {
                 log::debug!("ws {} noticed: its client sent something, or left", c.id);
-                c.socket.get_mut().noticed();
                 if let Err(ended) = read_frames(c) {
                     return ended;
                 }
@@ -234,12 +221,9 @@ fn converse(c: &mut Conversation<'_>, backlog: Backlog) -> Ended {
 fn read_frames(c: &mut Conversation<'_>) -> Result<(), Ended> {
     let id = c.id;
     loop {
-        // Never blocks: one read of the bytes the watcher saw, else `WouldBlock`.
-        let message = match c.socket.read() {
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Ok(());
-            }
-            message => message,
+        // Never blocks: one read of the bytes the watcher saw, else `None`.
+        let Some(message) = next_frame(&mut c.socket) else {
+            return Ok(());
         };
         c.last_heard = Instant::now();
         match message {
@@ -283,15 +267,7 @@ fn close(c: &mut Conversation<'_>, code: CloseCode, reason: &str) -> Ended {
 
 /// A write failed: the peer left, or (after `--write-timeout`) stopped reading.
 fn write_failed(c: &Conversation<'_>, e: tungstenite::Error) -> Ended {
-    if let tungstenite::Error::Io(io) = &e {
-        if crate::http::is_write_timeout(io) {
-            c.lab
-                .stats
-                .slow_consumers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            log::info!("ws dropped a slow consumer: no progress for --write-timeout");
-        }
-    }
+    crate::ws::count_if_slow(&c.lab.stats, &e);
     Ended::shut(format!("write failed: {e}"))
 }
 

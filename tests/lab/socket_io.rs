@@ -614,10 +614,9 @@ fn the_official_client_with_default_options_upgrades_to_websocket_on_the_same_po
     assert_eq!(summary["transport"], "websocket", "{summary}");
 }
 
-/// Every session's threads (`ws-N-writer`, and the `conn-N` threads for the held GETs and
-/// the sockets) end, and every descriptor is given back. (The thread *count* is not
-/// compared: the pool of connection threads grows with a burst and shrinks 10 s after it,
-/// on its own schedule, which is not this lesson's.)
+/// Every session's WebSocket gives back its thread and its watch, and every descriptor is
+/// given back. (The connection thread *count* is not compared: the pool grows with a burst
+/// and shrinks 10 s after it, on its own schedule, which is not this lesson's.)
 #[test]
 fn two_hundred_sessions_come_and_go_and_leave_no_thread_or_descriptor_behind() {
     let lab = ChildLab::start(&[]);
@@ -632,17 +631,17 @@ fn two_hundred_sessions_come_and_go_and_leave_no_thread_or_descriptor_behind() {
     );
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        let names = lab.thread_names();
-        let ours: Vec<_> = names.iter().filter(|n| n.starts_with("ws-")).collect();
+        let s = stats(lab.addr);
+        let held = (s["websocket_threads"].clone(), s["watched_sockets"].clone());
         let now = lab.fds_from_proc();
         // At most the descriptors before (one of those may have been a connection of the
         // start's own /stats probe, since closed).
-        if ours.is_empty() && now <= fds {
+        if held == (0.into(), 0.into()) && now <= fds {
             break;
         }
         assert!(
             Instant::now() < end,
-            "left behind: {ours:?}, {now} descriptors (was {fds})"
+            "left behind: (websocket_threads, watched_sockets) {held:?}, {now} descriptors (was {fds})"
         );
         std::thread::sleep(Duration::from_millis(250));
     }

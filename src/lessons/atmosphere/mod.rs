@@ -80,8 +80,8 @@ pub enum Stop {
     Superseded,
     /// Dropped on purpose (`DELETE`, the page's button): as a proxy or a restart would.
     Dropped,
-    /// The client closed its connection or went: the WebSocket's reader saw it, or a held
-    /// stream looked at its socket (`ChunkedStream::client_left`).
+    /// The client closed its connection or went: a held stream looked at its socket
+    /// (`ChunkedStream::client_left`).
     ClientGone,
     /// Not a stop: messages for this resource alone are waiting (`Resource::take_direct`).
     Direct,
@@ -423,7 +423,8 @@ impl Attached {
         hub.subscribe_with_channel(cursor.min(hub.last_id()))
     }
 
-    /// A clone of this connection's stop line (the WebSocket's reader uses it).
+    /// A clone of this connection's stop line; `None` once a newer connection has taken over
+    /// (the WebSocket checks before it begins).
     fn stop_line(&self) -> Option<Sender<Stop>> {
         let state = self.resource.state();
         state

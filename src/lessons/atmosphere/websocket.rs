@@ -8,26 +8,24 @@
 //! ► text X                               its heartbeat, every 60 s
 //! ```
 //!
-//! As chapter 12, two threads: `ws-N` reads the client's frames and publishes them; the writer
-//! `ws-N-writer` parks on the hub from the resource's cursor, as the HTTP transports do, and
-//! stops when the reader reports the client gone or a newer connection takes over.
+//! As chapter 12, one thread: the connection's, which read the handshake. It parks on the hub
+//! from the resource's cursor, as the HTTP transports do, and also on its stop line (a newer
+//! connection takes over, a drop) and on the socket watcher's notice: woken by that, it reads
+//! the client's frames (`read_messages`) and publishes them.
 
 use super::protocol::{self, Params, PADDING};
 use super::{attach, message, missed, Attached, Broadcaster, Broadcasters, Stop};
 use crate::connection::Request;
-use crate::hub::{Backlog, Subscription, Wake};
+use crate::hub::{Backlog, Either, Subscription, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
-use crate::ws::{close_frame, drain, ReadOnly};
-use crossbeam_channel::Sender;
+use crate::ws::{close_frame, drain, next_frame, WatchedSocket};
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Arc;
-use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::Role;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 /// The handshake's checks for `/atmosphere/lab`: our own origin, and the websocket transport.
 pub fn check(
@@ -86,15 +84,39 @@ pub fn upgrade(
     let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
     };
-    let (socket, id, _place) = upgraded.into_websocket(crate::ws::config(lab.config.max_body));
+    let config = crate::ws::config(lab.config.max_body);
+    let (socket, id, _place) = upgraded.into_watched_websocket(config);
     serve(lab, broadcasters, socket, id, accepted)
+}
+
+/// One Atmosphere WebSocket's conversation: what its thread owns or borrows.
+struct Conversation<'a> {
+    lab: &'a Lab,
+    broadcaster: &'a Broadcaster,
+    socket: WatchedSocket,
+    attached: &'a Attached,
+    track: bool,
+    counters: &'a LessonCounters,
+    /// When the client last sent anything: its heartbeat comes every 60 s.
+    last_heard: Instant,
+    id: u64,
+}
+
+/// How a conversation ended.
+enum Ending {
+    /// A stop (a newer connection, a drop): our close frame, then the client's reply drained.
+    Stopped(String),
+    /// The client closed, left or went silent, or a write failed: the socket is shut.
+    Gone(String),
+    /// A message over `--max-body`: our 1009, then the rest drained.
+    TooLarge,
 }
 
 /// One Atmosphere WebSocket, from the handshake message to the close.
 fn serve(
     lab: &Lab,
     broadcasters: &Broadcasters,
-    socket: WebSocket<TcpStream>,
+    socket: WatchedSocket,
     id: u64,
     accepted: Accepted,
 ) -> io::Result<()> {
@@ -107,135 +129,161 @@ fn serve(
     let (backlog, subscription) = attached.subscribe();
     let uuid = attached.resource.uuid.clone();
     log::debug!("ws {id} is atmosphere resource {uuid}");
-    let read_half = socket.get_ref().try_clone()?;
-    // The client sends its heartbeat every 60 s: silent for two and a half, it has gone.
-    read_half.set_read_timeout(Some(std::time::Duration::from_millis(
-        protocol::CLIENT_HEARTBEAT_MS * 5 / 2,
-    )))?;
-    let write_half = socket.get_ref().try_clone()?;
-    drop(socket);
-    let config = crate::ws::config(lab.config.max_body);
-    let reader = WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config));
-    let writer_config = crate::ws::writer_config(lab.config.max_body);
-    let mut writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(writer_config));
-    let Some(stop_line) = attached.stop_line() else {
+    if attached.stop_line().is_none() {
         return Ok(()); // superseded before it began
+    }
+    let mut c = Conversation {
+        lab,
+        broadcaster: &broadcaster,
+        socket,
+        attached: &attached,
+        track: params.track_size,
+        counters: &counters,
+        last_heard: Instant::now(),
+        id,
     };
-    let counters = &counters;
-    let attached = &attached;
-    thread::scope(|scope| -> io::Result<()> {
-        let writer_thread = thread::Builder::new()
-            .name(format!("ws-{id}-writer"))
-            .spawn_scoped(scope, move || {
-                let _thread = lab.stats.websocket_threads.enter();
-                let ending = write_messages(
-                    &mut writer,
-                    attached,
-                    backlog,
-                    subscription,
-                    params.track_size,
-                    params.server_heartbeat.unwrap_or(lab.config.heartbeat),
-                    counters,
-                );
-                let why = match ending {
-                    Ok(stop) => {
-                        let _ = writer.close(Some(close_frame(CloseCode::Away, &stop)));
-                        let _ = writer.flush();
-                        stop
-                    }
-                    Err(e) => {
-                        // Ends the reader too.
-                        let _ = writer.get_ref().shutdown(Shutdown::Both);
-                        if let tungstenite::Error::Io(io) = &e {
-                            if crate::http::is_write_timeout(io) {
-                                lab.stats
-                                    .slow_consumers
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
-                        format!("write failed: {e}")
-                    }
-                };
-                log::debug!("ws {id} (atmosphere) writer done: {why}");
-                let _ = writer.get_ref().shutdown(Shutdown::Write);
-            })?;
-        read_messages(lab, &broadcaster, reader, stop_line, &uuid, id);
-        // BLOCKS: until the writer has written its last frame.
-        let _ = writer_thread.join();
-        Ok(())
-    })
+    // The client's `X-Heartbeat-Server`, else the lab's `--heartbeat`.
+    let heartbeat = params.server_heartbeat.unwrap_or(lab.config.heartbeat);
+    let ending = converse(&mut c, backlog, subscription, heartbeat);
+    let why = match ending {
+        Ending::Stopped(stop) => {
+            let _ = c.socket.close(Some(close_frame(CloseCode::Away, &stop)));
+            let _ = c.socket.flush();
+            drain(c.socket.get_ref().stream(), id);
+            stop
+        }
+        Ending::TooLarge => {
+            let frame = close_frame(CloseCode::Size, "message too large");
+            let _ = c.socket.close(Some(frame));
+            let _ = c.socket.flush();
+            drain(c.socket.get_ref().stream(), id);
+            "a message too large".into()
+        }
+        Ending::Gone(why) => {
+            let _ = c.socket.get_ref().stream().shutdown(Shutdown::Both);
+            why
+        }
+    };
+    log::debug!("ws {id} (atmosphere) done: {why}");
+    Ok(())
 }
 
-/// The writer (`ws-N-writer`): the handshake, the backlog, then every broadcast as it comes.
-fn write_messages(
-    socket: &mut WebSocket<TcpStream>,
-    attached: &Attached,
+/// The handshake, the backlog, then every broadcast as it comes, and the client's messages
+/// whenever the watcher says they are there.
+fn converse(
+    c: &mut Conversation<'_>,
     backlog: Backlog,
     mut subscription: Subscription,
-    track: bool,
-    heartbeat: std::time::Duration,
-    counters: &LessonCounters,
-) -> Result<String, tungstenite::Error> {
-    let mut send = |text: &str| -> Result<(), tungstenite::Error> {
-        let frame = protocol::frame(text, track);
-        let bytes = frame.len();
-        socket.send(Message::text(frame))?;
-        counters.wrote(crate::ws::frame_size(bytes));
-        Ok(())
-    };
-    if attached.handshake {
-        send(&protocol::handshake(&attached.resource.uuid))?;
+    heartbeat: Duration,
+) -> Ending {
+    if c.attached.handshake {
+        let handshake = protocol::handshake(&c.attached.resource.uuid);
+        if let Err(e) = send(c, &handshake) {
+            return write_failed(c, e);
+        }
     }
+    // Frames that came with the handshake: no notice will come for them.
+    if let Err(ending) = read_messages(c) {
+        return ending;
+    }
+    let (watch, noticed) = match c.socket.get_ref().watch_with_channel(&c.lab.watcher) {
+        Ok(watching) => watching,
+        Err(e) => return Ending::Gone(format!("could not watch the socket: {e}")),
+    };
     let mut batch = backlog;
     loop {
-        if batch.missed > 0 {
-            send(&missed(batch.missed))?;
-        }
-        for event in &batch.events {
-            send(&message(event))?;
-            attached.resource.wrote(event.id);
-            counters.streamed(1);
-        }
-        // Messages for this resource alone (`X-Atmosphere-Target`).
-        for direct in attached.resource.take_direct() {
-            send(&direct)?;
+        if let Err(e) = send_batch(c, &batch) {
+            return write_failed(c, e);
         }
         batch = loop {
-            // The client's `X-Heartbeat-Server`, else the lab's `--heartbeat`.
             let heartbeat_due = Instant::now() + heartbeat;
-            // BLOCKS: until `Hub::publish` wakes the subscription, the reader reports the
-            // client gone, a newer connection or a drop stops this one, or the heartbeat is due.
-            match subscription.wait_for_events_or(&attached.stop, heartbeat_due) {
+            // BLOCKS: until `Hub::publish` wakes the subscription, a newer connection or a
+            // drop stops this one, the watcher says the client sent something, or the
+            // heartbeat is due.
+            match subscription.wait_for_events_or_either(&c.attached.stop, &noticed, heartbeat_due)
+            {
                 Wake::Events(batch) => break batch,
-                Wake::Other(Stop::Direct) => {
-                    for direct in attached.resource.take_direct() {
-                        send(&direct)?;
+                Wake::Other(Either::First(Stop::Direct)) => {
+                    if let Err(e) = send_direct(c) {
+                        return write_failed(c, e);
                     }
                 }
-                Wake::Other(stop) => return Ok(format!("{stop:?}")),
+                Wake::Other(Either::First(stop)) => return Ending::Stopped(format!("{stop:?}")),
+                Wake::Other(Either::Second(())) => {
+                    if let Err(ending) = read_messages(c) {
+                        return ending;
+                    }
+                    watch.again();
+                }
                 // (Never without a stop sent first; ended all the same.)
-                Wake::OtherGone => return Ok("stopped".into()),
-                Wake::Deadline => send(PADDING)?,
+                Wake::OtherGone => return Ending::Stopped("stopped".into()),
+                Wake::Deadline => {
+                    // The client's heartbeat comes every 60 s: silent for 150, it has gone.
+                    let silence = Duration::from_millis(protocol::CLIENT_HEARTBEAT_MS * 5 / 2);
+                    if c.last_heard.elapsed() > silence {
+                        return Ending::Gone("the client's heartbeat stopped".into());
+                    }
+                    if let Err(e) = send(c, PADDING) {
+                        return write_failed(c, e);
+                    }
+                }
             }
         };
     }
 }
 
-/// The reader (`ws-N`): each text frame is a message for the hub, but the heartbeat.
-fn read_messages(
-    lab: &Lab,
-    broadcaster: &Broadcaster,
-    mut socket: WebSocket<ReadOnly>,
-    stop: Sender<Stop>,
-    uuid: &str,
-    id: u64,
-) {
-    let ending = loop {
-        // BLOCKS: until the client sends a frame, or the socket is shut down.
-        match socket.read() {
+/// One message, as a frame (with its length first when the client tracks message sizes).
+fn send(c: &mut Conversation<'_>, text: &str) -> Result<(), tungstenite::Error> {
+    let frame = protocol::frame(text, c.track);
+    let bytes = frame.len();
+    // BLOCKS: while the client's receive buffer and our send buffer are full, up to
+    // --write-timeout.
+    c.socket.send(Message::text(frame))?;
+    c.counters.wrote(crate::ws::frame_size(bytes));
+    Ok(())
+}
+
+/// What the hub woke us for, then messages for this resource alone.
+fn send_batch(c: &mut Conversation<'_>, batch: &Backlog) -> Result<(), tungstenite::Error> {
+    if batch.missed > 0 {
+        send(c, &missed(batch.missed))?;
+    }
+    for event in &batch.events {
+        send(c, &message(event))?;
+        c.attached.resource.wrote(event.id);
+        c.counters.streamed(1);
+    }
+    send_direct(c)
+}
+
+/// Messages for this resource alone (`X-Atmosphere-Target`).
+fn send_direct(c: &mut Conversation<'_>) -> Result<(), tungstenite::Error> {
+    for direct in c.attached.resource.take_direct() {
+        send(c, &direct)?;
+    }
+    Ok(())
+}
+
+/// A write failed: the client left, or (after `--write-timeout`) stopped reading.
+fn write_failed(c: &Conversation<'_>, e: tungstenite::Error) -> Ending {
+    crate::ws::count_if_slow(&c.lab.stats, &e);
+    Ending::Gone(format!("write failed: {e}"))
+}
+
+/// Every message that is there: each text frame is one for the hub, but the heartbeat. `Ok`
+/// once the rest has not come yet.
+fn read_messages(c: &mut Conversation<'_>) -> Result<(), Ending> {
+    let (uuid, id) = (&c.attached.resource.uuid, c.id);
+    loop {
+        // Never blocks: one read of the bytes the watcher saw, else `None`.
+        let Some(message) = next_frame(&mut c.socket) else {
+            return Ok(());
+        };
+        c.last_heard = Instant::now();
+        match message {
             Ok(Message::Text(text)) if text.as_str() == PADDING => continue,
             Ok(Message::Text(text)) if text.is_empty() => continue,
-            Ok(Message::Text(text)) => match broadcaster.broadcast(lab, text.as_str()) {
+            Ok(Message::Text(text)) => match c.broadcaster.broadcast(c.lab, text.as_str()) {
                 Ok(event) => {
                     log::debug!("atmosphere resource {uuid} published event {}", event.id)
                 }
@@ -247,16 +295,17 @@ fn read_messages(
                     log::warn!("atmosphere resource {uuid}: not published: {e}")
                 }
             },
-            Ok(Message::Close(_)) => break "the client closed the socket".to_string(),
+            Ok(Message::Close(_)) => {
+                // tungstenite has queued the echo of the client's close: send it, and end.
+                let _ = c.socket.flush();
+                return Err(Ending::Gone("the client closed the socket".into()));
+            }
             Ok(_) => continue,
             Err(tungstenite::Error::Capacity(e)) => {
                 log::debug!("ws {id} (atmosphere): message too large: {e}");
-                let _ = stop.try_send(Stop::ClientGone);
-                return drain(&socket.get_ref().0, id);
+                return Err(Ending::TooLarge);
             }
-            Err(e) => break format!("read ended: {e}"),
+            Err(e) => return Err(Ending::Gone(format!("read ended: {e}"))),
         }
-    };
-    log::debug!("ws {id} (atmosphere) reader done: {ending}");
-    let _ = stop.try_send(Stop::ClientGone);
+    }
 }

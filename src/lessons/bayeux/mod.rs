@@ -35,12 +35,12 @@
 //! 5. `sweep`: one thread expires clients that stop connecting for `maxInterval` after their
 //!    last connect answer, freeing their subscriptions.
 //! 6. `websocket`: the same messages over a WebSocket at `/cometd` (the official client's
-//!    first choice): replies at once, the connect held by a writer thread that sends each
-//!    delivery as it comes.
+//!    first choice): replies at once, the connect held by the socket's one thread, which sends
+//!    each delivery as it comes.
 //!
 //! **What it costs**: over long polling a request per delivery batch, plus a request per
 //! subscribe or publish; over WebSocket a frame per delivery (63 bytes for a small event
-//! against 247 over long polling: LESSONS.md, chapter 16) and two threads per client; every
+//! against 247 over long polling: LESSONS.md, chapter 16) and one thread per client; every
 //! message carries its channel and usually an id; the client id ties a client to the server
 //! that knows it (sticky sessions again).
 //!
@@ -401,7 +401,7 @@ struct Connect<'a> {
 }
 
 /// Every message of a batch but its `/meta/connect`, which comes back, with its client, for
-/// the transport to hold (an HTTP request holds its thread; a WebSocket its writer).
+/// the transport to hold (an HTTP request holds its thread; a WebSocket its socket's thread).
 fn process_messages(
     lab: &Lab,
     bayeux: &Bayeux,

@@ -6,10 +6,10 @@
 //! - the **outbox**, a bounded channel of packet groups for the client (pings, acks, chat
 //!   messages; a Socket.IO packet with binary attachments is one group, so nothing can slip
 //!   between it and its attachments). Whoever is the transport right now drains it: a held
-//!   polling GET, or the WebSocket's writer thread;
+//!   polling GET, or the WebSocket's thread;
 //! - the **feed**, the `/lab` socket's subscription to the hub, with its cursor. The transport
 //!   waits on the outbox *and* the feed, as chapter 5's long poll waits on its subscription;
-//!   the feed is handed from a held GET to the WebSocket writer at the upgrade.
+//!   the feed is handed from a held GET to the WebSocket's thread at the upgrade.
 //!
 //! The state says which transport serves the session, whether a GET or a POST is in progress
 //! (one of each at a time), when the next ping is due and when a pong must have come, and
@@ -55,6 +55,9 @@ pub enum Outgoing {
     Said { seq: u64, said: Value },
     /// Nothing to write: look again (the feed changed hands or was replaced).
     Wake,
+    /// The session's WebSocket has frames to read (the socket watcher's notice): a WebSocket's
+    /// thread returns from `wait_for_packets` to read them; a held GET looks again.
+    Noticed,
     /// The session ended and the client knows it (it asked, or its socket is gone): a held
     /// GET answers `6` (noop), a WebSocket writer just closes.
     End,
@@ -304,6 +307,12 @@ impl Session {
         let _ = self.outbox_tx.try_send(Outgoing::Wake);
     }
 
+    /// The socket watcher saw frames on the session's WebSocket: wake its thread (never lost,
+    /// as `wake`; and its thread looks at the notice whenever it wakes anyway).
+    pub fn notice_frames(&self) {
+        let _ = self.outbox_tx.try_send(Outgoing::Noticed);
+    }
+
     /// The session is over; tell whoever holds the transport.
     pub fn end(&self, closer: Closer) {
         let last = match closer {
@@ -405,7 +414,10 @@ impl Session {
                 }
                 Wake::Other(Outgoing::End) => ended = true,
                 Wake::Other(Outgoing::Wake) if Instant::now() < deadline => continue,
-                Wake::Other(Outgoing::Wake) | Wake::OtherGone | Wake::Deadline => {}
+                Wake::Other(Outgoing::Noticed) if gather && Instant::now() < deadline => continue,
+                Wake::Other(Outgoing::Wake | Outgoing::Noticed)
+                | Wake::OtherGone
+                | Wake::Deadline => {}
             }
             break;
         }
@@ -415,7 +427,7 @@ impl Session {
             match self.outbox_rx.try_recv() {
                 Ok(Outgoing::Packets(packets)) => front.extend(packets),
                 Ok(Outgoing::Said { seq, said }) => front.push(self.render_said(seq, said)),
-                Ok(Outgoing::Wake) => {}
+                Ok(Outgoing::Wake | Outgoing::Noticed) => {}
                 Ok(Outgoing::End) => ended = true,
                 Err(_) => break,
             }

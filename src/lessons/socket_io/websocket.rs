@@ -2,17 +2,19 @@
 //!
 //! ```text
 //! GET /socket.io/?EIO=4&transport=websocket&sid=Xq…   101     ← the upgrade of a polling session
-//! ► 2probe                        the reader: "is this socket alive?"
-//! ◄ 3probe                        the writer answers; a held GET is answered 6 (noop)
+//! ► 2probe                        the client: "is this socket alive?"
+//! ◄ 3probe                        the socket's thread answers; a held GET is answered 6 (noop)
 //! ► 5                             upgrade: the session's transport is now this socket
 //! ◄ (every packet the outbox held, then events as they come)
 //! ```
 //!
 //! Without `sid` the session is born here (its open packet says `"upgrades":[]`). As in
-//! chapter 12, two threads per socket: `ws-N` reads and hands each packet to `receive`; the
-//! writer `ws-N-writer` first answers the probe, then parks on the session like a held GET
-//! does (`Session::wait_for_packets`) and writes what it finds, text frames for text packets
-//! and binary frames for attachments.
+//! chapter 12, one thread per socket, the connection's, and the socket watcher's notice when
+//! the client has sent something. During the upgrade it waits for that notice alone (the
+//! probe, then the upgrade, within 10 s). Then it parks on the session like a held GET does
+//! (`Session::wait_for_packets`; the notice arrives there as `Outgoing::Noticed`), writes
+//! what it finds, text frames for text packets and binary frames for attachments, and reads
+//! what the client sent, handing each packet to `receive`.
 //!
 //! The handshake is an ordinary GET with `Upgrade: websocket`: the connection's thread reads
 //! it, and the server's upgrade `match` hands it here, so the official client upgrades with
@@ -23,16 +25,16 @@ use super::{EngineIoPacket, SocketIo};
 use crate::connection::Request;
 use crate::http::Query;
 use crate::lab::Lab;
-use crate::ws::{close_frame, drain, ReadOnly};
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use crate::ws::{close_frame, drain, next_frame, WatchedSocket};
+use crossbeam_channel::bounded;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
 
 /// How long a probed upgrade may take before the socket is given up (the session stays on
 /// polling).
@@ -83,14 +85,6 @@ pub fn check(
     Ok(Accepted::Upgrade(session))
 }
 
-/// The reader's news for the writer while the upgrade is under way.
-enum Probe {
-    /// `2probe` came: answer `3probe`.
-    Probed,
-    /// `5` came: this socket is the session's transport now.
-    Upgraded,
-}
-
 fn config(socket_io: &SocketIo) -> WebSocketConfig {
     crate::ws::config(socket_io.settings.max_payload)
 }
@@ -103,15 +97,37 @@ pub fn upgrade(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query)
     let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
     };
-    let (socket, id, _place) = upgraded.into_websocket(crate::ws::config(lab.config.max_body));
+    // Messages up to Socket.IO's own `maxPayload`.
+    let (socket, id, _place) = upgraded.into_watched_websocket(config(socket_io));
     serve(lab, socket_io, socket, id, accepted)
+}
+
+/// One Socket.IO WebSocket's conversation: what its thread owns or borrows.
+struct Conversation<'a> {
+    lab: &'a Lab,
+    socket_io: &'a SocketIo,
+    socket: WatchedSocket,
+    session: &'a Arc<Session>,
+    /// Still upgrading: only the probe and the upgrade may come.
+    upgrading: bool,
+    counters: &'a crate::stats::LessonCounters,
+    id: u64,
+}
+
+/// How a conversation ended, and what is left to do with the socket.
+enum Ending {
+    /// Nothing more to say or read: shut the socket.
+    Shut(String),
+    /// A close we started (ours, or the session's end): what the client still sends is read
+    /// first (`ws::drain`).
+    Drain(String),
 }
 
 /// One Socket.IO WebSocket: a new session, the upgrade of a polling one, or a spare.
 fn serve(
     lab: &Lab,
     socket_io: &SocketIo,
-    mut socket: WebSocket<TcpStream>,
+    mut socket: WatchedSocket,
     id: u64,
     accepted: Accepted,
 ) -> io::Result<()> {
@@ -123,7 +139,7 @@ fn serve(
             log::debug!("ws {id} closed: its session upgrades or has upgraded already");
             let _ = socket.close(Some(close_frame(CloseCode::Policy, "already upgraded")));
             let _ = socket.flush();
-            drain(socket.get_ref(), id);
+            drain(socket.get_ref().stream(), id);
             return Ok(());
         }
         Accepted::New => {
@@ -138,180 +154,204 @@ fn serve(
         session.sid,
         if upgrading { "upgrading" } else { "new" }
     );
-    let read_half = socket.get_ref().try_clone()?;
-    let write_half = socket.get_ref().try_clone()?;
-    drop(socket);
-    let reader =
-        WebSocket::from_raw_socket(ReadOnly(read_half), Role::Server, Some(config(socket_io)));
-    let writer_config = config(socket_io).read_buffer_size(64); // it never reads (ws::writer_config)
-    let writer = WebSocket::from_raw_socket(write_half, Role::Server, Some(writer_config));
-    let (to_writer, from_reader) = unbounded();
-    let session = &session;
-    let counters = &counters;
-    thread::scope(|scope| -> io::Result<()> {
-        let writer_thread = thread::Builder::new()
-            .name(format!("ws-{id}-writer"))
-            .spawn_scoped(scope, move || {
-                let _thread = lab.stats.websocket_threads.enter();
-                let mut writer = writer;
-                let why = write_packets(
-                    lab,
-                    socket_io,
-                    &mut writer,
-                    session,
-                    upgrading,
-                    &from_reader,
-                    counters,
-                );
-                log::debug!("ws {id} (socket.io) writer done: {why}");
-                let _ = writer.get_ref().shutdown(Shutdown::Write);
-            })?;
-        read_packets(lab, socket_io, reader, session, upgrading, to_writer, id);
-        // BLOCKS: until the writer has written its last frame.
-        let _ = writer_thread.join();
-        Ok(())
-    })
+    let mut c = Conversation {
+        lab,
+        socket_io,
+        socket,
+        session: &session,
+        upgrading,
+        counters: &counters,
+        id,
+    };
+    let ending = converse(&mut c);
+    if c.upgrading {
+        // The probe failed: the session goes on polling, as if this socket never came.
+        session.settle_upgrade(false);
+    }
+    let stream = c.socket.get_ref().stream();
+    match ending {
+        Ending::Shut(why) => {
+            log::debug!("ws {id} (socket.io) done: {why}");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Ending::Drain(why) => {
+            log::debug!("ws {id} (socket.io) done: {why}");
+            // BLOCKS: until the client closes its side, or two seconds pass.
+            drain(stream, id);
+        }
+    }
+    Ok(())
 }
 
-/// The reader (`ws-N`): every frame is an Engine.IO packet for `receive`, but the probe and
-/// the upgrade, which are this transport's own business.
-fn read_packets(
-    lab: &Lab,
-    socket_io: &SocketIo,
-    mut socket: WebSocket<ReadOnly>,
-    session: &Arc<Session>,
-    mut upgrading: bool,
-    to_writer: Sender<Probe>,
-    id: u64,
-) {
-    let ending = loop {
-        // BLOCKS: until the client sends a frame, or the socket is shut down.
-        let packet = match socket.read() {
+/// The upgrade (if this socket upgrades a polling session), then the session's packets and
+/// the client's, until the session or the socket ends.
+fn converse(c: &mut Conversation<'_>) -> Ending {
+    // Frames that came with the handshake: no notice will come for them.
+    if let Err(ending) = read_packets(c) {
+        return ending;
+    }
+    let (tell, noticed) = bounded::<()>(1);
+    let session = c.session.clone();
+    let watch = c.socket.get_ref().watch(&c.lab.watcher, move || {
+        let _ = tell.try_send(());
+        session.notice_frames();
+    });
+    let watch = match watch {
+        Ok(watch) => watch,
+        Err(e) => return Ending::Shut(format!("could not watch the socket: {e}")),
+    };
+    let deadline = Instant::now() + UPGRADE_TIMEOUT;
+    while c.upgrading {
+        // BLOCKS: until the watcher says the client sent something (the probe, the upgrade),
+        // or the upgrade's time is up.
+        match crate::workarounds::recv_deadline(&noticed, deadline) {
+            Ok(()) => {
+                if let Err(ending) = read_packets(c) {
+                    return ending;
+                }
+                watch.again();
+            }
+            Err(_) => return Ending::Shut("no upgrade within 10 s".into()),
+        }
+    }
+    // A GET that was held until now hands the feed over; this thread picks it up.
+    loop {
+        let deadline = Instant::now() + hold_limit(&c.socket_io.settings);
+        // BLOCKS: until the outbox or the hub has something for this session, or the
+        // watcher's notice (`Outgoing::Noticed`).
+        let delivery = c.session.wait_for_packets(deadline, false);
+        if let Err(ending) = write_packets(c, delivery.packets, delivery.events) {
+            return ending;
+        }
+        if delivery.ended {
+            let _ = c.socket.close(Some(close_frame(CloseCode::Normal, "")));
+            let _ = c.socket.flush();
+            return Ending::Drain("the session ended".into());
+        }
+        if c.socket.get_ref().noticed() {
+            if let Err(ending) = read_packets(c) {
+                return ending;
+            }
+            watch.again();
+        }
+    }
+}
+
+/// Write a delivery's packets: text frames for text packets, binary frames for attachments.
+fn write_packets(
+    c: &mut Conversation<'_>,
+    packets: Vec<EngineIoPacket>,
+    events: usize,
+) -> Result<(), Ending> {
+    c.counters.delivered(events);
+    let mut wrote = false;
+    for packet in packets {
+        let message = match packet {
+            // Nothing to say: a noop helps only a held GET.
+            EngineIoPacket::Noop => continue,
+            EngineIoPacket::Binary(bytes) => Message::binary(bytes),
+            packet => Message::text(packet.encode()),
+        };
+        let bytes = message.len();
+        // BLOCKS: while the client's receive buffer and our send buffer are full, up to
+        // --write-timeout.
+        if let Err(e) = c.socket.send(message) {
+            super::close(c.socket_io, c.session, Closer::Client, "a write failed");
+            crate::ws::count_if_slow(&c.lab.stats, &e);
+            return Err(Ending::Shut(format!("write failed: {e}")));
+        }
+        c.counters.wrote(crate::ws::frame_size(bytes));
+        wrote = true;
+    }
+    if wrote {
+        // Engine.IO's writer sends a batch, then waits for it to drain before the next; the
+        // pause lets the client read each batch on its own (a client that handles one
+        // message per read, like the protocol suite's, misses the second of two that arrive
+        // at once).
+        thread::sleep(DRAIN_PAUSE);
+    }
+    Ok(())
+}
+
+/// The session closes because of us (`Closer::Server`, `Closer::ProtocolError`): Engine.IO's
+/// close packet, which `close` queued, goes out before our side of the socket closes.
+fn close_by_us(c: &mut Conversation<'_>, closer: Closer, why: &str) -> Ending {
+    super::close(c.socket_io, c.session, closer, why);
+    let queued = c.session.wait_for_packets(Instant::now(), true);
+    let _ = write_packets(c, queued.packets, queued.events);
+    Ending::Drain(why.to_string())
+}
+
+/// Every frame that is there: each is an Engine.IO packet for `receive`, but the probe and
+/// the upgrade, which are this transport's own business. `Ok` once the rest has not come yet.
+fn read_packets(c: &mut Conversation<'_>) -> Result<(), Ending> {
+    let id = c.id;
+    loop {
+        // Never blocks: one read of the bytes the watcher saw, else `None`.
+        let Some(frame) = next_frame(&mut c.socket) else {
+            return Ok(());
+        };
+        let packet = match frame {
             Ok(Message::Text(text)) => EngineIoPacket::decode(text.as_str()),
             // Over a WebSocket, binary packets are binary frames (no "b", no base64).
             Ok(Message::Binary(bytes)) => Ok(EngineIoPacket::Binary(bytes.to_vec())),
-            Ok(Message::Close(_)) => break "the client closed the socket".to_string(),
+            Ok(Message::Close(_)) => {
+                // tungstenite has queued the echo of the client's close: send it, and end.
+                let _ = c.socket.flush();
+                return Err(client_gone(c, "the client closed the socket".into()));
+            }
             Ok(_) => continue,
             Err(tungstenite::Error::Capacity(e)) => {
-                super::close(
-                    socket_io,
-                    session,
+                return Err(close_by_us(
+                    c,
                     Closer::Server,
                     &format!("over maxPayload: {e}"),
-                );
-                return drain(&socket.get_ref().0, id);
+                ));
             }
-            Err(e) => break format!("read ended: {e}"),
+            Err(e) => return Err(client_gone(c, format!("read ended: {e}"))),
         };
         let packet = match packet {
             Ok(packet) => packet,
-            Err(e) if upgrading => break e.to_string(),
-            Err(e) => {
-                super::close(socket_io, session, Closer::ProtocolError, &e.to_string());
-                return drain(&socket.get_ref().0, id);
-            }
+            Err(e) if c.upgrading => return Err(Ending::Shut(e.to_string())),
+            Err(e) => return Err(close_by_us(c, Closer::ProtocolError, &e.to_string())),
         };
-        if upgrading {
+        if c.upgrading {
             match packet {
                 EngineIoPacket::Ping(data) if data == "probe" => {
                     // A held GET ends with a noop, so the client can pause polling.
-                    if session.state().polling_get {
-                        session.send(vec![EngineIoPacket::Noop]);
+                    if c.session.state().polling_get {
+                        c.session.send(vec![EngineIoPacket::Noop]);
                     }
-                    let _ = to_writer.send(Probe::Probed);
+                    if let Err(e) = c.socket.send(Message::text("3probe")) {
+                        return Err(Ending::Shut(format!("write failed: {e}")));
+                    }
                 }
                 EngineIoPacket::Upgrade => {
-                    session.settle_upgrade(true);
-                    log::debug!("socket.io {} upgraded to ws {id}", session.sid);
-                    upgrading = false;
-                    let _ = to_writer.send(Probe::Upgraded);
+                    c.session.settle_upgrade(true);
+                    log::debug!("socket.io {} upgraded to ws {id}", c.session.sid);
+                    c.upgrading = false;
                 }
-                _ => break "a packet other than the probe or the upgrade".into(),
+                _ => {
+                    let why = "a packet other than the probe or the upgrade";
+                    return Err(Ending::Shut(why.into()));
+                }
             }
             continue;
         }
-        if let Err(why) = super::receive(lab, socket_io, session, packet) {
-            super::close(socket_io, session, Closer::ProtocolError, &why);
-            return drain(&socket.get_ref().0, id);
+        if let Err(why) = super::receive(c.lab, c.socket_io, c.session, packet) {
+            return Err(close_by_us(c, Closer::ProtocolError, &why));
         }
-    };
-    log::debug!("ws {id} (socket.io) reader done: {ending}");
-    if upgrading {
-        // The probe failed: the session goes on polling, as if this socket never came.
-        session.settle_upgrade(false);
-    } else {
-        super::close(socket_io, session, Closer::Client, &ending);
-    }
-    // Dropping `to_writer` tells a writer still waiting for the upgrade.
-}
-
-/// The writer (`ws-N-writer`): the probe's answer, then the session's packets.
-fn write_packets(
-    lab: &Lab,
-    socket_io: &SocketIo,
-    socket: &mut WebSocket<TcpStream>,
-    session: &Arc<Session>,
-    upgrading: bool,
-    from_reader: &Receiver<Probe>,
-    counters: &crate::stats::LessonCounters,
-) -> String {
-    if upgrading {
-        let deadline = Instant::now() + UPGRADE_TIMEOUT;
-        loop {
-            // BLOCKS: until the reader reports the probe or the upgrade, or the timeout.
-            match crate::workarounds::recv_deadline(from_reader, deadline) {
-                Ok(Probe::Probed) => {
-                    if let Err(e) = socket.send(Message::text("3probe")) {
-                        return format!("write failed: {e}");
-                    }
-                }
-                Ok(Probe::Upgraded) => break,
-                Err(RecvTimeoutError::Disconnected) => return "the probe failed".into(),
-                Err(RecvTimeoutError::Timeout) => {
-                    session.settle_upgrade(false);
-                    return "no upgrade within 10 s".into();
-                }
-            }
-        }
-        // A GET that was held until now hands the feed over; the writer picks it up.
-    }
-    loop {
-        let deadline = Instant::now() + hold_limit(&socket_io.settings);
-        // BLOCKS: until the outbox or the hub has something for this session.
-        let delivery = session.wait_for_packets(deadline, false);
-        counters.delivered(delivery.events);
-        for packet in delivery.packets {
-            let message = match packet {
-                // Nothing to say: a noop helps only a held GET.
-                EngineIoPacket::Noop => continue,
-                EngineIoPacket::Binary(bytes) => Message::binary(bytes),
-                packet => Message::text(packet.encode()),
-            };
-            let bytes = message.len();
-            if let Err(e) = socket.send(message) {
-                super::close(socket_io, session, Closer::Client, "a write failed");
-                if let tungstenite::Error::Io(io) = &e {
-                    if crate::http::is_write_timeout(io) {
-                        lab.stats
-                            .slow_consumers
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                return format!("write failed: {e}");
-            }
-            counters.wrote(crate::ws::frame_size(bytes));
-        }
-        if delivery.ended {
-            let _ = socket.close(Some(close_frame(CloseCode::Normal, "")));
-            let _ = socket.flush();
-            return "the session ended".into();
-        }
-        // Engine.IO's writer sends a batch, then waits for it to drain before the next; the
-        // pause lets the client read each batch on its own (a client that handles one message
-        // per read, like the protocol suite's, misses the second of two that arrive at once).
-        thread::sleep(DRAIN_PAUSE);
     }
 }
 
-/// The writer's pause between batches (see `write_packets`).
+/// The client closed or left: the session ends with it (a probing socket leaves the session
+/// to its polling).
+fn client_gone(c: &Conversation<'_>, why: String) -> Ending {
+    if !c.upgrading {
+        super::close(c.socket_io, c.session, Closer::Client, &why);
+    }
+    Ending::Shut(why)
+}
+
+/// The pause between batches (see `write_packets`).
 const DRAIN_PAUSE: Duration = Duration::from_millis(1);
