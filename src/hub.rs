@@ -233,7 +233,7 @@ impl Hub {
     }
 
     /// Subscribe with a bounded channel of our own, for a thread that waits for events *or*
-    /// something else (`Subscription::wait_for_events_or`): a WebSocket's writer, a
+    /// something else (`Subscription::wait_for_events_or`): a WebSocket's thread, a
     /// framework's session. The backlog is read under the same lock.
     pub fn subscribe_with_channel(self: &Arc<Self>, cursor: u64) -> (Backlog, Subscription) {
         let (tx, rx) = bounded(self.buffer_size);

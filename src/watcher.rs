@@ -18,20 +18,20 @@
 //! Socket.IO's, Atmosphere's and Bayeux's. A servlet container does the same: Tomcat's NIO connector has a
 //! `Poller` thread that watches idle connections and hands a readable one to a worker.
 //!
-//! 1. `SocketWatcher::watch` takes a copy of the socket's descriptor (`try_clone`) and what to
-//!    do when it is readable (`notice`, which must not block: a `try_send`), and rings the
+//! 1. `SocketWatcher::watch` takes a share of the socket (an `Arc`: the descriptor stays open
+//!    until both the socket's thread and the watcher have let go) and what to do when it is
+//!    readable (`notice`, which must not block: a `try_send`), and rings the
 //!    watcher's wake-up pipe so that it takes the socket into its set.
 //! 2. The watcher thread blocks in `poll(2)` on every socket in its set and on the pipe.
 //! 3. A readable socket (bytes, or its client hung up: a read returns 0): its `notice` is
 //!    called once, and it leaves the set. Its thread reads what is there and calls
 //!    `Watch::again` to be watched again. (One notice per watch: a socket whose thread has not
 //!    read yet would otherwise make `poll` return at once, over and over.)
-//! 4. A `Watch` dropped: the watcher drops its copy of the descriptor at its next turn.
+//! 4. A `Watch` dropped: the watcher lets go of its share of the socket at its next turn.
 //!
 //! **What it costs**: one thread for the whole lab instead of one per socket (about 18 KiB of
-//! memory each, measured with `cargo run --release --example latency -- ws 1000`), a second
-//! descriptor per socket (the copy), and for each frame a client sends, one more wake-up (the
-//! watcher's) before its thread reads it.
+//! memory each, measured with `cargo run --release --example latency -- ws 1000`), and for
+//! each frame a client sends, one more wake-up (the watcher's) before its thread reads it.
 //!
 //! Without `poll` (Windows, or `--cfg lab_portable`), each watch is a thread of its own blocked
 //! in `peek`: the same contract, at the old price of a thread per socket.
@@ -44,9 +44,11 @@ use std::sync::Arc;
 /// What to call when a watched socket becomes readable: must not block.
 type Notice = Box<dyn Fn() + Send + Sync>;
 
-/// One watched socket: a copy of its descriptor, its notice, and whether its `Watch` is gone.
+/// One watched socket: a share of it, its notice, and whether its `Watch` is gone.
 struct Entry {
-    stream: TcpStream,
+    /// Shared with the socket's thread, so the descriptor stays open (and is never another
+    /// socket's) until the watcher has let go of it too.
+    stream: Arc<TcpStream>,
     notice: Notice,
     dropped: AtomicBool,
 }
@@ -78,11 +80,11 @@ impl SocketWatcher {
     /// Step 1: watch `stream` until it is readable, then call `notice` (once).
     pub fn watch(
         &self,
-        stream: &TcpStream,
+        stream: &Arc<TcpStream>,
         notice: impl Fn() + Send + Sync + 'static,
     ) -> io::Result<Watch> {
         let entry = Arc::new(Entry {
-            stream: stream.try_clone()?,
+            stream: stream.clone(),
             notice: Box::new(notice),
             dropped: AtomicBool::new(false),
         });
@@ -213,7 +215,7 @@ mod imp {
                     .unwrap_or_else(|p| p.into_inner())
                     .drain(..),
             );
-            // Step 4: a dropped watch's copy of the descriptor is closed here.
+            // Step 4: a dropped watch's share of the socket is let go here.
             watched.retain(|entry| !entry.dropped.load(Ordering::SeqCst));
             fds.clear();
             fds.push(pollfd(hear.as_raw_fd()));
@@ -334,14 +336,14 @@ mod tests {
     use std::net::TcpListener;
     use std::time::{Duration, Instant};
 
-    fn pair() -> (TcpStream, TcpStream) {
+    fn pair() -> (TcpStream, Arc<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (client, server)
+        (client, Arc::new(server))
     }
 
-    fn watched(watcher: &SocketWatcher, server: &TcpStream) -> (Watch, Receiver<()>) {
+    fn watched(watcher: &SocketWatcher, server: &Arc<TcpStream>) -> (Watch, Receiver<()>) {
         let (tx, rx) = bounded(1);
         let watch = watcher
             .watch(server, move || {
@@ -357,7 +359,7 @@ mod tests {
     #[test]
     fn a_socket_with_bytes_is_noticed_once_until_it_is_watched_again() {
         let watcher = SocketWatcher::default();
-        let (mut client, mut server) = pair();
+        let (mut client, server) = pair();
         let (watch, noticed) = watched(&watcher, &server);
         assert!(noticed.recv_timeout(QUIET).is_err(), "quiet: no notice");
         client.write_all(b"one").unwrap();
@@ -365,7 +367,7 @@ mod tests {
         // Not read yet: still readable, but told once only.
         assert!(noticed.recv_timeout(QUIET).is_err(), "one notice per watch");
         let mut got = [0u8; 3];
-        server.read_exact(&mut got).unwrap();
+        (&*server).read_exact(&mut got).unwrap();
         watch.again();
         assert!(noticed.recv_timeout(QUIET).is_err(), "read: quiet again");
         client.write_all(b"two").unwrap();
@@ -382,7 +384,7 @@ mod tests {
         let (_watch, noticed) = watched(&watcher, &server);
         drop(client);
         noticed.recv_timeout(LONG).expect("a hang-up: a notice");
-        assert_eq!((&server).read(&mut [0u8; 8]).unwrap(), 0, "end of file");
+        assert_eq!((&*server).read(&mut [0u8; 8]).unwrap(), 0, "end of file");
     }
 
     #[test]
@@ -415,7 +417,7 @@ mod tests {
         let (watch, noticed) = watched(&watcher, &server);
         drop(watch);
         drop(server);
-        // The watcher's copy of the descriptor is closed too: the client sees the end.
+        // The watcher's share is let go too, so the socket closes: the client sees the end.
         client.set_read_timeout(Some(LONG)).unwrap();
         assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0, "the socket closed");
         assert!(noticed.try_recv().is_err(), "no notice after the drop");

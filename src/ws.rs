@@ -152,7 +152,8 @@ pub fn config(max_message: usize) -> WebSocketConfig {
 /// Any other read is `WouldBlock`, which tungstenite takes as "the rest has not come yet",
 /// keeping what it has of a frame. Writes go to the socket.
 pub struct ReadWhenNoticed {
-    stream: TcpStream,
+    /// Shared with the socket watcher while it watches (`SocketWatcher::watch`).
+    stream: Arc<TcpStream>,
     /// Set by the watcher's notice, taken by the one read it lets through.
     noticed: Arc<AtomicBool>,
 }
@@ -160,7 +161,7 @@ pub struct ReadWhenNoticed {
 impl ReadWhenNoticed {
     pub fn new(stream: TcpStream) -> Self {
         ReadWhenNoticed {
-            stream,
+            stream: Arc::new(stream),
             noticed: Arc::default(),
         }
     }
@@ -206,17 +207,17 @@ impl Read for ReadWhenNoticed {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         // Returns at once: the watcher saw bytes (or the end), and only this thread reads.
-        self.stream.read(buf)
+        (&*self.stream).read(buf)
     }
 }
 
 impl Write for ReadWhenNoticed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // BLOCKS: while the send buffer is full, up to --write-timeout.
-        self.stream.write(buf)
+        (&*self.stream).write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+        Ok(()) // a TcpStream has no buffer of its own
     }
 }
 

@@ -44,10 +44,11 @@
 //!
 //! **What it costs**: one handshake per connection (about 400 bytes both ways), then 2 bytes of
 //! frame header per small event from the server (clients mask theirs: 6 bytes); one thread
-//! (about 18 KiB resident) and two file descriptors per client (the watcher keeps a copy of
-//! the socket's); one more wake-up per client frame (the watcher's). A thread per direction
-//! would need no watcher, at twice the threads (37 KiB per client, measured with
-//! `cargo run --release --example latency -- ws 1000`). Some proxies and old corporate
+//! and one descriptor per client (about 23 KiB resident, measured with
+//! `cargo run --release --example latency -- ws 1000`); one more wake-up per client frame
+//! (the watcher's). A thread per direction would need no watcher, at twice the threads and
+//! descriptors (37 KiB per client: `try_clone` gives the reader and the writer each a
+//! descriptor). Some proxies and old corporate
 //! firewalls do not pass the `Upgrade`.
 //!
 //! **Try it**: `cargo run --example websocket`, open two tabs of
