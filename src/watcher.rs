@@ -71,7 +71,7 @@ impl Default for SocketWatcher {
     fn default() -> Self {
         SocketWatcher {
             alive: Arc::new(AtomicUsize::new(0)),
-            inner: imp::Watcher::default(),
+            inner: Default::default(),
         }
     }
 }
@@ -268,7 +268,6 @@ mod imp {
     use super::Entry;
     use crossbeam_channel::{bounded, Receiver, Sender};
     use std::io;
-    use std::net::Shutdown;
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
 
@@ -307,10 +306,12 @@ mod imp {
             }
         }
 
-        /// Ends the watch's thread: no more arming, and a shut reading side ends its `peek`.
-        pub fn forget(&self, entry: &Arc<Entry>) {
+        /// Ends the watch's thread: no more arming. A thread blocked in `peek` ends at the
+        /// socket's next byte or its end (every endpoint shuts its socket down when it is
+        /// done); shutting the reading side here instead would make Windows reset a socket
+        /// whose close is still being drained (`ws::drain`).
+        pub fn forget(&self, _entry: &Arc<Entry>) {
             self.arm.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let _ = entry.stream.shutdown(Shutdown::Read);
         }
     }
 
@@ -415,12 +416,22 @@ mod tests {
         let watcher = SocketWatcher::default();
         let (mut client, server) = pair();
         let (watch, noticed) = watched(&watcher, &server);
+        assert_eq!(Arc::strong_count(&server), 2, "the watcher's share");
         drop(watch);
+        assert_eq!(watcher.watching(), 0);
+        // A byte ends a portable watch's `peek`; `poll`'s watcher has been rung already.
+        client.write_all(b"x").unwrap();
+        let until = Instant::now() + LONG;
+        while Arc::strong_count(&server) > 1 {
+            assert!(Instant::now() < until, "the watcher kept its share");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(noticed.try_recv().is_err(), "no notice after the drop");
+        // Ours was the last share: dropping it closes the socket, and the client sees the end
+        // (a FIN: the byte is read first, or the kernel would answer with a reset).
+        (&*server).read_exact(&mut [0u8; 1]).unwrap();
         drop(server);
-        // The watcher's share is let go too, so the socket closes: the client sees the end.
         client.set_read_timeout(Some(LONG)).unwrap();
         assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0, "the socket closed");
-        assert!(noticed.try_recv().is_err(), "no notice after the drop");
-        assert_eq!(watcher.watching(), 0);
     }
 }
