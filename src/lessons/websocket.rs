@@ -33,10 +33,9 @@
 //!    `101` and takes the socket from the HTTP layer (`Request::into_stream`), to run
 //!    tungstenite on it.
 //! 3. One thread per connection, the one that read the handshake (`conn-N`; it logs as
-//!    `ws N`). It blocks on its
-//!    subscription *and* on a notice from the lab's socket watcher (`watcher`), which waits in
-//!    `poll(2)` on every idle WebSocket at once: a notice says the client sent something (or
-//!    left). Woken by an event, it writes a text frame; by a notice, it reads the frames that
+//!    `ws N`). It blocks on its subscription *and* on a notice from the lab's socket watcher
+//!    (`watcher`), which waits in `poll(2)` on every idle WebSocket at once: a notice says
+//!    the client sent something (or left). Woken by an event, it writes a text frame; by a notice, it reads the frames that
 //!    are there (`read_frames`: such a read cannot block) and publishes them; by the heartbeat,
 //!    it pings. Only this thread writes to the socket, so frames can never interleave.
 //! 4. Every ending (client close, server close, write error, silent peer) ends the watch and
@@ -48,8 +47,7 @@
 //! `cargo run --release --example latency -- ws 1000`); one more wake-up per client frame
 //! (the watcher's). A thread per direction would need no watcher, at twice the threads and
 //! descriptors (37 KiB per client: `try_clone` gives the reader and the writer each a
-//! descriptor). Some proxies and old corporate
-//! firewalls do not pass the `Upgrade`.
+//! descriptor). Some proxies and old corporate firewalls do not pass the `Upgrade`.
 //!
 //! **Try it**: `cargo run --example websocket`, open two tabs of
 //! <http://127.0.0.1:8080/lessons/websocket> and chat; or with

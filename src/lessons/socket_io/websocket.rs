@@ -267,7 +267,7 @@ fn write_packets(
         // Engine.IO's writer sends a batch, then waits for it to drain before the next; the
         // pause lets the client read each batch on its own (a client that handles one
         // message per read, like the protocol suite's, misses the second of two that arrive
-        // at once).
+        // at once). BLOCKS: for the pause, 1 ms.
         thread::sleep(DRAIN_PAUSE);
     }
     Ok(())
