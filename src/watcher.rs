@@ -2,13 +2,13 @@
 //! tells that socket's own thread.
 //!
 //! ```text
-//! ws-7       parked on its channel: the hub's events, or the watcher's notice
-//! watcher    in poll() on ws-3, ws-7, ws-9 … and its wake-up pipe
+//! conn-7           (ws 7) parked on its channel: the hub's events, or the watcher's notice
+//! socket-watcher   in poll() on ws 3, ws 7, ws 9 … and its wake-up pipe
 //!   (time passes)
-//! ► ws-7's client sends a frame
-//! watcher    poll() returns: ws-7 is readable → ws-7's notice, and ws-7 leaves the set
-//! ws-7       wakes, reads the frame (the bytes are there: the read cannot block), handles it,
-//!            then `Watch::again`: back in the set, and back to waiting on its channel
+//! ► ws 7's client sends a frame
+//! socket-watcher   poll() returns: ws 7 is readable → its notice; ws 7 leaves the set
+//! conn-7           wakes, reads the frame (the bytes are there: the read cannot block),
+//!                  handles it, then `Watch::again`: back in the set, back to its channel
 //! ```
 //!
 //! A WebSocket's thread has two things to wait for at once: the hub's events and its client's
