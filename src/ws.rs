@@ -148,9 +148,9 @@ pub fn config(max_message: usize) -> WebSocketConfig {
 }
 
 /// The socket of an endpoint with one thread: the thread reads only when the socket watcher
-/// (`watcher`) has said bytes are there, one `read` per notice, which therefore cannot block.
-/// Any other read is `WouldBlock`, which tungstenite takes as "the rest has not come yet",
-/// keeping what it has of a frame. Writes go to the socket.
+/// (`watcher`) has said bytes are there, and no read ever waits: it takes what is there
+/// (`read_what_is_there`), and once nothing is, it is `WouldBlock`, which tungstenite takes as
+/// "the rest has not come yet", keeping what it has of a frame. Writes go to the socket.
 pub struct ReadWhenNoticed {
     /// Shared with the socket watcher while it watches (`SocketWatcher::watch`).
     stream: Arc<TcpStream>,
@@ -203,12 +203,47 @@ impl ReadWhenNoticed {
 
 impl Read for ReadWhenNoticed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.noticed.swap(false, Ordering::SeqCst) {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        // Returns at once: the watcher saw bytes (or the end), and only this thread reads.
-        (&*self.stream).read(buf)
+        // The notice is taken by the first read after it. (The watcher cannot notice again
+        // meanwhile: the socket is out of its set until `Watch::again`.)
+        let noticed = self.noticed.swap(false, Ordering::SeqCst);
+        read_what_is_there(&self.stream, buf, noticed)
     }
+}
+
+/// `recv(MSG_DONTWAIT)`: whatever is there, never waiting, so a thread woken by one notice
+/// reads a whole large message at once (a 60 KB one came back in 0.5 ms this way, and in
+/// 5 ms at one read per notice: `ReadWhenNoticed`'s portable read).
+#[cfg(all(unix, not(lab_portable)))]
+fn read_what_is_there(stream: &TcpStream, buf: &mut [u8], _noticed: bool) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error); // nothing there: `WouldBlock`
+        }
+    }
+}
+
+/// With std alone: one read per notice, which returns at once (the watcher saw bytes, or the
+/// end, and only this thread reads); any other read is `WouldBlock`.
+#[cfg(any(not(unix), lab_portable))]
+fn read_what_is_there(mut stream: &TcpStream, buf: &mut [u8], noticed: bool) -> io::Result<usize> {
+    if !noticed {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    stream.read(buf)
 }
 
 impl Write for ReadWhenNoticed {
@@ -283,4 +318,49 @@ pub fn frame_size(payload: usize) -> usize {
             126..=65535 => 4,
             _ => 10,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// What one notice lets the thread read, on both builds: everything that is there with
+    /// `recv(MSG_DONTWAIT)`, one read's worth with std alone; never a read that waits.
+    #[test]
+    fn a_notice_lets_the_thread_read_what_is_there_and_no_read_waits() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut socket = ReadWhenNoticed::new(server);
+        let mut buf = [0u8; 1024];
+        let nothing = socket.read(&mut buf).unwrap_err();
+        assert_eq!(
+            nothing.kind(),
+            io::ErrorKind::WouldBlock,
+            "no bytes, no notice"
+        );
+        client.write_all(&[7u8; 5000]).unwrap();
+        // Wait until all 5,000 bytes are in the server's receive buffer.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while socket.stream().peek(&mut [0u8; 8192]).unwrap() < 5000 {
+            assert!(std::time::Instant::now() < until, "the bytes never arrived");
+        }
+        socket.noticed.store(true, Ordering::SeqCst); // as the watcher does
+        let mut read = 0;
+        loop {
+            match socket.read(&mut buf) {
+                Ok(n) => read += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let expected = if cfg!(all(unix, not(lab_portable))) {
+            5000
+        } else {
+            1024
+        };
+        assert_eq!(read, expected);
+        assert!(!socket.noticed(), "the notice was taken");
+    }
 }
