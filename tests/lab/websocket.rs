@@ -142,6 +142,27 @@ fn a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
     drop(reader);
 }
 
+/// A client's ping is answered with a pong carrying its payload, by the socket's one thread
+/// (tungstenite queues the pong as it reads the ping, and sends it on the next read).
+#[test]
+fn a_ping_from_the_client_is_answered_with_its_pong() {
+    let lab = start_lab();
+    let mut socket = connect(&lab, "", None).unwrap();
+    socket
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    loop {
+        match socket.read().expect("a pong within the read timeout") {
+            Message::Pong(payload) => break assert_eq!(&payload[..], b"are you there"),
+            _ => continue, // (a server ping, or an event)
+        }
+    }
+}
+
 /// One thread per socket (the one that read its handshake), and one watch: a clean close
 /// gives both back.
 #[test]
