@@ -324,6 +324,17 @@ fn the_websocket_port_checks_the_origin_and_carries_messages_both_ways() {
     });
 }
 
+/// A message over `--max-body` on the websocket transport gets 1009, is broadcast nowhere,
+/// and the socket's thread is given back.
+#[test]
+fn an_oversized_websocket_message_gets_1009_and_is_broadcast_nowhere() {
+    let lab = start_lab_with(|c| c.max_body = 1024);
+    let mut socket = ws(&lab, None).unwrap();
+    let handshake = socket.read().unwrap().into_text().unwrap();
+    assert!(handshake.ends_with("|60000|X|"), "{handshake}");
+    common::assert_oversized_message_gets_1009(lab.addr(), &mut socket, 4096);
+}
+
 // ---- The official client, in Node ------------------------------------------------------
 
 fn run_official(scenario: &str) -> Value {

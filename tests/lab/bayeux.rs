@@ -694,6 +694,15 @@ fn ws_connect(socket: &mut Socket, client: &str, ext: Value) {
     );
 }
 
+/// A frame over `--max-body` on `/cometd` gets 1009, and the socket's thread is given back.
+#[test]
+fn an_oversized_websocket_frame_gets_1009() {
+    let addr = start_lab_with(|c| c.max_body = 1024).addr();
+    let mut socket = open_socket(addr);
+    handshake_on(&mut socket, false);
+    common::assert_oversized_message_gets_1009(addr, &mut socket, 4096);
+}
+
 #[test]
 fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_its_timeout() {
     let addr = lab().addr();

@@ -67,18 +67,8 @@ fn a_client_frame_is_published_to_everyone() {
 fn an_oversized_message_closes_with_1009() {
     let lab = start_lab_with(|c| c.max_body = 1024);
     let mut socket = connect(&lab, "", None).unwrap();
-    socket.send(Message::text("x".repeat(4096))).unwrap();
-    let close = loop {
-        match socket.read() {
-            Ok(Message::Close(frame)) => break frame,
-            Ok(_) => continue,
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    };
-    assert_eq!(close.unwrap().code, CloseCode::Size);
-    assert_stat(lab.addr(), "events_published", 0, "nothing was published");
+    common::assert_oversized_message_gets_1009(lab.addr(), &mut socket, 4096);
     wait_for_baseline(lab.addr());
-    assert_eq!(stats(lab.addr())["websocket_threads"], 0);
 }
 
 #[test]

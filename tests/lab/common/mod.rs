@@ -457,6 +457,38 @@ impl Drop for RedisServer {
     }
 }
 
+/// Send `socket` a text message of `bytes` bytes, over the lab's limit, and expect the lab's
+/// close frame with 1009 (message too big); then nothing was published, and the socket's
+/// thread and watch are given back. Every WebSocket endpoint refuses the same way.
+pub fn assert_oversized_message_gets_1009(
+    addr: SocketAddr,
+    socket: &mut tungstenite::WebSocket<std::net::TcpStream>,
+    bytes: usize,
+) {
+    use tungstenite::protocol::frame::coding::CloseCode;
+    let published = stats(addr)["events_published"].clone();
+    socket
+        .send(tungstenite::Message::text("x".repeat(bytes)))
+        .unwrap();
+    let close = loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Size));
+    assert_eq!(
+        stats(addr)["events_published"],
+        published,
+        "nothing was published"
+    );
+    wait_until("the socket's thread and watch are given back", || {
+        let s = stats(addr);
+        s["websocket_threads"] == 0 && s["watched_sockets"] == 0 && s["websockets"] == 0
+    });
+}
+
 /// A WebSocket handshake to `url` (`ws://HOST:PORT/path`) over a new blocking connection
 /// (reads time out after 20 s), as a page of `origin` makes it (`None`: not a browser): the
 /// socket, or the error the server answered with (`Error::Http` carries its status).
