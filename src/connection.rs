@@ -562,24 +562,36 @@ impl Write for ResponseWriter {
 /// `recv(MSG_PEEK | MSG_DONTWAIT)`: one non-blocking look at the socket.
 #[cfg(all(unix, not(lab_portable)))]
 fn peek_says_gone(stream: &TcpStream) -> bool {
+    match recv_without_waiting(stream, &mut [0u8; 1], libc::MSG_PEEK) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// `recv` with `MSG_DONTWAIT` (and `flags`): whatever the socket holds, never waiting for
+/// more; `WouldBlock` when it holds nothing. The socket itself stays blocking for everyone
+/// else. (A parked thread's look, `peek_says_gone`; a WebSocket's reads, `ws::ReadWhenNoticed`.)
+#[cfg(all(unix, not(lab_portable)))]
+pub fn recv_without_waiting(stream: &TcpStream, buf: &mut [u8], flags: i32) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    // SAFETY: a valid descriptor and a one-byte buffer we own.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => true,
-        n if n > 0 => false,
-        _ => !matches!(
-            io::Error::last_os_error().kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
+    loop {
+        // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     }
 }
 

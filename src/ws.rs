@@ -215,25 +215,7 @@ impl Read for ReadWhenNoticed {
 /// 5 ms at one read per notice: `ReadWhenNoticed`'s portable read).
 #[cfg(all(unix, not(lab_portable)))]
 fn read_what_is_there(stream: &TcpStream, buf: &mut [u8], _noticed: bool) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error); // nothing there: `WouldBlock`
-        }
-    }
+    crate::connection::recv_without_waiting(stream, buf, 0)
 }
 
 /// With std alone: one read per notice, which returns at once (the watcher saw bytes, or the
