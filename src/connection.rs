@@ -810,9 +810,7 @@ mod tests {
     /// `recv` with flags, and the std-only fallback (`--cfg lab_portable`).
     #[test]
     fn a_peek_tells_a_client_that_left_from_one_that_waits_or_sends() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (mut client, server) = crate::loopback_pair();
         assert!(!peek_says_gone(&server), "connected and quiet");
         client.write_all(b"GET").unwrap();
         server

@@ -413,8 +413,8 @@ impl Subscription {
             // BLOCKS: until an event, a message on `first` or `second`, or the deadline.
             crossbeam_channel::select! {
                 recv(rx) -> event => match event {
-                    Ok(first) => {
-                        if let Some(batch) = self.take_batch(first) {
+                    Ok(arrived) => {
+                        if let Some(batch) = self.take_batch(arrived) {
                             return Wake::Events(batch);
                         }
                     }

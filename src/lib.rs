@@ -37,6 +37,16 @@ pub mod watcher;
 pub mod workarounds;
 pub mod ws;
 
+/// For unit tests that need a real socket: a client and the server's side of one loopback
+/// connection.
+#[cfg(test)]
+pub(crate) fn loopback_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
 pub use config::{CliError, Config, ParkingMode};
 pub use hub::{Event, Hub, Subscription};
 pub use lab::Lab;

@@ -15,13 +15,14 @@
 //! frames. A blocking `read` waits for one thing only, so a socket needed two threads, one
 //! blocked on each (chapter 12's first design). Here the socket's thread waits on its channel
 //! alone, and this one thread waits on every idle socket at once: the lesson's WebSocket,
-//! Socket.IO's, Atmosphere's and Bayeux's. A servlet container does the same: Tomcat's NIO connector has a
-//! `Poller` thread that watches idle connections and hands a readable one to a worker.
+//! Socket.IO's, Atmosphere's and Bayeux's. A servlet container does the same: Tomcat's NIO
+//! connector has a `Poller` thread that watches idle connections and hands a readable one to
+//! a worker.
 //!
 //! 1. `SocketWatcher::watch` takes a share of the socket (an `Arc`: the descriptor stays open
 //!    until both the socket's thread and the watcher have let go) and what to do when it is
-//!    readable (`notice`, which must not block: a `try_send`), and rings the
-//!    watcher's wake-up pipe so that it takes the socket into its set.
+//!    readable (`notice`, which must not block: a `try_send`), and rings the watcher's
+//!    wake-up pipe so that it takes the socket into its set.
 //! 2. The watcher thread blocks in `poll(2)` on every socket in its set and on the pipe.
 //! 3. A readable socket (bytes, or its client hung up: a read returns 0): its `notice` is
 //!    called once, and it leaves the set. Its thread reads what is there and calls
@@ -53,7 +54,8 @@ struct Entry {
     dropped: AtomicBool,
 }
 
-/// The lab's one watcher. Its thread starts with the first watch.
+/// The lab's one watcher. Its thread starts with the lab (`start`), or else with the first
+/// watch.
 pub struct SocketWatcher {
     /// Watches alive (`/stats` `watched_sockets`): back to 0 when the clients have left.
     alive: Arc<AtomicUsize>,
@@ -334,13 +336,10 @@ mod tests {
     use super::*;
     use crossbeam_channel::{bounded, Receiver};
     use std::io::{Read, Write};
-    use std::net::TcpListener;
     use std::time::{Duration, Instant};
 
     fn pair() -> (TcpStream, Arc<TcpStream>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (client, server) = crate::loopback_pair();
         (client, Arc::new(server))
     }
 

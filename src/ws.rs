@@ -305,15 +305,12 @@ pub fn frame_size(payload: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     /// What one notice lets the thread read, on both builds: everything that is there with
     /// `recv(MSG_DONTWAIT)`, one read's worth with std alone; never a read that waits.
     #[test]
     fn a_notice_lets_the_thread_read_what_is_there_and_no_read_waits() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (mut client, server) = crate::loopback_pair();
         let mut socket = ReadWhenNoticed::new(server);
         let mut buf = [0u8; 1024];
         let nothing = socket.read(&mut buf).unwrap_err();
