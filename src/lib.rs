@@ -21,6 +21,7 @@ pub mod classroom;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod conversation;
 pub mod forwarded;
 pub mod generator;
 pub mod http;

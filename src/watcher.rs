@@ -311,7 +311,7 @@ mod imp {
         /// Ends the watch's thread: no more arming. A thread blocked in `peek` ends at the
         /// socket's next byte or its end (every endpoint shuts its socket down when it is
         /// done); shutting the reading side here instead would make Windows reset a socket
-        /// whose close is still being drained (`ws::drain`).
+        /// whose close is still being drained (`conversation::end`).
         pub fn forget(&self, _entry: &Arc<Entry>) {
             self.arm.lock().unwrap_or_else(|p| p.into_inner()).take();
         }

@@ -3,8 +3,8 @@
 //! endpoint checks its own request (path, `Origin`, parameters), then calls `accept`:
 //!
 //! 1. a refused check is answered with its status, as any HTTP request;
-//! 2. `Sec-WebSocket-Version` must be 13 (or 426), `Sec-WebSocket-Key` 16 bytes of base64
-//!    (or 400);
+//! 2. the request must be HTTP/1.1 (or 400), `Sec-WebSocket-Version` 13 (or 426),
+//!    `Sec-WebSocket-Key` 16 bytes of base64 (or 400);
 //! 3. a place under `--max-parked` (or 503), taken only by a handshake that will be accepted;
 //! 4. the lab writes the `101` itself, and the socket leaves HTTP for good
 //!    (`Request::into_stream`), with whatever frames the client sent right behind its
@@ -12,20 +12,19 @@
 //!
 //! Also here: tungstenite's configuration for the lab's small frames, the socket as an
 //! endpoint's one thread gives it to tungstenite (read only when the socket watcher has said
-//! bytes are there), the close frame, the drain after a close we started, and frame sizes.
+//! bytes are there; every write on a deadline), and frame sizes. The conversation itself,
+//! the same for every endpoint, is `conversation`.
 
 use crate::connection::Request;
 use crate::http::HttpError;
 use crate::stats::{GaugeGuard, Held, LessonCounters, Stats};
 use crate::watcher::{SocketWatcher, Watch};
-use crossbeam_channel::Receiver;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::WebSocket;
 
 /// An accepted handshake: the socket, what the client already sent on it, and its place.
@@ -81,7 +80,12 @@ pub fn accept<'lab, T>(
             return Ok(None);
         }
     };
-    // 2. The protocol's.
+    // 2. The protocol's: HTTP/1.1 at least (RFC 6455 §4.1), version 13, a key.
+    if request.head().minor_version == 0 {
+        let message = "a WebSocket handshake needs HTTP/1.1";
+        HttpError::bad_request(message).reply(request, counters)?;
+        return Ok(None);
+    }
     if request.header("Sec-WebSocket-Version") != Some("13") {
         HttpError::new(426, "this server speaks WebSocket version 13")
             .with_header("Sec-WebSocket-Version", "13")
@@ -156,14 +160,37 @@ pub struct ReadWhenNoticed {
     stream: Arc<TcpStream>,
     /// Set by the watcher's notice, taken by the one read it lets through.
     noticed: Arc<AtomicBool>,
+    /// `--write-timeout`, as the connection set it on the socket: the time a whole message
+    /// has to go out (`begin_write`).
+    write_timeout: Option<Duration>,
+    /// When the message being written must be out.
+    write_deadline: Option<Instant>,
+    /// The socket's send timeout as last set: it bounds each blocking `write`, and is brought
+    /// down to what is left of the deadline when they differ by more than `SLACK`.
+    send_timeout: Option<Duration>,
 }
+
+/// How far past its deadline a write may block, at most (see `ReadWhenNoticed::write`).
+const SLACK: Duration = Duration::from_millis(250);
 
 impl ReadWhenNoticed {
     pub fn new(stream: TcpStream) -> Self {
+        let write_timeout = stream.write_timeout().ok().flatten();
         ReadWhenNoticed {
             stream: Arc::new(stream),
             noticed: Arc::default(),
+            write_timeout,
+            write_deadline: None,
+            send_timeout: write_timeout,
         }
+    }
+
+    /// A message (or a read, which may answer a ping or a close) begins: what it writes must
+    /// be out within `--write-timeout` from now, however many pieces the kernel takes it in.
+    /// (The socket's own send timeout starts again at every write that moves a byte: a
+    /// client reading a trickle would hold the thread for ever.)
+    pub fn begin_write(&mut self) {
+        self.write_deadline = self.write_timeout.map(|timeout| Instant::now() + timeout);
     }
 
     /// Watch the socket: when it has bytes (or its client hung up), the watcher lets one read
@@ -179,16 +206,6 @@ impl ReadWhenNoticed {
             noticed.store(true, Ordering::SeqCst);
             wake();
         })
-    }
-
-    /// `watch`, the notice arriving on a channel of its own: the thread waits on the receiver
-    /// (with its subscription: `Subscription::wait_for_events_or`).
-    pub fn watch_with_channel(&self, watcher: &SocketWatcher) -> io::Result<(Watch, Receiver<()>)> {
-        let (tell, noticed) = crossbeam_channel::bounded(1);
-        let watch = self.watch(watcher, move || {
-            let _ = tell.try_send(()); // (a notice already waiting says the same)
-        })?;
-        Ok((watch, noticed))
     }
 
     /// A notice came that no read has taken yet: the thread checks this whenever it wakes.
@@ -230,22 +247,27 @@ fn read_what_is_there(mut stream: &TcpStream, buf: &mut [u8], noticed: bool) -> 
 
 impl Write for ReadWhenNoticed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // BLOCKS: while the send buffer is full, up to --write-timeout.
+        if let Some(deadline) = self.write_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let message = "--write-timeout passed before the message was out";
+                return Err(io::Error::new(io::ErrorKind::TimedOut, message));
+            }
+            // Most messages go out in one write well within the timeout already set: no
+            // system call then.
+            if self
+                .send_timeout
+                .is_none_or(|set| set.abs_diff(left) > SLACK)
+            {
+                self.stream.set_write_timeout(Some(left))?;
+                self.send_timeout = Some(left);
+            }
+        }
+        // BLOCKS: while the send buffer is full, until the message's deadline.
         (&*self.stream).write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(()) // a TcpStream has no buffer of its own
-    }
-}
-
-/// A write failed: if it was `--write-timeout` (the client stopped reading), count a slow
-/// consumer in `/stats`.
-pub fn count_if_slow(stats: &Stats, e: &tungstenite::Error) {
-    if let tungstenite::Error::Io(io) = e {
-        if crate::http::is_write_timeout(io) {
-            stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-            log::info!("ws dropped a slow consumer: no progress for --write-timeout");
-        }
     }
 }
 
@@ -255,40 +277,11 @@ pub type WatchedSocket = WebSocket<ReadWhenNoticed>;
 /// The next frame among the bytes already read or noticed: `None` once the rest has not come
 /// yet (the next notice brings it). Never blocks.
 pub fn next_frame(socket: &mut WatchedSocket) -> Option<tungstenite::Result<tungstenite::Message>> {
+    // (A read may write: the pong to a ping, the echo of a close.)
+    socket.get_mut().begin_write();
     match socket.read() {
         Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => None,
         frame => Some(frame),
-    }
-}
-
-/// A graceful end to a close we started: read and discard whatever the client still sends
-/// (the rest of a message we refused, then its own close frame) until it closes its side,
-/// for at most two seconds. Closing a socket with unread bytes in it makes the kernel send a
-/// reset instead of a FIN, and the client would see "connection reset" (a browser: 1006)
-/// instead of our close code. (`a_close_the_server_starts_ends_cleanly_without_a_reset`)
-pub fn drain(mut stream: &TcpStream, id: u64) {
-    let until = Instant::now() + Duration::from_secs(2);
-    let mut buffer = [0u8; 16 * 1024];
-    let mut drained = 0;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        // BLOCKS: until the client sends more, closes its side (0), or the two seconds pass.
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-    log::debug!("ws {id} drained {drained} bytes after our close");
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-pub fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: reason.to_string().into(),
     }
 }
 

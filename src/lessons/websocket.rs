@@ -55,15 +55,15 @@
 //! watch the 101 and the raw frames arrive.
 
 use crate::connection::Request;
+use crate::conversation::{converse, Ending, Endpoint, Socket};
 use crate::http::Query;
 use crate::hub::{Backlog, Subscription, Wake};
 use crate::lab::Lab;
-use crate::stats::LessonCounters;
-use crate::ws::{close_frame, drain, frame_size, next_frame, Upgraded, WatchedSocket};
+use crate::ws::Upgraded;
+use crossbeam_channel::Receiver;
 use serde_json::json;
 use std::io;
-use std::net::Shutdown;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
@@ -110,34 +110,16 @@ fn check_request(
     }
 }
 
-/// One WebSocket's conversation: what its thread owns or borrows.
-struct Conversation<'a> {
+/// What this endpoint adds to the conversation every WebSocket has (`conversation`): its
+/// subscription to the hub, and its heartbeat.
+struct LessonSocket<'a> {
     lab: &'a Lab,
-    socket: WatchedSocket,
     subscription: Subscription,
-    counters: &'a LessonCounters,
-    /// When the client last sent anything (a pong counts): silent for two heartbeats, gone.
-    last_heard: Instant,
-    id: u64,
+    /// The backlog after the client's cursor, sent before the first wait.
+    backlog: Option<Backlog>,
 }
 
-/// Why a conversation ended, and whether what the client still sends must be read first
-/// (after a close we started: `ws::drain`).
-struct Ended {
-    why: String,
-    drain: bool,
-}
-
-impl Ended {
-    fn shut(why: impl Into<String>) -> Ended {
-        Ended {
-            why: why.into(),
-            drain: false,
-        }
-    }
-}
-
-/// Step 3, then 4.
+/// Step 3, then 4: the conversation, driven by `conversation::converse`.
 fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()> {
     let config = crate::ws::config(lab.config.max_body);
     let (socket, id, _place) = upgraded.into_watched_websocket(config);
@@ -145,145 +127,81 @@ fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
     let (backlog, subscription) = lab.hub.subscribe_with_channel(since);
     log::debug!("ws {id} open, from event {since}");
-    let mut conversation = Conversation {
+    let counters = lab.count("websocket");
+    let mut socket = Socket::new(socket, id, &counters, &lab.stats);
+    let mut endpoint = LessonSocket {
         lab,
-        socket,
         subscription,
-        counters: &lab.count("websocket"),
-        last_heard: Instant::now(),
-        id,
+        backlog: Some(backlog),
     };
-    let ended = converse(&mut conversation, backlog);
-    log::debug!("ws {id} done: {}", ended.why);
-    // 4. The end, whatever it was.
-    let stream = conversation.socket.get_ref().stream();
-    match ended.drain {
-        // BLOCKS: until the client closes its side, or two seconds pass.
-        true => drain(stream, id),
-        false => {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
+    converse(&mut endpoint, &mut socket, &lab.watcher);
     Ok(())
 }
 
-/// Step 3: the backlog, then whatever wakes the thread, until the conversation ends.
-fn converse(c: &mut Conversation<'_>, backlog: Backlog) -> Ended {
-    if let Err(e) = send_events(c, &backlog) {
-        return write_failed(c, e);
-    }
-    // Frames the client sent right behind its handshake are in tungstenite's buffer already:
-    // no notice will come for them.
-    if let Err(ended) = read_frames(c) {
-        return ended;
-    }
-    let (watch, noticed) = match c.socket.get_ref().watch_with_channel(&c.lab.watcher) {
-        Ok(watching) => watching,
-        Err(e) => return Ended::shut(format!("could not watch the socket: {e}")),
-    };
-    let heartbeat = c.lab.config.heartbeat;
-    let mut next_ping = Instant::now() + heartbeat;
-    loop {
+impl Endpoint for LessonSocket<'_> {
+    /// Step 3: the backlog first, then whatever wakes the thread.
+    fn wait(
+        &mut self,
+        socket: &mut Socket<'_>,
+        noticed: &Receiver<()>,
+        deadline: Instant,
+    ) -> Result<(), Ending> {
+        if let Some(backlog) = self.backlog.take() {
+            return send_events(socket, &backlog);
+        }
         // BLOCKS: until an event, the watcher's notice (the client sent something, or left),
         // or the next ping is due.
-        match c.subscription.wait_for_events_or(&noticed, next_ping) {
-            Wake::Events(batch) => {
-                if let Err(e) = send_events(c, &batch) {
-                    return write_failed(c, e);
-                }
-            }
-            Wake::Other(()) => {
-                log::debug!("ws {} noticed: its client sent something, or left", c.id);
-                if let Err(ended) = read_frames(c) {
-                    return ended;
-                }
-                watch.again();
-            }
+        match self.subscription.wait_for_events_or(noticed, deadline) {
+            Wake::Events(batch) => send_events(socket, &batch),
+            Wake::Other(()) | Wake::Deadline => Ok(()),
             // (The watch holds the sender for as long as it lives.)
-            Wake::OtherGone => return Ended::shut("the watch ended"),
-            Wake::Deadline => {
-                // Heard nothing for two intervals, not even a pong: the peer is gone.
-                if c.last_heard.elapsed() > 2 * heartbeat {
-                    return Ended::shut("the peer stopped answering pings");
-                }
-                if let Err(e) = c.socket.send(Message::Ping(Vec::new().into())) {
-                    return write_failed(c, e);
-                }
-                next_ping = Instant::now() + heartbeat;
-            }
+            Wake::OtherGone => Err(Ending::gone("the watch ended")),
         }
     }
-}
 
-/// Step 3, the client's side: every frame that is there, in turn. `Ok` once the rest has not
-/// come yet; `Err` when the conversation is over.
-fn read_frames(c: &mut Conversation<'_>) -> Result<(), Ended> {
-    let id = c.id;
-    loop {
-        // Never blocks: one read of the bytes the watcher saw, else `None`.
-        let Some(message) = next_frame(&mut c.socket) else {
-            return Ok(());
+    /// Step 3, the client's side: a text frame is published to everyone, the sender too.
+    fn on_message(&mut self, socket: &mut Socket<'_>, message: Message) -> Result<(), Ending> {
+        let id = socket.id;
+        let Message::Text(text) = message else {
+            return Err(Ending::close(
+                CloseCode::Unsupported,
+                "text frames only",
+                "a binary frame",
+            ));
         };
-        c.last_heard = Instant::now();
-        match message {
-            Ok(Message::Text(text)) => {
-                match c.lab.publish(text.as_str()) {
-                    Ok(event) => log::debug!("ws {id} published event {}", event.id),
-                    // (Only with --redis: the frame is not published; the socket lives on.)
-                    Err(e) => log::warn!("ws {id}: the client's frame was not published: {e}"),
-                }
-            }
-            Ok(Message::Binary(_)) => {
-                return Err(close(c, CloseCode::Unsupported, "text frames only"));
-            }
-            // tungstenite has queued the pong: the next `read` sends it.
-            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
-            Ok(Message::Close(frame)) => {
-                // tungstenite has queued the echo of the client's close: send it, and end.
-                let code = frame.map_or(CloseCode::Normal, |f| f.code);
-                let _ = c.socket.flush();
-                return Err(Ended::shut(format!("echoed the client's close {code}")));
-            }
-            Err(tungstenite::Error::Capacity(e)) => {
-                log::debug!("ws {id} message too big: {e}");
-                c.counters.error();
-                return Err(close(c, CloseCode::Size, "message too big"));
-            }
-            Err(e) => return Err(Ended::shut(format!("read ended: {e}"))),
+        match self.lab.publish(text.as_str()) {
+            Ok(event) => log::debug!("ws {id} published event {}", event.id),
+            // (Only with --redis: the frame is not published; the socket lives on.)
+            Err(e) => log::warn!("ws {id}: the client's frame was not published: {e}"),
         }
+        Ok(())
     }
-}
 
-/// Our own close (1009, 1003): the frame, then a graceful end (the client's reply is drained).
-fn close(c: &mut Conversation<'_>, code: CloseCode, reason: &str) -> Ended {
-    let _ = c.socket.close(Some(close_frame(code, reason)));
-    let _ = c.socket.flush();
-    Ended {
-        why: format!("closed with {code}"),
-        drain: true,
+    /// Every heartbeat interval, a ping: a peer that answers nothing is gone (`silence`).
+    fn on_tick(&mut self, socket: &mut Socket<'_>) -> Result<(), Ending> {
+        socket.send(Message::Ping(Vec::new().into()))
     }
-}
 
-/// A write failed: the peer left, or (after `--write-timeout`) stopped reading.
-fn write_failed(c: &Conversation<'_>, e: tungstenite::Error) -> Ended {
-    crate::ws::count_if_slow(&c.lab.stats, &e);
-    Ended::shut(format!("write failed: {e}"))
+    fn tick_every(&self) -> Duration {
+        self.lab.config.heartbeat
+    }
+
+    /// Heard nothing for two intervals, not even a pong: the peer is gone.
+    fn silence(&self) -> Option<Duration> {
+        Some(2 * self.lab.config.heartbeat)
+    }
 }
 
 /// One text frame per event (and one for a `missed` notice).
-fn send_events(c: &mut Conversation<'_>, batch: &Backlog) -> Result<(), tungstenite::Error> {
+fn send_events(socket: &mut Socket<'_>, batch: &Backlog) -> Result<(), Ending> {
     if batch.missed > 0 {
-        c.socket
-            .send(Message::text(json!({ "missed": batch.missed }).to_string()))?;
+        socket.send_text(json!({ "missed": batch.missed }).to_string())?;
     }
     for event in &batch.events {
-        let text = event.to_json().to_string();
-        let bytes = frame_size(text.len());
         // BLOCKS: while the client's receive buffer and our send buffer are full, up to
         // --write-timeout.
-        c.socket.send(Message::text(text))?;
-        c.counters.streamed(1);
-        c.counters.wrote(bytes);
+        socket.send_text(event.to_json().to_string())?;
+        socket.counters.streamed(1);
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod buffering;
 mod classroom;
 mod compare;
 mod cors;
+mod endings;
 mod fetch_streaming;
 mod forever_iframe;
 mod http;

@@ -16,9 +16,9 @@
 //! ```
 //!
 //! The same messages as over HTTP (`process_messages`), on one socket for as long as the
-//! client lives. As chapter 12, one thread per socket, the connection's: it parks on the
-//! client's queue and feed (`wait_once`), and the socket watcher's notice reaches it there as
-//! a nudge. Woken by the notice, it reads the batches that came and answers every message but
+//! client lives, in the conversation every WebSocket has (`conversation`). As chapter 12, one
+//! thread per socket, the connection's: it parks on the client's queue and feed
+//! (`wait_once`), and the socket watcher's notice reaches it there as a nudge. Woken by the notice, it reads the batches that came and answers every message but
 //! the connect at once; a `/meta/connect` it holds for the advised timeout (counted as
 //! parked), and meanwhile it sends each delivery the moment it comes, as CometD's own server
 //! does. Under the ack extension deliveries ride only on connect
@@ -30,21 +30,17 @@ use super::{
     Outgoing, Woken,
 };
 use crate::connection::Request;
+use crate::conversation::{converse, Ending, Endpoint, Socket};
 use crate::lab::Lab;
-use crate::stats::LessonCounters;
-use crate::ws::{close_frame, drain, next_frame, WatchedSocket};
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 use std::io;
-use std::net::Shutdown;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tungstenite::protocol::frame::coding::CloseCode;
 
 /// `/cometd` with `Upgrade: websocket`: our checks (the page's `Origin`), then the handshake
-/// every WebSocket endpoint shares (`ws::accept`), then the session.
+/// every WebSocket endpoint shares (`ws::accept`), then the conversation.
 pub fn upgrade(lab: &Lab, bayeux: &Bayeux, request: Request) -> io::Result<()> {
-    let counters = lab.count("bayeux");
     let client = lab.client(&request);
     let foreign = request
         .header("Origin")
@@ -62,44 +58,27 @@ pub fn upgrade(lab: &Lab, bayeux: &Bayeux, request: Request) -> io::Result<()> {
     let config = crate::ws::config(lab.config.max_body);
     let (socket, id, _place) = upgraded.into_watched_websocket(config);
     log::debug!("ws {id} is a bayeux websocket");
-    let mut c = Conversation {
+    let counters = lab.count("bayeux");
+    let mut socket = Socket::new(socket, id, &counters, &lab.stats);
+    let mut endpoint = BayeuxSocket {
         lab,
         bayeux,
-        socket,
-        counters: &counters,
-        id,
         served: None,
         wake_line: Arc::default(),
-        last_heard: Instant::now(),
     };
-    let why = converse(&mut c);
-    log::debug!("ws {id} (bayeux) done: {why}");
-    // The socket is going: the client is not holding a connect any more, and expires unless
-    // it connects again (on a new socket, or over HTTP).
-    if let Some(served) = c.served.take() {
-        if served.held.is_some() {
-            super::let_go_of_connect(bayeux, &served.client);
-        }
-    }
-    let _ = c.socket.close(Some(close_frame(CloseCode::Normal, "")));
-    let _ = c.socket.flush();
-    let _ = c.socket.get_ref().stream().shutdown(Shutdown::Both);
+    converse(&mut endpoint, &mut socket, &lab.watcher);
     Ok(())
 }
 
-/// One Bayeux WebSocket's conversation: what its thread owns or borrows.
-struct Conversation<'a> {
+/// What this endpoint adds to the conversation every WebSocket has: the client it serves,
+/// and the connect it holds.
+struct BayeuxSocket<'a> {
     lab: &'a Lab,
     bayeux: &'a Bayeux,
-    socket: WatchedSocket,
-    counters: &'a LessonCounters,
-    id: u64,
     /// The client this socket serves, from its first connect on it: one at a time.
     served: Option<Served<'a>>,
     /// The served client's queue, where the watcher's notice wakes a thread parked on it.
     wake_line: Arc<Mutex<Option<Sender<Outgoing>>>>,
-    /// When the client last sent a batch: a live one connects at least once per timeout.
-    last_heard: Instant,
 }
 
 /// The client a socket serves, and its connect if one is held.
@@ -120,199 +99,74 @@ struct HeldConnect<'lab> {
 }
 
 /// Send `messages` as one frame, a JSON array.
-fn send(c: &mut Conversation<'_>, messages: &[Message]) -> io::Result<()> {
+fn send(socket: &mut Socket<'_>, messages: &[Message]) -> Result<(), Ending> {
     if messages.is_empty() {
         return Ok(());
     }
     let text = Value::Array(messages.iter().cloned().map(Value::Object).collect()).to_string();
-    let bytes = text.len();
     // BLOCKS: while the client's receive buffer and our send buffer are full, up to
     // --write-timeout.
-    if let Err(e) = c.socket.send(tungstenite::Message::text(text)) {
-        crate::ws::count_if_slow(&c.lab.stats, &e);
-        return Err(io::Error::other(e));
-    }
-    c.counters.wrote(crate::ws::frame_size(bytes));
-    Ok(())
+    socket.send_text(text)
 }
 
-/// Batches as they come, deliveries as they come, connects held and answered, until the
-/// socket ends. Returns why it ended.
-fn converse(c: &mut Conversation<'_>) -> String {
-    // Batches that came with the handshake: no notice will come for them.
-    if let Err(why) = read_batches(c) {
-        return why;
-    }
-    let (tell, noticed) = bounded::<()>(1);
-    let wake_line = c.wake_line.clone();
-    let watch = c.socket.get_ref().watch(&c.lab.watcher, move || {
-        let _ = tell.try_send(());
-        // A thread parked on the client's queue hears it as a nudge.
-        if let Some(queue) = wake_line.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = queue.try_send(Outgoing::Wake);
-        }
-    });
-    let watch = match watch {
-        Ok(watch) => watch,
-        Err(e) => return format!("could not watch the socket: {e}"),
-    };
-    // A live client connects at least once per timeout: silent far longer, it has gone.
-    let settings = &c.bayeux.settings;
-    let silence = settings.timeout + settings.max_interval + Duration::from_secs(10);
-    loop {
-        let silent_at = c.last_heard + silence;
-        match c.served.as_ref() {
-            Some(served) => {
-                let client = served.client.clone();
-                let due = served
-                    .held
-                    .as_ref()
-                    .map_or(silent_at, |h| h.due.min(silent_at));
-                // BLOCKS: until a delivery, the watcher's notice (a nudge), the held
-                // connect's timeout, or the client's end.
-                let woken = wait_once(&client, due);
-                if let Err(e) = deliver(c, woken) {
-                    return format!("write failed: {e}");
-                }
-            }
-            None => {
-                // BLOCKS: until the watcher's notice (the client's first connect is to come),
-                // or the silence is too long.
-                let _ = crate::workarounds::recv_deadline(&noticed, silent_at);
-            }
-        }
-        if c.socket.get_ref().noticed() {
-            if let Err(why) = read_batches(c) {
-                return why;
-            }
-            watch.again();
-        } else if Instant::now() >= c.last_heard + silence {
-            return "the client went silent".into();
-        }
-    }
-}
-
-/// What woke the thread on the client's queue or feed.
-fn deliver(c: &mut Conversation<'_>, woken: Woken) -> io::Result<()> {
-    let Some(mut served) = c.served.take() else {
-        return Ok(());
-    };
-    let result = match woken {
-        Woken::Deliveries(deliveries) if served.acks => {
-            served.waiting.extend(deliveries);
-            // Bounded as the client's queue is: a client that stops connecting while
-            // deliveries pile up is a slow consumer, and goes.
-            if served.waiting.len() > super::QUEUE {
-                let why = "slow consumer (deliveries waiting for a connect)";
-                c.bayeux.forget(&served.client, why);
-                served.waiting.clear();
-                Ok(())
-            } else {
-                answer_held(c, &mut served)
-            }
-        }
-        Woken::Deliveries(deliveries) => {
-            c.counters.delivered(deliveries.len());
-            send(c, &deliveries)
-        }
-        // A newer connect over HTTP takes over: answer this one now. (A nudge is also the
-        // watcher's notice: the caller reads.)
-        Woken::Nudged if served.client.state().superseded => answer_held(c, &mut served),
-        Woken::Nudged => Ok(()),
-        Woken::TimeUp
-            if served
-                .held
-                .as_ref()
-                .is_some_and(|h| Instant::now() >= h.due) =>
-        {
-            answer_held(c, &mut served)
-        }
-        Woken::TimeUp => Ok(()),
-        Woken::Ended => {
-            // The client is gone: its held connect is answered, and the socket may serve
-            // another (one that handshakes again on it).
-            let result = match served.held.take() {
-                Some(connect) => {
-                    let answer = finish_connect(
-                        c.bayeux,
-                        &served.client,
-                        &connect.message,
-                        vec![],
-                        c.counters,
-                    );
-                    send(c, &answer)
-                }
-                None => Ok(()),
-            };
-            *c.wake_line.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            return result;
-        }
-    };
-    c.served = Some(served);
-    result
-}
-
-/// Answer the held connect, if any, with the deliveries waiting for it.
-fn answer_held(c: &mut Conversation<'_>, served: &mut Served<'_>) -> io::Result<()> {
-    let Some(connect) = served.held.take() else {
-        return Ok(());
-    };
-    let out = std::mem::take(&mut served.waiting);
-    let answer = finish_connect(c.bayeux, &served.client, &connect.message, out, c.counters);
-    send(c, &answer)
-}
-
-/// Every batch that is there, answered at once but for its connect, which is held
-/// (`take_connect`). `Ok` once the rest has not come yet; `Err` why the socket ends.
-fn read_batches(c: &mut Conversation<'_>) -> Result<(), String> {
-    let id = c.id;
-    loop {
-        // Never blocks: one read of the bytes the watcher saw, else `None`.
-        let Some(frame) = next_frame(&mut c.socket) else {
+impl<'a> Endpoint for BayeuxSocket<'a> {
+    /// Deliveries as they come, the held connect answered at its timeout; before the first
+    /// connect, the notice alone.
+    fn wait(
+        &mut self,
+        socket: &mut Socket<'_>,
+        noticed: &Receiver<()>,
+        deadline: Instant,
+    ) -> Result<(), Ending> {
+        let Some(served) = self.served.as_ref() else {
+            // BLOCKS: until the watcher's notice (the client's first connect is to come), or
+            // the tick.
+            let _ = crate::workarounds::recv_deadline(noticed, deadline);
             return Ok(());
         };
-        c.last_heard = Instant::now();
-        let text = match frame {
-            Ok(tungstenite::Message::Text(text)) => text,
-            Ok(tungstenite::Message::Close(_)) => {
-                // tungstenite has queued the echo of the client's close: send it, and end.
-                let _ = c.socket.flush();
-                return Err("the client closed the socket".into());
-            }
-            Ok(_) => continue,
-            Err(tungstenite::Error::Capacity(e)) => {
-                log::debug!("ws {id} (bayeux): message too large: {e}");
-                let _ = c
-                    .socket
-                    .close(Some(close_frame(CloseCode::Size, "message too large")));
-                let _ = c.socket.flush();
-                drain(c.socket.get_ref().stream(), id);
-                return Err("a message too large".to_string());
-            }
-            Err(e) => return Err(format!("read ended: {e}")),
+        let client = served.client.clone();
+        let due = served
+            .held
+            .as_ref()
+            .map_or(deadline, |h| h.due.min(deadline));
+        // BLOCKS: until a delivery, the watcher's notice (a nudge), the held connect's
+        // timeout, or the client's end.
+        let woken = wait_once(&client, due);
+        self.deliver(socket, woken)
+    }
+
+    /// A batch, answered at once but for its connect, which is held (`take_connect`).
+    fn on_message(
+        &mut self,
+        socket: &mut Socket<'_>,
+        message: tungstenite::Message,
+    ) -> Result<(), Ending> {
+        let tungstenite::Message::Text(text) = message else {
+            return Ok(()); // (Bayeux is JSON text)
         };
         let batch = match message::parse_batch(text.as_str()) {
             Ok(batch) if batch.len() > message::MAX_BATCH => {
-                let _ = send(c, &[refusal("413::batch_too_large")]);
-                continue;
+                return send(socket, &[refusal("413::batch_too_large")]);
             }
             Ok(batch) => batch,
             Err(message::BadBatch(why)) => {
-                c.counters.error();
-                log::debug!("ws {id} (bayeux) batch refused: {why}");
-                let _ = send(c, &[refusal("400::batch_invalid")]);
-                continue;
+                socket.counters.error();
+                log::debug!("ws {} (bayeux) batch refused: {why}", socket.id);
+                return send(socket, &[refusal("400::batch_invalid")]);
             }
         };
-        let (mut replies, connect) = process_messages(c.lab, c.bayeux, batch, "websocket");
+        let (mut replies, connect) = process_messages(self.lab, self.bayeux, batch, "websocket");
         // A client that disconnected (in this batch or before) no longer holds the socket.
-        if c.served.as_ref().is_some_and(|s| s.client.state().gone) {
-            let _ = deliver(c, Woken::Ended);
+        if self.served.as_ref().is_some_and(|s| s.client.state().gone) {
+            self.deliver(socket, Woken::Ended)?;
         }
         // The batch's other replies first, then its connect.
         let connect = match connect {
             Some((client, connect))
-                if c.served.as_ref().is_some_and(|s| s.client.id != client.id) =>
+                if self
+                    .served
+                    .as_ref()
+                    .is_some_and(|s| s.client.id != client.id) =>
             {
                 let name = "socket_serves_another_client";
                 replies.push(message::error(&connect, 400, name, None));
@@ -320,63 +174,178 @@ fn read_batches(c: &mut Conversation<'_>) -> Result<(), String> {
             }
             other => other,
         };
-        if let Err(e) = send(c, &replies) {
-            return Err(format!("write failed: {e}"));
+        send(socket, &replies)?;
+        match connect {
+            Some((client, connect)) => self.take_connect(socket, client, connect),
+            None => Ok(()),
         }
-        if let Some((client, connect)) = connect {
-            if let Err(e) = take_connect(c, client, connect) {
-                return Err(format!("write failed: {e}"));
+    }
+
+    fn tick_every(&self) -> Duration {
+        self.bayeux.settings.timeout
+    }
+
+    /// A live client connects at least once per timeout: silent far longer, it has gone.
+    fn silence(&self) -> Option<Duration> {
+        let settings = &self.bayeux.settings;
+        Some(settings.timeout + settings.max_interval + Duration::from_secs(10))
+    }
+
+    /// A thread parked on the client's queue hears the watcher's notice as a nudge.
+    fn nudge(&self) -> Option<Box<dyn Fn() + Send + Sync>> {
+        let wake_line = self.wake_line.clone();
+        Some(Box::new(move || {
+            if let Some(queue) = wake_line.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                let _ = queue.try_send(Outgoing::Wake);
+            }
+        }))
+    }
+
+    /// The socket is going: the client is not holding a connect any more, and expires unless
+    /// it connects again (on a new socket, or over HTTP).
+    fn ended(&mut self, _ending: &Ending) {
+        if let Some(served) = self.served.take() {
+            if served.held.is_some() {
+                super::let_go_of_connect(self.bayeux, &served.client);
             }
         }
     }
 }
 
-/// A `/meta/connect`: the one held before it is answered first; this one is answered at once
-/// (the first, one that asks not to wait, one with deliveries waiting) or held until its
-/// timeout.
-fn take_connect(c: &mut Conversation<'_>, client: Arc<Client>, message: Message) -> io::Result<()> {
-    let mut served = match c.served.take() {
-        Some(served) => served,
-        None => {
-            *c.wake_line.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.queue_tx.clone());
-            let acks = client.state().acks;
-            Served {
-                acks,
-                client,
-                held: None,
-                waiting: Vec::new(),
+impl<'a> BayeuxSocket<'a> {
+    /// What woke the thread on the client's queue or feed.
+    fn deliver(&mut self, socket: &mut Socket<'_>, woken: Woken) -> Result<(), Ending> {
+        let Some(mut served) = self.served.take() else {
+            return Ok(());
+        };
+        let result = match woken {
+            Woken::Deliveries(deliveries) if served.acks => {
+                served.waiting.extend(deliveries);
+                // Bounded as the client's queue is: a client that stops connecting while
+                // deliveries pile up is a slow consumer, and goes.
+                if served.waiting.len() > super::QUEUE {
+                    let why = "slow consumer (deliveries waiting for a connect)";
+                    self.bayeux.forget(&served.client, why);
+                    served.waiting.clear();
+                    Ok(())
+                } else {
+                    self.answer_held(socket, &mut served)
+                }
             }
-        }
-    };
-    let result = hold_or_answer(c, &mut served, message);
-    c.served = Some(served);
-    result
-}
+            Woken::Deliveries(deliveries) => {
+                socket.counters.delivered(deliveries.len());
+                send(socket, &deliveries)
+            }
+            // A newer connect over HTTP takes over: answer this one now. (A nudge is also the
+            // watcher's notice: the driver reads.)
+            Woken::Nudged if served.client.state().superseded => {
+                self.answer_held(socket, &mut served)
+            }
+            Woken::Nudged => Ok(()),
+            Woken::TimeUp
+                if served
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| Instant::now() >= h.due) =>
+            {
+                self.answer_held(socket, &mut served)
+            }
+            Woken::TimeUp => Ok(()),
+            Woken::Ended => {
+                // The client is gone: its held connect is answered, and the socket may serve
+                // another (one that handshakes again on it).
+                let result = match served.held.take() {
+                    Some(connect) => {
+                        let answer = finish_connect(
+                            self.bayeux,
+                            &served.client,
+                            &connect.message,
+                            vec![],
+                            socket.counters,
+                        );
+                        send(socket, &answer)
+                    }
+                    None => Ok(()),
+                };
+                *self.wake_line.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return result;
+            }
+        };
+        self.served = Some(served);
+        result
+    }
 
-fn hold_or_answer<'a>(
-    c: &mut Conversation<'a>,
-    served: &mut Served<'a>,
-    message: Message,
-) -> io::Result<()> {
-    answer_held(c, served)?;
-    match begin_connect(c.bayeux, &served.client, &message, "websocket") {
-        Err(refused) => send(c, &[refused]),
-        Ok(at_once)
-            if at_once || super::asks_not_to_wait(&message) || !served.waiting.is_empty() =>
-        {
-            let out = std::mem::take(&mut served.waiting);
-            let answer = finish_connect(c.bayeux, &served.client, &message, out, c.counters);
-            send(c, &answer)
-        }
-        Ok(_) => {
-            let stats = &c.lab.stats;
-            let parked = stats.try_hold(&stats.parked, c.lab.config.max_parked);
-            served.held = Some(HeldConnect {
-                message,
-                due: Instant::now() + c.bayeux.settings.timeout,
-                _parked: parked,
-            });
-            Ok(())
+    /// Answer the held connect, if any, with the deliveries waiting for it.
+    fn answer_held(&self, socket: &mut Socket<'_>, served: &mut Served<'_>) -> Result<(), Ending> {
+        let Some(connect) = served.held.take() else {
+            return Ok(());
+        };
+        let out = std::mem::take(&mut served.waiting);
+        let answer = finish_connect(
+            self.bayeux,
+            &served.client,
+            &connect.message,
+            out,
+            socket.counters,
+        );
+        send(socket, &answer)
+    }
+
+    /// A `/meta/connect`: the one held before it is answered first; this one is answered at
+    /// once (the first, one that asks not to wait, one with deliveries waiting) or held until
+    /// its timeout.
+    fn take_connect(
+        &mut self,
+        socket: &mut Socket<'_>,
+        client: Arc<Client>,
+        message: Message,
+    ) -> Result<(), Ending> {
+        let mut served = match self.served.take() {
+            Some(served) => served,
+            None => {
+                *self.wake_line.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(client.queue_tx.clone());
+                let acks = client.state().acks;
+                Served {
+                    acks,
+                    client,
+                    held: None,
+                    waiting: Vec::new(),
+                }
+            }
+        };
+        let result = self.hold_or_answer(socket, &mut served, message);
+        self.served = Some(served);
+        result
+    }
+
+    fn hold_or_answer(
+        &self,
+        socket: &mut Socket<'_>,
+        served: &mut Served<'a>,
+        message: Message,
+    ) -> Result<(), Ending> {
+        self.answer_held(socket, served)?;
+        match begin_connect(self.bayeux, &served.client, &message, "websocket") {
+            Err(refused) => send(socket, &[refused]),
+            Ok(at_once)
+                if at_once || super::asks_not_to_wait(&message) || !served.waiting.is_empty() =>
+            {
+                let out = std::mem::take(&mut served.waiting);
+                let answer =
+                    finish_connect(self.bayeux, &served.client, &message, out, socket.counters);
+                send(socket, &answer)
+            }
+            Ok(_) => {
+                let stats = &self.lab.stats;
+                let parked = stats.try_hold(&stats.parked, self.lab.config.max_parked);
+                served.held = Some(HeldConnect {
+                    message,
+                    due: Instant::now() + self.bayeux.settings.timeout,
+                    _parked: parked,
+                });
+                Ok(())
+            }
         }
     }
 }

@@ -23,12 +23,11 @@
 use super::session::{hold_limit, Closer, Session, Transport};
 use super::{EngineIoPacket, SocketIo};
 use crate::connection::Request;
+use crate::conversation::{converse, Ending, Endpoint, Socket};
 use crate::http::Query;
 use crate::lab::Lab;
-use crate::ws::{close_frame, drain, next_frame, WatchedSocket};
-use crossbeam_channel::bounded;
+use crossbeam_channel::Receiver;
 use std::io;
-use std::net::Shutdown;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -99,47 +98,15 @@ pub fn upgrade(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query)
     };
     // Messages up to Socket.IO's own `maxPayload`.
     let (socket, id, _place) = upgraded.into_watched_websocket(config(socket_io));
-    serve(lab, socket_io, socket, id, accepted)
-}
-
-/// One Socket.IO WebSocket's conversation: what its thread owns or borrows.
-struct Conversation<'a> {
-    lab: &'a Lab,
-    socket_io: &'a SocketIo,
-    socket: WatchedSocket,
-    session: &'a Arc<Session>,
-    /// Still upgrading: only the probe and the upgrade may come.
-    upgrading: bool,
-    counters: &'a crate::stats::LessonCounters,
-    id: u64,
-}
-
-/// How a conversation ended, and what is left to do with the socket.
-enum Ending {
-    /// Nothing more to say or read: shut the socket.
-    Shut(String),
-    /// A close we started (ours, or the session's end): what the client still sends is read
-    /// first (`ws::drain`).
-    Drain(String),
-}
-
-/// One Socket.IO WebSocket: a new session, the upgrade of a polling one, or a spare.
-fn serve(
-    lab: &Lab,
-    socket_io: &SocketIo,
-    mut socket: WatchedSocket,
-    id: u64,
-    accepted: Accepted,
-) -> io::Result<()> {
     let counters = lab.count("socket_io");
+    let mut socket = Socket::new(socket, id, &counters, &lab.stats);
     let upgrading = matches!(accepted, Accepted::Upgrade(_));
     let session = match accepted {
         Accepted::Upgrade(session) => session,
         Accepted::Spare => {
-            log::debug!("ws {id} closed: its session upgrades or has upgraded already");
-            let _ = socket.close(Some(close_frame(CloseCode::Policy, "already upgraded")));
-            let _ = socket.flush();
-            drain(socket.get_ref().stream(), id);
+            let why = "its session upgrades or has upgraded already";
+            let ending = Ending::close(CloseCode::Policy, "already upgraded", why);
+            crate::conversation::end(&mut socket, ending);
             return Ok(());
         }
         Accepted::New => {
@@ -154,113 +121,160 @@ fn serve(
         session.sid,
         if upgrading { "upgrading" } else { "new" }
     );
-    let mut c = Conversation {
+    let mut endpoint = SocketIoSocket {
         lab,
         socket_io,
-        socket,
-        session: &session,
+        session,
         upgrading,
-        counters: &counters,
-        id,
+        upgrade_due: Instant::now() + UPGRADE_TIMEOUT,
+        closer: None,
     };
-    let ending = converse(&mut c);
-    if c.upgrading {
-        // The probe failed: the session goes on polling, as if this socket never came.
-        session.settle_upgrade(false);
-    }
-    let stream = c.socket.get_ref().stream();
-    match ending {
-        Ending::Shut(why) => {
-            log::debug!("ws {id} (socket.io) done: {why}");
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        Ending::Drain(why) => {
-            log::debug!("ws {id} (socket.io) done: {why}");
-            // BLOCKS: until the client closes its side, or two seconds pass.
-            drain(stream, id);
-        }
-    }
+    converse(&mut endpoint, &mut socket, &lab.watcher);
     Ok(())
 }
 
-/// The upgrade (if this socket upgrades a polling session), then the session's packets and
-/// the client's, until the session or the socket ends.
-fn converse(c: &mut Conversation<'_>) -> Ending {
-    // Frames that came with the handshake: no notice will come for them.
-    if let Err(ending) = read_packets(c) {
-        return ending;
-    }
-    let (tell, noticed) = bounded::<()>(1);
-    let session = c.session.clone();
-    let watch = c.socket.get_ref().watch(&c.lab.watcher, move || {
-        let _ = tell.try_send(());
-        session.notice_frames();
-    });
-    let watch = match watch {
-        Ok(watch) => watch,
-        Err(e) => return Ending::Shut(format!("could not watch the socket: {e}")),
-    };
-    let deadline = Instant::now() + UPGRADE_TIMEOUT;
-    while c.upgrading {
-        // BLOCKS: until the watcher says the client sent something (the probe, the upgrade),
-        // or the upgrade's time is up.
-        match crate::workarounds::recv_deadline(&noticed, deadline) {
-            Ok(()) => {
-                if let Err(ending) = read_packets(c) {
-                    return ending;
-                }
-                watch.again();
+/// What this endpoint adds to the conversation every WebSocket has: the session it carries,
+/// and the upgrade.
+struct SocketIoSocket<'a> {
+    lab: &'a Lab,
+    socket_io: &'a SocketIo,
+    session: Arc<Session>,
+    /// Still upgrading: only the probe and the upgrade may come, until `upgrade_due`.
+    upgrading: bool,
+    upgrade_due: Instant,
+    /// Who ends the session, when it is not the client (a packet it could not parse).
+    closer: Option<Closer>,
+}
+
+impl Endpoint for SocketIoSocket<'_> {
+    /// During the upgrade, the notice alone (the probe, then the upgrade); then the session's
+    /// packets, as a held GET waits for them.
+    fn wait(
+        &mut self,
+        socket: &mut Socket<'_>,
+        noticed: &Receiver<()>,
+        deadline: Instant,
+    ) -> Result<(), Ending> {
+        if self.upgrading {
+            if Instant::now() >= self.upgrade_due {
+                return Err(Ending::close_without_status("no upgrade within 10 s"));
             }
-            Err(_) => return Ending::Shut("no upgrade within 10 s".into()),
+            // BLOCKS: until the watcher says the client sent something (the probe, the
+            // upgrade), or the upgrade's time is up.
+            let _ = crate::workarounds::recv_deadline(noticed, deadline.min(self.upgrade_due));
+            return Ok(());
         }
-    }
-    // A GET that was held until now hands the feed over; this thread picks it up.
-    loop {
-        let deadline = Instant::now() + hold_limit(&c.socket_io.settings);
         // BLOCKS: until the outbox or the hub has something for this session, or the
-        // watcher's notice (`Outgoing::Noticed`).
-        let delivery = c.session.wait_for_packets(deadline, false);
-        if let Err(ending) = write_packets(c, delivery.packets, delivery.events) {
-            return ending;
-        }
+        // watcher's notice (`Outgoing::Noticed`). (A GET that was held until the upgrade
+        // handed the feed over; this thread picks it up.)
+        let delivery = self.session.wait_for_packets(deadline, false);
+        socket.counters.delivered(delivery.events);
+        write_packets(socket, delivery.packets)?;
         if delivery.ended {
-            let _ = c.socket.close(Some(close_frame(CloseCode::Normal, "")));
-            let _ = c.socket.flush();
-            return Ending::Drain("the session ended".into());
+            // As Engine.IO's WebSocket transport: a close frame without a status.
+            return Err(Ending::close_without_status("the session ended"));
         }
-        if c.socket.get_ref().noticed() {
-            if let Err(ending) = read_packets(c) {
-                return ending;
+        Ok(())
+    }
+
+    /// Every frame is an Engine.IO packet for `receive`, but the probe and the upgrade, which
+    /// are this transport's own business. A packet that cannot be read closes the socket at
+    /// once, as the reference server does (a close frame without a status).
+    fn on_message(&mut self, socket: &mut Socket<'_>, message: Message) -> Result<(), Ending> {
+        let packet = match message {
+            Message::Text(text) => EngineIoPacket::decode(text.as_str()),
+            // Over a WebSocket, binary packets are binary frames (no "b", no base64).
+            Message::Binary(bytes) => Ok(EngineIoPacket::Binary(bytes.to_vec())),
+            _ => return Ok(()),
+        };
+        let packet = packet.map_err(|e| self.protocol_error(e.to_string()))?;
+        if !self.upgrading {
+            return super::receive(self.lab, self.socket_io, &self.session, packet)
+                .map_err(|why| self.protocol_error(why));
+        }
+        match packet {
+            EngineIoPacket::Ping(data) if data == "probe" => {
+                // A held GET ends with a noop, so the client can pause polling.
+                if self.session.state().polling_get {
+                    self.session.send(vec![EngineIoPacket::Noop]);
+                }
+                socket.send_text("3probe")
             }
-            watch.again();
+            EngineIoPacket::Upgrade => {
+                self.session.settle_upgrade(true);
+                log::debug!(
+                    "socket.io {} upgraded to ws {}",
+                    self.session.sid,
+                    socket.id
+                );
+                self.upgrading = false;
+                Ok(())
+            }
+            _ => Err(self.protocol_error("a packet other than the probe or the upgrade".into())),
         }
+    }
+
+    fn tick_every(&self) -> Duration {
+        hold_limit(&self.socket_io.settings)
+    }
+
+    /// Engine.IO's own pings find a silent client: its session ends.
+    fn silence(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The watcher's notice also wakes the session's wait (`Outgoing::Noticed`).
+    fn nudge(&self) -> Option<Box<dyn Fn() + Send + Sync>> {
+        let session = self.session.clone();
+        Some(Box::new(move || session.notice_frames()))
+    }
+
+    /// A socket that was upgrading leaves its session to polling, as if it had never come;
+    /// otherwise the session ends with it.
+    fn ended(&mut self, ending: &Ending) {
+        if self.upgrading {
+            self.session.settle_upgrade(false);
+            return;
+        }
+        let closer = match self.closer {
+            Some(closer) => closer,
+            None if ending.by_client() => Closer::Client,
+            None => Closer::Server,
+        };
+        super::close(
+            self.socket_io,
+            &self.session,
+            closer,
+            &format!("{ending:?}"),
+        );
+    }
+}
+
+impl SocketIoSocket<'_> {
+    /// A packet that breaks the protocol: the session ends, and nothing is kept to recover.
+    fn protocol_error(&mut self, why: String) -> Ending {
+        if !self.upgrading {
+            self.closer = Some(Closer::ProtocolError);
+        }
+        Ending::close_without_status(why)
     }
 }
 
 /// Write a delivery's packets: text frames for text packets, binary frames for attachments.
-fn write_packets(
-    c: &mut Conversation<'_>,
-    packets: Vec<EngineIoPacket>,
-    events: usize,
-) -> Result<(), Ending> {
-    c.counters.delivered(events);
+fn write_packets(socket: &mut Socket<'_>, packets: Vec<EngineIoPacket>) -> Result<(), Ending> {
     let mut wrote = false;
     for packet in packets {
         let message = match packet {
             // Nothing to say: a noop helps only a held GET.
             EngineIoPacket::Noop => continue,
+            // (Engine.IO's WebSocket transport says its close with the close frame.)
+            EngineIoPacket::Close => continue,
             EngineIoPacket::Binary(bytes) => Message::binary(bytes),
             packet => Message::text(packet.encode()),
         };
-        let bytes = message.len();
         // BLOCKS: while the client's receive buffer and our send buffer are full, up to
         // --write-timeout.
-        if let Err(e) = c.socket.send(message) {
-            super::close(c.socket_io, c.session, Closer::Client, "a write failed");
-            crate::ws::count_if_slow(&c.lab.stats, &e);
-            return Err(Ending::Shut(format!("write failed: {e}")));
-        }
-        c.counters.wrote(crate::ws::frame_size(bytes));
+        socket.send(message)?;
         wrote = true;
     }
     if wrote {
@@ -271,86 +285,6 @@ fn write_packets(
         thread::sleep(DRAIN_PAUSE);
     }
     Ok(())
-}
-
-/// The session closes because of us (`Closer::Server`, `Closer::ProtocolError`): Engine.IO's
-/// close packet, which `close` queued, goes out before our side of the socket closes.
-fn close_by_us(c: &mut Conversation<'_>, closer: Closer, why: &str) -> Ending {
-    super::close(c.socket_io, c.session, closer, why);
-    let queued = c.session.wait_for_packets(Instant::now(), true);
-    let _ = write_packets(c, queued.packets, queued.events);
-    Ending::Drain(why.to_string())
-}
-
-/// Every frame that is there: each is an Engine.IO packet for `receive`, but the probe and
-/// the upgrade, which are this transport's own business. `Ok` once the rest has not come yet.
-fn read_packets(c: &mut Conversation<'_>) -> Result<(), Ending> {
-    let id = c.id;
-    loop {
-        // Never blocks: one read of the bytes the watcher saw, else `None`.
-        let Some(frame) = next_frame(&mut c.socket) else {
-            return Ok(());
-        };
-        let packet = match frame {
-            Ok(Message::Text(text)) => EngineIoPacket::decode(text.as_str()),
-            // Over a WebSocket, binary packets are binary frames (no "b", no base64).
-            Ok(Message::Binary(bytes)) => Ok(EngineIoPacket::Binary(bytes.to_vec())),
-            Ok(Message::Close(_)) => {
-                // tungstenite has queued the echo of the client's close: send it, and end.
-                let _ = c.socket.flush();
-                return Err(client_gone(c, "the client closed the socket".into()));
-            }
-            Ok(_) => continue,
-            Err(tungstenite::Error::Capacity(e)) => {
-                return Err(close_by_us(
-                    c,
-                    Closer::Server,
-                    &format!("over maxPayload: {e}"),
-                ));
-            }
-            Err(e) => return Err(client_gone(c, format!("read ended: {e}"))),
-        };
-        let packet = match packet {
-            Ok(packet) => packet,
-            Err(e) if c.upgrading => return Err(Ending::Shut(e.to_string())),
-            Err(e) => return Err(close_by_us(c, Closer::ProtocolError, &e.to_string())),
-        };
-        if c.upgrading {
-            match packet {
-                EngineIoPacket::Ping(data) if data == "probe" => {
-                    // A held GET ends with a noop, so the client can pause polling.
-                    if c.session.state().polling_get {
-                        c.session.send(vec![EngineIoPacket::Noop]);
-                    }
-                    if let Err(e) = c.socket.send(Message::text("3probe")) {
-                        return Err(Ending::Shut(format!("write failed: {e}")));
-                    }
-                }
-                EngineIoPacket::Upgrade => {
-                    c.session.settle_upgrade(true);
-                    log::debug!("socket.io {} upgraded to ws {id}", c.session.sid);
-                    c.upgrading = false;
-                }
-                _ => {
-                    let why = "a packet other than the probe or the upgrade";
-                    return Err(Ending::Shut(why.into()));
-                }
-            }
-            continue;
-        }
-        if let Err(why) = super::receive(c.lab, c.socket_io, c.session, packet) {
-            return Err(close_by_us(c, Closer::ProtocolError, &why));
-        }
-    }
-}
-
-/// The client closed or left: the session ends with it (a probing socket leaves the session
-/// to its polling).
-fn client_gone(c: &Conversation<'_>, why: String) -> Ending {
-    if !c.upgrading {
-        super::close(c.socket_io, c.session, Closer::Client, &why);
-    }
-    Ending::Shut(why)
 }
 
 /// The pause between batches (see `write_packets`).
