@@ -117,14 +117,26 @@ pub fn connect_from(from: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(socket.into())
 }
 
-/// `request`, from the local address `from` (`connect_from`).
+/// A GET, from the local address `from` (`connect_from`).
 pub fn request_from(
     from: IpAddr,
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<Response> {
-    let stream = send(connect_from(from, addr)?, addr, "GET", path, headers, b"")?;
+    send_from(from, addr, "GET", path, headers, b"")
+}
+
+/// `request`, from the local address `from` (`connect_from`).
+pub fn send_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    let stream = send(connect_from(from, addr)?, addr, method, path, headers, body)?;
     read_response(stream)
 }
 

@@ -73,11 +73,24 @@ pub struct Config {
     pub atmosphere_timeout: Duration,
     /// The Bayeux lesson's advice (`--bayeux-*`).
     pub bayeux: BayeuxSettings,
+    /// The caps on each framework's sessions (`--max-sessions`, `--max-sessions-per-client`).
+    pub sessions: SessionLimits,
     /// `--trust-proxy IP`: requests whose TCP peer is one of these addresses come through a
     /// proxy, and its `X-Forwarded-For`, `X-Forwarded-Host` and `X-Forwarded-Proto` say who
     /// the client is and how it reached the lab (the behind_a_proxy lesson). From anyone
     /// else, those headers are ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// The caps on one framework's sessions (`--max-sessions`, `--max-sessions-per-client`;
+/// `sessions`): Socket.IO's sessions, Bayeux's clients, Pushlets' sessions and Atmosphere's
+/// resources are each capped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Sessions of the framework, from every client together.
+    pub max: usize,
+    /// Sessions of the framework one client (one address) may hold.
+    pub per_client: usize,
 }
 
 /// The Engine.IO server's settings (`--socket-io-*` flags; `lessons::socket_io`).
@@ -152,6 +165,10 @@ impl Default for Config {
             only: None,
             socket_io: SocketIoSettings::default(),
             bayeux: BayeuxSettings::default(),
+            sessions: SessionLimits {
+                max: 10_000,
+                per_client: 200,
+            },
             pushlets_timeout: Duration::from_secs(60),
             atmosphere_timeout: Duration::from_secs(60),
             redis: None,
@@ -207,6 +224,22 @@ struct Flags {
         default_value_t = 50
     )]
     max_per_client: usize,
+    /// Sessions each framework (Socket.IO, Bayeux, Pushlets, Atmosphere) keeps at once
+    #[arg(
+        long,
+        env = "LAB_MAX_SESSIONS",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    max_sessions: usize,
+    /// ...of which one client address may hold
+    #[arg(
+        long,
+        env = "LAB_MAX_SESSIONS_PER_CLIENT",
+        value_name = "N",
+        default_value_t = 200
+    )]
+    max_sessions_per_client: usize,
     /// Stream heartbeat interval
     #[arg(long, env = "LAB_HEARTBEAT", value_name = "SECONDS", default_value = "15",
           value_parser = seconds)]
@@ -338,6 +371,10 @@ impl Config {
             bayeux: BayeuxSettings {
                 timeout: flags.bayeux_timeout,
                 max_interval: flags.bayeux_max_interval,
+            },
+            sessions: SessionLimits {
+                max: flags.max_sessions,
+                per_client: flags.max_sessions_per_client,
             },
             pushlets_timeout: flags.pushlets_timeout,
             atmosphere_timeout: flags.atmosphere_timeout,

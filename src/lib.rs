@@ -32,6 +32,7 @@ pub mod limits;
 pub mod listener;
 pub mod request;
 pub mod server;
+pub mod sessions;
 pub mod stats;
 pub mod stream;
 pub mod watcher;

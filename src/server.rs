@@ -114,10 +114,19 @@ impl RunningLab {
         };
         let generator = config.generator.clone();
         let state = Arc::new(LessonState {
-            socket_io: Arc::new(lessons::socket_io::SocketIo::new(config.socket_io.clone())),
-            bayeux: Arc::new(lessons::bayeux::Bayeux::new(config.bayeux.clone())),
-            atmosphere: Arc::default(),
-            pushlets: Arc::default(),
+            socket_io: Arc::new(lessons::socket_io::SocketIo::new(
+                config.socket_io.clone(),
+                config.sessions,
+            )),
+            bayeux: Arc::new(lessons::bayeux::Bayeux::new(
+                config.bayeux.clone(),
+                config.sessions,
+            )),
+            atmosphere: Arc::new(lessons::atmosphere::Broadcasters::new(
+                config.sessions,
+                config.atmosphere_timeout,
+            )),
+            pushlets: Arc::new(lessons::pushlets::Pushlets::new(config.sessions)),
             waiting_room: Arc::default(),
         });
         let lab = Arc::new(Lab {
@@ -140,7 +149,7 @@ impl RunningLab {
             crate::generator::spawn(lab.clone(), range)
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
         }
-        lessons::atmosphere::spawn_sweeper(lab.clone(), state.atmosphere.clone())
+        lessons::atmosphere::spawn_sweeper(state.atmosphere.clone())
             .map_err(|e| format!("cannot start the Atmosphere sweeper thread: {e}"))?;
         lessons::pushlets::spawn_sweeper(lab.clone(), state.pushlets.clone())
             .map_err(|e| format!("cannot start the Pushlets sweeper thread: {e}"))?;
@@ -462,14 +471,22 @@ fn stats_json(
         // Open TCP connections, idle keep-alive ones included (each has its thread).
         "open_connections": lab.connections.get().map_or(0, |p| p.open.load(Relaxed)),
         "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),
-        "socket_io_sessions": state.socket_io.session_count(),
+        "socket_io_sessions": state.socket_io.sessions_json()["open"],
         // Socket.IO's dynamic namespaces (`/room-*`) alive now.
         "socket_io_namespaces": lessons::socket_io::namespaces::dynamic_namespaces(&state.socket_io),
         // Who is on Socket.IO's `/lab` (the first 100), for the teacher's kick.
         "socket_io_lab": lessons::socket_io::namespaces::lab_sockets(&state.socket_io, 100),
-        "bayeux_clients": state.bayeux.client_count(),
-        "pushlets_sessions": state.pushlets.session_count(),
+        "bayeux_clients": state.bayeux.clients_json()["open"],
+        "pushlets_sessions": state.pushlets.sessions_json()["open"],
         "atmosphere": state.atmosphere.to_json(),
+        // Each framework's sessions: open, the clients holding them, refused under the caps
+        // (`--max-sessions`, `--max-sessions-per-client`), and the caps.
+        "sessions": {
+            "socket_io": state.socket_io.sessions_json(),
+            "bayeux": state.bayeux.clients_json(),
+            "pushlets": state.pushlets.sessions_json(),
+            "atmosphere": state.atmosphere.sessions_json(),
+        },
         "subscribers": lab.hub.subscriber_count(),
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),

@@ -54,9 +54,10 @@ use crate::connection::Request;
 use crate::http::{self, escape_html, HttpError, Query};
 use crate::hub::{Event, Subscription, Wake};
 use crate::lab::Lab;
+use crate::sessions::{Outbox, Refused, SessionLimits, Sessions};
 use crate::stats::LessonCounters;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use std::collections::{BTreeMap, HashMap};
+use crossbeam_channel::RecvTimeoutError;
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -103,8 +104,8 @@ struct State {
 
 pub struct Session {
     id: String,
-    queue_tx: Sender<Queued>,
-    queue_rx: Receiver<Queued>,
+    /// Events for the client, at most `QUEUE`, and nudges for its data channel.
+    queue: Outbox<Queued>,
     state: Mutex<State>,
     feed: Mutex<Option<Subscription>>,
 }
@@ -154,27 +155,32 @@ fn refresh_wait(range: (u64, u64)) -> u64 {
     range.0 + random % (spread + 1)
 }
 
-/// Every Pushlets session.
-#[derive(Default)]
+/// Every Pushlets session, under the caps (`sessions`).
 pub struct Pushlets {
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
-    sweeper: super::Alarm,
+    sessions: Arc<Sessions<Session>>,
 }
 
 impl Pushlets {
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(limits: SessionLimits) -> Pushlets {
+        Pushlets {
+            sessions: Arc::new(Sessions::new("pushlets", limits)),
+        }
     }
 
-    pub fn session_count(&self) -> usize {
-        self.sessions().len()
+    /// Sessions open now, and joins refused (for `/stats`).
+    pub fn sessions_json(&self) -> serde_json::Value {
+        self.sessions.to_json()
+    }
+
+    fn session(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions.get(id)
     }
 
     fn end(&self, session: &Session, why: &str) {
-        self.sessions().remove(&session.id);
+        self.sessions.close(&session.id);
         session.state().gone = true;
         *session.feed.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let _ = session.queue_tx.try_send(Queued::End);
+        session.queue.tell(Queued::End);
         log::debug!("pushlets session {} ended: {why}", session.id);
     }
 }
@@ -190,9 +196,7 @@ fn fields(pairs: &[(&str, &str)]) -> Fields {
 pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("pushlets");
     let event = query.get("p_event").unwrap_or("").to_string();
-    let known = query
-        .get("p_id")
-        .and_then(|id| pushlets.sessions().get(id).cloned());
+    let known = query.get("p_id").and_then(|id| pushlets.session(id));
     // The format: asked for, else the session's (the original client names it only at join).
     let remembered = known.as_ref().and_then(|s| s.state().format.clone());
     let format_name = query
@@ -213,10 +217,7 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
     };
     let session = match event.as_str() {
         "join" | "join-listen" => None,
-        _ => match query
-            .get("p_id")
-            .and_then(|id| pushlets.sessions().get(id).cloned())
-        {
+        _ => match query.get("p_id").and_then(|id| pushlets.session(id)) {
             Some(session) => {
                 session.state().last_seen = Instant::now();
                 Some(session)
@@ -246,9 +247,22 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
         return answer(request, 400, &format, &[nack], &counters);
     }
     let name = format.name();
+    // A join under the caps, or a nack that says why not (503, as Pushlets' server answers
+    // when it cannot serve).
+    let from = lab.client(&request).ip;
+    let joined = |session: Option<Arc<Session>>| match session {
+        Some(session) => Ok(session),
+        None => join(lab, pushlets, name, from).map_err(|refused| {
+            let reason = format!("no session: {refused}; join again later");
+            fields(&[("p_event", "nack"), ("p_reason", &reason)])
+        }),
+    };
     match (event.as_str(), session) {
         ("join", _) => {
-            let session = join(pushlets, name);
+            let session = match joined(None) {
+                Ok(session) => session,
+                Err(nack) => return answer(request, 503, &format, &[nack], &counters),
+            };
             let ack = fields(&[
                 ("p_event", "join-ack"),
                 ("p_id", &session.id),
@@ -258,7 +272,10 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
         }
         ("join-listen" | "listen", session) => {
             let joining = session.is_none();
-            let session = session.unwrap_or_else(|| join(pushlets, name));
+            let session = match joined(session) {
+                Ok(session) => session,
+                Err(nack) => return answer(request, 503, &format, &[nack], &counters),
+            };
             session.state().mode = Some(mode.to_string());
             let ack_name = if joining {
                 "join-listen-ack"
@@ -374,12 +391,16 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
     }
 }
 
-fn join(pushlets: &Pushlets, format: &str) -> Arc<Session> {
-    let (queue_tx, queue_rx) = bounded(QUEUE);
-    let session = Arc::new(Session {
-        id: crate::lab::random_id(),
-        queue_tx,
-        queue_rx,
+fn join(
+    lab: &Lab,
+    pushlets: &Pushlets,
+    format: &str,
+    from: std::net::IpAddr,
+) -> Result<Arc<Session>, Refused> {
+    let expires = Instant::now() + lab.config.pushlets_timeout;
+    let session = pushlets.sessions.open(from, expires, |id| Session {
+        id,
+        queue: Outbox::new(QUEUE),
         state: Mutex::new(State {
             subscriptions: BTreeMap::new(),
             format: Some(format.to_string()),
@@ -391,16 +412,11 @@ fn join(pushlets: &Pushlets, format: &str) -> Arc<Session> {
             seq: 0,
         }),
         feed: Mutex::new(None),
-    });
-    pushlets
-        .sessions()
-        .insert(session.id.clone(), session.clone());
-    pushlets.sweeper.ring();
+    })?;
     log::debug!("pushlets session {} joined", session.id);
-    session
+    Ok(session)
 }
 
-/// A subscription's subjects: paths, comma-separated (`/chat/a,/chat/b`).
 fn is_subject_list(subjects: &str) -> bool {
     subjects.len() <= 512 && subjects.split(',').all(is_subject)
 }
@@ -452,7 +468,7 @@ fn follow_the_hub(lab: &Lab, session: &Session) {
         *feed = None;
     }
     drop(feed);
-    let _ = session.queue_tx.try_send(Queued::Wake);
+    session.queue.tell(Queued::Wake);
 }
 
 /// `publish`: to the hub on `/lab/events` (field `data`), else to every matching session. A
@@ -501,17 +517,17 @@ fn publish(
     event.push(("p_from".into(), from.id.clone()));
     // `p_to`: to that one session alone, subscribed or not (the original's unicast).
     let targets: Vec<Arc<Session>> = match query.get("p_to") {
-        Some(to) => pushlets.sessions().get(to).cloned().into_iter().collect(),
+        Some(to) => pushlets.session(to).into_iter().collect(),
         None => pushlets
-            .sessions()
-            .values()
+            .sessions
+            .all()
+            .into_iter()
             .filter(|s| s.subscribed_to(subject))
-            .cloned()
             .collect(),
     };
     for session in targets {
         let event = for_session(&session, event.clone());
-        if let Err(TrySendError::Full(_)) = session.queue_tx.try_send(Queued::Event(event)) {
+        if !session.queue.push(Queued::Event(event)) {
             pushlets.end(&session, "slow consumer (queue full)");
         }
     }
@@ -665,7 +681,7 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
         let woke = match feed {
             Some(mut subscription) => {
                 // BLOCKS: until a publish on a subscribed subject, a hub event, or the deadline.
-                let woke = subscription.wait_for_events_or(&session.queue_rx, deadline);
+                let woke = subscription.wait_for_events_or(&session.queue.rx, deadline);
                 let keep = !session.state().gone && session.subscribed_to(HUB_SUBJECT);
                 let mut slot = session.feed.lock().unwrap_or_else(|p| p.into_inner());
                 if keep && slot.is_none() {
@@ -674,7 +690,7 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
                 woke
             }
             // BLOCKS: until a publish on a subscribed subject, or the deadline.
-            None => match crate::workarounds::recv_deadline(&session.queue_rx, deadline) {
+            None => match crate::workarounds::recv_deadline(&session.queue.rx, deadline) {
                 Ok(queued) => Wake::Other(queued),
                 Err(RecvTimeoutError::Timeout) => Wake::Deadline,
                 Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
@@ -707,7 +723,7 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
         }
         break;
     }
-    for queued in session.queue_rx.try_iter() {
+    for queued in session.queue.rx.try_iter() {
         match queued {
             Queued::Event(e) => events.push(e),
             Queued::End => ended = true,
@@ -837,36 +853,23 @@ fn answer(
     )
 }
 
-/// Start the sweeper thread (once, with the lab).
+/// Step 5: start the sweeper thread (once, with the lab): it expires each session nobody
+/// listens for when it is due (`sessions`).
 pub fn spawn_sweeper(lab: Arc<Lab>, pushlets: Arc<Pushlets>) -> io::Result<()> {
-    let alarm = &pushlets.clone().sweeper;
-    alarm.spawn("pushlets-sweeper", move |wake| sweep(&lab, &pushlets, wake))
-}
-
-/// Step 5: expire sessions nobody listens for.
-fn sweep(lab: &Lab, pushlets: &Pushlets, wake: &Receiver<()>) {
-    loop {
-        let now = Instant::now();
-        let mut next = now + Duration::from_secs(3600);
-        let sessions: Vec<Arc<Session>> = pushlets.sessions().values().cloned().collect();
-        for session in sessions {
-            let state = session.state();
-            if state.listening {
-                next = next.min(now + lab.config.pushlets_timeout);
-                continue;
-            }
-            let expires = state.last_seen + lab.config.pushlets_timeout;
-            drop(state);
-            if expires <= now {
-                pushlets.end(
-                    &session,
-                    "no listener and no request for the session timeout",
-                );
-            } else {
-                next = next.min(expires);
-            }
+    let sessions = pushlets.sessions.clone();
+    sessions.spawn_sweeper("pushlets-sweeper", move |session| {
+        let timeout = lab.config.pushlets_timeout;
+        let state = session.state();
+        if state.listening {
+            return Some(Instant::now() + timeout);
         }
-        // BLOCKS: until the next session may expire, or a new one wakes us.
-        let _ = wake.recv_deadline(next);
-    }
+        let expires = state.last_seen + timeout;
+        drop(state);
+        if expires > Instant::now() {
+            return Some(expires);
+        }
+        let why = "no listener and no request for the session timeout";
+        pushlets.end(session, why);
+        None
+    })
 }

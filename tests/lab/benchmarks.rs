@@ -158,6 +158,32 @@ fn flood_holds_a_small_flood_of_every_kind_and_comes_back_to_baseline() {
 }
 
 #[test]
+fn session_flood_refuses_past_the_cap_serves_the_second_client_and_expires_everything() {
+    let printed = run(
+        "session_flood",
+        &[
+            "--handshakes",
+            "40",
+            "--lab-args",
+            "--max-sessions-per-client 25",
+        ],
+    );
+    for framework in ["socket_io", "bayeux", "pushlets", "atmosphere"] {
+        let row = row(&printed, framework);
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!((cells[4], cells[5]), ("25", "15"), "{row}");
+        assert!(
+            cells[6].ends_with("/ 0"),
+            "the second client was refused: {row}"
+        );
+        assert!(
+            cells[8].ends_with("→ 0"),
+            "sessions left after expiry: {row}"
+        );
+    }
+}
+
+#[test]
 fn soak_loses_nothing_in_a_short_run() {
     let printed = run("soak", &["--seconds", "4", "--clients", "6", "--rate", "5"]);
     assert!(
@@ -242,7 +268,7 @@ fn the_figures_script_parses_and_refuses_an_unknown_part() {
     assert_eq!(refused.status.code(), Some(2));
     let said = String::from_utf8_lossy(&refused.stderr);
     for part in [
-        "compare", "latency", "capacity", "flood", "soak", "proxy", "redis",
+        "compare", "latency", "capacity", "flood", "sessions", "soak", "proxy", "redis",
     ] {
         assert!(said.contains(part), "{said}");
     }

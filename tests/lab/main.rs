@@ -33,6 +33,7 @@ mod properties;
 mod pushlets;
 mod scale_out;
 mod script_long_polling;
+mod sessions;
 mod socket_io;
 mod sse;
 mod websocket;

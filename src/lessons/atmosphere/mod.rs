@@ -55,12 +55,15 @@ use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, ClientLeft, Event, Subscription, Wake};
 use crate::lab::Lab;
 use crate::request::Method;
+use crate::sessions::{self, SessionLimits, Sessions};
 use crate::stats::LessonCounters;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use protocol::{Params, Transport, PADDING};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -91,6 +94,8 @@ pub enum Stop {
 /// again by its tracking id.
 pub struct Resource {
     pub uuid: String,
+    /// The broadcaster it belongs to (its name: a tracking id is found again only there).
+    broadcaster: String,
     state: Mutex<ResourceState>,
 }
 
@@ -141,7 +146,8 @@ impl Resource {
 pub struct Broadcaster {
     pub name: String,
     hub: Arc<crate::hub::Hub>,
-    resources: Mutex<HashMap<String, Arc<Resource>>>,
+    /// Its resources in `Broadcasters::resources` (a room with none is freed in time).
+    resources: AtomicUsize,
     /// The broadcaster's filter chain, applied in order to every message broadcast to it.
     filters: Vec<Filter>,
     /// A room (not `lab`) with no resource at all since then: freed after
@@ -233,10 +239,6 @@ fn filters_for(name: &str) -> Vec<Filter> {
 }
 
 impl Broadcaster {
-    fn resources(&self) -> MutexGuard<'_, HashMap<String, Arc<Resource>>> {
-        self.resources.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Publish a client's message to everyone suspended here (and, for `lab`, through the
     /// lab, so the other lessons and, with `--redis`, the other labs get it too).
     fn broadcast(&self, lab: &Lab, message: &str) -> Result<Arc<Event>, BroadcastError> {
@@ -261,14 +263,60 @@ pub enum BroadcastError {
     Unavailable(crate::broker::Unavailable),
 }
 
-/// Every broadcaster, created on first use.
-#[derive(Default)]
+/// Every broadcaster, created on first use, and every resource.
 pub struct Broadcasters {
     named: Mutex<HashMap<String, Arc<Broadcaster>>>,
-    sweeper: super::Alarm,
+    /// Every broadcaster's resources, under the caps (`sessions`), by tracking id.
+    resources: Arc<Sessions<Resource>>,
+    /// `--atmosphere-timeout`: a resource with no connection, and a room with no resource,
+    /// for this long is forgotten.
+    timeout: Duration,
 }
 
 impl Broadcasters {
+    pub fn new(limits: SessionLimits, timeout: Duration) -> Broadcasters {
+        Broadcasters {
+            named: Mutex::default(),
+            resources: Arc::new(Sessions::new("atmosphere", limits)),
+            timeout,
+        }
+    }
+
+    /// The resource `uuid`, if it belongs to `broadcaster`.
+    fn resource(&self, broadcaster: &Broadcaster, uuid: &str) -> Option<Arc<Resource>> {
+        self.resources
+            .get(uuid)
+            .filter(|r| r.broadcaster == broadcaster.name)
+    }
+
+    /// Forget the resource `uuid` (the old clients' `close`, or expired): a connection
+    /// holding it is stopped.
+    fn forget(&self, broadcaster: &Broadcaster, uuid: &str, why: &str) {
+        let Some(resource) = self.resource(broadcaster, uuid) else {
+            return;
+        };
+        if self.resources.close(uuid).is_none() {
+            return; // (forgotten meanwhile)
+        }
+        if broadcaster.resources.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Its last: the room's time to be freed begins (the sweeper's own timer).
+            *broadcaster
+                .empty_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            self.resources.wake_sweeper();
+        }
+        if let Some((_, stop)) = resource.state().connection.take() {
+            let _ = stop.try_send(Stop::Dropped);
+        }
+        log::debug!("atmosphere resource {uuid} forgotten: {why}");
+    }
+
+    /// Resources known now, and refused (for `/stats`).
+    pub fn sessions_json(&self) -> serde_json::Value {
+        self.resources.to_json()
+    }
+
     fn named(&self) -> MutexGuard<'_, HashMap<String, Arc<Broadcaster>>> {
         self.named.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -290,12 +338,16 @@ impl Broadcasters {
         }
         let mut named = self.named();
         if let Some(broadcaster) = named.get(name) {
-            // A request is coming: the room is not to be freed under it (`sweep` looks
-            // again under the same lock).
+            // A request is coming: the room is not to be freed under it
+            // (`free_empty_rooms` looks again under the same lock), and its time to be freed
+            // begins again from its next look.
             *broadcaster
                 .empty_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = None;
+            if name != "lab" && broadcaster.resources.load(Ordering::Acquire) == 0 {
+                self.resources.wake_sweeper();
+            }
             return Ok(broadcaster.clone());
         }
         let rooms = named.keys().filter(|n| *n != "lab").count();
@@ -310,11 +362,12 @@ impl Broadcasters {
         let broadcaster = Arc::new(Broadcaster {
             name: name.to_string(),
             hub,
-            resources: Mutex::default(),
+            resources: AtomicUsize::new(0),
             filters: filters_for(name),
             empty_since: Mutex::new(None),
         });
         named.insert(name.to_string(), broadcaster.clone());
+        self.resources.wake_sweeper(); // (a room freed in time if it stays empty)
         Ok(broadcaster)
     }
 
@@ -330,13 +383,12 @@ impl Broadcasters {
         let mut connected: HashMap<&'static str, usize> = HashMap::new();
         for broadcaster in self.all() {
             names.push(broadcaster.name.clone());
-            let resources: Vec<Arc<Resource>> = broadcaster.resources().values().cloned().collect();
-            count += resources.len();
-            for resource in &resources {
-                let state = resource.state();
-                if state.connection.is_some() {
-                    *connected.entry(state.transport.name()).or_default() += 1;
-                }
+        }
+        for resource in self.resources.all() {
+            count += 1;
+            let state = resource.state();
+            if state.connection.is_some() {
+                *connected.entry(state.transport.name()).or_default() += 1;
             }
         }
         names.sort();
@@ -357,12 +409,17 @@ impl Broadcasters {
     }
 }
 
-impl Broadcaster {
-    /// `AtmosphereResource.write`: a message to the resource `uuid` alone, past the filters
-    /// and the cache: written on its connection now, or on its next one. `Err`: its status
-    /// and why.
-    fn write_to(&self, uuid: &str, message: String) -> Result<(), (u16, String)> {
-        let Some(resource) = self.resources().get(uuid).cloned() else {
+impl Broadcasters {
+    /// `AtmosphereResource.write`: a message to the resource `uuid` of `broadcaster` alone,
+    /// past the filters and the cache: written on its connection now, or on its next one.
+    /// `Err`: its status and why.
+    fn write_to(
+        &self,
+        broadcaster: &Broadcaster,
+        uuid: &str,
+        message: String,
+    ) -> Result<(), (u16, String)> {
+        let Some(resource) = self.resource(broadcaster, uuid) else {
             return Err((404, format!("no resource {uuid:?} on this broadcaster")));
         };
         let mut state = resource.state();
@@ -377,9 +434,9 @@ impl Broadcaster {
         Ok(())
     }
 
-    /// Stop the connection holding `uuid` now; `false` if none does.
-    fn drop_connection(&self, uuid: &str) -> bool {
-        let Some(resource) = self.resources().get(uuid).cloned() else {
+    /// Stop the connection holding `uuid` on `broadcaster` now; `false` if none does.
+    fn drop_connection(&self, broadcaster: &Broadcaster, uuid: &str) -> bool {
+        let Some(resource) = self.resource(broadcaster, uuid) else {
             return false;
         };
         let mut state = resource.state();
@@ -435,45 +492,50 @@ impl Attached {
     }
 }
 
-/// Step 2: the resource this request belongs to, and a connection attached to it.
+/// Step 2: the resource this request belongs to, and a connection attached to it; `Err`
+/// when a new resource is refused under the caps (503).
 pub fn attach(
     broadcasters: &Broadcasters,
     broadcaster: &Arc<Broadcaster>,
     params: &Params,
-) -> Attached {
+    from: IpAddr,
+) -> Result<Attached, sessions::Refused> {
     let known = match params.tracking_id.as_str() {
         "0" => None,
-        id if params.protocol => broadcaster.resources().get(id).cloned(),
+        id if params.protocol => broadcasters.resource(broadcaster, id),
         _ => None,
     };
     let is_new = known.is_none();
-    let resource = known.unwrap_or_else(|| {
-        let resource = Arc::new(Resource {
-            uuid: crate::lab::random_id(),
-            state: Mutex::new(ResourceState {
-                cursor: broadcaster.hub.last_id(),
-                connection: None,
-                next_connection: 1,
-                transport: params.transport,
-                handshake_again: false,
-                last_seen: Instant::now(),
-                direct: Default::default(),
-            }),
-        });
-        // Without the protocol the client never learns its id: nothing to find again.
-        if params.protocol {
-            broadcaster
-                .resources()
-                .insert(resource.uuid.clone(), resource.clone());
-            broadcasters.sweeper.ring();
+    let make = |uuid| Resource {
+        uuid,
+        broadcaster: broadcaster.name.clone(),
+        state: Mutex::new(ResourceState {
+            cursor: broadcaster.hub.last_id(),
+            connection: None,
+            next_connection: 1,
+            transport: params.transport,
+            handshake_again: false,
+            last_seen: Instant::now(),
+            direct: Default::default(),
+        }),
+    };
+    let resource = match known {
+        Some(resource) => resource,
+        // Without the protocol the client never learns its id: nothing to find again, and
+        // nothing kept once its connection ends.
+        None if !params.protocol => Arc::new(make(crate::lab::random_id())),
+        None => {
+            let first_look = Instant::now() + broadcasters.timeout;
+            let resource = broadcasters.resources.open(from, first_look, make)?;
+            broadcaster.resources.fetch_add(1, Ordering::AcqRel);
             log::debug!(
                 "atmosphere resource {} created on {}",
                 resource.uuid,
                 broadcaster.name
             );
+            resource
         }
-        resource
-    });
+    };
     let (tx, stop) = bounded(1);
     let mut state = resource.state();
     let id = state.next_connection;
@@ -491,13 +553,13 @@ pub fn attach(
             _ => true,
         };
     drop(state);
-    Attached {
+    Ok(Attached {
         broadcaster: broadcaster.clone(),
         resource,
         id,
         stop,
         handshake,
-    }
+    })
 }
 
 /// An event as a message: the hub's JSON, `{"data": …, "id": …}`.
@@ -526,7 +588,7 @@ pub fn handle(
     if *request.method() == Method::Delete {
         // The lab's own control: drop a client's connection, to watch it come back.
         let uuid = query.get("X-Atmosphere-tracking-id").unwrap_or("");
-        return if broadcaster.drop_connection(uuid) {
+        return if broadcasters.drop_connection(&broadcaster, uuid) {
             log::debug!("atmosphere resource {uuid}: connection dropped on request");
             http::write_no_content(request, &[], &counters)
         } else {
@@ -539,7 +601,7 @@ pub fn handle(
         Err(message) => return HttpError::bad_request(message).reply(request, &counters),
     };
     match (request.method(), params.transport) {
-        (Method::Post, _) => receive(lab, request, &broadcaster, &params, &counters),
+        (Method::Post, _) => receive(lab, broadcasters, request, &broadcaster, &params, &counters),
         (Method::Get, Transport::LongPolling) => {
             long_poll(lab, broadcasters, request, &broadcaster, &params, &counters)
         }
@@ -557,11 +619,7 @@ pub fn handle(
         }
         (Method::Get, Transport::Close) => {
             // The old clients' goodbye: forget the resource now rather than at the sweep.
-            if let Some(resource) = broadcaster.resources().remove(&params.tracking_id) {
-                if let Some((_, stop)) = resource.state().connection.take() {
-                    let _ = stop.try_send(Stop::Dropped);
-                }
-            }
+            broadcasters.forget(&broadcaster, &params.tracking_id, "closed by its client");
             http::write_no_content(request, &[], &counters)
         }
         _ => HttpError::new(405, "GET or POST (or DELETE to drop a connection)")
@@ -574,6 +632,7 @@ pub fn handle(
 /// its heartbeat.
 fn receive(
     lab: &Lab,
+    broadcasters: &Broadcasters,
     request: Request,
     broadcaster: &Broadcaster,
     params: &Params,
@@ -583,7 +642,7 @@ fn receive(
         Ok(body) => body,
         Err(error) => return error.reply(request, counters),
     };
-    if let Some(resource) = broadcaster.resources().get(&params.tracking_id) {
+    if let Some(resource) = broadcasters.resource(broadcaster, &params.tracking_id) {
         resource.state().last_seen = Instant::now();
     }
     if body == PADDING {
@@ -595,7 +654,7 @@ fn receive(
     }
     // The lab's own `X-Atmosphere-Target=UUID`: to that resource alone.
     if let Some(target) = query_target(&request) {
-        return match broadcaster.write_to(&target, body) {
+        return match broadcasters.write_to(broadcaster, &target, body) {
             Ok(()) => http::write_no_content(request, &[], counters),
             Err((status, why)) => HttpError::new(status, why).reply(request, counters),
         };
@@ -637,7 +696,10 @@ fn long_poll(
     counters: &LessonCounters,
 ) -> io::Result<()> {
     let arrived = Instant::now();
-    let attached = attach(broadcasters, broadcaster, params);
+    let attached = match attach(broadcasters, broadcaster, params, lab.client(&request).ip) {
+        Ok(attached) => attached,
+        Err(refused) => return too_many(request, refused, counters),
+    };
     if attached.handshake {
         let body = protocol::frame(
             &protocol::handshake(&attached.resource.uuid),
@@ -791,7 +853,10 @@ fn stream(
     else {
         return HttpError::all_held(lab.config.max_parked).reply(request, counters);
     };
-    let attached = attach(broadcasters, broadcaster, params);
+    let attached = match attach(broadcasters, broadcaster, params, lab.client(&request).ip) {
+        Ok(attached) => attached,
+        Err(refused) => return too_many(request, refused, counters),
+    };
     let (backlog, mut subscription) = attached.subscribe();
     let sse = params.transport == Transport::Sse;
     let framed = |text: &str| {
@@ -889,82 +954,67 @@ pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
     super::serve_installed_client(lab, request, "atmosphere", Some(bundle))
 }
 
-/// Start the sweeper thread (once, with the lab).
-pub fn spawn_sweeper(lab: Arc<Lab>, broadcasters: Arc<Broadcasters>) -> io::Result<()> {
-    let alarm = &broadcasters.clone().sweeper;
-    alarm.spawn("atmosphere-sweeper", move |wake| {
-        sweep(&lab, &broadcasters, wake)
-    })
+/// A new resource refused under the caps: 503, to come back later.
+fn too_many(
+    request: Request,
+    refused: sessions::Refused,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    HttpError::retry_later(format!("no new resource: {refused}")).reply(request, counters)
 }
 
-/// Step 5: forget resources nobody has connected for in `--atmosphere-timeout`.
-fn sweep(lab: &Lab, broadcasters: &Broadcasters, wake: &Receiver<()>) {
-    loop {
-        let now = Instant::now();
-        let timeout = lab.config.atmosphere_timeout;
-        let mut next = now + Duration::from_secs(3600);
-        let resources: Vec<(Arc<Broadcaster>, Arc<Resource>)> = broadcasters
-            .all()
-            .into_iter()
-            .flat_map(|b| {
-                let resources: Vec<Arc<Resource>> = b.resources().values().cloned().collect();
-                resources.into_iter().map(move |r| (b.clone(), r))
-            })
-            .collect();
-        for (broadcaster, resource) in resources {
+/// Step 5: start the sweeper thread (once, with the lab): it forgets each resource nobody has
+/// connected for in `--atmosphere-timeout` when it is due (`sessions`), and frees rooms left
+/// empty as long.
+pub fn spawn_sweeper(broadcasters: Arc<Broadcasters>) -> io::Result<()> {
+    let resources = broadcasters.resources.clone();
+    let (forgets, frees) = (broadcasters.clone(), broadcasters);
+    resources.spawn_sweeper_with(
+        "atmosphere-sweeper",
+        move |resource| {
+            let timeout = forgets.timeout;
             let state = resource.state();
             if state.connection.is_some() {
-                next = next.min(now + timeout);
-                continue;
+                return Some(Instant::now() + timeout);
             }
             let expires = state.last_seen + timeout;
             drop(state);
-            if expires <= now {
-                broadcaster.resources().remove(&resource.uuid);
-                log::debug!(
-                    "atmosphere resource {} forgotten: away too long",
-                    resource.uuid
-                );
-            } else {
-                next = next.min(expires);
+            if expires > Instant::now() {
+                return Some(expires);
             }
+            if let Some(broadcaster) = forgets.named().get(&resource.broadcaster).cloned() {
+                forgets.forget(&broadcaster, &resource.uuid, "away too long");
+            }
+            None
+        },
+        move || free_empty_rooms(&frees),
+    )
+}
+
+/// Rooms (not `lab`, which is the hub) with no resource for the timeout are freed, ring and
+/// all; when the next may be due.
+fn free_empty_rooms(broadcasters: &Broadcasters) -> Option<Instant> {
+    let now = Instant::now();
+    let timeout = broadcasters.timeout;
+    let mut next: Option<Instant> = None;
+    let mut due = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+    // Under the map's lock, as `lookup` works: a request that looks a room up clears its
+    // `empty_since`, and its time begins again.
+    broadcasters.named().retain(|name, broadcaster| {
+        if name == "lab" || broadcaster.resources.load(Ordering::Acquire) > 0 {
+            return true;
         }
-        // Rooms with no resource left, empty for the timeout too, are freed, ring and all
-        // (`lab` is the hub: it stays).
-        for broadcaster in broadcasters.all() {
-            if broadcaster.name == "lab" {
-                continue;
-            }
-            let empty = broadcaster.resources().is_empty();
-            let mut since = broadcaster
-                .empty_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match (*since, empty) {
-                (_, false) => *since = None,
-                (None, true) => {
-                    *since = Some(now);
-                    next = next.min(now + timeout);
-                }
-                (Some(at), true) if at + timeout <= now => {
-                    drop(since);
-                    let mut named = broadcasters.named();
-                    // Under the map's lock, as `lookup` works: still empty, and no request
-                    // looked it up meanwhile (that would have cleared `empty_since`).
-                    let still = broadcaster
-                        .empty_since
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_some();
-                    if still && broadcaster.resources().is_empty() {
-                        named.remove(&broadcaster.name);
-                        log::debug!("atmosphere broadcaster {} freed", broadcaster.name);
-                    }
-                }
-                (Some(at), true) => next = next.min(at + timeout),
-            }
+        let mut since = broadcaster
+            .empty_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let at = *since.get_or_insert(now);
+        if at + timeout <= now {
+            log::debug!("atmosphere broadcaster {name} freed");
+            return false;
         }
-        // BLOCKS: until the next resource or room may expire, or a new one wakes us.
-        let _ = wake.recv_deadline(next);
-    }
+        due(at + timeout);
+        true
+    });
+    next
 }

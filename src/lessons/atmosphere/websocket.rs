@@ -52,15 +52,21 @@ pub fn check(
         return Err((400, "X-Atmosphere-Transport must be websocket here".into()));
     }
     let broadcaster = broadcasters.lookup(lab, path)?;
+    // Attached before the 101, so that a resource refused under the caps is an HTTP answer.
+    let attached = attach(broadcasters, &broadcaster, &params, client.ip)
+        .map_err(|refused| (503, format!("no new resource: {refused}")))?;
     Ok(Accepted {
         broadcaster,
+        attached,
         params,
     })
 }
 
-/// An accepted handshake: which broadcaster, with what parameters.
+/// An accepted handshake: which broadcaster, the connection attached to its resource, with
+/// what parameters.
 pub struct Accepted {
     broadcaster: Arc<Broadcaster>,
+    attached: Attached,
     params: Params,
 }
 
@@ -88,10 +94,10 @@ pub fn upgrade(
     let (socket, id, _place) = upgraded.into_watched_websocket(config);
     let Accepted {
         broadcaster,
+        attached,
         params,
     } = accepted;
     let counters = lab.count("atmosphere");
-    let attached = attach(broadcasters, &broadcaster, &params);
     let (backlog, subscription) = attached.subscribe();
     log::debug!("ws {id} is atmosphere resource {}", attached.resource.uuid);
     if attached.stop_line().is_none() {

@@ -55,12 +55,14 @@ use crate::http::{self, HttpError, Query};
 use crate::hub::{Subscription, Wake};
 use crate::lab::Lab;
 use crate::request::Method;
+use crate::sessions::{Outbox, SessionLimits, Sessions};
 use crate::stats::LessonCounters;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::RecvTimeoutError;
 use message::Message;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,6 +76,8 @@ pub const HUB_CHANNEL: &str = "/lab/events";
 const CONNECTION_TYPES: &[&str] = &["websocket", "long-polling", "callback-polling"];
 /// Deliveries queued for a client before it counts as a slow consumer and is dropped.
 const QUEUE: usize = 1024;
+/// A handshake refused under the caps (`--max-sessions`) advises another after this long.
+const REFUSED_RETRY_MS: u64 = 5000;
 /// Under the ack extension: deliveries sent and not yet acknowledged before the client counts
 /// as one that never acknowledges, and is dropped (rather than sent an ever larger batch).
 const MAX_UNACKED: usize = 256;
@@ -120,8 +124,9 @@ struct ClientState {
 /// A handshaken client: its subscriptions, its queue of deliveries, its hub feed.
 pub struct Client {
     id: String,
-    queue_tx: Sender<Outgoing>,
-    queue_rx: Receiver<Outgoing>,
+    /// Deliveries for the client, at most `QUEUE`, and nudges for the thread holding its
+    /// connect.
+    queue: Outbox<Outgoing>,
     state: Mutex<ClientState>,
     /// The hub subscription, while a subscription covers `/lab/events` (taken by a held
     /// connect for its wait).
@@ -141,44 +146,36 @@ impl Client {
 
     /// Queue a delivery; `false` when the client stopped reading (its queue is full).
     fn deliver(&self, message: Message) -> bool {
-        !matches!(
-            self.queue_tx.try_send(Outgoing::Message(message)),
-            Err(TrySendError::Full(_))
-        )
+        self.queue.push(Outgoing::Message(message))
     }
 }
 
 /// Every Bayeux client of the lab.
 pub struct Bayeux {
     pub settings: Settings,
-    clients: Mutex<HashMap<String, Arc<Client>>>,
+    /// Every handshaken client, under the caps (`sessions`).
+    clients: Arc<Sessions<Client>>,
     /// Per browser (its `BAYEUX_BROWSER` cookie), the client holding a connect over HTTP now:
     /// an entry lives only while one is held.
     browsers: Mutex<HashMap<String, String>>,
-    sweeper: super::Alarm,
 }
 
 impl Bayeux {
-    pub fn new(settings: Settings) -> Bayeux {
+    pub fn new(settings: Settings, limits: SessionLimits) -> Bayeux {
         Bayeux {
             settings,
-            clients: Mutex::new(HashMap::new()),
+            clients: Arc::new(Sessions::new("bayeux", limits)),
             browsers: Mutex::new(HashMap::new()),
-            sweeper: super::Alarm::default(),
         }
     }
 
-    fn clients(&self) -> MutexGuard<'_, HashMap<String, Arc<Client>>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Clients known now (for `/stats`).
-    pub fn client_count(&self) -> usize {
-        self.clients().len()
+    /// Clients known now, and handshakes refused (for `/stats`).
+    pub fn clients_json(&self) -> Value {
+        self.clients.to_json()
     }
 
     fn client(&self, id: &str) -> Option<Arc<Client>> {
-        self.clients().get(id).cloned()
+        self.clients.get(id)
     }
 
     /// The browser's place for `client`'s held connect, or `None` when another client of the
@@ -199,10 +196,10 @@ impl Bayeux {
 
     /// Forget a client: its subscriptions and feed go, a held connect is answered.
     fn forget(&self, client: &Client, why: &str) {
-        self.clients().remove(&client.id);
+        self.clients.close(&client.id);
         client.state().gone = true;
         *client.feed() = None;
-        let _ = client.queue_tx.try_send(Outgoing::End);
+        client.queue.tell(Outgoing::End);
         log::debug!("bayeux client {} gone: {why}", client.id);
     }
 }
@@ -324,15 +321,13 @@ pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io
     // looking once a second whether its client has closed the connection.
     let left = || request.client_left();
     let left = lab.config.departures.then_some(&left as &dyn Fn() -> bool);
-    let replies = process(
-        lab,
-        bayeux,
-        batch,
+    let came = Came {
         transport,
-        browser.as_deref(),
+        from: client.ip,
+        browser: browser.as_deref(),
         left,
-        &counters,
-    );
+    };
+    let replies = process(lab, bayeux, batch, came, &counters);
     answer(
         request,
         200,
@@ -370,23 +365,30 @@ fn process(
     lab: &Lab,
     bayeux: &Bayeux,
     batch: Vec<Message>,
-    transport: &str,
-    browser: Option<&str>,
-    left: Option<&dyn Fn() -> bool>,
+    came: Came<'_>,
     counters: &LessonCounters,
 ) -> Vec<Message> {
-    let (mut replies, connect) = process_messages(lab, bayeux, batch, transport);
+    let (mut replies, connect) = process_messages(lab, bayeux, batch, came.transport, came.from);
     if let Some((client, message)) = connect {
         let connect = Connect {
             client: &client,
             message: &message,
-            transport,
-            browser,
-            left,
+            transport: came.transport,
+            browser: came.browser,
+            left: came.left,
         };
         replies.extend(hold_connect(lab, bayeux, connect, counters));
     }
     replies
+}
+
+/// How a batch came over HTTP: its transport, the client's address (counted under the caps
+/// by a handshake), its browser, and a look at its connection.
+struct Came<'a> {
+    transport: &'a str,
+    from: IpAddr,
+    browser: Option<&'a str>,
+    left: Option<&'a dyn Fn() -> bool>,
 }
 
 /// A connect to hold over HTTP: whose, the message, the transport, the browser it came from.
@@ -402,11 +404,13 @@ struct Connect<'a> {
 
 /// Every message of a batch but its `/meta/connect`, which comes back, with its client, for
 /// the transport to hold (an HTTP request holds its thread; a WebSocket its socket's thread).
+/// `from`: the client's address, which a handshake counts under the caps.
 fn process_messages(
     lab: &Lab,
     bayeux: &Bayeux,
     batch: Vec<Message>,
     transport: &str,
+    from: IpAddr,
 ) -> (Vec<Message>, Option<(Arc<Client>, Message)>) {
     let mut replies = Vec::new();
     let mut connect = None;
@@ -420,7 +424,7 @@ fn process_messages(
             continue;
         };
         if channel == "/meta/handshake" {
-            replies.push(handshake(bayeux, &message, transport));
+            replies.push(handshake(bayeux, &message, transport, from));
             continue;
         }
         let client = message
@@ -461,7 +465,7 @@ fn process_messages(
     (replies, connect)
 }
 
-fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
+fn handshake(bayeux: &Bayeux, message: &Message, transport: &str, from: IpAddr) -> Message {
     let offered: Vec<&str> = message
         .get("supportedConnectionTypes")
         .and_then(Value::as_array)
@@ -475,12 +479,11 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
         .and_then(|ext| ext.get("ack"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let (queue_tx, queue_rx) = bounded(QUEUE);
     let settings = &bayeux.settings;
-    let client = Arc::new(Client {
-        id: crate::lab::random_id(),
-        queue_tx,
-        queue_rx,
+    let expires = Instant::now() + settings.max_interval + settings.timeout;
+    let opened = bayeux.clients.open(from, expires, |id| Client {
+        id,
+        queue: Outbox::new(QUEUE),
         state: Mutex::new(ClientState {
             subscriptions: BTreeSet::new(),
             connects: 0,
@@ -488,7 +491,7 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
             superseded: false,
             multiple_clients: false,
             last_advice: Some(advice(settings)),
-            expires: Instant::now() + settings.max_interval + settings.timeout,
+            expires,
             gone: false,
             disconnected: false,
             hub: false,
@@ -499,8 +502,20 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str) -> Message {
         feed: Mutex::new(None),
         released: Condvar::new(),
     });
-    bayeux.clients().insert(client.id.clone(), client.clone());
-    bayeux.sweeper.ring();
+    let client = match opened {
+        Ok(client) => client,
+        // Refused under the caps: an unsuccessful handshake, advising another in a while (the
+        // official client waits the interval, then handshakes again).
+        Err(refused) => {
+            let mut reply = message::error(message, 503, "too_many_clients", None);
+            reply.insert(
+                "advice".into(),
+                json!({ "reconnect": "handshake", "interval": REFUSED_RETRY_MS }),
+            );
+            log::debug!("bayeux handshake refused: {refused}");
+            return reply;
+        }
+    };
     log::debug!("bayeux client {} handshaken (acks: {acks})", client.id);
     let mut reply = message::reply(message, true);
     reply.insert("clientId".into(), json!(client.id));
@@ -575,7 +590,7 @@ fn subscribe(lab: &Lab, client: &Client, message: &Message, subscribing: bool) -
     } else if !covers_hub {
         *client.feed() = None; // (a held connect drops the one it holds)
     }
-    let _ = client.queue_tx.try_send(Outgoing::Wake);
+    client.queue.tell(Outgoing::Wake);
     let mut reply = message::reply(message, true);
     reply.insert("subscription".into(), message["subscription"].clone());
     reply
@@ -632,8 +647,7 @@ fn publish(
         }
     } else {
         let delivery = message::delivery(channel, data);
-        let clients: Vec<Arc<Client>> = bayeux.clients().values().cloned().collect();
-        for other in clients {
+        for other in bayeux.clients.all() {
             let subscribed = other
                 .state()
                 .subscriptions
@@ -767,7 +781,7 @@ fn begin_connect(
         // A newer connect: the held one is answered now and this one takes its place (its
         // request may be lost on the way, which the client could not know).
         state.superseded = true;
-        let _ = client.queue_tx.try_send(Outgoing::Wake);
+        client.queue.tell(Outgoing::Wake);
         let until = Instant::now() + Duration::from_secs(5);
         while state.connect_held {
             let left = until.saturating_duration_since(Instant::now());
@@ -835,6 +849,7 @@ fn finish_connect(
     client.released.notify_all();
     state.connects += 1;
     state.expires = Instant::now() + bayeux.settings.max_interval;
+    bayeux.clients.look_at(&client.id, state.expires);
     let mut reply = message::reply(message, !state.gone || state.disconnected);
     if state.gone && !state.disconnected {
         reply.insert("error".into(), json!("402::session_unknown"));
@@ -880,7 +895,6 @@ fn finish_connect(
         out.extend(deliveries);
     }
     drop(state);
-    bayeux.sweeper.ring();
     out.push(reply);
     out
 }
@@ -892,8 +906,7 @@ fn let_go_of_connect(bayeux: &Bayeux, client: &Client) {
     state.connect_held = false;
     state.expires = Instant::now() + bayeux.settings.max_interval;
     client.released.notify_all();
-    drop(state);
-    bayeux.sweeper.ring();
+    bayeux.clients.look_at(&client.id, state.expires);
 }
 
 /// The parked wait: the client's queue and, when subscribed to the hub, its feed, until a
@@ -939,7 +952,7 @@ fn wait_once(client: &Client, deadline: Instant) -> Woken {
     let woke = match feed {
         Some(mut subscription) => {
             // BLOCKS: until a publish on a subscribed channel, a hub event, or the deadline.
-            let woke = subscription.wait_for_events_or(&client.queue_rx, deadline);
+            let woke = subscription.wait_for_events_or(&client.queue.rx, deadline);
             let keep = {
                 let state = client.state();
                 state.hub && !state.gone
@@ -951,7 +964,7 @@ fn wait_once(client: &Client, deadline: Instant) -> Woken {
             woke
         }
         // BLOCKS: until a publish on a subscribed channel, or the deadline.
-        None => match crate::workarounds::recv_deadline(&client.queue_rx, deadline) {
+        None => match crate::workarounds::recv_deadline(&client.queue.rx, deadline) {
             Ok(outgoing) => Wake::Other(outgoing),
             Err(RecvTimeoutError::Timeout) => Wake::Deadline,
             Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
@@ -981,33 +994,22 @@ fn wait_once(client: &Client, deadline: Instant) -> Woken {
     }
 }
 
-/// Start the sweeper thread (once, with the lab).
+/// Step 5: start the sweeper thread (once, with the lab): it expires clients that stopped
+/// connecting, each when it is due (`sessions`).
 pub fn spawn_sweeper(bayeux: Arc<Bayeux>) -> io::Result<()> {
-    let alarm = &bayeux.clone().sweeper;
-    alarm.spawn("bayeux-sweeper", move |wake| sweep(&bayeux, wake))
-}
-
-/// Step 5: expire clients that stopped connecting.
-fn sweep(bayeux: &Bayeux, wake: &Receiver<()>) {
-    loop {
-        let now = Instant::now();
-        let mut next = now + Duration::from_secs(3600);
-        let clients: Vec<Arc<Client>> = bayeux.clients().values().cloned().collect();
-        for client in clients {
-            let state = client.state();
-            if state.connect_held {
-                continue;
-            }
-            if state.expires <= now {
-                drop(state);
-                bayeux.forget(&client, "no connect within maxInterval");
-            } else {
-                next = next.min(state.expires);
-            }
+    let clients = bayeux.clients.clone();
+    clients.spawn_sweeper("bayeux-sweeper", move |client| {
+        let state = client.state();
+        if state.connect_held {
+            return None; // (its connect's end says when to look again)
         }
-        // BLOCKS: until the next client is due to expire, or a connect or handshake wakes us.
-        let _ = wake.recv_deadline(next);
-    }
+        if state.expires > Instant::now() {
+            return Some(state.expires);
+        }
+        drop(state);
+        bayeux.forget(client, "no connect within maxInterval");
+        None
+    })
 }
 
 /// `GET /vendor/cometd/FILE.js`: the official CometD client's modules, from `node_modules`

@@ -32,7 +32,8 @@ use super::{
 use crate::connection::Request;
 use crate::conversation::{converse, Ending, Endpoint, Socket};
 use crate::lab::Lab;
-use crossbeam_channel::{Receiver, Sender};
+use crate::sessions::Outbox;
+use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -65,6 +66,7 @@ pub fn upgrade(lab: &Lab, bayeux: &Bayeux, request: Request) -> io::Result<()> {
         bayeux,
         served: None,
         wake_line: Arc::default(),
+        from: client.ip,
     };
     converse(&mut endpoint, &mut socket, &lab.watcher);
     Ok(())
@@ -78,7 +80,9 @@ struct BayeuxSocket<'a> {
     /// The client this socket serves, from its first connect on it: one at a time.
     served: Option<Served<'a>>,
     /// The served client's queue, where the watcher's notice wakes a thread parked on it.
-    wake_line: Arc<Mutex<Option<Sender<Outgoing>>>>,
+    wake_line: Arc<Mutex<Option<Outbox<Outgoing>>>>,
+    /// The client's address, which a handshake on this socket counts under the caps.
+    from: std::net::IpAddr,
 }
 
 /// The client a socket serves, and its connect if one is held.
@@ -155,7 +159,8 @@ impl<'a> Endpoint for BayeuxSocket<'a> {
                 return send(socket, &[refusal("400::batch_invalid")]);
             }
         };
-        let (mut replies, connect) = process_messages(self.lab, self.bayeux, batch, "websocket");
+        let (mut replies, connect) =
+            process_messages(self.lab, self.bayeux, batch, "websocket", self.from);
         // A client that disconnected (in this batch or before) no longer holds the socket.
         if self.served.as_ref().is_some_and(|s| s.client.state().gone) {
             self.deliver(socket, Woken::Ended)?;
@@ -196,7 +201,7 @@ impl<'a> Endpoint for BayeuxSocket<'a> {
         let wake_line = self.wake_line.clone();
         Some(Box::new(move || {
             if let Some(queue) = wake_line.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                let _ = queue.try_send(Outgoing::Wake);
+                queue.tell(Outgoing::Wake);
             }
         }))
     }
@@ -304,7 +309,7 @@ impl<'a> BayeuxSocket<'a> {
             Some(served) => served,
             None => {
                 *self.wake_line.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(client.queue_tx.clone());
+                    Some(client.queue.clone());
                 let acks = client.state().acks;
                 Served {
                     acks,

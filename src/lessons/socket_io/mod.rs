@@ -67,12 +67,13 @@ use crate::connection::Request;
 use crate::http::{self, Query};
 use crate::lab::Lab;
 use crate::request::Method;
+use crate::sessions::{Refused, SessionLimits, Sessions};
 use crate::stats::LessonCounters;
-use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
 use session::{Closer, Socket, Transport};
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,7 +96,8 @@ struct Recoverable {
 /// Every Socket.IO session of the lab.
 pub struct SocketIo {
     pub settings: Settings,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Every session, under the caps (`sessions`).
+    sessions: Arc<Sessions<Session>>,
     recoverable: Mutex<HashMap<String, Recoverable>>,
     /// Held while a room message passes the sockets, and while a `/lab` socket moves between
     /// a session and `recoverable`: so each message meets each socket once, in one place or
@@ -105,32 +107,26 @@ pub struct SocketIo {
     room_order: Mutex<()>,
     /// Polling sessions the client closed with no GET held, for a moment: see `last_get`.
     closed_by_client: Mutex<HashMap<String, Instant>>,
-    heartbeat: super::Alarm,
 }
 
 impl SocketIo {
-    pub fn new(settings: Settings) -> SocketIo {
+    pub fn new(settings: Settings, limits: SessionLimits) -> SocketIo {
         SocketIo {
             settings,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Arc::new(Sessions::new("socket.io", limits)),
             recoverable: Mutex::new(HashMap::new()),
             room_order: Mutex::new(()),
             closed_by_client: Mutex::new(HashMap::new()),
-            heartbeat: super::Alarm::default(),
         }
     }
 
-    /// Sessions open now (for `/stats`).
-    pub fn session_count(&self) -> usize {
-        self.sessions().len()
-    }
-
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    /// Sessions open now, and handshakes refused (for `/stats`).
+    pub fn sessions_json(&self) -> Value {
+        self.sessions.to_json()
     }
 
     fn session(&self, sid: &str) -> Option<Arc<Session>> {
-        self.sessions().get(sid).cloned()
+        self.sessions.get(sid)
     }
 
     /// **BLOCKS** while another room message passes the sockets, or a socket moves to or from
@@ -141,15 +137,16 @@ impl SocketIo {
 
     /// Every session but none of their locks (to send to rooms).
     fn all_sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions().values().cloned().collect()
+        self.sessions.all()
     }
 
-    /// A new session, registered, with the heartbeat thread told.
-    fn open(&self, transport: Transport) -> Arc<Session> {
-        let session = Session::new(crate::lab::random_id(), transport, &self.settings);
-        self.sessions().insert(session.sid.clone(), session.clone());
-        self.heartbeat.ring();
-        session
+    /// A new session for the client at `from`, registered under the caps, its first ping
+    /// (or connect deadline) on the heartbeat's schedule.
+    fn open(&self, transport: Transport, from: IpAddr) -> Result<Arc<Session>, Refused> {
+        let settings = &self.settings;
+        let due = Instant::now() + settings.ping_interval.min(settings.connect_timeout);
+        self.sessions
+            .open(from, due, |sid| Session::new(sid, transport, settings))
     }
 
     /// The open packet's JSON; a session born on a WebSocket has nothing to upgrade to.
@@ -258,6 +255,9 @@ const BAD_REQUEST: EioError = EioError::new(400, 3, "Bad request");
 const FORBIDDEN: EioError = EioError::new(403, 4, "Forbidden");
 const UNSUPPORTED_VERSION: EioError = EioError::new(400, 5, "Unsupported protocol version");
 const TOO_LARGE: EioError = EioError::new(413, 3, "Payload too large");
+/// A handshake over the caps (`--max-sessions`): refused as engine.io's `allowRequest`
+/// refuses, 403 and code 4, with the reason as its message.
+const TOO_MANY_SESSIONS: EioError = EioError::new(403, 4, "Too many sessions: try again later");
 
 fn reply(
     lab: &Lab,
@@ -361,7 +361,10 @@ fn handshake(
     request: Request,
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let session = socket_io.open(Transport::Polling);
+    let session = match socket_io.open(Transport::Polling, lab.client(&request).ip) {
+        Ok(session) => session,
+        Err(_) => return refuse(lab, request, TOO_MANY_SESSIONS, counters),
+    };
     log::debug!("socket.io session {} opened on polling", session.sid);
     let open = socket_io.open_packet(&session, Transport::Polling).encode();
     reply(
@@ -627,7 +630,7 @@ pub fn close(socket_io: &SocketIo, session: &Arc<Session>, closer: Closer, why: 
         }
         std::mem::take(&mut state.sockets)
     };
-    socket_io.sessions().remove(&session.sid);
+    socket_io.sessions.close(&session.sid);
     // A `/lab` socket not left on purpose (its DISCONNECT removes it) can be recovered, but
     // not after a protocol error.
     let sockets = if closer == Closer::ProtocolError {
@@ -681,55 +684,45 @@ pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
     super::serve_installed_client(lab, request, "socket_io", Some(bundle))
 }
 
-/// Start the heartbeat thread (once, with the lab).
+/// Step 4: start the heartbeat thread (once, with the lab), the sessions' sweeper: at each
+/// session's due time it pings, or closes a silent one (`heartbeat`).
 pub fn spawn_heartbeat(socket_io: Arc<SocketIo>) -> io::Result<()> {
-    let alarm = &socket_io.clone().heartbeat;
-    alarm.spawn("socket.io-heartbeat", move |wake| {
-        heartbeat(&socket_io, wake)
+    let sessions = socket_io.sessions.clone();
+    sessions.spawn_sweeper("socket.io-heartbeat", move |session| {
+        heartbeat(&socket_io, session)
     })
 }
 
-/// Step 4: ping every session when due, close the silent ones.
-fn heartbeat(socket_io: &SocketIo, wake: &Receiver<()>) {
+/// Step 4, for one session that is due: ping it, or close it if it is silent; when it is due
+/// next (`None`: closed).
+fn heartbeat(socket_io: &SocketIo, session: &Arc<Session>) -> Option<Instant> {
     let settings = &socket_io.settings;
-    loop {
-        let now = Instant::now();
-        let mut next = now + Duration::from_secs(3600);
-        for session in socket_io.all_sessions() {
-            let mut state = session.state();
-            if state.closed {
-                continue;
-            }
-            let late_pong = state.pong_due.is_some_and(|due| due <= now);
-            let no_connect =
-                state.sockets.is_empty() && state.connect_due.is_some_and(|due| due <= now);
-            if late_pong || no_connect {
-                drop(state);
-                let why = if late_pong {
-                    "ping timeout"
-                } else {
-                    "no CONNECT within the connect timeout"
-                };
-                close(socket_io, &session, Closer::Server, why);
-                continue;
-            }
-            if state.pong_due.is_none() && state.next_ping <= now {
-                state.pong_due = Some(now + settings.ping_timeout);
-                drop(state);
-                if !session.send(vec![EngineIoPacket::Ping(String::new())]) {
-                    close(socket_io, &session, Closer::Server, "slow consumer");
-                }
-                state = session.state();
-            }
-            let due = state.pong_due.unwrap_or(state.next_ping);
-            next = next.min(due);
-            if state.sockets.is_empty() {
-                if let Some(connect_due) = state.connect_due {
-                    next = next.min(connect_due);
-                }
-            }
-        }
-        // BLOCKS: until the next ping or timeout is due, or a new session wakes us.
-        let _ = wake.recv_deadline(next);
+    let now = Instant::now();
+    let mut state = session.state();
+    if state.closed {
+        return None;
     }
+    let late_pong = state.pong_due.is_some_and(|due| due <= now);
+    let no_connect = state.sockets.is_empty() && state.connect_due.is_some_and(|due| due <= now);
+    if late_pong || no_connect {
+        drop(state);
+        let why = if late_pong {
+            "ping timeout"
+        } else {
+            "no CONNECT within the connect timeout"
+        };
+        close(socket_io, session, Closer::Server, why);
+        return None;
+    }
+    if state.pong_due.is_none() && state.next_ping <= now {
+        state.pong_due = Some(now + settings.ping_timeout);
+        drop(state);
+        if !session.send(vec![EngineIoPacket::Ping(String::new())]) {
+            close(socket_io, session, Closer::Server, "slow consumer");
+            return None;
+        }
+    } else {
+        drop(state);
+    }
+    Some(session.due())
 }

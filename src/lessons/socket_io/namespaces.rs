@@ -673,7 +673,9 @@ mod tests {
     /// A session whose `/lab` socket (named `name`, with `auth`'s pid and offset if any) is
     /// in room `r`.
     fn joined_r(lab: &Lab, socket_io: &SocketIo, name: &str, auth: Value) -> Arc<Session> {
-        let session = socket_io.open(Transport::Polling);
+        let session = socket_io
+            .open(Transport::Polling, std::net::Ipv4Addr::LOCALHOST.into())
+            .unwrap();
         let mut auth = auth;
         auth["name"] = json!(name);
         let connect = Packet::new(Kind::Connect, "/lab", Some(auth));
@@ -694,7 +696,7 @@ mod tests {
         const SAID: u64 = 40;
         for round in 0..200 {
             let lab = lab();
-            let socket_io = SocketIo::new(Default::default());
+            let socket_io = SocketIo::new(Default::default(), crate::Config::default().sessions);
             let sender = joined_r(&lab, &socket_io, "a", json!({}));
             let away = joined_r(&lab, &socket_io, "b", json!({}));
             let pid = away.state().sockets["/lab"].pid.clone().unwrap();

@@ -28,10 +28,11 @@ use super::engine_io::Packet as EioPacket;
 use super::packet::Packet;
 use super::Settings;
 use crate::hub::{Event, Subscription, Wake};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crate::sessions::Outbox;
+use crossbeam_channel::RecvTimeoutError;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Groups the outbox holds before the client counts as a slow consumer and is closed.
@@ -193,8 +194,8 @@ struct Feed {
 
 pub struct Session {
     pub sid: String,
-    outbox_tx: Sender<Outgoing>,
-    outbox_rx: Receiver<Outgoing>,
+    /// Packets for the client, at most `OUTBOX` groups, and nudges for its transport.
+    outbox: Outbox<Outgoing>,
     state: Mutex<State>,
     /// Signalled when an upgrade ends (done, or given up): a GET that came during one waits.
     upgrade_settled: Condvar,
@@ -213,13 +214,11 @@ pub struct Delivery {
 }
 
 impl Session {
-    pub fn new(sid: String, transport: Transport, settings: &Settings) -> Arc<Session> {
-        let (outbox_tx, outbox_rx) = bounded(OUTBOX);
+    pub fn new(sid: String, transport: Transport, settings: &Settings) -> Session {
         let now = Instant::now();
-        Arc::new(Session {
+        Session {
             sid,
-            outbox_tx,
-            outbox_rx,
+            outbox: Outbox::new(OUTBOX),
             state: Mutex::new(State {
                 transport,
                 upgrading: false,
@@ -241,7 +240,18 @@ impl Session {
                 generation: 0,
                 wanted: false,
             }),
-        })
+        }
+    }
+
+    /// When the heartbeat must look at the session next: its ping, its pong's deadline, or
+    /// (with no namespace joined) its connect's deadline.
+    pub fn due(&self) -> Instant {
+        let state = self.state();
+        let due = state.pong_due.unwrap_or(state.next_ping);
+        match state.connect_due {
+            Some(connect_due) if state.sockets.is_empty() => due.min(connect_due),
+            _ => due,
+        }
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -278,20 +288,13 @@ impl Session {
     /// Queue packets for the client. `false`: the outbox is full, the client is not reading
     /// (the caller closes the session as a slow consumer).
     pub fn send(&self, packets: Vec<EioPacket>) -> bool {
-        match self.outbox_tx.try_send(Outgoing::Packets(packets)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => false,
-            Err(TrySendError::Disconnected(_)) => true, // cannot happen: we hold the receiver
-        }
+        self.outbox.push(Outgoing::Packets(packets))
     }
 
     /// Queue a room message numbered `seq` in the `/lab` socket's log. `false`: the outbox is
     /// full (as `send`).
     pub fn say(&self, seq: u64, said: Value) -> bool {
-        !matches!(
-            self.outbox_tx.try_send(Outgoing::Said { seq, said }),
-            Err(TrySendError::Full(_))
-        )
+        self.outbox.push(Outgoing::Said { seq, said })
     }
 
     /// Queue one Socket.IO packet with its attachments, as one group.
@@ -301,16 +304,15 @@ impl Session {
         self.send(group)
     }
 
-    /// Tell the transport to look again (never lost: `Wake` is small and the outbox only
-    /// fills when the client stops reading, and then the session is closed anyway).
+    /// Tell the transport to look again (never lost: a nudge goes in past the outbox's cap).
     pub fn wake(&self) {
-        let _ = self.outbox_tx.try_send(Outgoing::Wake);
+        self.outbox.tell(Outgoing::Wake);
     }
 
     /// The socket watcher saw frames on the session's WebSocket: wake its thread (never lost,
     /// as `wake`; and its thread looks at the notice whenever it wakes anyway).
     pub fn notice_frames(&self) {
-        let _ = self.outbox_tx.try_send(Outgoing::Noticed);
+        self.outbox.tell(Outgoing::Noticed);
     }
 
     /// The session is over; tell whoever holds the transport.
@@ -319,8 +321,8 @@ impl Session {
             Closer::Server | Closer::ProtocolError => Outgoing::Packets(vec![EioPacket::Close]),
             Closer::Client => Outgoing::End,
         };
-        // A full outbox: its reader is stuck anyway; the transport ends on its own deadline.
-        let _ = self.outbox_tx.try_send(last);
+        // (Past the outbox's cap too, by a little: a full outbox can still be told to end.)
+        self.outbox.tell(last);
         self.clear_feed();
     }
 
@@ -387,13 +389,13 @@ impl Session {
                 Some(mut subscription) => {
                     // BLOCKS: until the generator (or anyone) publishes, or the outbox gets
                     // packets, or the deadline.
-                    let woke = subscription.wait_for_events_or(&self.outbox_rx, deadline);
+                    let woke = subscription.wait_for_events_or(&self.outbox.rx, deadline);
                     self.give_back_feed(Some(subscription), generation);
                     woke
                 }
                 // BLOCKS: until the outbox gets packets (a ping from the heartbeat thread at
                 // the latest), or the deadline.
-                None => match crate::workarounds::recv_deadline(&self.outbox_rx, deadline) {
+                None => match crate::workarounds::recv_deadline(&self.outbox.rx, deadline) {
                     Ok(outgoing) => Wake::Other(outgoing),
                     Err(RecvTimeoutError::Timeout) => Wake::Deadline,
                     Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
@@ -424,7 +426,7 @@ impl Session {
         // Whatever else is queued goes in the same answer; and always before hub events, so a
         // recovered backlog comes before anything the feed brought.
         while (gather || !events.is_empty() || !fed.is_empty()) && !ended {
-            match self.outbox_rx.try_recv() {
+            match self.outbox.rx.try_recv() {
                 Ok(Outgoing::Packets(packets)) => front.extend(packets),
                 Ok(Outgoing::Said { seq, said }) => front.push(self.render_said(seq, said)),
                 Ok(Outgoing::Wake | Outgoing::Noticed) => {}

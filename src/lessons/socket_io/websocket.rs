@@ -41,8 +41,9 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an accepted `/socket.io/` handshake is for.
 pub enum Accepted {
-    /// A new session, born on this socket.
-    New,
+    /// A new session, born on this socket (opened by the check, so that a refusal under the
+    /// caps is an HTTP answer; if the handshake fails after all, it expires unjoined).
+    New(Arc<Session>),
     /// The upgrade of this polling session.
     Upgrade(Arc<Session>),
     /// A session that is upgrading or upgraded already: as Engine.IO does, the handshake
@@ -70,7 +71,13 @@ pub fn check(
         return Err((403, "Forbidden".into()));
     }
     let Some(sid) = query.get("sid") else {
-        return Ok(Accepted::New);
+        return match socket_io.open(Transport::WebSocket, client.ip) {
+            Ok(session) => Ok(Accepted::New(session)),
+            Err(_) => Err((
+                super::TOO_MANY_SESSIONS.status,
+                super::TOO_MANY_SESSIONS.message.into(),
+            )),
+        };
     };
     let session = socket_io
         .session(sid)
@@ -109,8 +116,7 @@ pub fn upgrade(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query)
             crate::conversation::end(&mut socket, ending);
             return Ok(());
         }
-        Accepted::New => {
-            let session = socket_io.open(Transport::WebSocket);
+        Accepted::New(session) => {
             let open = socket_io.open_packet(&session, Transport::WebSocket);
             session.send(vec![open]);
             session
