@@ -2,10 +2,11 @@
 //!
 //! A thread-per-connection server has two ceilings of its own, whatever the machine's memory:
 //!
-//! - **File descriptors** (`ulimit -n`): one per connection (a WebSocket two: its reader and
-//!   writer each hold one). At the limit `accept` fails; the accept loop backs off and answers
-//!   on the accept thread with a descriptor it keeps spare (`connection::accept_loop`).
-//! - **Threads**: one per connection (a WebSocket two). Each costs about four memory mappings
+//! - **File descriptors** (`ulimit -n`): one per connection, a WebSocket too. At the limit
+//!   `accept` fails; the accept loop backs off and answers on the accept thread with a
+//!   descriptor it keeps spare (`connection::accept_loop`).
+//! - **Threads**: one per connection, a WebSocket too (the socket watcher waits on every idle
+//!   one for its client's frames, `watcher`). Each costs about four memory mappings
 //!   (stack, guard page, and their neighbours), and Linux allows `vm.max_map_count` (65,530
 //!   here) mappings per process; past that a thread cannot start. `pid_max` and `threads-max`
 //!   cap threads too.
@@ -27,7 +28,9 @@
 //!    "near a limit?" without a system call per request.
 //! 3. `Capacity::near_limit`: the gate's question, answered from the last sample.
 //! 4. `give_memory_back`: when a flood has left (threads down to half of their peak, a
-//!    thousand fewer or more), the monitor asks the allocator to return freed pages.
+//!    thousand fewer or more), the monitor asks the allocator to return freed pages
+//!    (`return_freed_memory`; the sessions' sweepers ask too, when a flood of sessions has
+//!    expired).
 //!
 //! `--max-parked` does not enter the arithmetic: it bounds held requests, and every held
 //! request is a connection the descriptor limit already counts. (It once did, and raising it
@@ -37,6 +40,23 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Step 4: ask the allocator to return its free pages to the system, and log the resident
+/// memory before and after, with `why`. (Elsewhere than glibc the allocator decides alone.)
+pub fn return_freed_memory(why: &str) {
+    let before = crate::stats::resident_kib();
+    // SAFETY: no arguments but a size to keep; glibc locks its arenas itself.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let after = crate::stats::resident_kib();
+    log::info!(
+        "{why}: resident memory {} → {} MiB",
+        before.unwrap_or(0) / 1024,
+        after.unwrap_or(0) / 1024
+    );
+}
 
 /// Step 4's trigger: threads down to half their peak, and by a thousand at least (a class
 /// closing its tabs is not a flood).
@@ -214,18 +234,7 @@ impl Capacity {
     /// A real server would rather not grow that far: bounded pools, or an allocator that returns
     /// memory by itself.
     fn give_memory_back(busiest: u64, threads: u64) {
-        let before = crate::stats::resident_kib();
-        // SAFETY: no arguments but a size to keep; glibc locks its arenas itself.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        unsafe {
-            libc::malloc_trim(0);
-        }
-        let after = crate::stats::resident_kib();
-        log::info!(
-            "threads down from {busiest} to {threads}: resident memory {} → {} MiB",
-            before.unwrap_or(0) / 1024,
-            after.unwrap_or(0) / 1024
-        );
+        return_freed_memory(&format!("threads down from {busiest} to {threads}"));
     }
 
     /// The gate's rule itself: above `GATE_PERCENT` of either limit, say which.

@@ -282,7 +282,8 @@ impl<S: Send + Sync + 'static> Sessions<S> {
                     }
                     let open = sessions.len();
                     if peak - open.min(peak) >= GIVE_BACK_AFTER && open <= peak / 2 {
-                        give_memory_back();
+                        let why = format!("{} sessions down from {peak} to {open}", sessions.name);
+                        crate::limits::return_freed_memory(&why);
                         peak = open;
                     }
                     let also_due = also();
@@ -319,21 +320,10 @@ impl<S> Sessions<S> {
 }
 
 /// Sessions gone (at least this many, and half of those open at the peak) before their memory
-/// is handed back to the system (`give_memory_back`).
+/// is handed back to the system. glibc's allocator keeps what was freed for the next
+/// allocation: after a flood of sessions expired, the lab's resident memory stayed at its
+/// peak (31 MiB for 20,000 Socket.IO sessions; 8 MiB once handed back).
 const GIVE_BACK_AFTER: usize = 256;
-
-/// Hand memory freed by expired sessions back to the system. glibc's allocator keeps what was
-/// freed for the next allocation: after a flood of sessions expired, the lab's resident memory
-/// stayed at its peak (31 MiB for 20,000 Socket.IO sessions) though `/stats` showed none.
-/// `malloc_trim` returns the free pages of every arena. Elsewhere (macOS, Windows, musl) the
-/// allocator decides alone.
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu", not(lab_portable)))]
-    // SAFETY: no arguments but a size; it only releases memory that is free.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// A session's queue for its client: at most `cap` items, or the client counts as a slow
 /// consumer. Built on an unbounded channel, which allocates as it fills: a bounded one
