@@ -244,6 +244,9 @@ fn malformed_packets_end_only_their_own_session() {
         "b!!!",                           // bad base64
         "5",                              // an upgrade over polling
         "2",                              // a ping from the client (Engine.IO 3's direction)
+        // a placeholder for an attachment that does not come (the parser's "illegal
+        // attachments"): the official client would disconnect on it with a parse error
+        r#"451-["message",{"_placeholder":true,"num":1}]"#,
     ] {
         let sid = handshake(addr);
         send(addr, &sid, r#"40/lab,{"name":"x"}"#);
@@ -259,12 +262,22 @@ fn malformed_packets_end_only_their_own_session() {
             "{bad}: the session is gone"
         );
     }
+    // Engine.IO 4 carries binary over polling as base64 text: a POST of
+    // `application/octet-stream` is refused and its session closed, as the reference server
+    // does ("invalid content").
+    let sid = handshake(addr);
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let octets = post(addr, &path, "application/octet-stream", "4hi").unwrap();
+    assert_eq!(octets.status, 400);
+    assert_eq!(poll(addr, &sid).json()["code"], 1, "octet-stream: gone");
+    // A body over maxPayload: 413, and the session lives on, as the reference server's does.
     let too_big = "4".to_string() + &"x".repeat(1_000_001);
     let sid = handshake(addr);
     assert_eq!(send(addr, &sid, &too_big).status, 413);
-    assert_eq!(poll(addr, &sid).status, 400);
+    assert_eq!(send(addr, &sid, "40/lab,{\"name\":\"y\"}").status, 200);
+    poll_until(addr, &sid, "40/lab,");
     // The bystander never noticed.
-    assert_eq!(stats(addr)["socket_io_sessions"], 1);
+    assert_eq!(stats(addr)["socket_io_sessions"], 2);
     poll_until(addr, &bystander, "40/lab,");
 }
 

@@ -227,9 +227,14 @@ const scenarios = {
     for (let i = 0; i < 3; i++) missed.push(await publishByRest(`missed ${i}`));
     const seen = [];
     socket.on("event", (event) => seen.push(event.id));
+    let atConnect = [];
+    socket.once("connect", () => { atConnect = [...seen]; });
     await next(socket, "connect");
     check(socket.recovered === true, "socket.recovered is true");
     check(socket.id === id, `the same socket id (${id} then ${socket.id})`);
+    // As from the reference server: what it missed comes before its CONNECT, so the client
+    // has emitted every missed event by the time it emits "connect".
+    check(missed.every((id) => atConnect.includes(id)), `at "connect", saw ${atConnect}; missed ${missed}`);
     const last = await publishByRest("after the recovery");
     await new Promise((resolve) => {
       const timer = setTimeout(() => fail(`saw ${seen} after the recovery`), 10_000);
@@ -262,8 +267,12 @@ const scenarios = {
     b.io.engine.close();
     await disconnected;
     for (const text of ["away 1", "away 2", "away 3"]) await a.emitWithAck("say", { room: "r1", text });
+    let atConnect = [];
+    b.once("connect", () => { atConnect = [...heard]; });
     await next(b, "connect");
     check(b.recovered === true, "b recovered");
+    // Before its CONNECT, as from the reference server.
+    check(["away 1", "away 2", "away 3"].every((t) => atConnect.includes(t)), `at "connect", b heard ${JSON.stringify(atConnect)}`);
     await a.emitWithAck("say", { room: "r1", text: "after" });
     const until = Date.now() + 10_000;
     while (!heard.includes("after")) {

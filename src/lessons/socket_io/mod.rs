@@ -515,21 +515,24 @@ fn post(
     }
     let body = http::read_body(&request, socket_io.settings.max_payload);
     session.state().polling_post = false;
+    // Engine.IO 4 sends binary over polling as base64 text (`b…`): octets are another
+    // protocol's, and the reference server closes the session for them ("invalid content").
+    if http::header(&request, "Content-Type") == Some("application/octet-stream") {
+        close(
+            socket_io,
+            session,
+            Closer::Server,
+            "an application/octet-stream body",
+        );
+        return refuse(lab, request, BAD_REQUEST, counters);
+    }
     let body = match body {
         Ok(body) => body,
-        Err(error) => {
-            let why = if error.status == 413 {
-                "a body over maxPayload"
-            } else {
-                "an unreadable body"
-            };
-            close(socket_io, session, Closer::Server, why);
-            let error = if error.status == 413 {
-                TOO_LARGE
-            } else {
-                BAD_REQUEST
-            };
-            return refuse(lab, request, error, counters);
+        // Over maxPayload: refused, and the session lives on, as the reference server's does.
+        Err(error) if error.status == 413 => return refuse(lab, request, TOO_LARGE, counters),
+        Err(_) => {
+            close(socket_io, session, Closer::Server, "an unreadable body");
+            return refuse(lab, request, BAD_REQUEST, counters);
         }
     };
     let packets = match engine_io::decode_payload(&body) {

@@ -339,10 +339,12 @@ fn connect(
             said: offset.said,
         };
     }
-    // Queued in order, the guard still held: CONNECT, the missed events, the missed room
-    // messages. A full outbox closes the session, after the guard is let go (closing takes
-    // it too).
-    let mut full = !session.emit(&Packet::new(Kind::Connect, namespace, Some(answer)), &[]);
+    // Queued in order, the guard still held: the missed events, the missed room messages,
+    // then CONNECT, as the reference server does (its socket queues what it missed before
+    // its CONNECT): the client buffers them and emits them just before "connect" (an app
+    // that clears its state on "connect" loses them, with the real server as here). A full
+    // outbox closes the session, after the guard is let go (closing takes it too).
+    let mut full = false;
     if !events.is_empty() {
         // Every missed event, in order, as one group: before anything the feed brings.
         let group = events
@@ -357,10 +359,10 @@ fn connect(
             .collect();
         full |= !session.send(group);
     }
-    // Then every room message it missed, in order.
     for (seq, said) in missed_said {
         full |= !session.say(seq, said);
     }
+    full |= !session.emit(&Packet::new(Kind::Connect, namespace, Some(answer)), &[]);
     drop(order);
     if full {
         lab.stats

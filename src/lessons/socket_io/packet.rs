@@ -168,6 +168,16 @@ impl Packet {
             attachments,
         };
         packet.check_payload()?;
+        let binary = matches!(packet.kind, Kind::BinaryEvent | Kind::BinaryAck);
+        if let Some(data) = packet.data.as_ref().filter(|_| binary) {
+            if !placeholders_fit(data, packet.attachments) {
+                // socket.io-parser's "illegal attachments": the client disconnects with a
+                // parse error, and the reference server closes the connection.
+                return Err(BadPacket(
+                    "a placeholder names an attachment that does not come",
+                ));
+            }
+        }
         Ok(packet)
     }
 
@@ -213,6 +223,22 @@ impl Packet {
     }
 }
 
+/// Every placeholder (`{"_placeholder":true,"num":N}`) in `data` names one of `attachments`
+/// attachments (0 to `attachments` − 1), as socket.io-parser's `reconstructPacket` demands of a
+/// binary packet. (A packet that is not binary is not reconstructed: its placeholders are
+/// plain objects.)
+fn placeholders_fit(data: &Value, attachments: usize) -> bool {
+    match data {
+        Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => map
+            .get("num")
+            .and_then(Value::as_u64)
+            .is_some_and(|num| num < attachments as u64),
+        Value::Object(map) => map.values().all(|v| placeholders_fit(v, attachments)),
+        Value::Array(items) => items.iter().all(|v| placeholders_fit(v, attachments)),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +278,20 @@ mod tests {
         assert_eq!(p.encode(), r#"52-789["x"]"#);
         let ack = Packet::ack("/", 456, vec![json!(1)], 0);
         assert_eq!(ack.encode(), "3456[1]");
+    }
+
+    #[test]
+    fn a_placeholder_past_the_attachments_is_refused_as_the_real_parser_does() {
+        assert!(Packet::decode(r#"51-["up",{"_placeholder":true,"num":0}]"#).is_ok());
+        for text in [
+            r#"51-["up",{"_placeholder":true,"num":1}]"#,
+            r#"51-["up",{"_placeholder":true,"num":-1}]"#,
+            r#"51-["up",{"_placeholder":true}]"#,
+            r#"52-["up",[{"x":{"_placeholder":true,"num":2}}]]"#,
+        ] {
+            assert!(Packet::decode(text).is_err(), "{text}");
+        }
+        assert!(Packet::decode(r#"2["up",{"_placeholder":true,"num":0}]"#).is_ok());
     }
 
     #[test]
