@@ -298,11 +298,18 @@ pub struct Open {
     /// The request's body was too large and left unread.
     body_unread: bool,
     pool: Arc<Pool>,
+    /// Its place in the gate's count (`limits`), given back when the connection closes.
+    _counted: crate::limits::Counted,
 }
 
 impl Open {
     /// A connection just accepted, counted open; nothing read from it yet.
-    fn new(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>) -> Open {
+    fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        pool: &Arc<Pool>,
+        counted: crate::limits::Counted,
+    ) -> Open {
         let id = pool.next_connection.fetch_add(1, Relaxed);
         log::debug!("conn {id} from {peer}");
         pool.open.fetch_add(1, Relaxed);
@@ -314,6 +321,7 @@ impl Open {
             reusable: false,
             body_unread: false,
             pool: pool.clone(),
+            _counted: counted,
         }
     }
 
@@ -653,8 +661,8 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, answer: AcceptThreadA
             answerer.answer(&pool, stream, &why);
             continue;
         }
-        crate::limits::capacity().accepted();
-        pool.serve(Open::new(stream, peer, &pool));
+        let counted = crate::limits::capacity().count();
+        pool.serve(Open::new(stream, peer, &pool, counted));
     }
 }
 

@@ -84,7 +84,7 @@ pub fn capacity() -> &'static Capacity {
         // the thread budget can carry: 80 % of it (the gate's line), less 1,024 for idle
         // threads and the lab's own; `accept` meets the descriptor limit first, which the lab
         // survives.
-        let fitting = (measured.thread_budget * 8 / 10)
+        let fitting = (measured.thread_budget.saturating_mul(8) / 10)
             .saturating_sub(1024)
             .max(64);
         let asked = MAX_FDS.load(Relaxed);
@@ -110,6 +110,23 @@ pub fn capacity() -> &'static Capacity {
     })
 }
 
+/// A connection or WebSocket counted by the gate (`Capacity::count`) until it is dropped.
+pub struct Counted(&'static Capacity);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The thread budget where `/proc` cannot say (macOS, Windows): macOS's default limit of
+/// threads per process (`kern.num_taskthreads`). Windows has no such limit, only memory.
+const THREADS_WITHOUT_PROC: u64 = 4096;
+
+/// Descriptors and threads the lab holds of its own (listeners, the watcher, the sweepers,
+/// the generator), added to what it counts where there is no `/proc`.
+const OWN_WITHOUT_PROC: u64 = 32;
+
 /// Refuse new requests above this share of a limit, to leave room for what is in flight.
 const GATE_PERCENT: u64 = 80;
 
@@ -124,6 +141,11 @@ pub struct Capacity {
     pub thread_budget: u64,
     fds_now: AtomicU64,
     threads_now: AtomicU64,
+    /// Connections and WebSockets the lab holds now (`Capacity::count`): what the gate
+    /// counts where there is no `/proc` to ask (macOS, Windows).
+    held: AtomicU64,
+    /// No `/proc`: the budget is `THREADS_WITHOUT_PROC`, and the samples are `held`.
+    pub counts_itself: bool,
     /// When the last sample was taken, in ms since `EPOCH`.
     sampled_at: AtomicU64,
 }
@@ -148,12 +170,19 @@ impl Capacity {
         ]
         .into_iter()
         .flatten()
-        .min()
-        .unwrap_or(u64::MAX);
+        .min();
+        let counts_itself = crate::stats::open_fds().is_none();
+        if counts_itself {
+            log::info!(
+                "no /proc: the thread budget is taken as {THREADS_WITHOUT_PROC}, and the gate \
+                 counts the connections it holds"
+            );
+        }
         Capacity {
             fd_limit: after,
             fd_limit_at_start: before,
-            thread_budget,
+            thread_budget: thread_budget.unwrap_or(THREADS_WITHOUT_PROC),
+            counts_itself,
             ..Capacity::default()
         }
     }
@@ -187,12 +216,13 @@ impl Capacity {
         // Listing thousands of descriptors near the limits, as the lab once did, took
         // milliseconds per connection on the accept thread: an idle flood then held `/stats`
         // up for seconds in the backlog (measured with `flood`).
-        if let Some(fds) = crate::stats::open_fds() {
-            self.fds_now.store(fds, Relaxed);
-        }
-        if let Some(threads) = crate::stats::live_threads() {
-            self.threads_now.store(threads, Relaxed);
-        }
+        // Without `/proc`: what the lab holds, each with a descriptor and a thread, and its
+        // own few.
+        let held = self.held.load(Relaxed) + OWN_WITHOUT_PROC;
+        self.fds_now
+            .store(crate::stats::open_fds().unwrap_or(held), Relaxed);
+        self.threads_now
+            .store(crate::stats::live_threads().unwrap_or(held), Relaxed);
     }
 
     /// Step 3: `Some(why)` when the process is above the gate on either limit. A sample up to
@@ -219,13 +249,18 @@ impl Capacity {
         self.verdict(self.fds_now.load(Relaxed), self.threads_now.load(Relaxed))
     }
 
-    /// The accept loop let a connection through the gate: one descriptor more, and perhaps
-    /// one thread. Counted at once, until the next sample counts for real, so that a flood
-    /// faster than the samples (180 connections opened within one 10 ms sample) still meets
-    /// the gate instead of slipping past it between two samples.
-    pub fn accepted(&self) {
+    /// The accept loop let a connection through the gate (or a WebSocket left HTTP with its
+    /// own descriptor): one descriptor more, and one thread, for as long as the `Counted`
+    /// lives. Counted at once, until the next sample counts for real, so that a flood faster
+    /// than the samples (180 connections opened within one 10 ms sample) still meets the gate
+    /// instead of slipping past it between two samples. Without `/proc` the count is all the
+    /// gate has: a connection that ends must give its place back, or the gate would refuse
+    /// everything once 80 % of the limit had been accepted over the whole run.
+    pub fn count(&'static self) -> Counted {
+        self.held.fetch_add(1, Relaxed);
         self.fds_now.fetch_add(1, Relaxed);
         self.threads_now.fetch_add(1, Relaxed);
+        Counted(self)
     }
 
     /// Step 4. Freed memory stays with the allocator: glibc keeps the pages of its arenas for the
@@ -269,6 +304,10 @@ impl Capacity {
     /// What `/stats` shows under `"limits"`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            // "proc": descriptors and threads read from /proc; "itself": no /proc, the lab
+            // counts what it holds.
+            "counted_by": if self.counts_itself { "itself" } else { "proc" },
+            "held": self.held.load(Relaxed),
             "fd_limit": self.fd_limit,
             "fd_limit_at_start": self.fd_limit_at_start,
             "thread_budget": self.thread_budget,

@@ -42,6 +42,8 @@ pub struct Upgraded<'lab> {
 pub struct Place<'lab> {
     _held: Held<'lab>,
     _thread: GaugeGuard<'lab>,
+    /// The socket's place in the gate's count (`limits`): it has left its HTTP connection.
+    _counted: crate::limits::Counted,
 }
 
 impl<'lab> Upgraded<'lab> {
@@ -132,6 +134,7 @@ pub fn accept<'lab, T>(
             // (The teacher's view counts the socket under the lesson its path belongs to:
             // `server::handle` did, as for any request.)
             _thread: stats.websocket_threads.enter(),
+            _counted: crate::limits::capacity().count(),
         },
     };
     Ok(Some((checked, upgraded)))

@@ -188,6 +188,16 @@ pub struct ChildLab {
 
 impl ChildLab {
     pub fn start(extra: &[&str]) -> ChildLab {
+        ChildLab::start_with(extra, false)
+    }
+
+    /// `start`, in a mount namespace of its own with an empty `/proc`, as on macOS or
+    /// Windows, where there is none (`unshare`, as root or in a user namespace of its own).
+    pub fn start_without_proc(extra: &[&str]) -> ChildLab {
+        ChildLab::start_with(extra, true)
+    }
+
+    fn start_with(extra: &[&str], without_proc: bool) -> ChildLab {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -199,7 +209,15 @@ impl ChildLab {
             let path = std::path::Path::new(&dir).join(format!("lab-{port}.log"));
             std::fs::File::create(path).expect("a log file")
         });
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_reverse-ajax-lab"))
+        let lab = env!("CARGO_BIN_EXE_reverse-ajax-lab");
+        let mut command = std::process::Command::new(lab);
+        if without_proc {
+            command = std::process::Command::new("unshare");
+            command.args(["--map-root-user", "--mount", "sh", "-c"]);
+            command.arg(r#"mount -t tmpfs none /proc && exec "$0" "$@""#);
+            command.arg(lab);
+        }
+        let child = command
             .args(["--addr", &addr.to_string()])
             .args(["--other-addr", "127.0.0.1:0"])
             .args(["--generator", "off"])
@@ -208,7 +226,7 @@ impl ChildLab {
             .stdout(std::process::Stdio::null())
             .stderr(log.map_or_else(std::process::Stdio::null, std::process::Stdio::from))
             .spawn()
-            .expect("the lab starts");
+            .expect("the lab starts (without /proc: is unshare installed?)");
         wait_until("the child lab answers", || {
             client::get(addr, "/stats").is_ok()
         });
