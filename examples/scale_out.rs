@@ -56,6 +56,8 @@ fn main() {
         let labs = [start(quiet(())), start(quiet(()))];
         return throughput(&labs, Duration::from_secs(seconds));
     }
+    // Before any thread starts: Ctrl-C is for this thread to hear.
+    reverse_ajax_lab::shutdown::block_stop_signals();
     let (a, b) = ("127.0.0.1:8080", "127.0.0.1:8090");
     let config = |addr: &str, peer: &str, generator: bool| Config {
         addr: addr.into(),
@@ -69,8 +71,10 @@ fn main() {
     };
     let labs = [start(config(a, b, true)), start(config(b, a, false))];
     log::info!("lab A on http://{a}/lessons/scale_out, lab B on http://{b}/ (both on {redis})");
+    // Ctrl-C stops both.
+    reverse_ajax_lab::shutdown::wait_for_a_stop_signal();
     for lab in labs {
-        lab.join();
+        let _ = lab.stop();
     }
 }
 

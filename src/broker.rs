@@ -88,6 +88,9 @@ pub struct Broker {
     health: Mutex<Health>,
     reconnects: AtomicU64,
     publish_errors: AtomicU64,
+    /// The lab is stopping: the reader ends at its next turn (within `READ_BLOCK_MS`).
+    stopping: std::sync::atomic::AtomicBool,
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Broker {
@@ -107,6 +110,8 @@ impl Broker {
             health: Mutex::default(),
             reconnects: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
+            stopping: Default::default(),
+            reader: Mutex::default(),
         });
         let mut first = broker
             .connect(READ_TIMEOUT)
@@ -116,12 +121,24 @@ impl Broker {
             .load_history(&mut first, &hub)
             .map_err(|e| format!("cannot read {STREAM} from Redis at {url}: {e}"))?;
         let reader = broker.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("broker-reader".into())
             .spawn(move || reader.read_forever(&hub, first))
             .map_err(|e| format!("cannot start the broker-reader thread: {e}"))?;
+        *broker.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         log::info!("events go through Redis at {url} (stream {STREAM})");
         Ok(broker)
+    }
+
+    /// The lab is stopping: the reader thread ends within a read's block.
+    pub fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    /// Has the reader thread ended?
+    pub fn stopped(&self) -> bool {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        reader.as_ref().is_none_or(|thread| thread.is_finished())
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
@@ -208,7 +225,7 @@ impl Broker {
     fn read_forever(&self, hub: &Hub, first: redis::Connection) {
         let mut connection = Some(first);
         let mut backoff = Duration::from_millis(100);
-        loop {
+        while !self.stopping.load(Relaxed) {
             let mut live = match connection.take() {
                 Some(live) => live,
                 None => match self.connect(READ_TIMEOUT) {
@@ -235,7 +252,7 @@ impl Broker {
                 last_error: None,
             };
             backoff = Duration::from_millis(100);
-            loop {
+            while !self.stopping.load(Relaxed) {
                 let from = format!("0-{}", hub.last_id());
                 // BLOCKS: until Redis has entries after `from`, or READ_BLOCK_MS passes.
                 let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> =

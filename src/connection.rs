@@ -33,10 +33,11 @@
 //! exactly this, and so does the Rust Book's final chapter.
 
 use crate::request::{self, Body, Framing, Head, HeadRead, Method, Refusal};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,11 @@ pub struct Pool {
     next_connection: AtomicU64,
     /// Whon the accept thread did.
     pub accept_thread: AcceptThreadCounts,
+    /// Every socket the lab holds (connections, and WebSockets that left HTTP), so that a
+    /// stop can shut them all down (`Pool::stop`). Weak: an entry never keeps a socket open.
+    sockets: Mutex<HashMap<u64, Weak<TcpStream>>>,
+    /// The lab is stopping: the accept loops end, no thread waits for work.
+    stopping: AtomicBool,
 }
 
 /// Whon the accept thread answered and refused.
@@ -103,13 +109,61 @@ impl Pool {
             next_thread: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
             accept_thread: AcceptThreadCounts::default(),
+            sockets: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The lab is stopping (`shutdown`): the accept loops end at their next connection (the
+    /// caller makes one), idle threads end now, and every socket is shut down under the
+    /// thread that serves it, whose next read or write fails (a parked thread sees it at
+    /// its next look, within `LOOK_EVERY`).
+    pub fn stop(&self) {
+        self.stop_accepting();
+        // Idle threads wait on these: dropped, their wait ends and so do they.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let sockets: Vec<Arc<TcpStream>> = self
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        log::debug!("stopping: {} sockets shut down", sockets.len());
+        for socket in sockets {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// The accept loops end at their next connection, and no thread takes new work.
+    pub fn stop_accepting(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    /// Is the lab stopping?
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    /// Keep `stream` among the sockets a stop shuts down, for as long as the guard lives.
+    fn register(self: &Arc<Pool>, id: u64, stream: &Arc<TcpStream>) -> Registered {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::downgrade(stream));
+        Registered {
+            pool: self.clone(),
+            id,
+        }
     }
 
     /// Give `open` a thread: the one that went idle last, else a new one. (Handed out newest
     /// first, so under a steady load the same few threads stay busy and the others, left
     /// alone, end after 10 s idle: the pool is as large as the load needs.)
     fn serve(self: &Arc<Pool>, open: Open) {
+        if self.stopping() {
+            return; // (the connection is closed as it is dropped)
+        }
         let newest = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let open = match newest {
             // Room for one: never blocks. A thread that ended cannot be on the stack.
@@ -161,6 +215,9 @@ impl Pool {
     /// Called by thread `n` when its connection is closed: its next one, or `None` after
     /// 10 s idle (it then ends).
     fn wait_for_work(&self, n: u64) -> Option<Open> {
+        if self.stopping() {
+            return None;
+        }
         let (worker, work) = crossbeam_channel::bounded(1);
         self.idle
             .lock()
@@ -207,7 +264,7 @@ impl Pool {
         let too_large =
             matches!(framing, Framing::Length(n) if *n > self.settings.body_limit as u64);
         if head.minor_version == 1 && *framing != Framing::None && !too_large {
-            let _ = open.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let _ = (&*open.stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         Ok(())
     }
@@ -218,7 +275,7 @@ impl Pool {
         loop {
             // BLOCKS: until a request head arrives, the client closes, or --idle-timeout.
             let idle = self.settings.idle_timeout;
-            let head = match request::read_head(&mut open.stream, &mut open.pending, idle) {
+            let head = match request::read_head(&mut &*open.stream, &mut open.pending, idle) {
                 Ok(HeadRead::Head(head, length)) => {
                     open.pending.drain(..length);
                     head
@@ -243,7 +300,7 @@ impl Pool {
             // BLOCKS (a body only): until it has come, each read at most the head's deadline.
             let wait = self.settings.idle_timeout.min(request::HEAD_DEADLINE);
             let limit = self.settings.body_limit;
-            let (stream, pending) = (&mut open.stream, &mut open.pending);
+            let (stream, pending) = (&mut &*open.stream, &mut open.pending);
             let body = match request::read_body(stream, pending, &framing, limit, wait) {
                 Ok(body) => body,
                 Err(refusal) => return open.refuse(refusal),
@@ -286,9 +343,24 @@ impl Pool {
 /// Requests numbered across the process, for the logs (`req-17`).
 static REQUESTS: AtomicU64 = AtomicU64::new(1);
 
+/// A socket among those a stop shuts down (`Pool::register`), until this is dropped.
+pub struct Registered {
+    pool: Arc<Pool>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut sockets = self.pool.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets.remove(&self.id);
+    }
+}
+
 /// An accepted connection, with what this thread has read of it.
 pub struct Open {
-    stream: TcpStream,
+    /// Shared with nobody but a WebSocket that takes it over (`Request::into_stream`); the
+    /// pool's registry keeps only a weak reference.
+    stream: Arc<TcpStream>,
     peer: SocketAddr,
     id: u64,
     /// Bytes read past the current request: the start of the next one (pipelining).
@@ -299,7 +371,9 @@ pub struct Open {
     body_unread: bool,
     pool: Arc<Pool>,
     /// Its place in the gate's count (`limits`), given back when the connection closes.
-    _counted: crate::limits::Counted,
+    counted: Option<crate::limits::Counted>,
+    /// Its place among the sockets a stop shuts down.
+    registered: Option<Registered>,
 }
 
 impl Open {
@@ -313,7 +387,9 @@ impl Open {
         let id = pool.next_connection.fetch_add(1, Relaxed);
         log::debug!("conn {id} from {peer}");
         pool.open.fetch_add(1, Relaxed);
+        let stream = Arc::new(stream);
         Open {
+            registered: Some(pool.register(id, &stream)),
             stream,
             peer,
             id,
@@ -321,7 +397,7 @@ impl Open {
             reusable: false,
             body_unread: false,
             pool: pool.clone(),
-            _counted: counted,
+            counted: Some(counted),
         }
     }
 
@@ -341,7 +417,7 @@ impl Open {
             request::reason(refusal.status),
             body.len()
         );
-        let _ = self.stream.write_all(answer.as_bytes());
+        let _ = (&*self.stream).write_all(answer.as_bytes());
         self.body_unread = true;
         self.close();
     }
@@ -349,7 +425,7 @@ impl Open {
     /// Close: our side first, then, if the client may still be sending (a body we did not
     /// read, a refused head), read and discard until it closes (2 s and 16 MiB at most). Closing a socket with
     /// unread bytes makes the kernel send a reset, and the client might lose our answer.
-    fn close(mut self) {
+    fn close(self) {
         let _ = self.stream.shutdown(Shutdown::Write);
         if self.body_unread {
             let until = Instant::now() + Duration::from_secs(2);
@@ -361,7 +437,7 @@ impl Open {
                     break;
                 }
                 // BLOCKS: until the client sends more, closes its side, or the second passes.
-                match self.stream.read(&mut sink) {
+                match (&*self.stream).read(&mut sink) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => drained += n,
                 }
@@ -512,15 +588,26 @@ impl Request {
     }
 
     /// Take the socket itself (a WebSocket upgrade), with any bytes the client already sent
-    /// past the head. The connection never comes back to HTTP. (A copy of the socket's
-    /// descriptor is made and the original closed: still one descriptor in all.)
-    pub fn into_stream(mut self) -> io::Result<(TcpStream, Vec<u8>)> {
+    /// past the head, and its places (in the gate's count, among the sockets a stop shuts
+    /// down), to keep for as long as it is served. The connection never comes back to HTTP.
+    pub fn into_stream(mut self) -> TakenOver {
         let mut open = self.connection.open.take().expect("open until dropped");
-        let pending = std::mem::take(&mut open.pending);
-        let stream = open.stream.try_clone()?;
-        drop(open);
-        Ok((stream, pending))
+        TakenOver {
+            stream: open.stream.clone(),
+            pending: std::mem::take(&mut open.pending),
+            counted: open.counted.take(),
+            registered: open.registered.take(),
+        }
     }
+}
+
+/// A socket taken over from HTTP (`Request::into_stream`), with what came behind its head
+/// and its places, which it gives back when dropped.
+pub struct TakenOver {
+    pub stream: Arc<TcpStream>,
+    pub pending: Vec<u8>,
+    pub counted: Option<crate::limits::Counted>,
+    pub registered: Option<Registered>,
 }
 
 /// The connection while an answer is written: writes go straight to the socket (no buffer:
@@ -560,7 +647,7 @@ impl ResponseWriter {
 impl Write for ResponseWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // BLOCKS: while the socket's send buffer is full, up to --write-timeout.
-        (&self.connection.open().stream).write(buf)
+        (&*self.connection.open().stream).write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -635,8 +722,13 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, answer: AcceptThreadA
         if pool.settings.handlers > 0 {
             pool.wait_for_a_free_thread();
         }
-        // BLOCKS: until a client connects.
-        let (stream, peer) = match listener.accept() {
+        // BLOCKS: until a client connects (a stop connects too: `RunningLab::stop`).
+        let accepted = listener.accept();
+        if pool.stopping() {
+            log::debug!("accept loop ended: the lab is stopping");
+            return;
+        }
+        let (stream, peer) = match accepted {
             Ok(accepted) => {
                 back_off = Duration::from_millis(10);
                 accepted

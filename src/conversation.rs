@@ -28,7 +28,8 @@
 //!      1003. The close frame goes first, then our FIN at once (§7.1.7); what the client
 //!      still sends is read and dropped until it closes too, or for two seconds, so that our
 //!      close reaches it without a reset (`end`);
-//!    - the client went silent, or a write failed: the socket is shut, no frame.
+//!    - the client went silent, or a write failed: the socket is shut, no frame;
+//!    - the lab is stopping (the watcher tells every socket): close 1001, "going away".
 //!
 //! Every write has a deadline (`Socket::send`): `--write-timeout` for the whole message, not
 //! for each piece the kernel takes, so a client whose window stays shut is gone after it.
@@ -241,6 +242,11 @@ fn talk(
                 socket.id
             );
             read_frames(endpoint, socket)?;
+            // The lab is stopping: the watcher has told every socket (and watches no more).
+            if watcher.stopping() {
+                let why = "the lab is stopping";
+                return Err(Ending::close(CloseCode::Away, why, why));
+            }
             watch.again();
         }
         let now = Instant::now();

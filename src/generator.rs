@@ -7,21 +7,25 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Start the named generator thread. It runs for the life of the process.
-pub fn spawn(lab: Arc<Lab>, range_ms: RangeInclusive<u64>) -> std::io::Result<()> {
+/// Start the named generator thread. It runs until the lab stops.
+pub fn spawn(
+    lab: Arc<Lab>,
+    range_ms: RangeInclusive<u64>,
+) -> std::io::Result<thread::JoinHandle<()>> {
     let mut random = XorShift::seeded();
     thread::Builder::new()
         .name("generator".into())
         .spawn(move || loop {
             let span = range_ms.end() - range_ms.start() + 1;
             let pause = range_ms.start() + random.next() % span;
-            // BLOCKS: sleeps until the next event is due; nothing else wakes it.
-            thread::sleep(Duration::from_millis(pause));
+            // BLOCKS: sleeps until the next event is due, or the lab stops.
+            if !lab.shutdown.sleep(Duration::from_millis(pause)) {
+                return;
+            }
             if let Err(e) = lab.publish(format!("At {}", utc_now())) {
                 log::debug!("generator: {e}"); // (only with --redis)
             }
-        })?;
-    Ok(())
+        })
 }
 
 /// A tiny xorshift generator: enough to scatter events, no crate needed.

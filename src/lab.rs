@@ -33,6 +33,8 @@ pub struct Lab {
     pub connections: std::sync::OnceLock<Arc<crate::connection::Pool>>,
     /// The one thread that waits for every idle WebSocket's next frame (`watcher`).
     pub watcher: crate::watcher::SocketWatcher,
+    /// The lab's stop (`RunningLab::stop`): a flag, and a line its threads wait on.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 impl Lab {

@@ -33,6 +33,7 @@ pub mod listener;
 pub mod request;
 pub mod server;
 pub mod sessions;
+pub mod shutdown;
 pub mod stats;
 pub mod stream;
 pub mod watcher;
@@ -75,6 +76,9 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
         }
     };
     config.only = only;
+    // Before any thread starts, so that every thread inherits it: Ctrl-C is for `main` to
+    // hear (`RunningLab::serve_until_stopped`), not for the thread it happens to land on.
+    crate::shutdown::block_stop_signals();
     match RunningLab::start(config) {
         Ok(lab) => {
             let page = match only {
@@ -93,7 +97,7 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
                     log::info!("Teacher's view: {teacher}");
                 }
             }
-            lab.join();
+            lab.serve_until_stopped();
         }
         Err(message) => {
             eprintln!("{message}");

@@ -337,6 +337,12 @@ impl ReadWithTimeout for std::net::TcpStream {
     }
 }
 
+impl ReadWithTimeout for &std::net::TcpStream {
+    fn set_read_timeout_for(&mut self, wait: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+    }
+}
+
 impl ReadWithTimeout for &[u8] {
     fn set_read_timeout_for(&mut self, _: Duration) -> io::Result<()> {
         Ok(())

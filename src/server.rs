@@ -28,11 +28,19 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::thread;
+use std::time::{Duration, Instant};
 
-/// A started lab: its address and the threads that serve it.
+/// A started lab: its address and the threads that serve it. Dropped, it stops (`stop`,
+/// without waiting).
 pub struct RunningLab {
     pub lab: Arc<Lab>,
-    accept: thread::JoinHandle<()>,
+    /// The connection threads, whose sockets a stop shuts down.
+    pool: Arc<Pool>,
+    /// Each listener's accept thread, and the address a stop connects to, to wake it.
+    accept: Vec<(SocketAddr, thread::JoinHandle<()>)>,
+    /// The lab's other threads: the generator, the sweepers, the dispatcher.
+    threads: Vec<thread::JoinHandle<()>>,
+    stopping: bool,
 }
 
 impl RunningLab {
@@ -141,29 +149,35 @@ impl RunningLab {
             addr,
             connections: Default::default(),
             watcher: Default::default(),
+            shutdown: Default::default(),
         });
         lab.watcher
             .start()
             .map_err(|e| format!("cannot start the socket watcher thread: {e}"))?;
+        let mut threads = Vec::new();
         if let Some(range) = generator {
-            crate::generator::spawn(lab.clone(), range)
+            let generator = crate::generator::spawn(lab.clone(), range)
                 .map_err(|e| format!("cannot start the generator thread: {e}"))?;
+            threads.push(generator);
         }
-        lessons::atmosphere::spawn_sweeper(state.atmosphere.clone())
-            .map_err(|e| format!("cannot start the Atmosphere sweeper thread: {e}"))?;
-        lessons::pushlets::spawn_sweeper(lab.clone(), state.pushlets.clone())
-            .map_err(|e| format!("cannot start the Pushlets sweeper thread: {e}"))?;
-        lessons::bayeux::spawn_sweeper(state.bayeux.clone())
-            .map_err(|e| format!("cannot start the Bayeux sweeper thread: {e}"))?;
-        lessons::socket_io::spawn_heartbeat(state.socket_io.clone())
-            .map_err(|e| format!("cannot start the Socket.IO heartbeat thread: {e}"))?;
+        let stop = || lab.shutdown.line();
+        let sweepers = [
+            lessons::atmosphere::spawn_sweeper(state.atmosphere.clone(), stop()),
+            lessons::pushlets::spawn_sweeper(lab.clone(), state.pushlets.clone()),
+            lessons::bayeux::spawn_sweeper(state.bayeux.clone(), stop()),
+            lessons::socket_io::spawn_heartbeat(state.socket_io.clone(), stop()),
+        ];
+        for sweeper in sweepers {
+            threads.push(sweeper.map_err(|e| format!("cannot start a sweeper thread: {e}"))?);
+        }
 
         if lab.config.parking == ParkingMode::Queue {
             let (dispatcher_lab, room) = (lab.clone(), state.waiting_room.clone());
-            thread::Builder::new()
+            let dispatcher = thread::Builder::new()
                 .name("dispatcher".into())
                 .spawn(move || lessons::long_polling::waiting_room::dispatch(dispatcher_lab, room))
                 .map_err(|e| format!("cannot start the dispatcher thread: {e}"))?;
+            threads.push(dispatcher);
         }
         // The connection threads, shared by every listener. (They hold the lab; the lab
         // holds only what /stats reads of them.)
@@ -179,12 +193,18 @@ impl RunningLab {
             Box::new(move |request| handle(&handler_lab, &handler_state, request)),
         );
         let _ = lab.connections.set(pool.clone());
-        let accept = spawn_accept("accept", listener, &pool, &lab, &state)?;
-        spawn_accept("accept-other", other, &pool, &lab, &state)?;
+        let mut accept = vec![spawn_accept("accept", listener, &pool, &lab, &state)?];
+        accept.push(spawn_accept("accept-other", other, &pool, &lab, &state)?);
         if let Some(alias) = ws_alias {
-            spawn_accept("accept-ws", alias, &pool, &lab, &state)?;
+            accept.push(spawn_accept("accept-ws", alias, &pool, &lab, &state)?);
         }
-        Ok(RunningLab { lab, accept })
+        Ok(RunningLab {
+            lab,
+            pool,
+            accept,
+            threads,
+            stopping: false,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -196,9 +216,102 @@ impl RunningLab {
         format!("http://{}{}", self.lab.addr, path)
     }
 
-    /// Serve until the process ends.
-    pub fn join(self) {
-        let _ = self.accept.join();
+    /// Serve until the process is told to stop (Ctrl-C, or `kill`: SIGINT or SIGTERM), then
+    /// stop; where signals cannot be waited for (Windows), until the process ends.
+    pub fn serve_until_stopped(self) {
+        crate::shutdown::wait_for_a_stop_signal();
+        log::info!("stopping: every connection closes, every thread ends");
+        match self.stop() {
+            Ok(()) => log::info!("stopped"),
+            Err(left) => log::warn!("stopped, but these threads did not end: {left:?}"),
+        }
+    }
+
+    /// Stop the lab (`shutdown`): no new connection; every WebSocket closed with 1001, then
+    /// every socket shut down; every thread the lab started ends. **BLOCKS** until they have
+    /// (10 s at most): `Err` names the threads that had not.
+    pub fn stop(mut self) -> Result<(), Vec<String>> {
+        self.begin_stop(true);
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.threads_left();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(left);
+            }
+            // BLOCKS: a moment, until the threads' next look at the time.
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What has not ended yet: the threads by name, and how many connection threads
+    /// (WebSockets' included) are still alive.
+    fn threads_left(&self) -> Vec<String> {
+        let mut left: Vec<String> = (self.accept.iter().map(|(_, thread)| thread))
+            .chain(&self.threads)
+            .filter(|thread| !thread.is_finished())
+            .map(|thread| thread.thread().name().unwrap_or("?").to_string())
+            .collect();
+        let connections = self.pool.alive.load(Relaxed);
+        if connections > 0 {
+            left.push(format!("{connections} connection threads"));
+        }
+        if !self.lab.watcher.stopped() {
+            left.push("socket-watcher".into());
+        }
+        if self.lab.broker.as_ref().is_some_and(|b| !b.stopped()) {
+            left.push("broker-reader".into());
+        }
+        left
+    }
+
+    /// The stop's steps; `graceful`: WebSockets are given a moment to send their 1001
+    /// before the sockets are shut down (a dropped lab does not wait for that).
+    fn begin_stop(&mut self, graceful: bool) {
+        if std::mem::replace(&mut self.stopping, true) {
+            return;
+        }
+        let lab = &self.lab;
+        log::debug!("stopping the lab on {}", lab.addr);
+        // 1. The flag, and the line the generator, the sweepers and the dispatcher wait on.
+        lab.shutdown.begin();
+        if let Some(broker) = &lab.broker {
+            broker.stop();
+        }
+        // 2. No new connection: each accept loop, woken by a connection of our own, ends.
+        self.pool.stop_accepting();
+        for (addr, _) in &self.accept {
+            let _ = std::net::TcpStream::connect_timeout(&reachable(*addr), Duration::from_secs(1));
+        }
+        // 3. Every WebSocket's thread is told (its close: 1001), then every socket is shut.
+        lab.watcher.stop();
+        let until = Instant::now() + Duration::from_secs(1);
+        while graceful && lab.stats.websocket_threads.get() > 0 && Instant::now() < until {
+            // BLOCKS: a moment, while the WebSockets close.
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.pool.stop();
+    }
+}
+
+impl Drop for RunningLab {
+    /// A lab dropped stops, and does not wait for its threads (a test's lab, at its end).
+    fn drop(&mut self) {
+        self.begin_stop(false);
+    }
+}
+
+/// Where to connect to reach a listener: its own address, or loopback for one that listens on
+/// every interface.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            (std::net::Ipv4Addr::LOCALHOST, addr.port()).into()
+        }
+        ip if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
     }
 }
 
@@ -225,17 +338,21 @@ fn spawn_accept(
     pool: &Arc<Pool>,
     lab: &Arc<Lab>,
     state: &Arc<LessonState>,
-) -> Result<thread::JoinHandle<()>, String> {
+) -> Result<(SocketAddr, thread::JoinHandle<()>), String> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("the {name} listener has no address: {e}"))?;
     let pool = pool.clone();
     let answer_lab: Weak<Lab> = Arc::downgrade(lab);
     let answer_state = state.clone();
     let answer: connection::AcceptThreadAnswer = Box::new(move |head| {
         answer_on_the_accept_thread(&*answer_lab.upgrade()?, &answer_state, head)
     });
-    thread::Builder::new()
+    let thread = thread::Builder::new()
         .name(name.into())
         .spawn(move || connection::accept_loop(listener, pool, answer))
-        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+    Ok((addr, thread))
 }
 
 /// Step 2: one request, start to end, on its connection's thread: route it, and log how it

@@ -39,6 +39,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// Why a session was not opened.
@@ -243,16 +244,17 @@ impl<S> Sessions<S> {
 }
 
 impl<S: Send + Sync + 'static> Sessions<S> {
-    /// Step 3: start the sweeper thread `name` (once: a second call does nothing). `look`
-    /// does what is due for a session (a ping, an expiry: closing it is the framework's
-    /// business, through `close`) and says when to look at it next (`None`: not until the
-    /// framework asks, with `look_at`).
+    /// Step 3: start the sweeper thread `name` (once), until the lab stops (`stop`: its
+    /// shutdown line, `shutdown::Shutdown::line`). `look` does what is due for a session (a
+    /// ping, an expiry: closing it is the framework's business, through `close`) and says
+    /// when to look at it next (`None`: not until the framework asks, with `look_at`).
     pub fn spawn_sweeper(
         self: &Arc<Self>,
         name: &str,
+        stop: Receiver<()>,
         look: impl Fn(&Arc<S>) -> Option<Instant> + Send + 'static,
-    ) -> std::io::Result<()> {
-        self.spawn_sweeper_with(name, look, || None)
+    ) -> std::io::Result<JoinHandle<()>> {
+        self.spawn_sweeper_with(name, stop, look, || None)
     }
 
     /// `spawn_sweeper`, with a timer of the framework's own beside the sessions' (Atmosphere
@@ -261,12 +263,12 @@ impl<S: Send + Sync + 'static> Sessions<S> {
     pub fn spawn_sweeper_with(
         self: &Arc<Self>,
         name: &str,
+        stop: Receiver<()>,
         look: impl Fn(&Arc<S>) -> Option<Instant> + Send + 'static,
         mut also: impl FnMut() -> Option<Instant> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let Some(rung) = self.rung.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return Ok(());
-        };
+    ) -> std::io::Result<JoinHandle<()>> {
+        let rung = self.rung.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let rung = rung.ok_or_else(|| std::io::Error::other("the sweeper runs already"))?;
         let sessions = self.clone();
         std::thread::Builder::new()
             .name(name.into())
@@ -287,16 +289,20 @@ impl<S: Send + Sync + 'static> Sessions<S> {
                         peak = open;
                     }
                     let also_due = also();
+                    let far = Instant::now() + std::time::Duration::from_secs(3600);
+                    let when = sessions.next_due(also_due).unwrap_or(far);
                     // BLOCKS: until the earliest session (or the framework's own timer) is
-                    // due, or a ring for one due sooner. (The lab lives as long as its
-                    // process: so does this thread.)
-                    match sessions.next_due(also_due) {
-                        Some(when) => drop(crate::workarounds::recv_deadline(&rung, when)),
-                        None => drop(rung.recv()),
+                    // due, a ring for one due sooner, or the lab's stop.
+                    crossbeam_channel::select! {
+                        recv(rung) -> _ => {}
+                        recv(stop) -> _ => {
+                            log::debug!("{} sweeper ended: the lab is stopping", sessions.name);
+                            return;
+                        }
+                        default(when.saturating_duration_since(Instant::now())) => {}
                     }
                 }
-            })?;
-        Ok(())
+            })
     }
 
     /// Wake the sweeper now (the framework's own timer has something due sooner).
@@ -415,8 +421,9 @@ mod tests {
         let sessions = Arc::new(Sessions::new("test", limits(100, 100)));
         let (seen_tx, seen) = crossbeam_channel::unbounded();
         let closer = sessions.clone();
+        let (_running, stop) = crossbeam_channel::bounded::<()>(0);
         sessions
-            .spawn_sweeper("test-sweeper", move |id: &Arc<String>| {
+            .spawn_sweeper("test-sweeper", stop, move |id: &Arc<String>| {
                 let _ = seen_tx.send((id.to_string(), Instant::now()));
                 closer.close(id);
                 None

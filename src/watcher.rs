@@ -60,6 +60,9 @@ pub struct SocketWatcher {
     /// Watches alive (`/stats` `watched_sockets`): back to 0 when the clients have left.
     alive: Arc<AtomicUsize>,
     inner: imp::Watcher,
+    /// The lab is stopping (`stop`): every watched socket's thread has been told, and a
+    /// socket watched from now on is told at once.
+    stopping: Arc<AtomicBool>,
 }
 
 /// A socket under watch. Dropping it ends the watch.
@@ -67,6 +70,7 @@ pub struct Watch {
     entry: Arc<Entry>,
     watcher: imp::Handle,
     alive: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Default for SocketWatcher {
@@ -74,6 +78,7 @@ impl Default for SocketWatcher {
         SocketWatcher {
             alive: Arc::new(AtomicUsize::new(0)),
             inner: Default::default(),
+            stopping: Arc::default(),
         }
     }
 }
@@ -91,13 +96,15 @@ impl SocketWatcher {
             dropped: AtomicBool::new(false),
         });
         let watcher = self.inner.handle()?;
-        watcher.add(&entry);
-        self.alive.fetch_add(1, Ordering::Relaxed);
-        Ok(Watch {
+        let watch = Watch {
             entry,
             watcher,
             alive: self.alive.clone(),
-        })
+            stopping: self.stopping.clone(),
+        };
+        self.alive.fetch_add(1, Ordering::Relaxed);
+        watch.again();
+        Ok(watch)
     }
 
     /// Start the watcher's thread now rather than with the first watch, so that it is part
@@ -110,11 +117,33 @@ impl SocketWatcher {
     pub fn watching(&self) -> usize {
         self.alive.load(Ordering::Relaxed)
     }
+
+    /// The lab is stopping (`shutdown`): tell every watched socket's thread now (it wakes,
+    /// finds nothing to read, sees `stopping` and closes its socket with 1001), and end the
+    /// watcher's thread.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.inner.stop();
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The watcher's thread has ended (after `stop`), or never started.
+    pub fn stopped(&self) -> bool {
+        self.inner.stopped()
+    }
 }
 
 impl Watch {
-    /// Step 3: the thread has read what was there; watch the socket again.
+    /// Step 3: the thread has read what was there; watch the socket again. (While the lab
+    /// stops, the thread is told at once instead: nobody watches any more.)
     pub fn again(&self) {
+        if self.stopping.load(Ordering::SeqCst) {
+            (self.entry.notice)();
+            return;
+        }
         self.watcher.add(&self.entry);
     }
 }
@@ -142,6 +171,7 @@ mod imp {
     #[derive(Default)]
     pub struct Watcher {
         started: OnceLock<Handle>,
+        thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     }
 
     /// What a `Watch` keeps of the watcher: the sockets to add, and the pipe's ringing end.
@@ -153,6 +183,7 @@ mod imp {
     struct Shared {
         to_add: Mutex<Vec<Arc<Entry>>>,
         ring: UnixStream,
+        stopping: std::sync::atomic::AtomicBool,
     }
 
     impl Watcher {
@@ -168,6 +199,7 @@ mod imp {
             let shared = Arc::new(Shared {
                 to_add: Mutex::new(Vec::new()),
                 ring,
+                stopping: Default::default(),
             });
             let handle = Handle { shared };
             // Two first watches at once: one thread wins; the other's pipe and thread are never
@@ -175,12 +207,26 @@ mod imp {
             let winner = self.started.get_or_init(|| handle.clone());
             if Arc::ptr_eq(&winner.shared, &handle.shared) {
                 let shared = winner.shared.clone();
-                std::thread::Builder::new()
+                let thread = std::thread::Builder::new()
                     .name("socket-watcher".into())
                     .spawn(move || watch_loop(&shared, hear))?;
+                *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
                 log::debug!("the socket watcher started");
             }
             Ok(winner.clone())
+        }
+
+        /// The watcher's thread tells every socket it watches, and ends.
+        pub fn stop(&self) {
+            if let Some(handle) = self.started.get() {
+                handle.shared.stopping.store(true, Ordering::SeqCst);
+                handle.ring();
+            }
+        }
+
+        pub fn stopped(&self) -> bool {
+            let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+            thread.as_ref().is_none_or(|thread| thread.is_finished())
         }
     }
 
@@ -239,6 +285,13 @@ mod imp {
             if fds[0].revents != 0 {
                 let mut rung = [0u8; 64];
                 while matches!(hear.read(&mut rung), Ok(n) if n > 0) {}
+                if shared.stopping.load(Ordering::SeqCst) {
+                    for entry in watched.iter().filter(|e| !e.dropped.load(Ordering::SeqCst)) {
+                        (entry.notice)();
+                    }
+                    log::debug!("the socket watcher ended: the lab is stopping");
+                    return;
+                }
             }
             // Step 3: each readable socket is told once, and leaves the set.
             let mut index = 0;
@@ -286,6 +339,13 @@ mod imp {
             Ok(Handle {
                 arm: Mutex::new(None),
             })
+        }
+
+        /// Each watch's thread ends when its socket is shut down (`connection::Pool::stop`).
+        pub fn stop(&self) {}
+
+        pub fn stopped(&self) -> bool {
+            true
         }
     }
 

@@ -29,7 +29,7 @@ use tungstenite::WebSocket;
 
 /// An accepted handshake: the socket, what the client already sent on it, and its place.
 pub struct Upgraded<'lab> {
-    pub stream: TcpStream,
+    pub stream: Arc<TcpStream>,
     /// Frames the client sent right behind its handshake, already read.
     pub pending: Vec<u8>,
     /// The connection's number, for the logs (`ws N`).
@@ -42,8 +42,10 @@ pub struct Upgraded<'lab> {
 pub struct Place<'lab> {
     _held: Held<'lab>,
     _thread: GaugeGuard<'lab>,
-    /// The socket's place in the gate's count (`limits`): it has left its HTTP connection.
-    _counted: crate::limits::Counted,
+    /// The socket's place in the gate's count (`limits`), and among the sockets a stop
+    /// shuts down: taken over from its HTTP connection.
+    _counted: Option<crate::limits::Counted>,
+    _registered: Option<crate::connection::Registered>,
 }
 
 impl<'lab> Upgraded<'lab> {
@@ -114,27 +116,29 @@ pub fn accept<'lab, T>(
         return Ok(None);
     };
     // 4. The 101, and the socket leaves HTTP for good.
-    let (mut stream, pending) = request.into_stream()?;
+    let taken = request.into_stream();
+    let stream = taken.stream;
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let answer = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    stream.write_all(answer.as_bytes())?;
+    (&*stream).write_all(answer.as_bytes())?;
     counters.wrote(answer.len());
     // From now on the thread reads only bytes the socket watcher has seen, so no read waits;
     // pings and heartbeats find dead peers.
     stream.set_read_timeout(None)?;
     let upgraded = Upgraded {
         stream,
-        pending,
+        pending: taken.pending,
         id,
         place: Place {
             _held: held,
             // (The teacher's view counts the socket under the lesson its path belongs to:
             // `server::handle` did, as for any request.)
             _thread: stats.websocket_threads.enter(),
-            _counted: crate::limits::capacity().count(),
+            _counted: taken.counted,
+            _registered: taken.registered,
         },
     };
     Ok(Some((checked, upgraded)))
@@ -177,10 +181,10 @@ pub struct ReadWhenNoticed {
 const SLACK: Duration = Duration::from_millis(250);
 
 impl ReadWhenNoticed {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: Arc<TcpStream>) -> Self {
         let write_timeout = stream.write_timeout().ok().flatten();
         ReadWhenNoticed {
-            stream: Arc::new(stream),
+            stream,
             noticed: Arc::default(),
             write_timeout,
             write_deadline: None,
@@ -307,7 +311,7 @@ mod tests {
     #[test]
     fn a_notice_lets_the_thread_read_what_is_there_and_no_read_waits() {
         let (mut client, server) = crate::loopback_pair();
-        let mut socket = ReadWhenNoticed::new(server);
+        let mut socket = ReadWhenNoticed::new(Arc::new(server));
         let mut buf = [0u8; 1024];
         let nothing = socket.read(&mut buf).unwrap_err();
         assert_eq!(

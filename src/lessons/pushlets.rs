@@ -60,6 +60,7 @@ use crossbeam_channel::RecvTimeoutError;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The hub's subject.
@@ -855,9 +856,10 @@ fn answer(
 
 /// Step 5: start the sweeper thread (once, with the lab): it expires each session nobody
 /// listens for when it is due (`sessions`).
-pub fn spawn_sweeper(lab: Arc<Lab>, pushlets: Arc<Pushlets>) -> io::Result<()> {
+pub fn spawn_sweeper(lab: Arc<Lab>, pushlets: Arc<Pushlets>) -> io::Result<JoinHandle<()>> {
     let sessions = pushlets.sessions.clone();
-    sessions.spawn_sweeper("pushlets-sweeper", move |session| {
+    let stop = lab.shutdown.line();
+    sessions.spawn_sweeper("pushlets-sweeper", stop, move |session| {
         let timeout = lab.config.pushlets_timeout;
         let state = session.state();
         if state.listening {

@@ -93,7 +93,8 @@ fn without_size_tracking_each_poll_carries_one_message_and_none_is_lost() {
 
 #[test]
 fn a_dropped_stream_resumes_from_its_tracking_id_and_a_newcomer_starts_from_now() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let mut stream = Stream::open(addr, &url("streaming", "0", true), &[]).unwrap();
     assert_eq!(stream.status, 200);
     let first = stream
@@ -184,7 +185,8 @@ fn a_websocket_transport_without_the_handshake_gets_426_and_no_upgrade_is_refuse
 
 #[test]
 fn bad_requests_get_4xx_and_change_nothing() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let published = stats(addr)["events_published"].clone();
     let cases = [
         ("GET", format!("{LAB}?X-Atmosphere-Transport=pigeon"), 400),
@@ -220,7 +222,8 @@ fn bad_requests_get_4xx_and_change_nothing() {
 
 #[test]
 fn a_message_posted_by_a_client_is_broadcast_to_every_transport() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let id = handshake(addr, true);
     let mut sse = Stream::open(addr, &url("sse", "0", true), &[]).unwrap();
     sse.read_until(deadline(), |t| t.ends_with("|X|\n\n"))
@@ -239,7 +242,8 @@ fn a_message_posted_by_a_client_is_broadcast_to_every_transport() {
 
 #[test]
 fn a_named_broadcaster_is_a_room_of_its_own() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let room = |transport: &str| {
         url(transport, "0", true).replace("/atmosphere/lab", "/atmosphere/room-1")
     };
@@ -509,7 +513,8 @@ fn the_lesson_page_falls_back_chats_resumes_and_draws_its_connections() {
 
 #[test]
 fn a_rooms_filter_chain_masks_words_and_limits_the_rate() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let room =
         |transport: &str| url(transport, "0", true).replace("/atmosphere/lab", "/atmosphere/chat");
     let mut listener = Stream::open(addr, &room("streaming"), &[]).unwrap();
@@ -584,11 +589,11 @@ fn at_most_16_rooms_besides_lab_and_an_empty_room_is_freed() {
 #[test]
 fn the_clients_x_heartbeat_server_sets_the_streams_heartbeat() {
     // The lab's own heartbeat is 60 s here; the client asks for one every second.
-    let addr = start_lab_with(|c| {
+    let _lab = start_lab_with(|c| {
         c.atmosphere_timeout = Duration::from_secs(2);
         c.heartbeat = Duration::from_secs(60);
-    })
-    .addr();
+    });
+    let addr = _lab.addr();
     let path = format!("{}&X-Heartbeat-Server=1", url("streaming", "0", true));
     let mut stream = Stream::open(addr, &path, &[]).unwrap();
     let started = std::time::Instant::now();
@@ -604,7 +609,8 @@ fn the_clients_x_heartbeat_server_sets_the_streams_heartbeat() {
 
 #[test]
 fn a_message_written_to_one_resource_reaches_it_alone_now_or_on_its_next_poll() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     // Two streaming clients; their ids come in their handshakes.
     let open = || {
         let mut stream = Stream::open(addr, &url("streaming", "0", true), &[]).unwrap();
@@ -663,11 +669,11 @@ fn a_message_written_to_one_resource_reaches_it_alone_now_or_on_its_next_poll() 
 /// and its resource keeps its place for its next connection.
 #[test]
 fn held_requests_whose_client_hangs_up_are_let_go_long_before_their_deadline() {
-    let addr = start_lab_with(|c| {
+    let _lab = start_lab_with(|c| {
         c.long_poll_timeout = Duration::from_secs(60);
         c.heartbeat = Duration::from_secs(60);
-    })
-    .addr();
+    });
+    let addr = _lab.addr();
     for (transport, gauge) in [("long-polling", "parked"), ("streaming", "streams")] {
         let hold = |id: &str| {
             reverse_ajax_lab::client::open(addr, "GET", &url(transport, id, true), &[], b"")

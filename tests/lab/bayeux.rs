@@ -122,7 +122,8 @@ fn the_first_connect_is_answered_at_once_and_the_next_is_held_until_a_delivery()
 
 #[test]
 fn wildcards_cover_one_segment_or_any_depth_and_services_answer_the_sender_only() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let (one, deep, other) = (
         handshake(addr, false),
         handshake(addr, false),
@@ -166,7 +167,8 @@ fn wildcards_cover_one_segment_or_any_depth_and_services_answer_the_sender_only(
 
 #[test]
 fn a_publish_on_lab_events_goes_into_the_hub() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, false);
     let ack = send(
         addr,
@@ -182,7 +184,8 @@ fn a_publish_on_lab_events_goes_into_the_hub() {
 
 #[test]
 fn bad_input_gets_bayeux_errors_and_changes_nothing() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, false);
     // Not Bayeux at all: 400 with an error message.
     for body in ["nonsense", "[]", "[1, 2]", "\"/meta/connect\""] {
@@ -285,7 +288,8 @@ fn a_newer_connect_answers_the_held_one_and_is_held_in_its_place() {
 
 #[test]
 fn services_answer_the_caller_under_its_request_id_and_the_policy_denies_with_reasons() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, false);
     connect(addr, &client, json!({}));
     // A remote call: /service/time answers the caller, under the request's id.
@@ -326,7 +330,8 @@ fn services_answer_the_caller_under_its_request_id_and_the_policy_denies_with_re
 
 #[test]
 fn a_client_that_never_acknowledges_is_dropped_before_its_resends_outgrow_the_bound() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, true);
     connect(addr, &client, json!({"ack": 0}));
     subscribe(addr, &client, "/lab/events");
@@ -349,7 +354,8 @@ fn a_client_that_never_acknowledges_is_dropped_before_its_resends_outgrow_the_bo
 
 #[test]
 fn the_ack_extension_resends_a_batch_the_client_never_acknowledged() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, true);
     let first = connect(addr, &client, json!({"ack": 0}));
     assert_eq!(first[0]["ext"]["ack"], 0);
@@ -377,7 +383,8 @@ fn the_ack_extension_resends_a_batch_the_client_never_acknowledged() {
 
 #[test]
 fn a_client_that_stops_connecting_expires_and_frees_its_subscription() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, false);
     connect(addr, &client, json!({}));
     subscribe(addr, &client, "/lab/**");
@@ -417,7 +424,8 @@ fn callback_polling_answers_a_script_and_refuses_a_bad_callback() {
 
 #[test]
 fn long_polling_names_the_labs_other_origin_with_credentials() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let other = common::own_other_origin(addr);
     let batch = r#"[{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["long-polling"]}]"#;
     let headers = [
@@ -697,7 +705,8 @@ fn ws_connect(socket: &mut Socket, client: &str, ext: Value) {
 /// A frame over `--max-body` on `/cometd` gets 1009, and the socket's thread is given back.
 #[test]
 fn an_oversized_websocket_frame_gets_1009() {
-    let addr = start_lab_with(|c| c.max_body = 1024).addr();
+    let _lab = start_lab_with(|c| c.max_body = 1024);
+    let addr = _lab.addr();
     let mut socket = open_socket(addr);
     handshake_on(&mut socket, false);
     common::assert_oversized_message_gets_1009(addr, &mut socket, 4096);
@@ -705,7 +714,8 @@ fn an_oversized_websocket_frame_gets_1009() {
 
 #[test]
 fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_its_timeout() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let mut socket = open_socket(addr);
     let client = handshake_on(&mut socket, false);
     ws_connect(&mut socket, &client, json!({}));
@@ -765,7 +775,8 @@ fn the_websocket_transport_sends_a_delivery_at_once_and_answers_the_connect_at_i
 #[test]
 fn under_the_ack_extension_the_websocket_delivers_with_connect_answers_and_resends_on_a_new_socket()
 {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let mut socket = open_socket(addr);
     let client = handshake_on(&mut socket, true);
     ws_connect(&mut socket, &client, json!({"ack": 0}));
@@ -796,7 +807,8 @@ fn under_the_ack_extension_the_websocket_delivers_with_connect_answers_and_resen
 
 #[test]
 fn the_bayeux_websocket_refuses_a_foreign_origin_and_answers_bad_batches_with_errors() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     match common::websocket_handshake(&format!("ws://{addr}/cometd"), Some("http://evil.example")) {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
         other => panic!("expected a 403, got {:?}", other.map(|_| "a socket")),
@@ -830,7 +842,8 @@ fn the_bayeux_websocket_refuses_a_foreign_origin_and_answers_bad_batches_with_er
 
 #[test]
 fn a_disconnect_answers_the_held_connect_with_the_advice_not_to_reconnect() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, false);
     connect(addr, &client, json!({}));
     let held = std::thread::spawn({
@@ -877,7 +890,8 @@ fn the_cost_scenario_measures_both_transports_and_the_websocket_needs_no_request
 
 #[test]
 fn advice_is_sent_on_the_handshake_and_then_only_when_it_changes_or_the_client_asks() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let client = handshake(addr, false);
     // The client's first connect carries advice of its own (`timeout: 0`): ours comes back.
     let first = send(
@@ -988,7 +1002,8 @@ fn a_client_that_falls_behind_the_ring_is_told_how_many_events_it_missed() {
 #[test]
 fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_is_dropped() {
     // maxInterval a minute: only the bound can drop it this soon.
-    let addr = lab_holding(Duration::from_millis(2000), Duration::from_secs(60)).addr();
+    let _lab = lab_holding(Duration::from_millis(2000), Duration::from_secs(60));
+    let addr = _lab.addr();
     let mut socket = open_socket(addr);
     // Handshaken with acks, its first connect answered, subscribed: and no connect after.
     let _client = handshake_on(&mut socket, true);
@@ -1008,7 +1023,8 @@ fn a_websocket_client_under_acks_that_stops_connecting_while_deliveries_pile_up_
 /// timeout (60 s here), and nothing queued for it is lost: the next connect carries it.
 #[test]
 fn a_held_connect_whose_client_hangs_up_is_let_go_and_its_deliveries_wait() {
-    let addr = lab_holding(Duration::from_secs(60), Duration::from_secs(60)).addr();
+    let _lab = lab_holding(Duration::from_secs(60), Duration::from_secs(60));
+    let addr = _lab.addr();
     let (staying, leaving) = (handshake(addr, false), handshake(addr, false));
     subscribe(addr, &leaving, "/chat/a");
     let hold = |client: &str| {

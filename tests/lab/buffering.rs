@@ -9,7 +9,8 @@ use std::io::{ErrorKind, Read};
 
 #[test]
 fn buffering_holds_events_that_the_hand_framed_stream_already_delivered() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let mut prompt = Stream::open(addr, "/events/stream", &[]).unwrap();
     let mut buffered = client::open(addr, "GET", "/events/buffered?count=3", &[], b"").unwrap();
     wait_for_stat(addr, "subscribers", 2, "both streams are subscribed");
@@ -47,7 +48,8 @@ fn buffering_holds_events_that_the_hand_framed_stream_already_delivered() {
 
 #[test]
 fn bad_count_gets_400() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let bad = [
         "/events/buffered?count=0",
         "/events/buffered?count=1000",

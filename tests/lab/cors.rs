@@ -17,7 +17,8 @@ fn preflight(addr: std::net::SocketAddr, origin: &str) -> reverse_ajax_lab::clie
 
 #[test]
 fn an_own_origin_is_named_in_the_answer() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "one").unwrap();
     let origin = common::own_other_origin(addr);
     let answer = common::from_origin(addr, "GET", "/events/cors?since=0", &origin);
@@ -32,7 +33,8 @@ fn an_own_origin_is_named_in_the_answer() {
 
 #[test]
 fn a_foreign_origin_gets_the_answer_but_no_permission_to_read_it() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let answer = common::from_origin(addr, "GET", "/events/cors", "http://evil.example");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("Access-Control-Allow-Origin"), None);
@@ -44,7 +46,8 @@ fn a_foreign_origin_gets_the_answer_but_no_permission_to_read_it() {
 
 #[test]
 fn preflights_allow_get_with_the_lab_header_from_own_origins_only() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let origin = common::own_other_origin(addr);
     let ok = preflight(addr, &origin);
     assert_eq!(ok.status, 204);
@@ -122,7 +125,8 @@ fn page_reads_across_origins_in_chromium() {
 /// by prefix, by host alone or ignoring the port or scheme fails here.
 #[test]
 fn near_miss_origins_get_no_permission_and_no_preflight() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for origin in common::near_miss_origins(addr.port()) {
         let answer = common::from_origin(addr, "GET", "/events/cors", &origin);
         assert_eq!(answer.status, 200, "{origin}");

@@ -13,7 +13,8 @@ streams::stream_claims!("/events/stream", "\n", streams::json_ids);
 
 #[test]
 fn promptness_each_event_is_its_own_chunk_while_the_response_is_open() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let mut stream = Stream::open(addr, "/events/stream", &[]).unwrap();
     assert_eq!(stream.status, 200);
     assert_eq!(stream.header("Content-Type"), Some("application/x-ndjson"));
@@ -46,7 +47,8 @@ fn a_cursor_past_the_ring_gets_a_missed_line_first() {
 /// A stream is not idle: held past `--idle-timeout`, it still carries events.
 #[test]
 fn a_stream_outlives_the_idle_timeout() {
-    let addr = start_lab_with(|c| c.idle_timeout = Duration::from_secs(1)).addr();
+    let _lab = start_lab_with(|c| c.idle_timeout = Duration::from_secs(1));
+    let addr = _lab.addr();
     let mut stream = Stream::open(addr, "/events/stream", &[]).unwrap();
     common::stays_true_for(Duration::from_millis(2500), "the stream stays open", || {
         stats(addr)["streams"] == 1
@@ -62,7 +64,8 @@ fn a_stream_outlives_the_idle_timeout() {
 /// one fails.
 #[test]
 fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_next_heartbeat() {
-    let addr = start_lab_with(|c| c.heartbeat = Duration::from_secs(60)).addr();
+    let _lab = start_lab_with(|c| c.heartbeat = Duration::from_secs(60));
+    let addr = _lab.addr();
     let leaving = Stream::open(addr, "/events/stream", &[]).unwrap();
     let mut staying = Stream::open(addr, "/events/stream", &[]).unwrap();
     common::hang_up_and_see_it_let_go(addr, leaving, "streams");

@@ -16,7 +16,8 @@ streams::stream_claims!(
 
 #[test]
 fn each_event_is_one_script_calling_the_parent() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let mut stream = Stream::open(addr, "/events/iframe", &[]).unwrap();
     assert_eq!(
         stream.header("Content-Type"),
@@ -32,7 +33,8 @@ fn each_event_is_one_script_calling_the_parent() {
 
 #[test]
 fn an_event_cannot_close_the_script_element() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "</script><script>alert(1)</script>").unwrap();
     let mut stream = Stream::open(addr, "/events/iframe?since=0", &[]).unwrap();
     let text = stream

@@ -37,7 +37,8 @@ const CLOSE: &str = "Connection: close\r\n";
 
 #[test]
 fn content_length_and_transfer_encoding_together_get_400_and_publish_nothing() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     // The smuggling classic: a proxy reads the length, the server the chunks (or the other
     // way round), and a second request hides in the first one's body.
     let smuggled = "POST /publish HTTP/1.1\r\nHost: lab\r\nContent-Length: 40\r\n\
@@ -55,7 +56,8 @@ fn content_length_and_transfer_encoding_together_get_400_and_publish_nothing() {
 
 #[test]
 fn a_transfer_coding_other_than_a_single_final_chunked_is_refused() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for coding in ["xchunked", "chunked, identity", "gzip, chunked", "identity"] {
         let request = format!(
             "POST /publish HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -70,7 +72,8 @@ fn a_transfer_coding_other_than_a_single_final_chunked_is_refused() {
 
 #[test]
 fn a_chunked_body_is_read_and_published() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let request = format!(
         "POST /publish HTTP/1.1\r\nHost: lab\r\n{CLOSE}Transfer-Encoding: chunked\r\n\r\n\
          6\r\nhello \r\n5;note=x\r\nworld\r\n0\r\n\r\n"
@@ -83,7 +86,8 @@ fn a_chunked_body_is_read_and_published() {
 
 #[test]
 fn heads_that_break_the_rules_get_400_and_the_lab_lives_on() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for (why, head) in [
         (
             "no Host in HTTP/1.1",
@@ -126,7 +130,8 @@ fn heads_that_break_the_rules_get_400_and_the_lab_lives_on() {
 
 #[test]
 fn heads_and_bodies_over_the_limits_get_414_431_and_413() {
-    let addr = start_lab_with(|c| c.max_body = 1024).addr();
+    let _lab = start_lab_with(|c| c.max_body = 1024);
+    let addr = _lab.addr();
     let target = format!(
         "GET /stats?{} HTTP/1.1\r\nHost: a\r\n\r\n",
         "a".repeat(9000)
@@ -163,7 +168,8 @@ fn expect_100_continue_is_answered_before_the_body_is_sent() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let three = format!(
         "POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\none\
          POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\ntwo\
@@ -201,7 +207,8 @@ fn head_is_answered_with_the_get_headers_and_no_body() {
 
 #[test]
 fn http_1_0_and_connection_close_end_the_connection_after_the_answer() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     // read_to_end returns only because the lab closes the connection.
     for request in [
         "GET /stats HTTP/1.0\r\n\r\n".to_string(),
@@ -259,7 +266,8 @@ fn a_stalled_head_is_closed_after_its_deadline() {
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let addr = start_lab_with(|c| c.idle_timeout = Duration::from_secs(1)).addr();
+    let _lab = start_lab_with(|c| c.idle_timeout = Duration::from_secs(1));
+    let addr = _lab.addr();
     let mut socket = TcpStream::connect(addr).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(15)))

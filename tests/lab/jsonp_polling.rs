@@ -20,7 +20,8 @@ fn the_answer_is_a_script_calling_the_callback() {
 
 #[test]
 fn event_data_cannot_break_out_of_the_script() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "</script><script>alert(1)</script>").unwrap();
     let answer = get(addr, "/events/jsonp?callback=cb&since=0").unwrap();
     assert!(!answer.body.contains("</script>"), "{}", answer.body);
@@ -29,7 +30,8 @@ fn event_data_cannot_break_out_of_the_script() {
 
 #[test]
 fn a_callback_that_is_not_an_identifier_is_refused() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for callback in ["alert(1)//", "a;b", "x%3Cscript%3E", "", "1abc", "a..b"] {
         let answer = get(addr, &format!("/events/jsonp?callback={callback}")).unwrap();
         assert_eq!(answer.status, 400, "{callback:?}");

@@ -6,10 +6,13 @@ use common::{
     assert_stat, start_lab, start_lab_with, stats, wait_for_baseline, wait_for_stat, wait_until,
 };
 use reverse_ajax_lab::client::{get, post, request};
+use reverse_ajax_lab::ParkingMode;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 #[test]
 fn publish_takes_text_or_json_and_numbers_from_one() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let first = post(addr, "/publish", "text/plain", "line one\nline two ✓").unwrap();
     assert_eq!(first.json()["id"], 1);
     let second = post(
@@ -28,7 +31,8 @@ fn publish_takes_text_or_json_and_numbers_from_one() {
 
 #[test]
 fn bad_input_gets_a_clear_4xx_and_the_server_lives_on() {
-    let addr = start_lab_with(|c| c.max_body = 1024).addr();
+    let _lab = start_lab_with(|c| c.max_body = 1024);
+    let addr = _lab.addr();
     let cases = [
         (
             "POST",
@@ -105,7 +109,8 @@ fn the_index_links_every_lesson_and_pages_are_served() {
 
 #[test]
 fn an_example_serves_its_lesson_alone() {
-    let addr = start_lab_with(|c| c.only = Some("polling")).addr();
+    let _lab = start_lab_with(|c| c.only = Some("polling"));
+    let addr = _lab.addr();
     let index = get(addr, "/").unwrap().body;
     assert!(index.contains("/lessons/polling"));
     assert!(!index.contains("/lessons/piggyback"));
@@ -325,7 +330,8 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 /// published, and the lab serves the next client.
 #[test]
 fn oversized_heads_get_414_or_431_and_change_nothing() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let long_target = format!(
         "POST /publish?{} HTTP/1.1\r\nHost: lab\r\nContent-Length: 1\r\n\r\nx",
         "a".repeat(9000)
@@ -360,7 +366,8 @@ fn oversized_heads_get_414_or_431_and_change_nothing() {
 /// gets 400 and closes: nothing is published, not even an empty event.
 #[test]
 fn a_bad_content_length_gets_400_and_publishes_nothing() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for length in ["-5", "5x", " ", "1, 2"] {
         let request =
             format!("POST /publish HTTP/1.1\r\nHost: lab\r\nContent-Length: {length}\r\n\r\nhello");
@@ -376,4 +383,67 @@ fn a_bad_content_length_gets_400_and_publishes_nothing() {
 
 fn publish_ok(addr: std::net::SocketAddr) -> u64 {
     reverse_ajax_lab::client::publish(addr, "fine").unwrap()
+}
+
+/// A lab can be stopped (`RunningLab::stop`, as Ctrl-C does): its port closes, every
+/// WebSocket gets close 1001 ("going away"), every held request, stream and idle connection
+/// is closed, and every thread the lab started ends: its accept threads, the generator, the
+/// sweepers, the dispatcher (`--parking queue`), the socket watcher and every connection
+/// thread. In both parking modes.
+#[test]
+fn a_stopped_lab_closes_every_connection_and_ends_every_thread() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    for parking in [ParkingMode::Thread, ParkingMode::Queue] {
+        let lab = common::start_lab_with(|c| {
+            c.generator = Some(0..=50);
+            c.parking = parking;
+        });
+        let addr = lab.addr();
+        let idle = common::connect(addr);
+        let held: Vec<_> = ["/events/long-poll?timeout=60", "/events/stream"]
+            .map(|path| reverse_ajax_lab::client::open(addr, "GET", path, &[], b"").unwrap())
+            .into();
+        let mut socket =
+            common::websocket_handshake(&format!("ws://{addr}/events/ws"), None).unwrap();
+        common::wait_until("a long poll, a stream and a WebSocket are held", || {
+            let s = common::stats(addr);
+            s["parked"] == 1 && s["streams"] == 1 && s["websockets"] == 1
+        });
+        let began = Instant::now();
+        assert_eq!(lab.stop(), Ok(()), "{parking:?}: every thread ended");
+        assert!(
+            began.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            began.elapsed()
+        );
+        // The WebSocket was told: 1001.
+        let close = loop {
+            match socket.read() {
+                Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| f.code),
+                Ok(_) => continue,
+                Err(e) => panic!("{parking:?}: no close frame before {e}"),
+            }
+        };
+        assert_eq!(close, Some(CloseCode::Away), "{parking:?}");
+        // Every other connection is closed: what is left to read ends.
+        for mut connection in held.into_iter().chain([idle]) {
+            connection
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut rest = Vec::new();
+            let end = connection.read_to_end(&mut rest);
+            assert!(
+                end.is_ok()
+                    || end
+                        .as_ref()
+                        .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+                "{parking:?}: a connection still open: {end:?}"
+            );
+        }
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{parking:?}: the port is closed"
+        );
+    }
 }

@@ -19,7 +19,8 @@ fn long_poll(addr: std::net::SocketAddr, path: &str) -> thread::JoinHandle<serde
 
 #[test]
 fn a_parked_client_gets_an_event_published_while_it_waits() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let waiting = long_poll(addr, "/events/long-poll?since=0&timeout=60");
     wait_for_stat(addr, "parked", 1, "the request is parked");
     assert!(!waiting.is_finished(), "held, not answered");
@@ -32,7 +33,8 @@ fn a_parked_client_gets_an_event_published_while_it_waits() {
 
 #[test]
 fn an_event_published_between_polls_is_still_delivered() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "first").unwrap();
     let answer = get(addr, "/events/long-poll?since=0").unwrap().json();
     assert_eq!(ids(&answer), vec![1], "waiting events are answered at once");
@@ -45,7 +47,8 @@ fn an_event_published_between_polls_is_still_delivered() {
 
 #[test]
 fn the_servlet_mode_loses_events_published_between_polls() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "between").unwrap(); // nobody parked: the original drops it
     let waiting = long_poll(addr, "/events/long-poll?mode=servlet&timeout=60");
     wait_for_stat(addr, "parked", 1, "the request is parked");
@@ -56,7 +59,8 @@ fn the_servlet_mode_loses_events_published_between_polls() {
 
 #[test]
 fn the_deadline_answers_an_empty_list_with_the_cursor() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "old").unwrap();
     let answer = get(addr, "/events/long-poll?since=1&timeout=1")
         .unwrap()
@@ -67,7 +71,8 @@ fn the_deadline_answers_an_empty_list_with_the_cursor() {
 
 #[test]
 fn two_hundred_parked_clients_all_receive_the_same_event() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let clients: Vec<_> = (0..200)
         .map(|_| long_poll(addr, "/events/long-poll?since=0&timeout=100"))
         .collect();
@@ -86,7 +91,8 @@ fn two_hundred_parked_clients_all_receive_the_same_event() {
 /// and subscription within seconds, not at its 60 s deadline; one that stays is left alone.
 #[test]
 fn a_client_that_hangs_up_is_released_long_before_its_deadline() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let staying = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
     let leaving = client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap();
     common::hang_up_and_see_it_let_go(addr, leaving, "parked");
@@ -100,7 +106,8 @@ fn a_client_that_hangs_up_is_released_long_before_its_deadline() {
 
 #[test]
 fn beyond_the_limit_a_long_poll_gets_503_with_retry_after() {
-    let addr = start_lab_with(|c| c.max_parked = 2).addr();
+    let _lab = start_lab_with(|c| c.max_parked = 2);
+    let addr = _lab.addr();
     let held: Vec<TcpStream> = (0..2)
         .map(|_| client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"").unwrap())
         .collect();
@@ -123,7 +130,8 @@ fn beyond_the_limit_a_long_poll_gets_503_with_retry_after() {
 
 #[test]
 fn bad_input_gets_400() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let bad = [
         "/events/long-poll?timeout=0",
         "/events/long-poll?timeout=-5",
@@ -218,7 +226,8 @@ mod queue_parking {
 #[test]
 fn a_cursor_from_a_previous_run_is_taken_as_now() {
     // The lab restarted: ids began again at 1, but the page still holds since=5000.
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "one").unwrap();
     let answer = get(addr, "/events/poll?since=5000").unwrap().json();
     assert_eq!(answer["last"], 1, "the answer resynchronises the cursor");
@@ -269,7 +278,8 @@ fn every_racing_publish_reaches_every_client(parking: reverse_ajax_lab::ParkingM
     use std::sync::Arc;
     const CLIENTS: usize = 16;
     const ROUNDS: u64 = 400;
-    let addr = start_lab_with(|c| c.parking = parking).addr();
+    let _lab = start_lab_with(|c| c.parking = parking);
+    let addr = _lab.addr();
     let cursors: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -322,7 +332,8 @@ fn racing_publishes_are_never_stranded_in_the_waiting_room() {
 /// a long poll held past the idle timeout is still answered.
 #[test]
 fn a_long_poll_outlives_the_idle_timeout_and_an_idle_connection_does_not() {
-    let addr = start_lab_with(|c| c.idle_timeout = std::time::Duration::from_secs(1)).addr();
+    let _lab = start_lab_with(|c| c.idle_timeout = std::time::Duration::from_secs(1));
+    let addr = _lab.addr();
     let idle = TcpStream::connect(addr).unwrap();
     let waiting = long_poll(addr, "/events/long-poll?timeout=10");
     wait_for_stat(addr, "parked", 1, "the request is parked");
@@ -352,7 +363,8 @@ fn a_long_poll_outlives_the_idle_timeout_and_an_idle_connection_does_not() {
 /// same connection. (The idle timeout counts only while the thread waits for a request.)
 #[test]
 fn a_keep_alive_connection_serves_the_next_poll_after_a_long_hold() {
-    let addr = start_lab_with(|c| c.idle_timeout = std::time::Duration::from_secs(1)).addr();
+    let _lab = start_lab_with(|c| c.idle_timeout = std::time::Duration::from_secs(1));
+    let addr = _lab.addr();
     let mut connection = client::KeepAlive::connect(addr).unwrap();
     let first = connection
         .get("/events/long-poll?since=0&timeout=3")

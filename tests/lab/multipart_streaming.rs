@@ -16,7 +16,8 @@ streams::stream_claims!(
 
 #[test]
 fn each_event_is_a_whole_part_in_its_own_chunk() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let mut stream = Stream::open(addr, "/events/multipart", &[]).unwrap();
     assert_eq!(
         stream.header("Content-Type"),

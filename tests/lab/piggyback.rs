@@ -15,7 +15,8 @@ fn submit(addr: std::net::SocketAddr, since: u64, fields: &str) -> serde_json::V
 
 #[test]
 fn a_form_submission_brings_the_waiting_events() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "one").unwrap();
     publish(addr, "two").unwrap();
     let answer = submit(addr, 0, "name=Ada&email=ada%40example.org&age=36");
@@ -27,7 +28,8 @@ fn a_form_submission_brings_the_waiting_events() {
 
 #[test]
 fn an_invalid_form_gets_its_errors_and_still_the_events() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "one").unwrap();
     let answer = submit(addr, 0, "name=&email=nope&age=7");
     assert_eq!(answer["formValid"], false);
@@ -43,7 +45,8 @@ fn an_invalid_form_gets_its_errors_and_still_the_events() {
 
 #[test]
 fn piggyback_never_answers_a_request_that_asked_for_nothing() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "waiting").unwrap();
     for body in ["", "unrelated=1"] {
         let answer = post(addr, "/events/piggyback?since=0", FORM, body).unwrap();

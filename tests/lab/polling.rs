@@ -7,7 +7,8 @@ use reverse_ajax_lab::client::{get, publish};
 
 #[test]
 fn every_poller_gets_every_event_with_a_cursor() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for i in 0..3 {
         publish(addr, &format!("event {i}")).unwrap();
     }
@@ -25,7 +26,8 @@ fn every_poller_gets_every_event_with_a_cursor() {
 
 #[test]
 fn without_since_a_poll_starts_at_now() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "old news").unwrap();
     let answer = get(addr, "/events/poll").unwrap().json();
     common::assert_nothing_new(&answer, 1);
@@ -33,7 +35,8 @@ fn without_since_a_poll_starts_at_now() {
 
 #[test]
 fn servlet_mode_splits_events_between_pollers() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "a").unwrap();
     publish(addr, "b").unwrap();
     // Whoever polls first drains the one shared queue...
@@ -72,7 +75,8 @@ fn ten_events_in_a_ring_of_four() -> reverse_ajax_lab::RunningLab {
 
 #[test]
 fn empty_answers_are_counted() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "x").unwrap();
     get(addr, "/events/poll?since=1").unwrap();
     get(addr, "/events/poll?since=1").unwrap();
@@ -93,7 +97,8 @@ fn empty_answers_are_counted() {
 
 #[test]
 fn bad_input_gets_400_and_changes_nothing() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "kept").unwrap();
     let bad = [
         "/events/poll?since=abc",

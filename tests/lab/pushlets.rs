@@ -76,7 +76,8 @@ fn listen(addr: SocketAddr, id: &str, format: &str) -> Stream {
 
 #[test]
 fn a_streaming_session_receives_hub_events_and_its_own_publish() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
     let mut stream = listen(addr, &id, "xml");
@@ -104,7 +105,8 @@ fn a_streaming_session_receives_hub_events_and_its_own_publish() {
 
 #[test]
 fn subjects_reach_only_sessions_subscribed_to_a_prefix_of_them() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let (chat, other, sender) = (join(addr), join(addr), join(addr));
     subscribe(addr, &chat, "/chat");
     subscribe(addr, &other, "/other");
@@ -141,7 +143,8 @@ fn subjects_reach_only_sessions_subscribed_to_a_prefix_of_them() {
 
 #[test]
 fn pull_holds_until_an_event_then_asks_for_a_refresh_and_poll_answers_at_once() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     // pull: the listen-ack, and at once the refresh that says where to ask next.
     let (id, listen) = listening_in_pull_mode(addr);
     assert!(
@@ -197,7 +200,8 @@ fn join_listen_does_both_in_one_request() {
 
 #[test]
 fn the_js_format_escapes_every_value_and_the_original_did_not() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let attack = r#""); parent.pwned = 1; ("</script><script>parent.pwned = 2</script>"#;
     let encoded = "%22)%3B%20parent.pwned%20%3D%201%3B%20(%22%3C%2Fscript%3E%3Cscript%3Eparent.pwned%20%3D%202%3C%2Fscript%3E";
     let frame = |original: bool| {
@@ -233,7 +237,8 @@ fn the_js_format_escapes_every_value_and_the_original_did_not() {
 
 #[test]
 fn bad_requests_get_a_nack_and_change_nothing() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let id = join(addr);
     for (query, reason) in [
         ("p_event=listen&p_id=nobody".to_string(), "unknown p_id"),
@@ -270,7 +275,8 @@ fn bad_requests_get_a_nack_and_change_nothing() {
 
 #[test]
 fn leaving_ends_the_stream_and_a_session_nobody_listens_for_expires() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
     let mut stream = listen(addr, &id, "xml");
@@ -418,7 +424,8 @@ fn xml_strict_events(
 
 #[test]
 fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unchanged() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let ask = |query: &str| xml_strict_events(addr, query);
     // Exactly the requests ajax-pushlet-client.js v1.7 makes: the format and mode only at
     // join (and the mode at listen); every later request names only its p_id.
@@ -492,7 +499,8 @@ fn the_original_ajax_client_joins_listens_subscribes_publishes_and_refreshes_unc
 
 #[test]
 fn a_session_holds_at_most_32_subscriptions() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let id = join(addr);
     for n in 0..32 {
         subscribe(addr, &id, &format!("/s{n}"));
@@ -510,7 +518,8 @@ fn a_session_holds_at_most_32_subscriptions() {
 /// heartbeat (20 s), and the session lives on for its next request.
 #[test]
 fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_heartbeat() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let listen = |id: &str| {
         let path =
             format!("{SRV}?p_event=listen&p_id={id}&p_subject=/lab&p_mode=stream&p_format=xml");
@@ -531,7 +540,8 @@ fn a_stream_whose_client_hangs_up_is_let_go_long_before_its_heartbeat() {
 /// the page around it only hears events (the original `js-pushlet-net.html` relied on that).
 #[test]
 fn a_js_pull_page_loads_the_next_by_itself_after_its_wait() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let id = join(addr);
     subscribe(addr, &id, "/lab");
     let path = format!("{SRV}?p_event=listen&p_id={id}&p_mode=pull&p_format=js");

@@ -30,7 +30,8 @@ fn a_held_script_calls_the_callback_when_an_event_arrives() {
 
 #[test]
 fn waiting_events_and_the_deadline_are_scripts_too() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "waiting").unwrap();
     let at_once = get(addr, "/events/long-poll-script?callback=f&since=0").unwrap();
     assert!(at_once.body.starts_with("/**/f({") && at_once.body.contains("waiting"));
@@ -41,7 +42,8 @@ fn waiting_events_and_the_deadline_are_scripts_too() {
 
 #[test]
 fn the_callback_is_validated_before_anything_is_held() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for callback in ["alert(1)//", "a;b", "", "x.1"] {
         let answer = get(
             addr,

@@ -98,7 +98,8 @@ fn the_handshake_opens_a_session_with_the_servers_timings() {
 
 #[test]
 fn engine_io_errors_are_400_with_a_code_and_change_nothing() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let code = |path: &str, method: &str| {
         let answer = request(addr, method, path, &[], b"").unwrap();
         (answer.status, answer.json()["code"].as_u64().unwrap())
@@ -339,7 +340,8 @@ fn rooms_per_socket_are_bounded_and_the_join_ack_stays_small() {
 
 #[test]
 fn binary_attachments_travel_as_base64_over_polling() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let sid = handshake(addr);
     send(addr, &sid, "40");
     poll_until(addr, &sid, r#"42["auth",{}]"#);
@@ -398,7 +400,8 @@ fn an_answer_says_close_when_the_client_asked_for_it() {
 
 #[test]
 fn polling_names_the_labs_other_origin_and_refuses_foreign_ones() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let path = "/socket.io/?EIO=4&transport=polling";
     let other = common::own_other_origin(addr);
     let answer = common::from_origin(addr, "GET", path, &other);
@@ -728,7 +731,8 @@ fn lab_pid(addr: SocketAddr, sid: &str, auth: &str) -> String {
 
 #[test]
 fn a_session_closed_for_a_protocol_error_is_not_recovered_and_one_the_client_closed_is() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let offset = publish(addr, "before").unwrap();
     // The client closes its session ("1"): its /lab socket can be recovered by its pid.
     let first = handshake(addr);
@@ -785,7 +789,8 @@ fn dynamic_namespaces_are_made_by_their_first_connect_behind_a_token_middleware(
 
 #[test]
 fn at_most_16_dynamic_namespaces_live_at_once() {
-    let addr = lab().addr();
+    let _lab = lab();
+    let addr = _lab.addr();
     let sid = handshake(addr);
     for n in 0..16 {
         send(

@@ -22,7 +22,8 @@ fn ids_in(text: &str) -> Vec<u64> {
 
 #[test]
 fn framing_headers_retry_ids_and_one_data_line_per_line() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let mut stream = Stream::open(addr, "/events/sse", &[("Accept", "text/event-stream")]).unwrap();
     assert!(stream
         .header("Content-Type")
@@ -40,7 +41,8 @@ fn framing_headers_retry_ids_and_one_data_line_per_line() {
 
 #[test]
 fn resume_after_disconnect_delivers_exactly_the_missed_events() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let mut stream = Stream::open(addr, "/events/sse?since=0", &[]).unwrap();
     publish(addr, "one").unwrap();
     publish(addr, "two").unwrap();
@@ -69,7 +71,8 @@ fn resume_after_disconnect_delivers_exactly_the_missed_events() {
 
 #[test]
 fn resuming_from_too_far_back_says_what_was_missed() {
-    let addr = start_lab_with(|c| c.history = 4).addr();
+    let _lab = start_lab_with(|c| c.history = 4);
+    let addr = _lab.addr();
     for i in 0..10 {
         publish(addr, &format!("e{i}")).unwrap();
     }
@@ -83,7 +86,8 @@ fn resuming_from_too_far_back_says_what_was_missed() {
 
 #[test]
 fn close_after_ends_the_stream_so_the_browser_reconnects() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     for data in ["a", "b", "c"] {
         publish(addr, data).unwrap();
     }
@@ -104,7 +108,8 @@ fn close_after_ends_the_stream_so_the_browser_reconnects() {
 
 #[test]
 fn bad_input_gets_400() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     let bad_header = request(addr, "GET", "/events/sse", &[("Last-Event-ID", "abc")], b"").unwrap();
     assert_eq!(bad_header.status, 400);
     assert_eq!(get(addr, "/events/sse?since=-2").unwrap().status, 400);
@@ -140,7 +145,8 @@ fn page_resumes_without_a_gap_in_chromium() {
 
 #[test]
 fn a_last_event_id_from_a_previous_run_resumes_from_now() {
-    let addr = start_lab().addr();
+    let _lab = start_lab();
+    let addr = _lab.addr();
     publish(addr, "before").unwrap();
     let mut stream = Stream::open(addr, "/events/sse", &[("Last-Event-ID", "9000")]).unwrap();
     wait_for_stat(addr, "streams", 1, "subscribed");

@@ -65,6 +65,7 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Where the broadcasters are: `/atmosphere/NAME`. The broadcaster `lab` is the hub.
@@ -966,11 +967,15 @@ fn too_many(
 /// Step 5: start the sweeper thread (once, with the lab): it forgets each resource nobody has
 /// connected for in `--atmosphere-timeout` when it is due (`sessions`), and frees rooms left
 /// empty as long.
-pub fn spawn_sweeper(broadcasters: Arc<Broadcasters>) -> io::Result<()> {
+pub fn spawn_sweeper(
+    broadcasters: Arc<Broadcasters>,
+    stop: Receiver<()>,
+) -> io::Result<JoinHandle<()>> {
     let resources = broadcasters.resources.clone();
     let (forgets, frees) = (broadcasters.clone(), broadcasters);
     resources.spawn_sweeper_with(
         "atmosphere-sweeper",
+        stop,
         move |resource| {
             let timeout = forgets.timeout;
             let state = resource.state();

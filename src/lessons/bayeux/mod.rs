@@ -57,13 +57,14 @@ use crate::lab::Lab;
 use crate::request::Method;
 use crate::sessions::{Outbox, SessionLimits, Sessions};
 use crate::stats::LessonCounters;
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use message::Message;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The server's advice: the flags' (`crate::config`).
@@ -996,9 +997,9 @@ fn wait_once(client: &Client, deadline: Instant) -> Woken {
 
 /// Step 5: start the sweeper thread (once, with the lab): it expires clients that stopped
 /// connecting, each when it is due (`sessions`).
-pub fn spawn_sweeper(bayeux: Arc<Bayeux>) -> io::Result<()> {
+pub fn spawn_sweeper(bayeux: Arc<Bayeux>, stop: Receiver<()>) -> io::Result<JoinHandle<()>> {
     let clients = bayeux.clients.clone();
-    clients.spawn_sweeper("bayeux-sweeper", move |client| {
+    clients.spawn_sweeper("bayeux-sweeper", stop, move |client| {
         let state = client.state();
         if state.connect_held {
             return None; // (its connect's end says when to look again)

@@ -36,7 +36,7 @@
 use super::{Answer, Parking};
 use crate::connection::Request;
 use crate::http::HttpError;
-use crate::hub::Wake;
+use crate::hub::{Either, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -138,10 +138,20 @@ impl WaitingRoom {
 /// Step 2: the `dispatcher` thread, started by the server in `--parking queue` mode.
 pub fn dispatch(lab: Arc<Lab>, room: Arc<WaitingRoom>) {
     let (_, mut subscription) = lab.hub.subscribe_with_channel(lab.hub.last_id());
+    let stop = lab.shutdown.line();
     loop {
         let deadline = room.earliest_deadline();
-        // BLOCKS: until an event is published, a request arrives, or a deadline passes.
-        match subscription.wait_for_events_or(&room.arrivals, deadline) {
+        // BLOCKS: until an event is published, a request arrives, a deadline passes, or the
+        // lab stops.
+        match subscription.wait_for_events_or_either(&room.arrivals, &stop, deadline) {
+            Wake::Other(Either::Second(())) | Wake::OtherGone => {
+                // The lab is stopping: every request still waiting is answered, empty.
+                for waiting in room.take(|_| true) {
+                    answer_and_leave(&lab, waiting, Default::default());
+                }
+                log::debug!("dispatcher ended: the lab is stopping");
+                return;
+            }
             Wake::Events(_) => {
                 let last = lab.hub.last_id();
                 let ready = room.take(|w| w.cursor < last);
@@ -151,7 +161,7 @@ pub fn dispatch(lab: Arc<Lab>, room: Arc<WaitingRoom>) {
                     answer_and_leave(&lab, waiting, backlog);
                 }
             }
-            Wake::Other(()) => {} // a new arrival: look at the deadlines again
+            Wake::Other(Either::First(())) => {} // a new arrival: look at the deadlines again
             Wake::Deadline => {
                 let now = Instant::now();
                 // Expired, or its client closed the connection: answered empty (the second
@@ -165,7 +175,6 @@ pub fn dispatch(lab: Arc<Lab>, room: Arc<WaitingRoom>) {
                     answer_and_leave(&lab, waiting, Default::default());
                 }
             }
-            Wake::OtherGone => return,
         }
     }
 }

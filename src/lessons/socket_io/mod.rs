@@ -689,9 +689,12 @@ pub fn official_client(lab: &Lab, request: Request) -> io::Result<()> {
 
 /// Step 4: start the heartbeat thread (once, with the lab), the sessions' sweeper: at each
 /// session's due time it pings, or closes a silent one (`heartbeat`).
-pub fn spawn_heartbeat(socket_io: Arc<SocketIo>) -> io::Result<()> {
+pub fn spawn_heartbeat(
+    socket_io: Arc<SocketIo>,
+    stop: crossbeam_channel::Receiver<()>,
+) -> io::Result<std::thread::JoinHandle<()>> {
     let sessions = socket_io.sessions.clone();
-    sessions.spawn_sweeper("socket.io-heartbeat", move |session| {
+    sessions.spawn_sweeper("socket.io-heartbeat", stop, move |session| {
         heartbeat(&socket_io, session)
     })
 }

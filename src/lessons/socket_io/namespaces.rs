@@ -669,6 +669,7 @@ mod tests {
             activity: Default::default(),
             connections: Default::default(),
             watcher: Default::default(),
+            shutdown: Default::default(),
         }
     }
 

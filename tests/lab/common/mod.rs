@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 /// A lab on a free port with the generator off: the test publishes every event itself.
 ///
-/// It runs until the test process ends: its threads hold it, and dropping the handle stops
-/// nothing. So a test that needs only the address says `let addr = start_lab().addr();`, as
-/// mini-redis's tests take only the address of the server they start.
+/// Dropping the handle stops it (`RunningLab::stop`'s steps, without waiting for its
+/// threads), as a test's end drops it: so a test keeps the handle for as long as it talks to
+/// the lab, even one that needs only its address (`let _lab = start_lab();`).
 pub fn start_lab() -> RunningLab {
     start_lab_with(|_| {})
 }
