@@ -132,6 +132,26 @@ impl Lab {
         }
     }
 
+    /// Why `origin` was refused, and what to do: the authority the lab saw the page at, and,
+    /// when the request came through a proxy the lab does not trust (it carries
+    /// `X-Forwarded-For`), the `--trust-proxy` that would make the proxy's word count.
+    pub fn foreign_origin(&self, origin: &str, request: &crate::connection::Request) -> String {
+        let client = self.client(request);
+        let seen = client.host.as_deref().unwrap_or("no Host");
+        let mut why = format!(
+            "Origin {origin:?} is not one of the lab's own pages (it saw this page at {seen})"
+        );
+        let peer = request.remote_addr().map(|a| a.ip());
+        if let Some(peer) = peer.filter(|_| !client.via_proxy) {
+            if request.header("X-Forwarded-For").is_some() {
+                why.push_str(&format!(
+                    "; behind a proxy at {peer}, start the lab with --trust-proxy {peer}"
+                ));
+            }
+        }
+        why
+    }
+
     /// CORS for the frameworks' HTTP transports (Socket.IO's polling, Bayeux): the lab's own
     /// origins, named exactly with credentials allowed (their clients may send cookies, and
     /// `*` is not allowed with credentials); `Vary: Origin` either way, so no cache hands one

@@ -28,9 +28,8 @@
 //! it fills rather than up front.
 //!
 //! **What it costs**: one map entry and one ordered entry per session; an open, a touch or a
-//! close takes the registry's lock for a logarithm of the sessions. Without the caps, one
-//! script opening sessions in a loop took 1.5 GiB of a laptop in a minute (LESSONS.md,
-//! "Sessions").
+//! close takes the registry's lock for a logarithm of the sessions. (What the caps save, and
+//! a flood of handshakes measured: LESSONS.md, "What every framework shares".)
 
 pub use crate::config::SessionLimits;
 use crossbeam_channel::{Receiver, Sender};
@@ -326,15 +325,13 @@ impl<S> Sessions<S> {
 }
 
 /// Sessions gone (at least this many, and half of those open at the peak) before their memory
-/// is handed back to the system. glibc's allocator keeps what was freed for the next
-/// allocation: after a flood of sessions expired, the lab's resident memory stayed at its
-/// peak (31 MiB for 20,000 Socket.IO sessions; 8 MiB once handed back).
+/// is handed back to the system (`limits::return_freed_memory`): glibc's allocator keeps what
+/// was freed for the next allocation, so the lab would stay at its peak after a flood.
 const GIVE_BACK_AFTER: usize = 256;
 
 /// A session's queue for its client: at most `cap` items, or the client counts as a slow
 /// consumer. Built on an unbounded channel, which allocates as it fills: a bounded one
-/// allocates all its slots up front (1,024 of them cost a Bayeux client 40 KiB before it had
-/// received anything).
+/// allocates all its slots up front, before the client has received anything.
 pub struct Outbox<T> {
     tx: Sender<T>,
     /// What the session's transport waits on.

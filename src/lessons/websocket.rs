@@ -97,7 +97,7 @@ fn check_request(
     if let Some(origin) = origin {
         if !lab.is_own_origin(origin, &lab.client(request)) {
             log::debug!("ws handshake refused: foreign Origin {origin:?}");
-            return Err((403, "this Origin may not open the lab's WebSocket".into()));
+            return Err((403, lab.foreign_origin(origin, request)));
         }
     }
     // No Origin at all: not a browser (browsers always send one), so no hijacking risk.

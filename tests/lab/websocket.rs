@@ -92,6 +92,38 @@ fn a_foreign_origin_gets_403_and_the_labs_own_origins_are_accepted() {
     }
 }
 
+/// Behind a proxy the lab does not trust (nginx's usual WebSocket configuration passes Host
+/// on), every handshake from a page is refused for its Origin: the refusal says what the lab
+/// saw and which `--trust-proxy` to give it, on each WebSocket endpoint that checks.
+#[test]
+fn a_refused_origin_behind_an_untrusted_proxy_says_which_trust_proxy_to_give() {
+    use std::io::{Read, Write};
+    let lab = start_lab();
+    for path in [
+        "/events/ws",
+        "/cometd",
+        "/atmosphere/lab?X-Atmosphere-tracking-id=0&X-Atmosphere-Transport=websocket",
+    ] {
+        let mut socket = common::connect(lab.addr());
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nHost: 192.168.1.5:8081\r\nOrigin: http://192.168.1.5:8081\r\n\
+             X-Forwarded-For: 192.168.1.20\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+        assert!(answer.contains("192.168.1.5:8081"), "{path}: {answer}");
+        assert!(
+            answer.contains("--trust-proxy 127.0.0.1"),
+            "{path}: {answer}"
+        );
+    }
+}
+
 #[test]
 fn a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
     use std::sync::atomic::{AtomicU64, Ordering};

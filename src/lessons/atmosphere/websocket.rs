@@ -33,11 +33,13 @@ pub fn check(
     broadcasters: &Broadcasters,
     path: &str,
     query: &crate::http::Query,
-    origin: Option<&str>,
-    client: &crate::forwarded::Client,
+    request: &Request,
 ) -> Result<Accepted, (u16, String)> {
-    if origin.is_some_and(|origin| !lab.is_own_origin(origin, client)) {
-        return Err((403, "this Origin may not open the lab's WebSocket".into()));
+    let client = lab.client(request);
+    if let Some(origin) = request.header("Origin") {
+        if !lab.is_own_origin(origin, &client) {
+            return Err((403, lab.foreign_origin(origin, request)));
+        }
     }
     // The page's "websocket refused": what a proxy that drops `Upgrade` does to a handshake,
     // so the client's fallback transport can be watched.
@@ -79,14 +81,7 @@ pub fn upgrade(
     path: &str,
     query: &crate::http::Query,
 ) -> io::Result<()> {
-    let checked = check(
-        lab,
-        broadcasters,
-        path,
-        query,
-        request.header("Origin"),
-        &lab.client(&request),
-    );
+    let checked = check(lab, broadcasters, path, query, &request);
     let Some((accepted, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
     };

@@ -254,10 +254,11 @@ pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io
     }
     let origin = http::header(&request, "Origin");
     let client = lab.client(&request);
-    let foreign = origin.is_some_and(|o| !lab.is_own_origin(o, &client));
-    if foreign && *request.method() == Method::Post {
-        return HttpError::new(403, "this Origin may not use the lab's Bayeux server")
-            .reply(request, &counters);
+    if let Some(origin) = origin.filter(|o| !lab.is_own_origin(o, &client)) {
+        if *request.method() == Method::Post {
+            let why = lab.foreign_origin(origin, &request);
+            return HttpError::new(403, why).reply(request, &counters);
+        }
     }
     // Callback polling: the batch in the query, the answer a script.
     let callback = match *request.method() {

@@ -43,15 +43,11 @@ use std::time::{Duration, Instant};
 /// every WebSocket endpoint shares (`ws::accept`), then the conversation.
 pub fn upgrade(lab: &Lab, bayeux: &Bayeux, request: Request) -> io::Result<()> {
     let client = lab.client(&request);
-    let foreign = request
-        .header("Origin")
-        .is_some_and(|origin| !lab.is_own_origin(origin, &client));
-    let checked = match foreign {
-        true => Err((
-            403,
-            "this Origin may not use the lab's Bayeux server".into(),
-        )),
-        false => Ok(()),
+    let checked = match request.header("Origin") {
+        Some(origin) if !lab.is_own_origin(origin, &client) => {
+            Err((403, lab.foreign_origin(origin, &request)))
+        }
+        _ => Ok(()),
     };
     let Some(((), upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
