@@ -218,8 +218,14 @@ const lab = {
           const gx = x(from + s * 1000);
           nodes.push(el('line', { class: 'grid', x1: gx, x2: gx, y1: 0, y2: w.maxLanes * 16 }));
         }
-        nodes.push(el('text', { class: 'axis', x: 598, y: w.maxLanes * 16 + 11, 'text-anchor': 'end' }));
-        nodes[nodes.length - 1].textContent = 'now';
+        // The label at 12 px at least, however narrow the picture is drawn (a phone); none
+        // where that would cover the lanes (the compare page's small pictures, on a phone).
+        const drawn = svg.getBoundingClientRect().width / 600 || 1;
+        const size = Math.max(9, 12 / drawn);
+        if (size <= 20) {
+          nodes.push(el('text', { class: 'axis', x: 598, y: w.maxLanes * 16 + 11, 'text-anchor': 'end', style: 'font-size: ' + size + 'px' }));
+          nodes[nodes.length - 1].textContent = 'now';
+        }
         for (const bar of w.bars) {
           const y = bar.lane * 16 + 3;
           const x1 = x(bar.start);

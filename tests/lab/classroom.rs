@@ -274,3 +274,71 @@ fn the_teacher_view_counts_the_browsers_and_what_they_hold() {
             == "to the room"
     });
 }
+
+/// What is wrong with the page in `page` on a phone, as JavaScript finds it: not laid out at
+/// the phone's width (no viewport), a page wider than the screen (sideways scrolling), text
+/// under 12 px (a wire timeline's text counts at the size it is drawn).
+const PHONE_PROBLEMS: &str = r#"(() => {
+  const problems = [];
+  // (A page wider than its viewport, or without one, is zoomed out to fit: wider than 390.)
+  if (window.innerWidth !== 390) problems.push('laid out ' + window.innerWidth + ' px wide');
+  const wide = document.documentElement.scrollWidth;
+  if (wide > window.innerWidth + 1) problems.push('scrolls sideways: ' + wide + ' px');
+  for (const el of document.body.querySelectorAll('*')) {
+    if (['TITLE', 'SCRIPT', 'STYLE', 'title'].includes(el.tagName)) continue;
+    const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    const box = el.getBoundingClientRect();
+    if (!text || box.width === 0 || box.height === 0) continue;
+    let size = parseFloat(getComputedStyle(el).fontSize);
+    const svg = el.closest('svg');
+    if (svg && svg.viewBox && svg.viewBox.baseVal && svg.viewBox.baseVal.width) {
+      size *= svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    }
+    if (size < 11.99) {
+      problems.push(el.tagName + ' "' + el.textContent.trim().slice(0, 30) + '" at ' + size.toFixed(1) + ' px');
+    }
+  }
+  return problems.slice(0, 8);
+})()"#;
+
+/// Students bring phones: every page (the index, the teacher's view, every lesson's) is laid
+/// out at the phone's width, scrolls only down, and has no text under 12 px, the wire
+/// timeline's included, at 390 CSS px (an iPhone's width), in Chromium's phone emulation.
+#[test]
+fn every_page_reads_on_a_phone_390_px_wide() {
+    let lab = common::start_lab();
+    publish(lab.addr(), "something for the logs").unwrap();
+    let browser = Browser::launch();
+    let mut paths = vec!["/".to_string(), "/teacher".to_string()];
+    paths.extend(
+        reverse_ajax_lab::lessons::LESSONS
+            .iter()
+            .map(|lesson| format!("/lessons/{}", lesson.name)),
+    );
+    let mut failures = Vec::new();
+    for path in paths {
+        let mut page = browser.open(&lab.url(&path));
+        let phone = serde_json::json!({
+            "width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": true,
+        });
+        page.call("Emulation.setDeviceMetricsOverride", phone);
+        // The page's own scripts have drawn what they draw at once (the wire timeline).
+        page.wait_for("the phone's screen", "screen.width === 390");
+        // The page's scripts redraw for the new width (the wire timeline, every 250 ms).
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let problems = loop {
+            let problems = page.eval(PHONE_PROBLEMS);
+            let fine = problems.as_array().is_some_and(|p| p.is_empty());
+            if fine || std::time::Instant::now() > until {
+                break problems;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if problems.as_array().is_some_and(|p| !p.is_empty()) {
+            failures.push(format!("{path}: {problems}"));
+        }
+        // Away from the page, so its held connections do not take the browser's six.
+        page.eval("location.href = 'about:blank'");
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
