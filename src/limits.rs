@@ -9,7 +9,17 @@
 //!   one for its client's frames, `watcher`). Each costs about four memory mappings
 //!   (stack, guard page, and their neighbours), and Linux allows `vm.max_map_count` (65,530
 //!   here) mappings per process; past that a thread cannot start. `pid_max` and `threads-max`
-//!   cap threads too.
+//!   cap threads too. macOS caps threads per process (`kern.num_taskthreads`, 4,096 or more);
+//!   Windows has no such cap, only memory: there the budget is unknown (`None`), and only
+//!   descriptors are gated.
+//!
+//! What each OS tells, and what the lab does where it does not:
+//!
+//! | | Linux | macOS | Windows |
+//! | --- | --- | --- | --- |
+//! | descriptor limit | `getrlimit`, raised | `getrlimit`, raised to `kern.maxfilesperproc` | none: 65,536 assumed |
+//! | thread budget | `/proc/sys` | `sysctl kern.num_taskthreads` | unknown: not gated |
+//! | descriptors, threads in use | `/proc/self` | counted by the lab (`Capacity::count`) | counted by the lab |
 //!
 //! ```text
 //! start:   descriptor limit 20000 → 65536 (raised: the hard limit allowed it)
@@ -84,9 +94,12 @@ pub fn capacity() -> &'static Capacity {
         // the thread budget can carry: 80 % of it (the gate's line), less 1,024 for idle
         // threads and the lab's own; `accept` meets the descriptor limit first, which the lab
         // survives.
-        let fitting = (measured.thread_budget.saturating_mul(8) / 10)
-            .saturating_sub(1024)
-            .max(64);
+        // (An unknown budget carries whatever the descriptor limit is.)
+        let fitting = measured.thread_budget.map_or(u64::MAX, |budget| {
+            (budget.saturating_mul(GATE_PERCENT) / 100)
+                .saturating_sub(1024)
+                .max(64)
+        });
         let asked = MAX_FDS.load(Relaxed);
         let cap = if asked > 0 {
             asked.min(fitting)
@@ -119,10 +132,6 @@ impl Drop for Counted {
     }
 }
 
-/// The thread budget where `/proc` cannot say (macOS, Windows): macOS's default limit of
-/// threads per process (`kern.num_taskthreads`). Windows has no such limit, only memory.
-const THREADS_WITHOUT_PROC: u64 = 4096;
-
 /// Descriptors and threads the lab holds of its own (listeners, the watcher, the sweepers,
 /// the generator), added to what it counts where there is no `/proc`.
 const OWN_WITHOUT_PROC: u64 = 32;
@@ -137,14 +146,16 @@ pub struct Capacity {
     pub fd_limit: u64,
     /// What it was when the lab started.
     pub fd_limit_at_start: u64,
-    /// Threads the process can start before mappings, `pid_max` or `threads-max` run out.
-    pub thread_budget: u64,
+    /// Threads the process can start before mappings, `pid_max` or `threads-max` run out
+    /// (Linux), or before `kern.num_taskthreads` (macOS); `None` where the OS does not say
+    /// (Windows, or Linux without `/proc`): then only descriptors are gated.
+    pub thread_budget: Option<u64>,
     fds_now: AtomicU64,
     threads_now: AtomicU64,
     /// Connections and WebSockets the lab holds now (`Capacity::count`): what the gate
     /// counts where there is no `/proc` to ask (macOS, Windows).
     held: AtomicU64,
-    /// No `/proc`: the budget is `THREADS_WITHOUT_PROC`, and the samples are `held`.
+    /// No `/proc`: the samples are `held`, what the lab counts itself.
     pub counts_itself: bool,
     /// When the last sample was taken, in ms since `EPOCH`.
     sampled_at: AtomicU64,
@@ -161,27 +172,18 @@ impl Capacity {
     /// Step 1: raise the descriptor limit as far as allowed; read the thread budget.
     pub fn measure() -> Capacity {
         let (before, after) = raise_descriptor_limit();
-        let read =
-            |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
-        let thread_budget = [
-            read("/proc/sys/vm/max_map_count").map(|maps| maps / 4),
-            read("/proc/sys/kernel/pid_max"),
-            read("/proc/sys/kernel/threads-max"),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let thread_budget = thread_budget();
         let counts_itself = crate::stats::open_fds().is_none();
         if counts_itself {
-            log::info!(
-                "no /proc: the thread budget is taken as {THREADS_WITHOUT_PROC}, and the gate \
-                 counts the connections it holds"
-            );
+            log::info!("no /proc: the gate counts the connections it holds itself");
+        }
+        if thread_budget.is_none() {
+            log::info!("this OS gives no thread limit: only descriptors are gated");
         }
         Capacity {
             fd_limit: after,
             fd_limit_at_start: before,
-            thread_budget: thread_budget.unwrap_or(THREADS_WITHOUT_PROC),
+            thread_budget,
             counts_itself,
             ..Capacity::default()
         }
@@ -231,9 +233,10 @@ impl Capacity {
     /// of descriptors for every request would itself stall the accept loop; the descriptor
     /// limit set in `capacity` keeps an overshoot harmless).
     pub fn near_limit(&self) -> Option<String> {
-        let close = |now: u64, limit: u64| now * 100 > limit * 60;
+        let close = |now: u64, limit: u64| now.saturating_mul(100) > limit.saturating_mul(60);
         let near = close(self.fds_now.load(Relaxed), self.fd_limit)
-            || close(self.threads_now.load(Relaxed), self.thread_budget);
+            || (self.thread_budget)
+                .is_some_and(|budget| close(self.threads_now.load(Relaxed), budget));
         let (now, then) = (now_ms(), self.sampled_at.load(Relaxed));
         // One thread samples; the others use the figures as they are. (A thousand long polls
         // woken by one event all ask at once: each reading /proc would cost them all.)
@@ -274,17 +277,16 @@ impl Capacity {
 
     /// The gate's rule itself: above `GATE_PERCENT` of either limit, say which.
     fn verdict(&self, fds: u64, threads: u64) -> Option<String> {
-        if fds * 100 > self.fd_limit * GATE_PERCENT {
+        let above =
+            |now: u64, limit: u64| now.saturating_mul(100) > limit.saturating_mul(GATE_PERCENT);
+        if above(fds, self.fd_limit) {
             return Some(format!(
                 "{fds} of {} file descriptors in use",
                 self.fd_limit
             ));
         }
-        if threads * 100 > self.thread_budget * GATE_PERCENT {
-            return Some(format!(
-                "{threads} of about {} threads in use",
-                self.thread_budget
-            ));
+        if let Some(budget) = self.thread_budget.filter(|&budget| above(threads, budget)) {
+            return Some(format!("{threads} of about {budget} threads in use"));
         }
         None
     }
@@ -292,7 +294,7 @@ impl Capacity {
     /// How many held connections the gate can let in: 80 % of the descriptor limit, less a
     /// few dozen for the lab's own (listeners, files, Redis).
     pub fn holdable(&self) -> usize {
-        (self.fd_limit * GATE_PERCENT / 100).saturating_sub(32) as usize
+        (self.fd_limit.saturating_mul(GATE_PERCENT) / 100).saturating_sub(32) as usize
     }
 
     /// Descriptors in use now, counted afresh.
@@ -310,6 +312,7 @@ impl Capacity {
             "held": self.held.load(Relaxed),
             "fd_limit": self.fd_limit,
             "fd_limit_at_start": self.fd_limit_at_start,
+            // null: the OS gives no thread limit (Windows), or /proc is missing.
             "thread_budget": self.thread_budget,
             "gate_percent": GATE_PERCENT,
             "holdable": self.holdable(),
@@ -317,12 +320,57 @@ impl Capacity {
     }
 }
 
+/// The most threads the process can start, as the OS says (Linux: the smallest of a quarter
+/// of `vm.max_map_count`, `pid_max` and `threads-max`, from `/proc/sys`); `None` where it
+/// does not say.
+#[cfg(not(target_os = "macos"))]
+fn thread_budget() -> Option<u64> {
+    let read =
+        |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    [
+        read("/proc/sys/vm/max_map_count").map(|maps| maps / 4),
+        read("/proc/sys/kernel/pid_max"),
+        read("/proc/sys/kernel/threads-max"),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// macOS: its limit of threads per process, `kern.num_taskthreads`.
+#[cfg(target_os = "macos")]
+fn thread_budget() -> Option<u64> {
+    sysctl_number(c"kern.num_taskthreads")
+}
+
+/// A whole number from `sysctlbyname` (macOS), or `None`.
+#[cfg(target_os = "macos")]
+fn sysctl_number(name: &std::ffi::CStr) -> Option<u64> {
+    let mut value: libc::c_int = 0;
+    let mut size = std::mem::size_of::<libc::c_int>();
+    // SAFETY: the kernel writes at most `size` bytes into `value`, and says how many.
+    let status = unsafe {
+        libc::sysctlbyname(
+            name.as_ptr(),
+            (&mut value as *mut libc::c_int).cast(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    (status == 0 && value > 0).then_some(value as u64)
+}
+
 /// The descriptor limit a server would like (a systemd unit often sets the same).
+#[cfg_attr(all(target_os = "macos", not(lab_portable)), allow(dead_code))]
 const WANTED_FDS: u64 = 65536;
 
 /// Raise `RLIMIT_NOFILE`: the soft limit up to the hard one, and the hard one up to
 /// `WANTED_FDS` where the process is allowed to (root, or `CAP_SYS_RESOURCE`). Returns the
 /// soft limit before and after.
+///
+/// macOS's hard limit is "unlimited", which `setrlimit` refuses as a soft limit: there the
+/// soft limit goes up to `kern.maxfilesperproc` (10,240 or more) at most.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
 #[cfg(all(unix, not(lab_portable)))]
 fn raise_descriptor_limit() -> (u64, u64) {
@@ -336,22 +384,29 @@ fn raise_descriptor_limit() -> (u64, u64) {
             return (0, 0);
         }
         let before = limit.rlim_cur as u64;
-        let wanted = libc::rlimit {
-            rlim_cur: limit.rlim_max.max(WANTED_FDS as libc::rlim_t),
-            rlim_max: limit.rlim_max.max(WANTED_FDS as libc::rlim_t),
+        let hard = limit.rlim_max;
+        // The hard limit raised (allowed as root); else the soft one up to the hard one.
+        #[cfg(not(target_os = "macos"))]
+        let tries = [hard.max(WANTED_FDS as libc::rlim_t), hard];
+        #[cfg(target_os = "macos")]
+        let tries = {
+            let most = sysctl_number(c"kern.maxfilesperproc").unwrap_or(10_240);
+            [hard.min(most as libc::rlim_t); 2]
         };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-            return (before, wanted.rlim_cur as u64);
+        for wanted in tries {
+            let raised = libc::rlimit {
+                rlim_cur: wanted,
+                rlim_max: wanted.max(hard),
+            };
+            if wanted >= limit.rlim_cur && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                break;
+            }
         }
-        // Not allowed to raise the hard limit: the soft one up to it, then.
-        let soft = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
-            return (before, limit.rlim_max as u64);
+        // What is in force now (an OS may clamp what it was asked for, and say nothing).
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return (before, before);
         }
-        (before, before)
+        (before, limit.rlim_cur as u64)
     }
 }
 
@@ -392,7 +447,7 @@ mod tests {
     fn the_gate_opens_below_eighty_percent_and_closes_above() {
         let capacity = Capacity {
             fd_limit: 1000,
-            thread_budget: 100,
+            thread_budget: Some(100),
             ..Capacity::default()
         };
         assert_eq!(capacity.verdict(800, 80), None);
@@ -400,11 +455,35 @@ mod tests {
         assert!(capacity.verdict(10, 81).unwrap().contains("threads"));
     }
 
+    /// Where the OS gives no thread limit (Windows, Linux without `/proc`), only descriptors
+    /// are gated, and no figure overflows, however large.
+    #[test]
+    fn an_unknown_thread_budget_gates_descriptors_only_and_nothing_overflows() {
+        let capacity = Capacity {
+            fd_limit: u64::MAX,
+            thread_budget: None,
+            ..Capacity::default()
+        };
+        assert_eq!(capacity.verdict(u64::MAX / 2, u64::MAX), None);
+        assert!(capacity.holdable() > 0);
+        let capacity = Capacity {
+            fd_limit: 1000,
+            thread_budget: None,
+            ..Capacity::default()
+        };
+        assert!(capacity.verdict(801, 0).is_some());
+        assert_eq!(capacity.verdict(10, u64::MAX), None);
+        assert_eq!(capacity.near_limit(), None);
+    }
+
     #[test]
     fn the_descriptor_limit_is_never_lowered() {
         let capacity = Capacity::measure();
         assert!(capacity.fd_limit >= capacity.fd_limit_at_start);
-        assert!(capacity.thread_budget > 100);
+        #[cfg(target_os = "linux")]
+        if std::path::Path::new("/proc/sys").exists() {
+            assert!(capacity.thread_budget > Some(100));
+        }
     }
 
     #[test]

@@ -67,7 +67,9 @@ impl RunningLab {
             "descriptor limit {} (was {}), thread budget {}: up to {} connections held",
             capacity.fd_limit,
             capacity.fd_limit_at_start,
-            capacity.thread_budget,
+            capacity
+                .thread_budget
+                .map_or("unknown".to_string(), |budget| budget.to_string()),
             capacity.holdable()
         );
         // A --max-parked the machine cannot honour is lowered now, and said, rather than met
