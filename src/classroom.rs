@@ -124,6 +124,25 @@ pub fn student_urls(addr: SocketAddr, path: &str) -> Vec<String> {
         .collect()
 }
 
+/// Is `url` at a loopback address (`127.0.0.0/8`, `::1`, `localhost`): this machine's own,
+/// which no phone can open?
+pub fn is_loopback_url(url: &str) -> bool {
+    let authority = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = host_of(authority);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Every address of this machine's interfaces (Linux, macOS and the BSDs: `getifaddrs`).
 #[cfg(all(unix, not(lab_portable)))]
 pub fn interface_addresses() -> Vec<IpAddr> {
@@ -375,6 +394,25 @@ mod tests {
             many.iter().all(Option::is_some),
             "the lab's own machine is not limited"
         );
+    }
+
+    #[test]
+    fn loopback_urls_are_this_machines_own() {
+        for url in [
+            "http://127.0.0.1:8080/",
+            "http://127.0.0.2:80/x",
+            "http://[::1]:8080/",
+            "http://localhost:8080/",
+        ] {
+            assert!(super::is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://192.168.1.5:8080/",
+            "http://[2001:db8::1]:8080/",
+            "http://teacher.local:8080/",
+        ] {
+            assert!(!super::is_loopback_url(url), "{url}");
+        }
     }
 
     #[test]

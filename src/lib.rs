@@ -96,6 +96,13 @@ pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = 
                 if let Some(teacher) = classroom::student_urls(lab.addr(), "/teacher").first() {
                     log::info!("Teacher's view: {teacher}");
                 }
+                // What the firewall must let in, for phones and laptops in the room.
+                log::info!(
+                    "Open TCP ports {} (pages, lessons, WebSockets) and {} (the other origin of \
+                     the cross-origin lessons) in this machine's firewall",
+                    lab.addr().port(),
+                    lab.other_addr().port()
+                );
             }
             lab.serve_until_stopped();
         }

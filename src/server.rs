@@ -213,6 +213,11 @@ impl RunningLab {
         self.lab.addr
     }
 
+    /// The "other origin" of the cross-origin lessons (`--other-addr`, the port + 2).
+    pub fn other_addr(&self) -> SocketAddr {
+        self.lab.other_addr
+    }
+
     /// `http://127.0.0.1:PORT` + path.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.lab.addr, path)
@@ -650,27 +655,44 @@ fn index(lab: &Lab, request: Request) -> io::Result<()> {
     )
 }
 
-/// The index for `client` (`None` on the accept thread, where the peer is not known).
+/// The index for `client` (`None` on the accept thread, where the peer is not known): the
+/// lessons grouped by the book's parts, each under its chapter number; on every interface,
+/// the addresses the room can open, with a QR code each; and a publish command with the
+/// address this browser used.
 fn index_html(lab: &Lab, client: Option<&crate::forwarded::Client>) -> String {
     let mut items = String::new();
-    for lesson in LESSONS
-        .iter()
-        .filter(|l| lab.config.only.is_none_or(|only| only == l.name))
-    {
+    for (part, chapters) in lessons::PARTS {
+        let in_part: Vec<&lessons::Lesson> = LESSONS
+            .iter()
+            .filter(|l| chapters.contains(&l.chapter))
+            .filter(|l| lab.config.only.is_none_or(|only| only == l.name))
+            .collect();
+        if in_part.is_empty() {
+            continue;
+        }
         items.push_str(&format!(
-            "<li>{chapter}. <a href=\"/lessons/{name}\">{title}</a> {endpoint}<br>{idea}</li>\n",
-            chapter = lesson.chapter,
-            name = lesson.name,
-            title = http::escape_html(lesson.title),
-            endpoint = lesson.endpoints.first().map_or(String::new(), |e| format!(
-                "<code>{}</code>",
-                http::escape_html(e.1)
-            )),
-            idea = http::escape_html(lesson.idea),
+            "<h2>{part}</h2>\n<ul class=\"lessons\">\n",
+            part = http::escape_html(part)
         ));
+        for lesson in in_part {
+            items.push_str(&format!(
+                "<li><span class=\"chapter\">{chapter}.</span> <a href=\"/lessons/{name}\">{title}</a> \
+                 {endpoint}<br>{idea}</li>\n",
+                chapter = lesson.chapter,
+                name = lesson.name,
+                title = http::escape_html(lesson.title),
+                endpoint = lesson.endpoints.first().map_or(String::new(), |e| format!(
+                    "<code>{}</code>",
+                    http::escape_html(e.1)
+                )),
+                idea = http::escape_html(lesson.idea),
+            ));
+        }
+        items.push_str("</ul>\n");
     }
-    // Listening on every interface: the addresses students can type, with QR codes. Behind a
-    // trusted proxy, the one address that matters is the proxy's, as this browser used it.
+    // Listening on every interface: the addresses students can type, with QR codes for those
+    // a phone can reach (loopback is this machine's own). Behind a trusted proxy, the one
+    // address that matters is the proxy's, as this browser used it.
     let through_proxy = client.filter(|c| c.via_proxy && c.host.is_some());
     let urls = match through_proxy {
         Some(client) => vec![format!("{}/", lab.base_url(client, false))],
@@ -680,24 +702,55 @@ fn index_html(lab: &Lab, client: Option<&crate::forwarded::Client>) -> String {
         let mut list = String::from(
             "<section id=\"classroom\"><h2>Open the lab from another machine</h2><ul class=\"urls\">\n",
         );
+        let mut reachable = 0;
         for url in &urls {
+            let this_machine_only = crate::classroom::is_loopback_url(url);
+            reachable += usize::from(!this_machine_only);
             list.push_str(&format!(
                 "<li><a href=\"{href}\">{text}</a> {qr}</li>\n",
                 href = http::escape_html(url),
                 text = http::escape_html(url),
-                qr = crate::classroom::qr_svg(url),
+                qr = if this_machine_only {
+                    "(this machine only)".to_string()
+                } else {
+                    crate::classroom::qr_svg(url)
+                },
             ));
         }
-        list.push_str(
-            "</ul><p>The teacher's view: <a href=\"/teacher\">/teacher</a>.</p></section>",
-        );
+        list.push_str("</ul>");
+        if reachable == 0 {
+            list.push_str(
+                "<p class=\"error\">This machine has no address but loopback: no phone can reach \
+                 it. Join it to the room's network, or to your phone's hotspot \
+                 (LESSONS.md, Part VII).</p>",
+            );
+        }
+        list.push_str("<p>The teacher's view: <a href=\"/teacher\">/teacher</a>.</p></section>");
         list
+    } else if lab.addr.ip().is_loopback() {
+        format!(
+            "<p class=\"hint\" id=\"classroom\">Listening on {} only: no other machine can \
+             open it. For a class, start it with <code>cargo run --release -- --addr \
+             0.0.0.0:{}</code>.</p>",
+            lab.addr,
+            lab.addr.port()
+        )
     } else {
         String::new()
+    };
+    // The publish command, with the address this browser used (its Host), so that it works
+    // as typed on the teacher's machine and on a student's.
+    let base = match client {
+        Some(client) => lab.base_url(client, false),
+        None => format!("http://{}", crate::classroom::public_host(None, lab.addr)),
     };
     lessons::INDEX_HTML
         .replace("{{classroom}}", &classroom)
         .replace("{{lessons}}", &items)
+        .replace(
+            "{{publish}}",
+            &http::escape_html(&format!("{base}/publish")),
+        )
 }
 
 fn lesson_page(lab: &Lab, request: Request, name: &str) -> io::Result<()> {

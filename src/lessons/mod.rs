@@ -42,6 +42,16 @@ pub struct Lesson {
     pub endpoints: &'static [(&'static str, &'static str)],
 }
 
+/// The book's parts, each with the chapters it holds (LESSONS.md), as the index groups them.
+pub const PARTS: &[(&str, std::ops::RangeInclusive<u8>)] = &[
+    ("Part I: Asking", 1..=4),
+    ("Part II: Holding the request", 5..=6),
+    ("Part III: Streaming, and the socket", 7..=12),
+    ("Part IV: Measuring", 13..=14),
+    ("Part V: The frameworks", 15..=19),
+    ("Part VI: In production", 20..=21),
+];
+
 pub const LESSONS: &[Lesson] = &[
     Lesson {
         name: "polling",

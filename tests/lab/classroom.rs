@@ -80,11 +80,19 @@ fn the_urls_handed_out_are_built_from_the_address_the_browser_used() {
     assert!(urls.iter().all(|u| !u.contains("0.0.0.0")));
     let index = client::get(at(&lab, "127.0.0.2"), "/").unwrap().body;
     assert!(index.contains("Open the lab from another machine"));
+    // A QR code for each address a phone can reach; loopback is this machine's own.
+    let reachable = urls.iter().filter(|u| !u.contains("://127.")).count();
     assert_eq!(
         index.matches("<svg").count(),
-        urls.len(),
-        "a QR code per URL"
+        reachable,
+        "a QR code per reachable URL"
     );
+    let port = lab.addr().port();
+    assert!(index.contains(&format!(
+        "<a href=\"http://127.0.0.1:{port}/\">http://127.0.0.1:{port}/</a> (this machine only)"
+    )));
+    // The publish command as this browser reached the lab: it works typed on its machine.
+    assert!(index.contains(&format!("curl -d hello http://127.0.0.2:{port}/publish")));
     // The other origin's port, for the cross-origin lessons.
     let script = client::get(at(&lab, "127.0.0.2"), "/assets/lab.js")
         .unwrap()

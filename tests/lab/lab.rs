@@ -107,6 +107,55 @@ fn the_index_links_every_lesson_and_pages_are_served() {
     assert_eq!(get(addr, "/favicon.ico").unwrap().status, 204);
 }
 
+/// The index numbers each lesson once, by its chapter, under the book's parts in order (it
+/// once showed a list number and a chapter number, which disagreed from Socket.IO on: "14.
+/// 15."); its publish command has the address and port the lab really has; on loopback it
+/// says how to open the lab to a room.
+#[test]
+fn the_index_groups_the_lessons_by_part_with_one_number_each_and_real_commands() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let index = get(addr, "/").unwrap().body;
+    assert!(!index.contains("<ol"), "no list numbers of its own");
+    let mut at = 0;
+    for (part, chapters) in reverse_ajax_lab::lessons::PARTS {
+        let heading = index[at..]
+            .find(&format!("<h2>{part}</h2>"))
+            .unwrap_or_else(|| panic!("{part} missing, or out of order"));
+        at += heading;
+        for lesson in reverse_ajax_lab::lessons::LESSONS {
+            let item = format!(
+                "<span class=\"chapter\">{}.</span> <a href=\"/lessons/{}\">",
+                lesson.chapter, lesson.name
+            );
+            assert_eq!(index.matches(&item).count(), 1, "{item}");
+            if chapters.contains(&lesson.chapter) {
+                let next_part = index[at + 1..]
+                    .find("<h2>")
+                    .map_or(index.len(), |n| at + 1 + n);
+                let found = index.find(&item).unwrap();
+                assert!(
+                    at < found && found < next_part,
+                    "{} under {part}",
+                    lesson.name
+                );
+            }
+        }
+    }
+    let port = addr.port();
+    assert!(
+        index.contains(&format!("curl -d hello http://127.0.0.1:{port}/publish")),
+        "the publish command with the real port"
+    );
+    assert!(index.contains(&format!(
+        "curl.exe -d hello http://127.0.0.1:{port}/publish"
+    )));
+    assert!(
+        index.contains(&format!("--addr 0.0.0.0:{port}")),
+        "how to open it to a room"
+    );
+}
+
 #[test]
 fn an_example_serves_its_lesson_alone() {
     let _lab = start_lab_with(|c| c.only = Some("polling"));
