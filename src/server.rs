@@ -50,8 +50,10 @@ impl RunningLab {
         let addr = config.socket_addr()?;
         let listener = bind(addr).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => format!(
-                "port {} busy: is another lesson running? try --addr 127.0.0.1:9000",
-                addr.port()
+                "port {} busy: is another lab still running? End it (Ctrl-C in its terminal), \
+                 or try --addr {}",
+                addr.port(),
+                SocketAddr::new(addr.ip(), 9000)
             ),
             _ => format!("cannot listen on {addr}: {e}"),
         })?;
@@ -615,6 +617,8 @@ fn stats_json(
         "threads": stats::live_threads(),
         "fds": stats::open_fds(),
         "events_published": lab.hub.last_id(),
+        // The generator's pause between events, in ms (`--generator`), or null when it is off.
+        "generator": lab.config.generator.as_ref().map(|range| [range.start(), range.end()]),
         "broker": lab.broker.as_ref().map(|b| b.to_json()),
         // As the browser reached the lab: its Host, never the bind address (a classroom), or
         // its proxy's (`--trust-proxy`).
@@ -724,6 +728,15 @@ fn index_html(lab: &Lab, client: Option<&crate::forwarded::Client>) -> String {
                  it. Join it to the room's network, or to your phone's hotspot \
                  (LESSONS.md, Part VII).</p>",
             );
+        }
+        // Does this device reach the other port? Checked by the page itself (index.html): a
+        // blocked port is told apart from the CORS lesson's deliberate refusal.
+        if through_proxy.is_none() {
+            list.push_str(&format!(
+                "<p>Port {port} from this device, for the cross-origin lessons: <b \
+                 id=\"other-port\">checking…</b></p>",
+                port = lab.other_addr.port()
+            ));
         }
         list.push_str("<p>The teacher's view: <a href=\"/teacher\">/teacher</a>.</p></section>");
         list

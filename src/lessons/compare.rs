@@ -2,21 +2,24 @@
 //!
 //! This lesson has no endpoint of its own. Its page (`html/compare.html`) opens one client of
 //! every other lesson at once (polling, JSONP, CORS, piggyback, both long polls, the forever
-//! iframe, multipart, fetch streaming, SSE, WebSocket) and publishes a timed event every two
-//! seconds. Each row draws its own wire timeline and counts what its technique cost:
+//! iframe, multipart, fetch streaming, SSE, WebSocket), all receiving the same events. Each
+//! row draws its own wire timeline and counts what its technique cost:
 //!
 //! ```text
-//! technique           wire (last 30 s)                       requests empty events bytes/event latency
-//! HTTP polling        ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮            15      10    5     ~180        ~1000 ms
-//! XHR long polling    ▬▬▬▬▬▮▬▬▬▬▬▬▮▬▬▬▬▬▬▮▬▬▬▬▬                5       0     5     ~190          ~1 ms
-//! Server-Sent Events  ▬▬▬▬┃▬▬▬▬▬┃▬▬▬▬▬▬┃▬▬▬▬▬▬▬                1       0     5     ~40           ~1 ms
+//! technique           wire (last 30 s)                       requests empty events bytes/event wait
+//! HTTP polling        ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮ ▮            15      5     12    ~180        ~1000 ms
+//! XHR long polling    ▬▬▬▬▬▮▬▬▬▬▬▬▮▬▬▬▬▬▬▮▬▬▬▬▬                12      0     12    ~190          ~2 ms
+//! Server-Sent Events  ▬▬▬▬┃▬▬▬▬▬┃▬▬▬▬▬▬┃▬▬▬▬▬▬▬                1       0     12    ~40           ~0 ms
 //!   (time passes, left to right; ┃ is an event arriving on an open stream)
 //! ```
 //!
 //! 1. The page takes the newest id as every client's starting cursor.
 //! 2. It starts every client; each opens bars on its own timeline as it sends requests.
-//! 3. Every two seconds it publishes `compare <ms since 1970>`; each client that receives it
-//!    measures the publish→arrival time.
+//! 3. The events: the generator's; or, when the lab runs with `--generator off`, the page's
+//!    own, at random moments after a pause drawn as the generator draws its own, so that no
+//!    event keeps step with a poll's timer. A row's wait for an event runs from the moment
+//!    the first row received it (a stream, milliseconds after the publish) to its own
+//!    arrival: one clock for every row.
 //! 4. Every two seconds it reads `/stats` and shows each lesson's bytes written per event
 //!    delivered.
 //!

@@ -37,7 +37,14 @@ struct Line {
 
 /// The `sh` blocks of a Markdown file, as lines.
 fn shell_blocks(file: &'static str) -> Vec<Vec<Line>> {
+    fenced_blocks(file, "sh")
+}
+
+/// The blocks fenced as `language` (```` ```sh ````, ```` ```powershell ````) of a Markdown
+/// file, as lines.
+fn fenced_blocks(file: &'static str, language: &str) -> Vec<Vec<Line>> {
     let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let fence = format!("```{language}");
     let mut blocks = Vec::new();
     let mut block: Option<Vec<Line>> = None;
     let mut pending: Option<(usize, String)> = None;
@@ -46,7 +53,7 @@ fn shell_blocks(file: &'static str) -> Vec<Vec<Line>> {
         if trimmed.starts_with("```") {
             match block.take() {
                 Some(done) => blocks.push(done),
-                None if trimmed == "```sh" => block = Some(Vec::new()),
+                None if trimmed == fence => block = Some(Vec::new()),
                 None => block = None,
             }
             continue;
@@ -99,7 +106,32 @@ fn split_comment(line: &str) -> (String, String) {
 fn every_line() -> Vec<Vec<Line>> {
     let mut all = shell_blocks("LESSONS.md");
     all.extend(shell_blocks("README.md"));
+    all.extend(powershell_as_bash("LESSONS.md"));
+    all.extend(powershell_as_bash("README.md"));
     all
+}
+
+/// The PowerShell commands that bash can run as they are, once `curl.exe` is `curl` and
+/// `Select-Object -First 1` is `head -1` (PowerShell's double quotes mean what bash's do on
+/// these lines); lines with PowerShell's own syntax (`$`, `{`) are left out.
+fn powershell_as_bash(file: &'static str) -> Vec<Vec<Line>> {
+    fenced_blocks(file, "powershell")
+        .into_iter()
+        .map(|block| {
+            block
+                .into_iter()
+                .filter(|l| l.command.starts_with("curl.exe ") || l.command.starts_with("cargo "))
+                .filter(|l| !l.command.contains('$') && !l.command.contains('{'))
+                .map(|l| Line {
+                    command: l
+                        .command
+                        .replacen("curl.exe ", "curl ", 1)
+                        .replace("| Select-Object -First 1", "| head -1"),
+                    ..l
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn talks_to_the_lab(command: &str) -> bool {
@@ -406,7 +438,10 @@ fn every_cargo_command_in_the_book_names_a_real_example_and_real_flags() {
             .position(|w| w == "--example")
             .and_then(|at| ours.get(at + 1));
         if let Some(name) = example {
-            if !root().join("examples").join(format!("{name}.rs")).is_file() {
+            let examples = root().join("examples");
+            if !examples.join(format!("{name}.rs")).is_file()
+                && !examples.join(name).join("main.rs").is_file()
+            {
                 problems.push(format!("{}:{}: no example {name}", line.file, line.number));
                 continue;
             }
@@ -504,5 +539,109 @@ fn collect_sources(dir: &Path, into: &mut String) {
         } else if path.extension().is_some_and(|e| e == "rs" || e == "mjs") {
             into.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
         }
+    }
+}
+
+/// Part VII (teaching) is for any laptop: each of its `sh` blocks is followed by a
+/// `powershell` block with as many commands, and a `cargo` command is the same in both.
+#[test]
+fn every_command_of_the_class_plan_has_a_powershell_form() {
+    let text = std::fs::read_to_string(root().join("LESSONS.md")).unwrap();
+    let part = &text[text.find("# Part VII").unwrap()..text.find("# Appendices").unwrap()];
+    // The fences in order, each with its commands (comments and blank lines aside).
+    let mut fences: Vec<(String, Vec<String>)> = Vec::new();
+    let mut open: Option<(String, Vec<String>)> = None;
+    for line in part.lines().map(str::trim) {
+        if let Some(language) = line.strip_prefix("```") {
+            match open.take() {
+                Some(done) => fences.push(done),
+                None => open = Some((language.to_string(), Vec::new())),
+            }
+        } else if let Some((_, commands)) = open.as_mut() {
+            let (command, _) = split_comment(line);
+            if !command.is_empty() {
+                commands.push(command);
+            }
+        }
+    }
+    let shell: Vec<usize> = (0..fences.len()).filter(|&i| fences[i].0 == "sh").collect();
+    assert!(shell.len() >= 8, "only {} sh blocks found", shell.len());
+    for i in shell {
+        let (_, bash) = &fences[i];
+        let Some((language, powershell)) = fences.get(i + 1) else {
+            panic!("{bash:?} has no PowerShell form after it");
+        };
+        assert_eq!(language, "powershell", "after {bash:?}");
+        assert_eq!(bash.len(), powershell.len(), "{bash:?} and {powershell:?}");
+        for (b, p) in bash.iter().zip(powershell) {
+            if b.starts_with("cargo ") {
+                assert_eq!(b, p, "a cargo command is the same in both");
+            }
+            assert!(
+                !p.contains(" curl "),
+                "curl is Invoke-WebRequest in PowerShell 5: {p}"
+            );
+        }
+    }
+}
+
+/// The log the class plan shows (Part VII, "The room") is what the lab prints on every
+/// interface: the same lines, word for word, once the time, addresses and figures (the
+/// machine's own) are set aside.
+#[test]
+fn the_class_plans_log_sample_is_what_the_lab_prints() {
+    let text = std::fs::read_to_string(root().join("LESSONS.md")).unwrap();
+    let room = &text[text.find("### The room").unwrap()..];
+    let sample = &room[room.find("```text").unwrap() + 7..];
+    let sample = &sample[..sample.find("```").unwrap()];
+    let mut lab = Command::new(env!("CARGO_BIN_EXE_reverse-ajax-lab"))
+        .args(["--addr", "0.0.0.0:0", "--other-addr", "0.0.0.0:0"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The last line of the sample is the last the lab prints at start.
+    let mut printed = String::new();
+    let mut reader = std::io::BufReader::new(lab.stderr.take().unwrap());
+    while !printed.contains("in this machine's firewall") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+        printed.push_str(&line);
+    }
+    let _ = lab.kill();
+    let _ = lab.wait();
+    // A timestamp, and every run of digits (addresses, ports, limits), made alike.
+    let alike = |line: &str| -> String {
+        let line = match line.find(" INFO") {
+            Some(at) if line.starts_with('[') => &line[at..],
+            _ => line,
+        };
+        let mut out = String::new();
+        for c in line.chars() {
+            if c.is_ascii_digit() {
+                if !out.ends_with('N') {
+                    out.push('N');
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let printed: Vec<String> = printed.lines().map(alike).collect();
+    // (A machine with no address but loopback prints one URL, and no "also on".)
+    let one_url = !printed.iter().any(|l| l.contains("also on"));
+    for line in sample.lines().filter(|l| !l.trim().is_empty()) {
+        if one_url && line.contains("also on") {
+            continue;
+        }
+        assert!(
+            printed.contains(&alike(line)),
+            "the book shows {line:?}; the lab printed:\n{}",
+            printed.join("\n")
+        );
     }
 }

@@ -350,3 +350,96 @@ fn every_page_reads_on_a_phone_390_px_wide() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// If the lab dies in class, the teacher starts it again with the same command, and every
+/// open page picks up by itself: polls and long polls ask again, EventSource, the WebSocket
+/// page and socket.io-client reconnect, and each takes its cursor from the old run as "now"
+/// (ids begin again at 1). Shown here with the pages of the class plan's segments open while
+/// the lab stops and a new one starts on the same ports.
+#[test]
+fn the_lab_started_again_on_its_ports_is_picked_up_by_every_open_page() {
+    let first = common::start_lab();
+    let (addr, other) = (first.addr(), first.other_addr());
+    let pages = [
+        "polling",
+        "long_polling",
+        "fetch_streaming",
+        "sse",
+        "websocket",
+        "socket_io",
+    ];
+    let browser = Browser::launch();
+    let mut open: Vec<_> = pages
+        .iter()
+        .map(|name| browser.open(&first.url(&format!("/lessons/{name}"))))
+        .collect();
+    // Each page is up and has an event from the first run.
+    publish(addr, "before the restart").unwrap();
+    for page in &mut open {
+        page.wait_for_log("[event] before the restart");
+    }
+    first.stop().expect("the first lab stops");
+    // The same command again: the same ports (a moment's retry while the old sockets close).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let started = RunningLab::start(reverse_ajax_lab::Config {
+            addr: addr.to_string(),
+            other_addr: Some(other.to_string()),
+            generator: None,
+            ..reverse_ajax_lab::Config::default()
+        });
+        match started {
+            Ok(lab) => break lab,
+            Err(e) if std::time::Instant::now() < until => {
+                log::debug!("not yet: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the lab does not start again on {addr}: {e}"),
+        }
+    };
+    // Events of the new run reach every page, however often it is published meanwhile.
+    let mut reached = vec![false; open.len()];
+    let until = std::time::Instant::now() + Duration::from_secs(45);
+    while reached.iter().any(|r| !r) {
+        assert!(
+            std::time::Instant::now() < until,
+            "pages that never picked up again: {:?}",
+            pages
+                .iter()
+                .zip(&reached)
+                .filter(|(_, r)| !**r)
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>()
+        );
+        publish(second.addr(), "after the restart").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        for (page, reached) in open.iter_mut().zip(reached.iter_mut()) {
+            *reached = *reached || page.log_text().contains("[event] after the restart");
+        }
+    }
+}
+
+/// The phone check on the index page: it says whether this device reaches the other port
+/// (the cross-origin lessons'), so that a blocked port is not mistaken for the CORS lesson's
+/// deliberate refusal, and so does the CORS page itself. Open here; "blocked" where the other
+/// port listens on loopback only, as a firewall would make it from a phone.
+#[test]
+fn the_index_tells_a_phone_whether_the_other_port_is_open() {
+    let browser = Browser::launch();
+    let lab = open_lab(|_| {});
+    let mut page = browser.open(&format!("http://{}/", at(&lab, "127.0.0.2")));
+    page.wait_for_text("other-port", "open");
+    let closed = open_lab(|c| c.other_addr = Some("127.0.0.1:0".into()));
+    let mut page = browser.open(&format!("http://{}/", at(&closed, "127.0.0.2")));
+    page.wait_for(
+        "the check to say blocked",
+        "document.getElementById('other-port').textContent.startsWith('blocked: open TCP port')",
+    );
+    // The CORS lesson tells a closed port from its own deliberate refusal too.
+    let mut cors = browser.open(&format!("http://{}/lessons/cors", at(&closed, "127.0.0.2")));
+    cors.wait_for_log("at all: its port is closed (a firewall)");
+    assert!(!cors.log_text().contains("on purpose"));
+    let mut cors = browser.open(&format!("http://{}/lessons/cors", at(&lab, "127.0.0.2")));
+    cors.wait_for_log("on purpose: /events/poll from");
+    cors.wait_for_log("[client] no event");
+}

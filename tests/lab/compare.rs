@@ -46,3 +46,54 @@ fn every_technique_receives_the_pages_timed_events() {
             .all(|name| s["lessons"][name]["events"].as_u64().unwrap_or(0) >= 2)
     });
 }
+
+/// The page agrees with chapter 1: against the generator's schedule (a uniform pause, here
+/// 0–500 ms) polls on their own timer (here 200 ms, `?interval=200`: chapter 1's 2 s and
+/// 0–5 s, ten times faster) find about a third of their answers empty (36 % in theory), and
+/// an event waits about half the interval (100 ms) for the poll that picks it up. (The page
+/// once published on a 2 s timer beside its 2 s polls: every event then waited almost a whole
+/// interval, 1.9 s, and 3–25 % of the answers were empty.)
+#[test]
+fn the_pages_polling_row_agrees_with_chapter_1() {
+    let lab = common::start_lab_with(|c| c.generator = Some(0..=500));
+    let browser = Browser::launch();
+    let mut page = browser.open(&lab.url("/lessons/compare?interval=200"));
+    // About 30 s of polls (a minute and a half allowed: the machine may be busy).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let enough = "typeof rows !== 'undefined' && rows.polling && rows.polling.requests >= 151";
+    while page.eval(enough) != true {
+        assert!(
+            std::time::Instant::now() < until,
+            "150 polls never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        page.eval("document.getElementById('auto').checked"),
+        false,
+        "the generator runs: the page does not publish as well"
+    );
+    let polling = page.eval(
+        "(() => { const r = rows.polling; const s = [...r.latencies].sort((a, b) => a - b); \
+         return { answers: r.requests - r.inFlight, empty: r.empty, \
+         median: s[Math.floor(s.length / 2)], waits: s.length }; })()",
+    );
+    eprintln!("polling at 200 ms against events every 0–500 ms: {polling}");
+    let answers = polling["answers"].as_f64().unwrap();
+    let empty = polling["empty"].as_f64().unwrap() / answers;
+    let median = polling["median"].as_f64().unwrap();
+    assert!(
+        (0.22..=0.50).contains(&empty),
+        "a third empty, as chapter 1 says: {polling}"
+    );
+    assert!(
+        (40.0..=160.0).contains(&median),
+        "half the interval, as chapter 1 says: {polling}"
+    );
+    // The streams got each event first, or within milliseconds of the first.
+    let sse = page.eval(
+        "(() => { const s = [...rows.sse.latencies].sort((a, b) => a - b); \
+         return s[Math.floor(s.length / 2)]; })()",
+    );
+    assert!(sse.as_f64().unwrap() < 40.0, "{sse}");
+}
