@@ -46,6 +46,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// A connection that sends no (next) request head for this long is closed.
     pub idle_timeout: Duration,
+    /// From a request's first byte, its head and body must all have come within this: else
+    /// 408 and the connection closed (a client trickling bytes holds its thread no longer).
+    pub request_timeout: Duration,
     /// A write that cannot finish in this long drops its client: a stalled reader.
     pub write_timeout: Duration,
     /// Lower the process's descriptor limit to this (to watch the limits in a class, and for
@@ -158,6 +161,7 @@ impl Default for Config {
             long_poll_max: Duration::from_secs(120),
             heartbeat: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(20),
             write_timeout: Duration::from_secs(10),
             max_fds: None,
             parking: ParkingMode::Thread,
@@ -248,6 +252,11 @@ struct Flags {
     #[arg(long, env = "LAB_IDLE_TIMEOUT", value_name = "SECONDS", default_value = "30",
           value_parser = seconds)]
     idle_timeout: Duration,
+    /// Answer 408 and close when a request's head and body have not all come this long after
+    /// its first byte
+    #[arg(long, env = "LAB_REQUEST_TIMEOUT", value_name = "SECONDS", default_value = "20",
+          value_parser = seconds)]
+    request_timeout: Duration,
     /// Drop a client that takes longer to accept a write
     #[arg(long, env = "LAB_WRITE_TIMEOUT", value_name = "SECONDS", default_value = "10",
           value_parser = seconds)]
@@ -356,6 +365,7 @@ impl Config {
             max_per_client: flags.max_per_client,
             heartbeat: flags.heartbeat,
             idle_timeout: flags.idle_timeout,
+            request_timeout: flags.request_timeout,
             write_timeout: flags.write_timeout,
             max_fds: flags.max_fds,
             parking: flags.parking,

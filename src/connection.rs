@@ -48,6 +48,8 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 pub struct Settings {
     /// A connection with no next request head for this long is closed.
     pub idle_timeout: Duration,
+    /// A request's head and body must all come within this of its first byte, or 408.
+    pub request_timeout: Duration,
     /// A write that cannot finish in this long fails (a client that stopped reading).
     pub write_timeout: Duration,
     /// The largest body read before routing; a larger one is left unread (`Body::TooLarge`).
@@ -64,20 +66,35 @@ pub type Handler = Box<dyn Fn(Request) + Send + Sync>;
 pub type AcceptThreadAnswer =
     Box<dyn Fn(&Head) -> Option<(u16, &'static str, Vec<u8>)> + Send + Sync>;
 
+/// Idle connection threads, newest last, and (`--handlers N`, all N busy) connections
+/// waiting for one, oldest first. One lock for both: a thread going idle takes a waiting
+/// connection, or a connection arriving takes an idle thread, never neither.
+#[derive(Default)]
+struct Idle {
+    threads: Vec<(u64, crossbeam_channel::Sender<Open>)>,
+    /// Connections with no thread free: accepted ones that raced past the accept loop's
+    /// wait, and ones coming back from the waiting room. Bounded by the gate, which counts
+    /// every connection.
+    waiting: std::collections::VecDeque<Open>,
+}
+
 /// The connection threads: idle ones waiting for a connection, and how many are alive.
 pub struct Pool {
     settings: Settings,
     handler: Handler,
-    idle: Mutex<Vec<(u64, crossbeam_channel::Sender<Open>)>>,
+    idle: Mutex<Idle>,
     /// Signalled when a thread joins the idle stack (a fixed pool's accept loop waits).
     went_idle: Condvar,
     /// Connection threads alive, busy or idle.
     pub alive: AtomicUsize,
+    /// The most connection threads alive at once since the lab started (`--handlers N`
+    /// keeps it at N at most).
+    pub alive_peak: AtomicUsize,
     /// Connections open now (each has a thread, or waits in the waiting room).
     pub open: AtomicUsize,
     next_thread: AtomicU64,
     next_connection: AtomicU64,
-    /// Whon the accept thread did.
+    /// What the accept thread did.
     pub accept_thread: AcceptThreadCounts,
     /// Every socket the lab holds (connections, and WebSockets that left HTTP), so that a
     /// stop can shut them all down (`Pool::stop`). Weak: an entry never keeps a socket open.
@@ -86,7 +103,7 @@ pub struct Pool {
     stopping: AtomicBool,
 }
 
-/// Whon the accept thread answered and refused.
+/// What the accept thread answered and refused.
 #[derive(Default)]
 pub struct AcceptThreadCounts {
     /// `/stats` and pages answered on the accept thread.
@@ -102,9 +119,10 @@ impl Pool {
         Arc::new(Pool {
             settings,
             handler,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
             went_idle: Condvar::new(),
             alive: AtomicUsize::new(0),
+            alive_peak: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             next_thread: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
@@ -120,8 +138,12 @@ impl Pool {
     /// its next look, within `LOOK_EVERY`).
     pub fn stop(&self) {
         self.stop_accepting();
-        // Idle threads wait on these: dropped, their wait ends and so do they.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // Idle threads wait on these: dropped, their wait ends and so do they. Waiting
+        // connections close as they are dropped.
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.threads.clear();
+        idle.waiting.clear();
+        drop(idle);
         let sockets: Vec<Arc<TcpStream>> = self
             .sockets
             .lock()
@@ -133,6 +155,15 @@ impl Pool {
         for socket in sockets {
             let _ = socket.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Connections waiting for a connection thread (`--handlers N`, all N busy).
+    pub fn waiting_for_a_thread(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .len()
     }
 
     /// The accept loops end at their next connection, and no thread takes new work.
@@ -157,25 +188,39 @@ impl Pool {
         }
     }
 
-    /// Give `open` a thread: the one that went idle last, else a new one. (Handed out newest
-    /// first, so under a steady load the same few threads stay busy and the others, left
-    /// alone, end after 10 s idle: the pool is as large as the load needs.)
-    fn serve(self: &Arc<Pool>, open: Open) {
+    /// Give `open` a thread: the one that went idle last, else a new one; with `--handlers
+    /// N` and all N busy, none: it waits for the next thread to finish (`wait_for_work`).
+    /// (Handed out newest first, so under a steady load the same few threads stay busy and
+    /// the others, left alone, end after 10 s idle: the pool is as large as the load needs.)
+    fn serve(self: &Arc<Pool>, mut open: Open) {
         if self.stopping() {
             return; // (the connection is closed as it is dropped)
         }
-        let newest = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let open = match newest {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((_, worker)) = idle.threads.pop() {
             // Room for one: never blocks. A thread that ended cannot be on the stack.
-            Some((_, worker)) => match worker.send(open) {
+            match worker.send(open) {
                 Ok(()) => return,
-                Err(e) => e.into_inner(),
-            },
-            None => open,
-        };
+                Err(e) => open = e.into_inner(),
+            }
+        }
+        // A hard cap: the count is checked and raised under the lock, so two connections
+        // arriving at once (two accept threads, a burst back from the waiting room) cannot
+        // both pass it.
+        let size = self.settings.handlers;
+        if size > 0 && self.alive.load(Relaxed) >= size {
+            log::debug!(
+                "conn {} waits for a connection thread: all {size} busy",
+                open.id
+            );
+            idle.waiting.push_back(open);
+            return;
+        }
+        let alive = self.alive.fetch_add(1, Relaxed) + 1;
+        drop(idle);
+        self.alive_peak.fetch_max(alive, Relaxed);
         let n = self.next_thread.fetch_add(1, Relaxed);
         let pool = self.clone();
-        self.alive.fetch_add(1, Relaxed);
         let spawned = thread::Builder::new()
             .name(format!("conn-{n}"))
             .spawn(move || {
@@ -202,7 +247,7 @@ impl Pool {
     fn wait_for_a_free_thread(&self) {
         let size = self.settings.handlers;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while idle.is_empty() && self.alive.load(Relaxed) >= size {
+        while idle.threads.is_empty() && self.alive.load(Relaxed) >= size {
             // BLOCKS: until a connection thread finishes a connection (or one ends, idle).
             idle = self
                 .went_idle
@@ -219,10 +264,13 @@ impl Pool {
             return None;
         }
         let (worker, work) = crossbeam_channel::bounded(1);
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((n, worker));
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // A connection that waited for a thread (`--handlers N`), oldest first.
+        if let Some(open) = idle.waiting.pop_front() {
+            return Some(open);
+        }
+        idle.threads.push((n, worker));
+        drop(idle);
         self.went_idle.notify_one();
         // BLOCKS: until `serve` sends a connection, or 10 s pass.
         let until = Instant::now() + Duration::from_secs(10);
@@ -230,9 +278,9 @@ impl Pool {
             return Some(open);
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        match idle.iter().position(|(m, _)| *m == n) {
+        match idle.threads.iter().position(|(m, _)| *m == n) {
             Some(at) => {
-                idle.remove(at);
+                idle.threads.remove(at);
                 None
             }
             // Taken off the stack just as the wait ended: the connection is on its way.
@@ -275,10 +323,12 @@ impl Pool {
         loop {
             // BLOCKS: until a request head arrives, the client closes, or --idle-timeout.
             let idle = self.settings.idle_timeout;
-            let head = match request::read_head(&mut &*open.stream, &mut open.pending, idle) {
-                Ok(HeadRead::Head(head, length)) => {
+            let within = self.settings.request_timeout;
+            let read = request::read_head(&mut &*open.stream, &mut open.pending, idle, within);
+            let (head, deadline) = match read {
+                Ok(HeadRead::Head(head, length, deadline)) => {
                     open.pending.drain(..length);
-                    head
+                    (head, deadline)
                 }
                 Ok(HeadRead::Closed) => {
                     log::debug!("conn {id} closed: the client left, or was idle");
@@ -297,11 +347,10 @@ impl Pool {
             if let Err(refusal) = self.answer_expect(&mut open, &head, &framing) {
                 return open.refuse(refusal);
             }
-            // BLOCKS (a body only): until it has come, each read at most the head's deadline.
-            let wait = self.settings.idle_timeout.min(request::HEAD_DEADLINE);
+            // BLOCKS (a body only): until it has come, or the request's deadline.
             let limit = self.settings.body_limit;
             let (stream, pending) = (&mut &*open.stream, &mut open.pending);
-            let body = match request::read_body(stream, pending, &framing, limit, wait) {
+            let body = match request::read_body(stream, pending, &framing, limit, deadline) {
                 Ok(body) => body,
                 Err(refusal) => return open.refuse(refusal),
             };
@@ -582,7 +631,10 @@ impl Request {
     pub fn into_writer(self) -> ResponseWriter {
         ResponseWriter {
             head_only: self.is_head(),
+            head_written: false,
+            head_tail: Vec::new(),
             keep_alive_allowed: !self.wants_close(),
+            http_1_0: self.head.minor_version == 0,
             connection: self.connection,
         }
     }
@@ -616,13 +668,24 @@ pub struct TakenOver {
 pub struct ResponseWriter {
     connection: Connection,
     head_only: bool,
+    /// `HEAD`: the head has gone out; what follows is a body, and is not sent.
+    head_written: bool,
+    /// `HEAD`: the last bytes of the head written so far (its end may span two writes).
+    head_tail: Vec<u8>,
     keep_alive_allowed: bool,
+    http_1_0: bool,
 }
 
 impl ResponseWriter {
     /// The request was `HEAD`: write the head only.
     pub fn head_only(&self) -> bool {
         self.head_only
+    }
+
+    /// The request was HTTP/1.0: a connection kept alive must say so (`Connection:
+    /// keep-alive`), as 1.0 closes by default.
+    pub fn is_http_1_0(&self) -> bool {
+        self.http_1_0
     }
 
     /// May the answer leave the connection open? (Not if the client asked to close.)
@@ -644,8 +707,42 @@ impl ResponseWriter {
     }
 }
 
+impl ResponseWriter {
+    /// `HEAD` (RFC 9110 §9.3.2): the head goes out, and never a body, whatever the route
+    /// writes after it. The rest of the write that ends the head is dropped; any later write
+    /// fails, which ends a stream's loop.
+    fn write_head_only(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.head_written {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HEAD: no body"));
+        }
+        let mut seen = std::mem::take(&mut self.head_tail);
+        let before = seen.len();
+        seen.extend_from_slice(buf);
+        let stream = &*self.connection.open().stream;
+        match seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(at) => {
+                let end = at + 4 - before;
+                // BLOCKS: while the socket's send buffer is full, up to --write-timeout.
+                (&*stream).write_all(&buf[..end])?;
+                self.head_written = true;
+                Ok(buf.len())
+            }
+            None => {
+                // BLOCKS: as above.
+                let n = (&*stream).write(buf)?;
+                let written = &seen[..before + n];
+                self.head_tail = written[written.len().saturating_sub(3)..].to_vec();
+                Ok(n)
+            }
+        }
+    }
+}
+
 impl Write for ResponseWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.head_only {
+            return self.write_head_only(buf);
+        }
         // BLOCKS: while the socket's send buffer is full, up to --write-timeout.
         (&*self.connection.open().stream).write(buf)
     }
@@ -843,8 +940,9 @@ fn answer_on_the_accept_thread(
     let mut buffer = Vec::new();
     let head = if patient {
         // BLOCKS: at most ACCEPT_THREAD_WAIT (twice, once the head has begun), for the head.
-        match request::read_head(&mut stream, &mut buffer, ACCEPT_THREAD_WAIT) {
-            Ok(HeadRead::Head(head, _)) => Some(head),
+        let wait = ACCEPT_THREAD_WAIT;
+        match request::read_head(&mut stream, &mut buffer, wait, wait) {
+            Ok(HeadRead::Head(head, _, _)) => Some(head),
             _ => None,
         }
     } else {

@@ -127,6 +127,10 @@ fn write_whole(
     if close && !says_close(headers) {
         wire.extend_from_slice(b"Connection: close\r\n");
     }
+    if !close && writer.is_http_1_0() {
+        // HTTP/1.0 closes after each answer unless both sides say otherwise.
+        wire.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
     wire.extend_from_slice(b"\r\n");
     if !writer.head_only() {
         wire.extend_from_slice(body);

@@ -20,7 +20,10 @@
 //!    coding we do not know → 501; `chunked` not last → 400; two different lengths → 400.
 //! 3. `read_body`: the bytes the framing names (chunked bodies decoded), at most `limit`;
 //!    a larger body is left unread (`Body::TooLarge`) and the connection closed after the
-//!    answer, since where the next request starts is unknown.
+//!    answer, since where the next request starts is unknown. Head and body share one
+//!    deadline, `--request-timeout` from the request's first byte: a total, not a minimum
+//!    rate, because what a thread per connection must bound is how long one request can hold
+//!    its thread before it is answered (408 past it).
 //!
 //! Every refusal is a `Refusal`: a status, a message, and always `Connection: close`.
 //! Unit tests below; raw-socket tests in tests/http.rs; a property test in
@@ -37,9 +40,9 @@ pub const MAX_HEADER_LINE: usize = 8 * 1024;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// At most this many header fields: beyond it, 431.
 pub const MAX_HEADERS: usize = 100;
-/// Once a request's first byte has come, the rest of its head must come within this (a
-/// client that sends a byte a minute holds its thread no longer: "slowloris").
-pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// At most this many trailer fields after a chunked body, as for header fields: beyond
+/// it, 431.
+pub const MAX_TRAILERS: usize = MAX_HEADERS;
 
 /// The request methods the lab tells apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,8 +180,9 @@ fn refuse(status: u16, message: impl Into<String>) -> Refusal {
 /// What reading a head came to.
 #[derive(Debug)]
 pub enum HeadRead {
-    /// A head, and how many bytes of the buffer it took.
-    Head(Head, usize),
+    /// A head, how many bytes of the buffer it took, and when the whole request (its body
+    /// too) must have come: `--request-timeout` after its first byte.
+    Head(Head, usize, Instant),
     /// The client closed the connection (or it went idle) before a request began.
     Closed,
     /// A head that breaks the rules, or came too slowly: answer with this and close.
@@ -272,25 +276,30 @@ fn too_long(buffer: &[u8]) -> Option<Refusal> {
 }
 
 /// Step 1 over a socket: read until a whole head is in `buffer` (which may already hold the
-/// start of it: a pipelined request). Waits at most `idle` for the first byte, then
-/// `HEAD_DEADLINE` (or `idle`, if shorter) for the rest.
+/// start of it: a pipelined request). Waits at most `idle` for the first byte; from it, the
+/// whole request, head and body, has `within` (`--request-timeout`: a client that sends a
+/// byte a minute holds its thread no longer, "slowloris").
 pub fn read_head(
     stream: &mut impl ReadWithTimeout,
     buffer: &mut Vec<u8>,
     idle: Duration,
+    within: Duration,
 ) -> io::Result<HeadRead> {
-    let for_the_rest = HEAD_DEADLINE.min(idle);
+    let for_the_rest = within;
     let too_slow = || {
         Ok(HeadRead::Refused(refuse(
             408,
-            "the request head came too slowly",
+            "the request head came too slowly (--request-timeout)",
         )))
     };
     let mut deadline = (!buffer.is_empty()).then(|| Instant::now() + for_the_rest);
     let mut chunk = [0u8; 4096];
     loop {
         match parse_head(buffer) {
-            Ok(Some((head, length))) => return Ok(HeadRead::Head(head, length)),
+            Ok(Some((head, length))) => {
+                let deadline = deadline.unwrap_or_else(|| Instant::now() + for_the_rest);
+                return Ok(HeadRead::Head(head, length, deadline));
+            }
             Ok(None) => {}
             Err(refusal) => return Ok(HeadRead::Refused(refusal)),
         }
@@ -410,18 +419,19 @@ pub enum Body {
 
 /// Step 3: read the body `framing` names, from `buffer` (bytes already read past the head)
 /// and then the socket, at most `limit` bytes. Bytes past the body stay in `buffer`: the
-/// start of the next (pipelined) request. Each read may wait `wait`.
+/// start of the next (pipelined) request. All of it must have come by `deadline` (the
+/// request's, from `read_head`), or 408.
 pub fn read_body(
     stream: &mut impl ReadWithTimeout,
     buffer: &mut Vec<u8>,
     framing: &Framing,
     limit: usize,
-    wait: Duration,
+    deadline: Instant,
 ) -> Result<Body, Refusal> {
     let mut source = Source {
         stream,
         buffer,
-        wait,
+        deadline,
     };
     match framing {
         Framing::None => Ok(Body::Read(Vec::new())),
@@ -429,6 +439,38 @@ pub fn read_body(
         Framing::Length(length) => source.take(*length as usize).map(Body::Read),
         Framing::Chunked => read_chunked(&mut source, limit),
     }
+}
+
+/// A chunk's size, from its line (`chunk-size [ chunk-ext ]`): `chunk-size = 1*HEXDIG`, and
+/// nothing else, as `Content-Length` is digits and nothing else. No sign, no `0x`, no space
+/// before it (a proxy that reads `+5` or ` 5` another way would frame the body another way:
+/// smuggling); whitespace only between it and an extension's `;` (BWS). At most 15 digits.
+pub fn chunk_size(line: &[u8]) -> Result<usize, Refusal> {
+    let (size, extension) = match line.iter().position(|&b| b == b';') {
+        Some(at) => (&line[..at], true),
+        None => (line, false),
+    };
+    let size = if extension {
+        let end = size.iter().rposition(|&b| b != b' ' && b != b'\t');
+        &size[..end.map_or(0, |end| end + 1)]
+    } else {
+        size
+    };
+    let shown = String::from_utf8_lossy(size);
+    if size.is_empty() || !size.iter().all(u8::is_ascii_hexdigit) {
+        return Err(refuse(
+            400,
+            format!("a chunk size must be hex digits and nothing else, got {shown:?}"),
+        ));
+    }
+    if size.len() > 15 {
+        return Err(refuse(
+            400,
+            format!("the chunk size {shown:?} is too large a number"),
+        ));
+    }
+    // (Hex digits only, at most 15 of them: this cannot fail.)
+    usize::from_str_radix(&shown, 16).map_err(|_| refuse(400, "bad chunk size"))
 }
 
 /// A chunked body (RFC 9112 §7.1): sized chunks until one of size 0, then trailer fields.
@@ -439,17 +481,25 @@ fn read_chunked<S: ReadWithTimeout>(
     let mut body = Vec::new();
     loop {
         // chunk-size [; extensions] CRLF
-        let line = source.line()?;
-        let size_text = line.split(|&b| b == b';').next().unwrap_or(b"");
-        let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
-        let size = (!size_text.is_empty() && size_text.len() <= 15)
-            .then(|| usize::from_str_radix(size_text, 16).ok())
-            .flatten()
-            .ok_or_else(|| refuse(400, format!("bad chunk size {size_text:?}")))?;
+        let size = chunk_size(&source.line()?)?;
         if size == 0 {
-            // Trailer fields, until the empty line; the lab reads none of them.
-            while !source.line()?.is_empty() {}
-            return Ok(Body::Read(body));
+            // Trailer fields, until the empty line, capped as header fields are; the lab
+            // reads none of them.
+            let (mut fields, mut bytes) = (0, 0);
+            loop {
+                let line = source.line()?;
+                if line.is_empty() {
+                    return Ok(Body::Read(body));
+                }
+                fields += 1;
+                bytes += line.len() + 2;
+                if fields > MAX_TRAILERS || bytes > MAX_HEAD {
+                    return Err(refuse(
+                        431,
+                        format!("over {MAX_TRAILERS} trailer fields, or {MAX_HEAD} bytes of them"),
+                    ));
+                }
+            }
         }
         if body.len() + size > limit {
             return Ok(Body::TooLarge);
@@ -461,27 +511,37 @@ fn read_chunked<S: ReadWithTimeout>(
     }
 }
 
-/// Bytes for the body: first what is already buffered, then the socket.
+/// Bytes for the body: first what is already buffered, then the socket, until `deadline`.
 struct Source<'a, S> {
     stream: &'a mut S,
     buffer: &'a mut Vec<u8>,
-    wait: Duration,
+    deadline: Instant,
 }
 
 impl<S: ReadWithTimeout> Source<'_, S> {
     /// Make sure at least `n` bytes are buffered.
     fn fill(&mut self, n: usize) -> Result<(), Refusal> {
         let mut chunk = [0u8; 8192];
+        let too_slow = || {
+            refuse(
+                408,
+                "the body came too slowly: the whole request must come within --request-timeout",
+            )
+        };
         while self.buffer.len() < n {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(too_slow());
+            }
             self.stream
-                .set_read_timeout_for(self.wait)
+                .set_read_timeout_for(left)
                 .map_err(|e| refuse(400, format!("could not read the body: {e}")))?;
-            // BLOCKS: until the client sends more of its body, closes, or `wait` passes.
+            // BLOCKS: until the client sends more of its body, closes, or the deadline.
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(refuse(400, "the body ended early")),
                 Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => return Err(refuse(408, "the body came too slowly")),
+                Err(e) if is_timeout(&e) => return Err(too_slow()),
                 Err(e) => return Err(refuse(400, format!("could not read the body: {e}"))),
             }
         }
@@ -644,7 +704,7 @@ mod tests {
             &mut buffer,
             &framing,
             limit,
-            Duration::from_secs(1),
+            Instant::now() + Duration::from_secs(1),
         );
         (body, buffer)
     }
@@ -683,6 +743,67 @@ mod tests {
         assert_eq!(
             (body, rest),
             (Ok(Body::Read(b"ab".to_vec())), b"GET".to_vec())
+        );
+    }
+
+    /// `chunk-size = 1*HEXDIG`, as strictly as `Content-Length`'s digits: no sign, no
+    /// space before it, no `0x`, no overlong number; whitespace only before an extension.
+    #[test]
+    fn a_chunk_size_is_hex_digits_and_nothing_else() {
+        for ok in [
+            "5",
+            "05",
+            "aB",
+            "5;name=value",
+            "5 ;name",
+            "5\t; name",
+            "fffffffffffffff",
+        ] {
+            assert!(chunk_size(ok.as_bytes()).is_ok(), "{ok:?}");
+        }
+        assert_eq!(chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(chunk_size(b"5 ;x").unwrap(), 5);
+        for bad in [
+            "+5",
+            " 5",
+            "5 ",
+            "0x5",
+            "-5",
+            "5.0",
+            "",
+            ";x",
+            "g",
+            "1_0",
+            "5\t",
+            "\t5",
+            "1000000000000000",
+        ] {
+            let refusal = chunk_size(bad.as_bytes()).unwrap_err();
+            assert_eq!(refusal.status, 400, "{bad:?}");
+        }
+        // Through the body reader: refused, nothing of the body taken as read.
+        for wire in ["+5\r\nhello\r\n0\r\n\r\n", " 5\r\nhello\r\n0\r\n\r\n"] {
+            assert_eq!(
+                body_of(Framing::Chunked, wire, 100).0.unwrap_err().status,
+                400
+            );
+        }
+    }
+
+    /// Trailer fields are capped as header fields are: a hundred at most.
+    #[test]
+    fn trailers_are_capped_like_headers() {
+        let many = "T: x\r\n".repeat(MAX_TRAILERS + 1);
+        let wire = format!("0\r\n{many}\r\n");
+        assert_eq!(
+            body_of(Framing::Chunked, &wire, 100).0.unwrap_err().status,
+            431
+        );
+        let few = "T: x\r\n".repeat(MAX_TRAILERS);
+        let wire = format!("0\r\n{few}\r\n");
+        assert_eq!(
+            body_of(Framing::Chunked, &wire, 100).0,
+            Ok(Body::Read(Vec::new()))
         );
     }
 

@@ -187,6 +187,7 @@ impl RunningLab {
         // holds only what /stats reads of them.)
         let settings = connection::Settings {
             idle_timeout: lab.config.idle_timeout,
+            request_timeout: lab.config.request_timeout,
             write_timeout: lab.config.write_timeout,
             body_limit: lab.config.max_body.max(lab.config.socket_io.max_payload),
             handlers: lab.config.handlers,
@@ -597,6 +598,10 @@ fn stats_json(
         // Open TCP connections, idle keep-alive ones included (each has its thread).
         "open_connections": lab.connections.get().map_or(0, |p| p.open.load(Relaxed)),
         "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),
+        // The most at once since the start (`--handlers N` keeps it at N), and connections
+        // waiting for one now.
+        "connection_threads_peak": lab.connections.get().map_or(0, |p| p.alive_peak.load(Relaxed)),
+        "waiting_for_a_connection_thread": lab.connections.get().map_or(0, |p| p.waiting_for_a_thread()),
         "socket_io_sessions": state.socket_io.sessions_json()["open"],
         // Socket.IO's dynamic namespaces (`/room-*`) alive now.
         "socket_io_namespaces": lessons::socket_io::namespaces::dynamic_namespaces(&state.socket_io),

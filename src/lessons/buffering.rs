@@ -43,6 +43,11 @@ use crate::lessons::fetch_streaming::ndjson_line;
 use std::io::{self, BufWriter, Write};
 use std::time::Instant;
 
+/// The stream's head, written by hand: chunked, as a servlet's would be.
+const HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
+                    Cache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\
+                    Connection: close\r\n\r\n";
+
 pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("buffering");
     let since = match query.since(lab.hub.last_id()) {
@@ -59,6 +64,12 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
     else {
         return HttpError::all_held(lab.config.max_parked).reply(request, &counters);
     };
+    // (HEAD: the head alone, at once; no stream to wait for.)
+    if request.is_head() {
+        request.into_writer().write_all(HEAD.as_bytes())?;
+        counters.wrote(HEAD.len());
+        return Ok(());
+    }
     // 1. Subscribe.
     let (backlog, mut subscription) = lab.hub.subscribe(since);
     // Even this demonstration must not hold a thread forever.
@@ -66,11 +77,8 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
 
     // 2. The trap: every byte goes into an 8 KiB buffer first.
     let mut out = BufWriter::with_capacity(8 * 1024, request.into_writer());
-    let head =
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n\
-                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-    out.write_all(head.as_bytes())?;
-    counters.wrote(head.len());
+    out.write_all(HEAD.as_bytes())?;
+    counters.wrote(HEAD.len());
 
     // 3. Each event's frame into the buffer, not onto the wire.
     let mut left = count;

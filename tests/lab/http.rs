@@ -248,7 +248,7 @@ fn a_keep_alive_connection_serves_request_after_request() {
 
 #[test]
 fn a_stalled_head_is_closed_after_its_deadline() {
-    let lab = start_lab_with(|c| c.idle_timeout = Duration::from_secs(2));
+    let lab = start_lab_with(|c| c.request_timeout = Duration::from_secs(2));
     let mut socket = TcpStream::connect(lab.addr()).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(15)))
@@ -320,4 +320,163 @@ fn a_stream_to_an_http_1_0_client_is_not_chunked_and_ends_with_the_connection() 
     assert!(head.contains("Connection: close"), "{head}");
     // The NDJSON line itself, no chunk size before it.
     assert!(body.starts_with("{\""), "{body:?}");
+}
+
+/// `chunk-size = 1*HEXDIG`: a sign, a space before it, `0x`, or an overlong number gets 400,
+/// and nothing is published (a proxy in front might read such a size another way).
+#[test]
+fn a_chunk_size_that_is_not_hex_digits_alone_gets_400_and_publishes_nothing() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let before = published(addr);
+    for size in ["+5", " 5", "0x5", "5 ", "-5", "0000000000000005"] {
+        let request = format!(
+            "POST /publish HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {size}\r\nhello\r\n0\r\n\r\n"
+        );
+        let answer = exchange(addr, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{size:?}: {answer}");
+        assert!(answer.contains("chunk size"), "{size:?} says why: {answer}");
+    }
+    // An extension after whitespace is fine.
+    let request = "POST /publish HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   5 ;note=1\r\nhello\r\n0\r\n\r\n";
+    assert!(exchange(addr, request.as_bytes()).starts_with("HTTP/1.1 200 "));
+    assert_eq!(published(addr), before + 1, "only the valid one published");
+}
+
+/// Trailer fields after a chunked body are capped like header fields: 431 past a hundred.
+#[test]
+fn trailers_past_the_cap_get_431_and_publish_nothing() {
+    let lab = start_lab();
+    let before = published(lab.addr());
+    let trailers = "X-T: 1\r\n".repeat(101);
+    let request = format!(
+        "POST /publish HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n{trailers}\r\n"
+    );
+    let answer = exchange(lab.addr(), request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert_eq!(published(lab.addr()), before);
+}
+
+/// One deadline for head and body (`--request-timeout`, from the request's first byte): a
+/// body that trickles in a byte at a time, each byte well within any per-read wait, is ended
+/// with 408 when the deadline passes, not when the body is complete. (Each read once waited
+/// up to 10 s with nothing bounding the whole: a byte every 5 s held the thread for good.)
+#[test]
+fn a_trickling_body_is_ended_with_408_at_the_request_deadline() {
+    let lab = start_lab_with(|c| c.request_timeout = Duration::from_secs(2));
+    let before = published(lab.addr());
+    let mut socket = common::connect(lab.addr());
+    let started = Instant::now();
+    socket
+        .write_all(b"POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    let mut writer = socket.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let mut sent = 0;
+        // A byte every 200 ms: the whole body would take 20 s.
+        while sent < 100 && writer.write_all(b"x").is_ok() {
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        sent
+    });
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.contains("--request-timeout"),
+        "says which flag: {answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "ended at the deadline: {took:?}"
+    );
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+    assert!(
+        trickle.join().unwrap() < 100,
+        "before the body was complete"
+    );
+    assert_eq!(published(lab.addr()), before, "nothing published");
+}
+
+/// An HTTP/1.0 client that asks to keep the connection is told so (`Connection: keep-alive`:
+/// 1.0 closes by default), and its next request is served on it.
+#[test]
+fn an_http_1_0_keep_alive_answer_says_keep_alive() {
+    let lab = start_lab();
+    let mut socket = common::connect(lab.addr());
+    let mut reader = std::io::BufReader::new(socket.try_clone().unwrap());
+    for _ in 0..2 {
+        socket
+            .write_all(b"GET /stats HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let (status, headers) = client::read_head(&mut reader).unwrap();
+        assert_eq!(status, 200);
+        let says = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(says("Connection").as_deref(), Some("keep-alive"));
+        let length: u64 = says("Content-Length").unwrap().parse().unwrap();
+        let mut body = Vec::new();
+        (&mut reader).take(length).read_to_end(&mut body).unwrap();
+    }
+}
+
+/// `HEAD` never gets a body, on any route: every lesson's endpoints, the pages, the
+/// assets, streams and long polls included (the buffering lesson once wrote its stream).
+#[test]
+fn head_gets_no_body_on_any_route() {
+    let lab = start_lab();
+    let addr = lab.addr();
+    let mut paths: Vec<String> = vec![
+        "/".into(),
+        "/teacher".into(),
+        "/stats".into(),
+        "/assets/lab.js".into(),
+        "/assets/lab.css".into(),
+        "/no-such-page".into(),
+    ];
+    for lesson in reverse_ajax_lab::lessons::LESSONS {
+        paths.push(format!("/lessons/{}", lesson.name));
+        for (_, path) in lesson.endpoints {
+            paths.push(format!(
+                "{path}?callback=f&timeout=1&count=1&EIO=4&transport=polling"
+            ));
+        }
+    }
+    std::thread::scope(|scope| {
+        let checks: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                scope.spawn(move || {
+                    let mut socket = common::connect(addr);
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    let request = format!("HEAD {path} HTTP/1.1\r\nHost: a\r\n{CLOSE}\r\n");
+                    socket.write_all(request.as_bytes()).unwrap();
+                    let mut answer = Vec::new();
+                    let _ = socket.read_to_end(&mut answer);
+                    let answer = String::from_utf8_lossy(&answer).into_owned();
+                    let ends = answer.find("\r\n\r\n").map(|at| at + 4);
+                    (path, ends == Some(answer.len()), answer)
+                })
+            })
+            .collect();
+        for check in checks {
+            let (path, headless, answer) = check.join().unwrap();
+            assert!(headless, "HEAD {path}: {answer:?}");
+        }
+    });
 }

@@ -437,6 +437,63 @@ mod fixed_pool {
         assert_eq!(got, vec![Vec::<u64>::new(), vec![1]]);
     }
 
+    /// `--handlers N` is a hard cap: sixty long polls parked in the waiting room, all woken
+    /// by one event and coming back to the pool at once, then sixty connections opened at
+    /// once, never have more than N connection threads between them; the rest wait for a
+    /// thread, and every one is answered. (Connections back from the waiting room once got a
+    /// thread each, past the cap, and two accept threads could both pass its check.)
+    #[test]
+    fn a_race_of_many_connections_never_has_more_than_n_threads() {
+        let lab = start_lab_with(|c| {
+            c.handlers = 4;
+            c.parking = ParkingMode::Queue;
+        });
+        let addr = lab.addr();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(60));
+        let polls: Vec<_> = (0..60)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    get(addr, "/events/long-poll?since=0&timeout=30")
+                        .unwrap()
+                        .json()
+                })
+            })
+            .collect();
+        wait_until("sixty long polls are in the waiting room", || {
+            lab.lab.stats.parked.get() == 60
+        });
+        publish(addr, "everyone back at once").unwrap();
+        for poll in polls {
+            assert_eq!(ids(&poll.join().unwrap()), vec![1]);
+        }
+        let start = std::sync::Arc::new(std::sync::Barrier::new(60));
+        let burst: Vec<_> = (0..60)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    get(addr, "/events/poll?since=0").unwrap().status
+                })
+            })
+            .collect();
+        for status in burst {
+            assert_eq!(status.join().unwrap(), 200);
+        }
+        let pool = lab.lab.connections.get().unwrap();
+        let peak = pool.alive_peak.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            peak <= 4,
+            "{peak} connection threads at once, with --handlers 4"
+        );
+        assert_eq!(
+            pool.waiting_for_a_thread(),
+            0,
+            "every waiting connection served"
+        );
+    }
+
     #[test]
     fn in_the_waiting_room_the_same_pool_stays_free_and_the_publish_wakes_them() {
         let (took, got) = park_two_then_publish(ParkingMode::Queue);
