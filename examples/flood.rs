@@ -8,9 +8,14 @@
 //! cargo run --release --example flood -- --kind idle --connections 12000
 //! cargo run --release --example flood -- --kind long-poll --parking queue
 //! cargo run --release --example flood -- --kind stream --connections 3000 --lab-args "--max-fds 4096"
+//! cargo run --release --example flood -- --kind trickle --connections 11000 --from 127.0.0.3
 //! ```
 //!
-//! Kinds: `idle` (connect, send nothing), `long-poll`, `stream` (SSE), `websocket`. The lab
+//! Kinds: `idle` (connect, send nothing), `long-poll`, `stream` (SSE), `websocket`, `trickle`
+//! (a `POST` whose 1,000-byte body stops after its first byte). `--from ADDR` opens the flood
+//! from that address (Linux answers on all of 127.0.0.0/8; 127.0.0.1, this machine, has no
+//! share), and then asks for events twenty times from another address, 127.0.0.2: one
+//! client's flood must not lock the other out (`--max-connections-per-client`). The lab
 //! runs as a child process with its default limits (plus `--lab-args`); this process raises
 //! its own descriptor limit to hold its half of every connection. Its log (errors only) goes
 //! to `/tmp/lab-bench-PID.log`; `LAB_RUST_LOG=debug` there shows each connection's life and
@@ -43,6 +48,7 @@ fn main() {
         |k| vec![k],
     );
     let parking = value("--parking").unwrap_or_else(|| "thread".into());
+    let from: Option<std::net::IpAddr> = value("--from").map(|v| v.parse().expect("an address"));
     let lab_args = value("--lab-args").unwrap_or_default();
     // This process holds one end of every connection.
     let own = reverse_ajax_lab::limits::capacity();
@@ -56,8 +62,11 @@ fn main() {
         let mut extra: Vec<&str> = vec!["--parking", &parking];
         extra.extend(lab_args.split_whitespace());
         let lab = ChildLab::start(&extra);
-        let row = flood(&lab, kind, connections);
+        let (row, other) = flood(&lab, kind, connections, from);
         println!("{row}");
+        if let Some(other) = other {
+            println!("  (from 127.0.0.2 during the flood: {other})");
+        }
         if let Some(line) = lab
             .log_tail(1)
             .first()
@@ -144,13 +153,47 @@ fn answer_ms(addr: SocketAddr, path: &str) -> Probe {
     }
 }
 
-fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
+/// Twenty requests for events from 127.0.0.2 (another client than the flood's): how many
+/// were answered 200, and the slowest.
+fn another_client_asks(addr: SocketAddr) -> String {
+    let (mut answered, mut worst) = (0, 0.0f64);
+    for _ in 0..20 {
+        let started = Instant::now();
+        let Ok(mut socket) = reverse_ajax_lab::client::connect_from([127, 0, 0, 2].into(), addr)
+        else {
+            continue;
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!(
+            "GET /events/poll?since=0 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        );
+        let mut head = [0u8; 12];
+        if socket.write_all(request.as_bytes()).is_ok()
+            && socket.read_exact(&mut head).is_ok()
+            && &head[9..12] == b"200"
+        {
+            answered += 1;
+            worst = worst.max(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    format!("/events/poll answered {answered} of 20, the slowest in {worst:.1} ms")
+}
+
+fn flood(
+    lab: &ChildLab,
+    kind: &str,
+    n: usize,
+    from: Option<std::net::IpAddr>,
+) -> (String, Option<String>) {
     let addr = lab.addr;
     let ws_addr = lab.websocket_addr();
     let before = sample(lab).expect("a baseline");
     let request = match kind {
         "idle" => String::new(),
         "long-poll" => format!("GET /events/long-poll?timeout=120 HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        "trickle" => {
+            format!("POST /publish HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\nx")
+        }
         "stream" => format!("GET /events/sse HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
         "websocket" => format!(
             "GET /events/ws HTTP/1.1\r\nHost: {ws_addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -188,7 +231,11 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
         }
     };
     for i in 0..n {
-        match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+        let connected = match from {
+            Some(from) => reverse_ajax_lab::client::connect_from(from, target),
+            None => TcpStream::connect_timeout(&target, Duration::from_secs(5)),
+        };
+        match connected {
             Ok(mut socket) => {
                 if request.is_empty() || socket.write_all(request.as_bytes()).is_ok() {
                     sockets.push(socket);
@@ -208,7 +255,7 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
     let settle = Instant::now() + Duration::from_secs(3);
     // Streams and WebSockets answer at once when held (200, 101): silence there is a
     // connection still waiting for its turn.
-    let silent_is_held = kind == "idle" || kind == "long-poll";
+    let silent_is_held = kind == "idle" || kind == "long-poll" || kind == "trickle";
     let (mut held, mut refused, mut pending) = (0, 0, 0);
     for socket in &mut sockets {
         let left = settle
@@ -226,6 +273,7 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
         }
     }
     check(&mut peak);
+    let other = from.map(|_| another_client_asks(addr));
     drop(sockets);
     // Back to baseline: threads and descriptors within a handful, in at most 60 s (idle
     // connections wait for --idle-timeout; idle connection threads end after 10 s).
@@ -265,7 +313,7 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
         }
         text
     };
-    format!(
+    let row = format!(
         "| {kind} | {held} | {refused} | {pending} | {failed} | {} | {} | {} | {} | {back} | {:.0} → {:.0} → {:.0} |",
         during(worst_stats, refused_stats, unanswered_stats),
         during(worst_page, refused_page, unanswered_page),
@@ -274,5 +322,6 @@ fn flood(lab: &ChildLab, kind: &str, n: usize) -> String {
         mib(before.rss_kib),
         mib(peak.rss_kib),
         mib(after_rss),
-    )
+    );
+    (row, other)
 }

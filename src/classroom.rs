@@ -234,6 +234,10 @@ pub fn qr_svg(text: &str) -> String {
 #[derive(Default)]
 pub struct ClientShares {
     held: Mutex<HashMap<IpAddr, usize>>,
+    /// Requests refused past the share.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// The last refusal logged at info, so that a flood names its client once every 10 s.
+    last_logged: Mutex<Option<(IpAddr, Instant)>>,
 }
 
 /// A place taken by one client address; given back when dropped.
@@ -264,6 +268,16 @@ impl ClientShares {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let count = held.entry(ip).or_insert(0);
         if *count >= max {
+            drop(held);
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|(who, at)| who == ip && at.elapsed() < Duration::from_secs(10)) {
+                log::debug!("refused: {ip} holds {max} requests for events");
+            } else {
+                log::info!("refusing {ip}'s requests for events past its share: it holds {max} (--max-per-client)");
+                *last = Some((ip, Instant::now()));
+            }
             return None;
         }
         *count += 1;

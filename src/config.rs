@@ -22,6 +22,10 @@ pub struct Config {
     pub ws_addr: Option<String>,
     /// Connections for events one client address may hold at once (a classroom's fair share).
     pub max_per_client: usize,
+    /// Connections of any kind one client address may have open at once (being read, held,
+    /// idle, WebSockets): at most half of what the lab can hold, so that one address never
+    /// takes the room's. This machine and trusted proxies are not limited.
+    pub max_connections_per_client: usize,
     /// `--handlers N`: at most N connection threads, a fixed pool like a servlet container's
     /// (0, the default: as many as the requests need, up to the limits).
     pub handlers: usize,
@@ -151,6 +155,7 @@ impl Default for Config {
             ws_addr: None,
             other_addr: None,
             max_per_client: 50,
+            max_connections_per_client: 256,
             handlers: 0,
             generator: Some(0..=5000),
             history: 1024,
@@ -228,6 +233,15 @@ struct Flags {
         default_value_t = 50
     )]
     max_per_client: usize,
+    /// Connections of any kind one client address may have open at once (at most half of
+    /// what the lab can hold)
+    #[arg(
+        long,
+        env = "LAB_MAX_CONNECTIONS_PER_CLIENT",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    max_connections_per_client: usize,
     /// Sessions each framework (Socket.IO, Bayeux, Pushlets, Atmosphere) keeps at once
     #[arg(
         long,
@@ -363,6 +377,7 @@ impl Config {
             history: flags.history,
             max_parked: flags.max_parked,
             max_per_client: flags.max_per_client,
+            max_connections_per_client: flags.max_connections_per_client,
             heartbeat: flags.heartbeat,
             idle_timeout: flags.idle_timeout,
             request_timeout: flags.request_timeout,

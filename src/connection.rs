@@ -56,6 +56,12 @@ pub struct Settings {
     pub body_limit: usize,
     /// `--handlers N`: at most N connection threads (0: as many as the limits allow).
     pub handlers: usize,
+    /// Connections one client address may have open at once (`ClientPlace`).
+    pub max_connections_per_client: usize,
+    /// Addresses not held to that share besides this machine's: trusted proxies, which carry
+    /// the whole room (each client behind them is shared by its forwarded address instead,
+    /// for what it holds).
+    pub not_shared: Vec<std::net::IpAddr>,
 }
 
 /// The route: called on the connection's thread for every request.
@@ -101,6 +107,38 @@ pub struct Pool {
     sockets: Mutex<HashMap<u64, Weak<TcpStream>>>,
     /// The lab is stopping: the accept loops end, no thread waits for work.
     stopping: AtomicBool,
+    /// Connections open now per client address (`ClientPlace`), and refusals past the share.
+    per_client: Mutex<HashMap<std::net::IpAddr, usize>>,
+    pub refused_over_share: AtomicU64,
+    /// The last over-share refusal logged at info: (address, when), so a flood logs its
+    /// client once every 10 s, not once per connection.
+    last_logged_refusal: Mutex<Option<(std::net::IpAddr, Instant)>>,
+}
+
+/// A connection's place in its client's share (`--max-connections-per-client`), given back
+/// when dropped: with the connection, or with the WebSocket that took it over.
+pub struct ClientPlace {
+    pool: Arc<Pool>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else {
+            return;
+        };
+        let mut counts = self
+            .pool
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
 }
 
 /// What the accept thread answered and refused.
@@ -129,6 +167,9 @@ impl Pool {
             accept_thread: AcceptThreadCounts::default(),
             sockets: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            per_client: Mutex::new(HashMap::new()),
+            refused_over_share: AtomicU64::new(0),
+            last_logged_refusal: Mutex::new(None),
         })
     }
 
@@ -155,6 +196,65 @@ impl Pool {
         for socket in sockets {
             let _ = socket.shutdown(Shutdown::Both);
         }
+    }
+
+    /// A place for a connection from `ip` in its client's share, or why not. This machine
+    /// (`127.0.0.1`, `::1`) and trusted proxies are not held to a share.
+    fn take_place(self: &Arc<Pool>, ip: std::net::IpAddr) -> Result<ClientPlace, String> {
+        let this_machine = ip == std::net::IpAddr::from([127, 0, 0, 1])
+            || ip == std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+        if this_machine || self.settings.not_shared.contains(&ip) {
+            return Ok(ClientPlace {
+                pool: self.clone(),
+                ip: None,
+            });
+        }
+        let max = self.settings.max_connections_per_client;
+        let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            drop(counts);
+            self.refused_over_share.fetch_add(1, Relaxed);
+            let why = format!("{ip} has {max} connections open (--max-connections-per-client)");
+            self.log_refusal(ip, &why);
+            return Err(why);
+        }
+        *count += 1;
+        Ok(ClientPlace {
+            pool: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    /// Name the client in the log: once every 10 s per flood, at info; the rest at debug.
+    fn log_refusal(&self, ip: std::net::IpAddr, why: &str) {
+        let mut last = self
+            .last_logged_refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let quiet =
+            last.is_some_and(|(who, at)| who == ip && at.elapsed() < Duration::from_secs(10));
+        if quiet {
+            log::debug!("refused: {why}");
+        } else {
+            log::info!("refusing {ip}'s connections past its share: {why}");
+            *last = Some((ip, Instant::now()));
+        }
+    }
+
+    /// Client addresses with connections open now, and how many (the most first, at most
+    /// `top`), for `/stats`.
+    pub fn connections_per_client(&self, top: usize) -> Vec<(std::net::IpAddr, usize)> {
+        let counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = counts.iter().map(|(ip, n)| (*ip, *n)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(top);
+        all
+    }
+
+    /// The share in force (`--max-connections-per-client`, at most half of what the lab holds).
+    pub fn max_connections_per_client(&self) -> usize {
+        self.settings.max_connections_per_client
     }
 
     /// Connections waiting for a connection thread (`--handlers N`, all N busy).
@@ -423,6 +523,8 @@ pub struct Open {
     counted: Option<crate::limits::Counted>,
     /// Its place among the sockets a stop shuts down.
     registered: Option<Registered>,
+    /// Its place in its client's share.
+    place: Option<ClientPlace>,
 }
 
 impl Open {
@@ -432,6 +534,7 @@ impl Open {
         peer: SocketAddr,
         pool: &Arc<Pool>,
         counted: crate::limits::Counted,
+        place: ClientPlace,
     ) -> Open {
         let id = pool.next_connection.fetch_add(1, Relaxed);
         log::debug!("conn {id} from {peer}");
@@ -447,6 +550,7 @@ impl Open {
             body_unread: false,
             pool: pool.clone(),
             counted: Some(counted),
+            place: Some(place),
         }
     }
 
@@ -649,6 +753,7 @@ impl Request {
             pending: std::mem::take(&mut open.pending),
             counted: open.counted.take(),
             registered: open.registered.take(),
+            place: open.place.take(),
         }
     }
 }
@@ -660,6 +765,7 @@ pub struct TakenOver {
     pub pending: Vec<u8>,
     pub counted: Option<crate::limits::Counted>,
     pub registered: Option<Registered>,
+    pub place: Option<ClientPlace>,
 }
 
 /// The connection while an answer is written: writes go straight to the socket (no buffer:
@@ -850,8 +956,16 @@ pub fn accept_loop(listener: TcpListener, pool: Arc<Pool>, answer: AcceptThreadA
             answerer.answer(&pool, stream, &why);
             continue;
         }
+        // The share: one client address cannot take the room's connections.
+        let place = match pool.take_place(peer.ip()) {
+            Ok(place) => place,
+            Err(why) => {
+                answerer.answer(&pool, stream, &why);
+                continue;
+            }
+        };
         let counted = crate::limits::capacity().count();
-        pool.serve(Open::new(stream, peer, &pool, counted));
+        pool.serve(Open::new(stream, peer, &pool, counted, place));
     }
 }
 

@@ -191,6 +191,13 @@ impl RunningLab {
             write_timeout: lab.config.write_timeout,
             body_limit: lab.config.max_body.max(lab.config.socket_io.max_payload),
             handlers: lab.config.handlers,
+            // Half of what the gate lets in at most: one address never holds the room's share.
+            max_connections_per_client: lab
+                .config
+                .max_connections_per_client
+                .min(crate::limits::capacity().holdable() / 2)
+                .max(1),
+            not_shared: lab.config.trusted_proxies.clone(),
         };
         let (handler_lab, handler_state) = (lab.clone(), state.clone());
         let pool = Pool::new(
@@ -600,6 +607,17 @@ fn stats_json(
         "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),
         // The most at once since the start (`--handlers N` keeps it at N), and connections
         // waiting for one now.
+        // Each client address's share: connections of any kind (refused past it on the
+        // accept thread), held requests for events (`--max-per-client`); the busiest five.
+        "client_shares": lab.connections.get().map(|p| serde_json::json!({
+            "max_connections": p.max_connections_per_client(),
+            "connections_refused": p.refused_over_share.load(Relaxed),
+            "max_held": lab.config.max_per_client,
+            "held_refused": lab.shares.refused.load(Relaxed),
+            "busiest": p.connections_per_client(5).into_iter()
+                .map(|(ip, n)| serde_json::json!({"client": ip.to_string(), "connections": n}))
+                .collect::<Vec<_>>(),
+        })),
         "connection_threads_peak": lab.connections.get().map_or(0, |p| p.alive_peak.load(Relaxed)),
         "waiting_for_a_connection_thread": lab.connections.get().map_or(0, |p| p.waiting_for_a_thread()),
         "socket_io_sessions": state.socket_io.sessions_json()["open"],

@@ -46,6 +46,8 @@ pub struct Place<'lab> {
     /// shuts down: taken over from its HTTP connection.
     _counted: Option<crate::limits::Counted>,
     _registered: Option<crate::connection::Registered>,
+    /// Its place in its client's share (`--max-connections-per-client`).
+    _client: Option<crate::connection::ClientPlace>,
 }
 
 impl<'lab> Upgraded<'lab> {
@@ -139,6 +141,7 @@ pub fn accept<'lab, T>(
             _thread: stats.websocket_threads.enter(),
             _counted: taken.counted,
             _registered: taken.registered,
+            _client: taken.place,
         },
     };
     Ok(Some((checked, upgraded)))

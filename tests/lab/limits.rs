@@ -232,3 +232,93 @@ fn without_proc_the_lab_starts_and_its_gate_counts_what_it_holds() {
         get(lab.addr, "/events/poll?since=0").unwrap().status == 200
     });
 }
+
+/// `GET`/`POST` `path` sent from the address `from`: the answer's status (0: none).
+fn status_from(from: &str, addr: std::net::SocketAddr, method: &str, path: &str) -> u16 {
+    use std::io::{BufRead, Write};
+    let Ok(mut stream) = reverse_ajax_lab::client::connect_from(from.parse().unwrap(), addr) else {
+        return 0;
+    };
+    let body = if method == "POST" { "hello" } else { "" };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(request.as_bytes());
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stream).read_line(&mut line);
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One student cannot lock the class out. One address (127.0.0.3) opens as many connections
+/// as it can, each trickling a body it never finishes; the lab keeps it to its share
+/// (`--max-connections-per-client`, at most half of what the lab holds: here 144 of 288),
+/// refuses the rest on the accept thread, counts them, and another address (127.0.0.2) is
+/// served every lesson request, every time. (Without the share, the flood filled the gate and
+/// every request for events from the other address got 503.)
+#[test]
+fn one_address_flooding_with_trickling_connections_cannot_lock_another_out() {
+    use std::io::Write;
+    let lab = ChildLab::start(&["--max-fds", "400", "--request-timeout", "120"]);
+    let addr = lab.addr;
+    let shares = stats(&lab)["client_shares"].clone();
+    let holdable = stats(&lab)["limits"]["holdable"].as_u64().unwrap();
+    let share = shares["max_connections"].as_u64().unwrap();
+    assert_eq!(share, holdable / 2, "{shares}");
+    // The flood: every connection a head and one byte of a 1,000-byte body.
+    let mut flood = Vec::new();
+    for _ in 0..(2 * holdable) {
+        if let Ok(mut stream) =
+            reverse_ajax_lab::client::connect_from("127.0.0.3".parse().unwrap(), addr)
+        {
+            let _ = stream
+                .write_all(b"POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nx");
+            flood.push(stream);
+        }
+    }
+    wait_until(
+        "the flooding address holds its share and is refused the rest",
+        || {
+            let s = stats(&lab)["client_shares"].clone();
+            s["busiest"][0]["client"] == "127.0.0.3"
+                && s["busiest"][0]["connections"].as_u64() == Some(share)
+                && s["connections_refused"].as_u64() >= Some(holdable)
+        },
+    );
+    // Every lesson request from another address, three times over.
+    // (The publish first: the buffered stream answers once it has an event to give.)
+    let requests = [
+        ("POST", "/publish"),
+        ("GET", "/"),
+        ("GET", "/lessons/polling"),
+        ("GET", "/events/poll?since=0"),
+        ("GET", "/events/jsonp?callback=f&since=0"),
+        ("GET", "/events/cors?since=0"),
+        ("GET", "/events/long-poll?since=0&timeout=1"),
+        (
+            "GET",
+            "/events/long-poll-script?callback=f&since=0&timeout=1",
+        ),
+        ("GET", "/events/buffered?count=1&since=0"),
+        ("GET", "/events/stream?since=0"),
+        ("GET", "/events/sse?since=0"),
+        ("GET", "/events/iframe?since=0"),
+        ("GET", "/events/multipart?since=0"),
+        ("GET", "/socket.io/?EIO=4&transport=polling"),
+        ("GET", "/stats"),
+    ];
+    for round in 0..3 {
+        for (method, path) in requests {
+            assert_eq!(
+                status_from("127.0.0.2", addr, method, path),
+                200,
+                "round {round}: {method} {path} from another address"
+            );
+        }
+    }
+    drop(flood);
+}
