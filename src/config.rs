@@ -41,7 +41,8 @@ pub struct Config {
     pub buffer: usize,
     /// Largest request body accepted; larger gets 413.
     pub max_body: usize,
-    /// Long polls and streams held at once; one more gets 503 with `Retry-After`.
+    /// Long polls, streams and WebSockets held at once; one more gets 503 with `Retry-After`.
+    /// 0 (the default): as many as the lab can hold (`limits::Capacity::holdable`), set at start.
     pub max_parked: usize,
     /// Long-poll deadline when the client names none, and the largest it may name.
     pub long_poll_timeout: Duration,
@@ -161,7 +162,7 @@ impl Default for Config {
             history: 1024,
             buffer: 64,
             max_body: 64 * 1024,
-            max_parked: 6000,
+            max_parked: 0,
             long_poll_timeout: Duration::from_secs(30),
             long_poll_max: Duration::from_secs(120),
             heartbeat: Duration::from_secs(15),
@@ -222,8 +223,8 @@ struct Flags {
     /// Events kept for cursors
     #[arg(long, env = "LAB_HISTORY", value_name = "N", default_value_t = 1024)]
     history: usize,
-    /// Long polls and streams held at once
-    #[arg(long, env = "LAB_MAX_PARKED", value_name = "N", default_value_t = 6000)]
+    /// Long polls, streams and WebSockets held at once (0: as many as the lab can hold)
+    #[arg(long, env = "LAB_MAX_PARKED", value_name = "N", default_value_t = 0)]
     max_parked: usize,
     /// ...of which one client address may hold
     #[arg(

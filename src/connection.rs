@@ -428,6 +428,9 @@ impl Pool {
             let (head, deadline) = match read {
                 Ok(HeadRead::Head(head, length, deadline)) => {
                     open.pending.drain(..length);
+                    // The read buffer's room goes back to the allocator: a held
+                    // connection keeps only the bytes it was sent past the head.
+                    open.pending.shrink_to_fit();
                     (head, deadline)
                 }
                 Ok(HeadRead::Closed) => {

@@ -6,9 +6,11 @@
 //!   `accept` fails; the accept loop backs off and answers on the accept thread with a
 //!   descriptor it keeps spare (`connection::accept_loop`).
 //! - **Threads**: one per connection, a WebSocket too (the socket watcher waits on every idle
-//!   one for its client's frames, `watcher`). Each costs about four memory mappings
-//!   (stack, guard page, and their neighbours), and Linux allows `vm.max_map_count` (65,530
-//!   here) mappings per process; past that a thread cannot start. `pid_max` and `threads-max`
+//!   one for its client's frames, `watcher`). Each costs memory mappings: its stack and the
+//!   stack's guard page, and the alternate signal stack and its guard page that Rust's std
+//!   gives every thread (to print "stack overflow" instead of dying silently): four on Linux,
+//!   measured at start (`mappings_per_thread`). Linux allows `vm.max_map_count` (65,530 here)
+//!   mappings per process; past that a thread cannot start. `pid_max` and `threads-max`
 //!   cap threads too. macOS caps threads per process (`kern.num_taskthreads`, 4,096 or more);
 //!   Windows has no such cap, only memory: there the budget is unknown (`None`), and only
 //!   descriptors are gated.
@@ -22,10 +24,11 @@
 //! | descriptors, threads in use | `/proc/self` | counted by the lab (`Capacity::count`) | counted by the lab |
 //!
 //! ```text
-//! start:   descriptor limit 20000 → 65536 (raised: the hard limit allowed it)
-//!          thread budget 16382 (vm.max_map_count 65530 / 4)
-//!          descriptor limit → 80 % of 16382 − 1024 = 12,081, so that a thread for every
-//!          descriptor fits the budget (the 1,024: idle threads, the lab's own)
+//! start:   descriptor limit 20000 (the hard limit; raised to 65,536 where allowed)
+//!          a thread costs 4 mappings (measured): thread budget (65530 − 43 in use) / 4 = 16371
+//!          descriptor limit → 16371 − 1024 = 15,347, so that the descriptor gate (80 % of it,
+//!          12,277 connections) comes no later than the thread gate (80 % of the budget,
+//!          13,096 threads: a thread per connection, and 1,024 for idle threads and the lab's own)
 //! monitor: every 100 ms, how many descriptors and threads the process holds now
 //! accept:  a connection arrives while descriptors > 80 % or threads > 80 % of budget
 //!          → the accept thread answers itself: /stats and the pages, the rest 503, no thread started
@@ -90,16 +93,14 @@ pub fn capacity() -> &'static Capacity {
     CAPACITY.get_or_init(|| {
         let mut measured = Capacity::measure();
         // The budget must hold together: a thread for every connection, and a connection
-        // for every descriptor (a WebSocket has two of each). So the descriptor limit is what
-        // the thread budget can carry: 80 % of it (the gate's line), less 1,024 for idle
-        // threads and the lab's own; `accept` meets the descriptor limit first, which the lab
-        // survives.
-        // (An unknown budget carries whatever the descriptor limit is.)
-        let fitting = measured.thread_budget.map_or(u64::MAX, |budget| {
-            (budget.saturating_mul(GATE_PERCENT) / 100)
-                .saturating_sub(1024)
-                .max(64)
-        });
+        // for every descriptor. Both gates stand at 80 % of their limit, so the descriptor
+        // limit may be the thread budget less 1,024 (idle threads and the lab's own): the
+        // descriptor gate then comes first, and `accept` meets the descriptor limit before
+        // any thread fails to start, which the lab survives. (An unknown budget carries
+        // whatever the descriptor limit is.)
+        let fitting = measured
+            .thread_budget
+            .map_or(u64::MAX, |budget| budget.saturating_sub(1024).max(64));
         let asked = MAX_FDS.load(Relaxed);
         let cap = if asked > 0 {
             asked.min(fitting)
@@ -150,6 +151,8 @@ pub struct Capacity {
     /// (Linux), or before `kern.num_taskthreads` (macOS); `None` where the OS does not say
     /// (Windows, or Linux without `/proc`): then only descriptors are gated.
     pub thread_budget: Option<u64>,
+    /// Memory mappings one thread costs, as measured at start (Linux); `None` elsewhere.
+    pub mappings_per_thread: Option<u64>,
     fds_now: AtomicU64,
     threads_now: AtomicU64,
     /// Connections and WebSockets the lab holds now (`Capacity::count`): what the gate
@@ -172,7 +175,8 @@ impl Capacity {
     /// Step 1: raise the descriptor limit as far as allowed; read the thread budget.
     pub fn measure() -> Capacity {
         let (before, after) = raise_descriptor_limit();
-        let thread_budget = thread_budget();
+        let mappings_per_thread = mappings_per_thread();
+        let thread_budget = thread_budget(mappings_per_thread);
         let counts_itself = crate::stats::open_fds().is_none();
         if counts_itself {
             log::info!("no /proc: the gate counts the connections it holds itself");
@@ -184,6 +188,7 @@ impl Capacity {
             fd_limit: after,
             fd_limit_at_start: before,
             thread_budget,
+            mappings_per_thread,
             counts_itself,
             ..Capacity::default()
         }
@@ -314,21 +319,75 @@ impl Capacity {
             "fd_limit_at_start": self.fd_limit_at_start,
             // null: the OS gives no thread limit (Windows), or /proc is missing.
             "thread_budget": self.thread_budget,
+            "mappings_per_thread": self.mappings_per_thread,
             "gate_percent": GATE_PERCENT,
             "holdable": self.holdable(),
         })
     }
 }
 
-/// The most threads the process can start, as the OS says (Linux: the smallest of a quarter
-/// of `vm.max_map_count`, `pid_max` and `threads-max`, from `/proc/sys`); `None` where it
-/// does not say.
+/// The mappings in this process's address space now (Linux: the lines of
+/// `/proc/self/maps`); `None` where there is no `/proc`.
+fn mappings_now() -> Option<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    Some(maps.lines().count() as u64)
+}
+
+/// What a thread costs in memory mappings, measured at the margin: threads are started and
+/// wait until glibc has made all the malloc arenas it will (eight per core, each a mapping
+/// or two, paid once), the mappings are counted, thirty-two more are started, and counted
+/// again; the difference, divided by thirty-two and rounded to the nearest (other threads
+/// starting meanwhile, in a test binary, can only raise it: the budget errs low). Between 2
+/// and 8.
+fn mappings_per_thread() -> Option<u64> {
+    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    let first = (8 * cores + 8).min(264);
+    const MORE: u64 = 32;
+    let (started, all_started) = std::sync::mpsc::channel::<()>();
+    let (release, released) = crossbeam_channel::bounded::<()>(0);
+    let mut waiting = Vec::new();
+    let mut start = |n: usize| -> usize {
+        let before = waiting.len();
+        for _ in 0..n {
+            let (started, released) = (started.clone(), released.clone());
+            let spawned = thread::Builder::new()
+                .name("measure".into())
+                .spawn(move || {
+                    let _ = started.send(());
+                    // BLOCKS: until the counts are taken (`release` dropped).
+                    let _ = released.recv();
+                });
+            waiting.extend(spawned.ok());
+        }
+        // BLOCKS: until every thread just started is running (each sends once, then waits).
+        all_started.iter().take(waiting.len() - before).count()
+    };
+    start(first);
+    let first = mappings_now();
+    let more = start(MORE as usize) as u64;
+    let then = mappings_now();
+    drop(release);
+    for thread in waiting {
+        let _ = thread.join();
+    }
+    let added = then?.checked_sub(first?)?;
+    log::debug!("{more} threads added {added} memory mappings");
+    (more == MORE).then(|| ((added + MORE / 2) / MORE).clamp(2, 8))
+}
+
+/// The most threads the process can start, as the OS says (Linux: the smallest of the
+/// mappings left under `vm.max_map_count` divided by what a thread costs, `pid_max` and
+/// `threads-max`, from `/proc/sys`); `None` where it does not say.
 #[cfg(not(target_os = "macos"))]
-fn thread_budget() -> Option<u64> {
+fn thread_budget(mappings_per_thread: Option<u64>) -> Option<u64> {
     let read =
         |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let by_mappings = read("/proc/sys/vm/max_map_count").map(|most| {
+        let left = most.saturating_sub(mappings_now().unwrap_or(0));
+        left / mappings_per_thread.unwrap_or(4)
+    });
     [
-        read("/proc/sys/vm/max_map_count").map(|maps| maps / 4),
+        by_mappings,
         read("/proc/sys/kernel/pid_max"),
         read("/proc/sys/kernel/threads-max"),
     ]
@@ -339,7 +398,7 @@ fn thread_budget() -> Option<u64> {
 
 /// macOS: its limit of threads per process, `kern.num_taskthreads`.
 #[cfg(target_os = "macos")]
-fn thread_budget() -> Option<u64> {
+fn thread_budget(_mappings_per_thread: Option<u64>) -> Option<u64> {
     sysctl_number(c"kern.num_taskthreads")
 }
 

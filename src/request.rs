@@ -40,6 +40,9 @@ pub const MAX_HEADER_LINE: usize = 8 * 1024;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// At most this many header fields: beyond it, 431.
 pub const MAX_HEADERS: usize = 100;
+/// How much one read of a head asks the kernel for.
+const READ_AT_ONCE: usize = 4096;
+
 /// At most this many trailer fields after a chunked body, as for header fields: beyond
 /// it, 431.
 pub const MAX_TRAILERS: usize = MAX_HEADERS;
@@ -293,7 +296,6 @@ pub fn read_head(
         )))
     };
     let mut deadline = (!buffer.is_empty()).then(|| Instant::now() + for_the_rest);
-    let mut chunk = [0u8; 4096];
     loop {
         match parse_head(buffer) {
             Ok(Some((head, length))) => {
@@ -311,12 +313,17 @@ pub fn read_head(
             return too_slow();
         }
         stream.set_read_timeout_for(wait)?;
+        // Read straight into the buffer's tail (on the heap): a 4 KiB array on the stack
+        // would stay resident in every connection thread's stack for the thread's life.
+        let filled = buffer.len();
+        buffer.resize(filled + READ_AT_ONCE, 0);
         // BLOCKS: until the client sends bytes, closes, or `wait` passes.
-        match stream.read(&mut chunk) {
+        let read = stream.read(&mut buffer[filled..]);
+        buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
+        match read {
             Ok(0) if buffer.is_empty() => return Ok(HeadRead::Closed),
             Ok(0) => return Ok(HeadRead::Refused(refuse(400, "the head ended early"))),
-            Ok(n) => {
-                buffer.extend_from_slice(&chunk[..n]);
+            Ok(_) => {
                 deadline.get_or_insert_with(|| Instant::now() + for_the_rest);
             }
             Err(e) if is_timeout(&e) && deadline.is_none() => return Ok(HeadRead::Closed),

@@ -65,18 +65,26 @@ impl RunningLab {
             crate::limits::cap_descriptors(max);
         }
         let capacity = crate::limits::capacity();
+        // What the lab can hold, and why: each held connection is a descriptor and a thread.
+        let threads = match (capacity.thread_budget, capacity.mappings_per_thread) {
+            (Some(budget), Some(each)) => {
+                format!("threads {budget} (a thread costs {each} memory mappings, measured)")
+            }
+            (Some(budget), None) => format!("threads {budget}"),
+            (None, _) => "threads unknown".to_string(),
+        };
         log::info!(
-            "descriptor limit {} (was {}), thread budget {}: up to {} connections held",
+            "descriptor limit {} (was {}), {threads}: up to {} connections held, a descriptor \
+             and a thread each",
             capacity.fd_limit,
             capacity.fd_limit_at_start,
-            capacity
-                .thread_budget
-                .map_or("unknown".to_string(), |budget| budget.to_string()),
             capacity.holdable()
         );
-        // A --max-parked the machine cannot honour is lowered now, and said, rather than met
-        // as a failure deep in the accept loop.
-        if config.max_parked > capacity.holdable() {
+        // --max-parked 0 (the default) is all the lab can hold; more than that is lowered
+        // now, and said, rather than met as a failure deep in the accept loop.
+        if config.max_parked == 0 {
+            config.max_parked = capacity.holdable();
+        } else if config.max_parked > capacity.holdable() {
             log::info!(
                 "--max-parked {} is more than this machine can hold (descriptor limit {}, the \
                  gate at 80 %): lowered to {}",

@@ -246,8 +246,10 @@ pub fn main() {
     let (lab50, lab99) = (mean(&ours, p50), mean(&ours, p99));
     let (peer50, peer99) = (mean(&theirs, p50), mean(&theirs, p99));
     println!(
-        "\nmean of the rounds: lab p50 {lab50:.2} ms, p99 {lab99:.2} ms; peer p50 {peer50:.2} ms, p99 {peer99:.2} ms; \
-         p99 lab / peer {:.2}x ({})",
+        "\nmean of the rounds: lab p50 {lab50:.2} ms, p99 {lab99:.2} ms, {:.1} µs CPU per event; \
+         peer p50 {peer50:.2} ms, p99 {peer99:.2} ms, {:.1} µs CPU per event; p99 lab / peer {:.2}x ({})",
+        mean(&ours, |m| m.step.cpu_us_per_event),
+        mean(&theirs, |m| m.step.cpu_us_per_event),
         lab99 / peer99,
         if lab99 <= peer99 { "the lab at or ahead" } else { "the lab behind" }
     );
@@ -294,8 +296,9 @@ impl Measured {
             self.step.p50_ms, self.step.p99_ms, self.step.max_ms
         );
         println!(
-            "  server: CPU {:.0} %, {:.1} KiB resident per held connection, {} threads; {:.2} requests and {:.0} bytes per delivered event",
+            "  server: CPU {:.0} % ({:.1} µs per delivered event), {:.1} KiB resident per held connection, {} threads; {:.2} requests and {:.0} bytes per delivered event",
             self.step.cpu * 100.0,
+            self.step.cpu_us_per_event,
             self.kib_per_connection,
             self.threads,
             self.requests_per_event,
@@ -463,6 +466,8 @@ struct Step {
     p99_ms: f64,
     max_ms: f64,
     cpu: f64,
+    /// The server's CPU time over the measured period, divided by the deliveries, in µs.
+    cpu_us_per_event: f64,
     /// This process's own CPU: the clients share the machine with the server.
     clients_cpu: f64,
     achieved_rate: f64,
@@ -550,7 +555,8 @@ impl Clients {
         }
         let sent_for = publisher.join().unwrap();
         let seconds = started.elapsed().as_secs_f64();
-        let cpu = (cpu_ticks(pid) - cpu_before) as f64 / 100.0 / seconds;
+        let cpu_seconds = (cpu_ticks(pid) - cpu_before) as f64 / 100.0;
+        let cpu = cpu_seconds / seconds;
         let clients_cpu = (cpu_ticks(std::process::id()) - own_before) as f64 / 100.0 / seconds;
         let mut latencies: Vec<u128> = self
             .conns
@@ -560,6 +566,7 @@ impl Clients {
         latencies.sort_unstable();
         let ms = |p| percentile_ms(&latencies, p).unwrap_or(f64::NAN);
         Step {
+            cpu_us_per_event: cpu_seconds * 1e6 / latencies.len().max(1) as f64,
             delivered: latencies.len(),
             lost: (self.conns.len() as u64 * events).saturating_sub(latencies.len() as u64),
             p50_ms: ms(0.5),
