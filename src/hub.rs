@@ -7,14 +7,18 @@
 //! 2. It rings one bell for every waiting subscriber (`Condvar::notify_all`): each woken
 //!    thread reads the events after its own cursor from the ring, and a subscriber whose
 //!    cursor the ring has moved past is told how many it `missed`.
-//! 3. A subscriber that must also wait for something else (a WebSocket's reader, a framework's
-//!    own queue) gets its own bounded channel (`subscribe_with_channel`) and `select!`s on
-//!    both. The hub offers it the event with `try_send`: the hub never blocks on a slow
+//! 3. A subscriber that must also wake for a notice of its own (a WebSocket's thread: its
+//!    client sent a frame) waits on one of `GROUPS` group bells instead (`subscribe_noticed`):
+//!    `publish` rings every group's, and a notice (`Notice::ring`) rings only its own group's,
+//!    so one client's frame wakes a sixty-fourth of the sockets, not all of them.
+//! 4. A subscriber that must also wait for something else (a framework's own queue) gets its
+//!    own bounded channel (`subscribe_with_channel`) and `select!`s on both. The hub offers it the event with `try_send`: the hub never blocks on a slow
 //!    client. A full channel raises the subscriber's `lagged` flag, and it refills from the
 //!    ring.
 //!
 //! Why a bell and not a channel each: with a thousand parked threads, a thousand channel sends
-//! are a thousand wake-up system calls, made one after another by the publishing thread. On
+//! are a thousand wake-up system calls, made one after another by the publishing thread (at
+//! ten thousand WebSockets, channels put the last socket half a second behind the first). On
 //! the lab's 2-core machine one `notify_all` (one call) has half the threads running in about
 //! half the time the sends take (`cargo run --release --example latency -- wakes 1000`; the
 //! figures are in LESSONS.md chapter 14). Java calls the same idea `Object.notifyAll`.
@@ -29,6 +33,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
+
+/// The group bells of `subscribe_noticed`: a notice wakes one group, an event all of them.
+pub const GROUPS: usize = 64;
 
 /// One published event: a monotonic id and any Unicode text.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +77,8 @@ pub struct Hub {
     /// The bell: rung (`notify_all`) whenever an event is added. Subscriptions without a
     /// channel wait on it, and so does a publisher through the broker waiting for its own.
     added: Condvar,
+    /// The group bells (`subscribe_noticed`), all rung with `added`.
+    group_bells: Vec<Condvar>,
     /// Publishers take turns fanning out (see `publish`).
     fan_out: Mutex<()>,
     history_size: usize,
@@ -83,6 +92,9 @@ struct State {
     subscribers: BTreeMap<u64, Subscriber>,
     /// Subscriptions that wait on the bell (they need no entry: the bell rings for all).
     bell_subscribers: usize,
+    /// Subscriptions waiting on each group bell (`subscribe_noticed`): only a group with
+    /// some is rung.
+    in_group: [usize; GROUPS],
     next_subscriber: u64,
     /// The servlet's single queue, drained by whichever poll comes first.
     shared_queue: VecDeque<Arc<Event>>,
@@ -93,12 +105,14 @@ impl Hub {
     pub fn new(history_size: usize, buffer_size: usize) -> Arc<Hub> {
         Arc::new(Hub {
             added: Condvar::new(),
+            group_bells: (0..GROUPS).map(|_| Condvar::new()).collect(),
             fan_out: Mutex::new(()),
             state: Mutex::new(State {
                 last_id: 0,
                 history: VecDeque::with_capacity(history_size),
                 subscribers: BTreeMap::new(),
                 bell_subscribers: 0,
+                in_group: [0; GROUPS],
                 next_subscriber: 1,
                 shared_queue: VecDeque::new(),
             }),
@@ -155,7 +169,7 @@ impl Hub {
     /// Publishers still take turns (`fan_out`), so every channel receives events in id order.
     fn add(&self, id: Option<u64>, data: String) -> Option<Arc<Event>> {
         let _turn = self.fan_out.lock().unwrap_or_else(|p| p.into_inner());
-        let (event, subscribers) = {
+        let (event, subscribers, in_group) = {
             let mut state = self.lock();
             match id {
                 Some(id) if id <= state.last_id => return None,
@@ -180,10 +194,19 @@ impl Hub {
                 .iter()
                 .map(|(id, sub)| (*id, sub.tx.clone(), sub.lagged.clone()))
                 .collect();
-            (event, subscribers)
+            (event, subscribers, state.in_group)
         };
-        // Step 2. Every thread waiting on the bell wakes: one call, however many there are.
+        // Step 2. Every thread waiting on the bell wakes: one call, however many there are;
+        // and one call per group bell that has anyone waiting on it.
         self.added.notify_all();
+        for (bell, _) in self
+            .group_bells
+            .iter()
+            .zip(in_group)
+            .filter(|(_, n)| *n > 0)
+        {
+            bell.notify_all();
+        }
         // Step 3. The channels, one `try_send` (and perhaps one wake-up) each.
         let mut delivered = 0;
         let mut gone = Vec::new();
@@ -227,6 +250,7 @@ impl Hub {
         let subscription = Subscription {
             hub: self.clone(),
             channel: None,
+            group: None,
             cursor,
         };
         (backlog, subscription)
@@ -252,15 +276,45 @@ impl Hub {
         let subscription = Subscription {
             hub: self.clone(),
             channel: Some(Channel { id, rx, lagged }),
+            group: None,
             cursor,
         };
         (backlog, subscription)
     }
 
+    /// Subscribe on a group bell, with a `Notice` that wakes this subscription alone (and
+    /// the rest of its group, who find nothing and sleep again): for a thread that waits for
+    /// events *or* word that its client sent something (a WebSocket's). The backlog is read
+    /// under the same lock.
+    pub fn subscribe_noticed(
+        self: &Arc<Self>,
+        cursor: u64,
+    ) -> (Backlog, Subscription, Arc<Notice>) {
+        let mut state = self.lock();
+        let backlog = backlog(&state, cursor);
+        let group = (state.next_subscriber % GROUPS as u64) as usize;
+        state.next_subscriber += 1;
+        state.in_group[group] += 1;
+        let cursor = backlog.last(cursor);
+        drop(state);
+        let subscription = Subscription {
+            hub: self.clone(),
+            channel: None,
+            group: Some(group),
+            cursor,
+        };
+        let notice = Arc::new(Notice {
+            hub: self.clone(),
+            group,
+            raised: AtomicBool::new(false),
+        });
+        (backlog, subscription, notice)
+    }
+
     /// How many subscriptions are open (parked long polls, streams, WebSockets).
     pub fn subscriber_count(&self) -> usize {
         let state = self.lock();
-        state.subscribers.len() + state.bell_subscribers
+        state.subscribers.len() + state.bell_subscribers + state.in_group.iter().sum::<usize>()
     }
 
     /// The servlet original's behaviour: take whatever is queued, leaving nothing for others.
@@ -279,6 +333,25 @@ fn backlog(state: &State, cursor: u64) -> Backlog {
     let first = state.history.partition_point(|e| e.id <= cursor);
     let events = state.history.range(first..).cloned().collect();
     Backlog { events, missed }
+}
+
+/// Word for one subscription of `subscribe_noticed` that something besides an event wants
+/// its thread (its WebSocket's client sent a frame, or left).
+pub struct Notice {
+    hub: Arc<Hub>,
+    group: usize,
+    raised: AtomicBool,
+}
+
+impl Notice {
+    /// Raise the notice and ring its group's bell. Never blocks but for the hub's lock, held
+    /// for a moment: raised under it, so a thread between its look and its wait cannot miss it.
+    pub fn ring(&self) {
+        let state = self.hub.lock();
+        self.raised.store(true, Ordering::Release);
+        drop(state);
+        self.hub.group_bells[self.group].notify_all();
+    }
 }
 
 /// Why a parked thread woke without events or a deadline: its client closed the connection.
@@ -305,6 +378,8 @@ pub enum Wake<T> {
 pub struct Subscription {
     hub: Arc<Hub>,
     channel: Option<Channel>,
+    /// Its group bell (`Hub::subscribe_noticed`), if it waits on one.
+    group: Option<usize>,
     cursor: u64,
 }
 
@@ -381,6 +456,36 @@ impl Subscription {
         let batch = backlog(&state, self.cursor);
         self.cursor = batch.last(self.cursor);
         Some(batch)
+    }
+
+    /// Wait for the next events after our cursor or for `notice` (a subscription of
+    /// `Hub::subscribe_noticed`, and its notice), or the deadline.
+    pub fn wait_for_events_or_notice(&mut self, notice: &Notice, deadline: Instant) -> Wake<()> {
+        let group = self
+            .group
+            .expect("a subscription of Hub::subscribe_noticed");
+        let mut state = self.hub.lock();
+        loop {
+            if state.last_id > self.cursor {
+                let batch = backlog(&state, self.cursor);
+                self.cursor = batch.last(self.cursor);
+                return Wake::Events(batch);
+            }
+            if notice.raised.swap(false, Ordering::AcqRel) {
+                return Wake::Other(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Wake::Deadline;
+            }
+            // BLOCKS: the thread sleeps on its group's bell until `publish` rings every group
+            // (an event), `Notice::ring` rings this one (its client, or a neighbour's), or the
+            // deadline passes.
+            state = self.hub.group_bells[group]
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Like `wait_for_events`, but also wakes for a message on `other` (a WebSocket's thread
@@ -496,9 +601,10 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut state = self.hub.lock();
-        match &self.channel {
-            Some(channel) => drop(state.subscribers.remove(&channel.id)),
-            None => state.bell_subscribers -= 1,
+        match (&self.channel, self.group) {
+            (Some(channel), _) => drop(state.subscribers.remove(&channel.id)),
+            (None, Some(group)) => state.in_group[group] -= 1,
+            (None, None) => state.bell_subscribers -= 1,
         }
     }
 }
@@ -606,6 +712,54 @@ mod tests {
         for thread in waiting {
             assert_eq!(thread.join().unwrap(), Some(1));
         }
+    }
+
+    /// The group bells: an event wakes every noticed subscription, across all groups; a
+    /// notice wakes its own subscription (raised before the wait or during it) and no other.
+    #[test]
+    fn group_bells_wake_everyone_for_an_event_and_one_for_its_notice() {
+        let hub = Hub::new(8, 2);
+        let subscribed: Vec<_> = (0..2 * GROUPS).map(|_| hub.subscribe_noticed(0)).collect();
+        assert_eq!(hub.subscriber_count(), 2 * GROUPS);
+        let waiting: Vec<_> = subscribed
+            .into_iter()
+            .map(|(_, mut sub, notice)| {
+                std::thread::spawn(move || {
+                    let woke = sub.wait_for_events_or_notice(&notice, soon());
+                    matches!(woke, Wake::Events(b) if b.events.len() == 1)
+                })
+            })
+            .collect();
+        hub.publish("one");
+        for thread in waiting {
+            assert!(thread.join().unwrap(), "every group heard the event");
+        }
+        // A notice rung before the wait is not lost; one rung during it wakes it.
+        let (_, mut sub, notice) = hub.subscribe_noticed(1);
+        let (_, mut other, other_notice) = hub.subscribe_noticed(1);
+        notice.ring();
+        assert!(matches!(
+            sub.wait_for_events_or_notice(&notice, soon()),
+            Wake::Other(())
+        ));
+        let (rung, ringer) = (Instant::now(), notice.clone());
+        let ringing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            ringer.ring();
+        });
+        let woke = sub.wait_for_events_or_notice(&notice, soon());
+        assert!(matches!(woke, Wake::Other(())), "woken by the notice");
+        assert!(
+            rung.elapsed() < Duration::from_secs(4),
+            "not at the deadline"
+        );
+        ringing.join().unwrap();
+        // The other subscription's notice was never raised: it waits out its deadline.
+        let quick = Instant::now() + Duration::from_millis(100);
+        assert!(matches!(
+            other.wait_for_events_or_notice(&other_notice, quick),
+            Wake::Deadline
+        ));
     }
 
     #[test]

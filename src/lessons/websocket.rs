@@ -35,7 +35,10 @@
 //! 3. One thread per connection, the one that read the handshake (`conn-N`; it logs as
 //!    `ws N`). It blocks on its subscription *and* on a notice from the lab's socket watcher
 //!    (`watcher`), which waits in `poll(2)` on every idle WebSocket at once: a notice says
-//!    the client sent something (or left). Woken by an event, it writes a text frame; by a notice, it reads the frames that
+//!    the client sent something (or left). Both ring one bell: the subscription waits on one
+//!    of the hub's group bells (`Hub::subscribe_noticed`), which every event rings, and the
+//!    watcher's notice rings the same bell (`Notice::ring`), so an event is one wake-up call
+//!    per group, not one per socket. Woken by an event, it writes a text frame; by a notice, it reads the frames that
 //!    are there (`read_frames`: such a read cannot block) and publishes them; by the heartbeat,
 //!    it pings. Only this thread writes to the socket, so frames can never interleave.
 //! 4. Every ending (client close, server close, write error, silent peer) ends the watch and
@@ -57,12 +60,13 @@
 use crate::connection::Request;
 use crate::conversation::{converse, Ending, Endpoint, Socket};
 use crate::http::Query;
-use crate::hub::{Backlog, Subscription, Wake};
+use crate::hub::{Backlog, Notice, Subscription, Wake};
 use crate::lab::Lab;
 use crate::ws::Upgraded;
 use crossbeam_channel::Receiver;
 use serde_json::json;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
@@ -115,6 +119,8 @@ fn check_request(
 struct LessonSocket<'a> {
     lab: &'a Lab,
     subscription: Subscription,
+    /// Rung by the watcher when the client sends something (`nudge`).
+    notice: Arc<Notice>,
     /// The backlog after the client's cursor, sent before the first wait.
     backlog: Option<Backlog>,
 }
@@ -125,13 +131,14 @@ fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()
     let (socket, id, _place) = upgraded.into_watched_websocket(config);
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
-    let (backlog, subscription) = lab.hub.subscribe_with_channel(since);
+    let (backlog, subscription, notice) = lab.hub.subscribe_noticed(since);
     log::debug!("ws {id} open, from event {since}");
     let counters = lab.count("websocket");
     let mut socket = Socket::new(socket, id, &counters, &lab.stats);
     let mut endpoint = LessonSocket {
         lab,
         subscription,
+        notice,
         backlog: Some(backlog),
     };
     converse(&mut endpoint, &mut socket, &lab.watcher);
@@ -143,20 +150,28 @@ impl Endpoint for LessonSocket<'_> {
     fn wait(
         &mut self,
         socket: &mut Socket<'_>,
-        noticed: &Receiver<()>,
+        _noticed: &Receiver<()>,
         deadline: Instant,
     ) -> Result<(), Ending> {
         if let Some(backlog) = self.backlog.take() {
             return send_events(socket, &backlog);
         }
-        // BLOCKS: until an event, the watcher's notice (the client sent something, or left),
-        // or the next ping is due.
-        match self.subscription.wait_for_events_or(noticed, deadline) {
+        // BLOCKS: on the group bell, until an event, the watcher's notice (the client sent
+        // something, or left: `nudge` rang it), or the next ping is due.
+        match self
+            .subscription
+            .wait_for_events_or_notice(&self.notice, deadline)
+        {
             Wake::Events(batch) => send_events(socket, &batch),
-            Wake::Other(()) | Wake::Deadline => Ok(()),
-            // (The watch holds the sender for as long as it lives.)
-            Wake::OtherGone => Err(Ending::gone("the watch ended")),
+            Wake::Other(()) | Wake::Deadline | Wake::OtherGone => Ok(()),
         }
+    }
+
+    /// The watcher's notice rings this socket's group bell (the thread waits there, not on
+    /// the notice channel).
+    fn nudge(&self) -> Option<Box<dyn Fn() + Send + Sync>> {
+        let notice = self.notice.clone();
+        Some(Box::new(move || notice.ring()))
     }
 
     /// Step 3, the client's side: a text frame is published to everyone, the sender too.
