@@ -44,6 +44,26 @@ use std::time::{Duration, Instant};
 /// How often a parked thread looks at its socket to see whether its client left.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// `every`, stretched by this thread's own share of a quarter of it (0 to 25 %, fixed per
+/// thread, drawn at random). Work that every parked thread does once a period (a look, a
+/// heartbeat) restarts from each event, so without it a thousand threads would all fall due
+/// at the same instant, and an event published then would wait behind all of them.
+pub fn out_of_phase(every: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    thread_local! {
+        static SHARE: u32 = {
+            let random = std::collections::hash_map::RandomState::new();
+            (random.hash_one(thread::current().id()) % 1000) as u32
+        };
+    }
+    every + every / 4 * SHARE.with(|share| *share) / 1000
+}
+
+/// When a parked thread's next look at its socket is due (`LOOK_EVERY`, out of phase).
+pub fn next_look() -> Instant {
+    Instant::now() + out_of_phase(LOOK_EVERY)
+}
+
 /// What the connection threads need to know, and what they call.
 pub struct Settings {
     /// A connection with no next request head for this long is closed.
@@ -1119,6 +1139,22 @@ fn answer_on_the_accept_thread(
 
 #[cfg(test)]
 mod tests {
+
+    /// Periodic work falls due out of phase: within a quarter past the period, fixed for a
+    /// thread, different across threads.
+    #[test]
+    fn every_thread_has_its_own_phase() {
+        let every = Duration::from_secs(1);
+        let mine = out_of_phase(every);
+        assert_eq!(out_of_phase(every), mine, "fixed for a thread");
+        let phases: Vec<Duration> = (0..8)
+            .map(|_| thread::spawn(move || out_of_phase(every)).join().unwrap())
+            .collect();
+        for phase in &phases {
+            assert!(*phase >= every && *phase <= every * 5 / 4, "{phase:?}");
+        }
+        assert!(phases.iter().any(|p| *p != phases[0]), "{phases:?}");
+    }
     use super::*;
 
     /// The look a parked thread takes (`Request::client_left`), on both builds: the system's

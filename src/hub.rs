@@ -416,7 +416,7 @@ impl Subscription {
         deadline: Instant,
     ) -> Wake<ClientLeft> {
         loop {
-            let next_look = Instant::now() + crate::connection::LOOK_EVERY;
+            let next_look = crate::connection::next_look();
             let step = if look {
                 deadline.min(next_look)
             } else {
@@ -550,7 +550,7 @@ impl Subscription {
     ) -> Result<Wake<T>, ClientLeft> {
         loop {
             let step = match look {
-                true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+                true => deadline.min(crate::connection::next_look()),
                 false => deadline,
             };
             // BLOCKS: until an event, a message on `other`, or the step ends.

@@ -122,7 +122,7 @@ fn serve_marked_or_not(
             log::debug!("{me} closing after {written_events} events, as asked");
             return stream.finish();
         }
-        let wake_at = Instant::now() + lab.config.heartbeat;
+        let wake_at = Instant::now() + crate::connection::out_of_phase(lab.config.heartbeat);
         // BLOCKS: on the hub's bell, until `Hub::publish` rings it, the heartbeat is due, or
         // the client closes its connection (looked for once a second).
         let look = lab.config.departures;

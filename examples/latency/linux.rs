@@ -295,6 +295,9 @@ impl Measured {
             "  latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             self.step.p50_ms, self.step.p99_ms, self.step.max_ms
         );
+        if let Some((n, slowest, typical)) = self.step.slowest_event {
+            println!("  slowest event: #{n}, median {slowest:.2} ms across the clients (the events' median: {typical:.2} ms)");
+        }
         println!(
             "  server: CPU {:.0} % ({:.1} µs per delivered event), {:.1} KiB resident per held connection, {} threads; {:.2} requests and {:.0} bytes per delivered event",
             self.step.cpu * 100.0,
@@ -468,6 +471,10 @@ struct Step {
     cpu: f64,
     /// The server's CPU time over the measured period, divided by the deliveries, in µs.
     cpu_us_per_event: f64,
+    /// The event whose median latency across the clients was the highest (its number from
+    /// 1, that median in ms), and the median of the events' medians: one event late for
+    /// everyone (work done in phase by every thread) shows as a gap between the two.
+    slowest_event: Option<(usize, f64, f64)>,
     /// This process's own CPU: the clients share the machine with the server.
     clients_cpu: f64,
     achieved_rate: f64,
@@ -558,6 +565,22 @@ impl Clients {
         let cpu_seconds = (cpu_ticks(pid) - cpu_before) as f64 / 100.0;
         let cpu = cpu_seconds / seconds;
         let clients_cpu = (cpu_ticks(std::process::id()) - own_before) as f64 / 100.0 / seconds;
+        // Per event (the n-th each client saw): the median across the clients.
+        let mut medians: Vec<(usize, f64)> = (0..events as usize)
+            .filter_map(|n| {
+                let mut at: Vec<u128> = self
+                    .conns
+                    .iter()
+                    .filter_map(|c| c.seen.get(n).copied())
+                    .collect();
+                at.sort_unstable();
+                percentile_ms(&at, 0.5).map(|ms| (n + 1, ms))
+            })
+            .collect();
+        medians.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let slowest_event = medians
+            .last()
+            .map(|&(n, ms)| (n, ms, medians[medians.len() / 2].1));
         let mut latencies: Vec<u128> = self
             .conns
             .iter()
@@ -566,6 +589,7 @@ impl Clients {
         latencies.sort_unstable();
         let ms = |p| percentile_ms(&latencies, p).unwrap_or(f64::NAN);
         Step {
+            slowest_event,
             cpu_us_per_event: cpu_seconds * 1e6 / latencies.len().max(1) as f64,
             delivered: latencies.len(),
             lost: (self.conns.len() as u64 * events).saturating_sub(latencies.len() as u64),

@@ -625,7 +625,7 @@ fn run_channel(
         // nothing is taken from its queue, which waits for its next request.
         let (events, ended) = loop {
             let step = match lab.config.departures {
-                true => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+                true => deadline.min(crate::connection::next_look()),
                 false => deadline,
             };
             let (events, ended) = wait_for_events(session, step);

@@ -921,7 +921,7 @@ fn wait_for_deliveries(
 ) -> Option<Vec<Message>> {
     loop {
         let step = match left {
-            Some(_) => deadline.min(Instant::now() + crate::connection::LOOK_EVERY),
+            Some(_) => deadline.min(crate::connection::next_look()),
             None => deadline,
         };
         // BLOCKS: until a delivery, a nudge, or the step ends (see `wait_once`).
