@@ -357,6 +357,34 @@ impl Notice {
 /// Why a parked thread woke without events or a deadline: its client closed the connection.
 pub struct ClientLeft;
 
+/// How every parked request waits (`--departures on`: `look`): in steps that end at its next
+/// look (`connection::next_look`), each a `wait` until something wakes it (`Some`) or the
+/// step ends (`None`); between steps, one look at the socket, which nobody reads while the
+/// thread sleeps. `Ok(Some)`: woken; `Ok(None)`: the deadline passed; `Err`: the client left.
+pub fn wait_looking<T>(
+    deadline: Instant,
+    look: bool,
+    client_left: impl Fn() -> bool,
+    mut wait: impl FnMut(Instant) -> Option<T>,
+) -> Result<Option<T>, ClientLeft> {
+    loop {
+        let step = match look {
+            true => deadline.min(crate::connection::next_look()),
+            false => deadline,
+        };
+        // BLOCKS: in `wait`, until what it waits for, or the step ends.
+        if let Some(woke) = wait(step) {
+            return Ok(Some(woke));
+        }
+        if !look || Instant::now() >= deadline {
+            return Ok(None);
+        }
+        if client_left() {
+            return Err(ClientLeft);
+        }
+    }
+}
+
 /// Which of two other channels woke `Subscription::wait_for_events_or_either`.
 pub enum Either<T, U> {
     First(T),
@@ -415,24 +443,14 @@ impl Subscription {
         look: bool,
         deadline: Instant,
     ) -> Wake<ClientLeft> {
-        loop {
-            let next_look = crate::connection::next_look();
-            let step = if look {
-                deadline.min(next_look)
-            } else {
-                deadline
-            };
-            // BLOCKS: until `Hub::publish` rings the bell (or sends into our channel), or the
-            // step ends.
-            if let Some(backlog) = self.wait_for_events(step) {
-                return Wake::Events(backlog);
-            }
-            if !look || Instant::now() >= deadline {
-                return Wake::Deadline;
-            }
-            if client_left() {
-                return Wake::Other(ClientLeft);
-            }
+        // BLOCKS: until `Hub::publish` rings the bell (or sends into our channel), the
+        // deadline, or a look finds the client gone.
+        match wait_looking(deadline, look, client_left, |step| {
+            self.wait_for_events(step)
+        }) {
+            Ok(Some(backlog)) => Wake::Events(backlog),
+            Ok(None) => Wake::Deadline,
+            Err(left) => Wake::Other(left),
         }
     }
 
@@ -548,21 +566,15 @@ impl Subscription {
         look: bool,
         deadline: Instant,
     ) -> Result<Wake<T>, ClientLeft> {
-        loop {
-            let step = match look {
-                true => deadline.min(crate::connection::next_look()),
-                false => deadline,
-            };
-            // BLOCKS: until an event, a message on `other`, or the step ends.
+        // BLOCKS: until an event, a message on `other`, the deadline, or a look finds the
+        // client gone.
+        let woke = wait_looking(deadline, look, client_left, |step| {
             match self.wait_for_events_or(other, step) {
-                Wake::Deadline if look && Instant::now() < deadline => {
-                    if client_left() {
-                        return Err(ClientLeft);
-                    }
-                }
-                woke => return Ok(woke),
+                Wake::Deadline => None,
+                woke => Some(woke),
             }
-        }
+        })?;
+        Ok(woke.unwrap_or(Wake::Deadline))
     }
 
     /// The first event plus whatever else is queued, refilled from history after an overflow;

@@ -623,23 +623,19 @@ fn run_channel(
         // the hold ends (then a heartbeat); with `--departures on` in steps of a second, to
         // look whether the client closed its connection. One that did is let go at once:
         // nothing is taken from its queue, which waits for its next request.
-        let (events, ended) = loop {
-            let step = match lab.config.departures {
-                true => deadline.min(crate::connection::next_look()),
-                false => deadline,
-            };
+        let left = || out.client_left();
+        let waited = crate::hub::wait_looking(deadline, lab.config.departures, left, |step| {
             let (events, ended) = wait_for_events(session, step);
-            if !events.is_empty() || ended || Instant::now() >= deadline {
-                break (events, ended);
-            }
-            if out.client_left() {
-                lab.stats
-                    .departed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log::debug!("pushlets session {}: its client left", session.id);
-                return Ok(());
-            }
+            (!events.is_empty() || ended).then_some((events, ended))
+        });
+        let Ok(woke) = waited else {
+            lab.stats
+                .departed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::debug!("pushlets session {}: its client left", session.id);
+            return Ok(());
         };
+        let (events, ended) = woke.unwrap_or_default();
         let mut batch = events;
         if batch.is_empty() && !ended {
             batch.push(fields(&[("p_event", "hb")]));

@@ -919,22 +919,18 @@ fn wait_for_deliveries(
     deadline: Instant,
     left: Option<&dyn Fn() -> bool>,
 ) -> Option<Vec<Message>> {
-    loop {
-        let step = match left {
-            Some(_) => deadline.min(crate::connection::next_look()),
-            None => deadline,
-        };
+    let look = left.is_some();
+    let client_left = || left.is_some_and(|left| left());
+    let waited = crate::hub::wait_looking(deadline, look, client_left, |step| loop {
         // BLOCKS: until a delivery, a nudge, or the step ends (see `wait_once`).
         return match wait_once(client, step) {
             Woken::Deliveries(deliveries) => Some(deliveries),
             Woken::Nudged if Instant::now() < deadline && !client.state().superseded => continue,
-            Woken::TimeUp if Instant::now() < deadline => match left.is_some_and(|left| left()) {
-                true => None,
-                false => continue,
-            },
+            Woken::TimeUp => None,
             _ => Some(Vec::new()),
         };
-    }
+    });
+    waited.ok().map(Option::unwrap_or_default)
 }
 
 /// What woke a thread waiting for a client's deliveries.

@@ -442,29 +442,31 @@ fn poll(
     log::debug!("socket.io {} GET parked", session.sid);
     let arrived = Instant::now();
     let deadline = arrived + session::hold_limit(&socket_io.settings);
-    // Held in slices of a second (with --departures on), to see the client leave: packets
+    // Held in slices that end at each look (with --departures on), to see the client leave: packets
     // written into a connection whose client has gone would be lost, so the session is
     // closed instead, as the real engine.io does ("poll connection closed prematurely").
-    let delivery = loop {
-        let slice = match lab.config.departures {
-            true => (Instant::now() + Duration::from_secs(1)).min(deadline),
-            false => deadline,
-        };
-        // BLOCKS: until the outbox or the hub has something for this session, or the slice
-        // ends (at the deadline at the latest).
+    let mut nothing = None;
+    let left = || request.client_left();
+    // BLOCKS: until the outbox or the hub has something for this session, the deadline, or
+    // a look finds the client gone.
+    let waited = crate::hub::wait_looking(deadline, lab.config.departures, left, |slice| {
         let delivery = session.wait_for_packets(slice, true);
-        if !delivery.nothing || Instant::now() >= deadline {
-            break delivery;
+        match delivery.nothing {
+            true => nothing = Some(delivery),
+            false => return Some(delivery),
         }
-        if request.client_left() {
-            // (Closed while the GET still counts as held: not the race of a client's own
-            // close packet, which `close` remembers to answer a late GET.)
-            let why = "the held GET's client left (poll connection closed prematurely)";
-            close(socket_io, session, Closer::Client, why);
-            session.state().polling_get = false;
-            return Ok(());
-        }
+        None
+    });
+    let Ok(woke) = waited else {
+        // (Closed while the GET still counts as held: not the race of a client's own close
+        // packet, which `close` remembers to answer a late GET.)
+        let why = "the held GET's client left (poll connection closed prematurely)";
+        close(socket_io, session, Closer::Client, why);
+        session.state().polling_get = false;
+        return Ok(());
     };
+    // (At the deadline: the noop the last wait added.)
+    let delivery = woke.or(nothing).expect("at least one wait");
     session.state().polling_get = false;
     log::debug!(
         "socket.io {} GET answered with {} packet(s)",
