@@ -236,8 +236,8 @@ pub struct ClientShares {
     held: Mutex<HashMap<IpAddr, usize>>,
     /// Requests refused past the share.
     pub refused: std::sync::atomic::AtomicU64,
-    /// The last refusal logged at info, so that a flood names its client once every 10 s.
-    last_logged: Mutex<Option<(IpAddr, Instant)>>,
+    /// Refusals logged naming the client, once every 10 s per flood.
+    refusals: RefusalLog,
 }
 
 /// A place taken by one client address; given back when dropped.
@@ -247,8 +247,28 @@ pub struct Share {
     ip: Option<IpAddr>,
 }
 
+/// Refusals past a client's share, logged naming the client: at info for the first of a
+/// flood and then once every 10 s, the rest at debug (a flood of refusals would otherwise
+/// flood the log too).
+#[derive(Default)]
+pub struct RefusalLog {
+    last: Mutex<Option<(IpAddr, Instant)>>,
+}
+
+impl RefusalLog {
+    pub fn note(&self, ip: IpAddr, why: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|(who, at)| who == ip && at.elapsed() < Duration::from_secs(10)) {
+            log::debug!("refused: {why}");
+        } else {
+            log::info!("refusing {ip} past its share: {why}");
+            *last = Some((ip, Instant::now()));
+        }
+    }
+}
+
 /// The lab's own machine: the one loopback address each family's clients come from.
-fn is_this_machine(ip: IpAddr) -> bool {
+pub fn is_this_machine(ip: IpAddr) -> bool {
     ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
 }
 
@@ -271,13 +291,8 @@ impl ClientShares {
             drop(held);
             self.refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|(who, at)| who == ip && at.elapsed() < Duration::from_secs(10)) {
-                log::debug!("refused: {ip} holds {max} requests for events");
-            } else {
-                log::info!("refusing {ip}'s requests for events past its share: it holds {max} (--max-per-client)");
-                *last = Some((ip, Instant::now()));
-            }
+            let why = format!("{ip} holds {max} requests for events (--max-per-client)");
+            self.refusals.note(ip, &why);
             return None;
         }
         *count += 1;

@@ -130,9 +130,8 @@ pub struct Pool {
     /// Connections open now per client address (`ClientPlace`), and refusals past the share.
     per_client: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub refused_over_share: AtomicU64,
-    /// The last over-share refusal logged at info: (address, when), so a flood logs its
-    /// client once every 10 s, not once per connection.
-    last_logged_refusal: Mutex<Option<(std::net::IpAddr, Instant)>>,
+    /// Refusals logged naming the client, once every 10 s per flood.
+    refusals: crate::classroom::RefusalLog,
 }
 
 /// A connection's place in its client's share (`--max-connections-per-client`), given back
@@ -189,7 +188,7 @@ impl Pool {
             stopping: AtomicBool::new(false),
             per_client: Mutex::new(HashMap::new()),
             refused_over_share: AtomicU64::new(0),
-            last_logged_refusal: Mutex::new(None),
+            refusals: Default::default(),
         })
     }
 
@@ -221,9 +220,7 @@ impl Pool {
     /// A place for a connection from `ip` in its client's share, or why not. This machine
     /// (`127.0.0.1`, `::1`) and trusted proxies are not held to a share.
     fn take_place(self: &Arc<Pool>, ip: std::net::IpAddr) -> Result<ClientPlace, String> {
-        let this_machine = ip == std::net::IpAddr::from([127, 0, 0, 1])
-            || ip == std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
-        if this_machine || self.settings.not_shared.contains(&ip) {
+        if crate::classroom::is_this_machine(ip) || self.settings.not_shared.contains(&ip) {
             return Ok(ClientPlace {
                 pool: self.clone(),
                 ip: None,
@@ -236,7 +233,7 @@ impl Pool {
             drop(counts);
             self.refused_over_share.fetch_add(1, Relaxed);
             let why = format!("{ip} has {max} connections open (--max-connections-per-client)");
-            self.log_refusal(ip, &why);
+            self.refusals.note(ip, &why);
             return Err(why);
         }
         *count += 1;
@@ -244,22 +241,6 @@ impl Pool {
             pool: self.clone(),
             ip: Some(ip),
         })
-    }
-
-    /// Name the client in the log: once every 10 s per flood, at info; the rest at debug.
-    fn log_refusal(&self, ip: std::net::IpAddr, why: &str) {
-        let mut last = self
-            .last_logged_refusal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let quiet =
-            last.is_some_and(|(who, at)| who == ip && at.elapsed() < Duration::from_secs(10));
-        if quiet {
-            log::debug!("refused: {why}");
-        } else {
-            log::info!("refusing {ip}'s connections past its share: {why}");
-            *last = Some((ip, Instant::now()));
-        }
     }
 
     /// Client addresses with connections open now, and how many (the most first, at most
