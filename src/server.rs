@@ -310,13 +310,21 @@ impl RunningLab {
         for (addr, _) in &self.accept {
             let _ = std::net::TcpStream::connect_timeout(&reachable(*addr), Duration::from_secs(1));
         }
-        // 3. Every WebSocket's thread is told (its close: 1001), then every socket is shut.
+        // 3. Every WebSocket's thread is told (its close: 1001).
         lab.watcher.stop();
         let until = Instant::now() + Duration::from_secs(1);
         while graceful && lab.stats.websocket_threads.get() > 0 && Instant::now() < until {
             // BLOCKS: a moment, while the WebSockets close.
             thread::sleep(Duration::from_millis(10));
         }
+        // 4. Every stream ends whole (its last chunk) at its next look, within a second and
+        // a quarter: a page sees it end, not break.
+        let until = Instant::now() + Duration::from_millis(1500);
+        while graceful && lab.stats.streams.get() > 0 && Instant::now() < until {
+            // BLOCKS: a moment, while the streams end.
+            thread::sleep(Duration::from_millis(10));
+        }
+        // 5. Then every socket the lab holds is shut down under its thread.
         self.pool.stop();
     }
 }

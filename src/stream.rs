@@ -126,8 +126,15 @@ fn serve_marked_or_not(
         // BLOCKS: on the hub's bell, until `Hub::publish` rings it, the heartbeat is due, or
         // the client closes its connection (looked for once a second).
         let look = lab.config.departures;
-        let left = || stream.client_left();
+        // (A look also sees the lab stopping: the stream then ends whole, below.)
+        let left = || lab.shutdown.is_stopping() || stream.client_left();
         let woke = subscription.wait_or_notice_leaving(left, look, wake_at);
+        if lab.shutdown.is_stopping() {
+            // The lab stops: the stream ends as a stream should (its last chunk), so the client
+            // sees it end rather than break, and comes back to the next lab with its cursor.
+            log::debug!("{me} ended: the lab is stopping");
+            return stream.finish();
+        }
         let written = match woke {
             Wake::Other(ClientLeft) | Wake::OtherGone => {
                 lab.stats

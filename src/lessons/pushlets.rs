@@ -623,11 +623,18 @@ fn run_channel(
         // the hold ends (then a heartbeat); with `--departures on` in steps of a second, to
         // look whether the client closed its connection. One that did is let go at once:
         // nothing is taken from its queue, which waits for its next request.
-        let left = || out.client_left();
+        // (A look also sees the lab stopping: the session's stream then ends with an abort.)
+        let left = || lab.shutdown.is_stopping() || out.client_left();
         let waited = crate::hub::wait_looking(deadline, lab.config.departures, left, |step| {
             let (events, ended) = wait_for_events(session, step);
             (!events.is_empty() || ended).then_some((events, ended))
         });
+        if lab.shutdown.is_stopping() {
+            let abort = fields(&[("p_event", "abort"), ("p_reason", "the lab is stopping")]);
+            out.write_chunk(format.event(&abort).as_bytes())?;
+            out.write_chunk(format.end().as_bytes())?;
+            return out.finish();
+        }
         let Ok(woke) = waited else {
             lab.stats
                 .departed

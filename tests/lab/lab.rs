@@ -445,7 +445,9 @@ fn a_stopped_lab_closes_every_connection_and_ends_every_thread() {
     use std::time::{Duration, Instant};
     for parking in [ParkingMode::Thread, ParkingMode::Queue] {
         let lab = common::start_lab_with(|c| {
-            c.generator = Some(0..=50);
+            // A generator thread that must end too, and whose first event is a minute away:
+            // the long poll stays held until the stop.
+            c.generator = Some(60_000..=60_000);
             c.parking = parking;
         });
         let addr = lab.addr();
@@ -475,8 +477,9 @@ fn a_stopped_lab_closes_every_connection_and_ends_every_thread() {
             }
         };
         assert_eq!(close, Some(CloseCode::Away), "{parking:?}");
-        // Every other connection is closed: what is left to read ends.
-        for mut connection in held.into_iter().chain([idle]) {
+        // Every other connection is closed: what is left to read ends. The stream ends whole:
+        // its last chunk, not a broken body.
+        for (n, mut connection) in held.into_iter().chain([idle]).enumerate() {
             connection
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
@@ -489,6 +492,13 @@ fn a_stopped_lab_closes_every_connection_and_ends_every_thread() {
                         .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
                 "{parking:?}: a connection still open: {end:?}"
             );
+            if n == 1 {
+                assert!(
+                    rest.ends_with(b"0\r\n\r\n"),
+                    "{parking:?}: the stream ended without its last chunk: {:?}",
+                    String::from_utf8_lossy(&rest[rest.len().saturating_sub(80)..])
+                );
+            }
         }
         assert!(
             std::net::TcpStream::connect(addr).is_err(),
