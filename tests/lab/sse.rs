@@ -190,8 +190,9 @@ fn after_a_503_the_page_reopens_the_stream_itself() {
     wait_for_stat(addr, "streams", 1, "the blocker holds the only place");
     let mut page = browser.open(&lab.url("/lessons/sse"));
     page.wait_for_log("EventSource has given up for good");
+    // (Not a wait for `streams` to read 0: the page may take the freed place before /stats
+    // is asked, and the 0 never be seen.)
     drop(blocker);
-    wait_for_stat(addr, "streams", 0, "the place is free");
     page.wait_for_log("stream open");
     let text = marker("after-503");
     publish(addr, &text).unwrap();
