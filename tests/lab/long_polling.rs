@@ -437,6 +437,22 @@ mod fixed_pool {
         assert_eq!(got, vec![Vec::<u64>::new(), vec![1]]);
     }
 
+    /// Sixty threads that each do `request` at the same moment (a barrier lets them go).
+    fn sixty_at_once<T: Send + 'static>(
+        request: impl Fn() -> T + Send + Clone + 'static,
+    ) -> Vec<std::thread::JoinHandle<T>> {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(60));
+        (0..60)
+            .map(|_| {
+                let (start, request) = (start.clone(), request.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    request()
+                })
+            })
+            .collect()
+    }
+
     /// `--handlers N` is a hard cap: sixty long polls parked in the waiting room, all woken
     /// by one event and coming back to the pool at once, then sixty connections opened at
     /// once, never have more than N connection threads between them; the rest wait for a
@@ -449,18 +465,11 @@ mod fixed_pool {
             c.parking = ParkingMode::Queue;
         });
         let addr = lab.addr();
-        let start = std::sync::Arc::new(std::sync::Barrier::new(60));
-        let polls: Vec<_> = (0..60)
-            .map(|_| {
-                let start = start.clone();
-                std::thread::spawn(move || {
-                    start.wait();
-                    get(addr, "/events/long-poll?since=0&timeout=30")
-                        .unwrap()
-                        .json()
-                })
-            })
-            .collect();
+        let polls = sixty_at_once(move || {
+            get(addr, "/events/long-poll?since=0&timeout=30")
+                .unwrap()
+                .json()
+        });
         wait_until("sixty long polls are in the waiting room", || {
             lab.lab.stats.parked.get() == 60
         });
@@ -468,16 +477,7 @@ mod fixed_pool {
         for poll in polls {
             assert_eq!(ids(&poll.join().unwrap()), vec![1]);
         }
-        let start = std::sync::Arc::new(std::sync::Barrier::new(60));
-        let burst: Vec<_> = (0..60)
-            .map(|_| {
-                let start = start.clone();
-                std::thread::spawn(move || {
-                    start.wait();
-                    get(addr, "/events/poll?since=0").unwrap().status
-                })
-            })
-            .collect();
+        let burst = sixty_at_once(move || get(addr, "/events/poll?since=0").unwrap().status);
         for status in burst {
             assert_eq!(status.join().unwrap(), 200);
         }
