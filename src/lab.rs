@@ -29,8 +29,10 @@ pub struct Lab {
     pub shares: Arc<crate::classroom::ClientShares>,
     /// Per lesson: requests in progress and browsers seen (the teacher's view).
     pub activity: Arc<crate::classroom::Activity>,
-    /// The connection threads (`connection::Pool`): what `/stats` reads of them.
-    pub connections: std::sync::OnceLock<Arc<crate::connection::Pool>>,
+    /// The connection threads (`connection::Pool`): what `/stats` reads of them. Weak: the
+    /// pool's handler holds the `Lab`, so a strong reference back would keep both alive
+    /// forever after the lab stops (`RunningLab` owns the pool).
+    pub connections: std::sync::OnceLock<std::sync::Weak<crate::connection::Pool>>,
     /// The one thread that waits for every idle WebSocket's next frame (`watcher`).
     pub watcher: crate::watcher::SocketWatcher,
     /// The lab's stop (`RunningLab::stop`): a flag, and a line its threads wait on.

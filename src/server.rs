@@ -212,7 +212,7 @@ impl RunningLab {
             settings,
             Box::new(move |request| handle(&handler_lab, &handler_state, request)),
         );
-        let _ = lab.connections.set(pool.clone());
+        let _ = lab.connections.set(Arc::downgrade(&pool));
         let mut accept = vec![spawn_accept("accept", listener, &pool, &lab, &state)?];
         accept.push(spawn_accept("accept-other", other, &pool, &lab, &state)?);
         if let Some(alias) = ws_alias {
@@ -253,15 +253,21 @@ impl RunningLab {
     }
 
     /// Stop the lab (`shutdown`): no new connection; every WebSocket closed with 1001, then
-    /// every socket shut down; every thread the lab started ends. **BLOCKS** until they have
-    /// (10 s at most): `Err` names the threads that had not.
+    /// every socket shut down; every thread the lab started ends, and the `Lab` is freed.
+    /// **BLOCKS** until they have (10 s at most): `Err` names what had not.
     pub fn stop(mut self) -> Result<(), Vec<String>> {
         self.begin_stop(true);
         let until = Instant::now() + Duration::from_secs(10);
         loop {
             let left = self.threads_left();
             if left.is_empty() {
-                return Ok(());
+                // Nothing but this `RunningLab` may hold the lab now.
+                let lab = Arc::downgrade(&self.lab);
+                drop(self);
+                return match lab.upgrade() {
+                    None => Ok(()),
+                    Some(_) => Err(vec!["the Lab, still held once every thread ended".into()]),
+                };
             }
             if Instant::now() >= until {
                 return Err(left);
@@ -608,6 +614,8 @@ fn stats_json(
     client: &crate::forwarded::Client,
 ) -> serde_json::Value {
     let s = &lab.stats;
+    let pool = lab.connections.get().and_then(std::sync::Weak::upgrade);
+    let pool = pool.as_deref();
     json!({
         // Requests being handled (WebSockets included: an upgraded request is handled until
         // its socket closes), not counting the one answering this.
@@ -619,13 +627,15 @@ fn stats_json(
         // WebSockets whose client's frames the socket watcher waits for (`watcher`).
         "watched_sockets": lab.watcher.watching(),
         // Open TCP connections, idle keep-alive ones included (each has its thread).
-        "open_connections": lab.connections.get().map_or(0, |p| p.open.load(Relaxed)),
-        "connection_threads": lab.connections.get().map_or(0, |p| p.alive.load(Relaxed)),
+        "open_connections": pool.map_or(0, |p| p.open.load(Relaxed)),
+        "connection_threads": pool.map_or(0, |p| p.alive.load(Relaxed)),
         // The most at once since the start (`--handlers N` keeps it at N), and connections
         // waiting for one now.
+        "connection_threads_peak": pool.map_or(0, |p| p.alive_peak.load(Relaxed)),
+        "waiting_for_a_connection_thread": pool.map_or(0, |p| p.waiting_for_a_thread()),
         // Each client address's share: connections of any kind (refused past it on the
         // accept thread), held requests for events (`--max-per-client`); the busiest five.
-        "client_shares": lab.connections.get().map(|p| serde_json::json!({
+        "client_shares": pool.map(|p| serde_json::json!({
             "max_connections": p.max_connections_per_client(),
             "connections_refused": p.refused_over_share.load(Relaxed),
             "max_held": lab.config.max_per_client,
@@ -634,8 +644,6 @@ fn stats_json(
                 .map(|(ip, n)| serde_json::json!({"client": ip.to_string(), "connections": n}))
                 .collect::<Vec<_>>(),
         })),
-        "connection_threads_peak": lab.connections.get().map_or(0, |p| p.alive_peak.load(Relaxed)),
-        "waiting_for_a_connection_thread": lab.connections.get().map_or(0, |p| p.waiting_for_a_thread()),
         "socket_io_sessions": state.socket_io.sessions_json()["open"],
         // Socket.IO's dynamic namespaces (`/room-*`) alive now.
         "socket_io_namespaces": lessons::socket_io::namespaces::dynamic_namespaces(&state.socket_io),
@@ -671,7 +679,7 @@ fn stats_json(
         "parking": format!("{:?}", lab.config.parking).to_lowercase(),
         "slow_consumers": s.slow_consumers.load(Relaxed),
         "departed": s.departed.load(Relaxed),
-        "accept_thread": lab.connections.get().map(|p| json!({
+        "accept_thread": pool.map(|p| json!({
             "answered": p.accept_thread.answered.load(Relaxed),
             "refused": p.accept_thread.refused.load(Relaxed),
             "accept_errors": p.accept_thread.accept_errors.load(Relaxed),

@@ -143,6 +143,9 @@ fn talks_to_the_lab(command: &str) -> bool {
     .iter()
     .any(|address| command.contains(address))
         && !command.starts_with("cargo ")
+        // The Socket.IO protocol's suite needs a lab with its own timings: its test,
+        // `the_socket_io_protocol_suite_passes_whole`, runs the book's command against one.
+        && !command.contains("tests/node/socket.io-protocol/")
 }
 
 /// The status a comment names (`# 400: no form`, `# -i shows the 101`), if any: three digits

@@ -481,7 +481,12 @@ mod fixed_pool {
         for status in burst {
             assert_eq!(status.join().unwrap(), 200);
         }
-        let pool = lab.lab.connections.get().unwrap();
+        let pool = lab
+            .lab
+            .connections
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .unwrap();
         let peak = pool.alive_peak.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
             peak <= 4,
