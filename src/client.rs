@@ -248,6 +248,11 @@ impl Stream {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The socket under the stream (to reset it, as a client that vanishes does).
+    pub fn socket(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
     /// The next chunk's text; `None` when the stream ended. Errors after `deadline`.
     pub fn next_chunk(&mut self, deadline: Instant) -> io::Result<Option<String>> {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -291,6 +296,11 @@ impl KeepAlive {
             addr,
             reader: BufReader::new(stream),
         })
+    }
+
+    /// The socket under the connection (to reset it, as a client that vanishes does).
+    pub fn socket(&self) -> &TcpStream {
+        self.reader.get_ref()
     }
 
     pub fn get(&mut self, path: &str) -> io::Result<Response> {

@@ -586,7 +586,8 @@ impl Open {
         let _ = self.stream.shutdown(Shutdown::Write);
         if self.body_unread {
             let until = Instant::now() + Duration::from_secs(2);
-            let mut sink = [0u8; 16 * 1024];
+            // On the heap: a stack page touched once stays resident for the thread's life.
+            let mut sink = vec![0u8; 16 * 1024];
             let mut drained = 0;
             while drained < 16 << 20 {
                 let left = until.saturating_duration_since(Instant::now());

@@ -332,7 +332,8 @@ pub fn end(socket: &mut Socket<'_>, ending: Ending) {
 /// 1006) instead of our code. (`a_close_the_server_starts_ends_cleanly_without_a_reset`)
 fn drain(mut stream: &TcpStream, id: u64) {
     let until = Instant::now() + Duration::from_secs(2);
-    let mut buffer = [0u8; 16 * 1024];
+    // On the heap: a stack page touched once stays resident for the thread's life.
+    let mut buffer = vec![0u8; 16 * 1024];
     let mut drained = 0;
     loop {
         let left = until.saturating_duration_since(Instant::now());

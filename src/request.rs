@@ -528,7 +528,6 @@ struct Source<'a, S> {
 impl<S: ReadWithTimeout> Source<'_, S> {
     /// Make sure at least `n` bytes are buffered.
     fn fill(&mut self, n: usize) -> Result<(), Refusal> {
-        let mut chunk = [0u8; 8192];
         let too_slow = || {
             refuse(
                 408,
@@ -543,10 +542,16 @@ impl<S: ReadWithTimeout> Source<'_, S> {
             self.stream
                 .set_read_timeout_for(left)
                 .map_err(|e| refuse(400, format!("could not read the body: {e}")))?;
+            // Read into the buffer's own spare room, not a chunk on the stack: stack pages a
+            // connection thread touches once stay resident for as long as it lives.
+            let had = self.buffer.len();
+            self.buffer.resize(had + 8192, 0);
             // BLOCKS: until the client sends more of its body, closes, or the deadline.
-            match self.stream.read(&mut chunk) {
+            let read = self.stream.read(&mut self.buffer[had..]);
+            self.buffer.truncate(had + *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => return Err(refuse(400, "the body ended early")),
-                Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => return Err(too_slow()),
                 Err(e) => return Err(refuse(400, format!("could not read the body: {e}"))),

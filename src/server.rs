@@ -182,6 +182,9 @@ impl RunningLab {
         for sweeper in sweepers {
             threads.push(sweeper.map_err(|e| format!("cannot start a sweeper thread: {e}"))?);
         }
+        let trimmer = crate::memory::spawn_trimmer(stop())
+            .map_err(|e| format!("cannot start the memory-trim thread: {e}"))?;
+        threads.extend(trimmer);
 
         if lab.config.parking == ParkingMode::Queue {
             let (dispatcher_lab, room) = (lab.clone(), state.waiting_room.clone());

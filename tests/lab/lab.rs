@@ -506,3 +506,43 @@ fn a_stopped_lab_closes_every_connection_and_ends_every_thread() {
         );
     }
 }
+
+/// The binary as a user runs it turns glibc's per-thread malloc caches off by execing itself
+/// once with `GLIBC_TUNABLES` (`memory::turn_off_thread_caches`): the same process, serving,
+/// with the tunable in its environment. A `GLIBC_TUNABLES` set already is left alone
+/// (`tcache_count=7`: glibc's own default, to see the climb).
+#[cfg(all(target_os = "linux", target_env = "gnu", not(lab_portable)))]
+#[test]
+fn the_lab_runs_without_glibcs_per_thread_caches_unless_told_otherwise() {
+    use std::process::{Command, Stdio};
+    for (given, expected) in [
+        (None, "glibc.malloc.tcache_count=0"),
+        (
+            Some("glibc.malloc.tcache_count=7"),
+            "glibc.malloc.tcache_count=7",
+        ),
+    ] {
+        let port = common::free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reverse-ajax-lab"));
+        command
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(["--other-addr", "127.0.0.1:0", "--generator", "off"])
+            .env_remove("GLIBC_TUNABLES")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(given) = given {
+            command.env("GLIBC_TUNABLES", given);
+        }
+        let mut child = command.spawn().unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until("the lab answers", || get(addr, "/stats").is_ok());
+        // The process we started is the one serving: an exec keeps its pid.
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let tunables = String::from_utf8_lossy(&environ)
+            .split('\0')
+            .find_map(|v| v.strip_prefix("GLIBC_TUNABLES=").map(String::from));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(tunables.as_deref(), Some(expected), "given {given:?}");
+    }
+}
