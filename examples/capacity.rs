@@ -40,7 +40,7 @@ fn main() {
     let technique = value(&args, "--technique").unwrap_or_else(|| "long-poll".into());
     let parking = value(&args, "--parking").unwrap_or_else(|| "thread".into());
     let steps: Vec<usize> = value(&args, "--steps")
-        .unwrap_or_else(|| "1000,2000,4000,6000,8000,9500".into())
+        .unwrap_or_else(|| "1000,2000,4000,6000,8000,10000,12000".into())
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();
