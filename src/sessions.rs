@@ -25,14 +25,16 @@
 //! 4. `Sessions::close`: the session is forgotten, and its client's place given back.
 //!
 //! Also here: `Outbox`, a session's queue for its client, bounded by count and allocated as
-//! it fills rather than up front.
+//! it fills rather than up front; and `HubFeed`, a session's subscription to the hub, lent to
+//! whichever transport waits for the session, with the wait on both (`HubFeed::wait`).
 //!
 //! **What it costs**: one map entry and one ordered entry per session; an open, a touch or a
 //! close takes the registry's lock for a logarithm of the sessions. (What the caps save, and
 //! a flood of handshakes measured: LESSONS.md, "What every framework shares".)
 
 pub use crate::config::SessionLimits;
-use crossbeam_channel::{Receiver, Sender};
+use crate::hub::{Subscription, Wake};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -370,6 +372,87 @@ impl<T> Outbox<T> {
     }
 }
 
+/// A session's subscription to the hub (its *feed*), there while the session follows the
+/// hub, and lent to whichever transport waits for the session at the moment: a held GET, a
+/// WebSocket's thread, a held connect. One wait at a time holds it; a second finds it lent
+/// and waits on the outbox alone, and is nudged when the feed comes back.
+pub struct HubFeed {
+    slot: Mutex<FeedSlot>,
+}
+
+struct FeedSlot {
+    subscription: Option<Subscription>,
+    /// Bumped whenever the feed is replaced or removed, so that a wait handing back an old
+    /// subscription drops it instead (which unsubscribes it).
+    generation: u64,
+    /// A wait found the feed lent: nudge it when it comes back.
+    wanted: bool,
+}
+
+impl Default for HubFeed {
+    fn default() -> HubFeed {
+        HubFeed {
+            slot: Mutex::new(FeedSlot {
+                subscription: None,
+                generation: 0,
+                wanted: false,
+            }),
+        }
+    }
+}
+
+impl HubFeed {
+    fn slot(&self) -> MutexGuard<'_, FeedSlot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follow the hub with `subscription` from now on, or stop (`None`); a wait holding the
+    /// old one drops it when it comes back.
+    pub fn set(&self, subscription: Option<Subscription>) {
+        let mut slot = self.slot();
+        slot.generation += 1;
+        slot.subscription = subscription;
+    }
+
+    /// The parked wait of whatever transport serves the session: **BLOCKS** until the hub
+    /// has events for it, `outbox` has an item, or `deadline`. Without the feed (not
+    /// following the hub, or lent to another wait), on the outbox alone. `nudge` goes into the
+    /// outbox when this wait hands back a feed another wanted.
+    pub fn wait<T>(
+        &self,
+        outbox: &Outbox<T>,
+        deadline: Instant,
+        nudge: impl FnOnce() -> T,
+    ) -> Wake<T> {
+        let (lent, generation) = {
+            let mut slot = self.slot();
+            let lent = slot.subscription.take();
+            slot.wanted |= lent.is_none();
+            (lent, slot.generation)
+        };
+        let Some(mut subscription) = lent else {
+            // BLOCKS: until the outbox has an item, or the deadline.
+            return match crate::workarounds::recv_deadline(&outbox.rx, deadline) {
+                Ok(item) => Wake::Other(item),
+                Err(RecvTimeoutError::Timeout) => Wake::Deadline,
+                Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
+            };
+        };
+        // BLOCKS: until a hub event, an item in the outbox, or the deadline.
+        let woke = subscription.wait_for_events_or(&outbox.rx, deadline);
+        let mut slot = self.slot();
+        // Replaced or removed meanwhile: this one is dropped, which unsubscribes it.
+        if slot.generation == generation {
+            slot.subscription = Some(subscription);
+            if std::mem::take(&mut slot.wanted) {
+                drop(slot);
+                outbox.tell(nudge());
+            }
+        }
+        woke
+    }
+}
+
 /// Another handle on the same queue, for whoever must nudge the session from elsewhere (the
 /// socket watcher, with `tell`).
 impl<T> Clone for Outbox<T> {
@@ -452,6 +535,47 @@ mod tests {
             .unwrap();
         sessions.look_at(&id, now + Duration::from_secs(50));
         assert!(sessions.take_due(now + Duration::from_secs(6)).len() == 1);
+    }
+
+    #[test]
+    fn a_feed_is_lent_to_one_wait_and_comes_back_with_a_nudge_for_the_one_that_wanted_it() {
+        let hub = crate::hub::Hub::new(16, 16);
+        let feed = Arc::new(HubFeed::default());
+        let outbox = Outbox::<&str>::new(8);
+        feed.set(Some(hub.subscribe_with_channel(hub.last_id()).1));
+        // The first wait takes the feed and waits for an event.
+        let first = {
+            let (feed, outbox) = (feed.clone(), outbox.clone());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            std::thread::spawn(move || feed.wait(&outbox, deadline, || "nudge"))
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while feed.slot().subscription.is_some() && Instant::now() < until {
+            std::thread::yield_now();
+        }
+        // A second finds it lent: it waits on the outbox alone (and wants the feed).
+        assert!(matches!(
+            feed.wait(&outbox, Instant::now(), || "nudge"),
+            Wake::Deadline
+        ));
+        hub.publish("one");
+        assert!(matches!(first.join().unwrap(), Wake::Events(batch) if batch.events.len() == 1));
+        // Back in its slot, and the wait that wanted it is told.
+        assert!(feed.slot().subscription.is_some());
+        assert_eq!(outbox.rx.try_recv(), Ok("nudge"));
+        // Removed while lent: the lent one is dropped when it comes back.
+        let first = {
+            let (feed, outbox) = (feed.clone(), outbox.clone());
+            let deadline = Instant::now() + Duration::from_millis(300);
+            std::thread::spawn(move || feed.wait(&outbox, deadline, || "nudge"))
+        };
+        while feed.slot().subscription.is_some() && Instant::now() < until {
+            std::thread::yield_now();
+        }
+        feed.set(None);
+        assert!(matches!(first.join().unwrap(), Wake::Deadline));
+        assert!(feed.slot().subscription.is_none());
+        assert_eq!(hub.subscriber_count(), 0, "the dropped one unsubscribed");
     }
 
     #[test]

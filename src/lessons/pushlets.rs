@@ -52,11 +52,10 @@
 
 use crate::connection::Request;
 use crate::http::{self, escape_html, HttpError, Query};
-use crate::hub::{Event, Subscription, Wake};
+use crate::hub::{Event, Wake};
 use crate::lab::Lab;
-use crate::sessions::{Outbox, Refused, SessionLimits, Sessions};
+use crate::sessions::{HubFeed, Outbox, Refused, SessionLimits, Sessions};
 use crate::stats::LessonCounters;
-use crossbeam_channel::RecvTimeoutError;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,6 +95,8 @@ struct State {
     format: Option<String>,
     mode: Option<String>,
     next_sid: u64,
+    /// A subscription covers `/lab/events`: the session follows the hub (its feed).
+    hub: bool,
     /// A data channel is open (no expiry meanwhile).
     listening: bool,
     last_seen: Instant,
@@ -108,7 +109,9 @@ pub struct Session {
     /// Events for the client, at most `QUEUE`, and nudges for its data channel.
     queue: Outbox<Queued>,
     state: Mutex<State>,
-    feed: Mutex<Option<Subscription>>,
+    /// The hub subscription, while the session follows the hub (lent to a data channel's
+    /// wait).
+    feed: HubFeed,
 }
 
 impl Session {
@@ -180,7 +183,7 @@ impl Pushlets {
     fn end(&self, session: &Session, why: &str) {
         self.sessions.close(&session.id);
         session.state().gone = true;
-        *session.feed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        session.feed.set(None);
         session.queue.tell(Queued::End);
         log::debug!("pushlets session {} ended: {why}", session.id);
     }
@@ -407,12 +410,13 @@ fn join(
             format: Some(format.to_string()),
             mode: None,
             next_sid: 1,
+            hub: false,
             listening: false,
             last_seen: Instant::now(),
             gone: false,
             seq: 0,
         }),
-        feed: Mutex::new(None),
+        feed: HubFeed::default(),
     })?;
     log::debug!("pushlets session {} joined", session.id);
     Ok(session)
@@ -460,15 +464,15 @@ fn subscribe(
 /// The hub feed is there while a subscription covers `/lab/events`.
 fn follow_the_hub(lab: &Lab, session: &Session) {
     let wanted = session.subscribed_to(HUB_SUBJECT);
-    let mut feed = session.feed.lock().unwrap_or_else(|p| p.into_inner());
-    if wanted && feed.is_none() {
-        // (A data channel may hold the old one for its wait: it drops it when it hands back
-        // and finds this one in the slot.)
-        *feed = Some(lab.hub.subscribe_with_channel(lab.hub.last_id()).1);
+    let followed = std::mem::replace(&mut session.state().hub, wanted);
+    if wanted && !followed {
+        session
+            .feed
+            .set(Some(lab.hub.subscribe_with_channel(lab.hub.last_id()).1));
     } else if !wanted {
-        *feed = None;
+        // (A data channel's wait holding it drops it when it comes back.)
+        session.feed.set(None);
     }
-    drop(feed);
     session.queue.tell(Queued::Wake);
 }
 
@@ -677,30 +681,9 @@ fn wait_for_events(session: &Session, deadline: Instant) -> (Vec<Fields>, bool) 
     let mut events = Vec::new();
     let mut ended = false;
     loop {
-        let feed = session
-            .feed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let woke = match feed {
-            Some(mut subscription) => {
-                // BLOCKS: until a publish on a subscribed subject, a hub event, or the deadline.
-                let woke = subscription.wait_for_events_or(&session.queue.rx, deadline);
-                let keep = !session.state().gone && session.subscribed_to(HUB_SUBJECT);
-                let mut slot = session.feed.lock().unwrap_or_else(|p| p.into_inner());
-                if keep && slot.is_none() {
-                    *slot = Some(subscription);
-                }
-                woke
-            }
-            // BLOCKS: until a publish on a subscribed subject, or the deadline.
-            None => match crate::workarounds::recv_deadline(&session.queue.rx, deadline) {
-                Ok(queued) => Wake::Other(queued),
-                Err(RecvTimeoutError::Timeout) => Wake::Deadline,
-                Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
-            },
-        };
-        match woke {
+        // BLOCKS: until a publish on a subscribed subject, a hub event (when following the
+        // hub), or the deadline.
+        match session.feed.wait(&session.queue, deadline, || Queued::Wake) {
             Wake::Events(batch) => {
                 // The ring moved past this session's place: say how many it lost.
                 if batch.missed > 0 {

@@ -52,12 +52,12 @@ pub mod websocket;
 
 use crate::connection::Request;
 use crate::http::{self, HttpError, Query};
-use crate::hub::{Subscription, Wake};
+use crate::hub::Wake;
 use crate::lab::Lab;
 use crate::request::Method;
-use crate::sessions::{Outbox, SessionLimits, Sessions};
+use crate::sessions::{HubFeed, Outbox, SessionLimits, Sessions};
 use crate::stats::LessonCounters;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use message::Message;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -129,9 +129,9 @@ pub struct Client {
     /// connect.
     queue: Outbox<Outgoing>,
     state: Mutex<ClientState>,
-    /// The hub subscription, while a subscription covers `/lab/events` (taken by a held
+    /// The hub subscription, while a subscription covers `/lab/events` (lent to a held
     /// connect for its wait).
-    feed: Mutex<Option<Subscription>>,
+    feed: HubFeed,
     /// Rung when a held connect is answered (a newer one waits for that to take its place).
     released: Condvar,
 }
@@ -139,10 +139,6 @@ pub struct Client {
 impl Client {
     fn state(&self) -> MutexGuard<'_, ClientState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn feed(&self) -> MutexGuard<'_, Option<Subscription>> {
-        self.feed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queue a delivery; `false` when the client stopped reading (its queue is full).
@@ -199,7 +195,7 @@ impl Bayeux {
     fn forget(&self, client: &Client, why: &str) {
         self.clients.close(&client.id);
         client.state().gone = true;
-        *client.feed() = None;
+        client.feed.set(None);
         client.queue.tell(Outgoing::End);
         log::debug!("bayeux client {} gone: {why}", client.id);
     }
@@ -501,7 +497,7 @@ fn handshake(bayeux: &Bayeux, message: &Message, transport: &str, from: IpAddr) 
             unacked: VecDeque::new(),
             batch: 0,
         }),
-        feed: Mutex::new(None),
+        feed: HubFeed::default(),
         released: Condvar::new(),
     });
     let client = match opened {
@@ -588,9 +584,9 @@ fn subscribe(lab: &Lab, client: &Client, message: &Message, subscribing: bool) -
     drop(state);
     if covers_hub && !had_hub {
         let (_, subscription) = lab.hub.subscribe_with_channel(lab.hub.last_id());
-        *client.feed() = Some(subscription);
+        client.feed.set(Some(subscription));
     } else if !covers_hub {
-        *client.feed() = None; // (a held connect drops the one it holds)
+        client.feed.set(None); // (a held connect drops the one it holds)
     }
     client.queue.tell(Outgoing::Wake);
     let mut reply = message::reply(message, true);
@@ -946,29 +942,9 @@ enum Woken {
 /// One wait on the client's queue and its hub feed. **BLOCKS** until one of them has
 /// something, or `deadline`.
 fn wait_once(client: &Client, deadline: Instant) -> Woken {
-    let feed = client.feed().take();
-    let woke = match feed {
-        Some(mut subscription) => {
-            // BLOCKS: until a publish on a subscribed channel, a hub event, or the deadline.
-            let woke = subscription.wait_for_events_or(&client.queue.rx, deadline);
-            let keep = {
-                let state = client.state();
-                state.hub && !state.gone
-            };
-            let mut slot = client.feed();
-            if keep && slot.is_none() {
-                *slot = Some(subscription);
-            }
-            woke
-        }
-        // BLOCKS: until a publish on a subscribed channel, or the deadline.
-        None => match crate::workarounds::recv_deadline(&client.queue.rx, deadline) {
-            Ok(outgoing) => Wake::Other(outgoing),
-            Err(RecvTimeoutError::Timeout) => Wake::Deadline,
-            Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
-        },
-    };
-    match woke {
+    // BLOCKS: until a publish on a subscribed channel, a hub event (when subscribed to the
+    // hub), a nudge, or the deadline.
+    match client.feed.wait(&client.queue, deadline, || Outgoing::Wake) {
         Wake::Events(batch) => {
             // The ring moved past this client's place: say how many it lost, first.
             let missed = (batch.missed > 0)

@@ -28,8 +28,7 @@ use super::engine_io::Packet as EioPacket;
 use super::packet::Packet;
 use super::Settings;
 use crate::hub::{Event, Subscription, Wake};
-use crate::sessions::Outbox;
-use crossbeam_channel::RecvTimeoutError;
+use crate::sessions::{HubFeed, Outbox};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -182,16 +181,6 @@ pub struct State {
     pub rendered: Offset,
 }
 
-/// The `/lab` socket's subscription to the hub, passed between transports (see the module).
-struct Feed {
-    subscription: Option<Subscription>,
-    /// Bumped whenever the feed is replaced or removed, so a transport handing back an old
-    /// subscription drops it instead.
-    generation: u64,
-    /// Someone found the feed taken and waits: wake them when it comes back.
-    wanted: bool,
-}
-
 pub struct Session {
     pub sid: String,
     /// Packets for the client, at most `OUTBOX` groups, and nudges for its transport.
@@ -199,7 +188,8 @@ pub struct Session {
     state: Mutex<State>,
     /// Signalled when an upgrade ends (done, or given up): a GET that came during one waits.
     upgrade_settled: Condvar,
-    feed: Mutex<Feed>,
+    /// The `/lab` socket's subscription to the hub, lent to the transport that waits.
+    feed: HubFeed,
 }
 
 /// What a transport collected to write.
@@ -235,11 +225,7 @@ impl Session {
                 rendered: Offset::default(),
             }),
             upgrade_settled: Condvar::new(),
-            feed: Mutex::new(Feed {
-                subscription: None,
-                generation: 0,
-                wanted: false,
-            }),
+            feed: HubFeed::default(),
         }
     }
 
@@ -279,10 +265,6 @@ impl Session {
             .wait_timeout_while(state, limit, |s| s.upgrading)
             .unwrap_or_else(|p| p.into_inner());
         state.transport == Transport::WebSocket
-    }
-
-    fn feed(&self) -> MutexGuard<'_, Feed> {
-        self.feed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queue packets for the client. `false`: the outbox is full, the client is not reading
@@ -329,44 +311,14 @@ impl Session {
     /// `/lab` joined: its subscription becomes the feed (a recovered backlog was queued in
     /// the outbox just before, and the outbox always goes first).
     pub fn install_feed(&self, subscription: Subscription) {
-        let mut feed = self.feed();
-        feed.generation += 1;
-        feed.subscription = Some(subscription);
-        drop(feed);
+        self.feed.set(Some(subscription));
         // A transport parked without the feed picks it up.
         self.wake();
     }
 
     /// `/lab` left, or the session ended: the subscription goes (now, or when handed back).
     pub fn clear_feed(&self) {
-        let mut feed = self.feed();
-        feed.generation += 1;
-        feed.subscription = None;
-    }
-
-    /// Take the feed for one wait; `wanted` is raised when another transport holds it.
-    fn take_feed(&self) -> (Option<Subscription>, u64) {
-        let mut feed = self.feed();
-        let subscription = feed.subscription.take();
-        if subscription.is_none() {
-            feed.wanted = true;
-        }
-        (subscription, feed.generation)
-    }
-
-    fn give_back_feed(&self, subscription: Option<Subscription>, generation: u64) {
-        let mut feed = self.feed();
-        if let Some(subscription) = subscription {
-            if feed.generation == generation {
-                feed.subscription = Some(subscription);
-                if std::mem::take(&mut feed.wanted) {
-                    drop(feed);
-                    self.wake();
-                }
-            }
-            // Otherwise the socket left /lab (or rejoined) meanwhile: this one is dropped,
-            // which unsubscribes it.
-        }
+        self.feed.set(None);
     }
 
     /// The parked wait of whatever transport serves the session: **BLOCKS** until the outbox
@@ -384,23 +336,9 @@ impl Session {
         let mut fed = Vec::new();
         let mut ended = false;
         loop {
-            let (subscription, generation) = self.take_feed();
-            let woke = match subscription {
-                Some(mut subscription) => {
-                    // BLOCKS: until the generator (or anyone) publishes, or the outbox gets
-                    // packets, or the deadline.
-                    let woke = subscription.wait_for_events_or(&self.outbox.rx, deadline);
-                    self.give_back_feed(Some(subscription), generation);
-                    woke
-                }
-                // BLOCKS: until the outbox gets packets (a ping from the heartbeat thread at
-                // the latest), or the deadline.
-                None => match crate::workarounds::recv_deadline(&self.outbox.rx, deadline) {
-                    Ok(outgoing) => Wake::Other(outgoing),
-                    Err(RecvTimeoutError::Timeout) => Wake::Deadline,
-                    Err(RecvTimeoutError::Disconnected) => Wake::OtherGone,
-                },
-            };
+            // BLOCKS: until the generator (or anyone) publishes, or the outbox gets packets
+            // (a ping from the heartbeat thread at the latest), or the deadline.
+            let woke = self.feed.wait(&self.outbox, deadline, || Outgoing::Wake);
             match woke {
                 Wake::Events(batch) => {
                     if batch.missed > 0 {
