@@ -264,13 +264,20 @@ impl RunningLab {
         loop {
             let left = self.threads_left();
             if left.is_empty() {
-                // Nothing but this `RunningLab` may hold the lab now.
+                // Nothing but this `RunningLab` may hold the lab now. (A connection thread
+                // counts itself gone a moment before it lets go of the pool, whose handler
+                // holds the lab: a second at most.)
                 let lab = Arc::downgrade(&self.lab);
                 drop(self);
-                return match lab.upgrade() {
-                    None => Ok(()),
-                    Some(_) => Err(vec!["the Lab, still held once every thread ended".into()]),
-                };
+                let until = Instant::now() + Duration::from_secs(2);
+                while lab.strong_count() > 0 {
+                    if Instant::now() >= until {
+                        return Err(vec!["the Lab, still held once every thread ended".into()]);
+                    }
+                    // BLOCKS: a moment, while the last threads let go.
+                    thread::sleep(Duration::from_millis(10));
+                }
+                return Ok(());
             }
             if Instant::now() >= until {
                 return Err(left);
