@@ -63,10 +63,11 @@ pub fn run(only: Option<&'static str>) {
 
 /// `run` with the flags given here instead of the command line's (benchmarks start the lab
 /// as a child process this way). On Linux with glibc, the program is first exec'd again with
-/// glibc's per-thread malloc caches off, unless `GLIBC_TUNABLES` is set (`memory`).
+/// glibc's per-thread malloc caches shrunk to one chunk a size, unless `GLIBC_TUNABLES` is set
+/// (`memory`).
 pub fn run_with_args(only: Option<&'static str>, args: impl IntoIterator<Item = String>) {
     // Before any thread starts: this may exec the program again (`memory`).
-    memory::turn_off_thread_caches();
+    memory::shrink_thread_caches();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut config = match Config::from_env_and_args(args) {
         Ok(config) => config,

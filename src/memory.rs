@@ -1,12 +1,12 @@
 //! # Memory that stays level: what a thread per connection costs the allocator.
 //!
 //! ```text
-//! 2,000 clients come and go for 12 minutes   glibc as it starts: resident memory climbs,
-//!                                             45 → 108 MiB (+32 % from the first third to
-//!                                             the last), and 19 MiB stay after they leave
-//! the lab execs itself once, at start,        the same run: level (within 15 %), and back
-//!   with GLIBC_TUNABLES=…tcache_count=0       near the start's size when the clients leave
-//! memory-trim, every 10 s: malloc_trim(0)     free pages go back to the kernel
+//! 2,000 clients come and go for 12 minutes    glibc as it starts: resident memory climbs,
+//!                                              45 → 108 MiB (+32 % from the first third to
+//!                                              the last), and 19 MiB stay after they leave
+//! the lab execs itself once, at start, with    the same run: 42 → 61 MiB (+9 %), and 14 MiB
+//!   GLIBC_TUNABLES=glibc.malloc.tcache_count=1   after they leave
+//! memory-trim, every 10 s: malloc_trim(0)      free pages go back to the kernel
 //! ```
 //!
 //! glibc's `malloc` gives each thread a cache of freed chunks (its *tcache*: up to 7 chunks
@@ -15,12 +15,15 @@
 //! chunks pin the pages they sit on: memory freed around them cannot be handed back, and new
 //! allocations go elsewhere. Nothing leaks, but the resident size climbs under churn.
 //!
-//! 1. `turn_off_thread_caches`: glibc reads its tunables once, when a program starts, from
+//! 1. `shrink_thread_caches`: glibc reads its tunables once, when a program starts, from
 //!    `GLIBC_TUNABLES`. So the lab, before it starts any thread, execs itself again (the same
-//!    process, the same arguments) with `glibc.malloc.tcache_count=0` added. Every malloc
-//!    then goes to the thread's arena (glibc keeps up to 8 per core), under that arena's lock.
-//!    A `GLIBC_TUNABLES` set already is left as it is: `glibc.malloc.tcache_count=7` (glibc's
-//!    default) shows the climb (LESSONS.md, Appendix A).
+//!    process, the same arguments) with `glibc.malloc.tcache_count=1`: one chunk of each size
+//!    per thread. A thread that frees and allocates the same size again still skips the
+//!    arena's lock; the pile of chunks a thread freed once and never reuses is gone. (With no
+//!    cache at all, 0, memory is flatter still, but every `malloc` takes its arena's lock, and
+//!    10,000 WebSocket threads on 16 arenas pay for it: LESSONS.md, Appendix A.) A
+//!    `GLIBC_TUNABLES` set already is left as it is: `glibc.malloc.tcache_count=7` (glibc's
+//!    default) shows the climb.
 //! 2. `spawn_trimmer`: one thread, `memory-trim`, which every `TRIM_EVERY` asks glibc to
 //!    give back every whole free page in every arena (`malloc_trim(0)`: `madvise` on the
 //!    free pages, not only each heap's top), so that memory freed when clients leave goes
@@ -31,9 +34,9 @@
 //! Elsewhere than Linux with glibc (and in the portable build) neither step exists: macOS's
 //! and Windows' allocators give pages back themselves.
 //!
-//! **What it costs**: one exec at start (a millisecond); a malloc that takes its arena's lock
-//! instead of the thread's cache (measured in LESSONS.md, Appendix A); one `malloc_trim` every
-//! 10 s, which walks every arena's free lists under that arena's lock.
+//! **What it costs**: one exec at start (a millisecond); one `malloc_trim` every 10 s, which
+//! walks every arena's free lists under that arena's lock. Latency and CPU per event are
+//! within the noise of glibc's default (measured in LESSONS.md, Appendix A).
 
 use crossbeam_channel::Receiver;
 use std::time::Duration;
@@ -41,13 +44,13 @@ use std::time::Duration;
 /// How often freed memory is given back.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
-/// The tunable that turns the per-thread caches off.
-pub const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";
+/// The tunable that keeps one chunk of each size per thread instead of seven.
+pub const SMALL_THREAD_CACHES: &str = "glibc.malloc.tcache_count=1";
 
-/// Step 1: exec this program again with the per-thread caches off, unless `GLIBC_TUNABLES`
+/// Step 1: exec this program again with small per-thread caches, unless `GLIBC_TUNABLES`
 /// is set already. Call it before any thread starts. Returns only if it did not
 /// exec (no glibc, the setting is there, or the exec failed: then the lab runs as it is).
-pub fn turn_off_thread_caches() {
+pub fn shrink_thread_caches() {
     if !GLIBC {
         return;
     }
@@ -59,8 +62,8 @@ pub fn turn_off_thread_caches() {
     let Ok(program) = std::env::current_exe() else {
         return;
     };
-    let error = exec(&program, NO_THREAD_CACHES);
-    eprintln!("could not turn glibc's per-thread malloc caches off ({error}); going on with them");
+    let error = exec(&program, SMALL_THREAD_CACHES);
+    eprintln!("could not shrink glibc's per-thread malloc caches ({error}); going on as it is");
 }
 
 #[cfg(unix)]

@@ -507,16 +507,16 @@ fn a_stopped_lab_closes_every_connection_and_ends_every_thread() {
     }
 }
 
-/// The binary as a user runs it turns glibc's per-thread malloc caches off by execing itself
-/// once with `GLIBC_TUNABLES` (`memory::turn_off_thread_caches`): the same process, serving,
+/// The binary as a user runs it shrinks glibc's per-thread malloc caches by execing itself
+/// once with `GLIBC_TUNABLES` (`memory::shrink_thread_caches`): the same process, serving,
 /// with the tunable in its environment. A `GLIBC_TUNABLES` set already is left alone
 /// (`tcache_count=7`: glibc's own default, to see the climb).
 #[cfg(all(target_os = "linux", target_env = "gnu", not(lab_portable)))]
 #[test]
-fn the_lab_runs_without_glibcs_per_thread_caches_unless_told_otherwise() {
+fn the_lab_runs_with_small_per_thread_malloc_caches_unless_told_otherwise() {
     use std::process::{Command, Stdio};
     for (given, expected) in [
-        (None, "glibc.malloc.tcache_count=0"),
+        (None, "glibc.malloc.tcache_count=1"),
         (
             Some("glibc.malloc.tcache_count=7"),
             "glibc.malloc.tcache_count=7",
