@@ -509,8 +509,9 @@ fn a_stopped_lab_closes_every_connection_and_ends_every_thread() {
 
 /// The binary as a user runs it shrinks glibc's per-thread malloc caches by execing itself
 /// once with `GLIBC_TUNABLES` (`memory::shrink_thread_caches`): the same process, serving,
-/// with the tunable in its environment. A `GLIBC_TUNABLES` set already is left alone
-/// (`tcache_count=7`: glibc's own default, to see the climb).
+/// with the tunable in its environment, and its `memory-trim` thread running. A
+/// `GLIBC_TUNABLES` set already is left alone (`tcache_count=7`: glibc's own default, to see
+/// the climb).
 #[cfg(all(target_os = "linux", target_env = "gnu", not(lab_portable)))]
 #[test]
 fn the_lab_runs_with_small_per_thread_malloc_caches_unless_told_otherwise() {
@@ -541,8 +542,15 @@ fn the_lab_runs_with_small_per_thread_malloc_caches_unless_told_otherwise() {
         let tunables = String::from_utf8_lossy(&environ)
             .split('\0')
             .find_map(|v| v.strip_prefix("GLIBC_TUNABLES=").map(String::from));
+        // And its `memory-trim` thread is there, to give freed pages back.
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect();
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(tunables.as_deref(), Some(expected), "given {given:?}");
+        assert!(threads.iter().any(|t| t == "memory-trim"), "{threads:?}");
     }
 }
