@@ -11,7 +11,7 @@
 //! cargo run --release --example soak -- --minutes 12 --clients 2000 --rate 20
 //! ```
 //!
-//! The lab runs as a child process of this binary, with this binary's allocator (LESSONS.md,
+//! The lab runs as a child process of this binary, with this binary's allocator (REFERENCE.md,
 //! Appendix A, "Memory that stays level").
 
 mod common;

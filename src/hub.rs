@@ -21,7 +21,7 @@
 //! ten thousand WebSockets, channels put the last socket half a second behind the first). On
 //! the lab's 2-core machine one `notify_all` (one call) has half the threads running in about
 //! half the time the sends take (`cargo run --release --example latency -- wakes 1000`; the
-//! figures are in LESSONS.md chapter 14). Java calls the same idea `Object.notifyAll`.
+//! figures are in REFERENCE.md chapter 14). Java calls the same idea `Object.notifyAll`.
 //!
 //! The servlet originals kept one `BlockingQueue` that every poll drained. That queue is kept
 //! here too (`drain_shared_queue`), bounded, so the polling lesson can show how it splits events

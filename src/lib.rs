@@ -14,7 +14,7 @@
 //! ```
 //!
 //! `cargo run` serves every lesson on <http://127.0.0.1:8080/>; `cargo run --example NAME`
-//! serves one. LESSONS.md is the book that goes with the code.
+//! serves one. LESSONS.md (the course) and REFERENCE.md are the book that goes with the code.
 
 pub mod broker;
 pub mod classroom;

@@ -273,7 +273,7 @@ impl Capacity {
 
     /// Step 4. Freed memory stays with the allocator: glibc keeps the pages of its arenas for the
     /// next allocation, so after a flood of 12,000 connections the lab kept about 100 MiB it no
-    /// longer used (`flood`, LESSONS.md Appendix A). `malloc_trim` returns whatever whole pages are free.
+    /// longer used (`flood`, REFERENCE.md Appendix A). `malloc_trim` returns whatever whole pages are free.
     /// A real server would rather not grow that far: bounded pools, or an allocator that returns
     /// memory by itself.
     fn give_memory_back(busiest: u64, threads: u64) {

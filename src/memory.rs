@@ -21,7 +21,7 @@
 //!    per thread. A thread that frees and allocates the same size again still skips the
 //!    arena's lock; the pile of chunks a thread freed once and never reuses is gone. (With no
 //!    cache at all, 0, memory is flatter still, but every `malloc` takes its arena's lock, and
-//!    10,000 WebSocket threads on 16 arenas pay for it: LESSONS.md, Appendix A.) A
+//!    10,000 WebSocket threads on 16 arenas pay for it: REFERENCE.md, Appendix A.) A
 //!    `GLIBC_TUNABLES` set already is left as it is: `glibc.malloc.tcache_count=7` (glibc's
 //!    default) shows the climb.
 //! 2. `spawn_trimmer`: one thread, `memory-trim`, which every `TRIM_EVERY` asks glibc to
@@ -36,7 +36,7 @@
 //!
 //! **What it costs**: one exec at start (a millisecond); one `malloc_trim` every 10 s, which
 //! walks every arena's free lists under that arena's lock. Latency and CPU per event are
-//! within the noise of glibc's default (measured in LESSONS.md, Appendix A).
+//! within the noise of glibc's default (measured in REFERENCE.md, Appendix A).
 
 use crossbeam_channel::Receiver;
 use std::time::Duration;

@@ -30,7 +30,7 @@
 //!
 //! **What it costs**: one map entry and one ordered entry per session; an open, a touch or a
 //! close takes the registry's lock for a logarithm of the sessions. (What the caps save, and
-//! a flood of handshakes measured: LESSONS.md, "What every framework shares".)
+//! a flood of handshakes measured: REFERENCE.md, "What every framework shares".)
 
 pub use crate::config::SessionLimits;
 use crate::hub::{Subscription, Wake};

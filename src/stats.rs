@@ -162,7 +162,7 @@ pub fn resident_kib() -> Option<u64> {
 /// Linux 6.2 and later report the count as the size of `/proc/self/fd`: one `stat`, however
 /// many are open. Listing the directory instead costs a kernel lookup per descriptor, and the
 /// gate asks often: under a thousand-client long-poll herd, listing took a fifth of the lab's
-/// CPU (perf, LESSONS.md chapter 14). Older kernels report 0, and get the listing.
+/// CPU (perf, REFERENCE.md chapter 14). Older kernels report 0, and get the listing.
 pub fn open_fds() -> Option<u64> {
     match std::fs::metadata("/proc/self/fd").map(|m| m.len()) {
         Ok(count) if count > 0 => Some(count),

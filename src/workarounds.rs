@@ -13,7 +13,7 @@ use std::time::Instant;
 /// on an empty channel: they spin, then call `sched_yield` four times, in case a message is
 /// about to come. With a few threads that is cheap; with hundreds of threads with channels
 /// (WebSocket writers, framework sessions) going back to sleep after one event, every yield is
-/// a context switch while others wait to run (LESSONS.md chapter 14 has the measurement).
+/// a context switch while others wait to run (REFERENCE.md chapter 14 has the measurement).
 /// crossbeam's `Select` registers and sleeps with no spin, so this waits through `Select`.
 /// Test: `crossbeam_recv_yields_before_sleeping_and_recv_deadline_does_not` (below).
 ///

@@ -37,7 +37,7 @@
 //!    seventh stream waits for one of them to end. Over HTTP/2 (nginx with TLS) every stream
 //!    is one more stream on one connection.
 //!
-//! **What it costs**: a hop: each event is read and written once more, by nginx (LESSONS.md
+//! **What it costs**: a hop: each event is read and written once more, by nginx (REFERENCE.md
 //! measures how much, per technique). And each held request holds two connections, the
 //! browser's to nginx and nginx's to the lab.
 //!
@@ -230,7 +230,7 @@ pub fn nginx_config(setup: &NginxSetup) -> String {
         None => String::new(),
     };
     format!(
-        r#"# nginx in front of the Reverse Ajax Lab (LESSONS.md, "Behind a proxy").
+        r#"# nginx in front of the Reverse Ajax Lab (LESSONS.md and REFERENCE.md, chapter 21).
 # Written by the behind_a_proxy lesson. Start: nginx -p {dir_plain} -c {config_plain}
 daemon off;
 worker_processes 1;

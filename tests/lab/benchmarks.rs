@@ -1,7 +1,7 @@
 //! Every benchmark example runs, in a smoke size: a few clients for a few seconds, against
 //! its own lab (a child process), and prints its figures and exits 0. The figures are not
 //! judged here (benchmarks print; tests do not time); that the benchmarks still run is. The
-//! full sizes are the manual commands in README.md and LESSONS.md, chapters 13 and 14 and Appendix A (`scripts/figures` runs them).
+//! full sizes are the manual commands in README.md and REFERENCE.md, chapters 13 and 14 and Appendix A (`scripts/figures` runs them).
 //!
 //! The examples are built by the test command (`scripts/test` runs `cargo build --examples`
 //! first); run alone, `cargo build --examples && cargo test --test benchmarks`.

@@ -1,7 +1,10 @@
-//! The book runs as written: every shell command in LESSONS.md and README.md that needs only
-//! the lab and curl is run here against a lab on a free port, and what the book says it
-//! prints is checked; every `cargo run` line names an example that exists and flags the lab
-//! accepts; every test the book names exists.
+//! The book runs as written: every shell command in the course (LESSONS.md), the reference
+//! (REFERENCE.md) and README.md that needs only the lab and curl is run here against a lab on
+//! a free port, and what the book says it prints is checked; every `cargo run` line names an
+//! example that exists and flags the lab accepts; every test, file, Rust item and log line the
+//! book names exists; every command has a PowerShell form; every link finds its heading; and
+//! the course keeps its shape (an evening long, four parts a chapter, each linked to its
+//! reference).
 //!
 //! How a line is read: a `sh` block's lines (a trailing `\` joins the next), each split into
 //! its command and its comment. A command that talks to the lab (`127.0.0.1:8080`,
@@ -103,12 +106,24 @@ fn split_comment(line: &str) -> (String, String) {
     (line.trim().to_string(), String::new())
 }
 
+/// The book's two halves.
+const BOOK: [&str; 2] = ["LESSONS.md", "REFERENCE.md"];
+
 fn every_line() -> Vec<Vec<Line>> {
-    let mut all = shell_blocks("LESSONS.md");
-    all.extend(shell_blocks("README.md"));
-    all.extend(powershell_as_bash("LESSONS.md"));
-    all.extend(powershell_as_bash("README.md"));
+    let mut all = Vec::new();
+    for file in BOOK.into_iter().chain(["README.md"]) {
+        all.extend(shell_blocks(file));
+        all.extend(powershell_as_bash(file));
+    }
     all
+}
+
+/// The book's text, both halves.
+fn book_text() -> String {
+    BOOK.iter()
+        .map(|file| std::fs::read_to_string(root().join(file)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The PowerShell commands that bash can run as they are, once `curl.exe` is `curl` and
@@ -490,7 +505,7 @@ fn shell_words(command: &str) -> Vec<String> {
 /// the tests or the source: a renamed test cannot leave the book pointing at nothing.
 #[test]
 fn every_test_the_book_names_exists() {
-    let mut text = std::fs::read_to_string(root().join("LESSONS.md")).unwrap();
+    let mut text = book_text();
     text.push_str(&std::fs::read_to_string(root().join("README.md")).unwrap());
     let mut functions = String::new();
     for dir in ["tests", "src"] {
@@ -545,47 +560,64 @@ fn collect_sources(dir: &Path, into: &mut String) {
     }
 }
 
-/// Part VII (teaching) is for any laptop: each of its `sh` blocks is followed by a
-/// `powershell` block with as many commands, and a `cargo` command is the same in both.
+/// Every laptop a class brings: each `sh` block of the book is followed by a `powershell`
+/// block with as many commands, and a `cargo` command is the same in both (but for how each
+/// shell sets an environment variable).
 #[test]
-fn every_command_of_the_class_plan_has_a_powershell_form() {
-    let text = std::fs::read_to_string(root().join("LESSONS.md")).unwrap();
-    let part = &text[text.find("# Part VII").unwrap()..text.find("# Appendices").unwrap()];
-    // The fences in order, each with its commands (comments and blank lines aside).
-    let mut fences: Vec<(String, Vec<String>)> = Vec::new();
-    let mut open: Option<(String, Vec<String>)> = None;
-    for line in part.lines().map(str::trim) {
-        if let Some(language) = line.strip_prefix("```") {
-            match open.take() {
-                Some(done) => fences.push(done),
-                None => open = Some((language.to_string(), Vec::new())),
-            }
-        } else if let Some((_, commands)) = open.as_mut() {
-            let (command, _) = split_comment(line);
-            if !command.is_empty() {
-                commands.push(command);
+fn every_command_of_the_book_has_a_powershell_form() {
+    let mut checked = 0;
+    for file in BOOK {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        // The fences in order, each with its commands (comments and blank lines aside).
+        let mut fences: Vec<(String, Vec<String>)> = Vec::new();
+        let mut open: Option<(String, Vec<String>)> = None;
+        let mut pending = String::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(language) = line.strip_prefix("```") {
+                match open.take() {
+                    Some(done) => fences.push(done),
+                    None => open = Some((language.to_string(), Vec::new())),
+                }
+            } else if let Some((_, commands)) = open.as_mut() {
+                pending.push_str(line);
+                if let Some(continued) = pending.strip_suffix('\\') {
+                    pending = format!("{continued} ");
+                    continue;
+                }
+                let (command, _) = split_comment(&std::mem::take(&mut pending));
+                if !command.is_empty() {
+                    commands.push(command);
+                }
             }
         }
-    }
-    let shell: Vec<usize> = (0..fences.len()).filter(|&i| fences[i].0 == "sh").collect();
-    assert!(shell.len() >= 8, "only {} sh blocks found", shell.len());
-    for i in shell {
-        let (_, bash) = &fences[i];
-        let Some((language, powershell)) = fences.get(i + 1) else {
-            panic!("{bash:?} has no PowerShell form after it");
-        };
-        assert_eq!(language, "powershell", "after {bash:?}");
-        assert_eq!(bash.len(), powershell.len(), "{bash:?} and {powershell:?}");
-        for (b, p) in bash.iter().zip(powershell) {
-            if b.starts_with("cargo ") {
-                assert_eq!(b, p, "a cargo command is the same in both");
+        for (i, (language, bash)) in fences.iter().enumerate() {
+            if language != "sh" {
+                continue;
             }
-            assert!(
-                !p.contains(" curl "),
-                "curl is Invoke-WebRequest in PowerShell 5: {p}"
+            checked += 1;
+            let Some((language, powershell)) = fences.get(i + 1) else {
+                panic!("{file}: {bash:?} has no PowerShell form after it");
+            };
+            assert_eq!(language, "powershell", "{file}: after {bash:?}");
+            assert_eq!(
+                bash.len(),
+                powershell.len(),
+                "{file}: {bash:?} and {powershell:?}"
             );
+            for (b, p) in bash.iter().zip(powershell) {
+                let b = b.trim_start_matches("RUST_LOG=debug ");
+                let p = p.trim_start_matches("$env:RUST_LOG = \"debug\"; ");
+                if b.starts_with("cargo ") {
+                    assert_eq!(b, p, "{file}: a cargo command is the same in both");
+                }
+                assert!(
+                    !p.contains(" curl ") && !p.starts_with("curl "),
+                    "{file}: curl is Invoke-WebRequest in PowerShell 5: {p}"
+                );
+            }
         }
     }
+    assert!(checked >= 30, "only {checked} sh blocks found");
 }
 
 /// The log the class plan shows (Part VII, "The room") is what the lab prints on every
@@ -647,4 +679,483 @@ fn the_class_plans_log_sample_is_what_the_lab_prints() {
             printed.join("\n")
         );
     }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped but `-` and `_`, spaces as
+/// `-`; a heading met again gets `-1`, `-2`...
+fn anchors(file: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut anchors = std::collections::BTreeSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        let Some(title) = line.strip_prefix('#').filter(|_| !fenced) else {
+            continue;
+        };
+        let title = title.trim_start_matches('#').trim();
+        let slug: String = title
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let count = seen.entry(slug.clone()).or_default();
+        anchors.insert(match *count {
+            0 => slug.clone(),
+            n => format!("{slug}-{n}"),
+        });
+        *count += 1;
+    }
+    anchors
+}
+
+/// Every link between the course, the reference and the README finds its file and heading:
+/// the course says where the reference is, and the reference where the course is.
+#[test]
+fn every_link_of_the_book_finds_its_heading() {
+    let mut broken = Vec::new();
+    let mut count = 0;
+    for file in BOOK.into_iter().chain(["README.md"]) {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        for link in text.split("](").skip(1) {
+            let Some(target) = link.split(')').next() else {
+                continue;
+            };
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            count += 1;
+            let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let path = if path.is_empty() { file } else { path };
+            if !root().join(path).exists() {
+                broken.push(format!("{file}: ({target}): no file {path}"));
+            } else if !anchor.is_empty() && !anchors(path).contains(anchor) {
+                broken.push(format!(
+                    "{file}: ({target}): no heading #{anchor} in {path}"
+                ));
+            }
+        }
+    }
+    assert!(count >= 40, "only {count} links found");
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The course is an evening: Parts I to V in 1,200 lines at most. Each chapter that names a
+/// lesson has its Problem, Idea, Run It and one Try This, in that order and nothing else, and
+/// links to its reference chapter, which links back.
+#[test]
+fn the_course_is_an_evening_and_each_chapter_links_to_its_reference() {
+    let course = std::fs::read_to_string(root().join("LESSONS.md")).unwrap();
+    let reference = std::fs::read_to_string(root().join("REFERENCE.md")).unwrap();
+    let start = course.find("\n# Part I:").unwrap();
+    let end = course.find("\n# Part VI:").unwrap();
+    let evening = course[start..end].lines().count();
+    assert!(evening <= 1200, "Parts I to V are {evening} lines");
+    let course_anchors = anchors("LESSONS.md");
+    let reference_anchors = anchors("REFERENCE.md");
+    for chapter in course.split("\n## ").skip(1) {
+        let heading = chapter.lines().next().unwrap();
+        if !heading.starts_with("Chapter ") || !heading.contains('`') {
+            continue;
+        }
+        let body = chapter.split("\n# ").next().unwrap();
+        let parts: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("### "))
+            .collect();
+        assert_eq!(
+            parts,
+            ["The Problem", "The Idea", "Run It", "Try This"],
+            "{heading}"
+        );
+        let try_this = &body[body.find("### Try This").unwrap()..];
+        assert!(
+            !try_this.contains("\n2. "),
+            "{heading}: one Try This in the course (more go in the reference)"
+        );
+        let number = heading.split(':').next().unwrap();
+        let link = try_this
+            .split("(REFERENCE.md#")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("{heading}: no link to its reference chapter"));
+        assert!(
+            link.starts_with(&number.to_lowercase().replace(' ', "-")),
+            "{heading} links to #{link}"
+        );
+        assert!(reference_anchors.contains(link), "{heading}: #{link}");
+        let back = reference
+            .split("\n## ")
+            .find(|c| c.starts_with(heading))
+            .unwrap_or_else(|| panic!("REFERENCE.md has no \"## {heading}\""));
+        let back_link = back
+            .split("(LESSONS.md#")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("REFERENCE.md's {heading} does not link back"));
+        assert!(
+            course_anchors.contains(back_link),
+            "{heading}: back to #{back_link}"
+        );
+    }
+}
+
+/// Every line of the sources, for the names the book quotes.
+fn sources() -> String {
+    let mut text = String::new();
+    for dir in ["src", "tests", "examples"] {
+        collect_sources(&root().join(dir), &mut text);
+    }
+    text
+}
+
+/// Names the book quotes that are not the lab's own: the browser's, the JVM's, Rust's
+/// standard library's, the frameworks' and the other crates' (checked by hand, once).
+const NOT_OURS: &[&str] = &[
+    "AsyncContext",
+    "AsyncListener",
+    "Arc",
+    "BufWriter",
+    "Condvar",
+    "EventSource",
+    "Mutex",
+    "XMLHttpRequest",
+    "WebSocket",
+    "AtmosphereResource",
+    "BroadcastFilter",
+    "SecurityPolicy",
+    "Broadcaster",
+    "HttpServletResponse",
+    "IOException",
+    "Poller",
+    "NioEndpoint",
+    "TcpStream",
+    "TcpListener",
+    "SO_RCVTIMEO",
+    "SO_SNDTIMEO",
+    "MSG_DONTWAIT",
+    "MSG_PEEK",
+    "EAGAIN",
+    "EMFILE",
+    "ENFILE",
+    "RUST_LOG",
+    "TIME_WAIT",
+    "CLOSE_WAIT",
+    "TCP_NODELAY",
+    "SCHED_BATCH",
+    "GLIBC_TUNABLES",
+    "RssAnon",
+    "RssFile",
+    "Instant",
+    "Duration",
+    "JoinHandle",
+    "Option",
+    "Result",
+    "String",
+    "Vec",
+    "HashMap",
+    "BTreeSet",
+    "VecDeque",
+    "Sender",
+    "Receiver",
+    "ReadableStream",
+    "TextDecoder",
+    "Error",
+    "None",
+    "Some",
+    "Ok",
+    "Err",
+    // HTTP's headers and cookie attributes, a browser's stream, PowerShell's Select-*.
+    "Allow",
+    "Date",
+    "Host",
+    "Origin",
+    "Referer",
+    "Vary",
+    "SameSite",
+    "TextDecoderStream",
+    "Select",
+    // The frameworks' own (Atmosphere's, CometD's) and Java's.
+    "TrackMessageSize",
+    "BroadcasterCache",
+    "Authorizer",
+    "BlockingQueue",
+];
+
+/// Every name the book quotes as code that looks like one of the lab's: a file or folder of
+/// the repository exists; a Rust path (`hub::Hub::publish`, `Request::client_left`) whose
+/// first part is the lab's has every later part defined in the sources; a lone CamelCase
+/// name is defined there (or is one of `NOT_OURS`). Renames cannot leave the book behind.
+#[test]
+fn every_name_the_book_quotes_is_real() {
+    let sources = sources();
+    let defined = |name: &str| {
+        ["fn", "struct", "enum", "trait", "type", "const", "static", "mod", "macro_rules!"]
+            .iter()
+            .any(|kind| {
+                sources.contains(&format!("{kind} {name}(")) // fn
+                    || sources.contains(&format!("{kind} {name} "))
+                    || sources.contains(&format!("{kind} {name}<"))
+                    || sources.contains(&format!("{kind} {name};"))
+                    || sources.contains(&format!("{kind} {name}:"))
+            })
+            // An enum's variant, a struct's field, a module's file.
+            || sources.contains(&format!("    {name},"))
+            || sources.contains(&format!("    {name}("))
+            || sources.contains(&format!("    {name} {{"))
+            || sources.contains(&format!("    pub {name}:"))
+            || sources.contains(&format!("    {name}:"))
+            || root().join(format!("src/{name}.rs")).exists()
+            || root().join(format!("src/lessons/{name}.rs")).exists()
+            || root().join(format!("src/lessons/{name}")).is_dir()
+    };
+    let ours = |first: &str| {
+        if first.starts_with(|c: char| c.is_ascii_uppercase()) {
+            defined(first) && !NOT_OURS.contains(&first)
+        } else {
+            root().join(format!("src/{first}.rs")).exists()
+                || root().join(format!("src/lessons/{first}.rs")).exists()
+                || root().join(format!("src/lessons/{first}")).is_dir()
+                || sources.contains(&format!("mod {first}"))
+        }
+    };
+    let mut missing = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    for span in code_spans(&book_text()) {
+        let span = span.as_str();
+        if span.contains(char::is_whitespace) || span.is_empty() {
+            continue;
+        }
+        let is_path = ["src/", "tests/", "html/", "examples/", "scripts/", "bench/"]
+            .iter()
+            .any(|p| span.starts_with(p));
+        if is_path {
+            // (A placeholder in capitals, `tests/lab/NAME.rs`, names no one file.)
+            let placeholder = span
+                .split(['/', '.', '-', '_'])
+                .any(|w| w.len() > 1 && w.chars().all(|c| c.is_ascii_uppercase()));
+            checked += 1;
+            if !placeholder && !root().join(span.trim_end_matches('/')).exists() {
+                missing.insert(span.to_string());
+            }
+            continue;
+        }
+        let words: Vec<&str> = span.trim_end_matches("()").split("::").collect();
+        let identifier = |w: &str| {
+            !w.is_empty()
+                && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && w.starts_with(|c: char| c.is_ascii_alphabetic())
+        };
+        if !words.iter().all(|w| identifier(w)) {
+            continue;
+        }
+        if words.len() == 1 {
+            let name = words[0];
+            let camel = name.starts_with(|c: char| c.is_ascii_uppercase())
+                && name.chars().any(|c| c.is_ascii_lowercase())
+                && !name.contains('_');
+            if camel && !NOT_OURS.contains(&name) {
+                checked += 1;
+                if !defined(name) {
+                    missing.insert(span.to_string());
+                }
+            }
+            continue;
+        }
+        if !ours(words[0]) {
+            continue; // std's, tungstenite's, a framework's
+        }
+        checked += 1;
+        if !words[1..].iter().all(|w| defined(w)) {
+            missing.insert(span.to_string());
+        }
+    }
+    assert!(checked >= 150, "only {checked} names found");
+    assert!(
+        missing.is_empty(),
+        "the book quotes names the code does not have: {missing:?}"
+    );
+}
+
+/// Every line of a `log` block in the book is what the lab logs: it matches a format string
+/// of the sources, each `{...}` in it standing for any text.
+#[test]
+fn every_log_line_the_book_shows_is_one_the_lab_prints() {
+    let sources = sources();
+    // The string literals of the sources, as (literal pieces between the placeholders).
+    let formats: Vec<Vec<String>> = string_literals(&sources)
+        .into_iter()
+        .filter(|s| s.contains(' '))
+        .map(|s: String| {
+            let mut pieces = Vec::new();
+            let mut piece = String::new();
+            let mut depth = 0;
+            let mut chars = s.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '{' if chars.peek() == Some(&'{') => {
+                        chars.next();
+                        piece.push('{');
+                    }
+                    '{' => {
+                        depth += 1;
+                        pieces.push(std::mem::take(&mut piece));
+                    }
+                    '}' if depth > 0 => depth -= 1,
+                    '}' if chars.peek() == Some(&'}') => {
+                        chars.next();
+                        piece.push('}');
+                    }
+                    c if depth == 0 => piece.push(c),
+                    _ => {}
+                }
+            }
+            pieces.push(piece);
+            pieces
+        })
+        // A format that is mostly placeholders (`"{} {}"`) would match any line.
+        .filter(|pieces: &Vec<String>| {
+            pieces
+                .concat()
+                .chars()
+                .filter(char::is_ascii_alphabetic)
+                .count()
+                >= 6
+        })
+        .collect();
+    let matches = |line: &str, pieces: &[String]| {
+        let (first, rest) = pieces.split_first().unwrap();
+        let Some(mut left) = line.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        if rest.is_empty() {
+            return left.is_empty();
+        }
+        let (last, middle) = rest.split_last().unwrap();
+        for piece in middle {
+            match left.get(1..).and_then(|l| l.find(piece.as_str())) {
+                Some(at) => left = &left[at + 1 + piece.len()..],
+                None => return false,
+            }
+        }
+        last.is_empty() || (left.len() > last.len() && left.ends_with(last.as_str()))
+    };
+    let mut lines = 0;
+    let mut unknown = Vec::new();
+    for file in BOOK {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let mut in_log = false;
+        for line in text.lines() {
+            let fence = line.trim_start();
+            if fence.starts_with("```") {
+                in_log = fence == "```log";
+                continue;
+            }
+            if !in_log || line.trim().is_empty() {
+                continue;
+            }
+            lines += 1;
+            // `[time LEVEL target] message`: the message.
+            let message = match line.split_once("] ") {
+                Some((head, message)) if line.starts_with('[') && !head.contains(' ') => message,
+                Some((head, message)) if line.starts_with('[') && head.split(' ').count() >= 3 => {
+                    message
+                }
+                _ => line,
+            };
+            if !formats.iter().any(|f| matches(message.trim(), f)) {
+                unknown.push(format!("{file}: {line}"));
+            }
+        }
+    }
+    assert!(lines >= 5, "only {lines} log lines found");
+    assert!(
+        unknown.is_empty(),
+        "the book shows log lines the lab does not print:\n{}",
+        unknown.join("\n")
+    );
+}
+
+/// The `"..."` literals of Rust sources, escapes kept as written (`\\n` stays two characters),
+/// a `'"'` character literal passed over.
+fn string_literals(sources: &str) -> Vec<String> {
+    let mut literals = Vec::new();
+    let mut chars = sources.chars();
+    let mut previous = ' ';
+    while let Some(c) = chars.next() {
+        if c == '"' && previous != '\'' {
+            let mut literal = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        literal.push(c);
+                        if let Some(next) = chars.next() {
+                            literal.push(next);
+                        }
+                    }
+                    '"' => break,
+                    c => literal.push(c),
+                }
+            }
+            literals.push(literal);
+            previous = '"';
+            continue;
+        }
+        previous = c;
+    }
+    literals
+}
+
+/// The code spans of Markdown text outside its fenced blocks: a run of backticks, then
+/// everything up to the next run of as many (so ``` `` a`b `` ``` is one span).
+fn code_spans(markdown: &str) -> Vec<String> {
+    let mut prose = String::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            prose.push_str(line);
+            prose.push('\n');
+        }
+    }
+    let mut spans = Vec::new();
+    let bytes = prose.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'`' {
+            at += 1;
+            continue;
+        }
+        let run = bytes[at..].iter().take_while(|&&b| b == b'`').count();
+        let start = at + run;
+        let fence = "`".repeat(run);
+        let mut search = start;
+        let end = loop {
+            match prose[search..].find(&fence) {
+                Some(found) => {
+                    let end = search + found;
+                    let after = prose[end..].bytes().take_while(|&b| b == b'`').count();
+                    if after == run {
+                        break Some(end);
+                    }
+                    search = end + after;
+                }
+                None => break None,
+            }
+        };
+        match end {
+            Some(end) => {
+                spans.push(prose[start..end].trim().to_string());
+                at = end + run;
+            }
+            None => at = start,
+        }
+    }
+    spans
 }

@@ -119,6 +119,29 @@ fn page_shows_events_in_chromium() {
     page.wait_for_log("[client] 1 events");
 }
 
+/// The course's Try This: `?interval=200` makes the page poll ten times as often, with no
+/// rebuild (the pages are built into the lab). Twenty polls come within about four seconds;
+/// at the default 2 s they would take forty.
+#[test]
+fn the_page_polls_at_the_interval_its_address_asks_for_in_chromium() {
+    let lab = start_lab();
+    let (_browser, mut page) = common::browser::open_page(&lab, "/lessons/polling?interval=200");
+    page.wait_for_log("[client] polling every 200 ms (?interval)");
+    let started = std::time::Instant::now();
+    let requests = || {
+        stats(lab.addr())["lessons"]["polling"]["requests"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = requests();
+    common::wait_until("twenty polls", || requests() >= before + 20);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "twenty polls took {:?}: not every 200 ms",
+        started.elapsed()
+    );
+}
+
 /// The wire timeline draws polling as a comb: short bars one after another in one lane,
 /// grey when empty, green when the answer carried an event.
 #[test]

@@ -863,7 +863,7 @@ fn the_teachers_view_lists_socket_io_students_and_its_kick_button_disconnects_on
 
 /// The protocol's own conformance suite (`tests/node/socket.io-protocol`, socketio/socket.io-protocol's
 /// test-suite, run by mocha as its authors run it) against a lab with the suite's settings: the
-/// settings LESSONS.md gives for it (ping every 300 ms, 200 ms to answer, 1 s to connect).
+/// settings the book gives for it (ping every 300 ms, 200 ms to answer, 1 s to connect).
 /// Every one of its tests must pass: it is the judge, as the reference server would be.
 ///
 /// It runs alone, after every other test (`scripts/test` runs it with `--ignored`): the
@@ -888,7 +888,7 @@ fn the_socket_io_protocol_suite_passes_whole() {
     );
     let output = std::process::Command::new("node")
         .current_dir(root)
-        // As the book runs it (chapter 15, Try This).
+        // As the book runs it (REFERENCE.md, chapter 15, More to try).
         .arg(mocha)
         .arg("tests/node/socket.io-protocol/test-suite.mjs")
         .env("URL", format!("http://{}", lab.addr()))

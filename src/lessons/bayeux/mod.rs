@@ -39,8 +39,8 @@
 //!    each delivery as it comes.
 //!
 //! **What it costs**: over long polling a request per delivery batch, plus a request per
-//! subscribe or publish; over WebSocket a frame per delivery (63 bytes for a small event
-//! against 242 over long polling: LESSONS.md, chapter 16) and one thread per client; every
+//! subscribe or publish; over WebSocket a frame per delivery (about a quarter of long
+//! polling's bytes for a small event: REFERENCE.md, chapter 16) and one thread per client; every
 //! message carries its channel and usually an id; the client id ties a client to the server
 //! that knows it (sticky sessions again).
 //!
