@@ -128,7 +128,8 @@ fn book_text() -> String {
 
 /// The PowerShell commands that bash can run as they are, once `curl.exe` is `curl` and
 /// `Select-Object -First 1` is `head -1` (PowerShell's double quotes mean what bash's do on
-/// these lines); lines with PowerShell's own syntax (`$`, `{`) are left out.
+/// these lines); lines with PowerShell's own syntax (`$`, `{`, an expression in ` (...)`)
+/// are left out.
 fn powershell_as_bash(file: &'static str) -> Vec<Vec<Line>> {
     fenced_blocks(file, "powershell")
         .into_iter()
@@ -136,7 +137,11 @@ fn powershell_as_bash(file: &'static str) -> Vec<Vec<Line>> {
             block
                 .into_iter()
                 .filter(|l| l.command.starts_with("curl.exe ") || l.command.starts_with("cargo "))
-                .filter(|l| !l.command.contains('$') && !l.command.contains('{'))
+                .filter(|l| {
+                    !l.command.contains('$')
+                        && !l.command.contains('{')
+                        && !l.command.contains(" (")
+                })
                 .map(|l| Line {
                     command: l
                         .command
