@@ -1164,3 +1164,38 @@ fn code_spans(markdown: &str) -> Vec<String> {
     }
     spans
 }
+
+/// Every `cargo test --test lab NAME::` the book gives names a module of the test binary
+/// (`mod NAME;` in tests/lab/main.rs), and its `--skip` leaves that module's tests alone.
+#[test]
+fn every_test_command_of_the_book_names_a_module_of_the_tests() {
+    let main = std::fs::read_to_string(root().join("tests/lab/main.rs")).unwrap();
+    let mut checked = 0;
+    for span in code_spans(&book_text()) {
+        let Some(rest) = span.strip_prefix("cargo test --test lab ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let Some(module) = words.next().and_then(|w| w.strip_suffix("::")) else {
+            continue;
+        };
+        checked += 1;
+        assert!(
+            main.contains(&format!("\nmod {module};\n")),
+            "`{span}`: no `mod {module};` in tests/lab/main.rs"
+        );
+        // `--skip X` drops every test whose name holds X: never this module's own.
+        let skips: Vec<&str> = rest
+            .split("--skip ")
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next())
+            .collect();
+        for skip in skips {
+            assert!(
+                !format!("{module}::").contains(skip),
+                "`{span}` skips its own tests"
+            );
+        }
+    }
+    assert!(checked >= 20, "only {checked} test commands found");
+}
