@@ -308,6 +308,12 @@ impl Measured {
         if let Some((n, slowest, typical)) = self.step.slowest_event {
             println!("  slowest event: #{n}, median {slowest:.2} ms across the clients (the events' median: {typical:.2} ms)");
         }
+        // The load generator's own share: one thread, so a core at most. Well under one, it
+        // reads what arrives as fast as it comes and is not what is measured.
+        println!(
+            "  clients: one thread, CPU {:.0} % of a core",
+            self.step.clients_cpu * 100.0
+        );
         println!(
             "  server: CPU {:.0} % ({:.1} µs per delivered event), {:.1} KiB resident per held connection, {} threads; {:.2} requests and {:.0} bytes per delivered event",
             self.step.cpu * 100.0,
