@@ -145,7 +145,11 @@ impl Ending {
 
 /// The socket as an endpoint writes to it: every write on a deadline, counted for its lesson.
 pub struct Socket<'a> {
-    pub ws: WatchedSocket,
+    /// On the heap: tungstenite's `WebSocket` is a few hundred bytes, and on the stack the
+    /// frames that carried it into the conversation held it more than once, which took every
+    /// WebSocket thread's deepest path into a fourth stack page, one it then keeps
+    /// (REFERENCE.md, chapter 14, measures it).
+    pub ws: Box<WatchedSocket>,
     /// The connection's number (`ws N` in the logs).
     pub id: u64,
     pub counters: &'a LessonCounters,
@@ -156,7 +160,7 @@ pub struct Socket<'a> {
 
 impl<'a> Socket<'a> {
     pub fn new(
-        ws: WatchedSocket,
+        ws: Box<WatchedSocket>,
         id: u64,
         counters: &'a LessonCounters,
         stats: &'a Stats,

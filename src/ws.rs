@@ -58,11 +58,11 @@ impl<'lab> Upgraded<'lab> {
     pub fn into_watched_websocket(
         self,
         config: WebSocketConfig,
-    ) -> (WatchedSocket, u64, Place<'lab>) {
+    ) -> (Box<WatchedSocket>, u64, Place<'lab>) {
         let stream = ReadWhenNoticed::new(self.stream);
         let socket =
             WebSocket::from_partially_read(stream, self.pending, Role::Server, Some(config));
-        (socket, self.id, self.place)
+        (Box::new(socket), self.id, self.place)
     }
 }
 
