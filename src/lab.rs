@@ -173,6 +173,22 @@ impl Lab {
         }
     }
 
+    /// The frameworks' CORS preflight (`OPTIONS` before a cross-origin POST): their CORS
+    /// headers (`cors_with_credentials`), and GET and POST with a `Content-Type` allowed,
+    /// remembered for ten minutes.
+    pub fn preflight_with_credentials(
+        &self,
+        request: crate::connection::Request,
+        counters: &crate::stats::LessonCounters,
+    ) -> std::io::Result<()> {
+        let mut headers = self.cors_with_credentials(&request);
+        headers.push(("Access-Control-Allow-Methods", "GET, POST".into()));
+        headers.push(("Access-Control-Allow-Headers", "Content-Type".into()));
+        headers.push(("Access-Control-Max-Age", "600".into()));
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        crate::http::write_no_content(request, &headers, counters)
+    }
+
     /// The WebSockets' port: the HTTP port itself.
     pub fn websocket_port(&self) -> u16 {
         self.addr.port()

@@ -706,7 +706,7 @@ fn long_poll(
             &protocol::handshake(&attached.resource.uuid),
             params.track_size,
         );
-        return answer(lab, request, arrived, &body, counters);
+        return answer(request, &body, counters);
     }
     let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         return HttpError::all_held(lab.config.max_parked).reply(request, counters);
@@ -715,13 +715,13 @@ fn long_poll(
     let me = request_label();
     let mut events = backlog;
     // Messages for this resource alone go first, in an answer of their own.
+    let framed = |messages: Vec<String>| -> String {
+        let track = params.track_size;
+        messages.iter().map(|m| protocol::frame(m, track)).collect()
+    };
     let direct = attached.resource.take_direct();
     if !direct.is_empty() {
-        let body: String = direct
-            .iter()
-            .map(|m| protocol::frame(m, params.track_size))
-            .collect();
-        return answer(lab, request, arrived, &body, counters);
+        return answer(request, &framed(direct), counters);
     }
     if events.events.is_empty() && events.missed == 0 {
         log::debug!(
@@ -749,13 +749,8 @@ fn long_poll(
                     .reply(request, counters);
             }
             Wake::Other(Stop::Direct) => {
-                let body: String = attached
-                    .resource
-                    .take_direct()
-                    .iter()
-                    .map(|m| protocol::frame(m, params.track_size))
-                    .collect();
-                return answer(lab, request, arrived, &body, counters);
+                let body = framed(attached.resource.take_direct());
+                return answer(request, &body, counters);
             }
             _ => {}
         }
@@ -772,10 +767,7 @@ fn long_poll(
         (false, false) => &[],
     };
     messages.extend(carried.iter().map(|event| message(event)));
-    let body: String = messages
-        .iter()
-        .map(|m| protocol::frame(m, params.track_size))
-        .collect();
+    let body = framed(messages);
     counters.delivered(carried.len());
     // The cursor moves past what this answer carries (past the gap, after a notice) *before*
     // the answer goes out: the client polls again the moment it reads it, and that poll must
@@ -789,7 +781,7 @@ fn long_poll(
     if let Some(id) = moved_to {
         attached.resource.wrote(id);
     }
-    let written = answer(lab, request, arrived, &body, counters);
+    let written = answer(request, &body, counters);
     if written.is_err() {
         attached.resource.rewind(moved_to.unwrap_or(before), before);
     }
@@ -820,23 +812,10 @@ fn park(
 }
 
 /// A long poll's answer: the connection stays open for the next poll.
-fn answer(
-    lab: &Lab,
-    request: Request,
-    arrived: Instant,
-    body: &str,
-    counters: &LessonCounters,
-) -> io::Result<()> {
-    let _ = (lab, arrived);
+fn answer(request: Request, body: &str, counters: &LessonCounters) -> io::Result<()> {
     let headers = [("Cache-Control", "no-cache")];
-    http::write_response(
-        request,
-        200,
-        "text/plain; charset=utf-8",
-        &headers,
-        body.as_bytes(),
-        counters,
-    )
+    let plain = "text/plain; charset=utf-8";
+    http::write_response(request, 200, plain, &headers, body.as_bytes(), counters)
 }
 
 /// Step 3, streaming and SSE: one response, a message per chunk (or per `data:` event).

@@ -237,17 +237,11 @@ fn browser_cookie(request: &Request) -> Option<String> {
 /// Step 1: `/cometd` and every path under it.
 pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("bayeux");
+    if *request.method() == Method::Options {
+        return lab.preflight_with_credentials(request, &counters);
+    }
     let cors = lab.cors_with_credentials(&request);
     let headers: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    if *request.method() == Method::Options {
-        let mut preflight = headers.clone();
-        preflight.extend([
-            ("Access-Control-Allow-Methods", "GET, POST"),
-            ("Access-Control-Allow-Headers", "Content-Type"),
-            ("Access-Control-Max-Age", "600"),
-        ]);
-        return http::write_no_content(request, &preflight, &counters);
-    }
     let origin = http::header(&request, "Origin");
     let client = lab.client(&request);
     if let Some(origin) = origin.filter(|o| !lab.is_own_origin(o, &client)) {

@@ -258,6 +258,8 @@ const TOO_LARGE: EioError = EioError::new(413, 3, "Payload too large");
 /// A handshake over the caps (`--max-sessions`): refused as engine.io's `allowRequest`
 /// refuses, 403 and code 4, with the reason as its message.
 const TOO_MANY_SESSIONS: EioError = EioError::new(403, 4, "Too many sessions: try again later");
+/// A GET to hold when `--max-parked` are held already: 503, in Engine.IO's error form.
+const ALL_HELD: EioError = EioError::new(503, 3, "too many held requests (--max-parked)");
 
 fn reply(
     lab: &Lab,
@@ -275,6 +277,18 @@ fn reply(
         content_type,
         &headers,
         body.as_bytes(),
+        counters,
+    )
+}
+
+/// An Engine.IO payload (`text/plain`), with the page's CORS headers.
+fn payload(lab: &Lab, request: Request, body: &str, counters: &LessonCounters) -> io::Result<()> {
+    reply(
+        lab,
+        request,
+        200,
+        "text/plain; charset=UTF-8",
+        body,
         counters,
     )
 }
@@ -301,7 +315,7 @@ fn refuse(
 pub fn handle(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("socket_io");
     if *request.method() == Method::Options {
-        return preflight(lab, request, &counters);
+        return lab.preflight_with_credentials(request, &counters);
     }
     if query.get("EIO") != Some("4") {
         return refuse(lab, request, UNSUPPORTED_VERSION, &counters);
@@ -326,15 +340,7 @@ pub fn handle(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) 
     let Some(session) = socket_io.session(sid) else {
         if *request.method() == Method::Get && socket_io.last_get(sid) {
             // The GET that raced the client's own close: answered as if it had come first.
-            let noop = EngineIoPacket::Noop.encode();
-            return reply(
-                lab,
-                request,
-                200,
-                "text/plain; charset=UTF-8",
-                &noop,
-                &counters,
-            );
+            return payload(lab, request, &EngineIoPacket::Noop.encode(), &counters);
         }
         return refuse(lab, request, UNKNOWN_SID, &counters);
     };
@@ -343,15 +349,6 @@ pub fn handle(lab: &Lab, socket_io: &SocketIo, request: Request, query: &Query) 
         Method::Post => post(lab, socket_io, request, &session, &counters),
         _ => refuse(lab, request, BAD_REQUEST, &counters),
     }
-}
-
-fn preflight(lab: &Lab, request: Request, counters: &LessonCounters) -> io::Result<()> {
-    let mut headers = lab.cors_with_credentials(&request);
-    headers.push(("Access-Control-Allow-Methods", "GET, POST".into()));
-    headers.push(("Access-Control-Allow-Headers", "Content-Type".into()));
-    headers.push(("Access-Control-Max-Age", "600".into()));
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    http::write_no_content(request, &headers, counters)
 }
 
 /// The handshake: a new session, and its open packet as the answer.
@@ -367,14 +364,7 @@ fn handshake(
     };
     log::debug!("socket.io session {} opened on polling", session.sid);
     let open = socket_io.open_packet(&session, Transport::Polling).encode();
-    reply(
-        lab,
-        request,
-        200,
-        "text/plain; charset=UTF-8",
-        &open,
-        counters,
-    )
+    payload(lab, request, &open, counters)
 }
 
 /// A held GET: the session's parked long poll.
@@ -404,15 +394,7 @@ fn poll(
             if session.wait_for_upgrade(Duration::from_millis(100)) {
                 return refuse(lab, request, BAD_REQUEST, counters);
             }
-            let noop = EngineIoPacket::Noop.encode();
-            return reply(
-                lab,
-                request,
-                200,
-                "text/plain; charset=UTF-8",
-                &noop,
-                counters,
-            );
+            return payload(lab, request, &EngineIoPacket::Noop.encode(), counters);
         }
         if state.polling_get {
             // Two GETs at once: the client is confused (or two tabs share a sid).
@@ -429,15 +411,7 @@ fn poll(
     }
     let Some(_held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         session.state().polling_get = false;
-        counters.error();
-        return reply(
-            lab,
-            request,
-            503,
-            "application/json",
-            r#"{"code":3,"message":"too many held requests (--max-parked)"}"#,
-            counters,
-        );
+        return refuse(lab, request, ALL_HELD, counters);
     };
     log::debug!("socket.io {} GET parked", session.sid);
     let arrived = Instant::now();
@@ -474,17 +448,11 @@ fn poll(
         delivery.packets.len()
     );
     counters.delivered(delivery.events);
-    let body = engine_io::encode_payload(&delivery.packets);
-    let headers = lab.cors_with_credentials(&request);
     log::trace!("socket.io GET held {} ms", arrived.elapsed().as_millis());
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let content_type = "text/plain; charset=UTF-8";
-    http::write_response(
+    payload(
+        lab,
         request,
-        200,
-        content_type,
-        &headers,
-        body.as_bytes(),
+        &engine_io::encode_payload(&delivery.packets),
         counters,
     )
 }
