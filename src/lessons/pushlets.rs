@@ -226,13 +226,7 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
                 session.state().last_seen = Instant::now();
                 Some(session)
             }
-            None => {
-                let nack = fields(&[
-                    ("p_event", "nack"),
-                    ("p_reason", "unknown p_id: join first"),
-                ]);
-                return answer(request, 400, &format, &[nack], &counters);
-            }
+            None => return nack(request, 400, &format, "unknown p_id: join first", &counters),
         },
     };
     // The mode: asked for, else the session's (a refresh names only its p_id), else stream.
@@ -244,11 +238,13 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
         .unwrap_or_else(|| "stream".into());
     let mode = mode.as_str();
     if !["stream", "pull", "poll"].contains(&mode) {
-        let nack = fields(&[
-            ("p_event", "nack"),
-            ("p_reason", "p_mode is stream, pull or poll"),
-        ]);
-        return answer(request, 400, &format, &[nack], &counters);
+        return nack(
+            request,
+            400,
+            &format,
+            "p_mode is stream, pull or poll",
+            &counters,
+        );
     }
     let name = format.name();
     // A join under the caps, or a nack that says why not (503, as Pushlets' server answers
@@ -256,16 +252,14 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
     let from = lab.client(&request).ip;
     let joined = |session: Option<Arc<Session>>| match session {
         Some(session) => Ok(session),
-        None => join(lab, pushlets, name, from).map_err(|refused| {
-            let reason = format!("no session: {refused}; join again later");
-            fields(&[("p_event", "nack"), ("p_reason", &reason)])
-        }),
+        None => join(lab, pushlets, name, from)
+            .map_err(|refused| format!("no session: {refused}; join again later")),
     };
     match (event.as_str(), session) {
         ("join", _) => {
             let session = match joined(None) {
                 Ok(session) => session,
-                Err(nack) => return answer(request, 503, &format, &[nack], &counters),
+                Err(why) => return nack(request, 503, &format, &why, &counters),
             };
             let ack = fields(&[
                 ("p_event", "join-ack"),
@@ -278,7 +272,7 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
             let joining = session.is_none();
             let session = match joined(session) {
                 Ok(session) => session,
-                Err(nack) => return answer(request, 503, &format, &[nack], &counters),
+                Err(why) => return nack(request, 503, &format, &why, &counters),
             };
             session.state().mode = Some(mode.to_string());
             let ack_name = if joining {
@@ -305,8 +299,7 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
                         if joining {
                             pushlets.end(&session, "bad subject");
                         }
-                        let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
-                        return answer(request, 400, &format, &[nack], &counters);
+                        return nack(request, 400, &format, reason, &counters);
                     }
                 }
             }
@@ -332,10 +325,7 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
                     }
                     answer(request, 200, &format, &[ack], &counters)
                 }
-                Err(reason) => {
-                    let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
-                    answer(request, 400, &format, &[nack], &counters)
-                }
+                Err(reason) => nack(request, 400, &format, reason, &counters),
             }
         }
         ("unsubscribe", Some(session)) => {
@@ -351,32 +341,19 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
                 }
             };
             follow_the_hub(lab, &session);
-            let ack = if removed {
-                fields(&[("p_event", "unsubscribe-ack"), ("p_id", &session.id)])
-            } else {
-                fields(&[("p_event", "nack"), ("p_reason", "no such p_sid")])
-            };
-            answer(
-                request,
-                if removed { 200 } else { 400 },
-                &format,
-                &[ack],
-                &counters,
-            )
+            if !removed {
+                return nack(request, 400, &format, "no such p_sid", &counters);
+            }
+            let ack = fields(&[("p_event", "unsubscribe-ack"), ("p_id", &session.id)]);
+            answer(request, 200, &format, &[ack], &counters)
         }
         ("publish", Some(session)) => {
             let subject = query.get("p_subject").unwrap_or("");
-            let (status, reply) = match publish(lab, pushlets, &session, subject, query) {
-                Ok(()) => (
-                    200,
-                    fields(&[("p_event", "publish-ack"), ("p_id", &session.id)]),
-                ),
-                Err((status, reason)) => (
-                    status,
-                    fields(&[("p_event", "nack"), ("p_reason", &reason)]),
-                ),
-            };
-            answer(request, status, &format, &[reply], &counters)
+            if let Err((status, reason)) = publish(lab, pushlets, &session, subject, query) {
+                return nack(request, status, &format, &reason, &counters);
+            }
+            let ack = fields(&[("p_event", "publish-ack"), ("p_id", &session.id)]);
+            answer(request, 200, &format, &[ack], &counters)
         }
         ("hb", Some(session)) => {
             let ack = fields(&[("p_event", "hb-ack"), ("p_id", &session.id)]);
@@ -389,8 +366,7 @@ pub fn handle(lab: &Lab, pushlets: &Pushlets, request: Request, query: &Query) -
         }
         (other, _) => {
             let reason = format!("unknown p_event {other:?}");
-            let nack = fields(&[("p_event", "nack"), ("p_reason", &reason)]);
-            answer(request, 400, &format, &[nack], &counters)
+            nack(request, 400, &format, &reason, &counters)
         }
     }
 }
@@ -812,6 +788,18 @@ impl Format {
             }
         }
     }
+}
+
+/// A refusal: a `nack` event saying why, with its HTTP status.
+fn nack(
+    request: Request,
+    status: u16,
+    format: &Format,
+    reason: &str,
+    counters: &LessonCounters,
+) -> io::Result<()> {
+    let nack = fields(&[("p_event", "nack"), ("p_reason", reason)]);
+    answer(request, status, format, &[nack], counters)
 }
 
 /// A control event's answer: a whole document in the format asked for.
