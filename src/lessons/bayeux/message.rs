@@ -27,6 +27,24 @@ pub struct BadBatch(pub &'static str);
 /// The most messages one request may carry (a larger batch gets 413).
 pub const MAX_BATCH: usize = 100;
 
+/// A batch as either transport receives it: its messages, or the one unsuccessful message
+/// CometD answers a batch it cannot take with, and its status (413 too many messages, 400
+/// not a batch of messages).
+pub fn read_batch(text: &str) -> Result<Vec<Message>, (u16, Message)> {
+    let (status, error) = match parse_batch(text) {
+        Ok(batch) if batch.len() <= MAX_BATCH => return Ok(batch),
+        Ok(_) => (413, "413::batch_too_large"),
+        Err(BadBatch(why)) => {
+            log::debug!("bayeux batch refused: {why}");
+            (400, "400::batch_invalid")
+        }
+    };
+    let mut refusal = Message::new();
+    refusal.insert("successful".into(), json!(false));
+    refusal.insert("error".into(), json!(error));
+    Err((status, refusal))
+}
+
 /// A request body: one message or an array of them, each an object with a `channel`.
 pub fn parse_batch(body: &str) -> Result<Vec<Message>, BadBatch> {
     let value: Value = serde_json::from_str(body).map_err(|_| BadBatch("the body is not JSON"))?;

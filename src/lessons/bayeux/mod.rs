@@ -277,17 +277,14 @@ pub fn handle(lab: &Lab, bayeux: &Bayeux, request: Request, query: &Query) -> io
             Err(error) => return error.reply(request, &counters),
         },
     };
-    let batch = match message::parse_batch(&body) {
-        Ok(batch) if batch.len() > message::MAX_BATCH => {
-            let error = json!([{ "successful": false, "error": "413::batch_too_large" }]);
-            return answer(request, 413, callback, &error, &headers, &counters);
-        }
+    let batch = match message::read_batch(&body) {
         Ok(batch) => batch,
-        Err(message::BadBatch(why)) => {
-            counters.error();
-            log::debug!("bayeux batch refused: {why}");
-            let error = json!([{ "successful": false, "error": "400::batch_invalid" }]);
-            return answer(request, 400, callback, &error, &headers, &counters);
+        Err((status, refusal)) => {
+            if status == 400 {
+                counters.error();
+            }
+            let error = Value::Array(vec![Value::Object(refusal)]);
+            return answer(request, status, callback, &error, &headers, &counters);
         }
     };
     let transport = if callback.is_some() {

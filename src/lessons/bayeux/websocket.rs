@@ -34,7 +34,7 @@ use crate::conversation::{converse, Ending, Endpoint, Socket};
 use crate::lab::Lab;
 use crate::sessions::Outbox;
 use crossbeam_channel::Receiver;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,15 +144,13 @@ impl<'a> Endpoint for BayeuxSocket<'a> {
         let tungstenite::Message::Text(text) = message else {
             return Ok(()); // (Bayeux is JSON text)
         };
-        let batch = match message::parse_batch(text.as_str()) {
-            Ok(batch) if batch.len() > message::MAX_BATCH => {
-                return send(socket, &[refusal("413::batch_too_large")]);
-            }
+        let batch = match message::read_batch(text.as_str()) {
             Ok(batch) => batch,
-            Err(message::BadBatch(why)) => {
-                socket.counters.error();
-                log::debug!("ws {} (bayeux) batch refused: {why}", socket.id);
-                return send(socket, &[refusal("400::batch_invalid")]);
+            Err((status, refusal)) => {
+                if status == 400 {
+                    socket.counters.error();
+                }
+                return send(socket, &[refusal]);
             }
         };
         let (mut replies, connect) =
@@ -349,12 +347,4 @@ impl<'a> BayeuxSocket<'a> {
             }
         }
     }
-}
-
-/// A batch that could not be read, answered as CometD does: one unsuccessful message.
-fn refusal(error: &str) -> Message {
-    let Value::Object(message) = json!({ "successful": false, "error": error }) else {
-        unreachable!("an object")
-    };
-    message
 }
