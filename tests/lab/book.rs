@@ -782,10 +782,7 @@ fn the_course_is_an_evening_and_each_chapter_links_to_its_reference() {
             "{heading}: one Try This in the course (more go in the reference)"
         );
         let number = heading.split(':').next().unwrap();
-        let link = try_this
-            .split("(REFERENCE.md#")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
+        let link = first_link(try_this, "REFERENCE.md")
             .unwrap_or_else(|| panic!("{heading}: no link to its reference chapter"));
         assert!(
             link.starts_with(&number.to_lowercase().replace(' ', "-")),
@@ -796,16 +793,19 @@ fn the_course_is_an_evening_and_each_chapter_links_to_its_reference() {
             .split("\n## ")
             .find(|c| c.starts_with(heading))
             .unwrap_or_else(|| panic!("REFERENCE.md has no \"## {heading}\""));
-        let back_link = back
-            .split("(LESSONS.md#")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
+        let back_link = first_link(back, "LESSONS.md")
             .unwrap_or_else(|| panic!("REFERENCE.md's {heading} does not link back"));
         assert!(
             course_anchors.contains(back_link),
             "{heading}: back to #{back_link}"
         );
     }
+}
+
+/// The anchor of the first Markdown link to `file` in `text` (`[...](file#anchor)`).
+fn first_link<'a>(text: &'a str, file: &str) -> Option<&'a str> {
+    let rest = text.split(&format!("({file}#")).nth(1)?;
+    rest.split(')').next()
 }
 
 /// Every line of the sources, for the names the book quotes.

@@ -76,6 +76,34 @@ fn poll_until(addr: SocketAddr, sid: &str, needle: &str) -> String {
     panic!("never saw {needle:?}; saw {seen}");
 }
 
+/// A GET to hold when `--max-parked` are held already is refused in Engine.IO's own error
+/// form (503, code 3), and the session lives on: once a place is free its next GET is held.
+#[test]
+fn a_get_over_max_parked_gets_engine_ios_error_and_the_session_lives_on() {
+    let settings = reverse_ajax_lab::config::SocketIoSettings {
+        ping_interval: Duration::from_millis(400),
+        ping_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let lab = start_lab_with(|c| {
+        c.socket_io = settings;
+        c.max_parked = 1;
+    });
+    let addr = lab.addr();
+    let sid = handshake(addr);
+    let held = std::thread::spawn(move || get(addr, "/events/long-poll?timeout=30").unwrap());
+    wait_for_stat(addr, "parked", 1, "the long poll holds the one place");
+    let refused = poll(addr, &sid);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let error: Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(error["code"], 3, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("--max-parked"));
+    publish(addr, "frees the place").unwrap();
+    assert_eq!(held.join().unwrap().status, 200);
+    // The next GET is held (and answered with the server's ping): no "second GET" error.
+    assert_eq!(poll(addr, &sid).status, 200);
+}
+
 #[test]
 fn the_handshake_opens_a_session_with_the_servers_timings() {
     let lab = lab();
