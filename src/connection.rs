@@ -809,6 +809,15 @@ impl ResponseWriter {
         peek_says_gone(&self.connection.open().stream)
     }
 
+    /// Write what the socket takes now, never waiting (`send_without_waiting`): a held
+    /// stream's writes, made by one thread for many.
+    pub fn write_without_waiting(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.head_only {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HEAD: no body"));
+        }
+        send_without_waiting(&self.connection.open().stream, buf)
+    }
+
     /// The answer is complete and framed by its length: the connection may serve the next
     /// request (if `may_keep_alive`).
     pub fn keep_alive(&mut self) {
@@ -860,6 +869,41 @@ impl Write for ResponseWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// `send` with `MSG_DONTWAIT`: as much of `buf` as the socket's send buffer takes now, never
+/// waiting; `WouldBlock` when it takes nothing. The socket itself stays blocking for everyone
+/// else. (The held connections' writes, `held`.)
+#[cfg(all(unix, not(lab_portable)))]
+pub fn send_without_waiting(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // No SIGPIPE for a closed connection: Linux says so per call; Rust's runtime ignores the
+    // signal everywhere else.
+    #[cfg(target_os = "linux")]
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    let flags = libc::MSG_DONTWAIT;
+    loop {
+        // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
+        let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// The portable send, with std alone: non-blocking for one write. (Only the held streams'
+/// dispatcher uses the socket meanwhile.)
+#[cfg(any(not(unix), lab_portable))]
+pub fn send_without_waiting(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    stream.set_nonblocking(true)?;
+    let sent = (&*stream).write(buf);
+    let _ = stream.set_nonblocking(false);
+    sent
 }
 
 /// `recv(MSG_PEEK | MSG_DONTWAIT)`: one non-blocking look at the socket.
@@ -1170,6 +1214,12 @@ mod tests {
 
 /// `req-17`: the request this connection thread is serving, for the log. (Connection threads
 /// serve one request after another, so their own names, `conn-N`, say less.)
+/// The number of the request this connection thread is serving (`request_label` without
+/// its `req-`).
+pub fn request_number() -> u64 {
+    REQUEST_ID.with(|id| id.get())
+}
+
 pub fn request_label() -> String {
     format!("req-{}", REQUEST_ID.with(|id| id.get()))
 }

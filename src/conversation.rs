@@ -132,7 +132,7 @@ impl Ending {
         !matches!(self, Ending::Close { .. })
     }
 
-    fn why(&self) -> String {
+    pub fn why(&self) -> String {
         match self {
             Ending::ClientClosed(why) | Ending::Gone(why) => why.clone(),
             Ending::Close { code, why, .. } => match code {
@@ -201,6 +201,11 @@ impl<'a> Socket<'a> {
         self.send(Message::text(text.into()))
     }
 
+    /// The socket itself, for a holder without a thread (`held`).
+    pub fn into_ws(self) -> Box<WatchedSocket> {
+        self.ws
+    }
+
     /// A notice came that no read has taken yet.
     pub fn noticed(&self) -> bool {
         self.ws.get_ref().noticed()
@@ -266,24 +271,35 @@ fn talk(
     }
 }
 
-/// Every frame that is there, in turn: a message to the endpoint; a ping or pong only says the
-/// client lives (tungstenite answers a ping itself); a close, or a frame that breaks the
-/// protocol, ends the conversation. `Ok` once the rest has not come yet.
+/// Every frame that is there, in turn, each message to the endpoint. `Ok` once the rest has
+/// not come yet.
 fn read_frames(endpoint: &mut impl Endpoint, socket: &mut Socket<'_>) -> Result<(), Ending> {
+    while let Some(message) = next_message(&mut socket.ws, &mut socket.last_heard)? {
+        endpoint.on_message(socket, message)?;
+    }
+    Ok(())
+}
+
+/// The next text or binary message among the frames that are there (`None`: the rest has not
+/// come yet). A ping or pong only says the client lives (tungstenite answers a ping itself);
+/// a close, or a frame that breaks the protocol, ends the conversation. Any frame sets
+/// `last_heard`.
+pub fn next_message(
+    ws: &mut WatchedSocket,
+    last_heard: &mut Instant,
+) -> Result<Option<Message>, Ending> {
     loop {
         // Never blocks: the bytes the watcher saw, else `None`.
-        let Some(frame) = next_frame(&mut socket.ws) else {
-            return Ok(());
+        let Some(frame) = next_frame(ws) else {
+            return Ok(None);
         };
-        socket.last_heard = Instant::now();
+        *last_heard = Instant::now();
         match frame {
-            Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
-                endpoint.on_message(socket, message)?
-            }
+            Ok(message @ (Message::Text(_) | Message::Binary(_))) => return Ok(Some(message)),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Ok(Message::Close(frame)) => {
                 // tungstenite has queued the echo of the client's close: send it, and end.
-                let _ = socket.ws.flush();
+                let _ = ws.flush();
                 let code = frame.map_or(CloseCode::Status, |f| f.code);
                 return Err(Ending::ClientClosed(format!(
                     "the client closed with {code}"
@@ -307,20 +323,24 @@ fn refusal(error: tungstenite::Error) -> Ending {
 
 /// Step 4: the socket's end (also for a socket refused before any conversation).
 pub fn end(socket: &mut Socket<'_>, ending: Ending) {
-    let id = socket.id;
+    end_socket(&mut socket.ws, socket.id, ending);
+}
+
+/// `end` for a socket without its `Socket` (one held without a thread, `held`).
+pub fn end_socket(ws: &mut WatchedSocket, id: u64, ending: Ending) {
     match ending {
         Ending::ClientClosed(_) | Ending::Gone(_) => {
-            let _ = socket.ws.get_ref().stream().shutdown(Shutdown::Both);
+            let _ = ws.get_ref().stream().shutdown(Shutdown::Both);
         }
         Ending::Close { code, reason, .. } => {
             let frame = code.map(|code| CloseFrame {
                 code,
                 reason: reason.into(),
             });
-            socket.ws.get_mut().begin_write();
-            let _ = socket.ws.close(frame);
-            let _ = socket.ws.flush();
-            let stream = socket.ws.get_ref().stream();
+            ws.get_mut().begin_write();
+            let _ = ws.close(frame);
+            let _ = ws.flush();
+            let stream = ws.get_ref().stream();
             // Our FIN right behind the close frame: the client learns at once that we are done.
             let _ = stream.shutdown(Shutdown::Write);
             // BLOCKS: until the client closes its side, or two seconds pass.

@@ -302,10 +302,7 @@ impl ChunkedStream {
         if self.writer.head_only() {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HEAD: no body"));
         }
-        let mut frames = Vec::new();
-        for data in chunks.into_iter().filter(|data| !data.is_empty()) {
-            frames.extend_from_slice(&self.frame(data));
-        }
+        let frames = self.frames(chunks);
         if frames.is_empty() {
             return Ok(());
         }
@@ -319,6 +316,31 @@ impl ChunkedStream {
     /// Has the client closed its connection? (`Request::client_left`)
     pub fn client_left(&self) -> bool {
         self.writer.client_left()
+    }
+
+    /// Several chunk frames as the bytes to write, for a writer that cannot block
+    /// (`held`); empty chunks are left out (one would end the stream).
+    pub fn frames<'a>(&self, chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut frames = Vec::new();
+        for data in chunks.into_iter().filter(|data| !data.is_empty()) {
+            frames.extend_from_slice(&self.frame(data));
+        }
+        frames
+    }
+
+    /// Write what the socket takes of `bytes` now, never waiting: how many it took
+    /// (`WouldBlock` when none). The first error means the client has gone.
+    pub fn write_without_waiting(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.writer.write_without_waiting(bytes)?;
+        self.counters.wrote(n);
+        Ok(n)
+    }
+
+    /// The last chunk, if the socket takes it now (a lab stopping does not wait on a client).
+    pub fn finish_without_waiting(mut self) {
+        if self.chunked {
+            let _ = self.write_without_waiting(b"0\r\n\r\n");
+        }
     }
 
     /// `data` as one chunk frame (size in hex, CRLF, the bytes, CRLF), or as itself to an

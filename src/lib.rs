@@ -24,6 +24,7 @@ pub mod connection;
 pub mod conversation;
 pub mod forwarded;
 pub mod generator;
+pub mod held;
 pub mod http;
 pub mod hub;
 pub mod lab;

@@ -148,6 +148,7 @@ impl RunningLab {
             )),
             pushlets: Arc::new(lessons::pushlets::Pushlets::new(config.sessions)),
             waiting_room: Arc::default(),
+            held: Arc::default(),
         });
         let lab = Arc::new(Lab {
             websocket_url: format!("ws://{addr}/events/ws"),
@@ -193,6 +194,12 @@ impl RunningLab {
                 .spawn(move || lessons::long_polling::waiting_room::dispatch(dispatcher_lab, room))
                 .map_err(|e| format!("cannot start the dispatcher thread: {e}"))?;
             threads.push(dispatcher);
+            let (held_lab, room) = (lab.clone(), state.held.clone());
+            let held = thread::Builder::new()
+                .name("held".into())
+                .spawn(move || crate::held::dispatch(held_lab, room))
+                .map_err(|e| format!("cannot start the held connections' thread: {e}"))?;
+            threads.push(held);
         }
         // The connection threads, shared by every listener. (They hold the lab; the lab
         // holds only what /stats reads of them.)
@@ -378,6 +385,8 @@ pub struct LessonState {
     pub pushlets: Arc<lessons::pushlets::Pushlets>,
     /// Long polls held without a thread (`--parking queue`; `lessons::long_polling`).
     pub waiting_room: Arc<lessons::long_polling::waiting_room::WaitingRoom>,
+    /// Streams and WebSockets held without a thread (`--parking queue`), written by one.
+    pub held: Arc<crate::held::HeldConnections>,
 }
 
 /// Step 1: an accept thread for `listener`, answering on the accept thread from `lab`.
@@ -512,15 +521,19 @@ fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
         (Method::Get, "/events/long-poll-script") => {
             lessons::script_long_polling::handle(lab, &state.waiting_room, request, &query)
         }
-        (Method::Get, "/events/iframe") => lessons::forever_iframe::handle(lab, request, &query),
-        (Method::Get, "/events/multipart") => {
-            lessons::multipart_streaming::handle(lab, request, &query)
+        (Method::Get, "/events/iframe") => {
+            lessons::forever_iframe::handle(lab, &state.held, request, &query)
         }
-        (Method::Get, "/events/stream") => lessons::fetch_streaming::handle(lab, request, &query),
+        (Method::Get, "/events/multipart") => {
+            lessons::multipart_streaming::handle(lab, &state.held, request, &query)
+        }
+        (Method::Get, "/events/stream") => {
+            lessons::fetch_streaming::handle(lab, &state.held, request, &query)
+        }
         (Method::Get, "/events/buffered") => lessons::buffering::handle(lab, request, &query),
-        (Method::Get, "/events/sse") => lessons::sse::handle(lab, request, &query),
+        (Method::Get, "/events/sse") => lessons::sse::handle(lab, &state.held, request, &query),
         (Method::Get, "/events/sse-unmarked") => {
-            lessons::behind_a_proxy::unmarked_sse(lab, request, &query)
+            lessons::behind_a_proxy::unmarked_sse(lab, &state.held, request, &query)
         }
         (Method::Get, "/behind-a-proxy") => lessons::behind_a_proxy::who_is_who(lab, request),
         (Method::Get, "/vendor/socket.io.min.js") => {
@@ -561,7 +574,7 @@ fn route_upgrade(
     query: &Query,
 ) -> io::Result<()> {
     match path {
-        "/events/ws" => lessons::websocket::upgrade(lab, request, query),
+        "/events/ws" => lessons::websocket::upgrade(lab, &state.held, request, query),
         "/socket.io/" => {
             lessons::socket_io::websocket::upgrade(lab, &state.socket_io, request, query)
         }

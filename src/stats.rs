@@ -64,11 +64,8 @@ impl Gauge {
     pub fn get(&self) -> usize {
         self.0.load(Relaxed)
     }
-    /// For holders that cannot keep a guard (the waiting room): every `add` needs its `sub`.
-    pub fn add(&self, n: usize) {
-        self.0.fetch_add(n, Relaxed);
-    }
-    pub fn sub(&self, n: usize) {
+    /// For a place `Held::keep` kept (`Stats::let_go`).
+    fn sub(&self, n: usize) {
         self.0.fetch_sub(n, Relaxed);
     }
 }
@@ -80,6 +77,14 @@ pub struct GaugeGuard<'a>(&'a Gauge);
 pub struct Held<'a> {
     _kind: GaugeGuard<'a>,
     _held: GaugeGuard<'a>,
+}
+
+impl Held<'_> {
+    /// For a holder that outlives this thread (a stream handed to `held`): the place
+    /// stays taken until `Stats::let_go` gives it back.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for GaugeGuard<'_> {
@@ -97,7 +102,8 @@ pub struct Stats {
     /// Streaming responses (iframe, multipart, ndjson, SSE) held open.
     pub streams: Gauge,
     pub websockets: Gauge,
-    /// Threads serving WebSockets right now: a reader and a writer per connection.
+    /// Threads serving WebSockets right now: one per connection, none for one held without a
+    /// thread (`--parking queue`, `held`).
     pub websocket_threads: Gauge,
     /// Parked plus streams: what `--max-parked` limits.
     held: Gauge,
@@ -115,6 +121,12 @@ impl Stats {
     pub fn lesson(&self, name: &'static str) -> LessonCounters {
         let mut lessons = self.lessons.lock().unwrap_or_else(|p| p.into_inner());
         lessons.entry(name).or_default().clone()
+    }
+
+    /// Give back a place that `Held::keep` kept, of `kind`.
+    pub fn let_go(&self, kind: &Gauge) {
+        kind.sub(1);
+        self.held.sub(1);
     }
 
     /// Take a place for a held request, or `None` when `max` are already held.

@@ -24,12 +24,15 @@
 
 use crate::connection::request_label;
 use crate::connection::Request;
+use crate::held::{Ended, HeldConnection, HeldConnections, Pass, WriteDeadline, MOST_PER_PASS};
 use crate::http::{ChunkedStream, HttpError};
 use crate::hub::ClientLeft;
 use crate::hub::{Event, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
+use crate::ParkingMode;
 use std::io;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 /// How one streaming lesson puts events on the wire.
@@ -44,6 +47,9 @@ pub struct Framing {
     pub missed: fn(u64) -> String,
     /// Written after a heartbeat interval with no event.
     pub heartbeat: &'static str,
+    /// Without the `X-Accel-Buffering: no` that tells a proxy not to collect the stream
+    /// (`ChunkedStream::start_unmarked`): only the behind_a_proxy lesson, to show why.
+    pub unmarked: bool,
 }
 
 /// Serve a stream from `since` until the client leaves (or, with `close_after`, until that
@@ -51,35 +57,12 @@ pub struct Framing {
 /// when the client has gone (the expected ending), `Err` only for a fault worth a warning.
 pub fn serve(
     lab: &Lab,
+    held: &HeldConnections,
     request: Request,
     since: u64,
     close_after: Option<u64>,
     framing: &Framing,
     counters: &LessonCounters,
-) -> io::Result<()> {
-    serve_marked_or_not(lab, request, since, close_after, framing, counters, true)
-}
-
-/// `serve` without the `X-Accel-Buffering: no` that tells a proxy not to collect the stream
-/// (`ChunkedStream::start_unmarked`; the behind_a_proxy lesson).
-pub fn serve_unmarked(
-    lab: &Lab,
-    request: Request,
-    since: u64,
-    framing: &Framing,
-    counters: &LessonCounters,
-) -> io::Result<()> {
-    serve_marked_or_not(lab, request, since, None, framing, counters, false)
-}
-
-fn serve_marked_or_not(
-    lab: &Lab,
-    request: Request,
-    since: u64,
-    close_after: Option<u64>,
-    framing: &Framing,
-    counters: &LessonCounters,
-    marked: bool,
 ) -> io::Result<()> {
     // 1. A place, and a subscription from the cursor.
     let Some(_held) = lab
@@ -93,10 +76,9 @@ fn serve_marked_or_not(
     let me = request_label();
 
     // 2. The head and the prelude.
-    let start = if marked {
-        ChunkedStream::start
-    } else {
-        ChunkedStream::start_unmarked
+    let start = match framing.unmarked {
+        false => ChunkedStream::start,
+        true => ChunkedStream::start_unmarked,
     };
     let mut stream = start(request, framing.content_type, framing.headers, counters)?;
     stream.write_chunk(framing.prelude.as_bytes())?;
@@ -115,6 +97,30 @@ fn serve_marked_or_not(
     let first = &backlog.events[..backlog.events.len().min(budget(0))];
     written_events += first.len() as u64;
     write_events(&mut stream, first, framing, counters)?;
+
+    // `--parking queue`: the stream is held without this thread from here on
+    // (`held`), unless it is to end after a few events (`close_after`).
+    if lab.config.parking == ParkingMode::Queue && close_after.is_none() {
+        let cursor = subscription.cursor();
+        drop(subscription); // the `held` thread's one subscription serves every held stream
+        _held.keep();
+        let number = crate::connection::request_number();
+        log::debug!("{me} stream held after event {cursor}, its thread ends");
+        held.hold(Box::new(HeldStream {
+            stream,
+            cursor,
+            frame: framing.frame,
+            missed: framing.missed,
+            heartbeat: framing.heartbeat,
+            counters: counters.clone(),
+            number,
+            unsent: Vec::new(),
+            deadline: WriteDeadline::default(),
+            next_heartbeat: Instant::now()
+                + crate::held::out_of_phase(lab.config.heartbeat, number),
+        }));
+        return Ok(());
+    }
 
     // 4. Park, write, repeat.
     loop {
@@ -186,4 +192,107 @@ fn write_events(
     stream.write_chunks(frames.iter().map(String::as_bytes))?;
     counters.streamed(events.len());
     Ok(())
+}
+
+/// A stream held without a thread (`--parking queue`, `held`): the response, how far it has
+/// gone, how it frames an event.
+struct HeldStream {
+    stream: ChunkedStream,
+    /// The last event written (or offered to the socket).
+    cursor: u64,
+    frame: fn(&Event) -> String,
+    missed: fn(u64) -> String,
+    heartbeat: &'static str,
+    counters: LessonCounters,
+    /// The request's number, for the logs (`req-N`).
+    number: u64,
+    /// Bytes the socket has not taken yet: they go before anything else.
+    unsent: Vec<u8>,
+    deadline: WriteDeadline,
+    next_heartbeat: Instant,
+}
+
+impl HeldConnection for HeldStream {
+    /// Step 4 without a thread: the rest of the last write, else the events after the cursor,
+    /// else a heartbeat when one is due.
+    fn serve(&mut self, lab: &Lab, pass: &mut Pass) -> Result<(), Ended> {
+        if pass.look && self.stream.client_left() {
+            lab.stats.departed.fetch_add(1, Relaxed);
+            return self.ended(lab, "its client closed the connection");
+        }
+        if !self.unsent.is_empty() {
+            self.send(lab, pass.now)?;
+            if !self.unsent.is_empty() {
+                return Ok(()); // still full: the next events wait in the ring
+            }
+        }
+        if self.cursor < lab.hub.last_id() {
+            let backlog = pass.since(lab, self.cursor);
+            let mut chunks = Vec::new();
+            if backlog.missed > 0 {
+                chunks.push((self.missed)(backlog.missed));
+                self.cursor += backlog.missed;
+            }
+            let mut size = 0;
+            for event in &backlog.events {
+                if size >= MOST_PER_PASS {
+                    break; // the rest on a later pass
+                }
+                chunks.push((self.frame)(event));
+                size += chunks.last().map_or(0, String::len);
+                self.cursor = event.id;
+                self.counters.streamed(1);
+            }
+            self.unsent = self.stream.frames(chunks.iter().map(String::as_bytes));
+        } else if pass.now >= self.next_heartbeat {
+            self.unsent = self.stream.frames([self.heartbeat.as_bytes()]);
+        } else {
+            return Ok(());
+        }
+        self.next_heartbeat =
+            pass.now + crate::held::out_of_phase(lab.config.heartbeat, self.number);
+        self.send(lab, pass.now)
+    }
+
+    fn due(&self, now: Instant, last: u64) -> Instant {
+        if !self.unsent.is_empty() {
+            now + crate::held::RETRY_UNSENT
+        } else if self.cursor < last {
+            now // more than one pass's worth was waiting: the rest now
+        } else {
+            self.next_heartbeat
+        }
+    }
+
+    /// The last chunk, if the socket takes it now.
+    fn stop(self: Box<Self>, lab: &Lab) {
+        lab.stats.let_go(&lab.stats.streams);
+        self.stream.finish_without_waiting();
+    }
+}
+
+impl HeldStream {
+    /// Offer `unsent` to the socket: it takes what fits now, never waiting.
+    fn send(&mut self, lab: &Lab, now: Instant) -> Result<(), Ended> {
+        match self.stream.write_without_waiting(&self.unsent) {
+            Ok(n) => drop(self.unsent.drain(..n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return self.ended(lab, &format!("gone: {e}")),
+        }
+        if self.deadline.overdue(!self.unsent.is_empty(), lab, now) {
+            log::info!(
+                "req-{} dropped a slow consumer: a write not done within --write-timeout",
+                self.number
+            );
+            return self.ended(lab, "a slow consumer");
+        }
+        Ok(())
+    }
+
+    /// The stream has ended: its place is given back; dropping it closes the connection.
+    fn ended(&self, lab: &Lab, why: &str) -> Result<(), Ended> {
+        lab.stats.let_go(&lab.stats.streams);
+        log::debug!("req-{} {why} after event {}", self.number, self.cursor);
+        Err(Ended)
+    }
 }

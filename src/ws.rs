@@ -50,6 +50,28 @@ pub struct Place<'lab> {
     _client: Option<crate::connection::ClientPlace>,
 }
 
+/// What a WebSocket held without a thread keeps of its `Place` (`Place::keep`): its places in
+/// the gate's count, among the sockets a stop shuts down, and in its client's share. Its place
+/// under `--max-parked` stays taken until `Stats::let_go`; it holds no thread.
+pub struct KeptPlace {
+    _counted: Option<crate::limits::Counted>,
+    _registered: Option<crate::connection::Registered>,
+    _client: Option<crate::connection::ClientPlace>,
+}
+
+impl Place<'_> {
+    /// For a socket held without a thread (`held`): the thread's count is given back now, the
+    /// place under `--max-parked` when the holder calls `Stats::let_go`.
+    pub fn keep(self) -> KeptPlace {
+        self._held.keep();
+        KeptPlace {
+            _counted: self._counted,
+            _registered: self._registered,
+            _client: self._client,
+        }
+    }
+}
+
 impl<'lab> Upgraded<'lab> {
     /// The socket as tungstenite's, for an endpoint with one thread (`ReadWhenNoticed`): the
     /// connection's number and the place come along. Frames the client sent behind its
@@ -175,6 +197,9 @@ pub struct ReadWhenNoticed {
     write_timeout: Option<Duration>,
     /// When the message being written must be out.
     write_deadline: Option<Instant>,
+    /// Held without a thread (`held`): no write ever waits; what the socket does not take
+    /// stays in tungstenite's buffer (`WouldBlock`).
+    never_wait: bool,
     /// The socket's send timeout as last set: it bounds each blocking `write`, and is brought
     /// down to what is left of the deadline when they differ by more than `SLACK`.
     send_timeout: Option<Duration>,
@@ -192,6 +217,7 @@ impl ReadWhenNoticed {
             write_timeout,
             write_deadline: None,
             send_timeout: write_timeout,
+            never_wait: false,
         }
     }
 
@@ -201,6 +227,12 @@ impl ReadWhenNoticed {
     /// client reading a trickle would hold the thread for ever.)
     pub fn begin_write(&mut self) {
         self.write_deadline = self.write_timeout.map(|timeout| Instant::now() + timeout);
+    }
+
+    /// From now on no write waits (a socket held without a thread), or, `false`, writes wait
+    /// again, up to the deadline (a thread lent to end it).
+    pub fn never_wait(&mut self, never: bool) {
+        self.never_wait = never;
     }
 
     /// Watch the socket: when it has bytes (or its client hung up), the watcher lets one read
@@ -257,6 +289,9 @@ fn read_what_is_there(mut stream: &TcpStream, buf: &mut [u8], noticed: bool) -> 
 
 impl Write for ReadWhenNoticed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.never_wait {
+            return crate::connection::send_without_waiting(&self.stream, buf);
+        }
         if let Some(deadline) = self.write_deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -57,15 +57,25 @@ use std::time::Duration;
 
 /// Step 1: `GET /events/sse-unmarked`: the SSE lesson's stream, cursor and all, without the
 /// `X-Accel-Buffering: no` that asks a proxy not to collect it.
-pub fn unmarked_sse(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn unmarked_sse(
+    lab: &Lab,
+    held: &crate::held::HeldConnections,
+    request: Request,
+    query: &Query,
+) -> io::Result<()> {
     let counters = lab.count("behind_a_proxy");
     let since = match query.since(lab.hub.last_id()) {
         Ok(since) => since,
         Err(e) => return e.reply(request, &counters),
     };
-    // This thread BLOCKS in `serve_unmarked` as in every stream: on the hub's bell, woken by
-    // a publish, the heartbeat, or the client leaving.
-    crate::stream::serve_unmarked(lab, request, since, &sse::framing(), &counters)
+    // SSE's framing, without `X-Accel-Buffering: no`.
+    let framing = crate::stream::Framing {
+        unmarked: true,
+        ..sse::framing()
+    };
+    // This thread BLOCKS in `serve` as in every stream: on the hub's bell, woken by a
+    // publish, the heartbeat, or the client leaving (or is free: `--parking queue`).
+    crate::stream::serve(lab, held, request, since, None, &framing, &counters)
 }
 
 /// Step 4: `GET /behind-a-proxy`: who the lab thinks sent this request, and why: the TCP peer,

@@ -35,6 +35,7 @@
 //! `curl -N 'http://127.0.0.1:8080/events/multipart?since=0'`.
 
 use crate::connection::Request;
+use crate::held::HeldConnections;
 use crate::http::Query;
 use crate::hub::Event;
 use crate::lab::Lab;
@@ -45,7 +46,12 @@ use std::io;
 /// nothing into `--lab-event` at a line start.
 pub const BOUNDARY: &str = "lab-event";
 
-pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn handle(
+    lab: &Lab,
+    held: &HeldConnections,
+    request: Request,
+    query: &Query,
+) -> io::Result<()> {
     let counters = lab.count("multipart_streaming");
     // 1. The cursor.
     let since = match query.since(lab.hub.last_id()) {
@@ -60,11 +66,12 @@ pub fn handle(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
         frame,
         missed: |k| part(&format!("{{\"missed\":{k}}}")),
         heartbeat: "Content-Type: application/json\r\n\r\n{\"heartbeat\":true}\r\n--lab-event\r\n",
+        unmarked: false,
     };
     // 4. From here this thread holds the response until the client leaves: it BLOCKS on its
     //    subscription in `stream::serve`, woken by each publish (write a frame) or by the
     //    heartbeat interval (write a heartbeat); the first failed write ends it.
-    stream::serve(lab, request, since, None, &framing, &counters)
+    stream::serve(lab, held, request, since, None, &framing, &counters)
 }
 
 /// 3. One event as a whole part, closed by the next boundary.

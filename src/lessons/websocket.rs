@@ -46,11 +46,12 @@
 //!
 //! **What it costs**: one handshake per connection (about 400 bytes both ways), then 2 bytes of
 //! frame header per small event from the server (clients mask theirs: 6 bytes); one thread
-//! and one descriptor per client (about 23 KiB resident, measured with
-//! `cargo run --release --example latency -- ws 1000`); one more wake-up per client frame
-//! (the watcher's). A thread per direction would need no watcher, at twice the threads and
-//! descriptors (37 KiB per client: `try_clone` gives the reader and the writer each a
-//! descriptor). Some proxies and old corporate firewalls do not pass the `Upgrade`.
+//! and one descriptor per client, or, with `--parking queue`, the descriptor alone: the
+//! `held` thread writes every socket's frames and reads what the watcher saw (`hold`); one
+//! more wake-up per client frame (the watcher's). A thread per direction would need no
+//! watcher, at twice the threads and descriptors (`try_clone` gives the reader and the writer
+//! each a descriptor). REFERENCE.md, chapters 12 and 14, measures each. Some proxies and old
+//! corporate firewalls do not pass the `Upgrade`.
 //!
 //! **Try it**: `cargo run --example websocket`, open two tabs of
 //! <http://127.0.0.1:8080/lessons/websocket> and chat; or with
@@ -58,11 +59,12 @@
 //! watch the 101 and the raw frames arrive.
 
 use crate::connection::Request;
-use crate::conversation::{converse, Ending, Endpoint, Socket};
+use crate::conversation::{converse, next_message, Ending, Endpoint, Socket};
+use crate::held::{Ended, HeldConnection, HeldConnections, Pass, WriteDeadline, MOST_PER_PASS};
 use crate::http::Query;
 use crate::hub::{Backlog, Notice, Subscription, Wake};
 use crate::lab::Lab;
-use crate::ws::Upgraded;
+use crate::ws::{Upgraded, WatchedSocket};
 use crossbeam_channel::Receiver;
 use serde_json::json;
 use std::io;
@@ -82,13 +84,18 @@ pub fn without_upgrade(lab: &Lab, request: Request) -> io::Result<()> {
 }
 
 /// Steps 1 and 2: `GET /events/ws` with `Upgrade: websocket` (the server's upgrade `match`).
-pub fn upgrade(lab: &Lab, request: Request, query: &Query) -> io::Result<()> {
+pub fn upgrade(
+    lab: &Lab,
+    held: &HeldConnections,
+    request: Request,
+    query: &Query,
+) -> io::Result<()> {
     // 2. Our checks (`Origin`, `since`), then the handshake every endpoint shares.
     let checked = check_request(lab, &request, query);
     let Some((since, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
     };
-    serve(lab, upgraded, since)
+    serve(lab, held, upgraded, since)
 }
 
 /// The handshake's checks: the page's `Origin`, and `since`.
@@ -126,11 +133,20 @@ struct LessonSocket<'a> {
 }
 
 /// Step 3, then 4: the conversation, driven by `conversation::converse`.
-fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()> {
+fn serve(
+    lab: &Lab,
+    held: &HeldConnections,
+    upgraded: Upgraded<'_>,
+    since: Option<u64>,
+) -> io::Result<()> {
     let config = crate::ws::config(lab.config.max_body);
-    let (socket, id, _place) = upgraded.into_watched_websocket(config);
+    let (socket, id, place) = upgraded.into_watched_websocket(config);
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
+    if lab.config.parking == crate::ParkingMode::Queue {
+        hold(lab, held, socket, id, place, since);
+        return Ok(());
+    }
     let (backlog, subscription, notice) = lab.hub.subscribe_noticed(since);
     log::debug!("ws {id} open, from event {since}");
     let counters = lab.count("websocket");
@@ -142,6 +158,7 @@ fn serve(lab: &Lab, upgraded: Upgraded<'_>, since: Option<u64>) -> io::Result<()
         backlog: Some(backlog),
     };
     converse(&mut endpoint, &mut socket, &lab.watcher);
+    drop(place);
     Ok(())
 }
 
@@ -174,22 +191,8 @@ impl Endpoint for LessonSocket<'_> {
         Some(Box::new(move || notice.ring()))
     }
 
-    /// Step 3, the client's side: a text frame is published to everyone, the sender too.
     fn on_message(&mut self, socket: &mut Socket<'_>, message: Message) -> Result<(), Ending> {
-        let id = socket.id;
-        let Message::Text(text) = message else {
-            return Err(Ending::close(
-                CloseCode::Unsupported,
-                "text frames only",
-                "a binary frame",
-            ));
-        };
-        match self.lab.publish(text.as_str()) {
-            Ok(event) => log::debug!("ws {id} published event {}", event.id),
-            // (Only with --redis: the frame is not published; the socket lives on.)
-            Err(e) => log::warn!("ws {id}: the client's frame was not published: {e}"),
-        }
-        Ok(())
+        on_message(self.lab, socket.id, message)
     }
 
     /// Every heartbeat interval, a ping: a peer that answers nothing is gone (`silence`).
@@ -207,6 +210,23 @@ impl Endpoint for LessonSocket<'_> {
     }
 }
 
+/// Step 3, the client's side: a text frame is published to everyone, the sender too.
+fn on_message(lab: &Lab, id: u64, message: Message) -> Result<(), Ending> {
+    let Message::Text(text) = message else {
+        return Err(Ending::close(
+            CloseCode::Unsupported,
+            "text frames only",
+            "a binary frame",
+        ));
+    };
+    match lab.publish(text.as_str()) {
+        Ok(event) => log::debug!("ws {id} published event {}", event.id),
+        // (Only with --redis: the frame is not published; the socket lives on.)
+        Err(e) => log::warn!("ws {id}: the client's frame was not published: {e}"),
+    }
+    Ok(())
+}
+
 /// One text frame per event (and one for a `missed` notice).
 fn send_events(socket: &mut Socket<'_>, batch: &Backlog) -> Result<(), Ending> {
     if batch.missed > 0 {
@@ -219,4 +239,233 @@ fn send_events(socket: &mut Socket<'_>, batch: &Backlog) -> Result<(), Ending> {
         socket.counters.streamed(1);
     }
     Ok(())
+}
+
+/// `--parking queue`: the socket is held without a thread (`held`), and the `held` thread
+/// writes its events, reads what its client sends when the watcher says so, and pings it.
+/// The frames behind the handshake and the backlog go first, on this thread.
+fn hold(
+    lab: &Lab,
+    held: &HeldConnections,
+    ws: Box<WatchedSocket>,
+    id: u64,
+    place: crate::ws::Place<'_>,
+    since: u64,
+) {
+    let counters = lab.count("websocket");
+    let backlog = lab.hub.since(since);
+    let cursor = backlog.last(since);
+    let mut socket = Socket::new(ws, id, &counters, &lab.stats);
+    let mut last_heard = Instant::now();
+    let first = (|| {
+        while let Some(message) = next_message(&mut socket.ws, &mut last_heard)? {
+            on_message(lab, id, message)?;
+        }
+        send_events(&mut socket, &backlog)
+    })();
+    // The watcher's notice rings the `held` thread's doorbell.
+    let doorbell = held.doorbell();
+    let watch = first.and_then(|()| {
+        let ring = move || {
+            let _ = doorbell.try_send(());
+        };
+        let watch = socket.ws.get_ref().watch(&lab.watcher, ring);
+        watch.map_err(|e| Ending::gone(format!("could not watch the socket: {e}")))
+    });
+    let watch = match watch {
+        Ok(watch) => watch,
+        Err(ending) => {
+            log::debug!("ws {id} done: {}", ending.why());
+            return crate::conversation::end(&mut socket, ending);
+        }
+    };
+    let mut ws = socket.into_ws();
+    ws.get_mut().never_wait(true);
+    log::debug!("ws {id} held after event {cursor}, its thread ends");
+    held.hold(Box::new(HeldWebSocket {
+        ws,
+        id,
+        _place: place.keep(),
+        watch: Some(watch),
+        counters,
+        cursor,
+        deadline: WriteDeadline::default(),
+        next_ping: Instant::now() + crate::held::out_of_phase(lab.config.heartbeat, id),
+        last_heard,
+        ending: None,
+    }));
+}
+
+/// A WebSocket held without a thread (`--parking queue`): steps 3 and 4 by the `held` thread,
+/// none of whose writes waits.
+struct HeldWebSocket {
+    ws: Box<WatchedSocket>,
+    id: u64,
+    _place: crate::ws::KeptPlace,
+    /// The watcher's watch: its notice rings the `held` thread's doorbell.
+    watch: Option<crate::watcher::Watch>,
+    counters: crate::stats::LessonCounters,
+    /// The last event written (or handed to tungstenite's buffer).
+    cursor: u64,
+    /// Bytes tungstenite holds that the socket has not taken yet.
+    deadline: WriteDeadline,
+    next_ping: Instant,
+    last_heard: Instant,
+    /// Why it ended (`serve` said `Ended`), for `end`.
+    ending: Option<Ending>,
+}
+
+impl HeldConnection for HeldWebSocket {
+    fn serve(&mut self, lab: &Lab, pass: &mut Pass) -> Result<(), Ended> {
+        match self.step(lab, pass) {
+            Ok(()) => Ok(()),
+            Err(ending) => {
+                self.ending = Some(ending);
+                Err(Ended)
+            }
+        }
+    }
+
+    fn due(&self, now: Instant, last: u64) -> Instant {
+        if self.deadline.waiting() {
+            now + crate::held::RETRY_UNSENT
+        } else if self.cursor < last {
+            now // more than one pass's worth was waiting: the rest now
+        } else {
+            self.next_ping
+        }
+    }
+
+    /// Step 4: the ending. A close we send waits for the client's (`conversation::end`), so
+    /// it gets a thread of its own; the others are done at once.
+    fn end(mut self: Box<Self>, lab: &Arc<Lab>) {
+        lab.stats.let_go(&lab.stats.websockets);
+        let ending = self.ending.take().unwrap_or_else(|| Ending::gone("ended"));
+        log::debug!("ws {} done: {}", self.id, ending.why());
+        drop(self.watch.take());
+        self.ws.get_mut().never_wait(false);
+        if lab.shutdown.is_stopping() {
+            return self.close_going_away(); // not a thread each for ten thousand sockets
+        }
+        if !matches!(ending, Ending::Close { .. }) {
+            return crate::conversation::end_socket(&mut self.ws, self.id, ending);
+        }
+        let closing = std::thread::Builder::new()
+            .name(format!("ws-{}-close", self.id))
+            .spawn(move || crate::conversation::end_socket(&mut self.ws, self.id, ending));
+        if let Err(e) = closing {
+            log::warn!("no thread to close a WebSocket with ({e}): it is shut without its close");
+        }
+    }
+
+    /// The lab is stopping: close 1001, if the socket takes it now.
+    fn stop(mut self: Box<Self>, lab: &Lab) {
+        lab.stats.let_go(&lab.stats.websockets);
+        self.close_going_away();
+    }
+}
+
+impl HeldWebSocket {
+    /// Close 1001, if the socket takes it now, and shut it.
+    fn close_going_away(&mut self) {
+        let away = tungstenite::protocol::CloseFrame {
+            code: CloseCode::Away,
+            reason: "the lab is stopping".into(),
+        };
+        self.ws.get_mut().never_wait(true);
+        let _ = self.ws.close(Some(away));
+        let _ = self.ws.flush();
+        let _ = self
+            .ws
+            .get_ref()
+            .stream()
+            .shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Step 3 without a thread: what the client sent (when the watcher saw it), the rest of
+    /// the last write, the events after the cursor, the ping.
+    fn step(&mut self, lab: &Lab, pass: &mut Pass) -> Result<(), Ending> {
+        let now = pass.now;
+        if self.ws.get_ref().noticed() {
+            while let Some(message) = next_message(&mut self.ws, &mut self.last_heard)? {
+                on_message(lab, self.id, message)?;
+            }
+            if lab.watcher.stopping() {
+                let why = "the lab is stopping";
+                return Err(Ending::close(CloseCode::Away, why, why));
+            }
+            if let Some(watch) = &self.watch {
+                watch.again();
+            }
+        }
+        if now > self.last_heard + 2 * lab.config.heartbeat {
+            return Err(Ending::gone("the client went silent"));
+        }
+        if self.deadline.waiting() {
+            self.flush(lab, now)?;
+            if self.deadline.waiting() {
+                return Ok(()); // still full: the next events wait in the ring
+            }
+        }
+        if self.cursor < lab.hub.last_id() {
+            let backlog = pass.since(lab, self.cursor);
+            let mut size = 0;
+            let mut frames = Vec::new();
+            if backlog.missed > 0 {
+                frames.push(json!({ "missed": backlog.missed }).to_string());
+                self.cursor += backlog.missed;
+            }
+            for event in &backlog.events {
+                if size >= MOST_PER_PASS {
+                    break; // the rest on a later pass
+                }
+                frames.push(event.to_json().to_string());
+                size += frames.last().map_or(0, String::len);
+                self.cursor = event.id;
+                self.counters.streamed(1);
+            }
+            for frame in frames {
+                self.write(frame)?;
+            }
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + crate::held::out_of_phase(lab.config.heartbeat, self.id);
+            self.write_message(Message::Ping(Vec::new().into()))?;
+        }
+        self.flush(lab, now)
+    }
+
+    fn write(&mut self, text: String) -> Result<(), Ending> {
+        self.write_message(Message::text(text))
+    }
+
+    /// Into tungstenite's buffer, and to the socket as far as it takes it now.
+    fn write_message(&mut self, message: Message) -> Result<(), Ending> {
+        let bytes = crate::ws::frame_size(message.len());
+        match self.ws.write(message) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Ending::gone(format!("write failed: {e}"))),
+        }
+        self.counters.wrote(bytes);
+        Ok(())
+    }
+
+    /// Offer the socket what tungstenite holds; bytes it has not taken within
+    /// `--write-timeout` end the conversation (a slow consumer).
+    fn flush(&mut self, lab: &Lab, now: Instant) -> Result<(), Ending> {
+        let waiting = match self.ws.flush() {
+            Ok(()) => false,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) => return Err(Ending::gone(format!("write failed: {e}"))),
+        };
+        if self.deadline.overdue(waiting, lab, now) {
+            log::info!(
+                "ws {} dropped a slow consumer: a message not out within --write-timeout",
+                self.id
+            );
+            return Err(Ending::gone("a slow consumer"));
+        }
+        Ok(())
+    }
 }

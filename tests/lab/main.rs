@@ -20,6 +20,7 @@ mod cors;
 mod endings;
 mod fetch_streaming;
 mod forever_iframe;
+mod held;
 mod http;
 mod jsonp_polling;
 mod lab;

@@ -97,9 +97,12 @@ impl WaitingRoom {
             let _ = answer.write(request, &lab.hub.since(cursor), cursor, &counters);
             return Parking::Queued;
         }
-        if waiting.len() >= lab.config.max_parked {
+        // A place under `--max-parked`, beside every stream and WebSocket: kept while the
+        // request waits here, given back by `answer_and_leave`.
+        let Some(place) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
             return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
-        }
+        };
+        place.keep();
         waiting.push(Waiting {
             request,
             cursor,
@@ -108,8 +111,6 @@ impl WaitingRoom {
             counters,
             look: lab.config.departures,
         });
-        // No guard can span threads here: `answer_and_leave` is the only way out of the room.
-        lab.stats.parked.add(1);
         drop(waiting);
         let _ = self.arrived.send(());
         log::debug!("request after event {cursor} held in the waiting room, its thread ends");
@@ -180,7 +181,7 @@ pub fn dispatch(lab: Arc<Lab>, room: Arc<WaitingRoom>) {
 }
 
 fn answer_and_leave(lab: &Lab, waiting: Waiting, backlog: crate::hub::Backlog) {
-    lab.stats.parked.sub(1);
+    lab.stats.let_go(&lab.stats.parked);
     let Waiting {
         request,
         cursor,

@@ -1,0 +1,268 @@
+//! `--parking queue` for streams and WebSockets (`held`): held without a thread each, written
+//! by one thread that never waits on a socket, and nothing lost.
+
+use crate::common;
+
+use common::{deadline, start_lab_with, stats, wait_for_stat, wait_until};
+use reverse_ajax_lab::client::{publish, Stream};
+use reverse_ajax_lab::{ParkingMode, RunningLab};
+use serde_json::Value;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+type Socket = tungstenite::WebSocket<TcpStream>;
+
+fn start_queue_lab(tweak: impl FnOnce(&mut reverse_ajax_lab::Config)) -> RunningLab {
+    start_lab_with(|c| {
+        c.parking = ParkingMode::Queue;
+        tweak(c);
+    })
+}
+
+fn websocket(lab: &RunningLab, query: &str) -> Socket {
+    common::websocket_handshake(&format!("{}{query}", lab.lab.websocket_url), None).unwrap()
+}
+
+/// The next text frame as JSON (pings are answered by tungstenite as it reads).
+fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        match socket.read().expect("a frame") {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// The ids in what a stream has sent so far (`id: N` in SSE, `"id":N` in ndjson).
+fn ids_in(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|line| match line.strip_prefix("id: ") {
+            Some(id) => id.parse().ok(),
+            None => serde_json::from_str::<Value>(line).ok()?["id"].as_u64(),
+        })
+        .collect()
+}
+
+/// Four clients (two streams, two WebSockets) are held while no thread serves any of them;
+/// every event, a WebSocket client's message among them, reaches every client once and in
+/// order; when they leave, the lab holds nothing.
+#[test]
+fn streams_and_websockets_are_held_without_a_thread_and_miss_nothing() {
+    let lab = start_queue_lab(|_| {});
+    let addr = lab.addr();
+    publish(addr, "before anyone").unwrap();
+    let mut sse = Stream::open(addr, "/events/sse?since=0", &[]).unwrap();
+    let mut ndjson = Stream::open(addr, "/events/stream?since=0", &[]).unwrap();
+    let mut alice = websocket(&lab, "?since=0");
+    let mut bob = websocket(&lab, "?since=0");
+    wait_until("two streams and two WebSockets are held", || {
+        let s = stats(addr);
+        s["streams"] == 2 && s["websockets"] == 2 && s["watched_sockets"] == 2
+    });
+    // No thread holds any of them: no handler thread, no WebSocket thread.
+    wait_until("no thread is left with a client", || {
+        let s = stats(addr);
+        s["connections"] == 0 && s["websocket_threads"] == 0
+    });
+    publish(addr, "two\nlines").unwrap();
+    alice.send(Message::text("from alice")).unwrap();
+    wait_for_stat(addr, "events_published", 3, "alice's message is published");
+    publish(addr, "after alice").unwrap();
+    for socket in [&mut alice, &mut bob] {
+        let ids: Vec<Value> = (0..4).map(|_| next_json(socket)["id"].clone()).collect();
+        assert_eq!(ids, [1, 2, 3, 4].map(Value::from));
+    }
+    let until = deadline();
+    let text = sse.read_until(until, |t| t.contains("id: 4\n")).unwrap();
+    assert_eq!(ids_in(&text), vec![1, 2, 3, 4], "{text}");
+    assert!(text.contains("data: two\ndata: lines\n"), "{text}");
+    let text = ndjson
+        .read_until(until, |t| t.contains("\"id\":4"))
+        .unwrap();
+    assert_eq!(ids_in(&text), vec![1, 2, 3, 4], "{text}");
+    // They leave: the WebSockets with a close, the streams by hanging up.
+    for mut socket in [alice, bob] {
+        socket.close(None).unwrap();
+        loop {
+            match socket.read() {
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("unclean close: {e}"),
+            }
+        }
+    }
+    drop((sse, ndjson));
+    wait_until("the lab holds nothing", || {
+        let s = stats(addr);
+        s["streams"] == 0 && s["websockets"] == 0 && s["watched_sockets"] == 0
+    });
+}
+
+/// A stream and a WebSocket whose clients stop reading fill their sockets; the held thread
+/// never waits for them, so a client that reads gets every event while they are stuck, and
+/// each stuck one is dropped within `--write-timeout` (and a second) of the write that could
+/// not finish.
+#[test]
+fn a_client_that_stops_reading_holds_up_no_one_and_is_dropped_in_time() {
+    let write_timeout = Duration::from_secs(2);
+    let lab = start_queue_lab(|c| {
+        c.write_timeout = write_timeout;
+        c.max_body = 600 * 1024;
+    });
+    let addr = lab.addr();
+    // Small receive buffers, never read after the head: the lab's send buffers fill.
+    let stuck = |request: String| {
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        raw.set_recv_buffer_size(4096).unwrap();
+        raw.connect(&addr.into()).unwrap();
+        let mut socket: TcpStream = raw.into();
+        socket.write_all(request.as_bytes()).unwrap();
+        socket
+    };
+    let _stuck_stream = stuck(format!("GET /events/sse HTTP/1.1\r\nHost: {addr}\r\n\r\n"));
+    let _stuck_websocket = stuck(format!(
+        "GET /events/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ));
+    let mut reader = Stream::open(addr, "/events/sse", &[]).unwrap();
+    wait_until("three clients are held", || {
+        let s = stats(addr);
+        s["streams"] == 2 && s["websockets"] == 1
+    });
+    // 12 MB each: far more than the stuck clients' buffers and the lab's hold.
+    let big = "x".repeat(500 * 1024);
+    let mut last = 0;
+    for _ in 0..24 {
+        last = publish(addr, &big).unwrap();
+    }
+    let published = Instant::now();
+    let text = reader
+        .read_until(deadline(), |t| t.contains(&format!("id: {last}\n")))
+        .unwrap();
+    assert_eq!(
+        ids_in(&text).len(),
+        24,
+        "the reading client got every event"
+    );
+    wait_until("both stuck clients are dropped", || {
+        stats(addr)["slow_consumers"] == 2
+    });
+    let dropped_after = published.elapsed();
+    assert!(
+        dropped_after < write_timeout + Duration::from_secs(1),
+        "dropped {dropped_after:?} after the last publish, not within --write-timeout + 1 s"
+    );
+    wait_until("only the reader is held", || {
+        let s = stats(addr);
+        s["streams"] == 1 && s["websockets"] == 0
+    });
+}
+
+/// A held WebSocket ends as RFC 6455 says, like one with its own thread: a binary frame gets
+/// 1003, a message over the limit 1009, each before a clean end of TCP; a client's close is
+/// echoed and TCP closes at once.
+#[test]
+fn a_held_websocket_ends_with_its_close_code() {
+    let lab = start_queue_lab(|c| c.max_body = 1024);
+    let cases: [(Message, Option<CloseCode>); 3] = [
+        (Message::binary(vec![1, 2, 3]), Some(CloseCode::Unsupported)),
+        (Message::text("x".repeat(64 * 1024)), Some(CloseCode::Size)),
+        (Message::Close(None), None),
+    ];
+    for (message, code) in cases {
+        let mut socket = websocket(&lab, "");
+        wait_for_stat(lab.addr(), "websocket_threads", 0, "the socket is held");
+        socket.send(message).unwrap();
+        let began = Instant::now();
+        let mut closed_with = None;
+        let ending = loop {
+            match socket.read() {
+                Ok(Message::Close(frame)) => closed_with = frame.map(|f| f.code),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(closed_with, code);
+        assert!(
+            matches!(ending, tungstenite::Error::ConnectionClosed),
+            "{code:?}: after the close, {ending} instead of a clean end"
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            began.elapsed()
+        );
+    }
+    wait_for_stat(lab.addr(), "websockets", 0, "every socket is let go");
+}
+
+/// The held thread keeps the heartbeats: a held stream gets its comment and a held WebSocket
+/// its ping every interval; a WebSocket client that never answers (it reads nothing, so
+/// sends no pong) is dropped after two, and a stream whose client hangs up is let go within
+/// seconds.
+#[test]
+fn held_clients_get_heartbeats_and_the_silent_or_gone_are_let_go() {
+    let lab = start_queue_lab(|c| c.heartbeat = Duration::from_secs(1));
+    let addr = lab.addr();
+    let mut stream = Stream::open(addr, "/events/sse", &[]).unwrap();
+    let mut answering = websocket(&lab, "");
+    let silent = websocket(&lab, "");
+    wait_for_stat(addr, "websockets", 2, "two sockets are held");
+    stream
+        .read_until(deadline(), |t| t.contains(": heartbeat\n"))
+        .unwrap();
+    let pinged = loop {
+        match answering.read().unwrap() {
+            Message::Ping(_) => break true,
+            _ => continue,
+        }
+    };
+    assert!(pinged);
+    // The answering socket pongs as it reads: it stays; the silent one goes.
+    let until = Instant::now() + Duration::from_secs(20);
+    while stats(addr)["websockets"] != 1 {
+        assert!(
+            Instant::now() < until,
+            "the silent socket was never dropped"
+        );
+        answering
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let _ = answering.read();
+    }
+    drop(silent);
+    let leaving = Stream::open(addr, "/events/sse", &[]).unwrap();
+    common::hang_up_and_see_it_let_go(addr, leaving, "streams");
+}
+
+/// `--max-parked` counts the waiting room's long polls, held streams and held WebSockets
+/// together: with a long poll and a stream held under a limit of two, an upgrade, a long
+/// poll and a stream each get 503 with `Retry-After`.
+#[test]
+fn the_limit_counts_every_held_client_together() {
+    let lab = start_queue_lab(|c| c.max_parked = 2);
+    let addr = lab.addr();
+    let _poll =
+        reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
+            .unwrap();
+    let _stream = Stream::open(addr, "/events/sse", &[]).unwrap();
+    wait_until("a long poll and a stream are held", || {
+        let s = stats(addr);
+        s["parked"] == 1 && s["streams"] == 1
+    });
+    match common::websocket_handshake(&lab.lab.websocket_url, None) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(other) => panic!("expected a 503, got {other}"),
+        Ok(_) => panic!("the upgrade went past --max-parked"),
+    }
+    for path in ["/events/long-poll?timeout=60", "/events/stream"] {
+        let refused = reverse_ajax_lab::client::get(addr, path).unwrap();
+        assert_eq!(refused.status, 503, "{path}");
+        assert_eq!(refused.header("Retry-After"), Some("2"), "{path}");
+    }
+}
