@@ -93,11 +93,16 @@ fn capacity_holds_every_connection_of_its_step_in_both_parking_modes() {
 
 #[test]
 fn latency_measures_every_technique() {
-    for technique in ["long-poll", "stream", "sse", "ws", "socket.io"] {
-        let printed = run(
-            "latency",
-            &[technique, "4", "--events", "4", "--gap-ms", "100"],
-        );
+    let with_threads = ["long-poll", "stream", "sse", "ws", "socket.io"].map(|t| (t, None));
+    // `--queue`: the waiting room's long polls, and held streams and WebSockets (`held`).
+    let without = ["long-poll", "stream", "sse", "ws"].map(|t| (t, Some("--queue")));
+    for (technique, queue) in with_threads.into_iter().chain(without) {
+        let mut args = vec![technique, "4", "--events", "4", "--gap-ms", "100"];
+        args.extend(queue);
+        let printed = run("latency", &args);
+        if queue.is_some() {
+            assert!(printed.contains("(queue parking)"), "{technique}:\n{printed}");
+        }
         assert!(
             printed.contains("latency p50") && printed.contains("per delivered event"),
             "{technique}:\n{printed}"
