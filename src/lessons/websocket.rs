@@ -149,7 +149,8 @@ fn serve(
     }
     let (backlog, subscription, notice) = lab.hub.subscribe_noticed(since);
     log::debug!("ws {id} open, from event {since}");
-    let counters = lab.count("websocket");
+    // (Its request was counted with the handshake, `Lab::accept_websocket`.)
+    let counters = lab.stats.lesson("websocket");
     let mut socket = Socket::new(socket, id, &counters, &lab.stats);
     let mut endpoint = LessonSocket {
         lab,
@@ -252,7 +253,7 @@ fn hold(
     place: crate::ws::Place<'_>,
     since: u64,
 ) {
-    let counters = lab.count("websocket");
+    let counters = lab.stats.lesson("websocket");
     let backlog = lab.hub.since(since);
     let cursor = backlog.last(since);
     let mut socket = Socket::new(ws, id, &counters, &lab.stats);

@@ -101,7 +101,10 @@ fn latency_measures_every_technique() {
         args.extend(queue);
         let printed = run("latency", &args);
         if queue.is_some() {
-            assert!(printed.contains("(queue parking)"), "{technique}:\n{printed}");
+            assert!(
+                printed.contains("(queue parking)"),
+                "{technique}:\n{printed}"
+            );
         }
         assert!(
             printed.contains("latency p50") && printed.contains("per delivered event"),

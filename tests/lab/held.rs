@@ -68,6 +68,11 @@ fn streams_and_websockets_are_held_without_a_thread_and_miss_nothing() {
         let s = stats(addr);
         s["connections"] == 0 && s["websocket_threads"] == 0
     });
+    let lesson = &stats(addr)["lessons"]["websocket"];
+    assert_eq!(
+        lesson["requests"], 2,
+        "two handshakes, two requests: {lesson}"
+    );
     publish(addr, "two\nlines").unwrap();
     alice.send(Message::text("from alice")).unwrap();
     wait_for_stat(addr, "events_published", 3, "alice's message is published");

@@ -47,6 +47,11 @@ fn the_server_pushes_each_event_as_a_text_frame() {
         event,
         serde_json::json!({"id": 1, "data": "pushed\nwith a newline"})
     );
+    let lesson = &stats(lab.addr())["lessons"]["websocket"];
+    assert_eq!(
+        lesson["requests"], 1,
+        "one handshake, one request: {lesson}"
+    );
 }
 
 #[test]
