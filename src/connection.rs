@@ -809,12 +809,10 @@ impl ResponseWriter {
         peek_says_gone(&self.connection.open().stream)
     }
 
-    /// Write what the socket takes now, never waiting (`send_without_waiting`): a held
-    /// stream's writes, made by one thread for many.
+    /// Write what the socket takes now, never waiting (`send_without_waiting`): the waiting
+    /// room's writes, made by one thread for many. The bytes go as they are: a `HEAD`
+    /// answer's must already be its head alone (`http::whole_response`).
     pub fn write_without_waiting(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.head_only {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HEAD: no body"));
-        }
         send_without_waiting(&self.connection.open().stream, buf)
     }
 
@@ -873,7 +871,7 @@ impl Write for ResponseWriter {
 
 /// `send` with `MSG_DONTWAIT`: as much of `buf` as the socket's send buffer takes now, never
 /// waiting; `WouldBlock` when it takes nothing. The socket itself stays blocking for everyone
-/// else. (The held connections' writes, `held`.)
+/// else. (The waiting room's writes, `waiting_room`.)
 #[cfg(all(unix, not(lab_portable)))]
 pub fn send_without_waiting(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     use std::os::fd::AsRawFd;

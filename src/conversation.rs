@@ -201,7 +201,7 @@ impl<'a> Socket<'a> {
         self.send(Message::text(text.into()))
     }
 
-    /// The socket itself, for a holder without a thread (`held`).
+    /// The socket itself, for a holder without a thread (`waiting_room`).
     pub fn into_ws(self) -> Box<WatchedSocket> {
         self.ws
     }
@@ -326,7 +326,7 @@ pub fn end(socket: &mut Socket<'_>, ending: Ending) {
     end_socket(&mut socket.ws, socket.id, ending);
 }
 
-/// `end` for a socket without its `Socket` (one held without a thread, `held`).
+/// `end` for a socket without its `Socket` (one held without a thread, `waiting_room`).
 pub fn end_socket(ws: &mut WatchedSocket, id: u64, ending: Ending) {
     match ending {
         Ending::ClientClosed(_) | Ending::Gone(_) => {

@@ -121,7 +121,23 @@ fn write_whole(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<usize> {
-    let mut writer = request.into_writer();
+    let (mut writer, wire, keep) = frame_whole(request, head, headers, body);
+    writer.write_all(&wire)?;
+    if keep {
+        writer.keep_alive();
+    }
+    Ok(wire.len())
+}
+
+/// `write_whole`'s bytes (the head, its `Connection` header, and the body unless the request
+/// was `HEAD`), the writer, and whether the connection may be kept.
+fn frame_whole(
+    request: Request,
+    head: String,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (crate::connection::ResponseWriter, Vec<u8>, bool) {
+    let writer = request.into_writer();
     let close = !writer.may_keep_alive() || says_close(headers);
     let mut wire = head.into_bytes();
     if close && !says_close(headers) {
@@ -135,11 +151,7 @@ fn write_whole(
     if !writer.head_only() {
         wire.extend_from_slice(body);
     }
-    writer.write_all(&wire)?;
-    if !close {
-        writer.keep_alive();
-    }
-    Ok(wire.len())
+    (writer, wire, !close)
 }
 
 /// A whole response with `Content-Length`: the keep-alive connection stays usable.
@@ -151,11 +163,29 @@ pub fn write_response(
     body: &[u8],
     counters: &LessonCounters,
 ) -> io::Result<()> {
+    let (mut writer, wire, keep) = whole_response(request, status, content_type, headers, body);
+    // BLOCKS: while the socket's send buffer is full, up to --write-timeout.
+    writer.write_all(&wire)?;
+    if keep {
+        writer.keep_alive();
+    }
+    counters.wrote(wire.len());
+    Ok(())
+}
+
+/// `write_response` for a writer that must not wait (the waiting room's long polls): the
+/// bytes of the whole response, the connection to send them on, and whether it may serve the
+/// next request once they are out (then call `ResponseWriter::keep_alive`).
+pub fn whole_response(
+    request: Request,
+    status: u16,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (crate::connection::ResponseWriter, Vec<u8>, bool) {
     let mut text = head(status, content_type, headers);
     text.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    let written = write_whole(request, text, headers, body)?;
-    counters.wrote(written);
-    Ok(())
+    frame_whole(request, text, headers, body)
 }
 
 /// `204 No Content` (a preflight's answer, the favicon's), with no body and no type.
@@ -194,17 +224,24 @@ pub fn write_jsonp(
     extra_headers: &[(&str, &str)],
     counters: &LessonCounters,
 ) -> io::Result<()> {
-    let body = format!("/**/{callback}({});", json_for_script(value));
     let mut headers = vec![("X-Content-Type-Options", "nosniff")];
     headers.extend_from_slice(extra_headers);
     write_response(
         request,
         200,
-        "application/javascript; charset=utf-8",
+        JAVASCRIPT,
         &headers,
-        body.as_bytes(),
+        jsonp_body(callback, value).as_bytes(),
         counters,
     )
+}
+
+/// A JSONP answer's type; it is sent with `X-Content-Type-Options: nosniff`.
+pub const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
+
+/// A JSONP answer's body: `/**/callback(json);`, the JSON escaped for a script.
+pub fn jsonp_body(callback: &str, value: &Value) -> String {
+    format!("/**/{callback}({});", json_for_script(value))
 }
 
 /// An open response whose body is sent as HTTP/1.1 chunks, one per event, each flushed at once.
@@ -319,7 +356,7 @@ impl ChunkedStream {
     }
 
     /// Several chunk frames as the bytes to write, for a writer that cannot block
-    /// (`held`); empty chunks are left out (one would end the stream).
+    /// (`waiting_room`); empty chunks are left out (one would end the stream).
     pub fn frames<'a>(&self, chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
         let mut frames = Vec::new();
         for data in chunks.into_iter().filter(|data| !data.is_empty()) {
@@ -331,6 +368,9 @@ impl ChunkedStream {
     /// Write what the socket takes of `bytes` now, never waiting: how many it took
     /// (`WouldBlock` when none). The first error means the client has gone.
     pub fn write_without_waiting(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.writer.head_only() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HEAD: no body"));
+        }
         let n = self.writer.write_without_waiting(bytes)?;
         self.counters.wrote(n);
         Ok(n)

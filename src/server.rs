@@ -148,7 +148,6 @@ impl RunningLab {
             )),
             pushlets: Arc::new(lessons::pushlets::Pushlets::new(config.sessions)),
             waiting_room: Arc::default(),
-            held: Arc::default(),
         });
         let lab = Arc::new(Lab {
             websocket_url: format!("ws://{addr}/events/ws"),
@@ -191,15 +190,9 @@ impl RunningLab {
             let (dispatcher_lab, room) = (lab.clone(), state.waiting_room.clone());
             let dispatcher = thread::Builder::new()
                 .name("dispatcher".into())
-                .spawn(move || lessons::long_polling::waiting_room::dispatch(dispatcher_lab, room))
+                .spawn(move || crate::waiting_room::dispatch(dispatcher_lab, room))
                 .map_err(|e| format!("cannot start the dispatcher thread: {e}"))?;
             threads.push(dispatcher);
-            let (held_lab, room) = (lab.clone(), state.held.clone());
-            let held = thread::Builder::new()
-                .name("held".into())
-                .spawn(move || crate::held::dispatch(held_lab, room))
-                .map_err(|e| format!("cannot start the held connections' thread: {e}"))?;
-            threads.push(held);
         }
         // The connection threads, shared by every listener. (They hold the lab; the lab
         // holds only what /stats reads of them.)
@@ -384,9 +377,9 @@ pub struct LessonState {
     /// Every Pushlets session (`lessons::pushlets`).
     pub pushlets: Arc<lessons::pushlets::Pushlets>,
     /// Long polls held without a thread (`--parking queue`; `lessons::long_polling`).
-    pub waiting_room: Arc<lessons::long_polling::waiting_room::WaitingRoom>,
-    /// Streams and WebSockets held without a thread (`--parking queue`), written by one.
-    pub held: Arc<crate::held::HeldConnections>,
+    /// Long polls, streams and WebSockets held without a thread (`--parking queue`), served
+    /// by one dispatcher thread.
+    pub waiting_room: Arc<crate::waiting_room::WaitingRoom>,
 }
 
 /// Step 1: an accept thread for `listener`, answering on the accept thread from `lab`.
@@ -522,18 +515,20 @@ fn route(lab: &Lab, state: &LessonState, request: Request) -> io::Result<()> {
             lessons::script_long_polling::handle(lab, &state.waiting_room, request, &query)
         }
         (Method::Get, "/events/iframe") => {
-            lessons::forever_iframe::handle(lab, &state.held, request, &query)
+            lessons::forever_iframe::handle(lab, &state.waiting_room, request, &query)
         }
         (Method::Get, "/events/multipart") => {
-            lessons::multipart_streaming::handle(lab, &state.held, request, &query)
+            lessons::multipart_streaming::handle(lab, &state.waiting_room, request, &query)
         }
         (Method::Get, "/events/stream") => {
-            lessons::fetch_streaming::handle(lab, &state.held, request, &query)
+            lessons::fetch_streaming::handle(lab, &state.waiting_room, request, &query)
         }
         (Method::Get, "/events/buffered") => lessons::buffering::handle(lab, request, &query),
-        (Method::Get, "/events/sse") => lessons::sse::handle(lab, &state.held, request, &query),
+        (Method::Get, "/events/sse") => {
+            lessons::sse::handle(lab, &state.waiting_room, request, &query)
+        }
         (Method::Get, "/events/sse-unmarked") => {
-            lessons::behind_a_proxy::unmarked_sse(lab, &state.held, request, &query)
+            lessons::behind_a_proxy::unmarked_sse(lab, &state.waiting_room, request, &query)
         }
         (Method::Get, "/behind-a-proxy") => lessons::behind_a_proxy::who_is_who(lab, request),
         (Method::Get, "/vendor/socket.io.min.js") => {
@@ -574,7 +569,7 @@ fn route_upgrade(
     query: &Query,
 ) -> io::Result<()> {
     match path {
-        "/events/ws" => lessons::websocket::upgrade(lab, &state.held, request, query),
+        "/events/ws" => lessons::websocket::upgrade(lab, &state.waiting_room, request, query),
         "/socket.io/" => {
             lessons::socket_io::websocket::upgrade(lab, &state.socket_io, request, query)
         }

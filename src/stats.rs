@@ -80,7 +80,7 @@ pub struct Held<'a> {
 }
 
 impl Held<'_> {
-    /// For a holder that outlives this thread (a stream handed to `held`): the place
+    /// For a holder that outlives this thread (a connection handed to `waiting_room`): the place
     /// stays taken until `Stats::let_go` gives it back.
     pub fn keep(self) {
         std::mem::forget(self);
@@ -103,7 +103,7 @@ pub struct Stats {
     pub streams: Gauge,
     pub websockets: Gauge,
     /// Threads serving WebSockets right now: one per connection, none for one held without a
-    /// thread (`--parking queue`, `held`).
+    /// thread (`--parking queue`, `waiting_room`).
     pub websocket_threads: Gauge,
     /// Parked plus streams: what `--max-parked` limits.
     held: Gauge,

@@ -24,12 +24,12 @@
 
 use crate::connection::request_label;
 use crate::connection::Request;
-use crate::held::{Ended, HeldConnection, HeldConnections, Pass, WriteDeadline, MOST_PER_PASS};
 use crate::http::{ChunkedStream, HttpError};
 use crate::hub::ClientLeft;
 use crate::hub::{Event, Wake};
 use crate::lab::Lab;
 use crate::stats::LessonCounters;
+use crate::waiting_room::{Ended, HeldConnection, Pass, WaitingRoom, WriteDeadline, MOST_PER_PASS};
 use crate::ParkingMode;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
@@ -57,7 +57,7 @@ pub struct Framing {
 /// when the client has gone (the expected ending), `Err` only for a fault worth a warning.
 pub fn serve(
     lab: &Lab,
-    held: &HeldConnections,
+    room: &WaitingRoom,
     request: Request,
     since: u64,
     close_after: Option<u64>,
@@ -99,14 +99,14 @@ pub fn serve(
     write_events(&mut stream, first, framing, counters)?;
 
     // `--parking queue`: the stream is held without this thread from here on
-    // (`held`), unless it is to end after a few events (`close_after`).
+    // (`waiting_room`), unless it is to end after a few events (`close_after`).
     if lab.config.parking == ParkingMode::Queue && close_after.is_none() {
         let cursor = subscription.cursor();
-        drop(subscription); // the `held` thread's one subscription serves every held stream
+        drop(subscription); // the dispatcher's one subscription serves every held stream
         _held.keep();
         let number = crate::connection::request_number();
         log::debug!("{me} stream held after event {cursor}, its thread ends");
-        held.hold(Box::new(HeldStream {
+        room.hold(Box::new(HeldStream {
             stream,
             cursor,
             frame: framing.frame,
@@ -117,7 +117,7 @@ pub fn serve(
             unsent: Vec::new(),
             deadline: WriteDeadline::default(),
             next_heartbeat: Instant::now()
-                + crate::held::out_of_phase(lab.config.heartbeat, number),
+                + crate::waiting_room::out_of_phase(lab.config.heartbeat, number),
         }));
         return Ok(());
     }
@@ -194,7 +194,7 @@ fn write_events(
     Ok(())
 }
 
-/// A stream held without a thread (`--parking queue`, `held`): the response, how far it has
+/// A stream held without a thread (`--parking queue`, `waiting_room`): the response, how far it has
 /// gone, how it frames an event.
 struct HeldStream {
     stream: ChunkedStream,
@@ -250,13 +250,13 @@ impl HeldConnection for HeldStream {
             return Ok(());
         }
         self.next_heartbeat =
-            pass.now + crate::held::out_of_phase(lab.config.heartbeat, self.number);
+            pass.now + crate::waiting_room::out_of_phase(lab.config.heartbeat, self.number);
         self.send(lab, pass.now)
     }
 
     fn due(&self, now: Instant, last: u64) -> Instant {
         if !self.unsent.is_empty() {
-            now + crate::held::RETRY_UNSENT
+            now + crate::waiting_room::RETRY_UNSENT
         } else if self.cursor < last {
             now // more than one pass's worth was waiting: the rest now
         } else {

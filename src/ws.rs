@@ -60,7 +60,7 @@ pub struct KeptPlace {
 }
 
 impl Place<'_> {
-    /// For a socket held without a thread (`held`): the thread's count is given back now, the
+    /// For a socket held without a thread (`waiting_room`): the thread's count is given back now, the
     /// place under `--max-parked` when the holder calls `Stats::let_go`.
     pub fn keep(self) -> KeptPlace {
         self._held.keep();
@@ -197,7 +197,7 @@ pub struct ReadWhenNoticed {
     write_timeout: Option<Duration>,
     /// When the message being written must be out.
     write_deadline: Option<Instant>,
-    /// Held without a thread (`held`): no write ever waits; what the socket does not take
+    /// Held without a thread (`waiting_room`): no write ever waits; what the socket does not take
     /// stays in tungstenite's buffer (`WouldBlock`).
     never_wait: bool,
     /// The socket's send timeout as last set: it bounds each blocking `write`, and is brought

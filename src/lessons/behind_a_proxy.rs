@@ -59,7 +59,7 @@ use std::time::Duration;
 /// `X-Accel-Buffering: no` that asks a proxy not to collect it.
 pub fn unmarked_sse(
     lab: &Lab,
-    held: &crate::held::HeldConnections,
+    room: &crate::waiting_room::WaitingRoom,
     request: Request,
     query: &Query,
 ) -> io::Result<()> {
@@ -75,7 +75,7 @@ pub fn unmarked_sse(
     };
     // This thread BLOCKS in `serve` as in every stream: on the hub's bell, woken by a
     // publish, the heartbeat, or the client leaving (or is free: `--parking queue`).
-    crate::stream::serve(lab, held, request, since, None, &framing, &counters)
+    crate::stream::serve(lab, room, request, since, None, &framing, &counters)
 }
 
 /// Step 4: `GET /behind-a-proxy`: who the lab thinks sent this request, and why: the TCP peer,

@@ -31,19 +31,14 @@
 //! `curl -N 'http://127.0.0.1:8080/events/stream?since=0'`.
 
 use crate::connection::Request;
-use crate::held::HeldConnections;
 use crate::http::Query;
 use crate::hub::Event;
 use crate::lab::Lab;
 use crate::stream::{self, Framing};
+use crate::waiting_room::WaitingRoom;
 use std::io;
 
-pub fn handle(
-    lab: &Lab,
-    held: &HeldConnections,
-    request: Request,
-    query: &Query,
-) -> io::Result<()> {
+pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("fetch_streaming");
     // 1. The cursor.
     let since = match query.since(lab.hub.last_id()) {
@@ -62,7 +57,7 @@ pub fn handle(
     // 4. From here this thread holds the response until the client leaves: it BLOCKS on its
     //    subscription in `stream::serve`, woken by each publish (write a frame) or by the
     //    heartbeat interval (write a heartbeat); the first failed write ends it.
-    stream::serve(lab, held, request, since, None, &framing, &counters)
+    stream::serve(lab, room, request, since, None, &framing, &counters)
 }
 
 /// 3. One event, one line.

@@ -32,8 +32,8 @@
 use crate::connection::Request;
 use crate::http::Query;
 use crate::lab::Lab;
-use crate::lessons::long_polling::waiting_room::WaitingRoom;
 use crate::lessons::long_polling::{park, Answer, AnswerForm, Parking};
+use crate::waiting_room::WaitingRoom;
 use std::io;
 
 pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {

@@ -54,19 +54,14 @@
 //! `curl -N -H 'Last-Event-ID: 3' http://127.0.0.1:8080/events/sse`.
 
 use crate::connection::Request;
-use crate::held::HeldConnections;
 use crate::http::{self, Query};
 use crate::hub::Event;
 use crate::lab::Lab;
 use crate::stream::{self, Framing};
+use crate::waiting_room::WaitingRoom;
 use std::io;
 
-pub fn handle(
-    lab: &Lab,
-    held: &HeldConnections,
-    request: Request,
-    query: &Query,
-) -> io::Result<()> {
+pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("sse");
     // 1. The cursor: Last-Event-ID wins.
     let since = match query.since(lab.hub.last_id()) {
@@ -92,7 +87,7 @@ pub fn handle(
     // From here this thread holds the response until the client leaves: it BLOCKS on its
     // subscription in `stream::serve`, woken by each publish (write a block) or by the
     // heartbeat interval (write a comment); the first failed write ends it.
-    stream::serve(lab, held, request, since, close_after, &framing, &counters)
+    stream::serve(lab, room, request, since, close_after, &framing, &counters)
 }
 
 /// How SSE puts events on the wire (the behind_a_proxy lesson sends the same stream).

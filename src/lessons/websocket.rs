@@ -47,7 +47,7 @@
 //! **What it costs**: one handshake per connection (about 400 bytes both ways), then 2 bytes of
 //! frame header per small event from the server (clients mask theirs: 6 bytes); one thread
 //! and one descriptor per client, or, with `--parking queue`, the descriptor alone: the
-//! `held` thread writes every socket's frames and reads what the watcher saw (`hold`); one
+//! dispatcher writes every socket's frames and reads what the watcher saw (`hold`); one
 //! more wake-up per client frame (the watcher's). A thread per direction would need no
 //! watcher, at twice the threads and descriptors (`try_clone` gives the reader and the writer
 //! each a descriptor). REFERENCE.md, chapters 12 and 14, measures each. Some proxies and old
@@ -60,10 +60,10 @@
 
 use crate::connection::Request;
 use crate::conversation::{converse, next_message, Ending, Endpoint, Socket};
-use crate::held::{Ended, HeldConnection, HeldConnections, Pass, WriteDeadline, MOST_PER_PASS};
 use crate::http::Query;
 use crate::hub::{Backlog, Notice, Subscription, Wake};
 use crate::lab::Lab;
+use crate::waiting_room::{Ended, HeldConnection, Pass, WaitingRoom, WriteDeadline, MOST_PER_PASS};
 use crate::ws::{Upgraded, WatchedSocket};
 use crossbeam_channel::Receiver;
 use serde_json::json;
@@ -84,18 +84,13 @@ pub fn without_upgrade(lab: &Lab, request: Request) -> io::Result<()> {
 }
 
 /// Steps 1 and 2: `GET /events/ws` with `Upgrade: websocket` (the server's upgrade `match`).
-pub fn upgrade(
-    lab: &Lab,
-    held: &HeldConnections,
-    request: Request,
-    query: &Query,
-) -> io::Result<()> {
+pub fn upgrade(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {
     // 2. Our checks (`Origin`, `since`), then the handshake every endpoint shares.
     let checked = check_request(lab, &request, query);
     let Some((since, upgraded)) = lab.accept_websocket(request, checked)? else {
         return Ok(()); // refused, and answered
     };
-    serve(lab, held, upgraded, since)
+    serve(lab, room, upgraded, since)
 }
 
 /// The handshake's checks: the page's `Origin`, and `since`.
@@ -135,7 +130,7 @@ struct LessonSocket<'a> {
 /// Step 3, then 4: the conversation, driven by `conversation::converse`.
 fn serve(
     lab: &Lab,
-    held: &HeldConnections,
+    room: &WaitingRoom,
     upgraded: Upgraded<'_>,
     since: Option<u64>,
 ) -> io::Result<()> {
@@ -144,7 +139,7 @@ fn serve(
     // No cursor: from now. One ahead of now (ids restarted): also now.
     let since = since.map_or(lab.hub.last_id(), |since| since.min(lab.hub.last_id()));
     if lab.config.parking == crate::ParkingMode::Queue {
-        hold(lab, held, socket, id, place, since);
+        hold(lab, room, socket, id, place, since);
         return Ok(());
     }
     let (backlog, subscription, notice) = lab.hub.subscribe_noticed(since);
@@ -242,12 +237,12 @@ fn send_events(socket: &mut Socket<'_>, batch: &Backlog) -> Result<(), Ending> {
     Ok(())
 }
 
-/// `--parking queue`: the socket is held without a thread (`held`), and the `held` thread
+/// `--parking queue`: the socket is held without a thread (`waiting_room`), and its dispatcher
 /// writes its events, reads what its client sends when the watcher says so, and pings it.
 /// The frames behind the handshake and the backlog go first, on this thread.
 fn hold(
     lab: &Lab,
-    held: &HeldConnections,
+    room: &WaitingRoom,
     ws: Box<WatchedSocket>,
     id: u64,
     place: crate::ws::Place<'_>,
@@ -264,8 +259,8 @@ fn hold(
         }
         send_events(&mut socket, &backlog)
     })();
-    // The watcher's notice rings the `held` thread's doorbell.
-    let doorbell = held.doorbell();
+    // The watcher's notice rings the dispatcher's doorbell.
+    let doorbell = room.doorbell();
     let watch = first.and_then(|()| {
         let ring = move || {
             let _ = doorbell.try_send(());
@@ -283,7 +278,7 @@ fn hold(
     let mut ws = socket.into_ws();
     ws.get_mut().never_wait(true);
     log::debug!("ws {id} held after event {cursor}, its thread ends");
-    held.hold(Box::new(HeldWebSocket {
+    room.hold(Box::new(HeldWebSocket {
         ws,
         id,
         _place: place.keep(),
@@ -291,19 +286,19 @@ fn hold(
         counters,
         cursor,
         deadline: WriteDeadline::default(),
-        next_ping: Instant::now() + crate::held::out_of_phase(lab.config.heartbeat, id),
+        next_ping: Instant::now() + crate::waiting_room::out_of_phase(lab.config.heartbeat, id),
         last_heard,
         ending: None,
     }));
 }
 
-/// A WebSocket held without a thread (`--parking queue`): steps 3 and 4 by the `held` thread,
+/// A WebSocket held without a thread (`--parking queue`): steps 3 and 4 by the dispatcher,
 /// none of whose writes waits.
 struct HeldWebSocket {
     ws: Box<WatchedSocket>,
     id: u64,
     _place: crate::ws::KeptPlace,
-    /// The watcher's watch: its notice rings the `held` thread's doorbell.
+    /// The watcher's watch: its notice rings the dispatcher's doorbell.
     watch: Option<crate::watcher::Watch>,
     counters: crate::stats::LessonCounters,
     /// The last event written (or handed to tungstenite's buffer).
@@ -329,7 +324,7 @@ impl HeldConnection for HeldWebSocket {
 
     fn due(&self, now: Instant, last: u64) -> Instant {
         if self.deadline.waiting() {
-            now + crate::held::RETRY_UNSENT
+            now + crate::waiting_room::RETRY_UNSENT
         } else if self.cursor < last {
             now // more than one pass's worth was waiting: the rest now
         } else {
@@ -430,7 +425,7 @@ impl HeldWebSocket {
             }
         }
         if now >= self.next_ping {
-            self.next_ping = now + crate::held::out_of_phase(lab.config.heartbeat, self.id);
+            self.next_ping = now + crate::waiting_room::out_of_phase(lab.config.heartbeat, self.id);
             self.write_message(Message::Ping(Vec::new().into()))?;
         }
         self.flush(lab, now)

@@ -94,7 +94,7 @@ fn capacity_holds_every_connection_of_its_step_in_both_parking_modes() {
 #[test]
 fn latency_measures_every_technique() {
     let with_threads = ["long-poll", "stream", "sse", "ws", "socket.io"].map(|t| (t, None));
-    // `--queue`: the waiting room's long polls, and held streams and WebSockets (`held`).
+    // `--queue`: long polls, streams and WebSockets in the waiting room (`waiting_room`).
     let without = ["long-poll", "stream", "sse", "ws"].map(|t| (t, Some("--queue")));
     for (technique, queue) in with_threads.into_iter().chain(without) {
         let mut args = vec![technique, "4", "--events", "4", "--gap-ms", "100"];

@@ -1,39 +1,46 @@
-//! The waiting room for streams and WebSockets (`--parking queue`): a connection that has sent
-//! its head (or its `101`) and its backlog is held in a list instead of by a sleeping thread,
-//! and one thread writes every event into every held connection, never waiting on a socket.
+//! The waiting room (`--parking queue`): the servlet's `AsyncContext` idea, a held request
+//! kept in a list instead of by a sleeping thread. Long polls wait here for an event; streams
+//! and WebSockets, once their head (or `101`) and backlog are out, are held here between
+//! events. One `dispatcher` thread serves them all, and never waits on a socket.
 //!
 //! ```text
-//! req-9:  GET /events/sse → head, prelude, backlog → held, its thread free
-//! ws 10:  GET /events/ws → 101, backlog → held, its thread free
-//!   (time passes: two connections held, no thread each)
-//! held:   event 5 → a frame for each, written without waiting
-//!   (time passes: ws 10's client stops reading; its socket's buffers fill up)
-//! held:   event 9 → req-9 takes it; ws 10's socket takes half: the rest waits with it,
-//!         and its next events wait in the hub's ring, behind its cursor
-//!   (--write-timeout passes, ws 10's client still reads nothing)
-//! held:   ws 10 dropped, a slow consumer; req-9 never waited for it
+//! req-9:       GET /events/long-poll?since=4 → nothing yet → into the room, its thread free
+//! req-10:      GET /events/sse → head, backlog → into the room, its thread free
+//! ws 11:       GET /events/ws → 101, backlog → into the room, its thread free
+//!   (time passes: three clients held, no thread each)
+//! dispatcher:  event 5 → req-9's answer, a chunk for req-10, a frame for ws 11, each
+//!              written without waiting; req-9's connection back to the pool, for its
+//!              next poll
+//!   (time passes: ws 11's client stops reading; its socket's buffers fill up)
+//! dispatcher:  event 9 → req-10 takes it; ws 11's socket takes half: the rest waits with
+//!              it, and its next events wait in the hub's ring, behind its cursor
+//!   (--write-timeout passes, ws 11's client still reads nothing)
+//! dispatcher:  ws 11 dropped, a slow consumer; nobody waited for it
 //! ```
 //!
-//! 1. `HeldConnections::hold` (on the handler's thread): hand the connection over and ring the
-//!    dispatcher. The thread goes back to the pool.
-//! 2. `dispatch` (the `held` thread): sleep on one subscription to the hub, the doorbell (a
-//!    connection arrived, or the socket watcher saw a held WebSocket's client send
-//!    something), and the next due time (a heartbeat, a look, a write to retry); then serve
-//!    every held connection in turn (`HeldConnection::serve`: `stream::HeldStream`,
-//!    `lessons::websocket::HeldWebSocket`).
+//! 1. `WaitingRoom::hold` (on the handler's thread): hand the connection over with its place
+//!    under `--max-parked`, and ring the dispatcher. The thread goes back to the pool.
+//! 2. `dispatch` (the `dispatcher` thread): sleep on one subscription to the hub, the
+//!    doorbell (a connection arrived, or the socket watcher saw a held WebSocket's client send
+//!    something), and the next due time (a deadline, a heartbeat, a look, a write to retry);
+//!    then serve every held connection in turn (`HeldConnection::serve`:
+//!    `lessons::long_polling`'s `HeldLongPoll`, `stream`'s `HeldStream`,
+//!    `lessons::websocket`'s `HeldWebSocket`).
 //! 3. A write offers the socket what it takes now (`connection::send_without_waiting`). What
 //!    it does not take stays with the connection and goes first next time; meanwhile its
 //!    new events wait in the ring, so it keeps `MOST_PER_PASS` bytes waiting at most.
-//! 4. The endings: those of each connection's protocol, a client that closed its connection
-//!    (looked for once a second), bytes the socket did not take within `--write-timeout` (a
-//!    slow consumer, `WriteDeadline`), and the lab stopping.
+//! 4. The endings: an answered long poll's connection goes back to the pool, to read the
+//!    next poll; the others end as their protocol says; and for all, a client that closed
+//!    its connection (looked for once a second), bytes the socket did not take within
+//!    `--write-timeout` (a slow consumer, `WriteDeadline`), and the lab stopping.
 //!
-//! **What it costs**: no thread for a held connection (its socket and what it keeps, a few
-//! hundred bytes to a few KiB, and the kernel's buffers); one thread writes every frame, one
-//! `send` per connection per event, so the last of ten thousand gets its event after the
-//! other 9,999 sends. A client that stops reading costs the others nothing: no write here
-//! ever waits. A WebSocket client's message is read and published by this thread too, between
-//! two passes.
+//! **What it costs**: no thread for a held client (its socket and what it keeps, a few hundred
+//! bytes to a few KiB, and the kernel's buffers), so the ceiling moves from threads to file
+//! descriptors. One thread writes everything, one `send` per client per event: the last of
+//! ten thousand gets its event after the other 9,999 sends. A client that stops reading costs
+//! the others nothing, since no write here waits. A connection between two long polls (idle
+//! keep-alive) still has a thread, reading: an event loop (epoll) would hold those without
+//! threads too.
 
 use crate::hub::{Backlog, Either, Wake};
 use crate::lab::Lab;
@@ -130,16 +137,16 @@ pub fn out_of_phase(every: Duration, number: u64) -> Duration {
 }
 
 /// Connections handed over and not yet taken by the dispatcher, and its doorbell.
-pub struct HeldConnections {
+pub struct WaitingRoom {
     arriving: Mutex<Vec<Box<dyn HeldConnection>>>,
     doorbell: Sender<()>,
     rings: Receiver<()>,
 }
 
-impl Default for HeldConnections {
-    fn default() -> HeldConnections {
+impl Default for WaitingRoom {
+    fn default() -> WaitingRoom {
         let (doorbell, rings) = bounded(1);
-        HeldConnections {
+        WaitingRoom {
             arriving: Mutex::new(Vec::new()),
             doorbell,
             rings,
@@ -147,7 +154,7 @@ impl Default for HeldConnections {
     }
 }
 
-impl HeldConnections {
+impl WaitingRoom {
     /// Step 1: hold `connection` (its place under `--max-parked` already taken, and kept
     /// until it ends: `Stats::let_go`). Its thread is free once this returns.
     pub fn hold(&self, connection: Box<dyn HeldConnection>) {
@@ -169,8 +176,8 @@ impl HeldConnections {
     }
 }
 
-/// Step 2: the `held` thread, started by the server with `--parking queue`.
-pub fn dispatch(lab: Arc<Lab>, room: Arc<HeldConnections>) {
+/// Step 2: the `dispatcher` thread, started by the server with `--parking queue`.
+pub fn dispatch(lab: Arc<Lab>, room: Arc<WaitingRoom>) {
     let (_, mut subscription) = lab.hub.subscribe_with_channel(lab.hub.last_id());
     let stop = lab.shutdown.line();
     let mut held: Vec<Box<dyn HeldConnection>> = Vec::new();
@@ -189,7 +196,7 @@ pub fn dispatch(lab: Arc<Lab>, room: Arc<HeldConnections>) {
             for connection in held.drain(..).chain(room.take_arrivals()) {
                 connection.stop(&lab);
             }
-            log::debug!("held connections ended: the lab is stopping");
+            log::debug!("dispatcher ended: the lab is stopping");
             return;
         }
         held.extend(room.take_arrivals());

@@ -1,5 +1,5 @@
-//! `--parking queue` for streams and WebSockets (`held`): held without a thread each, written
-//! by one thread that never waits on a socket, and nothing lost.
+//! `--parking queue` (`waiting_room`): long polls, streams and WebSockets held without a thread
+//! each, served by one dispatcher that never waits on a socket, and nothing lost.
 
 use crate::common;
 
@@ -107,7 +107,7 @@ fn streams_and_websockets_are_held_without_a_thread_and_miss_nothing() {
     });
 }
 
-/// A stream and a WebSocket whose clients stop reading fill their sockets; the held thread
+/// A stream and a WebSocket whose clients stop reading fill their sockets; the dispatcher
 /// never waits for them, so a client that reads gets every event while they are stuck, and
 /// each stuck one is dropped within `--write-timeout` (and a second) of the write that could
 /// not finish.
@@ -167,6 +167,36 @@ fn a_client_that_stops_reading_holds_up_no_one_and_is_dropped_in_time() {
     });
 }
 
+/// A long poll answered from the room leaves its connection open: the next poll comes on
+/// the same connection and is held and answered the same way, three times over.
+#[test]
+fn a_long_poll_answered_from_the_room_keeps_its_connection_for_the_next() {
+    let lab = start_queue_lab(|_| {});
+    let addr = lab.addr();
+    let mut client = reverse_ajax_lab::client::KeepAlive::connect(addr).unwrap();
+    let local = client.socket().local_addr().unwrap();
+    for id in 1..=3u64 {
+        let publisher = std::thread::spawn(move || {
+            wait_until("the poll is held", || stats(addr)["parked"] == 1);
+            publish(addr, &format!("event {id}")).unwrap();
+        });
+        let path = format!("/events/long-poll?since={}&timeout=30", id - 1);
+        let answer = client.get(&path).unwrap().json();
+        publisher.join().unwrap();
+        assert_eq!(answer["events"][0]["id"], id, "{answer}");
+        assert_eq!(
+            client.socket().local_addr().unwrap(),
+            local,
+            "a new connection"
+        );
+    }
+    assert_eq!(
+        stats(addr)["open_connections"],
+        2,
+        "the client's and this /stats one"
+    );
+}
+
 /// A held WebSocket ends as RFC 6455 says, like one with its own thread: a binary frame gets
 /// 1003, a message over the limit 1009, each before a clean end of TCP; a client's close is
 /// echoed and TCP closes at once.
@@ -205,7 +235,7 @@ fn a_held_websocket_ends_with_its_close_code() {
     wait_for_stat(lab.addr(), "websockets", 0, "every socket is let go");
 }
 
-/// The held thread keeps the heartbeats: a held stream gets its comment and a held WebSocket
+/// The dispatcher keeps the heartbeats: a held stream gets its comment and a held WebSocket
 /// its ping every interval; a WebSocket client that never answers (it reads nothing, so
 /// sends no pong) is dropped after two, and a stream whose client hangs up is let go within
 /// seconds.

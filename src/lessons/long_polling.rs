@@ -46,18 +46,16 @@
 //! <http://127.0.0.1:8080/lessons/long_polling>, or
 //! `curl -s 'http://127.0.0.1:8080/events/long-poll?timeout=60'` and publish from another shell.
 
-pub mod waiting_room;
-
-use crate::connection::{request_label, Request};
+use crate::connection::{request_label, Request, ResponseWriter};
 use crate::http::{self, HttpError, Query};
 use crate::hub::{Backlog, ClientLeft, Subscription, Wake};
 use crate::lab::Lab;
 use crate::lessons::events_answer;
 use crate::stats::{Held, LessonCounters};
+use crate::waiting_room::{Ended, HeldConnection, Pass, WaitingRoom, WriteDeadline};
 use crate::ParkingMode;
-use std::io;
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
-use waiting_room::WaitingRoom;
 
 pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
@@ -112,17 +110,41 @@ impl Answer {
         cursor: u64,
         counters: &LessonCounters,
     ) -> io::Result<()> {
+        let (mut writer, wire, keep) = self.response(request, backlog, cursor, counters);
+        // BLOCKS: while the socket's send buffer is full, up to --write-timeout.
+        writer.write_all(&wire)?;
+        counters.wrote(wire.len());
+        if keep {
+            writer.keep_alive();
+        }
+        Ok(())
+    }
+
+    /// The answer's bytes, the connection to send them on, and whether it then serves the
+    /// client's next poll (`http::whole_response`).
+    fn response(
+        &self,
+        request: Request,
+        backlog: &Backlog,
+        cursor: u64,
+        counters: &LessonCounters,
+    ) -> (ResponseWriter, Vec<u8>, bool) {
         counters.delivered(backlog.events.len());
         let answer = events_answer(backlog, cursor);
         log::debug!(
-            "{} answered after {} ms",
-            request_label(),
+            "req-{} answered after {} ms",
+            request.number(),
             self.arrived.elapsed().as_millis()
         );
         match &self.form {
-            AnswerForm::Json => http::write_json(request, &answer, counters),
+            AnswerForm::Json => {
+                let body = answer.to_string();
+                http::whole_response(request, 200, "application/json", &[], body.as_bytes())
+            }
             AnswerForm::Script(callback) => {
-                http::write_jsonp(request, callback, &answer, &[], counters)
+                let body = http::jsonp_body(callback, &answer);
+                let nosniff = [("X-Content-Type-Options", "nosniff")];
+                http::whole_response(request, 200, http::JAVASCRIPT, &nosniff, body.as_bytes())
             }
         }
     }
@@ -181,7 +203,7 @@ pub enum Parking<'lab> {
     /// Events were already waiting: answer with them now, no parking.
     Ready(Request, Backlog, u64),
     Parked(ParkedRequest<'lab>),
-    /// Handed to the waiting room (`--parking queue`); it will answer.
+    /// Handed to the waiting room (`--parking queue`, `HeldLongPoll`); it will answer.
     Queued,
     /// Bad input or no place left: answer with the error.
     Refused(Request, HttpError),
@@ -225,16 +247,31 @@ pub fn park<'lab>(
         return Parking::Ready(request, backlog, cursor);
     }
 
-    // 3. A place under the limit, then park: in the waiting room (`--parking queue`)...
+    // 3. A place under the limit, then park...
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    if lab.config.parking == ParkingMode::Queue {
-        drop(subscription); // the dispatcher's one subscription serves the whole room
-        return room.hold(lab, request, cursor, deadline, answer, counters.clone());
-    }
-    // ...or on this thread.
     let Some(held) = lab.stats.try_hold(&lab.stats.parked, lab.config.max_parked) else {
         return Parking::Refused(request, HttpError::all_held(lab.config.max_parked));
     };
+    // ...in the waiting room (`--parking queue`), whose dispatcher answers it...
+    if lab.config.parking == ParkingMode::Queue {
+        drop(subscription); // the dispatcher's one subscription serves the whole room
+        held.keep();
+        log::debug!(
+            "{} held in the waiting room after event {cursor}, its thread ends",
+            request_label()
+        );
+        room.hold(Box::new(HeldLongPoll {
+            request: Some(request),
+            cursor,
+            deadline,
+            answer,
+            counters: counters.clone(),
+            sending: None,
+            write_deadline: WriteDeadline::default(),
+        }));
+        return Parking::Queued;
+    }
+    // ...or on this thread.
     Parking::Parked(ParkedRequest {
         request,
         subscription,
@@ -243,4 +280,118 @@ pub fn park<'lab>(
         departed: &lab.stats.departed,
         _held: held,
     })
+}
+
+/// A long poll in the waiting room (`--parking queue`): held with no thread until an event
+/// after its cursor, its deadline, or its client leaving; then the dispatcher offers its
+/// answer to the socket without waiting, and once it is out the connection goes back to the
+/// pool, where a thread reads the next poll.
+struct HeldLongPoll {
+    /// Until the answer is made (`None` once it is on its way, in `sending`).
+    request: Option<Request>,
+    cursor: u64,
+    deadline: Instant,
+    answer: Answer,
+    counters: LessonCounters,
+    sending: Option<Sending>,
+    write_deadline: WriteDeadline,
+}
+
+/// An answer on its way: the connection, the bytes the socket has not taken, and whether the
+/// connection then serves the next poll.
+struct Sending {
+    writer: ResponseWriter,
+    unsent: Vec<u8>,
+    keep: bool,
+}
+
+impl HeldConnection for HeldLongPoll {
+    /// Steps 4 and 5 without a thread: answer when an event after the cursor is there, the
+    /// deadline has passed, or the client has left; then send the answer.
+    fn serve(&mut self, lab: &Lab, pass: &mut Pass) -> Result<(), Ended> {
+        if let Some(request) = self.request.take() {
+            let left = pass.look && request.client_left();
+            let backlog = if left {
+                lab.stats
+                    .departed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::debug!("req-{} its client closed the connection", request.number());
+                &Backlog::default()
+            } else if self.cursor < lab.hub.last_id() {
+                pass.since(lab, self.cursor)
+            } else if pass.now >= self.deadline {
+                &Backlog::default()
+            } else {
+                self.request = Some(request);
+                return Ok(()); // still waiting
+            };
+            let (writer, unsent, keep) =
+                (self.answer).response(request, backlog, self.cursor, &self.counters);
+            self.sending = Some(Sending {
+                writer,
+                unsent,
+                keep,
+            });
+        }
+        self.send(lab, pass.now)
+    }
+
+    fn due(&self, now: Instant, last: u64) -> Instant {
+        if self.sending.is_some() {
+            now + crate::waiting_room::RETRY_UNSENT
+        } else if self.cursor < last {
+            now
+        } else {
+            self.deadline
+        }
+    }
+
+    /// The lab is stopping: the answer (empty) if the socket takes it now; either way the
+    /// connection closes.
+    fn stop(mut self: Box<Self>, lab: &Lab) {
+        lab.stats.let_go(&lab.stats.parked);
+        if let Some(request) = self.request.take() {
+            let empty = Backlog::default();
+            let (mut writer, wire, _) =
+                (self.answer).response(request, &empty, self.cursor, &self.counters);
+            let _ = writer.write_without_waiting(&wire);
+        }
+    }
+}
+
+impl HeldLongPoll {
+    /// Offer the answer to the socket: it takes what fits now. Out whole, the connection goes
+    /// back to the pool (dropping the writer); not out within `--write-timeout`, it closes.
+    fn send(&mut self, lab: &Lab, now: Instant) -> Result<(), Ended> {
+        let Some(sending) = self.sending.as_mut() else {
+            return Ok(());
+        };
+        match sending.writer.write_without_waiting(&sending.unsent) {
+            Ok(n) => {
+                self.counters.wrote(n);
+                drop(sending.unsent.drain(..n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return self.ended(lab), // the client left: nothing else to undo
+        }
+        if sending.unsent.is_empty() {
+            if sending.keep {
+                sending.writer.keep_alive();
+            }
+            return self.ended(lab);
+        }
+        if self.write_deadline.overdue(true, lab, now) {
+            log::info!(
+                "a long poll dropped a slow consumer: its answer not out within --write-timeout"
+            );
+            return self.ended(lab);
+        }
+        Ok(())
+    }
+
+    /// Its place is given back; dropping it sends the connection home (`connection::Home`).
+    fn ended(&self, lab: &Lab) -> Result<(), Ended> {
+        lab.stats.let_go(&lab.stats.parked);
+        Err(Ended)
+    }
 }
