@@ -881,9 +881,18 @@ pub fn send_without_waiting(stream: &TcpStream, buf: &[u8]) -> io::Result<usize>
     let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
     #[cfg(not(target_os = "linux"))]
     let flags = libc::MSG_DONTWAIT;
+    // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
+    again_if_interrupted(|| unsafe {
+        libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags)
+    })
+}
+
+/// A system call that returns a count, or -1 with `errno`; made again if a signal
+/// interrupted it (`EINTR`).
+#[cfg(all(unix, not(lab_portable)))]
+fn again_if_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
-        let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -894,8 +903,8 @@ pub fn send_without_waiting(stream: &TcpStream, buf: &[u8]) -> io::Result<usize>
     }
 }
 
-/// The portable send, with std alone: non-blocking for one write. (Only the held streams'
-/// dispatcher uses the socket meanwhile.)
+/// The portable send, with std alone: non-blocking for one write. (Only the dispatcher uses
+/// the socket meanwhile.)
 #[cfg(any(not(unix), lab_portable))]
 pub fn send_without_waiting(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     stream.set_nonblocking(true)?;
@@ -920,24 +929,9 @@ fn peek_says_gone(stream: &TcpStream) -> bool {
 #[cfg(all(unix, not(lab_portable)))]
 pub fn recv_without_waiting(stream: &TcpStream, buf: &mut [u8], flags: i32) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                flags | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    let (fd, flags) = (stream.as_raw_fd(), flags | libc::MSG_DONTWAIT);
+    // SAFETY: a valid descriptor, and a buffer we own of the length we pass.
+    again_if_interrupted(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
 }
 
 /// The portable look, with std alone: non-blocking for one peek. (Only the thread holding the

@@ -59,22 +59,34 @@ use std::time::{Duration, Instant};
 
 pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) -> io::Result<()> {
     let counters = lab.count("long_polling");
+    answer(lab, room, request, query, AnswerForm::Json, &counters)
+}
+
+/// Steps 1–5 for an answer of `form` (the script-tag lesson's too).
+pub fn answer(
+    lab: &Lab,
+    room: &WaitingRoom,
+    request: Request,
+    query: &Query,
+    form: AnswerForm,
+    counters: &LessonCounters,
+) -> io::Result<()> {
     // 1–3. Read the input; answer at once if events are waiting, else park.
-    let answer = Answer::new(AnswerForm::Json);
-    match park(lab, room, request, query, answer.clone(), &counters) {
+    let answer = Answer::new(form);
+    match park(lab, room, request, query, answer.clone(), counters) {
         // 5. (Events were already waiting.)
         Parking::Ready(request, backlog, cursor) => {
-            answer.write(request, &backlog, cursor, &counters)
+            answer.write(request, &backlog, cursor, counters)
         }
         Parking::Parked(parked) => {
             // 4. BLOCKS until an event, the deadline, or the client closing its connection.
             let (request, backlog, cursor) = parked.wait_for_events();
             // 5.
-            answer.write(request, &backlog, cursor, &counters)
+            answer.write(request, &backlog, cursor, counters)
         }
         // `--parking queue`: the waiting room holds the request; this thread is done.
         Parking::Queued => Ok(()),
-        Parking::Refused(request, error) => error.reply(request, &counters),
+        Parking::Refused(request, error) => error.reply(request, counters),
     }
 }
 

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! 1. Validate the callback (as JSONP polling does: never reflected raw).
-//! 2. Park exactly as XHR long polling does (`long_polling::park`): cursor, deadline, the
+//! 2. Park exactly as XHR long polling does (`long_polling::answer`): cursor, deadline, the
 //!    `--max-parked` limit.
 //! 3. Wake and write the script.
 //!
@@ -32,7 +32,7 @@
 use crate::connection::Request;
 use crate::http::Query;
 use crate::lab::Lab;
-use crate::lessons::long_polling::{park, Answer, AnswerForm, Parking};
+use crate::lessons::long_polling::{self, AnswerForm};
 use crate::waiting_room::WaitingRoom;
 use std::io;
 
@@ -43,19 +43,13 @@ pub fn handle(lab: &Lab, room: &WaitingRoom, request: Request, query: &Query) ->
         Ok(name) => name.to_string(),
         Err(e) => return e.reply(request, &counters),
     };
-    // 2. Events already waiting, or park (as XHR long polling does).
-    let answer = Answer::new(AnswerForm::Script(callback));
-    match park(lab, room, request, query, answer.clone(), &counters) {
-        // 3. Write the script.
-        Parking::Ready(request, backlog, cursor) => {
-            answer.write(request, &backlog, cursor, &counters)
-        }
-        Parking::Parked(parked) => {
-            // BLOCKS until an event, the deadline, or the client closing its connection.
-            let (request, backlog, cursor) = parked.wait_for_events();
-            answer.write(request, &backlog, cursor, &counters)
-        }
-        Parking::Queued => Ok(()),
-        Parking::Refused(request, error) => error.reply(request, &counters),
-    }
+    // 2 and 3. Events already waiting, or park (as XHR long polling does); the script.
+    long_polling::answer(
+        lab,
+        room,
+        request,
+        query,
+        AnswerForm::Script(callback),
+        &counters,
+    )
 }

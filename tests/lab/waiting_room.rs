@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{deadline, start_lab_with, stats, wait_for_stat, wait_until};
+use common::{deadline, next_json, start_lab_with, stats, wait_for_stat, wait_until};
 use reverse_ajax_lab::client::{publish, Stream};
 use reverse_ajax_lab::{ParkingMode, RunningLab};
 use serde_json::Value;
@@ -24,17 +24,6 @@ fn start_queue_lab(tweak: impl FnOnce(&mut reverse_ajax_lab::Config)) -> Running
 
 fn websocket(lab: &RunningLab, query: &str) -> Socket {
     common::websocket_handshake(&format!("{}{query}", lab.lab.websocket_url), None).unwrap()
-}
-
-/// The next text frame as JSON (pings are answered by tungstenite as it reads).
-fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        match socket.read().expect("a frame") {
-            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
 }
 
 /// The ids in what a stream has sent so far (`id: N` in SSE, `"id":N` in ndjson).
@@ -273,31 +262,4 @@ fn held_clients_get_heartbeats_and_the_silent_or_gone_are_let_go() {
     drop(silent);
     let leaving = Stream::open(addr, "/events/sse", &[]).unwrap();
     common::hang_up_and_see_it_let_go(addr, leaving, "streams");
-}
-
-/// `--max-parked` counts the waiting room's long polls, held streams and held WebSockets
-/// together: with a long poll and a stream held under a limit of two, an upgrade, a long
-/// poll and a stream each get 503 with `Retry-After`.
-#[test]
-fn the_limit_counts_every_held_client_together() {
-    let lab = start_queue_lab(|c| c.max_parked = 2);
-    let addr = lab.addr();
-    let _poll =
-        reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
-            .unwrap();
-    let _stream = Stream::open(addr, "/events/sse", &[]).unwrap();
-    wait_until("a long poll and a stream are held", || {
-        let s = stats(addr);
-        s["parked"] == 1 && s["streams"] == 1
-    });
-    match common::websocket_handshake(&lab.lab.websocket_url, None) {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
-        Err(other) => panic!("expected a 503, got {other}"),
-        Ok(_) => panic!("the upgrade went past --max-parked"),
-    }
-    for path in ["/events/long-poll?timeout=60", "/events/stream"] {
-        let refused = reverse_ajax_lab::client::get(addr, path).unwrap();
-        assert_eq!(refused.status, 503, "{path}");
-        assert_eq!(refused.header("Retry-After"), Some("2"), "{path}");
-    }
 }

@@ -3,11 +3,11 @@
 use crate::common;
 
 use common::{
-    assert_stat, browser::Browser, deadline, marker, start_lab, start_lab_with, stats,
+    assert_stat, browser::Browser, deadline, marker, next_json, start_lab, start_lab_with, stats,
     wait_for_baseline, wait_for_stat, wait_until,
 };
 use reverse_ajax_lab::client::{get, publish};
-use reverse_ajax_lab::RunningLab;
+use reverse_ajax_lab::{ParkingMode, RunningLab};
 use serde_json::Value;
 use std::net::TcpStream;
 use std::time::Duration;
@@ -23,17 +23,6 @@ fn connect(
     origin: Option<&str>,
 ) -> Result<Socket, tungstenite::Error> {
     common::websocket_handshake(&format!("{}{query}", lab.lab.websocket_url), origin)
-}
-
-/// The next text frame as JSON, skipping pings.
-fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        match socket.read().expect("a frame") {
-            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
 }
 
 #[test]
@@ -345,47 +334,58 @@ fn a_cursor_past_the_ring_gets_a_missed_frame_first() {
     assert_eq!(next_json(&mut socket)["id"], 7);
 }
 
-/// `--max-parked` counts long polls, streams and WebSockets together: with a long poll and a
-/// stream held under a limit of two, the upgrade gets 503 with `Retry-After`, and so does
-/// one more long poll or stream.
+/// `--max-parked` counts long polls, streams and WebSockets together, each on its thread or
+/// in the waiting room (`--parking queue`): with a long poll and a stream held under a limit
+/// of two, the upgrade gets 503 with `Retry-After`, and so does one more long poll or stream;
+/// a socket and a long poll fill the limit as well, and a stream is refused.
 #[test]
 fn the_limit_counts_long_polls_streams_and_websockets_together() {
-    let lab = start_lab_with(|c| c.max_parked = 2);
-    let addr = lab.addr();
-    let _poll =
-        reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
-            .unwrap();
-    let _stream = reverse_ajax_lab::client::Stream::open(addr, "/events/sse", &[]).unwrap();
-    wait_until("a long poll and a stream are held", || {
-        let s = stats(addr);
-        s["parked"] == 1 && s["streams"] == 1
-    });
-    match connect(&lab, "", None) {
-        Err(tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 503);
-            assert!(response.headers().get("Retry-After").is_some());
+    for parking in [ParkingMode::Thread, ParkingMode::Queue] {
+        let lab = start_lab_with(|c| {
+            c.max_parked = 2;
+            c.parking = parking;
+        });
+        let addr = lab.addr();
+        let _poll =
+            reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
+                .unwrap();
+        let _stream = reverse_ajax_lab::client::Stream::open(addr, "/events/sse", &[]).unwrap();
+        wait_until("a long poll and a stream are held", || {
+            let s = stats(addr);
+            s["parked"] == 1 && s["streams"] == 1
+        });
+        match connect(&lab, "", None) {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 503, "{parking:?}");
+                assert!(response.headers().get("Retry-After").is_some());
+            }
+            Err(other) => panic!("{parking:?}: expected a 503, got {other}"),
+            Ok(_) => panic!("{parking:?}: the upgrade went past --max-parked"),
         }
-        Err(other) => panic!("expected a 503, got {other}"),
-        Ok(_) => panic!("the upgrade went past --max-parked"),
+        for path in ["/events/long-poll?timeout=60", "/events/stream"] {
+            let refused = get(addr, path).unwrap();
+            assert_eq!(refused.status, 503, "{parking:?} {path}");
+            assert_eq!(refused.header("Retry-After"), Some("2"), "{path}");
+        }
+        drop((_poll, _stream));
+        wait_until("nothing is held", || {
+            let s = stats(addr);
+            s["parked"] == 0 && s["streams"] == 0
+        });
+        let _socket = connect(&lab, "", None).unwrap();
+        let _poll =
+            reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
+                .unwrap();
+        wait_until("a socket and a long poll are held", || {
+            let s = stats(addr);
+            s["parked"] == 1 && s["websockets"] == 1
+        });
+        assert_eq!(
+            get(addr, "/events/stream").unwrap().status,
+            503,
+            "{parking:?}"
+        );
     }
-    for path in ["/events/long-poll?timeout=60", "/events/stream"] {
-        let refused = get(addr, path).unwrap();
-        assert_eq!(refused.status, 503, "{path}");
-        assert_eq!(refused.header("Retry-After"), Some("2"), "{path}");
-    }
-    // And a WebSocket takes a place like the others: a socket and a long poll fill a limit
-    // of two, and a stream is refused.
-    let lab = start_lab_with(|c| c.max_parked = 2);
-    let addr = lab.addr();
-    let _socket = connect(&lab, "", None).unwrap();
-    let _poll =
-        reverse_ajax_lab::client::open(addr, "GET", "/events/long-poll?timeout=60", &[], b"")
-            .unwrap();
-    wait_until("a socket and a long poll are held", || {
-        let s = stats(addr);
-        s["parked"] == 1 && s["websockets"] == 1
-    });
-    assert_eq!(get(addr, "/events/stream").unwrap().status, 503);
 }
 
 /// A close the server starts is graceful: its close frame, then it reads what the client

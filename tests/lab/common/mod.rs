@@ -557,3 +557,16 @@ pub fn redis_command(port: u16, args: &[&str]) -> std::io::Result<String> {
     std::io::BufReader::new(stream).read_line(&mut line)?;
     Ok(line.trim_end().to_string())
 }
+
+/// The next text frame of a WebSocket as JSON (pings are answered by tungstenite as it reads).
+pub fn next_json(socket: &mut tungstenite::WebSocket<std::net::TcpStream>) -> Value {
+    loop {
+        match socket.read().expect("a frame") {
+            tungstenite::Message::Text(text) => {
+                return serde_json::from_str(text.as_str()).unwrap()
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
