@@ -1,9 +1,11 @@
 //! Every way a WebSocket ends, on every WebSocket endpoint (the lesson's, Socket.IO's,
 //! Atmosphere's and Bayeux's, which share one conversation: `src/conversation.rs`), over a raw
 //! socket that writes frames by hand, as RFC 6455 says: the close code first, then TCP closed
-//! at once.
+//! at once. In both parking modes: with `--parking queue`, the lesson's socket is held by the
+//! waiting room's dispatcher rather than a thread of its own.
 
 use crate::common::{self, start_lab_with};
+use reverse_ajax_lab::ParkingMode;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -110,30 +112,38 @@ fn read_to_the_end(socket: &mut TcpStream, since: Instant) -> Seen {
 
 /// Send `bytes` on a fresh socket to each endpoint; expect a close frame with `code` from
 /// each (`code_for` says which, by endpoint), and TCP closed at once after it, though this
-/// client never closes its side.
+/// client never closes its side. In both parking modes: with `--parking queue` the lesson's
+/// socket is held in the waiting room, without a thread.
 fn each_endpoint_answers(bytes: &[u8], code_for: impl Fn(&str) -> Option<u16>, what: &str) {
-    let lab = start_lab_with(|c| {
-        c.max_body = 4096;
-        c.socket_io.max_payload = 4096;
-    });
-    let addr = lab.addr();
-    for path in ENDPOINTS {
-        let (mut socket, head) = open(addr, path, "HTTP/1.1");
-        assert!(head.starts_with("HTTP/1.1 101"), "{path}: {head}");
-        let sent = Instant::now();
-        socket.write_all(bytes).unwrap();
-        let seen = read_to_the_end(&mut socket, sent);
-        assert_eq!(seen.close, Some(code_for(path)), "{what} on {path}");
-        assert!(
-            seen.closed_after < AT_ONCE,
-            "{what} on {path}: TCP closed {:?} after, not at once",
-            seen.closed_after
-        );
+    for parking in [ParkingMode::Thread, ParkingMode::Queue] {
+        let lab = start_lab_with(|c| {
+            c.max_body = 4096;
+            c.socket_io.max_payload = 4096;
+            c.parking = parking;
+        });
+        let addr = lab.addr();
+        for path in ENDPOINTS {
+            let (mut socket, head) = open(addr, path, "HTTP/1.1");
+            assert!(head.starts_with("HTTP/1.1 101"), "{path}: {head}");
+            let sent = Instant::now();
+            socket.write_all(bytes).unwrap();
+            let seen = read_to_the_end(&mut socket, sent);
+            assert_eq!(
+                seen.close,
+                Some(code_for(path)),
+                "{what} on {path}, {parking:?}"
+            );
+            assert!(
+                seen.closed_after < AT_ONCE,
+                "{what} on {path}, {parking:?}: TCP closed {:?} after, not at once",
+                seen.closed_after
+            );
+        }
+        common::wait_until("every socket's thread and watch are given back", || {
+            let s = common::stats(addr);
+            s["websocket_threads"] == 0 && s["watched_sockets"] == 0 && s["websockets"] == 0
+        });
     }
-    common::wait_until("every socket's thread and watch are given back", || {
-        let s = common::stats(addr);
-        s["websocket_threads"] == 0 && s["watched_sockets"] == 0 && s["websockets"] == 0
-    });
 }
 
 #[test]
