@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! cargo run --release --example soak -- --minutes 12 --clients 2000 --rate 20
+//! cargo run --release --example soak -- --minutes 4 --clients 2000 --queue   # the waiting room
 //! ```
 //!
 //! The lab runs as a child process of this binary, with this binary's allocator (REFERENCE.md,
@@ -68,7 +69,10 @@ fn main() {
     let rate = number("--rate", 20).max(1);
     let churn = number("--churn", 2).clamp(1, 100);
     let burst = number("--burst", 300);
-    let lab = ChildLab::start(&["--heartbeat", "2"]);
+    // `--queue`: every long poll, stream and WebSocket in the waiting room (`--parking queue`).
+    let queue = args.iter().any(|a| a == "--queue");
+    let parking = if queue { "queue" } else { "thread" };
+    let lab = ChildLab::start(&["--heartbeat", "2", "--parking", parking]);
     let addr = lab.addr;
     let ws_url = client::get(addr, "/stats").unwrap().json()["websocket"]
         .as_str()
@@ -76,7 +80,7 @@ fn main() {
         .to_string();
     let baseline = sample(&lab);
     println!(
-        "soak: {} s, {clients} clients ({} each of {}), {rate} events/s, {churn} % leaving and coming back each second, a burst of {burst} resets a minute",
+        "soak: {} s, {clients} clients ({} each of {}), {rate} events/s, {churn} % leaving and coming back each second, a burst of {burst} resets a minute; --parking {parking}",
         length.as_secs(),
         clients / KINDS.len() as u64,
         KINDS.join(", ")

@@ -194,47 +194,53 @@ fn session_flood_refuses_past_the_cap_serves_the_second_client_and_expires_every
 /// A short soak with fast churn (half the clients leave each second, by a close, a reset or a
 /// request left half-answered, and come back from their cursor) and a burst of resets: no
 /// event lost, repeated or reordered across the comings back, and the lab's descriptors back
-/// to where they started once the clients have gone.
+/// to where they started once the clients have gone. In both parking modes.
 #[test]
 fn soak_loses_nothing_across_churn_and_gives_back_every_descriptor() {
-    let args = ["--seconds", "4", "--clients", "8", "--rate", "10"];
-    let printed = run(
-        "soak",
-        &[&args[..], &["--churn", "50", "--burst", "20"]].concat(),
-    );
-    assert!(
-        printed.contains("lost, repeated or reordered an event 0"),
-        "{printed}"
-    );
-    let number_after = |text: &str, label: &str| -> u64 {
-        let at = text
-            .find(label)
-            .unwrap_or_else(|| panic!("no {label:?}:\n{printed}"));
-        text[at + label.len()..]
-            .trim_start()
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no number after {label:?}:\n{printed}"))
-    };
-    // Every client came back at least once, and the burst was reset.
-    assert!(number_after(&printed, "visits") > 8, "{printed}");
-    assert_eq!(
-        number_after(&printed, "burst connections reset"),
-        20,
-        "{printed}"
-    );
-    // "the lab at start: T threads, F descriptors" and "after the clients left: T threads, F
-    // descriptors": the descriptors back to within two.
-    let descriptors = |label: &str| {
-        let line = printed.lines().find(|l| l.starts_with(label)).unwrap();
-        number_after(line, "threads,")
-    };
-    let (start, after) = (
-        descriptors("the lab at start"),
-        descriptors("after the clients left"),
-    );
-    assert!(after <= start + 2, "{printed}");
+    for queue in [None, Some("--queue")] {
+        let mut args = vec!["--seconds", "4", "--clients", "8", "--rate", "10"];
+        args.extend(["--churn", "50", "--burst", "20"]);
+        args.extend(queue);
+        let printed = run("soak", &args);
+        let parking = if queue.is_some() { "queue" } else { "thread" };
+        assert!(
+            printed.contains(&format!("--parking {parking}")),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("lost, repeated or reordered an event 0"),
+            "{printed}"
+        );
+        let number_after = |text: &str, label: &str| -> u64 {
+            let at = text
+                .find(label)
+                .unwrap_or_else(|| panic!("no {label:?}:\n{printed}"));
+            text[at + label.len()..]
+                .trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no number after {label:?}:\n{printed}"))
+        };
+        // Every client came back at least once, and the burst was reset.
+        assert!(number_after(&printed, "visits") > 8, "{printed}");
+        assert_eq!(
+            number_after(&printed, "burst connections reset"),
+            20,
+            "{printed}"
+        );
+        // "the lab at start: T threads, F descriptors" and "after the clients left: T threads,
+        // F descriptors": the descriptors back to within two.
+        let descriptors = |label: &str| {
+            let line = printed.lines().find(|l| l.starts_with(label)).unwrap();
+            number_after(line, "threads,")
+        };
+        let (start, after) = (
+            descriptors("the lab at start"),
+            descriptors("after the clients left"),
+        );
+        assert!(after <= start + 2, "{parking}: {printed}");
+    }
 }
 
 #[test]
