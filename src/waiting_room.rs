@@ -38,9 +38,10 @@
 //! bytes to a few KiB, and the kernel's buffers), so the ceiling moves from threads to file
 //! descriptors. One thread writes everything, one `send` per client per event: the last of
 //! ten thousand gets its event after the other 9,999 sends. A client that stops reading costs
-//! the others nothing, since no write here waits. A connection between two long polls (idle
-//! keep-alive) still has a thread, reading: an event loop (epoll) would hold those without
-//! threads too.
+//! the others nothing, since no write here waits. A held WebSocket's messages are published by
+//! the dispatcher too: with `--redis` each publish waits for Redis's answer, and every held
+//! client waits with it. A connection between two long polls (idle keep-alive) still has a
+//! thread, reading: an event loop (epoll) would hold those without threads too.
 
 use crate::hub::{Backlog, Either, Wake};
 use crate::lab::Lab;
