@@ -21,6 +21,11 @@
 //!    connection is noticed sooner: the parked thread looks at its socket once a second
 //!    (`ChunkedStream::client_left`), instead of waiting for the second heartbeat after it
 //!    left (the first write into a closed connection still succeeds; the reset comes back).
+//!
+//! With `--parking queue`, step 4 is the waiting room's: after step 3 the stream goes there
+//! as a `HeldStream` (its place kept, its subscription dropped) and this thread goes back to
+//! the pool; the room's one dispatcher writes its events and heartbeats without waiting on
+//! its socket (`waiting_room`).
 
 use crate::connection::request_label;
 use crate::connection::Request;
