@@ -30,9 +30,10 @@
 //!    read yet would otherwise make `poll` return at once, over and over.)
 //! 4. A `Watch` dropped: the watcher lets go of its share of the socket at its next turn.
 //!
-//! **What it costs**: one thread for the whole lab instead of one per socket (about 18 KiB of
-//! memory each, measured with `cargo run --release --example latency -- ws 1000`), and for
-//! each frame a client sends, one more wake-up (the watcher's) before its thread reads it.
+//! **What it costs**: one thread for the whole lab instead of one per socket (a thread's stack
+//! and more each: REFERENCE.md, chapter 12, measures it), and for each frame a client sends,
+//! one more wake-up (the watcher's) before its thread reads it. Each turn of `poll` walks
+//! every socket watched: fine for sockets that rarely speak, costly for thousands that all do.
 //!
 //! Without `poll` (Windows, or `--cfg lab_portable`), each watch is a thread of its own blocked
 //! in `peek`: the same contract, at the old price of a thread per socket.

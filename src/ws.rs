@@ -170,11 +170,10 @@ pub fn accept<'lab, T>(
 }
 
 /// Limits, and buffers sized for the lab's small frames: tungstenite's defaults (128 KiB to
-/// read into, 128 KiB to gather writes in) cost about 100 KiB of resident memory per
-/// connection once touched (measured with `flood`, REFERENCE.md Appendix A). 1 KiB reads a
-/// chat line in one go (a bigger frame takes several reads; 4 KiB cost 3 KiB more per socket,
-/// measured with `latency ws 1000`); a write buffer of 0 sends each frame at once, which our
-/// writers want anyway (they flush after every frame).
+/// read into, 128 KiB to gather writes in) stay resident once touched, in every connection.
+/// 1 KiB reads a chat line in one go (a bigger frame takes several reads); a write buffer of
+/// 0 sends each frame at once, which our writers want anyway (they flush after every frame).
+/// REFERENCE.md ("Where a held connection's memory goes", Appendix A) measures both.
 pub fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_message))
