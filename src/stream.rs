@@ -231,7 +231,7 @@ impl HeldConnection for HeldStream {
                 return Ok(()); // still full: the next events wait in the ring
             }
         }
-        if self.cursor < lab.hub.last_id() {
+        if self.cursor < pass.last {
             let backlog = pass.since(lab, self.cursor);
             let mut chunks = Vec::new();
             if backlog.missed > 0 {

@@ -91,6 +91,8 @@ pub struct Ended;
 /// taken once for them all).
 pub struct Pass {
     pub now: Instant,
+    /// The newest event's id as the pass began (the hub's lock taken once, not per client).
+    pub last: u64,
     pub look: bool,
     backlogs: HashMap<u64, Backlog>,
 }
@@ -208,16 +210,18 @@ pub fn dispatch(lab: Arc<Lab>, room: Arc<WaitingRoom>) {
         }
         let mut pass = Pass {
             now,
+            last: lab.hub.last_id(),
             look: look_due && lab.config.departures,
             backlogs: HashMap::new(),
         };
-        let mut still_held = Vec::with_capacity(held.len());
-        for mut connection in held.drain(..) {
-            match connection.serve(&lab, &mut pass) {
-                Ok(()) => still_held.push(connection),
-                Err(Ended) => connection.end(&lab),
+        // In place: an ended connection's slot takes the last one (the order does not matter,
+        // and ten thousand need no new list each pass).
+        let mut i = 0;
+        while i < held.len() {
+            match held[i].serve(&lab, &mut pass) {
+                Ok(()) => i += 1,
+                Err(Ended) => held.swap_remove(i).end(&lab),
             }
         }
-        held = still_held;
     }
 }

@@ -329,7 +329,7 @@ impl HeldConnection for HeldLongPoll {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::debug!("req-{} its client closed the connection", request.number());
                 &Backlog::default()
-            } else if self.cursor < lab.hub.last_id() {
+            } else if self.cursor < pass.last {
                 pass.since(lab, self.cursor)
             } else if pass.now >= self.deadline {
                 &Backlog::default()

@@ -403,7 +403,7 @@ impl HeldWebSocket {
                 return Ok(()); // still full: the next events wait in the ring
             }
         }
-        if self.cursor < lab.hub.last_id() {
+        if self.cursor < pass.last {
             let backlog = pass.since(lab, self.cursor);
             let mut size = 0;
             let mut frames = Vec::new();
