@@ -79,15 +79,8 @@ fn streams_and_websockets_are_held_without_a_thread_and_miss_nothing() {
         .unwrap();
     assert_eq!(ids_in(&text), vec![1, 2, 3, 4], "{text}");
     // They leave: the WebSockets with a close, the streams by hanging up.
-    for mut socket in [alice, bob] {
-        socket.close(None).unwrap();
-        loop {
-            match socket.read() {
-                Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed) => break,
-                Err(e) => panic!("unclean close: {e}"),
-            }
-        }
+    for socket in [&mut alice, &mut bob] {
+        common::close_cleanly(socket);
     }
     drop((sse, ndjson));
     wait_until("the lab holds nothing", || {

@@ -193,15 +193,7 @@ fn a_clean_close_frees_the_thread_and_the_watch() {
     );
     assert_stat(lab.addr(), "websocket_threads", 5, "one thread per socket");
     for socket in &mut sockets {
-        socket.close(None).unwrap();
-        // Read until the server's close reply has come and the connection ends.
-        loop {
-            match socket.read() {
-                Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed) => break,
-                Err(e) => panic!("unclean close: {e}"),
-            }
-        }
+        common::close_cleanly(socket);
     }
     wait_for_baseline(lab.addr());
     wait_for_stat(

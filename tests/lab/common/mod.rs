@@ -570,3 +570,16 @@ pub fn next_json(socket: &mut tungstenite::WebSocket<std::net::TcpStream>) -> Va
         }
     }
 }
+
+/// Close a WebSocket as a client does, and read until the server's close reply has come and
+/// the connection ended cleanly.
+pub fn close_cleanly(socket: &mut tungstenite::WebSocket<std::net::TcpStream>) {
+    socket.close(None).unwrap();
+    loop {
+        match socket.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("unclean close: {e}"),
+        }
+    }
+}
