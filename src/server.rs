@@ -73,9 +73,14 @@ impl RunningLab {
             (Some(budget), None) => format!("threads {budget}"),
             (None, _) => "threads unknown".to_string(),
         };
+        // (With `--parking queue` a waiting client has no thread, but a connection being read
+        // still does, and any connection may be read: the budget stays a thread each.)
+        let each = match config.parking {
+            ParkingMode::Thread => "a descriptor and a thread each",
+            ParkingMode::Queue => "a descriptor each, and a thread while a request is read",
+        };
         log::info!(
-            "descriptor limit {} (was {}), {threads}: up to {} connections held, a descriptor \
-             and a thread each",
+            "descriptor limit {} (was {}), {threads}: up to {} connections held, {each}",
             capacity.fd_limit,
             capacity.fd_limit_at_start,
             capacity.holdable()
