@@ -383,7 +383,16 @@ mod imp {
         // BLOCKS: until the socket's thread watches again, or drops its watch.
         while let Ok(entry) = arm.recv() {
             // BLOCKS: until the socket has a byte to read, or hung up, or the watch is dropped.
-            let _ = entry.stream.peek(&mut [0u8; 1]);
+            // `WouldBlock` says nothing is there: the waiting room's dispatcher made the socket
+            // non-blocking for one write (`connection::send_without_waiting`) as this peek
+            // began. A notice then would send its reader into a read that waits: peek again.
+            while let Err(e) = entry.stream.peek(&mut [0u8; 1]) {
+                if e.kind() != io::ErrorKind::WouldBlock || entry.dropped.load(Ordering::SeqCst) {
+                    break;
+                }
+                // BLOCKS: a moment, while the write that made the socket non-blocking ends.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             if entry.dropped.load(Ordering::SeqCst) {
                 return;
             }
