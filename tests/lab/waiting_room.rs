@@ -149,6 +149,52 @@ fn a_client_that_stops_reading_holds_up_no_one_and_is_dropped_in_time() {
     });
 }
 
+/// A long poll whose client stops reading: its answer (one 6 MB event, more than the lab's
+/// send buffer and the client's small receive buffer hold) is not out within
+/// `--write-timeout`, so it is dropped, its place given back, and a client that reads got the
+/// same answer meanwhile.
+#[test]
+fn a_long_poll_whose_answer_is_not_taken_is_dropped_and_holds_up_no_one() {
+    let write_timeout = Duration::from_secs(2);
+    let lab = start_queue_lab(|c| {
+        c.write_timeout = write_timeout;
+        c.max_body = 8 * 1024 * 1024;
+    });
+    let addr = lab.addr();
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    raw.set_recv_buffer_size(4096).unwrap();
+    raw.connect(&addr.into()).unwrap();
+    let mut stuck: TcpStream = raw.into();
+    write!(
+        stuck,
+        "GET /events/long-poll?timeout=60 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let reader = std::thread::spawn(move || {
+        reverse_ajax_lab::client::get(addr, "/events/long-poll?since=0&timeout=60").unwrap()
+    });
+    wait_for_stat(addr, "parked", 2, "both long polls are held");
+    publish(addr, &"x".repeat(6 * 1024 * 1024)).unwrap();
+    let published = Instant::now();
+    let answer = reader.join().unwrap();
+    let read_after = published.elapsed();
+    assert!(
+        read_after < write_timeout,
+        "the reader had its answer {read_after:?} after the publish: it waited for the stuck"
+    );
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.len() > 6 * 1024 * 1024, "{}", answer.body.len());
+    wait_until("the stuck long poll is dropped", || {
+        stats(addr)["slow_consumers"] == 1
+    });
+    let dropped_after = published.elapsed();
+    assert!(
+        dropped_after < write_timeout + Duration::from_secs(1),
+        "dropped {dropped_after:?} after the publish, not within --write-timeout + 1 s"
+    );
+    wait_for_stat(addr, "parked", 0, "its place is given back");
+}
+
 /// A long poll answered from the room leaves its connection open: the next poll comes on
 /// the same connection and is held and answered the same way, three times over.
 #[test]
