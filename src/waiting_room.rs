@@ -63,10 +63,10 @@ pub const MOST_PER_PASS: usize = 64 * 1024;
 /// How soon bytes a socket did not take are offered again.
 pub const RETRY_UNSENT: Duration = Duration::from_millis(50);
 
-/// A connection the dispatcher serves: a stream, a WebSocket.
+/// A connection the dispatcher serves: a long poll, a stream, a WebSocket.
 pub trait HeldConnection: Send {
-    /// Step 3: what is due now (the rest of the last write, the events after its cursor, a
-    /// heartbeat). `Err(Ended)` once it has ended (counted and logged): the dispatcher drops
+    /// Step 3: what is due now (the rest of the last write, a long poll's answer, the events
+    /// after its cursor, a heartbeat). `Err(Ended)` once it has ended (counted and logged): the dispatcher drops
     /// it, which closes it. Never blocks.
     fn serve(&mut self, lab: &Lab, pass: &mut Pass) -> Result<(), Ended>;
 
