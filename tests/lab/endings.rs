@@ -261,10 +261,7 @@ fn a_client_that_reads_a_trickle_is_dropped_within_the_write_timeout() {
     });
     let addr = lab.addr();
     // A small receive buffer, so the lab's send buffer is what fills.
-    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    raw.set_recv_buffer_size(4096).unwrap();
-    raw.connect(&addr.into()).unwrap();
-    let mut socket: TcpStream = raw.into();
+    let mut socket = common::connect_with_a_small_receive_buffer(addr);
     write!(
         socket,
         "GET /events/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

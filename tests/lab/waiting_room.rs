@@ -103,10 +103,7 @@ fn a_client_that_stops_reading_holds_up_no_one_and_is_dropped_in_time() {
     let addr = lab.addr();
     // Small receive buffers, never read after the head: the lab's send buffers fill.
     let stuck = |request: String| {
-        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        raw.set_recv_buffer_size(4096).unwrap();
-        raw.connect(&addr.into()).unwrap();
-        let mut socket: TcpStream = raw.into();
+        let mut socket = common::connect_with_a_small_receive_buffer(addr);
         socket.write_all(request.as_bytes()).unwrap();
         socket
     };
@@ -161,10 +158,7 @@ fn a_long_poll_whose_answer_is_not_taken_is_dropped_and_holds_up_no_one() {
         c.max_body = 8 * 1024 * 1024;
     });
     let addr = lab.addr();
-    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    raw.set_recv_buffer_size(4096).unwrap();
-    raw.connect(&addr.into()).unwrap();
-    let mut stuck: TcpStream = raw.into();
+    let mut stuck = common::connect_with_a_small_receive_buffer(addr);
     write!(
         stuck,
         "GET /events/long-poll?timeout=60 HTTP/1.1\r\nHost: {addr}\r\n\r\n"

@@ -583,3 +583,12 @@ pub fn close_cleanly(socket: &mut tungstenite::WebSocket<std::net::TcpStream>) {
         }
     }
 }
+
+/// A connection to `addr` with a 4 KiB receive buffer: a client that stops reading then
+/// leaves the lab's send buffer to fill.
+pub fn connect_with_a_small_receive_buffer(addr: SocketAddr) -> std::net::TcpStream {
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    raw.set_recv_buffer_size(4096).unwrap();
+    raw.connect(&addr.into()).unwrap();
+    raw.into()
+}
