@@ -335,21 +335,33 @@ impl HeldConnection for HeldWebSocket {
     /// Step 4: the ending. A close we send waits for the client's (`conversation::end`), so
     /// it gets a thread of its own; the others are done at once.
     fn end(mut self: Box<Self>, lab: &Arc<Lab>) {
-        lab.stats.let_go(&lab.stats.websockets);
         let ending = self.ending.take().unwrap_or_else(|| Ending::gone("ended"));
         log::debug!("ws {} done: {}", self.id, ending.why());
         drop(self.watch.take());
         self.ws.get_mut().never_wait(false);
         if lab.shutdown.is_stopping() {
+            lab.stats.let_go(&lab.stats.websockets);
             return self.close_going_away(); // not a thread each for ten thousand sockets
         }
         if !matches!(ending, Ending::Close { .. }) {
+            lab.stats.let_go(&lab.stats.websockets);
             return crate::conversation::end_socket(&mut self.ws, self.id, ending);
         }
+        // The socket keeps its place under `--max-parked` until its drain ends, as on a
+        // thread of its own (a loop of refused handshakes cannot outrun the limit).
+        let lab_for_thread = lab.clone();
         let closing = std::thread::Builder::new()
             .name(format!("ws-{}-close", self.id))
-            .spawn(move || crate::conversation::end_socket(&mut self.ws, self.id, ending));
+            .spawn(move || {
+                // BLOCKS: in the drain, until the client closes its side or two seconds pass.
+                crate::conversation::end_socket(&mut self.ws, self.id, ending);
+                lab_for_thread
+                    .stats
+                    .let_go(&lab_for_thread.stats.websockets);
+            });
         if let Err(e) = closing {
+            // (The closure, and the socket with it, is dropped: shut without its close.)
+            lab.stats.let_go(&lab.stats.websockets);
             log::warn!("no thread to close a WebSocket with ({e}): it is shut without its close");
         }
     }
